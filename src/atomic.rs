@@ -1,0 +1,123 @@
+//! Atomic writes: a reader never sees a half-written file or directory.
+//!
+//! Files are written to a temporary sibling, flushed with `fsync`, then renamed over the target
+//! (rename is atomic on POSIX file systems). Directories are built under a temporary sibling name
+//! and renamed into place once complete; an existing target directory is replaced only after the
+//! new one is complete.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+fn temp_sibling(target: &Path, tag: &str) -> PathBuf {
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".to_string());
+    let unique = format!(
+        ".{name}.{tag}-{}-{}.tmp",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    );
+    match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.join(unique),
+        _ => PathBuf::from(unique),
+    }
+}
+
+/// Writes `bytes` to `path` atomically (temporary file, fsync, rename).
+pub fn write_file_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
+    let path = path.as_ref();
+    let tmp = temp_sibling(path, "part");
+    let result = (|| -> std::io::Result<()> {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            // Persist the rename itself; failure to open a directory is not fatal on all systems.
+            if let Ok(d) = fs::File::open(parent) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(Error::io(path, e));
+    }
+    Ok(())
+}
+
+/// Builds a directory atomically: `fill` writes into a fresh temporary directory, which is renamed
+/// to `dir` only when `fill` succeeds. On error the temporary directory is removed and an existing
+/// `dir` is left as it was.
+pub fn write_dir_atomic<F>(dir: impl AsRef<Path>, fill: F) -> Result<()>
+where
+    F: FnOnce(&Path) -> Result<()>,
+{
+    let dir = dir.as_ref();
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    }
+    let tmp = temp_sibling(dir, "dir");
+    fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    if let Err(e) = fill(&tmp) {
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    let old = temp_sibling(dir, "old");
+    let had_old = dir.exists();
+    if had_old {
+        fs::rename(dir, &old).map_err(|e| {
+            let _ = fs::remove_dir_all(&tmp);
+            Error::io(dir, e)
+        })?;
+    }
+    if let Err(e) = fs::rename(&tmp, dir) {
+        if had_old {
+            let _ = fs::rename(&old, dir);
+        }
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(Error::io(dir, e));
+    }
+    if had_old {
+        let _ = fs::remove_dir_all(&old);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_fill_leaves_previous_directory_intact() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("run");
+        write_dir_atomic(&dir, |d| write_file_atomic(d.join("a.txt"), b"first")).unwrap();
+        let err = write_dir_atomic(&dir, |d| {
+            write_file_atomic(d.join("a.txt"), b"second")?;
+            Err(Error::invalid("test", "interrupted"))
+        });
+        assert!(err.is_err());
+        assert_eq!(fs::read(dir.join("a.txt")).unwrap(), b"first");
+        // No temporary directories are left behind.
+        let leftovers: Vec<_> = fs::read_dir(root.path()).unwrap().collect();
+        assert_eq!(leftovers.len(), 1);
+    }
+
+    #[test]
+    fn file_write_replaces_content() {
+        let root = tempfile::tempdir().unwrap();
+        let f = root.path().join("x.bin");
+        write_file_atomic(&f, b"one").unwrap();
+        write_file_atomic(&f, b"two").unwrap();
+        assert_eq!(fs::read(&f).unwrap(), b"two");
+    }
+}

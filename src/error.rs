@@ -1,0 +1,115 @@
+//! One error type for the whole crate.
+//!
+//! Every variant names *what* went wrong and *where* (parameter, file, row, column), so that a
+//! message printed by the CLI is enough to fix the input without reading the source.
+
+use std::path::PathBuf;
+
+/// Result alias used throughout candle-swag.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Errors returned by candle-swag.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An error raised by candle itself (device, dtype, shape, kernel).
+    #[error("candle: {0}")]
+    Candle(#[from] candle_core::Error),
+
+    /// A function argument or option has a value that cannot be used.
+    #[error("invalid value for `{name}`: {reason}")]
+    InvalidArgument {
+        /// The argument or option name, as the user spells it.
+        name: String,
+        /// Why the value was refused.
+        reason: String,
+    },
+
+    /// A weight snapshot holds NaN or infinity; the posterior was left untouched.
+    #[error("snapshot holds a non-finite value ({value}) in parameter `{parameter}` at flat index {index}; the posterior was left untouched")]
+    NonFinite {
+        /// Name of the offending parameter.
+        parameter: String,
+        /// Index of the first non-finite element inside that parameter (row-major).
+        index: usize,
+        /// The offending value, printed.
+        value: String,
+    },
+
+    /// A parameter layout does not match what was expected (names, shapes or count).
+    #[error("parameter layout mismatch: {0}")]
+    LayoutMismatch(String),
+
+    /// The posterior holds too few snapshots for the requested operation.
+    #[error("posterior is empty or too small: {0}")]
+    NotEnoughSnapshots(String),
+
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file involved.
+        path: PathBuf,
+        /// The underlying I/O error.
+        source: std::io::Error,
+    },
+
+    /// A file was read but its content is not valid for this use.
+    #[error("{path}: {reason}")]
+    BadFile {
+        /// The file involved.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A value in tabular input data is not acceptable.
+    #[error("{file}: row {row}, column `{column}`: {reason}")]
+    BadData {
+        /// The file (or input name) holding the value.
+        file: String,
+        /// 1-based data row (header not counted); 0 when the whole file is concerned.
+        row: usize,
+        /// Column name (or index as text).
+        column: String,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// Drawing a plot failed.
+    #[error("plot `{plot}`: {reason}")]
+    Plot {
+        /// Which plot.
+        plot: String,
+        /// The backend's message.
+        reason: String,
+    },
+
+    /// JSON (de)serialisation failed.
+    #[error("json: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl Error {
+    /// Shorthand for [`Error::InvalidArgument`].
+    pub fn invalid(name: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::InvalidArgument {
+            name: name.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Shorthand for [`Error::Io`].
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Shorthand for [`Error::BadFile`].
+    pub fn bad_file(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Error::BadFile {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+}
