@@ -1,1 +1,17 @@
-//! (in progress)
+//! SWAG: the Gaussian over weights fitted from the SGD trajectory (Maddox et al., 2019).
+//!
+//! - [`SwagPosterior`] collects the moments and the deviation columns ([`posterior`]);
+//! - sampling and its conventions ([`sample`]), log-density ([`log_prob`]);
+//! - the posterior file format ([`file`]); several posteriors sampled jointly ([`multi`]).
+
+pub mod file;
+pub mod kernels;
+pub mod log_prob;
+pub mod multi;
+pub mod noise;
+pub mod posterior;
+pub mod sample;
+
+pub use multi::MultiSwag;
+pub use posterior::{SwagConfig, SwagPosterior};
+pub use sample::{Divisor, SampleOptions};

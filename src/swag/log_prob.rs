@@ -1,0 +1,169 @@
+//! Log-density of a weight vector under the SWAG Gaussian, without a `d × d` matrix.
+//!
+//! With `Σ = A + U Uᵀ`, `A = scale · diag(max(sq_mean − mean², var_clamp))` and
+//! `U = sqrt(scale / divisor) · Dᵀ` (`d × rows`), the Woodbury identity and the matrix
+//! determinant lemma give, for `x = θ − mean` and the `rows × rows` matrix
+//! `M = I + Uᵀ A⁻¹ U`:
+//!
+//! - `xᵀ Σ⁻¹ x = xᵀ A⁻¹ x − bᵀ M⁻¹ b`, with `b = Uᵀ A⁻¹ x`;
+//! - `ln |Σ| = Σᵢ ln aᵢ + ln |M|`.
+//!
+//! so `log p(θ) = −½ (d ln 2π + ln |Σ| + xᵀ Σ⁻¹ x)` costs `O(rows² · d)` operations and
+//! `O(rows²)` memory beyond the state. The computation runs on the host in f64 (one copy of the
+//! state) for accuracy; the options are those of sampling ([`SampleOptions`]), so `log_prob`
+//! is the density of exactly what [`SwagPosterior::sample_into`] draws (`diag_only` included).
+
+use candle_core::{DType, Tensor};
+use rayon::prelude::*;
+
+use super::posterior::SwagPosterior;
+use super::sample::SampleOptions;
+use crate::error::{Error, Result};
+
+/// Partial sums over a block of coordinates.
+#[derive(Clone)]
+struct Partial {
+    quad_diag: f64,
+    log_det_a: f64,
+    gram: Vec<f64>,
+    b: Vec<f64>,
+}
+
+impl Partial {
+    fn zero(r: usize) -> Self {
+        Self {
+            quad_diag: 0.0,
+            log_det_a: 0.0,
+            gram: vec![0.0; r * r],
+            b: vec![0.0; r],
+        }
+    }
+
+    fn merge(mut self, o: Partial) -> Self {
+        self.quad_diag += o.quad_diag;
+        self.log_det_a += o.log_det_a;
+        self.gram.iter_mut().zip(o.gram).for_each(|(a, b)| *a += b);
+        self.b.iter_mut().zip(o.b).for_each(|(a, b)| *a += b);
+        self
+    }
+}
+
+/// Cholesky factor (lower, row-major) of a symmetric positive-definite `n × n` matrix.
+fn cholesky(a: &[f64], n: usize) -> Option<Vec<f64>> {
+    let mut l = vec![0.0; n * n];
+    for i in 0..n {
+        for j in 0..=i {
+            let mut s = a[i * n + j];
+            for k in 0..j {
+                s -= l[i * n + k] * l[j * n + k];
+            }
+            if i == j {
+                if s <= 0.0 || !s.is_finite() {
+                    return None;
+                }
+                l[i * n + i] = s.sqrt();
+            } else {
+                l[i * n + j] = s / l[j * n + j];
+            }
+        }
+    }
+    Some(l)
+}
+
+impl SwagPosterior {
+    /// `log p(θ)` (natural log) of a flat `[d]` weight vector under the SWAG Gaussian with the
+    /// given options. `opts.scale` must be > 0 (scale 0 is a point mass).
+    pub fn log_prob(&self, theta: &Tensor, opts: &SampleOptions) -> Result<f64> {
+        opts.validate()?;
+        if opts.scale <= 0.0 {
+            return Err(Error::invalid(
+                "scale",
+                "log_prob needs scale > 0 (scale 0 is a point mass at the mean)",
+            ));
+        }
+        if self.n_collected == 0 {
+            return Err(Error::NotEnoughSnapshots(
+                "no snapshot collected yet; call collect() first".into(),
+            ));
+        }
+        self.layout.check_flat(theta, "theta")?;
+        let d = self.numel();
+        let host = |t: Tensor| -> Result<Vec<f32>> {
+            Ok(t.to_dtype(DType::F32)?
+                .to_device(&candle_core::Device::Cpu)?
+                .flatten_all()?
+                .to_vec1::<f32>()?)
+        };
+        let theta = host(theta.clone())?;
+        let mean = host(self.moments.get(0)?)?;
+        let sq = host(self.moments.get(1)?)?;
+        let (r, dev) = if opts.diag_only || self.rows == 0 {
+            (0, Vec::new())
+        } else {
+            (self.rows, host(self.deviations()?)?)
+        };
+        let c2 = opts.scale / self.divisor_value(opts.divisor);
+        let clamp = opts.var_clamp;
+        const BLOCK: usize = 4096;
+        let total = (0..d.div_ceil(BLOCK))
+            .into_par_iter()
+            .map(|blk| {
+                let lo = blk * BLOCK;
+                let hi = (lo + BLOCK).min(d);
+                let mut p = Partial::zero(r);
+                for i in lo..hi {
+                    let (m, s) = (mean[i] as f64, sq[i] as f64);
+                    let a = opts.scale * (s - m * m).max(clamp);
+                    let x = theta[i] as f64 - m;
+                    p.quad_diag += x * x / a;
+                    p.log_det_a += a.ln();
+                    for k in 0..r {
+                        let uk = dev[k * d + i] as f64 / a;
+                        p.b[k] += uk * x;
+                        for l in 0..=k {
+                            p.gram[k * r + l] += uk * dev[l * d + i] as f64;
+                        }
+                    }
+                }
+                p
+            })
+            .reduce(|| Partial::zero(r), Partial::merge);
+        if !(total.quad_diag.is_finite() && total.log_det_a.is_finite()) {
+            return Err(Error::invalid(
+                "var_clamp",
+                "the diagonal variance underflows to 0 somewhere; raise var_clamp for log_prob",
+            ));
+        }
+        // M = I + c² Dᴬ Dᵀ (lower triangle accumulated), b scaled by c.
+        let mut m = vec![0.0; r * r];
+        for k in 0..r {
+            for l in 0..=k {
+                let v = c2 * total.gram[k * r + l] + if k == l { 1.0 } else { 0.0 };
+                m[k * r + l] = v;
+                m[l * r + k] = v;
+            }
+        }
+        let (log_det_m, correction) = if r == 0 {
+            (0.0, 0.0)
+        } else {
+            let l = cholesky(&m, r).ok_or_else(|| {
+                Error::invalid("log_prob", "the low-rank system is not positive definite")
+            })?;
+            let log_det = 2.0 * (0..r).map(|i| l[i * r + i].ln()).sum::<f64>();
+            // Solve L y = c·b; bᵀ M⁻¹ b = |y|².
+            let c = c2.sqrt();
+            let mut y = vec![0.0; r];
+            for i in 0..r {
+                let mut s = c * total.b[i];
+                for k in 0..i {
+                    s -= l[i * r + k] * y[k];
+                }
+                y[i] = s / l[i * r + i];
+            }
+            (log_det, y.iter().map(|v| v * v).sum::<f64>())
+        };
+        let quad = total.quad_diag - correction;
+        let log_det = total.log_det_a + log_det_m;
+        Ok(-0.5 * (d as f64 * (2.0 * std::f64::consts::PI).ln() + log_det + quad))
+    }
+}

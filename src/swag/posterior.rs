@@ -1,0 +1,461 @@
+//! [`SwagPosterior`]: the SWAG moments and deviation columns, collected along the SGD trajectory.
+//!
+//! # State and conventions
+//! - `mean` and `sq_mean` (`[d]`, f32) are the equal-weight running means of θ and θ² over all
+//!   `n_collected` snapshots: `mean ← mean·n/(n+1) + θ/(n+1)`.
+//! - The deviation matrix `D` holds the newest `rows ≤ K` columns `θ − mean`, each taken right
+//!   *after* the mean update (as the reference implementation does), first-in first-out.
+//!   It is stored as one preallocated `[K, d]` buffer used as a ring, so collecting never
+//!   re-allocates nor concatenates; [`SwagPosterior::deviations`] returns it oldest first.
+//! - Everything lives on the model's device as candle tensors. On CPU, collection is one fused
+//!   pass over candle's storage ([`super::kernels`]); on CUDA and Metal it is a handful of
+//!   tensor ops with in-place `slice_set`, and the data never leaves the device.
+//! - A snapshot holding NaN or ±Inf is refused with [`Error::NonFinite`] before anything is
+//!   modified.
+
+use std::sync::Mutex;
+
+use candle_core::{
+    CpuStorage, DType, Device, InplaceOp1, InplaceOp2, Layout, Storage, Tensor,
+};
+use half::{bf16, f16};
+
+use super::kernels::{self, DeviationElem};
+use crate::error::{Error, Result};
+use crate::layout::{ParamLayout, ParamSet};
+
+/// Settings fixed when a posterior is created.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SwagConfig {
+    /// K, the maximum number of deviation columns kept (the paper uses 20). 0 means SWAG-diagonal
+    /// only: no columns are stored.
+    pub rank: usize,
+    /// Storage dtype of the deviation columns: `F32` (default), or `BF16` / `F16` to halve the
+    /// `K·d` buffer. Moments are always f32; the kernels compute in f32.
+    pub deviation_dtype: DType,
+}
+
+impl Default for SwagConfig {
+    fn default() -> Self {
+        Self {
+            rank: 20,
+            deviation_dtype: DType::F32,
+        }
+    }
+}
+
+impl SwagConfig {
+    /// A config with rank `K` and f32 deviations.
+    pub fn with_rank(rank: usize) -> Self {
+        Self {
+            rank,
+            ..Self::default()
+        }
+    }
+}
+
+/// A SWAG posterior over a flat parameter vector of `d` numbers.
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// use candle_nn::{VarBuilder, VarMap};
+/// use candle_swag::layout::ParamSet;
+/// use candle_swag::swag::{SwagConfig, SwagPosterior};
+///
+/// let varmap = VarMap::new();
+/// let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+/// let _ = candle_nn::linear(2, 1, vb.pp("fc")).unwrap();
+/// let params = ParamSet::from_varmap(&varmap).unwrap();
+/// let mut posterior =
+///     SwagPosterior::new(params.layout().clone(), SwagConfig::with_rank(5), &Device::Cpu).unwrap();
+/// posterior.collect(&params).unwrap(); // once per epoch during training
+/// assert_eq!(posterior.n_collected(), 1);
+/// assert_eq!(posterior.rows(), 1);
+/// ```
+#[derive(Debug)]
+pub struct SwagPosterior {
+    pub(crate) layout: ParamLayout,
+    pub(crate) config: SwagConfig,
+    pub(crate) device: Device,
+    /// `[2, d]` f32: row 0 the mean, row 1 the mean of squares.
+    pub(crate) moments: Tensor,
+    /// `[K, d]` ring buffer of deviation columns (`[0, d]` when K = 0).
+    pub(crate) deviations: Tensor,
+    pub(crate) n_collected: usize,
+    /// Number of deviation rows held.
+    pub(crate) rows: usize,
+    /// Physical row of the oldest held deviation.
+    pub(crate) oldest: usize,
+}
+
+impl SwagPosterior {
+    /// An empty posterior for `layout`, with its buffers allocated on `device`.
+    pub fn new(layout: ParamLayout, config: SwagConfig, device: &Device) -> Result<Self> {
+        if layout.numel() == 0 {
+            return Err(Error::invalid("layout", "the layout holds no parameter"));
+        }
+        if !matches!(config.deviation_dtype, DType::F32 | DType::BF16 | DType::F16) {
+            return Err(Error::invalid(
+                "deviation_dtype",
+                format!(
+                    "{:?} is not supported; use F32, BF16 or F16",
+                    config.deviation_dtype
+                ),
+            ));
+        }
+        let d = layout.numel();
+        let moments = Tensor::zeros((2, d), DType::F32, device)?;
+        let deviations = Tensor::zeros((config.rank, d), config.deviation_dtype, device)?;
+        Ok(Self {
+            layout,
+            config,
+            device: device.clone(),
+            moments,
+            deviations,
+            n_collected: 0,
+            rows: 0,
+            oldest: 0,
+        })
+    }
+
+    /// A posterior for a model's parameters, on their device.
+    pub fn for_params(params: &ParamSet, config: SwagConfig) -> Result<Self> {
+        Self::new(params.layout().clone(), config, params.device())
+    }
+
+    /// The parameter layout the posterior is defined on.
+    pub fn layout(&self) -> &ParamLayout {
+        &self.layout
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SwagConfig {
+        &self.config
+    }
+
+    /// The device holding the state.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Number of snapshots collected so far.
+    pub fn n_collected(&self) -> usize {
+        self.n_collected
+    }
+
+    /// K, the maximum number of deviation columns.
+    pub fn rank(&self) -> usize {
+        self.config.rank
+    }
+
+    /// Number of deviation columns held now: `min(n_collected, K)`.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Dimension `d` of the flat parameter vector.
+    pub fn numel(&self) -> usize {
+        self.layout.numel()
+    }
+
+    /// Bytes held by the posterior's buffers (moments and the full `K×d` deviation buffer).
+    pub fn state_bytes(&self) -> usize {
+        let d = self.numel();
+        2 * 4 * d + self.config.rank * d * self.config.deviation_dtype.size_in_bytes()
+    }
+
+    /// The running mean of θ (`[d]`, f32): the SWA solution.
+    pub fn mean(&self) -> Result<Tensor> {
+        // A copy: views of the internal buffers must not escape (they would alias the state).
+        Ok(self.moments.get(0)?.copy()?)
+    }
+
+    /// The running mean of θ² (`[d]`, f32).
+    pub fn sq_mean(&self) -> Result<Tensor> {
+        Ok(self.moments.get(1)?.copy()?)
+    }
+
+    /// The diagonal variance `max(sq_mean − mean², clamp)` (`[d]`, f32).
+    pub fn variance(&self, clamp: f64) -> Result<Tensor> {
+        let m = self.mean()?;
+        Ok(self.sq_mean()?.sub(&m.sqr()?)?.maximum(clamp)?)
+    }
+
+    /// Physical buffer rows of the held deviations, oldest first.
+    pub(crate) fn physical_rows(&self) -> Vec<usize> {
+        (0..self.rows)
+            .map(|k| (self.oldest + k) % self.config.rank.max(1))
+            .collect()
+    }
+
+    /// The held deviation columns as a `[rows, d]` tensor, oldest first, in the storage dtype.
+    pub fn deviations(&self) -> Result<Tensor> {
+        if self.rows == 0 {
+            return Ok(Tensor::zeros(
+                (0, self.numel()),
+                self.config.deviation_dtype,
+                &self.device,
+            )?);
+        }
+        if self.oldest == 0 {
+            return Ok(self.deviations.narrow(0, 0, self.rows)?.copy()?);
+        }
+        // Full ring wrapped around: oldest..K then 0..oldest.
+        let k = self.config.rank;
+        let tail = self.deviations.narrow(0, self.oldest, k - self.oldest)?;
+        let head = self.deviations.narrow(0, 0, self.oldest)?;
+        Ok(Tensor::cat(&[&tail, &head], 0)?)
+    }
+
+    /// Physical row the next deviation column goes to, and the ring state after the write.
+    fn next_slot(&self) -> (usize, usize, usize) {
+        let k = self.config.rank;
+        if self.rows < k {
+            ((self.oldest + self.rows) % k, self.rows + 1, self.oldest)
+        } else {
+            (self.oldest, self.rows, (self.oldest + 1) % k)
+        }
+    }
+
+    /// Collects one snapshot: the current weights of `params`.
+    pub fn collect(&mut self, params: &ParamSet) -> Result<()> {
+        self.layout.check_same(params.layout())?;
+        let fused = self.device.is_cpu()
+            && params
+                .vars()
+                .iter()
+                .all(|v| v.dtype() == DType::F32 && v.as_tensor().is_contiguous());
+        if !fused {
+            return self.collect_flat(&params.flatten()?);
+        }
+        let pieces: Vec<(&Tensor, usize)> = params
+            .vars()
+            .iter()
+            .zip(self.layout.entries())
+            .map(|(v, e)| (v.as_tensor(), e.offset))
+            .collect();
+        self.collect_pieces(&pieces)
+    }
+
+    /// Collects one snapshot given as a flat `[d]` vector (layout order).
+    pub fn collect_flat(&mut self, theta: &Tensor) -> Result<()> {
+        self.layout.check_flat(theta, "theta")?;
+        if self.device.is_cpu() && theta.device().is_cpu() {
+            let theta = theta.to_dtype(DType::F32)?.contiguous()?;
+            return self.collect_pieces(&[(&theta, 0)]);
+        }
+        let theta = theta.to_dtype(DType::F32)?.to_device(&self.device)?;
+        self.check_finite_device(&theta)?;
+        let n = self.n_collected as f64;
+        let keep = n / (n + 1.0);
+        let new = 1.0 / (n + 1.0);
+        let mean = self.moments.get(0)?.affine(keep, 0.0)?.add(&theta.affine(new, 0.0)?)?;
+        let sq = self
+            .moments
+            .get(1)?
+            .affine(keep, 0.0)?
+            .add(&theta.sqr()?.affine(new, 0.0)?)?;
+        let moments = Tensor::stack(&[&mean, &sq], 0)?;
+        if self.config.rank > 0 {
+            let (slot, rows, oldest) = self.next_slot();
+            let dev = theta
+                .sub(&mean)?
+                .to_dtype(self.config.deviation_dtype)?
+                .unsqueeze(0)?;
+            self.deviations.slice_set(&dev, 0, slot)?;
+            self.rows = rows;
+            self.oldest = oldest;
+        }
+        self.moments.slice_set(&moments, 0, 0)?;
+        self.n_collected += 1;
+        Ok(())
+    }
+
+    /// Finds the first non-finite value on a device and names its parameter.
+    fn check_finite_device(&self, theta: &Tensor) -> Result<()> {
+        // x − x is 0 for finite x and NaN otherwise: one reduction, one scalar to the host.
+        let probe = theta.sub(theta)?.sum_all()?.to_scalar::<f32>()?;
+        if probe == 0.0 {
+            return Ok(());
+        }
+        let host = theta.to_vec1::<f32>()?;
+        match kernels::first_non_finite(&host) {
+            Some(i) => Err(self.non_finite_error(i, host[i])),
+            None => Ok(()),
+        }
+    }
+
+    fn non_finite_error(&self, flat_index: usize, value: f32) -> Error {
+        let entry = self
+            .layout
+            .entries()
+            .iter()
+            .rev()
+            .find(|e| e.offset <= flat_index);
+        match entry {
+            Some(e) => Error::NonFinite {
+                parameter: e.name.clone(),
+                index: flat_index - e.offset,
+                value: value.to_string(),
+            },
+            None => Error::NonFinite {
+                parameter: "?".into(),
+                index: flat_index,
+                value: value.to_string(),
+            },
+        }
+    }
+
+    /// Fused CPU collection over `(tensor, offset)` pieces covering the flat vector.
+    fn collect_pieces(&mut self, pieces: &[(&Tensor, usize)]) -> Result<()> {
+        // 1. Refuse non-finite snapshots before touching the state.
+        for (t, offset) in pieces {
+            let (storage, layout) = t.storage_and_layout();
+            let xs = cpu_f32_slice(&storage, layout)?;
+            if let Some(i) = kernels::first_non_finite(xs) {
+                return Err(self.non_finite_error(offset + i, xs[i]));
+            }
+        }
+        // 2. One fused pass per piece.
+        let (slot, rows, oldest) = if self.config.rank > 0 {
+            self.next_slot()
+        } else {
+            (0, 0, 0)
+        };
+        let d = self.numel();
+        for (t, offset) in pieces {
+            let op = CollectOp {
+                moments: &self.moments,
+                theta: t,
+                offset: *offset,
+                len: t.elem_count(),
+                d,
+                row: slot,
+                n: self.n_collected,
+            };
+            if self.config.rank > 0 {
+                self.deviations.inplace_op1(&op)?;
+            } else {
+                op.update_moments::<f32>(None)?;
+            }
+        }
+        self.rows = rows;
+        self.oldest = oldest;
+        self.n_collected += 1;
+        Ok(())
+    }
+}
+
+/// The contiguous f32 slice of a CPU tensor's storage.
+pub(crate) fn cpu_f32_slice<'a>(storage: &'a Storage, layout: &Layout) -> Result<&'a [f32]> {
+    let (lo, hi) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| Error::invalid("tensor", "expected a contiguous tensor"))?;
+    match storage {
+        Storage::Cpu(CpuStorage::F32(v)) => Ok(&v[lo..hi]),
+        _ => Err(Error::invalid("tensor", "expected an f32 CPU tensor")),
+    }
+}
+
+/// Outer op: holds the deviation buffer mutably, then runs [`MomentsOp`] on the moments.
+struct CollectOp<'a> {
+    moments: &'a Tensor,
+    theta: &'a Tensor,
+    offset: usize,
+    len: usize,
+    d: usize,
+    row: usize,
+    n: usize,
+}
+
+impl CollectOp<'_> {
+    fn update_moments<E: DeviationElem>(&self, dev: Option<&mut [E]>) -> candle_core::Result<()> {
+        let inner = MomentsOp {
+            dev: Mutex::new(dev),
+            offset: self.offset,
+            len: self.len,
+            d: self.d,
+            n: self.n,
+        };
+        self.moments.inplace_op2(self.theta, &inner)
+    }
+}
+
+impl InplaceOp1 for CollectOp<'_> {
+    fn name(&self) -> &'static str {
+        "swag-collect"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
+        let (lo, _) = layout
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("deviation buffer not contiguous".into()))?;
+        let start = lo + self.row * self.d + self.offset;
+        let range = start..start + self.len;
+        match storage {
+            CpuStorage::F32(v) => self.update_moments::<f32>(Some(&mut v[range])),
+            CpuStorage::BF16(v) => self.update_moments::<bf16>(Some(&mut v[range])),
+            CpuStorage::F16(v) => self.update_moments::<f16>(Some(&mut v[range])),
+            _ => Err(candle_core::Error::Msg(
+                "deviation buffer has an unsupported dtype".into(),
+            )),
+        }
+    }
+}
+
+/// Inner op: updates mean and sq_mean in place and writes the deviation column.
+struct MomentsOp<'a, E> {
+    dev: Mutex<Option<&'a mut [E]>>,
+    offset: usize,
+    len: usize,
+    d: usize,
+    n: usize,
+}
+
+impl<E: DeviationElem> InplaceOp2 for MomentsOp<'_, E> {
+    fn name(&self) -> &'static str {
+        "swag-moments"
+    }
+
+    fn cpu_fwd(
+        &self,
+        moments: &mut CpuStorage,
+        ml: &Layout,
+        theta: &CpuStorage,
+        tl: &Layout,
+    ) -> candle_core::Result<()> {
+        let msg = |m: &str| candle_core::Error::Msg(m.to_string());
+        let (mlo, _) = ml
+            .contiguous_offsets()
+            .ok_or_else(|| msg("moments not contiguous"))?;
+        let (tlo, thi) = tl
+            .contiguous_offsets()
+            .ok_or_else(|| msg("theta not contiguous"))?;
+        let (CpuStorage::F32(m), CpuStorage::F32(t)) = (moments, theta) else {
+            return Err(msg("moments and theta must be f32"));
+        };
+        let theta = &t[tlo..thi];
+        let (mean_row, sq_row) = m[mlo..mlo + 2 * self.d].split_at_mut(self.d);
+        let range = self.offset..self.offset + self.len;
+        let mean = &mut mean_row[range.clone()];
+        let sq = &mut sq_row[range];
+        let mut dev_guard = self.dev.lock().map_err(|_| msg("poisoned lock"))?;
+        match dev_guard.as_deref_mut() {
+            Some(dev) => kernels::collect(mean, sq, theta, dev, self.n),
+            None => {
+                // K = 0: moments only; the deviation is computed into a scratch block and dropped.
+                let mut scratch = vec![0f32; self.len.min(super::noise::NOISE_BLOCK)];
+                for (((m, s), t), _) in mean
+                    .chunks_mut(super::noise::NOISE_BLOCK)
+                    .zip(sq.chunks_mut(super::noise::NOISE_BLOCK))
+                    .zip(theta.chunks(super::noise::NOISE_BLOCK))
+                    .zip(0..)
+                {
+                    let l = m.len();
+                    kernels::collect(m, s, t, &mut scratch[..l], self.n);
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,305 @@
+//! Drawing weights from the SWAG Gaussian.
+//!
+//! # The formula
+//! `θ = mean + sqrt(scale) · ( sqrt(max(sq_mean − mean², var_clamp)) ⊙ z1 + Dᵀ z2 / sqrt(divisor) )`
+//! with `z1 ~ N(0, I_d)`, `z2 ~ N(0, I_rows)`, `D` the `[rows, d]` deviations (oldest first), so
+//! that `θ ~ N(mean, scale · (diag + DᵀD / divisor))`.
+//!
+//! - **scale multiplies the variance** (not the standard deviation): scale 0.5 is the paper's ½,
+//!   scale 0 returns the SWA mean exactly.
+//! - **divisor** ([`Divisor`]): by default `max(rows − 1, 1)`, with `rows` the number of columns
+//!   actually held — the unbiased sample covariance of the columns. The reference implementation
+//!   divides by `K − 1` even before K columns are held, which shrinks the low-rank term early in
+//!   collection; [`Divisor::RankMinusOne`] reproduces it. Both agree once `rows = K`.
+//! - **Diagonal only** drops the `Dᵀ z2` term (SWAG-diagonal).
+//! - No `d × d` matrix is ever formed: `Dᵀ z2` is a streaming accumulation over the rows.
+//!
+//! # Noise and reproducibility
+//! Noise is drawn on the host from seeded streams ([`super::noise`]); see there for the
+//! guarantee. [`SwagPosterior::sample_with_noise`] takes `z1` and `z2` explicitly so the formula
+//! can be checked exactly.
+
+use candle_core::{CpuStorage, DType, InplaceOp3, Layout, Tensor};
+use half::{bf16, f16};
+use rand::Rng;
+
+use super::kernels::{self, DeviationElem, NoiseSource, SampleCoefficients};
+use super::noise;
+use super::posterior::SwagPosterior;
+use crate::error::{Error, Result};
+use crate::layout::ParamSet;
+
+/// The divisor of the low-rank term (see the [module docs](self)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Divisor {
+    /// `max(rows − 1, 1)`, rows = columns held (default).
+    #[default]
+    RowsMinusOne,
+    /// `max(K − 1, 1)`, as the reference implementation.
+    RankMinusOne,
+}
+
+/// Options of a SWAG sample.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SampleOptions {
+    /// Multiplies the covariance; 0.5 by default (the paper's choice), 0 gives the SWA mean.
+    pub scale: f64,
+    /// Drop the low-rank term (SWAG-diagonal).
+    pub diag_only: bool,
+    /// Divisor of the low-rank term.
+    pub divisor: Divisor,
+    /// Lower clamp of the diagonal variance `sq_mean − mean²` (1e-30 by default, as the
+    /// reference), which also absorbs small negative values from rounding.
+    pub var_clamp: f64,
+}
+
+impl Default for SampleOptions {
+    fn default() -> Self {
+        Self {
+            scale: 0.5,
+            diag_only: false,
+            divisor: Divisor::RowsMinusOne,
+            var_clamp: 1e-30,
+        }
+    }
+}
+
+impl SampleOptions {
+    /// Default options with the given scale.
+    pub fn with_scale(scale: f64) -> Self {
+        Self {
+            scale,
+            ..Self::default()
+        }
+    }
+
+    /// Default options, diagonal only.
+    pub fn diagonal(scale: f64) -> Self {
+        Self {
+            scale,
+            diag_only: true,
+            ..Self::default()
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if !(self.scale.is_finite() && self.scale >= 0.0) {
+            return Err(Error::invalid(
+                "scale",
+                format!("must be finite and >= 0, got {}", self.scale),
+            ));
+        }
+        if !(self.var_clamp.is_finite() && self.var_clamp >= 0.0) {
+            return Err(Error::invalid(
+                "var_clamp",
+                format!("must be finite and >= 0, got {}", self.var_clamp),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl SwagPosterior {
+    /// The value of the low-rank divisor under `divisor` for the columns held now.
+    pub fn divisor_value(&self, divisor: Divisor) -> f64 {
+        let n = match divisor {
+            Divisor::RowsMinusOne => self.rows,
+            Divisor::RankMinusOne => self.config.rank,
+        };
+        n.saturating_sub(1).max(1) as f64
+    }
+
+    fn check_ready(&self, opts: &SampleOptions) -> Result<()> {
+        opts.validate()?;
+        if self.n_collected == 0 {
+            return Err(Error::NotEnoughSnapshots(
+                "no snapshot collected yet; call collect() first".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Deterministic sample from given noise: `z1` of shape `[d]`, `z2` of shape `[rows]`
+    /// (ignored when `diag_only`). Returns the flat `[d]` f32 vector on the posterior's device.
+    pub fn sample_with_noise(
+        &self,
+        z1: &Tensor,
+        z2: &Tensor,
+        opts: &SampleOptions,
+    ) -> Result<Tensor> {
+        self.check_ready(opts)?;
+        self.layout.check_flat(z1, "z1")?;
+        let z1 = z1.to_dtype(DType::F32)?.to_device(&self.device)?;
+        let mean = self.moments.get(0)?;
+        let std = self
+            .moments
+            .get(1)?
+            .sub(&mean.sqr()?)?
+            .maximum(opts.var_clamp)?
+            .sqrt()?;
+        let mut noise = std.mul(&z1)?;
+        if !opts.diag_only && self.rows > 0 {
+            if z2.dims() != [self.rows] {
+                return Err(Error::invalid(
+                    "z2",
+                    format!("expected shape [{}], got {:?}", self.rows, z2.dims()),
+                ));
+            }
+            let z2 = z2
+                .to_dtype(DType::F32)?
+                .to_device(&self.device)?
+                .unsqueeze(0)?;
+            let d = self.deviations()?.to_dtype(DType::F32)?;
+            let low_rank = z2
+                .matmul(&d)?
+                .squeeze(0)?
+                .affine(1.0 / self.divisor_value(opts.divisor).sqrt(), 0.0)?;
+            noise = noise.add(&low_rank)?;
+        }
+        Ok(mean.add(&noise.affine(opts.scale.sqrt(), 0.0)?)?)
+    }
+
+    /// A flat `[d]` sample for a seed (same noise as [`SwagPosterior::sample_into_seeded`]).
+    pub fn sample_flat_seeded(&self, seed: u64, opts: &SampleOptions) -> Result<Tensor> {
+        self.check_ready(opts)?;
+        let z1 = Tensor::from_vec(noise::z1_for_seed(seed, &self.layout), self.numel(), &self.device)?;
+        let z2 = Tensor::from_vec(noise::z2_for_seed(seed, self.rows), self.rows, &self.device)?;
+        self.sample_with_noise(&z1, &z2, opts)
+    }
+
+    /// Draws one weight sample and writes it straight into `params` (no flat copy on CPU).
+    /// One `u64` is drawn from `rng` as the sample's seed.
+    pub fn sample_into(
+        &self,
+        params: &ParamSet,
+        opts: &SampleOptions,
+        rng: &mut impl Rng,
+    ) -> Result<()> {
+        self.sample_into_seeded(params, opts, noise::seed_from(rng))
+    }
+
+    /// Like [`SwagPosterior::sample_into`] with an explicit seed.
+    pub fn sample_into_seeded(
+        &self,
+        params: &ParamSet,
+        opts: &SampleOptions,
+        seed: u64,
+    ) -> Result<()> {
+        self.check_ready(opts)?;
+        self.layout.check_same(params.layout())?;
+        let fused = self.device.is_cpu()
+            && params
+                .vars()
+                .iter()
+                .all(|v| v.dtype() == DType::F32 && v.as_tensor().is_contiguous());
+        if !fused {
+            return params.write_flat(&self.sample_flat_seeded(seed, opts)?);
+        }
+        let low_rank = !opts.diag_only && self.rows > 0;
+        let z2 = if low_rank {
+            noise::z2_for_seed(seed, self.rows)
+        } else {
+            Vec::new()
+        };
+        let rows = if low_rank {
+            self.physical_rows()
+        } else {
+            Vec::new()
+        };
+        let coef = SampleCoefficients {
+            sqrt_scale: opts.scale.sqrt() as f32,
+            inv_sqrt_divisor: (1.0 / self.divisor_value(opts.divisor).sqrt()) as f32,
+            var_clamp: opts.var_clamp as f32,
+        };
+        for (p, (var, entry)) in params.vars().iter().zip(self.layout.entries()).enumerate() {
+            let op = SampleOp {
+                offset: entry.offset,
+                d: self.numel(),
+                rows: &rows,
+                z2: &z2,
+                coef,
+                noise: NoiseSource {
+                    seed,
+                    param: p as u64,
+                },
+            };
+            var.as_tensor().inplace_op3(&self.moments, &self.deviations, &op)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the SWA mean into `params` (the scale-0 sample, without drawing noise).
+    pub fn write_mean_into(&self, params: &ParamSet) -> Result<()> {
+        if self.n_collected == 0 {
+            return Err(Error::NotEnoughSnapshots(
+                "no snapshot collected yet; call collect() first".into(),
+            ));
+        }
+        self.layout.check_same(params.layout())?;
+        params.write_flat(&self.moments.get(0)?)
+    }
+}
+
+/// Writes one parameter's sample into its Var's storage.
+struct SampleOp<'a> {
+    offset: usize,
+    d: usize,
+    rows: &'a [usize],
+    z2: &'a [f32],
+    coef: SampleCoefficients,
+    noise: NoiseSource,
+}
+
+impl SampleOp<'_> {
+    fn run<E: DeviationElem>(
+        &self,
+        out: &mut [f32],
+        moments: &[f32],
+        dev: &[E],
+    ) -> candle_core::Result<()> {
+        let len = out.len();
+        let mean = &moments[self.offset..self.offset + len];
+        let sq = &moments[self.d + self.offset..self.d + self.offset + len];
+        let dev_rows: Vec<&[E]> = self
+            .rows
+            .iter()
+            .map(|&r| &dev[r * self.d + self.offset..r * self.d + self.offset + len])
+            .collect();
+        kernels::sample(out, mean, sq, &dev_rows, self.z2, self.coef, self.noise);
+        Ok(())
+    }
+}
+
+impl InplaceOp3 for SampleOp<'_> {
+    fn name(&self) -> &'static str {
+        "swag-sample"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dl: &Layout,
+        moments: &CpuStorage,
+        ml: &Layout,
+        dev: &CpuStorage,
+        devl: &Layout,
+    ) -> candle_core::Result<()> {
+        let msg = |m: &str| candle_core::Error::Msg(m.to_string());
+        let (lo, hi) = dl.contiguous_offsets().ok_or_else(|| msg("parameter not contiguous"))?;
+        let (mlo, mhi) = ml.contiguous_offsets().ok_or_else(|| msg("moments not contiguous"))?;
+        let (dlo, dhi) = devl
+            .contiguous_offsets()
+            .ok_or_else(|| msg("deviations not contiguous"))?;
+        let (CpuStorage::F32(out), CpuStorage::F32(m)) = (dst, moments) else {
+            return Err(msg("parameter and moments must be f32"));
+        };
+        let out = &mut out[lo..hi];
+        let m = &m[mlo..mhi];
+        match dev {
+            CpuStorage::F32(v) => self.run(out, m, &v[dlo..dhi]),
+            CpuStorage::BF16(v) => self.run::<bf16>(out, m, &v[dlo..dhi]),
+            CpuStorage::F16(v) => self.run::<f16>(out, m, &v[dlo..dhi]),
+            _ => Err(msg("deviation buffer has an unsupported dtype")),
+        }
+    }
+}
