@@ -1,1 +1,237 @@
-//! (in progress)
+//! Calibration and uncertainty metrics.
+//!
+//! Every function takes plain slices (row-major matrices with an explicit number of columns) and
+//! returns a serde-serialisable result, so that `plot/` draws from the same numbers that
+//! `report/` prints and nothing is computed twice. Natural logarithms everywhere.
+//!
+//! # Conventions shared by all submodules
+//!
+//! * **Probabilities** are row-major `[N, C]` slices of `f32` or `f64` (any [`Probability`]);
+//!   every accumulation is done in `f64`. Binning compares a value with the bin edges *in the
+//!   input's own precision*, so an `f32` confidence written as `0.3` lands in the bin that `0.3`
+//!   closes, exactly as the same `f64` value does.
+//! * **Labels** are class indices `0..C` of any [`ClassLabel`] type (`u32`, `usize`, `i64`, ...).
+//! * **Validation** is part of the single pass over the data (no unchecked variant is needed:
+//!   the checks are branch-predicted compares inside the loop that is run anyway). A bad value
+//!   gives [`Error::BadData`] whose `file` is the *input name* (`"probabilities"`, `"labels"`,
+//!   `"mean"`, ...), `row` is 1-based, and `column` names the class (`"class 3"`, 0-based
+//!   class index) or the quantity. A caller that read the data from a file replaces the input
+//!   name by the file's path with [`attribute_to_file`]. The first bad value in row order is
+//!   reported.
+//! * Checks: equal lengths, non-empty input, finite values, probabilities in `[0, 1]`, rows
+//!   summing to 1 within [`ROW_SUM_TOLERANCE`], labels inside `0..C`.
+
+pub mod binning;
+pub mod classification;
+pub mod ood;
+pub mod recalibration;
+pub mod regression;
+pub mod selective;
+pub mod uncertainty;
+
+pub use binning::{
+    calibration_bins, calibration_bins_equal_mass, equal_width_bin_index, BinStats, BinningScheme,
+    CalibrationBins, DEFAULT_BINS,
+};
+pub use classification::{
+    binary_to_two_class, calibration_bins_positive_class, calibration_bins_top_label_binary,
+    classification_metrics, evaluate_classification, top_label, ClassificationEvaluation,
+    ClassificationMetrics, ClassificationOptions, DEFAULT_NLL_EPS,
+};
+pub use ood::{
+    auroc, average_precision, fpr_at_tpr, ood_metrics, ood_metrics_in_out, roc_curve, OodMetrics,
+    RocCurve,
+};
+pub use recalibration::{
+    apply_temperature, fit_sigma_scale, fit_temperature, softmax_rows, SigmaScaling,
+    TemperatureScaling,
+};
+pub use regression::{
+    check_score, crps_gaussian, crps_samples, gaussian_nll, interval_calibration_curve,
+    interval_score, linspace, mae, mean_absolute_calibration_error, miscalibration_area,
+    miscalibration_area_from_curve, prediction_interval_coverage, quantile_calibration_curve,
+    regression_metrics, regression_metrics_from_samples, rmse, root_mean_squared_calibration_error,
+    sample_moments, sharpness, CalibrationCurve, CrpsEstimator, IntervalCoverage,
+    RegressionMetrics, RegressionOptions,
+};
+pub use selective::{aurc_trapezoid, risk_coverage, RiskCoverage};
+pub use uncertainty::{
+    decompose_uncertainty, decompose_uncertainty_tensor, entropy_rows, UncertaintyDecomposition,
+    UncertaintySummary,
+};
+
+use crate::{Error, Result};
+
+/// Largest accepted |Σ_k p_k − 1| for a probability row (the issue's ±1e-4).
+pub const ROW_SUM_TOLERANCE: f64 = 1e-4;
+
+/// A floating-point element type accepted as probability or score input (`f32` or `f64`).
+///
+/// Comparisons with bin edges happen in this type (see [`Probability::bin_edge`]), sums in `f64`.
+pub trait Probability: Copy + PartialOrd + Send + Sync + 'static {
+    /// The value widened to `f64` (exact for `f32`).
+    fn to_f64(self) -> f64;
+    /// The correctly rounded value of `i / n` in this type: one division, never an
+    /// accumulated step, so `bin_edge(3, 10)` is exactly the literal `0.3` of this type.
+    fn bin_edge(i: usize, n: usize) -> Self;
+    /// `ceil(self * n)` computed in this type, saturating into `usize` (a first guess of
+    /// the 1-based bin number that [`equal_width_bin_index`] then corrects by at most one).
+    fn ceil_scaled(self, n: usize) -> usize;
+}
+
+impl Probability for f32 {
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+    #[inline(always)]
+    fn bin_edge(i: usize, n: usize) -> Self {
+        i as f32 / n as f32
+    }
+    #[inline(always)]
+    fn ceil_scaled(self, n: usize) -> usize {
+        (self * n as f32).ceil() as usize
+    }
+}
+
+impl Probability for f64 {
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        self
+    }
+    #[inline(always)]
+    fn bin_edge(i: usize, n: usize) -> Self {
+        i as f64 / n as f64
+    }
+    #[inline(always)]
+    fn ceil_scaled(self, n: usize) -> usize {
+        (self * n as f64).ceil() as usize
+    }
+}
+
+/// An integer class label type. Negative or out-of-range labels are reported as errors.
+pub trait ClassLabel: Copy + Send + Sync + 'static {
+    /// The label as a class index, or `None` when it cannot be one (negative).
+    fn class_index(self) -> Option<usize>;
+}
+
+macro_rules! impl_label_unsigned {
+    ($($t:ty),*) => {$(
+        impl ClassLabel for $t {
+            #[inline(always)]
+            fn class_index(self) -> Option<usize> {
+                usize::try_from(self).ok()
+            }
+        }
+    )*};
+}
+impl_label_unsigned!(u8, u16, u32, u64, usize, i32, i64);
+
+/// Replaces the input name in a [`Error::BadData`] (for example `"probabilities"`) by the path
+/// of the file the caller read that input from; other errors are returned unchanged.
+pub fn attribute_to_file(err: Error, input_name: &str, file: &str) -> Error {
+    match err {
+        Error::BadData {
+            file: f,
+            row,
+            column,
+            reason,
+        } if f == input_name => Error::BadData {
+            file: file.to_string(),
+            row,
+            column,
+            reason,
+        },
+        other => other,
+    }
+}
+
+/// A [`Error::BadData`] for input `input` at 0-based `row_index`.
+pub(crate) fn bad_data(
+    input: &str,
+    row_index: usize,
+    column: impl Into<String>,
+    reason: impl Into<String>,
+) -> Error {
+    Error::BadData {
+        file: input.to_string(),
+        row: row_index + 1,
+        column: column.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Checks that `input` is not empty.
+pub(crate) fn check_non_empty(input: &str, len: usize) -> Result<()> {
+    if len == 0 {
+        return Err(Error::BadData {
+            file: input.to_string(),
+            row: 0,
+            column: String::new(),
+            reason: "input is empty".to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Checks that two inputs have the same number of rows.
+pub(crate) fn check_same_len(a: &str, a_len: usize, b: &str, b_len: usize) -> Result<()> {
+    if a_len != b_len {
+        return Err(Error::BadData {
+            file: b.to_string(),
+            row: 0,
+            column: String::new(),
+            reason: format!("has {b_len} rows but `{a}` has {a_len}"),
+        });
+    }
+    Ok(())
+}
+
+/// Number of rows of a row-major `[rows, n_cols]` matrix, checking the shape.
+pub(crate) fn matrix_rows(input: &str, len: usize, n_cols: usize) -> Result<usize> {
+    if n_cols == 0 {
+        return Err(Error::invalid("n_classes", "must be at least 1"));
+    }
+    check_non_empty(input, len)?;
+    if len % n_cols != 0 {
+        return Err(Error::BadData {
+            file: input.to_string(),
+            row: len / n_cols + 1,
+            column: String::new(),
+            reason: format!("{len} values do not form whole rows of {n_cols} columns"),
+        });
+    }
+    Ok(len / n_cols)
+}
+
+/// The reason a probability value is refused, or `None` when it is a valid probability.
+#[inline]
+pub(crate) fn probability_problem(p: f64) -> Option<String> {
+    if p.is_nan() {
+        Some("value is NaN".to_string())
+    } else if p.is_infinite() {
+        Some(format!("value {p} is infinite"))
+    } else if !(0.0..=1.0).contains(&p) {
+        Some(format!("probability {p} is outside [0, 1]"))
+    } else {
+        None
+    }
+}
+
+/// Converts a slice of labels to class indices, checking the range `0..n_classes`.
+pub(crate) fn label_indices<L: ClassLabel>(labels: &[L], n_classes: usize) -> Result<Vec<usize>> {
+    labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| match l.class_index() {
+            Some(k) if k < n_classes => Ok(k),
+            Some(k) => Err(bad_data(
+                "labels",
+                i,
+                "label",
+                format!("label {k} is out of range 0..{n_classes}"),
+            )),
+            None => Err(bad_data("labels", i, "label", "label is negative")),
+        })
+        .collect()
+}

@@ -1,0 +1,641 @@
+//! Regression metrics for Gaussian predictions (mean `μ`, standard deviation `σ`) and for
+//! predictive samples, following uncertainty-toolbox's conventions exactly.
+//!
+//! # Conventions
+//!
+//! * `linspace(a, b, n)` is numpy's: `a + i·((b − a)/(n − 1))`, the last point exactly `b`.
+//! * Normalised residual `r = (μ − y)/σ` (the toolbox's sign: prediction minus truth).
+//! * **Interval calibration curve**: expected proportions `p = linspace(0, 1, 100)`; observed =
+//!   fraction of rows with `Φ⁻¹(½ − p/2) ≤ r ≤ Φ⁻¹(½ + p/2)` (bounds included).
+//! * **Quantile calibration curve**: observed = fraction of rows with `r ≤ Φ⁻¹(p)`. With the
+//!   toolbox's sign of `r` this is the fraction of targets at or above the predicted
+//!   `(1 − p)`-quantile, which is `p` for a calibrated Gaussian, like the usual definition.
+//! * MACE = mean |expected − observed|, RMSCE = sqrt(mean (expected − observed)²);
+//!   miscalibration area = the area between the curve and the diagonal, trapezoid by
+//!   trapezoid, with the exact area of the two triangles where the curve crosses the diagonal.
+//! * Gaussian NLL = mean of `½ ln(2πσ²) + (y − μ)²/(2σ²)`.
+//! * CRPS (Gaussian closed form) = mean of `σ [z(2Φ(z) − 1) + 2φ(z) − 1/√π]`, `z = (y − μ)/σ`.
+//! * Sharpness = `sqrt(mean σ²)`.
+//! * Check score: mean over `q = linspace(0.01, 0.99, 99)` and rows of
+//!   `(1[d ≥ 0] − q)·d`, `d = μ + σΦ⁻¹(q) − y` (pinball loss).
+//! * Interval score: mean over `p = linspace(0.01, 0.99, 99)` and rows of
+//!   `(u − l) + (2/(1 − p))(l − y)1[y < l] + (2/(1 − p))(y − u)1[y > u]` for the central
+//!   interval `[l, u] = μ + σ [Φ⁻¹(½ − p/2), Φ⁻¹(½ + p/2)]`.
+//! * PICP at level `p`: fraction of rows with `|y − μ| ≤ zσ`, `z = Φ⁻¹(½ + p/2)` (closed
+//!   interval); MPIW = mean `2zσ`.
+//! * CRPS from `M` samples: the fair estimator `(1/M)Σ|x_i − y| − (1/(2M(M − 1)))Σ_{i,j}|x_i − x_j|`
+//!   (unbiased for the CRPS of the distribution the samples come from; needs `M ≥ 2`) or the
+//!   plug-in one with `1/(2M²)` (the CRPS of the empirical distribution).
+
+use serde::{Deserialize, Serialize};
+use statrs::distribution::{ContinuousCDF, Normal};
+
+use super::{bad_data, check_non_empty, check_same_len};
+use crate::{Error, Result};
+
+/// Expected versus observed proportions (x and y of a calibration plot).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CalibrationCurve {
+    /// Expected (nominal) proportions, increasing from 0 to 1.
+    pub expected: Vec<f64>,
+    /// Observed proportions at each expected one.
+    pub observed: Vec<f64>,
+}
+
+/// Coverage and width of the central prediction interval at one nominal level.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IntervalCoverage {
+    /// Nominal level `p` (e.g. 0.95).
+    pub level: f64,
+    /// Prediction-interval coverage probability: fraction of targets inside.
+    pub picp: f64,
+    /// Mean prediction-interval width.
+    pub mpiw: f64,
+}
+
+/// Options of [`regression_metrics`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegressionOptions {
+    /// Points of the calibration curves (default 100, the toolbox's `num_bins`).
+    pub calibration_points: usize,
+    /// Levels of the check and interval scores: `linspace(score_start, score_end, score_levels)`
+    /// (default 0.01, 0.99, 99).
+    pub score_start: f64,
+    /// See `score_start`.
+    pub score_end: f64,
+    /// See `score_start`.
+    pub score_levels: usize,
+    /// Levels reported as PICP/MPIW (default 0.5, 0.8, 0.9, 0.95, 0.99).
+    pub interval_levels: Vec<f64>,
+}
+
+impl Default for RegressionOptions {
+    fn default() -> Self {
+        RegressionOptions {
+            calibration_points: 100,
+            score_start: 0.01,
+            score_end: 0.99,
+            score_levels: 99,
+            interval_levels: vec![0.5, 0.8, 0.9, 0.95, 0.99],
+        }
+    }
+}
+
+/// All regression metrics (see the module docs for every formula).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegressionMetrics {
+    /// Number of rows.
+    pub n: usize,
+    /// Root mean squared error of the mean.
+    pub rmse: f64,
+    /// Mean absolute error of the mean.
+    pub mae: f64,
+    /// Mean Gaussian negative log-likelihood, in nats.
+    pub nll: f64,
+    /// Mean CRPS of the Gaussian predictions (closed form).
+    pub crps: f64,
+    /// Mean CRPS of the samples (fair estimator), when computed from samples.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crps_samples: Option<f64>,
+    /// `sqrt(mean σ²)`.
+    pub sharpness: f64,
+    /// Mean absolute calibration error of the interval curve.
+    pub mace: f64,
+    /// Root mean squared calibration error of the interval curve.
+    pub rmsce: f64,
+    /// Miscalibration area of the interval curve.
+    pub miscalibration_area: f64,
+    /// MACE of the quantile curve.
+    pub mace_quantile: f64,
+    /// RMSCE of the quantile curve.
+    pub rmsce_quantile: f64,
+    /// Miscalibration area of the quantile curve.
+    pub miscalibration_area_quantile: f64,
+    /// Mean check (pinball) score.
+    pub check_score: f64,
+    /// Mean interval score.
+    pub interval_score: f64,
+    /// PICP of the central 95% interval.
+    pub picp_95: f64,
+    /// MPIW of the central 95% interval.
+    pub mpiw_95: f64,
+    /// PICP and MPIW at the requested levels.
+    pub intervals: Vec<IntervalCoverage>,
+}
+
+/// Which sample estimator of the CRPS to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CrpsEstimator {
+    /// `1/(2M(M − 1))` on the pairwise term: unbiased; needs at least two samples.
+    Fair,
+    /// `1/(2M²)`: the CRPS of the empirical distribution of the samples.
+    PlugIn,
+}
+
+/// numpy's `linspace(start, stop, n)`: `start + i·step`, `step = (stop − start)/(n − 1)`,
+/// last point exactly `stop`; `[start]` for `n = 1`.
+pub fn linspace(start: f64, stop: f64, n: usize) -> Vec<f64> {
+    match n {
+        0 => Vec::new(),
+        1 => vec![start],
+        _ => {
+            let step = (stop - start) / (n - 1) as f64;
+            let mut v: Vec<f64> = (0..n).map(|i| i as f64 * step + start).collect();
+            v[n - 1] = stop;
+            v
+        }
+    }
+}
+
+/// Standard normal quantile `Φ⁻¹(p)`, `±∞` at 0 and 1.
+pub(crate) fn std_normal_ppf(p: f64) -> f64 {
+    if p <= 0.0 {
+        f64::NEG_INFINITY
+    } else if p >= 1.0 {
+        f64::INFINITY
+    } else {
+        standard_normal().inverse_cdf(p)
+    }
+}
+
+fn standard_normal() -> Normal {
+    // Parameters (0, 1) are always valid; `Normal::standard` cannot fail.
+    Normal::standard()
+}
+
+fn std_normal_cdf(z: f64) -> f64 {
+    standard_normal().cdf(z)
+}
+
+fn std_normal_pdf(z: f64) -> f64 {
+    (-0.5 * z * z).exp() / (2.0 * std::f64::consts::PI).sqrt()
+}
+
+/// Validates a 1-D finite input named `name`.
+fn check_values(name: &str, values: &[f64]) -> Result<()> {
+    check_non_empty(name, values.len())?;
+    for (i, v) in values.iter().enumerate() {
+        if !v.is_finite() {
+            return Err(bad_data(name, i, name, format!("value {v} is not finite")));
+        }
+    }
+    Ok(())
+}
+
+/// Validates means and targets (same length, finite).
+fn check_mean_targets(mean: &[f64], y: &[f64]) -> Result<()> {
+    check_values("mean", mean)?;
+    check_values("targets", y)?;
+    check_same_len("mean", mean.len(), "targets", y.len())
+}
+
+/// Validates standard deviations (finite, > 0), and their length against `n`.
+fn check_std(std: &[f64], n: usize) -> Result<()> {
+    check_values("std", std)?;
+    check_same_len("mean", n, "std", std.len())?;
+    for (i, s) in std.iter().enumerate() {
+        if *s <= 0.0 {
+            return Err(bad_data(
+                "std",
+                i,
+                "std",
+                format!("standard deviation {s} is not positive"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_gaussian(mean: &[f64], std: &[f64], y: &[f64]) -> Result<()> {
+    check_mean_targets(mean, y)?;
+    check_std(std, mean.len())
+}
+
+fn mean_of(it: impl Iterator<Item = f64>, n: usize) -> f64 {
+    it.sum::<f64>() / n as f64
+}
+
+/// Root mean squared error of the predicted means.
+pub fn rmse(mean: &[f64], y: &[f64]) -> Result<f64> {
+    check_mean_targets(mean, y)?;
+    Ok(mean_of(mean.iter().zip(y).map(|(m, t)| (m - t).powi(2)), y.len()).sqrt())
+}
+
+/// Mean absolute error of the predicted means.
+pub fn mae(mean: &[f64], y: &[f64]) -> Result<f64> {
+    check_mean_targets(mean, y)?;
+    Ok(mean_of(
+        mean.iter().zip(y).map(|(m, t)| (m - t).abs()),
+        y.len(),
+    ))
+}
+
+/// Mean Gaussian negative log-likelihood `½ ln(2πσ²) + (y − μ)²/(2σ²)`.
+pub fn gaussian_nll(mean: &[f64], std: &[f64], y: &[f64]) -> Result<f64> {
+    check_gaussian(mean, std, y)?;
+    let half_ln_2pi = 0.5 * (2.0 * std::f64::consts::PI).ln();
+    Ok(mean_of(
+        mean.iter().zip(std).zip(y).map(|((m, s), t)| {
+            let z = (t - m) / s;
+            half_ln_2pi + s.ln() + 0.5 * z * z
+        }),
+        y.len(),
+    ))
+}
+
+/// Mean closed-form CRPS of Gaussian predictions.
+pub fn crps_gaussian(mean: &[f64], std: &[f64], y: &[f64]) -> Result<f64> {
+    check_gaussian(mean, std, y)?;
+    let inv_sqrt_pi = 1.0 / std::f64::consts::PI.sqrt();
+    Ok(mean_of(
+        mean.iter().zip(std).zip(y).map(|((m, s), t)| {
+            let z = (t - m) / s;
+            s * (z * (2.0 * std_normal_cdf(z) - 1.0) + 2.0 * std_normal_pdf(z) - inv_sqrt_pi)
+        }),
+        y.len(),
+    ))
+}
+
+/// Sharpness `sqrt(mean σ²)`.
+pub fn sharpness(std: &[f64]) -> Result<f64> {
+    check_std(std, std.len())?;
+    Ok(mean_of(std.iter().map(|s| s * s), std.len()).sqrt())
+}
+
+/// Sorted normalised residuals `(μ − y)/σ`.
+fn sorted_residuals(mean: &[f64], std: &[f64], y: &[f64]) -> Vec<f64> {
+    let mut r: Vec<f64> = mean
+        .iter()
+        .zip(std)
+        .zip(y)
+        .map(|((m, s), t)| (m - t) / s)
+        .collect();
+    r.sort_unstable_by(f64::total_cmp);
+    r
+}
+
+fn check_points(n_points: usize) -> Result<()> {
+    if n_points < 2 {
+        return Err(Error::invalid("calibration_points", "must be at least 2"));
+    }
+    Ok(())
+}
+
+/// Interval calibration curve on `linspace(0, 1, n_points)` (module docs).
+pub fn interval_calibration_curve(
+    mean: &[f64],
+    std: &[f64],
+    y: &[f64],
+    n_points: usize,
+) -> Result<CalibrationCurve> {
+    check_gaussian(mean, std, y)?;
+    check_points(n_points)?;
+    let r = sorted_residuals(mean, std, y);
+    let n = r.len() as f64;
+    let expected = linspace(0.0, 1.0, n_points);
+    let observed = expected
+        .iter()
+        .map(|p| {
+            let lo = std_normal_ppf(0.5 - p / 2.0);
+            let hi = std_normal_ppf(0.5 + p / 2.0);
+            let at_most_hi = r.partition_point(|&x| x <= hi);
+            let below_lo = r.partition_point(|&x| x < lo);
+            at_most_hi.saturating_sub(below_lo) as f64 / n
+        })
+        .collect();
+    Ok(CalibrationCurve { expected, observed })
+}
+
+/// Quantile calibration curve on `linspace(0, 1, n_points)` (module docs).
+pub fn quantile_calibration_curve(
+    mean: &[f64],
+    std: &[f64],
+    y: &[f64],
+    n_points: usize,
+) -> Result<CalibrationCurve> {
+    check_gaussian(mean, std, y)?;
+    check_points(n_points)?;
+    let r = sorted_residuals(mean, std, y);
+    let n = r.len() as f64;
+    let expected = linspace(0.0, 1.0, n_points);
+    let observed = expected
+        .iter()
+        .map(|&p| {
+            let q = std_normal_ppf(p);
+            r.partition_point(|&x| x <= q) as f64 / n
+        })
+        .collect();
+    Ok(CalibrationCurve { expected, observed })
+}
+
+/// Mean absolute calibration error of a curve.
+pub fn mean_absolute_calibration_error(curve: &CalibrationCurve) -> f64 {
+    let n = curve.expected.len().max(1) as f64;
+    curve
+        .expected
+        .iter()
+        .zip(&curve.observed)
+        .map(|(e, o)| (e - o).abs())
+        .sum::<f64>()
+        / n
+}
+
+/// Root mean squared calibration error of a curve.
+pub fn root_mean_squared_calibration_error(curve: &CalibrationCurve) -> f64 {
+    let n = curve.expected.len().max(1) as f64;
+    (curve
+        .expected
+        .iter()
+        .zip(&curve.observed)
+        .map(|(e, o)| (e - o).powi(2))
+        .sum::<f64>()
+        / n)
+        .sqrt()
+}
+
+/// Area between a calibration curve and the diagonal (module docs).
+pub fn miscalibration_area_from_curve(curve: &CalibrationCurve) -> f64 {
+    let x = &curve.expected;
+    let o = &curve.observed;
+    (1..x.len().min(o.len()))
+        .map(|i| {
+            let (xl, xr) = (x[i - 1], x[i]);
+            let dl = o[i - 1] - xl;
+            let dr = o[i] - xr;
+            if dl * dr < 0.0 {
+                // The curve crosses the diagonal inside the segment: two triangles.
+                let xi = xl + (xr - xl) * dl / (dl - dr);
+                0.5 * dl.abs() * (xi - xl) + 0.5 * dr.abs() * (xr - xi)
+            } else {
+                ((xr - xl) * 0.5 * (dl + dr)).abs()
+            }
+        })
+        .sum()
+}
+
+/// Miscalibration area of the interval calibration curve with `n_points` points.
+pub fn miscalibration_area(mean: &[f64], std: &[f64], y: &[f64], n_points: usize) -> Result<f64> {
+    Ok(miscalibration_area_from_curve(&interval_calibration_curve(
+        mean, std, y, n_points,
+    )?))
+}
+
+fn check_levels(start: f64, end: f64, levels: usize) -> Result<()> {
+    if levels == 0 || !(start > 0.0 && start <= end && end < 1.0) {
+        return Err(Error::invalid(
+            "score levels",
+            format!(
+                "need 0 < start ≤ end < 1 and at least one level (got {start}, {end}, {levels})"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Mean check (pinball) score over `linspace(start, end, levels)` quantile levels.
+pub fn check_score(
+    mean: &[f64],
+    std: &[f64],
+    y: &[f64],
+    start: f64,
+    end: f64,
+    levels: usize,
+) -> Result<f64> {
+    check_gaussian(mean, std, y)?;
+    check_levels(start, end, levels)?;
+    let n = y.len();
+    let total: f64 = linspace(start, end, levels)
+        .into_iter()
+        .map(|q| {
+            let z = std_normal_ppf(q);
+            mean_of(
+                mean.iter().zip(std).zip(y).map(|((m, s), t)| {
+                    let d = m + s * z - t;
+                    let mask = if d >= 0.0 { 1.0 } else { 0.0 } - q;
+                    mask * d
+                }),
+                n,
+            )
+        })
+        .sum();
+    Ok(total / levels as f64)
+}
+
+/// Mean interval score over `linspace(start, end, levels)` central-interval levels.
+pub fn interval_score(
+    mean: &[f64],
+    std: &[f64],
+    y: &[f64],
+    start: f64,
+    end: f64,
+    levels: usize,
+) -> Result<f64> {
+    check_gaussian(mean, std, y)?;
+    check_levels(start, end, levels)?;
+    let n = y.len();
+    let total: f64 = linspace(start, end, levels)
+        .into_iter()
+        .map(|p| {
+            let z_lo = std_normal_ppf(0.5 - p / 2.0);
+            let z_hi = std_normal_ppf(0.5 + p / 2.0);
+            let penalty = 2.0 / (1.0 - p);
+            mean_of(
+                mean.iter().zip(std).zip(y).map(|((m, s), t)| {
+                    let l = m + s * z_lo;
+                    let u = m + s * z_hi;
+                    let mut score = u - l;
+                    if l - t > 0.0 {
+                        score += penalty * (l - t);
+                    }
+                    if t - u > 0.0 {
+                        score += penalty * (t - u);
+                    }
+                    score
+                }),
+                n,
+            )
+        })
+        .sum();
+    Ok(total / levels as f64)
+}
+
+/// PICP and MPIW of the central interval at nominal `level` in `(0, 1)`.
+pub fn prediction_interval_coverage(
+    mean: &[f64],
+    std: &[f64],
+    y: &[f64],
+    level: f64,
+) -> Result<IntervalCoverage> {
+    check_gaussian(mean, std, y)?;
+    if !(level > 0.0 && level < 1.0) {
+        return Err(Error::invalid("level", format!("{level} is not in (0, 1)")));
+    }
+    let z = std_normal_ppf(0.5 + level / 2.0);
+    let n = y.len();
+    let inside = mean
+        .iter()
+        .zip(std)
+        .zip(y)
+        .filter(|((m, s), t)| (*t - *m).abs() <= z * **s)
+        .count();
+    Ok(IntervalCoverage {
+        level,
+        picp: inside as f64 / n as f64,
+        mpiw: mean_of(std.iter().map(|s| 2.0 * z * s), n),
+    })
+}
+
+/// All Gaussian regression metrics (module docs); `crps_samples` is `None`.
+pub fn regression_metrics(
+    mean: &[f64],
+    std: &[f64],
+    y: &[f64],
+    options: &RegressionOptions,
+) -> Result<RegressionMetrics> {
+    check_gaussian(mean, std, y)?;
+    let interval = interval_calibration_curve(mean, std, y, options.calibration_points)?;
+    let quantile = quantile_calibration_curve(mean, std, y, options.calibration_points)?;
+    let (s0, s1, sl) = (options.score_start, options.score_end, options.score_levels);
+    let at_95 = prediction_interval_coverage(mean, std, y, 0.95)?;
+    let intervals = options
+        .interval_levels
+        .iter()
+        .map(|&l| prediction_interval_coverage(mean, std, y, l))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(RegressionMetrics {
+        n: y.len(),
+        rmse: rmse(mean, y)?,
+        mae: mae(mean, y)?,
+        nll: gaussian_nll(mean, std, y)?,
+        crps: crps_gaussian(mean, std, y)?,
+        crps_samples: None,
+        sharpness: sharpness(std)?,
+        mace: mean_absolute_calibration_error(&interval),
+        rmsce: root_mean_squared_calibration_error(&interval),
+        miscalibration_area: miscalibration_area_from_curve(&interval),
+        mace_quantile: mean_absolute_calibration_error(&quantile),
+        rmsce_quantile: root_mean_squared_calibration_error(&quantile),
+        miscalibration_area_quantile: miscalibration_area_from_curve(&quantile),
+        check_score: check_score(mean, std, y, s0, s1, sl)?,
+        interval_score: interval_score(mean, std, y, s0, s1, sl)?,
+        picp_95: at_95.picp,
+        mpiw_95: at_95.mpiw,
+        intervals,
+    })
+}
+
+/// Validates row-major `[S, N]` samples; returns `N`.
+fn check_samples(samples: &[f64], n_samples: usize) -> Result<usize> {
+    if n_samples == 0 {
+        return Err(Error::invalid("n_samples", "must be at least 1"));
+    }
+    check_non_empty("samples", samples.len())?;
+    if samples.len() % n_samples != 0 {
+        return Err(Error::invalid(
+            "samples",
+            format!("{} values do not form [S = {n_samples}, N]", samples.len()),
+        ));
+    }
+    let n = samples.len() / n_samples;
+    for (i, v) in samples.iter().enumerate() {
+        if !v.is_finite() {
+            return Err(bad_data(
+                "samples",
+                i % n,
+                format!("sample {}", i / n),
+                format!("value {v} is not finite"),
+            ));
+        }
+    }
+    Ok(n)
+}
+
+/// Per-row mean and standard deviation (divisor `S`) of row-major `[S, N]` samples.
+pub fn sample_moments(samples: &[f64], n_samples: usize) -> Result<(Vec<f64>, Vec<f64>)> {
+    let n = check_samples(samples, n_samples)?;
+    let mut mean = vec![0.0; n];
+    for block in samples.chunks_exact(n) {
+        mean.iter_mut().zip(block).for_each(|(m, x)| *m += x);
+    }
+    mean.iter_mut().for_each(|m| *m /= n_samples as f64);
+    let mut var = vec![0.0; n];
+    for block in samples.chunks_exact(n) {
+        var.iter_mut()
+            .zip(block)
+            .zip(&mean)
+            .for_each(|((v, x), m)| *v += (x - m).powi(2));
+    }
+    let std = var
+        .into_iter()
+        .map(|v| (v / n_samples as f64).sqrt())
+        .collect();
+    Ok((mean, std))
+}
+
+/// Mean sample CRPS of row-major `[S, N]` samples against `N` targets.
+pub fn crps_samples(
+    samples: &[f64],
+    n_samples: usize,
+    y: &[f64],
+    estimator: CrpsEstimator,
+) -> Result<f64> {
+    let n = check_samples(samples, n_samples)?;
+    check_values("targets", y)?;
+    check_same_len("samples", n, "targets", y.len())?;
+    let m = n_samples as f64;
+    let pair_divisor = match estimator {
+        CrpsEstimator::Fair if n_samples < 2 => {
+            return Err(Error::invalid(
+                "n_samples",
+                "the fair CRPS needs at least 2 samples",
+            ))
+        }
+        CrpsEstimator::Fair => 2.0 * m * (m - 1.0),
+        CrpsEstimator::PlugIn => 2.0 * m * m,
+    };
+    let mut column = vec![0.0f64; n_samples];
+    let mut total = 0.0;
+    for (i, &t) in y.iter().enumerate() {
+        for (s, c) in column.iter_mut().enumerate() {
+            *c = samples[s * n + i];
+        }
+        column.sort_unstable_by(f64::total_cmp);
+        let abs_err: f64 = column.iter().map(|x| (x - t).abs()).sum();
+        // Σ_{i<j} (x_(j) − x_(i)) = Σ_j x_(j)(2j − M + 1); ordered pairs count it twice.
+        let spread: f64 = column
+            .iter()
+            .enumerate()
+            .map(|(j, x)| x * (2.0 * j as f64 - m + 1.0))
+            .sum::<f64>()
+            * 2.0;
+        total += abs_err / m - spread / pair_divisor;
+    }
+    Ok(total / n as f64)
+}
+
+/// [`regression_metrics`] from row-major `[S, N]` predictive samples: the Gaussian metrics use
+/// the samples' mean and standard deviation (divisor `S`, so at least two distinct samples
+/// per row are needed), and `crps_samples` holds the fair sample CRPS. No noise is added: a
+/// model with observation noise adds it to its samples (or calls [`regression_metrics`]
+/// with its own moments).
+pub fn regression_metrics_from_samples(
+    samples: &[f64],
+    n_samples: usize,
+    y: &[f64],
+    options: &RegressionOptions,
+) -> Result<RegressionMetrics> {
+    let (mean, std) = sample_moments(samples, n_samples)?;
+    check_same_len("samples", mean.len(), "targets", y.len())?;
+    if let Some(i) = std.iter().position(|&s| s <= 0.0) {
+        return Err(bad_data(
+            "samples",
+            i,
+            "std",
+            "all samples of this row are equal (zero spread)",
+        ));
+    }
+    let mut metrics = regression_metrics(&mean, &std, y, options)?;
+    metrics.crps_samples = Some(crps_samples(samples, n_samples, y, CrpsEstimator::Fair)?);
+    Ok(metrics)
+}
