@@ -1,0 +1,81 @@
+//! The risk–coverage curve of selective prediction, one line per method.
+
+use std::path::Path;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+use super::output::{check_series, check_some, write_figure, DrawResult, Figure, PlotFiles};
+use super::style::{self, text, FONT_FAMILY};
+use super::thin_points;
+use crate::error::Result;
+use crate::metrics::RiskCoverage;
+
+struct RiskCoverageFigure<'a> {
+    curves: &'a [(&'a str, &'a RiskCoverage)],
+}
+
+impl Figure for RiskCoverageFigure<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult
+    where
+        DB::ErrorType: 'static,
+    {
+        let max_risk = self
+            .curves
+            .iter()
+            .flat_map(|(_, c)| c.risk.iter().copied())
+            .fold(0.0f64, f64::max);
+        let y_top = (max_risk * 1.15).clamp(0.01, 1.0);
+        let mut chart = ChartBuilder::on(root)
+            .caption("Risk–coverage (selective prediction)", (FONT_FAMILY, text::TITLE))
+            .margin(16)
+            .x_label_area_size(60)
+            .y_label_area_size(84)
+            .build_cartesian_2d(0f64..1f64, 0f64..y_top)?;
+        chart
+            .configure_mesh()
+            .light_line_style(TRANSPARENT)
+            .bold_line_style(style::GRID)
+            .x_desc("Coverage (fraction of most confident rows kept)")
+            .y_desc("Risk (error rate among kept rows)")
+            .axis_desc_style((FONT_FAMILY, text::AXIS))
+            .label_style((FONT_FAMILY, text::LABEL))
+            .x_label_formatter(&|v| format!("{v:.1}"))
+            .y_label_formatter(&|v| format!("{v:.3}"))
+            .draw()?;
+        for (i, (method, curve)) in self.curves.iter().enumerate() {
+            let color = style::series_color(i);
+            let points = thin_points(&curve.coverage, &curve.risk);
+            chart
+                .draw_series(LineSeries::new(points, color.stroke_width(3)))?
+                .label(format!("{method} (AURC {:.4})", curve.aurc))
+                .legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 22, y)], color.stroke_width(3))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.9))
+            .border_style(style::GRID)
+            .label_font((FONT_FAMILY, text::LABEL))
+            .draw()?;
+        Ok(())
+    }
+}
+
+/// Writes the risk–coverage curves of one or more methods, each labelled with its AURC
+/// (the value stored in the curve, mean-risk convention).
+pub fn risk_coverage_plot(
+    dir: &Path,
+    name: &str,
+    curves: &[(&str, &RiskCoverage)],
+) -> Result<PlotFiles> {
+    check_some(name, curves)?;
+    for (method, c) in curves {
+        check_series(name, &format!("{method} coverage"), &c.coverage)?;
+        check_series(name, &format!("{method} risk"), &c.risk)?;
+        check_series(name, &format!("{method} AURC"), &[c.aurc])?;
+    }
+    write_figure(dir, name, &RiskCoverageFigure { curves })
+}
