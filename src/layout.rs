@@ -68,7 +68,9 @@ impl ParamLayout {
         let mut seen = std::collections::HashSet::new();
         for (name, shape) in named_shapes {
             if name.is_empty() {
-                return Err(Error::LayoutMismatch("a parameter has an empty name".into()));
+                return Err(Error::LayoutMismatch(
+                    "a parameter has an empty name".into(),
+                ));
             }
             if !seen.insert(name.clone()) {
                 return Err(Error::LayoutMismatch(format!(
@@ -169,7 +171,9 @@ impl ParamLayout {
             parts.push(t.flatten_all()?.to_dtype(DType::F32)?);
         }
         if parts.is_empty() {
-            return Err(Error::LayoutMismatch("the layout holds no parameter".into()));
+            return Err(Error::LayoutMismatch(
+                "the layout holds no parameter".into(),
+            ));
         }
         Ok(Tensor::cat(&parts, 0)?)
     }
@@ -180,7 +184,9 @@ impl ParamLayout {
         self.entries
             .iter()
             .map(|e| {
-                let t = flat.narrow(0, e.offset, e.numel())?.reshape(e.shape.clone())?;
+                let t = flat
+                    .narrow(0, e.offset, e.numel())?
+                    .reshape(e.shape.clone())?;
                 Ok((e.name.clone(), t))
             })
             .collect()

@@ -123,8 +123,14 @@ impl SwagPosterior {
         );
         let st_err = |e: safetensors::SafeTensorError| Error::bad_file(path, e.to_string());
         let views = vec![
-            ("mean", TensorView::new(StDtype::F32, vec![d], &mean).map_err(st_err)?),
-            ("sq_mean", TensorView::new(StDtype::F32, vec![d], &sq).map_err(st_err)?),
+            (
+                "mean",
+                TensorView::new(StDtype::F32, vec![d], &mean).map_err(st_err)?,
+            ),
+            (
+                "sq_mean",
+                TensorView::new(StDtype::F32, vec![d], &sq).map_err(st_err)?,
+            ),
             (
                 "deviations",
                 TensorView::new(st_dtype(dt), vec![self.rows, d], &dev).map_err(st_err)?,

@@ -10,7 +10,9 @@
 //!
 //! so `log p(θ) = −½ (d ln 2π + ln |Σ| + xᵀ Σ⁻¹ x)` costs `O(rows² · d)` operations and
 //! `O(rows²)` memory beyond the state. The computation runs on the host in f64 (one copy of the
-//! state) for accuracy; the options are those of sampling ([`SampleOptions`]), so `log_prob`
+//! state) for accuracy — the diagonal variance is formed there as `max(sq_mean − mean², clamp)`
+//! from the stored f32 moments, in f64, so it can differ in the last f32 bits from
+//! [`SwagPosterior::variance`], which works in f32; the options are those of sampling ([`SampleOptions`]), so `log_prob`
 //! is the density of exactly what [`SwagPosterior::sample_into`] draws (`diag_only` included).
 
 use candle_core::{DType, Tensor};

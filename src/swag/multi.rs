@@ -18,7 +18,10 @@ impl MultiSwag {
     /// Groups posteriors fitted on the same parameter layout.
     pub fn new(posteriors: Vec<SwagPosterior>) -> Result<Self> {
         let Some(first) = posteriors.first() else {
-            return Err(Error::invalid("posteriors", "MultiSWAG needs at least one posterior"));
+            return Err(Error::invalid(
+                "posteriors",
+                "MultiSWAG needs at least one posterior",
+            ));
         };
         for (i, p) in posteriors.iter().enumerate().skip(1) {
             p.layout().check_same(first.layout()).map_err(|e| {

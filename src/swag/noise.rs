@@ -33,7 +33,8 @@ fn splitmix64(mut x: u64) -> u64 {
 
 /// The generator of block `block` of parameter `param` for a base `seed`.
 pub(crate) fn stream(seed: u64, param: u64, block: u64) -> SmallRng {
-    let key = splitmix64(seed ^ splitmix64(param.wrapping_mul(0x1000_0000_01B3) ^ splitmix64(block)));
+    let key =
+        splitmix64(seed ^ splitmix64(param.wrapping_mul(0x1000_0000_01B3) ^ splitmix64(block)));
     SmallRng::seed_from_u64(key)
 }
 

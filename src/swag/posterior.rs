@@ -15,9 +15,7 @@
 
 use std::sync::Mutex;
 
-use candle_core::{
-    CpuStorage, DType, Device, InplaceOp1, InplaceOp2, Layout, Storage, Tensor,
-};
+use candle_core::{CpuStorage, DType, Device, InplaceOp1, InplaceOp2, Layout, Storage, Tensor};
 use half::{bf16, f16};
 
 use super::kernels::{self, DeviationElem};
@@ -94,7 +92,10 @@ impl SwagPosterior {
         if layout.numel() == 0 {
             return Err(Error::invalid("layout", "the layout holds no parameter"));
         }
-        if !matches!(config.deviation_dtype, DType::F32 | DType::BF16 | DType::F16) {
+        if !matches!(
+            config.deviation_dtype,
+            DType::F32 | DType::BF16 | DType::F16
+        ) {
             return Err(Error::invalid(
                 "deviation_dtype",
                 format!(
@@ -244,12 +245,22 @@ impl SwagPosterior {
             let theta = theta.to_dtype(DType::F32)?.contiguous()?;
             return self.collect_pieces(&[(&theta, 0)]);
         }
+        self.collect_with_tensor_ops(theta)
+    }
+
+    /// The device-generic collection: a few tensor ops and in-place `slice_set`s, no host copy.
+    /// Used on CUDA and Metal; on CPU the fused kernel is used instead.
+    pub(crate) fn collect_with_tensor_ops(&mut self, theta: &Tensor) -> Result<()> {
         let theta = theta.to_dtype(DType::F32)?.to_device(&self.device)?;
         self.check_finite_device(&theta)?;
         let n = self.n_collected as f64;
         let keep = n / (n + 1.0);
         let new = 1.0 / (n + 1.0);
-        let mean = self.moments.get(0)?.affine(keep, 0.0)?.add(&theta.affine(new, 0.0)?)?;
+        let mean = self
+            .moments
+            .get(0)?
+            .affine(keep, 0.0)?
+            .add(&theta.affine(new, 0.0)?)?;
         let sq = self
             .moments
             .get(1)?
@@ -285,7 +296,7 @@ impl SwagPosterior {
         }
     }
 
-    fn non_finite_error(&self, flat_index: usize, value: f32) -> Error {
+    pub(crate) fn non_finite_error(&self, flat_index: usize, value: f32) -> Error {
         let entry = self
             .layout
             .entries()
@@ -457,5 +468,61 @@ impl<E: DeviationElem> InplaceOp2 for MomentsOp<'_, E> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn theta(seed: u32, d: usize) -> Tensor {
+        let v: Vec<f32> = (0..d)
+            .map(|i| (i as f32 * 0.37 + seed as f32 * 1.3).sin() * 2.0)
+            .collect();
+        Tensor::from_vec(v, d, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn fused_and_tensor_op_paths_agree() {
+        let layout =
+            ParamLayout::new(vec![("a".into(), vec![7]), ("b".into(), vec![2, 3])]).unwrap();
+        for dt in [DType::F32, DType::BF16] {
+            let cfg = SwagConfig {
+                rank: 3,
+                deviation_dtype: dt,
+            };
+            let mut fused = SwagPosterior::new(layout.clone(), cfg.clone(), &Device::Cpu).unwrap();
+            let mut ops = SwagPosterior::new(layout.clone(), cfg, &Device::Cpu).unwrap();
+            for s in 0..5 {
+                let t = theta(s, 13);
+                fused.collect_flat(&t).unwrap();
+                ops.collect_with_tensor_ops(&t).unwrap();
+            }
+            let diff = |a: Tensor, b: Tensor| -> f32 {
+                let a = a
+                    .to_dtype(DType::F32)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
+                let b = b
+                    .to_dtype(DType::F32)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
+                a.iter()
+                    .zip(&b)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0.0, f32::max)
+            };
+            assert!(diff(fused.mean().unwrap(), ops.mean().unwrap()) < 1e-6);
+            assert!(diff(fused.sq_mean().unwrap(), ops.sq_mean().unwrap()) < 1e-6);
+            assert!(diff(fused.deviations().unwrap(), ops.deviations().unwrap()) < 1e-2);
+            assert_eq!(fused.rows(), 3);
+            assert_eq!(ops.rows(), 3);
+        }
     }
 }

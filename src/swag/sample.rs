@@ -162,7 +162,11 @@ impl SwagPosterior {
     /// A flat `[d]` sample for a seed (same noise as [`SwagPosterior::sample_into_seeded`]).
     pub fn sample_flat_seeded(&self, seed: u64, opts: &SampleOptions) -> Result<Tensor> {
         self.check_ready(opts)?;
-        let z1 = Tensor::from_vec(noise::z1_for_seed(seed, &self.layout), self.numel(), &self.device)?;
+        let z1 = Tensor::from_vec(
+            noise::z1_for_seed(seed, &self.layout),
+            self.numel(),
+            &self.device,
+        )?;
         let z2 = Tensor::from_vec(noise::z2_for_seed(seed, self.rows), self.rows, &self.device)?;
         self.sample_with_noise(&z1, &z2, opts)
     }
@@ -223,7 +227,8 @@ impl SwagPosterior {
                     param: p as u64,
                 },
             };
-            var.as_tensor().inplace_op3(&self.moments, &self.deviations, &op)?;
+            var.as_tensor()
+                .inplace_op3(&self.moments, &self.deviations, &op)?;
         }
         Ok(())
     }
@@ -285,8 +290,12 @@ impl InplaceOp3 for SampleOp<'_> {
         devl: &Layout,
     ) -> candle_core::Result<()> {
         let msg = |m: &str| candle_core::Error::Msg(m.to_string());
-        let (lo, hi) = dl.contiguous_offsets().ok_or_else(|| msg("parameter not contiguous"))?;
-        let (mlo, mhi) = ml.contiguous_offsets().ok_or_else(|| msg("moments not contiguous"))?;
+        let (lo, hi) = dl
+            .contiguous_offsets()
+            .ok_or_else(|| msg("parameter not contiguous"))?;
+        let (mlo, mhi) = ml
+            .contiguous_offsets()
+            .ok_or_else(|| msg("moments not contiguous"))?;
         let (dlo, dhi) = devl
             .contiguous_offsets()
             .ok_or_else(|| msg("deviations not contiguous"))?;

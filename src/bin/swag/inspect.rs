@@ -1,9 +1,76 @@
-//! `swag inspect` (in progress).
+//! `swag inspect`: print a posterior's layout and summary statistics.
+
+use std::path::PathBuf;
+
+use candle_core::Device;
+use candle_swag::swag::SwagPosterior;
+use candle_swag::Result;
 
 /// Arguments of `swag inspect`.
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Posterior file.
+    posterior: PathBuf,
+}
 
-pub fn run(_args: Args) -> candle_swag::Result<()> {
-    Err(candle_swag::Error::invalid("inspect", "not available yet"))
+fn summary(xs: &[f32]) -> (f64, f64, f64, f64) {
+    let n = xs.len().max(1) as f64;
+    let mean = xs.iter().map(|&x| x as f64).sum::<f64>() / n;
+    let min = xs.iter().fold(f64::INFINITY, |a, &x| a.min(x as f64));
+    let max = xs.iter().fold(f64::NEG_INFINITY, |a, &x| a.max(x as f64));
+    let rms = (xs.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / n).sqrt();
+    (mean, rms, min, max)
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let p = SwagPosterior::load(&args.posterior, &Device::Cpu)?;
+    println!("posterior   {}", args.posterior.display());
+    println!(
+        "snapshots   {} collected, {} of K = {} deviation columns held ({:?})",
+        p.n_collected(),
+        p.rows(),
+        p.rank(),
+        p.config().deviation_dtype
+    );
+    println!(
+        "parameters  {} tensors, d = {} ({:.1} MiB of state)",
+        p.layout().len(),
+        p.numel(),
+        p.state_bytes() as f64 / (1 << 20) as f64
+    );
+    let mean = p.mean()?.to_vec1::<f32>()?;
+    let var = p.variance(1e-30)?.to_vec1::<f32>()?;
+    println!(
+        "\n{:<32} {:>14} {:>8} {:>11} {:>11} {:>11}",
+        "name", "shape", "offset", "|mean| rms", "std mean", "std max"
+    );
+    for e in p.layout().entries() {
+        let r = e.offset..e.offset + e.numel();
+        let (_, rms, _, _) = summary(&mean[r.clone()]);
+        let std: Vec<f32> = var[r].iter().map(|v| v.sqrt()).collect();
+        let (std_mean, _, _, std_max) = summary(&std);
+        println!(
+            "{:<32} {:>14} {:>8} {:>11.4e} {:>11.4e} {:>11.4e}",
+            e.name,
+            format!("{:?}", e.shape),
+            e.offset,
+            rms,
+            std_mean,
+            std_max
+        );
+    }
+    if p.rows() > 0 {
+        let dev = p.deviations()?.to_dtype(candle_core::DType::F32)?;
+        let norms: Vec<f64> = (0..p.rows())
+            .map(|k| -> Result<f64> {
+                Ok(dev.get(k)?.sqr()?.sum_all()?.to_scalar::<f32>()?.sqrt() as f64)
+            })
+            .collect::<Result<_>>()?;
+        let joined: Vec<String> = norms.iter().map(|n| format!("{n:.3e}")).collect();
+        println!(
+            "\ndeviation column norms (oldest first): {}",
+            joined.join(" ")
+        );
+    }
+    Ok(())
 }

@@ -1,0 +1,240 @@
+//! The posterior file: bit-exact round trip and the documented errors for bad files.
+
+mod common;
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Var};
+use candle_swag::layout::{ParamLayout, ParamSet};
+use candle_swag::swag::{SwagConfig, SwagPosterior};
+use candle_swag::Error;
+use common::*;
+
+fn fitted(rank: usize, n: usize, dt: DType) -> SwagPosterior {
+    let layout = ParamLayout::new(vec![
+        ("fc.weight".into(), vec![3, 2]),
+        ("fc.bias".into(), vec![3]),
+    ])
+    .unwrap();
+    let mut p = SwagPosterior::new(
+        layout,
+        SwagConfig {
+            rank,
+            deviation_dtype: dt,
+        },
+        &Device::Cpu,
+    )
+    .unwrap();
+    for s in 0..n {
+        let v: Vec<f64> = (0..9).map(|i| ((i * 7 + s * 3) as f64).sin()).collect();
+        p.collect_flat(&tensor_f32(&v)).unwrap();
+    }
+    p
+}
+
+fn bits(t: &candle_core::Tensor) -> Vec<u32> {
+    t.to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|x| x.to_bits())
+        .collect()
+}
+
+#[test]
+fn round_trip_is_bit_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    // n > K so the ring has wrapped; and a bf16 posterior.
+    for (rank, n, dt) in [
+        (4, 7, DType::F32),
+        (5, 3, DType::F32),
+        (3, 5, DType::BF16),
+        (0, 2, DType::F32),
+    ] {
+        let p = fitted(rank, n, dt);
+        let path = dir.path().join(format!("p{rank}{n}.safetensors"));
+        p.save(&path).unwrap();
+        let q = SwagPosterior::load(&path, &Device::Cpu).unwrap();
+        assert_eq!(q.layout(), p.layout());
+        assert_eq!(
+            (q.n_collected(), q.rank(), q.rows()),
+            (p.n_collected(), p.rank(), p.rows())
+        );
+        assert_eq!(q.config().deviation_dtype, dt);
+        assert_eq!(bits(&q.mean().unwrap()), bits(&p.mean().unwrap()));
+        assert_eq!(bits(&q.sq_mean().unwrap()), bits(&p.sq_mean().unwrap()));
+        assert_eq!(
+            bits(&q.deviations().unwrap()),
+            bits(&p.deviations().unwrap())
+        );
+    }
+}
+
+/// A Python user reads the file with plain safetensors: check the documented tensors and keys.
+#[test]
+fn file_is_self_describing_safetensors() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.safetensors");
+    let p = fitted(4, 7, DType::F32);
+    p.save(&path).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.tensor("mean").unwrap().shape(), &[9]);
+    assert_eq!(st.tensor("deviations").unwrap().shape(), &[4, 9]);
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let m = meta.metadata().clone().unwrap();
+    assert_eq!(m["format"], "candle-swag-posterior");
+    assert_eq!(m["format_version"], "1");
+    assert_eq!(m["n_collected"], "7");
+    assert_eq!(m["rank"], "4");
+    assert_eq!(m["deviation_dtype"], "f32");
+    let layout: serde_json::Value = serde_json::from_str(&m["layout"]).unwrap();
+    assert_eq!(layout[1]["name"], "fc.bias");
+    assert_eq!(layout[1]["offset"], 6);
+    // Oldest first: the first stored row is snapshot #3 (of 0..7, K = 4) minus the mean after it.
+    let mut q = fitted(4, 4, DType::F32);
+    let _ = &mut q;
+    let stored: Vec<f32> = st
+        .tensor("deviations")
+        .unwrap()
+        .data()
+        .chunks(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let want = to_f64(&fitted(4, 4, DType::F32).deviations().unwrap());
+    assert_close(
+        "oldest row",
+        &stored[..9].iter().map(|&x| x as f64).collect::<Vec<_>>(),
+        &want[27..36],
+        0.0,
+        0.0,
+    );
+}
+
+#[test]
+fn truncated_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.safetensors");
+    fitted(3, 4, DType::F32).save(&path).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    for cut in [4, 20, bytes.len() - 5] {
+        std::fs::write(&path, &bytes[..cut]).unwrap();
+        let err = SwagPosterior::load(&path, &Device::Cpu).unwrap_err();
+        assert!(matches!(err, Error::BadFile { .. }), "cut {cut}: {err}");
+        assert!(err.to_string().contains("p.safetensors"));
+    }
+}
+
+#[test]
+fn corrupted_data_is_detected_by_the_checksum() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.safetensors");
+    fitted(3, 4, DType::F32).save(&path).unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 3;
+    bytes[last] ^= 0x40;
+    std::fs::write(&path, &bytes).unwrap();
+    let err = SwagPosterior::load(&path, &Device::Cpu).unwrap_err();
+    assert!(err.to_string().contains("checksum"), "{err}");
+}
+
+fn rewrite_metadata(path: &std::path::Path, key: &str, value: &str) {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut m: HashMap<String, String> = meta.metadata().clone().unwrap();
+    m.insert(key.into(), value.into());
+    let tensors: Vec<(String, safetensors::tensor::TensorView)> = st.tensors();
+    let out = safetensors::serialize(tensors, Some(m)).unwrap();
+    std::fs::write(path, out).unwrap();
+}
+
+#[test]
+fn unknown_version_and_foreign_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.safetensors");
+    fitted(3, 4, DType::F32).save(&path).unwrap();
+    rewrite_metadata(&path, "format_version", "99");
+    let err = SwagPosterior::load(&path, &Device::Cpu).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("unknown posterior format version `99`"),
+        "{err}"
+    );
+
+    // A plain checkpoint (VarMap::save, no metadata) is not a posterior.
+    let varmap = candle_nn::VarMap::new();
+    let vb = candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let _ = candle_nn::linear(2, 3, vb.pp("fc")).unwrap();
+    let ckpt = dir.path().join("ckpt.safetensors");
+    varmap.save(&ckpt).unwrap();
+    let err = SwagPosterior::load(&ckpt, &Device::Cpu).unwrap_err();
+    assert!(
+        err.to_string().contains("not a candle-swag posterior"),
+        "{err}"
+    );
+
+    let err =
+        SwagPosterior::load(dir.path().join("missing.safetensors"), &Device::Cpu).unwrap_err();
+    assert!(matches!(err, Error::Io { .. }));
+}
+
+#[test]
+fn layout_mismatch_names_the_parameter() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.safetensors");
+    fitted(3, 4, DType::F32).save(&path).unwrap();
+    let make = |shapes: Vec<(&str, Vec<usize>)>| {
+        ParamSet::from_named_vars(
+            shapes
+                .into_iter()
+                .map(|(n, s)| {
+                    (
+                        n.to_string(),
+                        Var::zeros(s, DType::F32, &Device::Cpu).unwrap(),
+                    )
+                })
+                .collect(),
+        )
+        .unwrap()
+    };
+    let ok = make(vec![("fc.weight", vec![3, 2]), ("fc.bias", vec![3])]);
+    assert!(SwagPosterior::load_for(&path, &ok).is_ok());
+    let wrong_shape = make(vec![("fc.weight", vec![2, 3]), ("fc.bias", vec![3])]);
+    let err = SwagPosterior::load_for(&path, &wrong_shape)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("`fc.weight`") && err.contains("[3, 2]"),
+        "{err}"
+    );
+    let wrong_name = make(vec![("fc.weight", vec![3, 2]), ("fc.b", vec![3])]);
+    let err = SwagPosterior::load_for(&path, &wrong_name)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`fc.bias`") && err.contains("`fc.b`"), "{err}");
+    let fewer = make(vec![("fc.weight", vec![3, 2])]);
+    let err = SwagPosterior::load_for(&path, &fewer)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`fc.bias`"), "{err}");
+}
+
+#[test]
+fn failed_save_keeps_the_previous_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.safetensors");
+    let p = fitted(3, 4, DType::F32);
+    p.save(&path).unwrap();
+    let before = std::fs::read(&path).unwrap();
+    // Saving into a directory that does not exist fails and leaves nothing behind.
+    let err = p
+        .save(dir.path().join("nope").join("p.safetensors"))
+        .unwrap_err();
+    assert!(matches!(err, Error::Io { .. }));
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}

@@ -1,0 +1,366 @@
+//! SWAG properties checked against slow, obvious implementations: streaming moments against a
+//! float64 two-pass computation, the covariance of many draws, log_prob against a dense
+//! Gaussian, the fused sampler against the noise-given formula, and low-precision deviations.
+
+mod common;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_swag::layout::{ParamLayout, ParamSet};
+use candle_swag::swag::noise::{z1_for_seed, z2_for_seed};
+use candle_swag::swag::{Divisor, SampleOptions, SwagConfig, SwagPosterior};
+use candle_swag::Error;
+use common::*;
+use proptest::prelude::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+fn layout(d: usize) -> ParamLayout {
+    // Two parameters so that offsets matter.
+    let a = d / 2;
+    ParamLayout::new(vec![("a".into(), vec![a]), ("b".into(), vec![d - a])]).unwrap()
+}
+
+fn posterior_from(snaps: &[Vec<f64>], rank: usize, dt: DType) -> SwagPosterior {
+    let d = snaps[0].len();
+    let mut p = SwagPosterior::new(
+        layout(d),
+        SwagConfig {
+            rank,
+            deviation_dtype: dt,
+        },
+        &Device::Cpu,
+    )
+    .unwrap();
+    for s in snaps {
+        p.collect_flat(&tensor_f32(s)).unwrap();
+    }
+    p
+}
+
+fn random_snaps(rng: &mut StdRng, n: usize, d: usize, spread: &[f64]) -> Vec<Vec<f64>> {
+    (0..n)
+        .map(|_| {
+            (0..d)
+                .map(|i| 1.0 + spread[i % spread.len()] * rng.random_range(-1.0..1.0))
+                .collect()
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    #[test]
+    fn streaming_moments_match_two_pass_f64(
+        d in 2usize..24, n in 1usize..15, rank in 1usize..6, seed in any::<u64>()
+    ) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let snaps: Vec<Vec<f64>> = (0..n)
+            .map(|_| (0..d).map(|_| rng.random_range(-5.0f32..5.0) as f64).collect())
+            .collect();
+        let p = posterior_from(&snaps, rank, DType::F32);
+        // Two-pass float64 reference.
+        let mean: Vec<f64> = (0..d).map(|i| snaps.iter().map(|s| s[i]).sum::<f64>() / n as f64).collect();
+        let sq: Vec<f64> = (0..d).map(|i| snaps.iter().map(|s| s[i] * s[i]).sum::<f64>() / n as f64).collect();
+        // Deviation j uses the mean of the first j+1 snapshots.
+        let mut devs = Vec::new();
+        for j in n.saturating_sub(rank)..n {
+            for i in 0..d {
+                let m_j = snaps[..=j].iter().map(|s| s[i]).sum::<f64>() / (j + 1) as f64;
+                devs.push(snaps[j][i] - m_j);
+            }
+        }
+        let tol = 2e-5 * 25.0;
+        for (g, w) in to_f64(&p.mean().unwrap()).iter().zip(&mean) { prop_assert!((g - w).abs() < tol, "mean {g} vs {w}"); }
+        for (g, w) in to_f64(&p.sq_mean().unwrap()).iter().zip(&sq) { prop_assert!((g - w).abs() < tol, "sq {g} vs {w}"); }
+        let got_dev = to_f64(&p.deviations().unwrap());
+        prop_assert_eq!(got_dev.len(), devs.len());
+        for (g, w) in got_dev.iter().zip(&devs) { prop_assert!((g - w).abs() < tol, "dev {g} vs {w}"); }
+    }
+}
+
+/// Empirical covariance of many draws against scale·(diag + DDᵀ/(rows−1)), with a bound that
+/// the historical bug "z times the variance instead of the standard deviation" fails.
+#[test]
+fn sample_covariance_matches_swag_covariance() {
+    let d = 4;
+    let mut rng = StdRng::seed_from_u64(7);
+    // Coordinates with variances far from 1 (0.3² and 3²-ish) so var ≠ std.
+    let snaps = random_snaps(&mut rng, 6, d, &[3.0, 0.3, 2.0, 0.5]);
+    let p = posterior_from(&snaps, 4, DType::F32);
+    let scale = 0.5;
+    let var = to_f64(&p.variance(1e-30).unwrap());
+    let dev = to_f64(&p.deviations().unwrap());
+    let rows = p.rows();
+    let div = (rows as f64 - 1.0).max(1.0);
+    let mean = to_f64(&p.mean().unwrap());
+    let true_cov = |i: usize, j: usize, diag_power: f64| -> f64 {
+        let lr: f64 = (0..rows)
+            .map(|k| dev[k * d + i] * dev[k * d + j])
+            .sum::<f64>()
+            / div;
+        scale * (if i == j { var[i].powf(diag_power) } else { 0.0 } + lr)
+    };
+    let vars: Vec<(String, Var)> = vec![
+        (
+            "a".into(),
+            Var::zeros(d / 2, DType::F32, &Device::Cpu).unwrap(),
+        ),
+        (
+            "b".into(),
+            Var::zeros(d - d / 2, DType::F32, &Device::Cpu).unwrap(),
+        ),
+    ];
+    let params = ParamSet::from_named_vars(vars).unwrap();
+    let n = 40_000;
+    let mut sum = vec![0.0; d];
+    let mut outer = vec![0.0; d * d];
+    let mut draw_rng = StdRng::seed_from_u64(11);
+    for _ in 0..n {
+        p.sample_into(&params, &SampleOptions::with_scale(scale), &mut draw_rng)
+            .unwrap();
+        let x = to_f64(&params.flatten().unwrap());
+        for i in 0..d {
+            sum[i] += x[i];
+            for j in 0..d {
+                outer[i * d + j] += (x[i] - mean[i]) * (x[j] - mean[j]);
+            }
+        }
+    }
+    for i in 0..d {
+        // The sample mean is within 5 standard errors of the posterior mean.
+        let se = (true_cov(i, i, 1.0) / n as f64).sqrt();
+        assert!((sum[i] / n as f64 - mean[i]).abs() < 5.0 * se, "mean {i}");
+        for j in 0..d {
+            let emp = outer[i * d + j] / n as f64;
+            let want = true_cov(i, j, 1.0);
+            // Standard error of a covariance estimate: sqrt((σii σjj + σij²)/n).
+            let se = ((true_cov(i, i, 1.0) * true_cov(j, j, 1.0) + want * want) / n as f64).sqrt();
+            assert!(
+                (emp - want).abs() < 5.0 * se,
+                "cov[{i},{j}]: {emp} vs {want} (se {se})"
+            );
+            if i == j {
+                // The buggy sampler (z·var) would give scale·(var² + lr) on the diagonal.
+                let buggy = true_cov(i, j, 2.0);
+                assert!(
+                    (buggy - want).abs() > 20.0 * se,
+                    "test cannot tell the bug apart at [{i}]"
+                );
+            }
+        }
+    }
+}
+
+/// Dense reference: log N(x; m, Σ) with Σ built in full and factorised by Cholesky.
+fn dense_log_prob(x: &[f64], m: &[f64], cov: &[f64], d: usize) -> f64 {
+    let mut l = vec![0.0; d * d];
+    for i in 0..d {
+        for j in 0..=i {
+            let mut s = cov[i * d + j];
+            for k in 0..j {
+                s -= l[i * d + k] * l[j * d + k];
+            }
+            l[i * d + j] = if i == j { s.sqrt() } else { s / l[j * d + j] };
+        }
+    }
+    let mut y = vec![0.0; d];
+    for i in 0..d {
+        let mut s = x[i] - m[i];
+        for k in 0..i {
+            s -= l[i * d + k] * y[k];
+        }
+        y[i] = s / l[i * d + i];
+    }
+    let logdet: f64 = 2.0 * (0..d).map(|i| l[i * d + i].ln()).sum::<f64>();
+    -0.5 * (d as f64 * (2.0 * std::f64::consts::PI).ln()
+        + logdet
+        + y.iter().map(|v| v * v).sum::<f64>())
+}
+
+#[test]
+fn log_prob_matches_dense_gaussian() {
+    let d = 6;
+    let mut rng = StdRng::seed_from_u64(3);
+    let snaps = random_snaps(&mut rng, 5, d, &[1.0, 0.2, 3.0]);
+    for (rank, divisor, diag_only, scale) in [
+        (3, Divisor::RowsMinusOne, false, 0.5),
+        (5, Divisor::RankMinusOne, false, 1.0),
+        (8, Divisor::RankMinusOne, false, 0.3),
+        (3, Divisor::RowsMinusOne, true, 2.0),
+    ] {
+        let p = posterior_from(&snaps, rank, DType::F32);
+        let opts = SampleOptions {
+            scale,
+            divisor,
+            diag_only,
+            var_clamp: 1e-30,
+        };
+        // log_prob forms the variance in f64 from the stored f32 moments (documented).
+        let m64 = to_f64(&p.mean().unwrap());
+        let var: Vec<f64> = to_f64(&p.sq_mean().unwrap())
+            .iter()
+            .zip(&m64)
+            .map(|(s, m)| (s - m * m).max(1e-30))
+            .collect();
+        let dev = to_f64(&p.deviations().unwrap());
+        let rows = if diag_only { 0 } else { p.rows() };
+        let div = p.divisor_value(divisor);
+        let mut cov = vec![0.0; d * d];
+        for i in 0..d {
+            for j in 0..d {
+                let lr: f64 = (0..rows)
+                    .map(|k| dev[k * d + i] * dev[k * d + j])
+                    .sum::<f64>()
+                    / div;
+                cov[i * d + j] = scale * (if i == j { var[i] } else { 0.0 } + lr);
+            }
+        }
+        let mean = to_f64(&p.mean().unwrap());
+        let x: Vec<f64> = mean
+            .iter()
+            .map(|m| m + rng.random_range(-0.5..0.5))
+            .collect();
+        let x32: Vec<f64> = x.iter().map(|&v| v as f32 as f64).collect();
+        let want = dense_log_prob(&x32, &mean, &cov, d);
+        let got = p.log_prob(&tensor_f32(&x32), &opts).unwrap();
+        assert!(
+            (got - want).abs() < 1e-9 * want.abs().max(1.0),
+            "rank {rank}: {got} vs {want}"
+        );
+    }
+}
+
+fn params_for(d: usize) -> ParamSet {
+    let l = layout(d);
+    ParamSet::from_named_vars(
+        l.entries()
+            .iter()
+            .map(|e| {
+                (
+                    e.name.clone(),
+                    Var::zeros(e.shape.clone(), DType::F32, &Device::Cpu).unwrap(),
+                )
+            })
+            .collect(),
+    )
+    .unwrap()
+}
+
+/// The fused sampler draws exactly the documented noise: it equals the formula applied to
+/// `z1_for_seed`/`z2_for_seed`, and is bit-identical with 1 or 2 threads.
+#[test]
+fn fused_sampler_is_the_formula_and_thread_count_independent() {
+    let d = 150_001; // large enough for the parallel path, parameters split unevenly
+    let mut rng = StdRng::seed_from_u64(5);
+    let snaps = random_snaps(&mut rng, 4, d, &[1.0, 0.1]);
+    let p = posterior_from(&snaps, 3, DType::F32);
+    let params = params_for(d);
+    for opts in [SampleOptions::with_scale(0.5), SampleOptions::diagonal(0.5)] {
+        let seed = 1234;
+        let z1 = Tensor::from_vec(z1_for_seed(seed, p.layout()), d, &Device::Cpu).unwrap();
+        let z2 = Tensor::from_vec(z2_for_seed(seed, p.rows()), p.rows(), &Device::Cpu).unwrap();
+        let want = to_f64(&p.sample_with_noise(&z1, &z2, &opts).unwrap());
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| p.sample_into_seeded(&params, &opts, seed).unwrap());
+            to_f64(&params.flatten().unwrap())
+        };
+        let one = run(1);
+        let two = run(2);
+        assert_eq!(one, two, "thread count changed the sample");
+        assert_close("fused vs formula", &one, &want, 1e-6, 1e-6);
+    }
+}
+
+#[test]
+fn low_precision_deviations_have_bounded_effect() {
+    let d = 64;
+    let mut rng = StdRng::seed_from_u64(9);
+    let snaps = random_snaps(&mut rng, 8, d, &[1.0, 0.5, 2.0]);
+    let full = posterior_from(&snaps, 5, DType::F32);
+    let params = params_for(d);
+    let opts = SampleOptions::with_scale(0.5);
+    let z2 = z2_for_seed(77, full.rows());
+    let dev = to_f64(&full.deviations().unwrap());
+    for (dt, unit_roundoff) in [(DType::BF16, 2f64.powi(-8)), (DType::F16, 2f64.powi(-11))] {
+        let low = posterior_from(&snaps, 5, dt);
+        full.sample_into_seeded(&params, &opts, 77).unwrap();
+        let a = to_f64(&params.flatten().unwrap());
+        low.sample_into_seeded(&params, &opts, 77).unwrap();
+        let b = to_f64(&params.flatten().unwrap());
+        // |Δθ_i| ≤ sqrt(scale/div)·Σ_k |z2_k|·|D_ki|·u (rounding each stored deviation), plus f32 slack.
+        let c = (opts.scale / full.divisor_value(opts.divisor)).sqrt();
+        for i in 0..d {
+            let bound: f64 = c
+                * (0..full.rows())
+                    .map(|k| z2[k].abs() as f64 * dev[k * d + i].abs() * unit_roundoff)
+                    .sum::<f64>();
+            assert!(
+                (a[i] - b[i]).abs() <= bound + 1e-5,
+                "{dt:?} sample [{i}]: {} > {bound}",
+                (a[i] - b[i]).abs()
+            );
+        }
+        let x = tensor_f32(&a);
+        let lp_full = full.log_prob(&x, &opts).unwrap();
+        let lp_low = low.log_prob(&x, &opts).unwrap();
+        assert!(
+            (lp_full - lp_low).abs() < 50.0 * unit_roundoff * lp_full.abs().max(d as f64),
+            "{dt:?} log_prob {lp_full} vs {lp_low}"
+        );
+        assert_eq!(low.state_bytes(), 2 * 4 * d + 5 * d * 2);
+    }
+}
+
+#[test]
+fn non_finite_snapshot_is_refused_and_state_untouched() {
+    let mut p = posterior_from(
+        &[vec![1.0, 2.0, 3.0, 4.0], vec![2.0, 2.0, 2.0, 2.0]],
+        3,
+        DType::F32,
+    );
+    let before = (
+        to_f64(&p.mean().unwrap()),
+        to_f64(&p.deviations().unwrap()),
+        p.n_collected(),
+    );
+    for bad in [f64::NAN, f64::INFINITY] {
+        let err = p
+            .collect_flat(&tensor_f32(&[0.0, 1.0, 1.0, bad]))
+            .unwrap_err();
+        match &err {
+            Error::NonFinite {
+                parameter, index, ..
+            } => {
+                assert_eq!(parameter, "b");
+                assert_eq!(*index, 1);
+            }
+            other => panic!("unexpected error {other}"),
+        }
+        assert!(err.to_string().contains("`b`"));
+    }
+    let after = (
+        to_f64(&p.mean().unwrap()),
+        to_f64(&p.deviations().unwrap()),
+        p.n_collected(),
+    );
+    assert_eq!(before, after);
+}
+
+#[test]
+fn sampling_an_empty_posterior_is_an_error() {
+    let p = SwagPosterior::new(layout(4), SwagConfig::with_rank(2), &Device::Cpu).unwrap();
+    let params = params_for(4);
+    let err = p
+        .sample_into_seeded(&params, &SampleOptions::default(), 1)
+        .unwrap_err();
+    assert!(matches!(err, Error::NotEnoughSnapshots(_)));
+    let bad = SampleOptions::with_scale(-1.0);
+    let mut q = p;
+    q.collect_flat(&tensor_f32(&[1.0, 2.0, 3.0, 4.0])).unwrap();
+    let err = q.sample_into_seeded(&params, &bad, 1).unwrap_err();
+    assert!(err.to_string().contains("scale"));
+}
