@@ -1,9 +1,219 @@
-//! `swag report` (in progress).
+//! `swag report`: a calibration report from prediction files written by any framework.
+//!
+//! Only parses arguments, reads and checks the files (`candle_swag::io`), and hands the arrays
+//! to `candle_swag::report::ReportBuilder`, which computes the metrics and writes the
+//! directory atomically. Every input is read and checked before anything is written.
+
+use std::path::{Path, PathBuf};
+
+use candle_swag::io::{self, Array, InputSpec, Role};
+use candle_swag::metrics::attribute_to_file;
+use candle_swag::report::ReportBuilder;
+use candle_swag::{Error, Result};
 
 /// Arguments of `swag report`.
+///
+/// Files are `.npy`, `.npz`, `.safetensors` or CSV; `FILE:NAME` picks one array of an
+/// `.npz`/`.safetensors` file or one column of a CSV file.
 #[derive(clap::Args)]
-pub struct Args {}
+#[command(
+    after_help = "Examples:\n  swag report --probs sgd.npy --method SGD --probs swag.npy --method SWAG --labels y.npy --out report/\n  swag report --probs logits.csv --logits --labels y.csv --out report/\n  swag report --mean preds.csv:mean --std preds.csv:std --targets test.csv:target --out report/"
+)]
+pub struct Args {
+    /// Class probabilities [N, C] (rows sum to 1), or [N] read as P(y = 1); repeat to
+    /// compare methods.
+    #[arg(long = "probs", value_name = "FILE[:NAME]")]
+    pub probs: Vec<String>,
+    /// The --probs files hold logits (unnormalised scores): apply a softmax first.
+    #[arg(long)]
+    pub logits: bool,
+    /// Integer class labels [N] in 0..C.
+    #[arg(long, value_name = "FILE[:NAME]")]
+    pub labels: Option<String>,
+    /// Method names, one per --probs and then one per --mean, in order (default: file names).
+    #[arg(long = "method", value_name = "NAME")]
+    pub methods: Vec<String>,
+    /// Number of equal-width (and equal-mass) bins for ECE, MCE and the reliability diagram.
+    #[arg(long, default_value_t = candle_swag::metrics::DEFAULT_BINS)]
+    pub bins: usize,
+    /// Regression: Gaussian predictive means [N]; repeat (with --std) to compare methods.
+    #[arg(long = "mean", value_name = "FILE[:NAME]")]
+    pub mean: Vec<String>,
+    /// Regression: predictive standard deviations [N], all > 0; one per --mean.
+    #[arg(long = "std", value_name = "FILE[:NAME]")]
+    pub std: Vec<String>,
+    /// Regression targets [N].
+    #[arg(long, value_name = "FILE[:NAME]")]
+    pub targets: Option<String>,
+    /// Dataset name shown in the report (default: the labels' or targets' file name).
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// Output directory (replaced atomically if it exists).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+}
 
-pub fn run(_args: Args) -> candle_swag::Result<()> {
-    Err(candle_swag::Error::invalid("report", "not available yet"))
+/// File stem of an input, used as a default method or dataset name.
+fn stem(spec: &InputSpec) -> String {
+    let base = spec
+        .path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "input".into());
+    match &spec.key {
+        Some(k) => format!("{base}:{k}"),
+        None => base,
+    }
+}
+
+/// Reads one probability (or logit) file and returns a checked `[N, C]` array (`C ≥ 2`).
+fn read_probabilities(spec: &InputSpec, logits: bool) -> Result<Array> {
+    if logits {
+        let raw = io::read_input(spec, Role::Logits)?;
+        return io::softmax_rows(&raw);
+    }
+    let a = io::read_input(spec, Role::Probabilities)?;
+    io::check_probabilities(&a)?;
+    if a.cols == 1 {
+        // Binary P(y = 1): the full metrics take the two-column [1 − p, p].
+        let values = a.values.iter().flat_map(|&p| [1.0 - p, p]).collect();
+        return Array::new(a.source, a.rows, 2, values);
+    }
+    Ok(a)
+}
+
+/// Reads a single-column regression input, finite (and > 0 when `positive`).
+fn read_vector(spec: &InputSpec, role: Role, positive: bool) -> Result<Array> {
+    let a = io::read_input(spec, role)?;
+    if positive {
+        io::check_positive(&a)?;
+    } else {
+        io::check_non_empty(&a)?;
+        io::check_finite(&a)?;
+    }
+    if a.cols != 1 {
+        // into_vector gives the documented error.
+        a.clone().into_vector()?;
+    }
+    Ok(a)
+}
+
+fn required(value: &Option<String>, option: &str, because: &str) -> Result<InputSpec> {
+    value
+        .as_deref()
+        .map(InputSpec::parse)
+        .ok_or_else(|| Error::invalid(option, format!("is required with {because}")))
+}
+
+/// Runs `swag report`.
+pub fn run(args: Args) -> Result<()> {
+    if args.probs.is_empty() && args.mean.is_empty() {
+        return Err(Error::invalid(
+            "swag report",
+            "give --probs FILE --labels FILE (classification) and/or --mean FILE --std FILE --targets FILE (regression)",
+        ));
+    }
+    if args.bins == 0 {
+        return Err(Error::invalid("--bins", "must be at least 1"));
+    }
+    if args.mean.len() != args.std.len() {
+        return Err(Error::invalid(
+            "--std",
+            format!(
+                "give one --std per --mean ({} --mean, {} --std)",
+                args.mean.len(),
+                args.std.len()
+            ),
+        ));
+    }
+    if args.logits && args.probs.is_empty() {
+        return Err(Error::invalid("--logits", "needs --probs"));
+    }
+    let n_inputs = args.probs.len() + args.mean.len();
+    if !args.methods.is_empty() && args.methods.len() != n_inputs {
+        return Err(Error::invalid(
+            "--method",
+            format!(
+                "give one name per --probs and --mean ({n_inputs} inputs), or none; got {}",
+                args.methods.len()
+            ),
+        ));
+    }
+    let prob_specs: Vec<InputSpec> = args.probs.iter().map(|p| InputSpec::parse(p)).collect();
+    let mean_specs: Vec<InputSpec> = args.mean.iter().map(|p| InputSpec::parse(p)).collect();
+    let std_specs: Vec<InputSpec> = args.std.iter().map(|p| InputSpec::parse(p)).collect();
+    let names: Vec<String> = if args.methods.is_empty() {
+        prob_specs.iter().chain(&mean_specs).map(stem).collect()
+    } else {
+        args.methods.clone()
+    };
+
+    let labels_spec = (!prob_specs.is_empty())
+        .then(|| required(&args.labels, "--labels", "--probs"))
+        .transpose()?;
+    let targets_spec = (!mean_specs.is_empty())
+        .then(|| required(&args.targets, "--targets", "--mean"))
+        .transpose()?;
+    let dataset = args
+        .dataset
+        .clone()
+        .or_else(|| labels_spec.as_ref().or(targets_spec.as_ref()).map(stem))
+        .unwrap_or_else(|| "predictions".into());
+    // Metrics are computed as methods are added; nothing is written before `write`.
+    let mut builder = ReportBuilder::new(dataset).bins(args.bins);
+
+    if let Some(labels_spec) = &labels_spec {
+        let labels = io::read_input(labels_spec, Role::Labels)?;
+        let mut n_classes: Option<(usize, String)> = None;
+        for (spec, name) in prob_specs.iter().zip(&names) {
+            let probs = read_probabilities(spec, args.logits)?;
+            if let Some((c, first)) = &n_classes {
+                if probs.cols != *c {
+                    return Err(Error::BadData {
+                        file: probs.source.clone(),
+                        row: 0,
+                        column: "-".into(),
+                        reason: format!("has {} classes but {first} has {c}", probs.cols),
+                    });
+                }
+            }
+            io::check_same_rows(&probs, &labels)?;
+            let classes = io::labels_to_classes(&labels, probs.cols)?;
+            builder = builder
+                .classification_method(name, &probs.to_f32(), probs.cols, &classes)
+                .map_err(|e| attribute_to_file(e, "probabilities", &probs.source))
+                .map_err(|e| attribute_to_file(e, "labels", &labels.source))?;
+            n_classes.get_or_insert((probs.cols, probs.source));
+        }
+    }
+
+    if let Some(targets_spec) = &targets_spec {
+        let targets = read_vector(targets_spec, Role::Targets, false)?;
+        let regression_names = names.iter().skip(prob_specs.len());
+        for ((mean_spec, std_spec), name) in mean_specs.iter().zip(&std_specs).zip(regression_names)
+        {
+            let mean = read_vector(mean_spec, Role::Mean, false)?;
+            let std = read_vector(std_spec, Role::Std, true)?;
+            io::check_same_rows(&mean, &std)?;
+            io::check_same_rows(&mean, &targets)?;
+            builder = builder
+                .regression_method(name, &mean.values, &std.values, &targets.values)
+                .map_err(|e| attribute_to_file(e, "mean", &mean.source))
+                .map_err(|e| attribute_to_file(e, "std", &std.source))
+                .map_err(|e| attribute_to_file(e, "y", &targets.source))?;
+        }
+    }
+
+    let files = builder.write(&args.out)?;
+    println!(
+        "wrote {} ({} plots): {}",
+        display(&files.dir),
+        files.plots.len(),
+        display(&files.html)
+    );
+    Ok(())
+}
+
+fn display(p: &Path) -> String {
+    p.display().to_string()
 }

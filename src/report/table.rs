@@ -1,0 +1,344 @@
+//! The metric tables of a report: which metrics are shown, in what order, and which value of
+//! each column is best.
+
+use super::{ClassificationEntry, OodEntry, RegressionEntry};
+
+/// Which value of a metric is best.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Direction {
+    /// Larger values are better (accuracy, AUROC).
+    HigherIsBetter,
+    /// Smaller values are better (NLL, ECE, RMSE, CRPS).
+    LowerIsBetter,
+    /// The value closest to a target is best (signed ECE: 0; PICP at 95%: 0.95).
+    Closest(f64),
+    /// Not ranked: smaller is better only when calibration holds (sharpness, interval width).
+    NotRanked,
+}
+
+impl Direction {
+    /// Short marker for table headers: ↑, ↓, → target, or nothing.
+    pub fn marker(self) -> String {
+        match self {
+            Direction::HigherIsBetter => "↑".into(),
+            Direction::LowerIsBetter => "↓".into(),
+            Direction::Closest(t) => format!("→{t}"),
+            Direction::NotRanked => String::new(),
+        }
+    }
+
+    /// Indices of the best of `values` (all of them on ties; NaN never wins); empty when not
+    /// ranked or fewer than two values (a single method is not "best" of anything).
+    pub fn best(self, values: &[f64]) -> Vec<usize> {
+        let score = |v: f64| match self {
+            Direction::HigherIsBetter => -v,
+            Direction::LowerIsBetter => v,
+            Direction::Closest(t) => (v - t).abs(),
+            Direction::NotRanked => 0.0,
+        };
+        if values.len() < 2 || self == Direction::NotRanked {
+            return Vec::new();
+        }
+        let top = values
+            .iter()
+            .filter(|v| v.is_finite())
+            .map(|&v| score(v))
+            .fold(f64::INFINITY, f64::min);
+        (0..values.len())
+            .filter(|&i| values[i].is_finite() && score(values[i]) == top)
+            .collect()
+    }
+}
+
+/// One column of a metric table.
+#[derive(Debug, Clone, Copy)]
+pub struct Column<E> {
+    /// Key in `metrics.json`.
+    pub key: &'static str,
+    /// Header shown in the Markdown and HTML tables.
+    pub label: &'static str,
+    /// Which value is best.
+    pub direction: Direction,
+    /// Digits after the decimal point.
+    pub digits: usize,
+    /// Reads the value from an entry.
+    pub value: fn(&E) -> f64,
+}
+
+/// Columns of the classification table, in display order.
+pub fn classification_columns() -> Vec<Column<ClassificationEntry>> {
+    use Direction::*;
+    vec![
+        Column {
+            key: "accuracy",
+            label: "Accuracy",
+            direction: HigherIsBetter,
+            digits: 4,
+            value: |e| e.metrics.accuracy,
+        },
+        Column {
+            key: "nll",
+            label: "NLL",
+            direction: LowerIsBetter,
+            digits: 4,
+            value: |e| e.metrics.nll,
+        },
+        Column {
+            key: "brier",
+            label: "Brier",
+            direction: LowerIsBetter,
+            digits: 4,
+            value: |e| e.metrics.brier,
+        },
+        Column {
+            key: "ece",
+            label: "ECE",
+            direction: LowerIsBetter,
+            digits: 4,
+            value: |e| e.metrics.ece,
+        },
+        Column {
+            key: "mce",
+            label: "MCE",
+            direction: LowerIsBetter,
+            digits: 4,
+            value: |e| e.metrics.mce,
+        },
+        Column {
+            key: "signed_ece",
+            label: "Signed ECE",
+            direction: Closest(0.0),
+            digits: 4,
+            value: |e| e.metrics.signed_ece,
+        },
+        Column {
+            key: "ece_equal_mass",
+            label: "ECE (equal mass)",
+            direction: LowerIsBetter,
+            digits: 4,
+            value: |e| e.metrics.ece_equal_mass,
+        },
+        Column {
+            key: "classwise_ece",
+            label: "Classwise ECE",
+            direction: LowerIsBetter,
+            digits: 4,
+            value: |e| e.metrics.classwise_ece,
+        },
+        Column {
+            key: "l2_debiased",
+            label: "L2 CE (debiased)",
+            direction: LowerIsBetter,
+            digits: 4,
+            value: |e| e.metrics.l2_debiased,
+        },
+        Column {
+            key: "aurc",
+            label: "AURC",
+            direction: LowerIsBetter,
+            digits: 4,
+            value: |e| e.aurc,
+        },
+    ]
+}
+
+/// Columns of the regression table, in display order.
+pub fn regression_columns() -> Vec<Column<RegressionEntry>> {
+    use Direction::*;
+    vec![
+        Column {
+            key: "rmse",
+            label: "RMSE",
+            direction: LowerIsBetter,
+            digits: 4,
+            value: |e| e.metrics.rmse,
+        },
+        Column {
+            key: "mae",
+            label: "MAE",
+            direction: LowerIsBetter,
+            digits: 4,
+            value: |e| e.metrics.mae,
+        },
+        Column {
+            key: "nll",
+            label: "NLL",
+            direction: LowerIsBetter,
+            digits: 4,
+            value: |e| e.metrics.nll,
+        },
+        Column {
+            key: "crps",
+            label: "CRPS",
+            direction: LowerIsBetter,
+            digits: 4,
+            value: |e| e.metrics.crps,
+        },
+        Column {
+            key: "picp_95",
+            label: "PICP 95%",
+            direction: Closest(0.95),
+            digits: 4,
+            value: |e| e.metrics.picp_95,
+        },
+        Column {
+            key: "mpiw_95",
+            label: "MPIW 95%",
+            direction: NotRanked,
+            digits: 4,
+            value: |e| e.metrics.mpiw_95,
+        },
+        Column {
+            key: "mace",
+            label: "MACE",
+            direction: LowerIsBetter,
+            digits: 4,
+            value: |e| e.metrics.mace,
+        },
+        Column {
+            key: "rmsce",
+            label: "RMSCE",
+            direction: LowerIsBetter,
+            digits: 4,
+            value: |e| e.metrics.rmsce,
+        },
+        Column {
+            key: "miscalibration_area",
+            label: "Miscal. area",
+            direction: LowerIsBetter,
+            digits: 4,
+            value: |e| e.metrics.miscalibration_area,
+        },
+        Column {
+            key: "sharpness",
+            label: "Sharpness",
+            direction: NotRanked,
+            digits: 4,
+            value: |e| e.metrics.sharpness,
+        },
+        Column {
+            key: "check_score",
+            label: "Check score",
+            direction: LowerIsBetter,
+            digits: 4,
+            value: |e| e.metrics.check_score,
+        },
+        Column {
+            key: "interval_score",
+            label: "Interval score",
+            direction: LowerIsBetter,
+            digits: 4,
+            value: |e| e.metrics.interval_score,
+        },
+    ]
+}
+
+/// Columns of the OOD-detection table, in display order.
+pub fn ood_columns() -> Vec<Column<OodEntry>> {
+    use Direction::*;
+    vec![
+        Column {
+            key: "auroc",
+            label: "AUROC",
+            direction: HigherIsBetter,
+            digits: 4,
+            value: |e| e.metrics.auroc,
+        },
+        Column {
+            key: "average_precision",
+            label: "Average precision",
+            direction: HigherIsBetter,
+            digits: 4,
+            value: |e| e.metrics.average_precision,
+        },
+        Column {
+            key: "fpr_at_95_tpr",
+            label: "FPR at 95% TPR",
+            direction: LowerIsBetter,
+            digits: 4,
+            value: |e| e.metrics.fpr_at_95_tpr,
+        },
+    ]
+}
+
+/// A rendered table: header labels, method names, formatted cells and, per column, the row
+/// holding the best value.
+#[derive(Debug, Clone)]
+pub struct Table {
+    /// Column headers, each with its direction marker (↑, ↓, →target).
+    pub headers: Vec<String>,
+    /// One method name per row.
+    pub methods: Vec<String>,
+    /// `cells[row][column]`, formatted.
+    pub cells: Vec<Vec<String>>,
+    /// For each column, the rows holding the best value as displayed (ties all marked; none
+    /// when not ranked or a single row).
+    pub best: Vec<Vec<usize>>,
+}
+
+impl Table {
+    /// Whether the cell at `row`, `column` holds a best value.
+    pub fn is_best(&self, row: usize, column: usize) -> bool {
+        self.best[column].contains(&row)
+    }
+}
+
+/// Formats a table of `entries` (one row each, named by `method`) under `columns`.
+pub fn build_table<E>(entries: &[E], method: fn(&E) -> &str, columns: &[Column<E>]) -> Table {
+    let headers = columns
+        .iter()
+        .map(|c| {
+            let m = c.direction.marker();
+            if m.is_empty() {
+                c.label.to_string()
+            } else {
+                format!("{} {m}", c.label)
+            }
+        })
+        .collect();
+    let cells = entries
+        .iter()
+        .map(|e| {
+            columns
+                .iter()
+                .map(|c| format!("{:.*}", c.digits, (c.value)(e)))
+                .collect()
+        })
+        .collect();
+    let best = columns
+        .iter()
+        .map(|c| {
+            // Compare the values as displayed, so equal-looking cells are marked alike.
+            let scale = 10f64.powi(c.digits as i32);
+            let values: Vec<f64> = entries
+                .iter()
+                .map(|e| ((c.value)(e) * scale).round() / scale)
+                .collect();
+            c.direction.best(&values)
+        })
+        .collect();
+    Table {
+        headers,
+        methods: entries.iter().map(|e| method(e).to_string()).collect(),
+        cells,
+        best,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Direction::*;
+
+    #[test]
+    fn best_follows_direction() {
+        let v = [0.3, 0.1, 0.5];
+        assert_eq!(HigherIsBetter.best(&v), vec![2]);
+        assert_eq!(LowerIsBetter.best(&v), vec![1]);
+        assert_eq!(Closest(0.45).best(&v), vec![2]);
+        assert_eq!(Closest(0.0).best(&[-0.05, 0.1]), vec![0]);
+        assert!(NotRanked.best(&v).is_empty());
+        assert!(LowerIsBetter.best(&[0.2]).is_empty());
+        // NaN never wins; ties are all best.
+        assert_eq!(LowerIsBetter.best(&[f64::NAN, 0.2, 0.2]), vec![1, 2]);
+    }
+}
