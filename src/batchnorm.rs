@@ -410,7 +410,7 @@ where
     let fraction = match fraction {
         None => None,
         Some(f) if f.is_finite() && f > 0.0 && f < 1.0 => Some(f),
-        Some(f) if f == 1.0 => None,
+        Some(1.0) => None,
         Some(f) => {
             return Err(Error::invalid(
                 "fraction",
