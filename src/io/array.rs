@@ -100,6 +100,20 @@ impl fmt::Display for InputSpec {
     }
 }
 
+/// The floating-point precision an array was stored in.
+///
+/// Values are held as `f64` either way, but calibration bins compare a confidence with the bin
+/// edges *in the input's precision* (see [`crate::metrics`]): an `f32` file's `0.3` must be
+/// compared as `0.3f32`, not as its widened `f64` value `0.30000001192…`, or it lands in the
+/// next bin. Callers pass [`Array::to_f32`] to the metrics for [`Precision::Single`] arrays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// `f16`, `bf16` or `f32` storage (every value exact in `f32`).
+    Single,
+    /// `f64` storage, integers, or decimal text (CSV).
+    Double,
+}
+
 /// A numeric array of `rows × cols` values in row-major order, read from a file.
 ///
 /// A 1-D input `[N]` is stored with `cols == 1`. Values are `f64` whatever the file's dtype, so
@@ -116,10 +130,13 @@ pub struct Array {
     pub values: Vec<f64>,
     /// Column names from a CSV header, when there was one.
     pub column_names: Option<Vec<String>>,
+    /// The precision the values were stored in.
+    pub precision: Precision,
 }
 
 impl Array {
-    /// Builds an array, checking that `values` holds exactly `rows * cols` numbers.
+    /// Builds an array of [`Precision::Double`] values, checking that `values` holds exactly
+    /// `rows * cols` numbers.
     pub fn new(
         source: impl Into<String>,
         rows: usize,
@@ -142,6 +159,7 @@ impl Array {
             cols,
             values,
             column_names: None,
+            precision: Precision::Double,
         })
     }
 

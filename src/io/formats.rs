@@ -4,7 +4,7 @@ use std::path::Path;
 
 use candle_core::{DType, Tensor};
 
-use super::array::{Array, InputSpec, Role};
+use super::array::{Array, InputSpec, Precision, Role};
 use crate::error::{Error, Result};
 
 /// Reads the array that `spec` designates, for the given role.
@@ -119,7 +119,11 @@ fn tensor_to_array(source: String, t: &Tensor) -> Result<Array> {
             column: "-".into(),
             reason: format!("cannot convert dtype {:?} to numbers: {e}", t.dtype()),
         })?;
-    Array::new(source, rows, cols, values)
+    let mut array = Array::new(source, rows, cols, values)?;
+    if matches!(t.dtype(), DType::F32 | DType::F16 | DType::BF16) {
+        array.precision = Precision::Single;
+    }
+    Ok(array)
 }
 
 /// One parsed CSV file: optional header and rows of raw cells.

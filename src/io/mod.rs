@@ -27,7 +27,7 @@ mod array;
 mod formats;
 mod validate;
 
-pub use array::{Array, InputSpec, Role};
+pub use array::{Array, InputSpec, Precision, Role};
 pub use formats::read_input;
 pub use validate::{
     check_finite, check_non_empty, check_positive, check_probabilities, check_same_rows,

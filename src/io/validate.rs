@@ -3,7 +3,7 @@
 //! Rows are reported 1-based (row `i + 1` is index `i`); columns by CSV header name or by
 //! 0-based index. A row-level problem (a row sum) is reported in column `sum`.
 
-use super::array::Array;
+use super::array::{Array, Precision};
 use crate::error::{Error, Result};
 
 /// How far a row of probabilities may sum from 1 and still be accepted: `|Σ_k p_k − 1| ≤ 1e-4`,
@@ -147,7 +147,7 @@ pub fn labels_to_classes(a: &Array, n_classes: usize) -> Result<Vec<u32>> {
 /// Applies a numerically stable softmax to every row (`exp(x − max) / Σ exp(x − max)`, the
 /// metrics' [`crate::metrics::softmax_rows`], rounded to `f32` as a model's output would be),
 /// after checking the scores are finite. A single column is a binary logit and becomes the
-/// two-column `[1 − σ(x), σ(x)]`.
+/// two-column `[1 − σ(x), σ(x)]`. The result has [`Precision::Single`].
 pub fn softmax_rows(a: &Array) -> Result<Array> {
     check_non_empty(a)?;
     check_finite(a)?;
@@ -156,11 +156,13 @@ pub fn softmax_rows(a: &Array) -> Result<Array> {
             .values
             .iter()
             .flat_map(|&x| {
-                let p = 1.0 / (1.0 + (-x).exp());
-                [1.0 - p, p]
+                let p = (1.0 / (1.0 + (-x).exp())) as f32;
+                [f64::from(1.0 - p), f64::from(p)]
             })
             .collect::<Vec<_>>();
-        return Array::new(a.source.clone(), a.rows, 2, v);
+        let mut out = Array::new(a.source.clone(), a.rows, 2, v)?;
+        out.precision = Precision::Single;
+        return Ok(out);
     }
     let values = crate::metrics::softmax_rows(&a.values, a.cols)
         .map_err(|e| crate::metrics::attribute_to_file(e, "logits", &a.source))?
@@ -170,6 +172,7 @@ pub fn softmax_rows(a: &Array) -> Result<Array> {
     let cols = a.cols;
     let mut out = Array::new(a.source.clone(), a.rows, cols, values)?;
     out.column_names = a.column_names.clone();
+    out.precision = Precision::Single;
     Ok(out)
 }
 

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_swag::io::{self, Array, InputSpec, Role};
+use candle_swag::io::{self, Array, InputSpec, Precision, Role};
 use candle_swag::metrics::attribute_to_file;
 use candle_swag::report::ReportBuilder;
 use candle_swag::{Error, Result};
@@ -75,9 +75,19 @@ fn read_probabilities(spec: &InputSpec, logits: bool) -> Result<Array> {
     let a = io::read_input(spec, Role::Probabilities)?;
     io::check_probabilities(&a)?;
     if a.cols == 1 {
-        // Binary P(y = 1): the full metrics take the two-column [1 − p, p].
-        let values = a.values.iter().flat_map(|&p| [1.0 - p, p]).collect();
-        return Array::new(a.source, a.rows, 2, values);
+        // Binary P(y = 1): the full metrics take the two-column [1 − p, p], computed in the
+        // file's precision.
+        let values = match a.precision {
+            Precision::Single => a
+                .values
+                .iter()
+                .flat_map(|&p| [f64::from(1.0 - p as f32), p])
+                .collect(),
+            Precision::Double => a.values.iter().flat_map(|&p| [1.0 - p, p]).collect(),
+        };
+        let mut two = Array::new(a.source, a.rows, 2, values)?;
+        two.precision = a.precision;
+        return Ok(two);
     }
     Ok(a)
 }
@@ -179,8 +189,16 @@ pub fn run(args: Args) -> Result<()> {
             }
             io::check_same_rows(&probs, &labels)?;
             let classes = io::labels_to_classes(&labels, probs.cols)?;
-            builder = builder
-                .classification_method(name, &probs.to_f32(), probs.cols, &classes)
+            // Bins compare confidences in the file's own precision (see io::Precision).
+            let added = match probs.precision {
+                Precision::Single => {
+                    builder.classification_method(name, &probs.to_f32(), probs.cols, &classes)
+                }
+                Precision::Double => {
+                    builder.classification_method(name, &probs.values, probs.cols, &classes)
+                }
+            };
+            builder = added
                 .map_err(|e| attribute_to_file(e, "probabilities", &probs.source))
                 .map_err(|e| attribute_to_file(e, "labels", &labels.source))?;
             n_classes.get_or_insert((probs.cols, probs.source));
