@@ -331,6 +331,11 @@ impl ParamSet {
             .iter()
             .map(|v| v.as_tensor().flatten_all()?.to_dtype(DType::F32))
             .collect::<candle_core::Result<Vec<_>>>()?;
+        if parts.len() == 1 {
+            // `cat` of one tensor returns it unchanged: a view of the Var. Copy, so the result
+            // never aliases the weights it was taken from.
+            return Ok(parts[0].copy()?);
+        }
         Ok(Tensor::cat(&parts, 0)?)
     }
 

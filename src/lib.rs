@@ -6,6 +6,7 @@
 pub mod atomic;
 pub mod error;
 pub mod layout;
+pub mod perf;
 pub mod swag;
 
 pub mod averaging;

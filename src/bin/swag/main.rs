@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod collect;
 mod demo;
 mod fit;
@@ -35,10 +36,30 @@ enum Command {
     Report(report::Args),
     /// Run the bundled digits and diabetes recipes and write a report.
     Demo(demo::Args),
+    /// Time the SWAG primitives against a memory copy of the same bytes.
+    Bench(bench::Args),
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                e.exit();
+            }
+            // One line, as every other error of this tool; `--help` has the usage.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("{} (see --help)", first.trim_end());
+            std::process::exit(2);
+        }
+    };
     let result = match cli.command {
         Command::Collect(a) => collect::run(a),
         Command::Sample(a) => sample::run(a),
@@ -47,6 +68,7 @@ fn main() {
         Command::Predict(a) => predict::run(a),
         Command::Report(a) => report::run(a),
         Command::Demo(a) => demo::run(a),
+        Command::Bench(a) => bench::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

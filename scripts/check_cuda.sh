@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Type-checks the CUDA build (`cargo check --features cuda`) on a machine without a GPU, with
+# nvcc from PyPI (see CANDLE_NOTES: every part pinned to one CUDA release). Linking is not
+# possible without the driver's libcuda, so this checks compilation only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=target/cuda-venv
+if [ ! -x "$venv/bin/nvcc-ok" ]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check \
+    nvidia-cuda-nvcc==13.0.88 "nvidia-nvvm==13.0.*" "nvidia-cuda-crt==13.0.*" \
+    "nvidia-cuda-runtime==13.0.*" "nvidia-cuda-cccl==13.0.*"
+  touch "$venv/bin/nvcc-ok"
+fi
+CUDA_HOME="$(cd "$venv"/lib/python3*/site-packages/nvidia/cu13 && pwd)"
+export CUDA_HOME PATH="$CUDA_HOME/bin:$PATH" CUDA_COMPUTE_CAP=90
+nvcc --version | tail -1
+# A target dir of its own: other features, and no lock held on the main build.
+CARGO_TARGET_DIR=target/cuda cargo check --features cuda --lib --bins
+echo "CUDA type-check passed"

@@ -1,0 +1,255 @@
+//! Speed and memory of the SWAG primitives, measured against the machine's own floor.
+//!
+//! SWAG's primitives are memory-bound: collecting must read θ, read and write the two moments
+//! and write one deviation column (`24·d` bytes in f32); a low-rank sample must read the moments
+//! and `K` deviation rows and write θ (`(K + 3)·4·d` bytes) and draw `d + K` normals. So each
+//! operation is timed next to, **in the same run**, a plain parallel memory copy that moves the
+//! same number of bytes (half read, half written) and, for sampling, the drawing of the same
+//! normals with the same generator and threads. The ratio of the two is what this module
+//! reports: it is stable on a noisy shared machine where absolute times are not.
+//!
+//! Memory: [`measure`] also records the process's peak resident memory (`VmHWM` on Linux)
+//! around the posterior's creation and use, to check the posterior costs no more than its
+//! state `(K + 2)·4·d` bytes plus one `d`-sized buffer.
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::layout::ParamSet;
+use crate::swag::noise::{fill_normals, stream, NOISE_BLOCK};
+use crate::swag::{SampleOptions, SwagConfig, SwagPosterior};
+
+/// One measured operation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OpTiming {
+    /// `collect`, `sample_lowrank`, `sample_diag`, `flatten` or `write_back`.
+    pub op: String,
+    /// d, the number of parameters.
+    pub params: usize,
+    /// K, the rank.
+    pub rank: usize,
+    /// Median wall time of the operation, seconds.
+    pub seconds: f64,
+    /// The floor: median time of a copy moving the same bytes, plus (sampling) the median time
+    /// to draw the same normals.
+    pub floor_seconds: f64,
+    /// `seconds / floor_seconds`.
+    pub ratio_to_floor: f64,
+    /// Bytes the operation must move (read + written).
+    pub bytes: usize,
+    /// Median time of the plain copy alone.
+    pub copy_seconds: f64,
+    /// Median time of drawing the normals alone (0 for non-sampling ops).
+    pub normals_seconds: f64,
+    /// Peak resident memory of the process after the operation (VmHWM), bytes; 0 where unknown.
+    pub peak_rss_bytes: u64,
+    /// Threads in rayon's pool.
+    pub threads: usize,
+}
+
+/// Memory cost of the posterior, measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemoryReport {
+    /// d.
+    pub params: usize,
+    /// K.
+    pub rank: usize,
+    /// Peak resident memory gained from creating, filling and sampling the posterior, bytes.
+    pub posterior_peak_extra_bytes: u64,
+    /// The allowance `(K + 2)·4·d + 4·d` bytes.
+    pub allowance_bytes: u64,
+}
+
+/// Reads a field of /proc/self/status in bytes (Linux); 0 elsewhere.
+fn proc_status_bytes(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+/// Peak resident set size of this process so far, bytes (0 where unknown).
+pub fn peak_rss_bytes() -> u64 {
+    proc_status_bytes("VmHWM:")
+}
+
+/// Current resident set size, bytes (0 where unknown).
+pub fn rss_bytes() -> u64 {
+    proc_status_bytes("VmRSS:")
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    xs[xs.len() / 2]
+}
+
+fn time_median(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?; // warm-up
+    let mut ts = Vec::with_capacity(repeats);
+    for _ in 0..repeats {
+        let t = Instant::now();
+        f()?;
+        ts.push(t.elapsed().as_secs_f64());
+    }
+    Ok(median(ts))
+}
+
+/// Median time of a parallel copy that moves `bytes` bytes (half read, half written).
+pub fn copy_seconds(bytes: usize, repeats: usize) -> f64 {
+    let n = (bytes / 8).max(1); // f32 elements per side
+    let src: Vec<f32> = (0..n).map(|i| i as f32).collect();
+    let mut dst = vec![0f32; n];
+    let t = time_median(repeats, || {
+        dst.par_chunks_mut(NOISE_BLOCK)
+            .zip(src.par_chunks(NOISE_BLOCK))
+            .for_each(|(d, s)| d.copy_from_slice(s));
+        Ok(())
+    });
+    std::hint::black_box(&dst);
+    t.unwrap_or(f64::NAN)
+}
+
+/// Median time to draw `d` normals with the sampler's generator, block streams and threads
+/// (into per-thread scratch, as the sampler does).
+pub fn normals_seconds(d: usize, repeats: usize) -> f64 {
+    let blocks = d.div_ceil(NOISE_BLOCK);
+    let t = time_median(repeats, || {
+        let s: f32 = (0..blocks)
+            .into_par_iter()
+            .map_init(
+                || vec![0f32; NOISE_BLOCK],
+                |buf, b| {
+                    let len = NOISE_BLOCK.min(d - b * NOISE_BLOCK);
+                    fill_normals(&mut stream(1, 0, b as u64), &mut buf[..len]);
+                    buf[0]
+                },
+            )
+            .sum();
+        std::hint::black_box(s);
+        Ok(())
+    });
+    t.unwrap_or(f64::NAN)
+}
+
+/// A model-like parameter set of `d` f32 numbers in three tensors (weights, bias, head).
+fn synthetic_params(d: usize, rng: &mut StdRng) -> Result<ParamSet> {
+    if d < 3 {
+        return Err(Error::invalid("params", "need at least 3 parameters"));
+    }
+    let sizes = [d - d / 10 - 1, 1, d / 10];
+    let mut named = Vec::new();
+    for (i, &n) in sizes.iter().enumerate() {
+        let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let t = Tensor::from_vec(v, n, &Device::Cpu)?;
+        named.push((format!("p{i}"), Var::from_tensor(&t)?));
+    }
+    ParamSet::from_named_vars(named)
+}
+
+fn perturb(params: &ParamSet, rng: &mut StdRng) -> Result<()> {
+    // A cheap change of θ between snapshots: add a small constant to each tensor.
+    for v in params.vars() {
+        let delta: f64 = rng.random_range(-0.01..0.01);
+        v.set(&v.as_tensor().affine(1.0, delta)?)?;
+    }
+    Ok(())
+}
+
+/// Measures collect, low-rank sample, diagonal sample, flatten and write-back at `d`
+/// parameters and rank `k`, each against its floor; `repeats` timed runs per op (median).
+pub fn measure(
+    d: usize,
+    k: usize,
+    repeats: usize,
+    dtype: DType,
+) -> Result<(Vec<OpTiming>, MemoryReport)> {
+    if repeats == 0 {
+        return Err(Error::invalid("repeats", "must be at least 1"));
+    }
+    let threads = rayon::current_num_threads();
+    let mut rng = StdRng::seed_from_u64(0);
+    let params = synthetic_params(d, &mut rng)?;
+
+    // Memory first, before any copy buffer exists.
+    let rss_before = rss_bytes();
+    let mut posterior = SwagPosterior::for_params(
+        &params,
+        SwagConfig {
+            rank: k,
+            deviation_dtype: dtype,
+        },
+    )?;
+    for _ in 0..=k {
+        perturb(&params, &mut rng)?;
+        posterior.collect(&params)?;
+    }
+    posterior.sample_into(&params, &SampleOptions::default(), &mut rng)?;
+    posterior.sample_into(&params, &SampleOptions::diagonal(0.5), &mut rng)?;
+    let memory = MemoryReport {
+        params: d,
+        rank: k,
+        posterior_peak_extra_bytes: peak_rss_bytes().saturating_sub(rss_before),
+        allowance_bytes: ((k + 2) * 4 * d + 4 * d) as u64,
+    };
+
+    let dev_bytes = dtype.size_in_bytes();
+    let mut out = Vec::new();
+    let mut record = |op: &str, seconds: f64, bytes: usize, normals: f64| {
+        let copy = copy_seconds(bytes, repeats);
+        let floor = copy + normals;
+        out.push(OpTiming {
+            op: op.to_string(),
+            params: d,
+            rank: k,
+            seconds,
+            floor_seconds: floor,
+            ratio_to_floor: seconds / floor,
+            bytes,
+            copy_seconds: copy,
+            normals_seconds: normals,
+            peak_rss_bytes: peak_rss_bytes(),
+            threads,
+        });
+    };
+
+    let t = time_median(repeats, || posterior.collect(&params))?;
+    record("collect", t, (20 + dev_bytes) * d, 0.0);
+
+    let normals = normals_seconds(d, repeats);
+    let opts = SampleOptions::default();
+    let t = time_median(repeats, || posterior.sample_into(&params, &opts, &mut rng))?;
+    record(
+        "sample_lowrank",
+        t,
+        12 * d + posterior.rows() * dev_bytes * d,
+        normals,
+    );
+
+    let opts = SampleOptions::diagonal(0.5);
+    let t = time_median(repeats, || posterior.sample_into(&params, &opts, &mut rng))?;
+    record("sample_diag", t, 12 * d, normals);
+
+    let mut flat = params.flatten()?;
+    let t = time_median(repeats, || {
+        flat = params.flatten()?;
+        Ok(())
+    })?;
+    record("flatten", t, 8 * d, 0.0);
+
+    let t = time_median(repeats, || params.write_flat(&flat))?;
+    record("write_back", t, 8 * d, 0.0);
+
+    Ok((out, memory))
+}

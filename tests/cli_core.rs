@@ -1,0 +1,212 @@
+//! `swag collect`, `swag sample` and `swag inspect` end to end through the built binary.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+
+use candle_core::{Device, Tensor};
+
+fn swag(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_swag"))
+        .args(args)
+        .output()
+        .expect("run swag");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn checkpoint(path: &Path, w: [f32; 6], b: [f32; 3]) {
+    let mut m = HashMap::new();
+    m.insert(
+        "fc.weight".to_string(),
+        Tensor::from_vec(w.to_vec(), (3, 2), &Device::Cpu).unwrap(),
+    );
+    m.insert(
+        "fc.bias".to_string(),
+        Tensor::from_vec(b.to_vec(), 3, &Device::Cpu).unwrap(),
+    );
+    m.insert(
+        "bn.running_mean".to_string(),
+        Tensor::from_vec(vec![9f32; 3], 3, &Device::Cpu).unwrap(),
+    );
+    candle_core::safetensors::save(&m, path).unwrap();
+}
+
+fn assert_one_line_error(stderr: &str, needle: &str) {
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line expected: {stderr}");
+    assert!(
+        lines[0].starts_with("error: ") && lines[0].contains(needle),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn collect_sample_inspect_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
+    checkpoint(
+        Path::new(&p("e1.safetensors")),
+        [1., 2., 3., 4., 5., 6.],
+        [1., 1., 1.],
+    );
+    checkpoint(
+        Path::new(&p("e2.safetensors")),
+        [3., 2., 1., 0., 5., 8.],
+        [2., 0., 1.],
+    );
+    checkpoint(
+        Path::new(&p("e3.safetensors")),
+        [2., 2., 2., 2., 2., 2.],
+        [0., 2., 4.],
+    );
+    let (ok, stdout, stderr) = swag(&[
+        "collect",
+        "--rank",
+        "2",
+        "--out",
+        &p("post.safetensors"),
+        &p("e1.safetensors"),
+        &p("e2.safetensors"),
+        &p("e3.safetensors"),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("collected 3 snapshots"), "{stdout}");
+
+    // The SWA mean (scale 0) under the original names and shapes; BN buffers left out.
+    let (ok, _, stderr) = swag(&[
+        "sample",
+        "--posterior",
+        &p("post.safetensors"),
+        "--scale",
+        "0",
+        "--out",
+        &p("mean.safetensors"),
+    ]);
+    assert!(ok, "{stderr}");
+    let mean = candle_core::safetensors::load(p("mean.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(mean.len(), 2);
+    assert_eq!(mean["fc.weight"].dims(), &[3, 2]);
+    assert_eq!(
+        mean["fc.weight"]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap(),
+        vec![2., 2., 2., 2., 4., 16. / 3.]
+    );
+    assert_eq!(mean["fc.bias"].to_vec1::<f32>().unwrap(), vec![1., 1., 2.]);
+
+    // Same seed, same sample; another seed, another sample.
+    let draw = |seed: &str, out: &str| {
+        let (ok, _, stderr) = swag(&[
+            "sample",
+            "--posterior",
+            &p("post.safetensors"),
+            "--seed",
+            seed,
+            "--out",
+            &p(out),
+        ]);
+        assert!(ok, "{stderr}");
+        candle_core::safetensors::load(p(out), &Device::Cpu).unwrap()["fc.weight"]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    assert_eq!(draw("4", "a.safetensors"), draw("4", "b.safetensors"));
+    assert_ne!(draw("4", "a.safetensors"), draw("5", "c.safetensors"));
+
+    let (ok, stdout, _) = swag(&["inspect", &p("post.safetensors")]);
+    assert!(ok);
+    assert!(
+        stdout.contains("fc.weight") && stdout.contains("[3, 2]") && stdout.contains("3 collected"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn bad_inputs_give_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
+    checkpoint(Path::new(&p("e1.safetensors")), [1.; 6], [1.; 3]);
+    checkpoint(
+        Path::new(&p("nan.safetensors")),
+        [1., 1., 1., f32::NAN, 1., 1.],
+        [1.; 3],
+    );
+    let mut m = HashMap::new();
+    m.insert(
+        "fc.weight".to_string(),
+        Tensor::zeros((2, 3), candle_core::DType::F32, &Device::Cpu).unwrap(),
+    );
+    m.insert(
+        "fc.bias".to_string(),
+        Tensor::zeros(3, candle_core::DType::F32, &Device::Cpu).unwrap(),
+    );
+    candle_core::safetensors::save(&m, p("shape.safetensors")).unwrap();
+    std::fs::write(p("junk.safetensors"), b"not a safetensors file").unwrap();
+
+    let out = p("post.safetensors");
+    let (ok, _, stderr) = swag(&[
+        "collect",
+        "--out",
+        &out,
+        &p("e1.safetensors"),
+        &p("nan.safetensors"),
+    ]);
+    assert!(!ok);
+    assert_one_line_error(&stderr, "nan.safetensors");
+    assert!(
+        stderr.contains("`fc.weight`") && stderr.contains("index 3"),
+        "{stderr}"
+    );
+    assert!(!Path::new(&out).exists(), "no posterior written on error");
+
+    let (ok, _, stderr) = swag(&[
+        "collect",
+        "--out",
+        &out,
+        &p("e1.safetensors"),
+        &p("shape.safetensors"),
+    ]);
+    assert!(!ok);
+    assert_one_line_error(&stderr, "shape.safetensors");
+    assert!(stderr.contains("`fc.weight`"), "{stderr}");
+
+    let (ok, _, stderr) = swag(&["collect", "--out", &out, &p("missing.safetensors")]);
+    assert!(!ok);
+    assert_one_line_error(&stderr, "missing.safetensors");
+
+    let (ok, _, stderr) = swag(&["inspect", &p("junk.safetensors")]);
+    assert!(!ok);
+    assert_one_line_error(&stderr, "junk.safetensors");
+
+    let (ok, _, stderr) = swag(&["collect", "--out", &out, &p("e1.safetensors")]);
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = swag(&[
+        "sample",
+        "--posterior",
+        &out,
+        "--scale=-1",
+        "--out",
+        &p("s.safetensors"),
+    ]);
+    assert!(!ok);
+    assert_one_line_error(&stderr, "scale");
+}
+
+#[test]
+fn argument_errors_are_one_line() {
+    let (ok, _, stderr) = swag(&["sample", "--posterior"]);
+    assert!(!ok);
+    assert_one_line_error(&stderr, "--posterior");
+    let (ok, _, stderr) = swag(&["collect", "--rank", "many", "--out", "x", "y"]);
+    assert!(!ok);
+    assert_one_line_error(&stderr, "many");
+}
