@@ -1,1 +1,5 @@
-//! (in progress)
+//! Built-in models on candle-nn.
+
+pub mod mlp;
+
+pub use mlp::{Mlp, MlpConfig};

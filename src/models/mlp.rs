@@ -1,0 +1,153 @@
+//! A multi-layer perceptron on candle-nn: `Linear → [BatchNorm] → ReLU` per hidden layer, then a
+//! final `Linear`.
+//!
+//! Initial weights are drawn on the host from a seeded `StdRng` (candle's CPU generator cannot
+//! be seeded), with PyTorch's `nn.Linear` default: weight and bias both ~ U(−1/√fan_in,
+//! 1/√fan_in) (Kaiming-uniform with a = √5). Layers are drawn in order, weight before bias, so a
+//! seed fixes the whole network.
+//!
+//! Parameter names: `fc{i}.weight` `[out, in]` and `fc{i}.bias` `[out]` for the i-th linear layer
+//! (0-based; the output layer is `fc{hidden.len()}`), and `bn{i}.*` for the BatchNorm after the
+//! i-th hidden layer (candle-nn's names: weight, bias, running_mean, running_var).
+
+use candle_core::{DType, Device, ModuleT, Tensor, Var};
+use candle_nn::{Linear, Module, VarBuilder, VarMap};
+use rand::SeedableRng;
+use rand_distr::{Distribution, Uniform};
+use serde::{Deserialize, Serialize};
+
+use crate::batchnorm::{BatchNorm, BatchNormConfig, HasBatchNorm};
+use crate::error::{Error, Result};
+
+/// Shape of an [`Mlp`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MlpConfig {
+    /// Number of input features.
+    pub input_dim: usize,
+    /// Width of each hidden layer (may be empty: a linear model).
+    pub hidden: Vec<usize>,
+    /// Number of outputs (classes for classification, 1 for regression).
+    pub output_dim: usize,
+    /// Whether a BatchNorm follows each hidden linear layer (before the ReLU).
+    #[serde(default)]
+    pub batchnorm: bool,
+}
+
+impl MlpConfig {
+    /// The widths of every layer, input first: `[input_dim, hidden.., output_dim]`.
+    pub fn widths(&self) -> Vec<usize> {
+        let mut w = vec![self.input_dim];
+        w.extend(&self.hidden);
+        w.push(self.output_dim);
+        w
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.widths().contains(&0) {
+            return Err(Error::invalid(
+                "hidden",
+                format!(
+                    "every layer width must be positive, got {:?}",
+                    self.widths()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A multi-layer perceptron with ReLU activations and optional BatchNorm.
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    config: MlpConfig,
+    linears: Vec<Linear>,
+    norms: Vec<BatchNorm>,
+}
+
+impl Mlp {
+    /// Builds the network, creating its Vars in `varmap` (f32 on `device`) with seeded
+    /// initial values. A Var that already exists in `varmap` under the same name is reused as
+    /// it is (so loading a saved VarMap before or after construction both work).
+    pub fn new(config: &MlpConfig, varmap: &VarMap, device: &Device, seed: u64) -> Result<Self> {
+        config.validate()?;
+        let widths = config.widths();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        {
+            let mut data = varmap
+                .data()
+                .lock()
+                .map_err(|_| Error::invalid("varmap", "the VarMap's lock is poisoned"))?;
+            for (i, pair) in widths.windows(2).enumerate() {
+                let (fan_in, fan_out) = (pair[0], pair[1]);
+                let bound = 1.0 / (fan_in as f64).sqrt();
+                let dist = Uniform::new(-bound, bound)
+                    .map_err(|e| Error::invalid("fan_in", e.to_string()))?;
+                let mut draw = |n: usize| -> Vec<f32> {
+                    (0..n).map(|_| dist.sample(&mut rng) as f32).collect()
+                };
+                let w = draw(fan_in * fan_out);
+                let b = draw(fan_out);
+                let wname = format!("fc{i}.weight");
+                let bname = format!("fc{i}.bias");
+                if !data.contains_key(&wname) {
+                    let t = Tensor::from_vec(w, (fan_out, fan_in), device)?;
+                    data.insert(wname, Var::from_tensor(&t)?);
+                }
+                if !data.contains_key(&bname) {
+                    let t = Tensor::from_vec(b, fan_out, device)?;
+                    data.insert(bname, Var::from_tensor(&t)?);
+                }
+            }
+        }
+        let vb = VarBuilder::from_varmap(varmap, DType::F32, device);
+        let mut linears = Vec::new();
+        let mut norms = Vec::new();
+        for (i, pair) in widths.windows(2).enumerate() {
+            linears.push(candle_nn::linear(
+                pair[0],
+                pair[1],
+                vb.pp(format!("fc{i}")),
+            )?);
+            if config.batchnorm && i + 2 < widths.len() {
+                norms.push(BatchNorm::new(
+                    pair[1],
+                    BatchNormConfig::default(),
+                    vb.pp(format!("bn{i}")),
+                )?);
+            }
+        }
+        Ok(Self {
+            config: config.clone(),
+            linears,
+            norms,
+        })
+    }
+
+    /// The network's shape.
+    pub fn config(&self) -> &MlpConfig {
+        &self.config
+    }
+}
+
+impl ModuleT for Mlp {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let last = self.linears.len() - 1;
+        let mut h = xs.clone();
+        for (i, lin) in self.linears.iter().enumerate() {
+            h = lin.forward(&h)?;
+            if i < last {
+                if let Some(bn) = self.norms.get(i) {
+                    h = bn.forward_t(&h, train)?;
+                }
+                h = h.relu()?;
+            }
+        }
+        Ok(h)
+    }
+}
+
+impl HasBatchNorm for Mlp {
+    fn batchnorms(&self) -> Vec<BatchNorm> {
+        self.norms.clone()
+    }
+}

@@ -1,0 +1,302 @@
+//! The training loop used by the CLI, the examples and the demo: mini-batch SGD with momentum
+//! ([`SgdMomentum`]), a learning-rate schedule from [`crate::schedule`], seeded shuffling, and
+//! SWAG collection along the trajectory.
+//!
+//! Conventions:
+//! - epochs count from 0; the schedule's rate for epoch `e` is set before the first step of `e`;
+//! - each epoch visits every row once in an order drawn from a `StdRng` seeded with
+//!   [`TrainConfig::seed`] (Fisher-Yates over the previous epoch's order, as one generator
+//!   threads through all epochs); the last batch may be smaller (PyTorch's `drop_last=False`);
+//! - with [`Collect::EveryEpoch`], a snapshot is collected after the last step of every epoch
+//!   `e ≥ swa_start`; with [`Collect::EverySteps`]`(n)`, after every n-th step counted from the
+//!   first step of epoch `swa_start`.
+
+pub mod recipes;
+pub mod run;
+
+use std::io::IsTerminal;
+
+use candle_core::{DType, ModuleT, Tensor};
+use candle_nn::Optimizer;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::layout::ParamSet;
+use crate::optim::{SgdConfig, SgdMomentum};
+use crate::schedule::LrSchedule;
+use crate::swag::SwagPosterior;
+
+/// The training loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Objective {
+    /// Softmax cross-entropy on logits `[n, C]` against u32 class indices `[n]` (mean over rows).
+    CrossEntropy,
+    /// Mean squared error of outputs `[n, 1]` against f32 targets `[n]` (mean over rows): the
+    /// Gaussian log-likelihood with a homoscedastic noise, up to constants.
+    MeanSquaredError,
+}
+
+impl Objective {
+    /// The mean loss of model outputs against targets.
+    pub fn loss(&self, outputs: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Objective::CrossEntropy => candle_nn::loss::cross_entropy(outputs, targets)?,
+            Objective::MeanSquaredError => {
+                let pred = outputs.flatten_all()?;
+                pred.sub(targets)?.sqr()?.mean_all()?
+            }
+        })
+    }
+}
+
+/// When SWAG snapshots are taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Collect {
+    /// At the end of every epoch from `swa_start` on.
+    EveryEpoch,
+    /// After every n-th optimiser step, counted from the first step of epoch `swa_start`.
+    EverySteps(usize),
+}
+
+/// Settings of one training run.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainConfig {
+    /// Number of epochs.
+    pub epochs: usize,
+    /// Mini-batch size (the last batch of an epoch may be smaller).
+    pub batch_size: usize,
+    /// Momentum, weight decay and the initial learning rate (the schedule sets the rate of
+    /// each epoch; `sgd.lr` is used only before the first epoch).
+    pub sgd: SgdConfig,
+    /// First epoch (0-based) at which snapshots are collected; `None` disables collection.
+    pub swa_start: Option<usize>,
+    /// How often snapshots are collected from `swa_start` on.
+    pub collect: Collect,
+    /// Seed of the shuffling generator.
+    pub seed: u64,
+    /// Show an indicatif progress bar on stderr (it is hidden anyway when stderr is not a
+    /// terminal).
+    pub progress: bool,
+    /// Prefix of the progress bar (e.g. the dataset and run).
+    pub label: String,
+}
+
+impl Default for TrainConfig {
+    /// 50 epochs, batch 32, SGD(lr 0.05, momentum 0.9, weight decay 5e-4), collection every
+    /// epoch from epoch 25, seed 0, progress bar on: the digits recipe of BENCHMARKS.md.
+    fn default() -> Self {
+        Self {
+            epochs: 50,
+            batch_size: 32,
+            sgd: SgdConfig {
+                lr: 0.05,
+                momentum: 0.9,
+                weight_decay: 5e-4,
+            },
+            swa_start: Some(25),
+            collect: Collect::EveryEpoch,
+            seed: 0,
+            progress: true,
+            label: "train".to_string(),
+        }
+    }
+}
+
+impl TrainConfig {
+    fn validate(&self) -> Result<()> {
+        if self.epochs == 0 {
+            return Err(Error::invalid("epochs", "must be at least 1"));
+        }
+        if self.batch_size == 0 {
+            return Err(Error::invalid("batch_size", "must be at least 1"));
+        }
+        if let Some(s) = self.swa_start {
+            if s >= self.epochs {
+                return Err(Error::invalid(
+                    "swa_start",
+                    format!(
+                        "{s} must be below the number of epochs ({}) so that something is collected",
+                        self.epochs
+                    ),
+                ));
+            }
+        }
+        if self.collect == Collect::EverySteps(0) {
+            return Err(Error::invalid("collect", "every 0 steps is not a schedule"));
+        }
+        for (name, v) in [
+            ("lr", self.sgd.lr),
+            ("momentum", self.sgd.momentum),
+            ("weight_decay", self.sgd.weight_decay),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(Error::invalid(
+                    name,
+                    format!("must be finite and >= 0, got {v}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Statistics of one epoch, averaged over its mini-batches weighted by batch size.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EpochStats {
+    /// Epoch index (0-based).
+    pub epoch: usize,
+    /// Learning rate used during the epoch.
+    pub lr: f64,
+    /// Mean training loss over the epoch's rows (computed before each step's update).
+    pub loss: f64,
+    /// Training accuracy over the epoch's rows (classification only).
+    pub accuracy: Option<f64>,
+}
+
+/// What a training run did.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainHistory {
+    /// One entry per epoch.
+    pub epochs: Vec<EpochStats>,
+    /// Snapshots collected into the posterior during this run.
+    pub collected: usize,
+    /// Optimiser steps taken.
+    pub steps: usize,
+}
+
+/// A progress bar on stderr showing epoch, loss and accuracy; hidden when `visible` is false or
+/// stderr is not a terminal.
+pub fn progress_bar(len: u64, label: &str, visible: bool) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(
+        Some(len),
+        if visible && std::io::stderr().is_terminal() {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        },
+    );
+    if let Ok(style) =
+        ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} epochs {msg}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix(label.to_string());
+    bar
+}
+
+/// Trains `model` on `data`, updating the Vars of `params` with [`SgdMomentum`] and the rate of
+/// `schedule`, and collects snapshots of `params` into `posterior` when one is given (see the
+/// module docs for the conventions).
+///
+/// BatchNorm running statistics (not in `params`) are updated by the model's own train-mode
+/// forward pass.
+pub fn train<M, S>(
+    model: &M,
+    params: &ParamSet,
+    data: &Dataset,
+    objective: Objective,
+    schedule: &S,
+    config: &TrainConfig,
+    mut posterior: Option<&mut SwagPosterior>,
+) -> Result<TrainHistory>
+where
+    M: ModuleT + ?Sized,
+    S: LrSchedule + ?Sized,
+{
+    config.validate()?;
+    let n = data.len();
+    if n == 0 {
+        return Err(Error::invalid("data", "no training rows"));
+    }
+    if posterior.is_some() && config.swa_start.is_none() {
+        return Err(Error::invalid(
+            "swa_start",
+            "a posterior was given but collection is disabled",
+        ));
+    }
+    let device = data.features.device().clone();
+    let mut optimizer = SgdMomentum::new(params.vars().to_vec(), config.sgd)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
+    let mut order: Vec<u32> = (0..n as u32).collect();
+    let classify = objective == Objective::CrossEntropy;
+    let host_targets: Option<Vec<u32>> = if classify {
+        Some(data.targets.to_dtype(DType::U32)?.to_vec1()?)
+    } else {
+        None
+    };
+    let bar = progress_bar(config.epochs as u64, &config.label, config.progress);
+    let mut history = TrainHistory {
+        epochs: Vec::with_capacity(config.epochs),
+        collected: 0,
+        steps: 0,
+    };
+    let mut steps_since_start = 0usize;
+    for epoch in 0..config.epochs {
+        let lr = crate::schedule::apply_lr(&mut optimizer, schedule, epoch as f64);
+        order.shuffle(&mut rng);
+        let collecting = config.swa_start.is_some_and(|s| epoch >= s);
+        let mut loss_sum = 0.0f64;
+        let mut correct = 0usize;
+        for chunk in order.chunks(config.batch_size) {
+            let idx = Tensor::from_slice(chunk, chunk.len(), &device)?;
+            let xs = data.features.index_select(&idx, 0)?;
+            let ys = data.targets.index_select(&idx, 0)?;
+            let out = model.forward_t(&xs, true)?;
+            let loss = objective.loss(&out, &ys)?;
+            optimizer.backward_step(&loss)?;
+            history.steps += 1;
+            loss_sum += loss.to_scalar::<f32>()? as f64 * chunk.len() as f64;
+            if let Some(t) = &host_targets {
+                let pred: Vec<u32> = out.argmax(1)?.to_vec1()?;
+                correct += pred
+                    .iter()
+                    .zip(chunk)
+                    .filter(|(p, &i)| **p == t[i as usize])
+                    .count();
+            }
+            if collecting {
+                steps_since_start += 1;
+                if let (Collect::EverySteps(k), Some(p)) = (config.collect, posterior.as_mut()) {
+                    if steps_since_start % k == 0 {
+                        p.collect(params)?;
+                        history.collected += 1;
+                    }
+                }
+            }
+        }
+        if collecting && config.collect == Collect::EveryEpoch {
+            if let Some(p) = posterior.as_mut() {
+                p.collect(params)?;
+                history.collected += 1;
+            }
+        }
+        let loss = loss_sum / n as f64;
+        if !loss.is_finite() {
+            return Err(Error::invalid(
+                "lr",
+                format!(
+                    "training diverged at epoch {epoch} (loss {loss}); lower the learning rate"
+                ),
+            ));
+        }
+        let accuracy = host_targets.as_ref().map(|_| correct as f64 / n as f64);
+        history.epochs.push(EpochStats {
+            epoch,
+            lr,
+            loss,
+            accuracy,
+        });
+        bar.set_message(match accuracy {
+            Some(a) => format!("loss {loss:.4}  acc {a:.3}  lr {lr:.4}"),
+            None => format!("loss {loss:.4}  lr {lr:.4}"),
+        });
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(history)
+}

@@ -1,0 +1,652 @@
+//! The benchmark recipes of `BENCHMARKS.md` (digits classification, its out-of-distribution
+//! variant, diabetes regression), shared by `swag demo` and the examples, and scored for the
+//! five methods SGD, SWA, SWAG-diag, SWAG and MultiSWAG.
+//!
+//! Seeds: run `r` (0-based) of seed `s` initialises its weights and shuffles with seed
+//! `s + 1000·r`. The single-run methods (SGD, SWA, SWAG-diag, SWAG) use run 0; MultiSWAG uses
+//! runs `0..runs`. The BMA noise of seed `s` comes from seed `s` (SWAG-diag, SWAG, MultiSWAG use
+//! the same BMA seed).
+
+use std::time::Instant;
+
+use candle_core::{DType, Device};
+use serde::{Deserialize, Serialize};
+
+use super::run::{fit_mlp, training_noise_variance, tune, validation_split, FitSpec, Fitted};
+use super::{Collect, Objective, TrainConfig};
+use crate::bma::{self, Method, RegressionPrediction, Weights};
+use crate::data::{bundled, Dataset, Prepared};
+use crate::error::{Error, Result};
+use crate::metrics::{
+    self, ClassificationMetrics, ClassificationOptions, UncertaintyDecomposition,
+};
+use crate::models::MlpConfig;
+use crate::optim::SgdConfig;
+use crate::swag::{SampleOptions, SwagPosterior};
+
+/// Settings shared by the recipes (the defaults are BENCHMARKS.md's).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecipeOptions {
+    /// Overrides the number of epochs (CI's short mode); `swa_start` then becomes half of it,
+    /// as in both recipes (25 of 50, 150 of 300).
+    pub epochs: Option<usize>,
+    /// S, the number of BMA samples (30).
+    pub samples: usize,
+    /// Sample scale (0.5), unless tuned.
+    pub scale: f64,
+    /// Number of independent runs pooled by MultiSWAG (3).
+    pub runs: usize,
+    /// Show progress bars (hidden anyway when stderr is not a terminal).
+    pub progress: bool,
+    /// Diabetes only: choose scale and noise variance on a validation split (20% of the training
+    /// rows) instead of the reference's training-residual noise and scale 0.5.
+    pub tune_scale: bool,
+}
+
+impl Default for RecipeOptions {
+    fn default() -> Self {
+        Self {
+            epochs: None,
+            samples: 30,
+            scale: 0.5,
+            runs: 3,
+            progress: true,
+            tune_scale: false,
+        }
+    }
+}
+
+fn epochs_and_start(default_epochs: usize, opts: &RecipeOptions) -> Result<(usize, usize)> {
+    match opts.epochs {
+        None => Ok((default_epochs, default_epochs / 2)),
+        Some(0) => Err(Error::invalid("epochs", "must be at least 1")),
+        Some(1) => Err(Error::invalid(
+            "epochs",
+            "must be at least 2 (collection starts at half the epochs)",
+        )),
+        Some(e) => Ok((e, e / 2)),
+    }
+}
+
+/// The digits recipe: MLP 64-128-128-10, SGD(lr 0.05, momentum 0.9, wd 5e-4), batch 32, 50
+/// epochs, swa_lr 0.05, collection at the end of each epoch from epoch 25, K = 20.
+pub fn digits_spec(
+    input_dim: usize,
+    classes: usize,
+    seed: u64,
+    opts: &RecipeOptions,
+) -> Result<FitSpec> {
+    let (epochs, swa_start) = epochs_and_start(50, opts)?;
+    Ok(FitSpec {
+        mlp: MlpConfig {
+            input_dim,
+            hidden: vec![128, 128],
+            output_dim: classes,
+            batchnorm: false,
+        },
+        train: TrainConfig {
+            epochs,
+            batch_size: 32,
+            sgd: SgdConfig {
+                lr: 0.05,
+                momentum: 0.9,
+                weight_decay: 5e-4,
+            },
+            swa_start: Some(swa_start),
+            collect: Collect::EveryEpoch,
+            seed,
+            progress: opts.progress,
+            label: format!("digits s{seed}"),
+        },
+        swa_lr: 0.05,
+        rank: 20,
+        init_seed: seed,
+    })
+}
+
+/// The diabetes recipe: MLP 10-50-1, SGD(lr 0.01, momentum 0.9, wd 1e-3), batch 32, 300 epochs,
+/// swa_lr 0.01, collection each epoch from epoch 150, K = 20.
+pub fn diabetes_spec(input_dim: usize, seed: u64, opts: &RecipeOptions) -> Result<FitSpec> {
+    let (epochs, swa_start) = epochs_and_start(300, opts)?;
+    Ok(FitSpec {
+        mlp: MlpConfig {
+            input_dim,
+            hidden: vec![50],
+            output_dim: 1,
+            batchnorm: false,
+        },
+        train: TrainConfig {
+            epochs,
+            batch_size: 32,
+            sgd: SgdConfig {
+                lr: 0.01,
+                momentum: 0.9,
+                weight_decay: 1e-3,
+            },
+            swa_start: Some(swa_start),
+            collect: Collect::EveryEpoch,
+            seed,
+            progress: opts.progress,
+            label: format!("diabetes s{seed}"),
+        },
+        swa_lr: 0.01,
+        rank: 20,
+        init_seed: seed,
+    })
+}
+
+/// The spec of run `r` of a recipe: seeds shifted by `1000·r`.
+pub fn run_spec(base: &FitSpec, run: usize) -> FitSpec {
+    let mut spec = base.clone();
+    let shift = 1000 * run as u64;
+    spec.init_seed = base.init_seed.wrapping_add(shift);
+    spec.train.seed = base.train.seed.wrapping_add(shift);
+    if run > 0 {
+        spec.train.label = format!("{} r{run}", base.train.label);
+    }
+    spec
+}
+
+/// Wall-clock seconds of the parts of one seed (for the speed target: training of run 0 plus
+/// the SWAG-diag and SWAG BMAs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    /// Training run 0 (epochs and collections).
+    pub train_run0: f64,
+    /// The SWAG-diag BMA.
+    pub bma_swag_diag: f64,
+    /// The SWAG BMA.
+    pub bma_swag: f64,
+    /// Everything for the seed (all runs and methods).
+    pub total: f64,
+}
+
+/// One method's classification result on one seed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassificationOutcome {
+    /// The method.
+    pub method: Method,
+    /// The seed.
+    pub seed: u64,
+    /// Accuracy, NLL, ECE, Brier, ... on the (in-distribution) test rows.
+    pub metrics: ClassificationMetrics,
+    /// AUROC of the predictive entropy, OOD positive (OOD variant only).
+    pub auroc_entropy: Option<f64>,
+    /// BMA probabilities and per-row uncertainty on the test rows.
+    pub prediction: UncertaintyDecomposition,
+    /// Predictive entropy on the OOD rows (OOD variant only).
+    pub ood_entropy: Option<Vec<f64>>,
+    /// Test labels (class indices).
+    pub labels: Vec<u32>,
+}
+
+/// All methods on one seed of the digits recipe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassificationSeed {
+    /// One entry per method, in [`Method::ALL`] order.
+    pub outcomes: Vec<ClassificationOutcome>,
+    /// Wall-clock times.
+    pub timings: Timings,
+}
+
+/// Runs the digits recipe for one seed; with `ood`, trains on labels 0-4 and scores the
+/// entropy AUROC against test rows with labels 5-9.
+pub fn run_digits(
+    seed: u64,
+    ood: bool,
+    opts: &RecipeOptions,
+    device: &Device,
+) -> Result<ClassificationSeed> {
+    let start = Instant::now();
+    let (data, ood_rows): (Prepared, Option<Dataset>) = if ood {
+        let d = bundled::digits_ood(device)?;
+        (d.in_distribution, Some(d.out_of_distribution))
+    } else {
+        (bundled::digits(device)?, None)
+    };
+    let base = digits_spec(data.train.num_features(), data.output_dim(), seed, opts)?;
+    let t0 = Instant::now();
+    let first = fit_mlp(&data.train, Objective::CrossEntropy, &run_spec(&base, 0))?;
+    let train_run0 = t0.elapsed().as_secs_f64();
+    let mut fitted = vec![first];
+    for r in 1..opts.runs.max(1) {
+        fitted.push(fit_mlp(
+            &data.train,
+            Objective::CrossEntropy,
+            &run_spec(&base, r),
+        )?);
+    }
+    let labels: Vec<u32> = data.test.targets.to_dtype(DType::U32)?.to_vec1()?;
+    let mut timings = Timings {
+        train_run0,
+        ..Timings::default()
+    };
+    let mut outcomes = Vec::new();
+    let posteriors: Vec<&SwagPosterior> = fitted.iter().map(|f| &f.posterior).collect();
+    let run0 = &fitted[0];
+    for method in Method::ALL {
+        let t = Instant::now();
+        let weights = method_weights(method, run0, &posteriors, opts.scale, opts.samples, seed);
+        let prediction = bma::classify(
+            &run0.model,
+            &run0.params,
+            &weights,
+            &data.test.features,
+            None,
+        )?;
+        let ood_entropy = match &ood_rows {
+            Some(o) => Some(
+                bma::classify(&run0.model, &run0.params, &weights, &o.features, None)?
+                    .predictive_entropy,
+            ),
+            None => None,
+        };
+        let elapsed = t.elapsed().as_secs_f64();
+        match method {
+            Method::SwagDiag => timings.bma_swag_diag = elapsed,
+            Method::Swag => timings.bma_swag = elapsed,
+            _ => {}
+        }
+        let metrics = metrics::classification_metrics(
+            &prediction.mean_probs,
+            prediction.n_classes,
+            &labels,
+            &ClassificationOptions::default(),
+        )?;
+        let auroc_entropy = match &ood_entropy {
+            Some(out) => {
+                Some(metrics::ood_metrics_in_out(&prediction.predictive_entropy, out)?.auroc)
+            }
+            None => None,
+        };
+        outcomes.push(ClassificationOutcome {
+            method,
+            seed,
+            metrics,
+            auroc_entropy,
+            prediction,
+            ood_entropy,
+            labels: labels.clone(),
+        });
+    }
+    timings.total = start.elapsed().as_secs_f64();
+    Ok(ClassificationSeed { outcomes, timings })
+}
+
+/// The weights a method runs with. MultiSWAG pools every posterior; the others use run 0.
+fn method_weights<'a>(
+    method: Method,
+    run0: &'a Fitted,
+    posteriors: &'a [&'a SwagPosterior],
+    scale: f64,
+    samples: usize,
+    seed: u64,
+) -> Weights<'a> {
+    match method {
+        Method::Sgd => Weights::Point(&run0.sgd_weights),
+        Method::Swa => Weights::SwaMean(&run0.posterior),
+        Method::SwagDiag => Weights::Samples {
+            posteriors: &posteriors[..1],
+            options: SampleOptions::diagonal(scale),
+            samples,
+            seed,
+        },
+        Method::Swag => Weights::Samples {
+            posteriors: &posteriors[..1],
+            options: SampleOptions::with_scale(scale),
+            samples,
+            seed,
+        },
+        Method::MultiSwag => Weights::Samples {
+            posteriors,
+            options: SampleOptions::with_scale(scale),
+            samples,
+            seed,
+        },
+    }
+}
+
+/// One method's regression result on one seed, in the target's original units.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegressionOutcome {
+    /// The method.
+    pub method: Method,
+    /// The seed.
+    pub seed: u64,
+    /// Root mean squared error of the predictive mean.
+    pub rmse: f64,
+    /// Mean Gaussian NLL of the predictive distribution N(mean, std²).
+    pub nll: f64,
+    /// Mean CRPS (Gaussian closed form).
+    pub crps: f64,
+    /// Fraction of test targets inside the central 95% interval.
+    pub picp95: f64,
+    /// Mean width of the central 95% interval.
+    pub mpiw95: f64,
+    /// The sample scale used.
+    pub scale: f64,
+    /// The noise variance used (original units²).
+    pub noise_variance: f64,
+    /// Predictive means, stds and the test targets.
+    pub prediction: RegressionPrediction,
+    /// Test targets.
+    pub targets: Vec<f64>,
+}
+
+impl RegressionOutcome {
+    /// Total predictive standard deviation per test row.
+    pub fn std(&self) -> Vec<f64> {
+        self.prediction.std()
+    }
+}
+
+/// All methods on one seed of the diabetes recipe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegressionSeed {
+    /// One entry per method, in [`Method::ALL`] order.
+    pub outcomes: Vec<RegressionOutcome>,
+    /// Wall-clock times.
+    pub timings: Timings,
+}
+
+/// Per-method (scale, noise variance in standardised units) used by the regression recipe.
+#[derive(Debug, Clone, Copy)]
+struct RegressionChoice {
+    scale: f64,
+    noise: f64,
+}
+
+/// Runs the diabetes recipe for one seed (see [`RecipeOptions::tune_scale`]).
+///
+/// Without tuning (the reference recipe) the noise variance is the mean squared training
+/// residual of the model being scored: the SGD iterate for SGD, the SWA mean for SWA, SWAG-diag
+/// and SWAG, and for MultiSWAG the mean of the runs' SWA-mean residuals; the scale is
+/// `opts.scale`.
+///
+/// With tuning, run 0 is first trained on 80% of the training rows (a seeded split) and each
+/// method's scale and noise variance are chosen on the other 20% by validation NLL
+/// ([`super::run::tune`]; SGD and SWA tune the noise only; MultiSWAG takes SWAG's choice); then
+/// the runs are trained on all training rows and scored with those choices.
+pub fn run_diabetes(seed: u64, opts: &RecipeOptions, device: &Device) -> Result<RegressionSeed> {
+    let start = Instant::now();
+    let data = bundled::diabetes(device)?;
+    let scaler = data
+        .target_scaler
+        .clone()
+        .ok_or_else(|| Error::invalid("task", "diabetes is a regression task"))?;
+    let base = diabetes_spec(data.train.num_features(), seed, opts)?;
+    let objective = Objective::MeanSquaredError;
+    let tuned = if opts.tune_scale {
+        Some(tune_regression(&data.train, &base, opts, seed)?)
+    } else {
+        None
+    };
+    let t0 = Instant::now();
+    let first = fit_mlp(&data.train, objective, &run_spec(&base, 0))?;
+    let train_run0 = t0.elapsed().as_secs_f64();
+    let mut fitted = vec![first];
+    for r in 1..opts.runs.max(1) {
+        fitted.push(fit_mlp(&data.train, objective, &run_spec(&base, r))?);
+    }
+    let posteriors: Vec<&SwagPosterior> = fitted.iter().map(|f| &f.posterior).collect();
+    let run0 = &fitted[0];
+    let choices: Vec<RegressionChoice> = match tuned {
+        Some(t) => t,
+        None => {
+            let sgd =
+                training_noise_variance(run0, &data.train, &Weights::Point(&run0.sgd_weights))?;
+            let swa =
+                training_noise_variance(run0, &data.train, &Weights::SwaMean(&run0.posterior))?;
+            let mut multi = 0.0;
+            for f in &fitted {
+                multi += training_noise_variance(f, &data.train, &Weights::SwaMean(&f.posterior))?;
+            }
+            multi /= fitted.len() as f64;
+            [sgd, swa, swa, swa, multi]
+                .into_iter()
+                .map(|noise| RegressionChoice {
+                    scale: opts.scale,
+                    noise,
+                })
+                .collect()
+        }
+    };
+    let targets = data.targets_in_original_units(&data.test)?;
+    let mut timings = Timings {
+        train_run0,
+        ..Timings::default()
+    };
+    let mut outcomes = Vec::new();
+    for (method, choice) in Method::ALL.into_iter().zip(&choices) {
+        let t = Instant::now();
+        let weights = method_weights(method, run0, &posteriors, choice.scale, opts.samples, seed);
+        let weights = match (method, choice.scale) {
+            (Method::SwagDiag | Method::Swag, s) if s == 0.0 => Weights::SwaMean(&run0.posterior),
+            _ => weights,
+        };
+        let pred = bma::regress(
+            &run0.model,
+            &run0.params,
+            &weights,
+            &data.test.features,
+            None,
+            choice.noise,
+        )?;
+        let elapsed = t.elapsed().as_secs_f64();
+        match method {
+            Method::SwagDiag => timings.bma_swag_diag = elapsed,
+            Method::Swag => timings.bma_swag = elapsed,
+            _ => {}
+        }
+        let pred = pred.to_original_units(scaler.mean[0], scaler.std[0]);
+        let std = pred.std();
+        let coverage = metrics::prediction_interval_coverage(&pred.mean, &std, &targets, 0.95)?;
+        outcomes.push(RegressionOutcome {
+            method,
+            seed,
+            rmse: metrics::rmse(&pred.mean, &targets)?,
+            nll: metrics::gaussian_nll(&pred.mean, &std, &targets)?,
+            crps: metrics::crps_gaussian(&pred.mean, &std, &targets)?,
+            picp95: coverage.picp,
+            mpiw95: coverage.mpiw,
+            scale: choice.scale,
+            noise_variance: pred.var_aleatoric,
+            prediction: pred,
+            targets: targets.clone(),
+        });
+    }
+    timings.total = start.elapsed().as_secs_f64();
+    Ok(RegressionSeed { outcomes, timings })
+}
+
+/// Trains run 0 on 80% of `train` and chooses each method's scale and noise on the other 20%.
+fn tune_regression(
+    train: &Dataset,
+    base: &FitSpec,
+    opts: &RecipeOptions,
+    seed: u64,
+) -> Result<Vec<RegressionChoice>> {
+    let (fit_rows, val_rows) = validation_split(train.len(), 0.2, seed)?;
+    let fit_data = train.select(&fit_rows)?;
+    let val = train.select(&val_rows)?;
+    let mut spec = run_spec(base, 0);
+    spec.train.label = format!("{} tune", spec.train.label);
+    let fitted = fit_mlp(&fit_data, Objective::MeanSquaredError, &spec)?;
+    let y: Vec<f32> = val.targets.to_vec1()?;
+    let y: Vec<f64> = y.into_iter().map(f64::from).collect();
+    let sgd_means = bma::sampled_means(
+        &fitted.model,
+        &fitted.params,
+        &Weights::Point(&fitted.sgd_weights),
+        &val.features,
+        None,
+    )?;
+    let sgd = bma::mixture_moments(&sgd_means, 0.0);
+    let (sgd_noise, _) = bma::best_noise_variance(&sgd.mean, &sgd.var_epistemic, &y);
+    let full = tune(
+        &fitted,
+        &fit_data.features,
+        &val,
+        Objective::MeanSquaredError,
+        opts.samples,
+        false,
+        seed,
+    )?;
+    let diag = tune(
+        &fitted,
+        &fit_data.features,
+        &val,
+        Objective::MeanSquaredError,
+        opts.samples,
+        true,
+        seed,
+    )?;
+    let noise = |p: &super::run::TunePoint| p.noise_variance.unwrap_or(1.0);
+    let swa = &full.grid[0];
+    debug_assert_eq!(swa.scale, 0.0);
+    let swag = RegressionChoice {
+        scale: full.best.scale,
+        noise: noise(&full.best),
+    };
+    Ok(vec![
+        RegressionChoice {
+            scale: 0.0,
+            noise: sgd_noise,
+        },
+        RegressionChoice {
+            scale: 0.0,
+            noise: noise(swa),
+        },
+        RegressionChoice {
+            scale: diag.best.scale,
+            noise: noise(&diag.best),
+        },
+        swag,
+        swag,
+    ])
+}
+
+/// Mean and population standard deviation (divisor n) of a list of values.
+pub fn mean_std(values: &[f64]) -> (f64, f64) {
+    let n = values.len().max(1) as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let var = values.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
+    (mean, var.sqrt())
+}
+
+/// A markdown table of mean ± std (population) over seeds for each method: accuracy, NLL, ECE,
+/// Brier, and the entropy AUROC when present.
+pub fn classification_table(seeds: &[ClassificationSeed]) -> String {
+    let with_auroc = seeds
+        .iter()
+        .flat_map(|s| &s.outcomes)
+        .any(|o| o.auroc_entropy.is_some());
+    let mut out = String::from("| method | accuracy | NLL | ECE | Brier |");
+    out.push_str(if with_auroc {
+        " AUROC(entropy) |\n"
+    } else {
+        "\n"
+    });
+    out.push_str("|---|---|---|---|---|");
+    out.push_str(if with_auroc { "---|\n" } else { "\n" });
+    for method in Method::ALL {
+        let rows: Vec<&ClassificationOutcome> = seeds
+            .iter()
+            .flat_map(|s| &s.outcomes)
+            .filter(|o| o.method == method)
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let cell = |f: &dyn Fn(&ClassificationOutcome) -> f64| {
+            let (m, s) = mean_std(&rows.iter().map(|o| f(o)).collect::<Vec<_>>());
+            format!(" {m:.4} ± {s:.4} |")
+        };
+        out.push_str(&format!("| {} |", method.display()));
+        out.push_str(&cell(&|o| o.metrics.accuracy));
+        out.push_str(&cell(&|o| o.metrics.nll));
+        out.push_str(&cell(&|o| o.metrics.ece));
+        out.push_str(&cell(&|o| o.metrics.brier));
+        if with_auroc {
+            out.push_str(&cell(&|o| o.auroc_entropy.unwrap_or(f64::NAN)));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// A markdown table of mean ± std (population) over seeds for each method: RMSE, NLL, CRPS,
+/// PICP95, MPIW95 (original target units).
+pub fn regression_table(seeds: &[RegressionSeed]) -> String {
+    let mut out = String::from(
+        "| method | RMSE | NLL | CRPS | PICP95 | MPIW95 |\n|---|---|---|---|---|---|\n",
+    );
+    for method in Method::ALL {
+        let rows: Vec<&RegressionOutcome> = seeds
+            .iter()
+            .flat_map(|s| &s.outcomes)
+            .filter(|o| o.method == method)
+            .collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let cell = |f: &dyn Fn(&RegressionOutcome) -> f64, digits: usize| {
+            let (m, s) = mean_std(&rows.iter().map(|o| f(o)).collect::<Vec<_>>());
+            format!(" {m:.digits$} ± {s:.digits$} |")
+        };
+        out.push_str(&format!("| {} |", method.display()));
+        out.push_str(&cell(&|o| o.rmse, 2));
+        out.push_str(&cell(&|o| o.nll, 3));
+        out.push_str(&cell(&|o| o.crps, 2));
+        out.push_str(&cell(&|o| o.picp95, 3));
+        out.push_str(&cell(&|o| o.mpiw95, 1));
+        out.push('\n');
+    }
+    out
+}
+
+/// One JSON object (a line of `--json` output) for a classification outcome: `method`, `seed`,
+/// `acc`, `nll`, `ece`, `brier`, and `auroc_entropy` when present.
+pub fn classification_json(o: &ClassificationOutcome) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "method": o.method.key(),
+        "seed": o.seed,
+        "acc": o.metrics.accuracy,
+        "nll": o.metrics.nll,
+        "ece": o.metrics.ece,
+        "brier": o.metrics.brier,
+    });
+    if let (Some(a), Some(map)) = (o.auroc_entropy, v.as_object_mut()) {
+        map.insert("auroc_entropy".into(), serde_json::json!(a));
+    }
+    v
+}
+
+/// One JSON object (a line of `--json` output) for a regression outcome: `method`, `seed`,
+/// `rmse`, `nll`, `crps`, `picp95`, `mpiw95`.
+pub fn regression_json(o: &RegressionOutcome) -> serde_json::Value {
+    serde_json::json!({
+        "method": o.method.key(),
+        "seed": o.seed,
+        "rmse": o.rmse,
+        "nll": o.nll,
+        "crps": o.crps,
+        "picp95": o.picp95,
+        "mpiw95": o.mpiw95,
+    })
+}
+
+/// Lines summarising [`Timings`] over seeds (mean ± population std, seconds).
+pub fn timing_summary(timings: &[Timings]) -> String {
+    let stat = |f: &dyn Fn(&Timings) -> f64| mean_std(&timings.iter().map(f).collect::<Vec<_>>());
+    let (one, one_sd) = stat(&|t| t.train_run0 + t.bma_swag_diag + t.bma_swag);
+    let (tr, tr_sd) = stat(&|t| t.train_run0);
+    let (bd, _) = stat(&|t| t.bma_swag_diag);
+    let (bs, _) = stat(&|t| t.bma_swag);
+    let (all, _) = stat(&|t| t.total);
+    format!(
+        "\none seed, one run (training with collections, SWAG-diag and SWAG BMAs): {one:.3} ± {one_sd:.3} s\n\
+         \x20 training {tr:.3} ± {tr_sd:.3} s, SWAG-diag BMA {bd:.3} s, SWAG BMA {bs:.3} s\n\
+         all runs and methods of a seed: {all:.2} s\n"
+    )
+}

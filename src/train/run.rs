@@ -1,0 +1,427 @@
+//! One fitted run of the built-in MLP: training with SWAG collection ([`fit_mlp`]), scale and
+//! noise tuning on a validation split ([`tune`]), and the run directory written by `swag fit`
+//! and read by `swag predict` ([`save_run`], [`LoadedRun`]).
+//!
+//! A run directory holds:
+//! - `config.json`: [`RunConfig`] (task, feature names, class labels, standardisation
+//!   statistics, network shape, training settings, noise variance, default sample scale,
+//!   training history);
+//! - `weights.safetensors`: the last SGD iterate, saved with `VarMap::save` (BatchNorm running
+//!   statistics included);
+//! - `posterior.safetensors`: the SWAG posterior (see [`crate::swag::file`]);
+//! - `train_inputs.safetensors` (only for models with BatchNorm): the standardised training
+//!   inputs, needed to refresh the BatchNorm statistics after each weight sample.
+//!
+//! The directory is written atomically ([`crate::atomic::write_dir_atomic`]).
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use super::{train, Objective, TrainConfig, TrainHistory};
+use crate::bma::{self, BatchNormRefresh, Weights};
+use crate::data::{Dataset, Standardizer, TaskKind};
+use crate::error::{Error, Result};
+use crate::layout::ParamSet;
+use crate::models::{Mlp, MlpConfig};
+use crate::schedule::{AnnealStrategy, SwaLr};
+use crate::swag::{SampleOptions, SwagConfig, SwagPosterior};
+
+/// Version of the run directory format written by [`save_run`].
+pub const RUN_FORMAT_VERSION: u32 = 1;
+
+/// Everything needed to train one run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FitSpec {
+    /// The network shape.
+    pub mlp: MlpConfig,
+    /// Epochs, batch size, SGD settings, collection start and shuffling seed.
+    pub train: TrainConfig,
+    /// Learning rate from `train.swa_start` on (the rate before it is `train.sgd.lr`): a step
+    /// schedule, i.e. [`SwaLr`] with 0 annealing epochs starting at `swa_start`.
+    pub swa_lr: f64,
+    /// K, the number of deviation columns kept.
+    pub rank: usize,
+    /// Seed of the initial weights (the shuffling seed is `train.seed`).
+    pub init_seed: u64,
+}
+
+impl FitSpec {
+    /// The objective of a task.
+    pub fn objective(task: TaskKind) -> Objective {
+        match task {
+            TaskKind::Classification => Objective::CrossEntropy,
+            TaskKind::Regression => Objective::MeanSquaredError,
+        }
+    }
+}
+
+/// A trained model with its SWAG posterior.
+pub struct Fitted {
+    /// All Vars of the model (parameters and BatchNorm buffers).
+    pub varmap: VarMap,
+    /// The network.
+    pub model: Mlp,
+    /// The trainable parameters, in layout order.
+    pub params: ParamSet,
+    /// The SWAG posterior collected along the trajectory.
+    pub posterior: SwagPosterior,
+    /// The last SGD iterate, flat `[d]` (the Vars themselves are overwritten by BMAs).
+    pub sgd_weights: Tensor,
+    /// Per-epoch training statistics.
+    pub history: TrainHistory,
+}
+
+impl Fitted {
+    /// The BatchNorm refresh to use with this model, when it has BatchNorm layers.
+    pub fn refresh<'a>(
+        &self,
+        train_inputs: &'a Tensor,
+        batch_size: usize,
+    ) -> Option<BatchNormRefresh<'a>> {
+        self.model.config().batchnorm.then_some(BatchNormRefresh {
+            inputs: train_inputs,
+            batch_size,
+        })
+    }
+}
+
+/// Builds the MLP (weights from `spec.init_seed`), trains it on `data` with the step schedule
+/// `lr → swa_lr` at `swa_start`, and collects the SWAG posterior.
+pub fn fit_mlp(data: &Dataset, objective: Objective, spec: &FitSpec) -> Result<Fitted> {
+    let device = data.features.device().clone();
+    if data.num_features() != spec.mlp.input_dim {
+        return Err(Error::invalid(
+            "input_dim",
+            format!(
+                "the network expects {} inputs, the data has {} features",
+                spec.mlp.input_dim,
+                data.num_features()
+            ),
+        ));
+    }
+    let swa_start = spec
+        .train
+        .swa_start
+        .ok_or_else(|| Error::invalid("swa_start", "a SWAG fit needs a collection start"))?;
+    let varmap = VarMap::new();
+    let model = Mlp::new(&spec.mlp, &varmap, &device, spec.init_seed)?;
+    let params = ParamSet::from_varmap(&varmap)?;
+    let mut posterior = SwagPosterior::for_params(&params, SwagConfig::with_rank(spec.rank))?;
+    let schedule = SwaLr::new(spec.train.sgd.lr, spec.swa_lr, 0, AnnealStrategy::Cos)?
+        .starting_at(swa_start as f64)?;
+    let history = train(
+        &model,
+        &params,
+        data,
+        objective,
+        &schedule,
+        &spec.train,
+        Some(&mut posterior),
+    )?;
+    let sgd_weights = params.flatten()?;
+    Ok(Fitted {
+        varmap,
+        model,
+        params,
+        posterior,
+        sgd_weights,
+        history,
+    })
+}
+
+/// Splits `0..n` into (fit rows, validation rows): a seeded shuffle, then the last
+/// `round(fraction · n)` rows (at least 1, at most n − 1) are the validation rows. Both lists
+/// are returned sorted.
+pub fn validation_split(n: usize, fraction: f64, seed: u64) -> Result<(Vec<usize>, Vec<usize>)> {
+    if !(fraction > 0.0 && fraction < 1.0) {
+        return Err(Error::invalid(
+            "validation_fraction",
+            format!("must be in (0, 1), got {fraction}"),
+        ));
+    }
+    if n < 2 {
+        return Err(Error::invalid(
+            "rows",
+            "a validation split needs at least 2 rows",
+        ));
+    }
+    let mut idx: Vec<usize> = (0..n).collect();
+    idx.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+    let n_val = ((fraction * n as f64).round() as usize).clamp(1, n - 1);
+    let mut val = idx.split_off(n - n_val);
+    idx.sort_unstable();
+    val.sort_unstable();
+    Ok((idx, val))
+}
+
+/// The sample scales tried by [`tune`]: 0 (the SWA mean), 0.1, 0.25, 0.5, 1, 2.
+pub const SCALE_GRID: [f64; 6] = [0.0, 0.1, 0.25, 0.5, 1.0, 2.0];
+
+/// One point of the tuning grid.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TunePoint {
+    /// Sample scale.
+    pub scale: f64,
+    /// Validation-optimal noise variance at this scale (regression; standardised units).
+    pub noise_variance: Option<f64>,
+    /// Validation NLL (mean over rows, in the model's target units).
+    pub nll: f64,
+}
+
+/// The result of [`tune`]: the chosen point and the whole grid.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tuned {
+    /// The grid point with the lowest validation NLL (the first on ties).
+    pub best: TunePoint,
+    /// Every grid point, in [`SCALE_GRID`] order.
+    pub grid: Vec<TunePoint>,
+}
+
+/// Chooses the sample scale (and, for regression, the noise variance) by validation NLL.
+///
+/// For each scale of [`SCALE_GRID`], a BMA with `samples` samples (the same seed at every scale,
+/// `diag_only` for SWAG-diagonal) is run on `validation`. Classification scores the NLL of the
+/// averaged probabilities (clamped at 1e-12). Regression picks, per scale, the noise variance of
+/// [`bma::noise_grid`] minimising the Gaussian NLL of the mixture moments
+/// ([`bma::best_noise_variance`]), then keeps the best scale.
+pub fn tune(
+    fitted: &Fitted,
+    train_inputs: &Tensor,
+    validation: &Dataset,
+    objective: Objective,
+    samples: usize,
+    diag_only: bool,
+    seed: u64,
+) -> Result<Tuned> {
+    let refresh = fitted.refresh(train_inputs, 32);
+    let mut grid = Vec::with_capacity(SCALE_GRID.len());
+    for &scale in &SCALE_GRID {
+        let options = SampleOptions {
+            scale,
+            diag_only,
+            ..SampleOptions::default()
+        };
+        let posteriors = [&fitted.posterior];
+        let weights = if scale == 0.0 {
+            Weights::SwaMean(&fitted.posterior)
+        } else {
+            Weights::Samples {
+                posteriors: &posteriors,
+                options,
+                samples,
+                seed,
+            }
+        };
+        let point = match objective {
+            Objective::CrossEntropy => {
+                let labels: Vec<u32> = validation.targets.to_dtype(DType::U32)?.to_vec1()?;
+                let dec = bma::classify(
+                    &fitted.model,
+                    &fitted.params,
+                    &weights,
+                    &validation.features,
+                    refresh.as_ref(),
+                )?;
+                let c = dec.n_classes;
+                let nll = labels
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &y)| -dec.mean_probs[i * c + y as usize].max(1e-12).ln())
+                    .sum::<f64>()
+                    / labels.len().max(1) as f64;
+                TunePoint {
+                    scale,
+                    noise_variance: None,
+                    nll,
+                }
+            }
+            Objective::MeanSquaredError => {
+                let y: Vec<f32> = validation.targets.to_vec1()?;
+                let y: Vec<f64> = y.into_iter().map(f64::from).collect();
+                let s = bma::sampled_means(
+                    &fitted.model,
+                    &fitted.params,
+                    &weights,
+                    &validation.features,
+                    refresh.as_ref(),
+                )?;
+                let m = bma::mixture_moments(&s, 0.0);
+                let (noise, nll) = bma::best_noise_variance(&m.mean, &m.var_epistemic, &y);
+                TunePoint {
+                    scale,
+                    noise_variance: Some(noise),
+                    nll,
+                }
+            }
+        };
+        grid.push(point);
+    }
+    let best = grid
+        .iter()
+        .copied()
+        .fold(None::<TunePoint>, |best, p| match best {
+            Some(b) if b.nll <= p.nll => Some(b),
+            _ => Some(p),
+        })
+        .ok_or_else(|| Error::invalid("scale", "empty tuning grid"))?;
+    Ok(Tuned { best, grid })
+}
+
+/// The homoscedastic noise variance of the reference recipe: the mean squared residual on the
+/// training rows of the model run with `weights` (standardised units).
+pub fn training_noise_variance(fitted: &Fitted, train: &Dataset, weights: &Weights) -> Result<f64> {
+    let refresh = fitted.refresh(&train.features, 32);
+    let s = bma::sampled_means(
+        &fitted.model,
+        &fitted.params,
+        weights,
+        &train.features,
+        refresh.as_ref(),
+    )?;
+    let m = bma::mixture_moments(&s, 0.0);
+    let y: Vec<f32> = train.targets.to_vec1()?;
+    let y: Vec<f64> = y.into_iter().map(f64::from).collect();
+    bma::mean_squared_residual(&m.mean, &y)
+}
+
+/// The contents of a run directory's `config.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunConfig {
+    /// [`RUN_FORMAT_VERSION`] at the time of writing.
+    pub format_version: u32,
+    /// Classification or regression.
+    pub task: TaskKind,
+    /// Name of the target column in the training file.
+    pub target: String,
+    /// Feature column names, in the order the model reads them.
+    pub feature_names: Vec<String>,
+    /// Class label per class index (classification).
+    pub class_labels: Option<Vec<String>>,
+    /// Feature standardisation fitted on the training rows.
+    pub feature_scaler: Standardizer,
+    /// Target standardisation fitted on the training rows (regression).
+    pub target_scaler: Option<Standardizer>,
+    /// How the run was trained.
+    pub fit: FitSpec,
+    /// Homoscedastic noise variance in standardised target units (regression).
+    pub noise_variance: Option<f64>,
+    /// Default sample scale for `swag predict` (0.5, or the tuned value).
+    pub scale: f64,
+    /// The tuning result, when `--tune-scale` was used.
+    pub tuned: Option<Tuned>,
+    /// Training statistics per epoch.
+    pub history: TrainHistory,
+}
+
+/// File names inside a run directory.
+pub mod files {
+    /// The run's [`super::RunConfig`].
+    pub const CONFIG: &str = "config.json";
+    /// The last SGD iterate (VarMap safetensors).
+    pub const WEIGHTS: &str = "weights.safetensors";
+    /// The SWAG posterior.
+    pub const POSTERIOR: &str = "posterior.safetensors";
+    /// Standardised training inputs (models with BatchNorm only).
+    pub const TRAIN_INPUTS: &str = "train_inputs.safetensors";
+}
+
+/// Writes a run directory atomically (see the module docs for its files). The Vars of
+/// `fitted` are reset to the last SGD iterate before saving.
+pub fn save_run(
+    dir: impl AsRef<Path>,
+    config: &RunConfig,
+    fitted: &Fitted,
+    train_inputs: &Tensor,
+) -> Result<()> {
+    fitted.params.write_flat(&fitted.sgd_weights)?;
+    let json = serde_json::to_vec_pretty(config)?;
+    crate::atomic::write_dir_atomic(dir, |tmp| {
+        crate::atomic::write_file_atomic(tmp.join(files::CONFIG), &json)?;
+        let weights = tmp.join(files::WEIGHTS);
+        fitted
+            .varmap
+            .save(&weights)
+            .map_err(|e| Error::bad_file(&weights, e.to_string()))?;
+        fitted.posterior.save(tmp.join(files::POSTERIOR))?;
+        if fitted.model.config().batchnorm {
+            let path = tmp.join(files::TRAIN_INPUTS);
+            candle_core::safetensors::save(
+                &std::collections::HashMap::from([("inputs".to_string(), train_inputs.clone())]),
+                &path,
+            )
+            .map_err(|e| Error::bad_file(&path, e.to_string()))?;
+        }
+        Ok(())
+    })
+}
+
+/// A run directory loaded back: the model with its SGD weights, the posterior, the config.
+pub struct LoadedRun {
+    /// The run's configuration.
+    pub config: RunConfig,
+    /// The model's Vars.
+    pub varmap: VarMap,
+    /// The network, holding the last SGD iterate.
+    pub model: Mlp,
+    /// Its trainable parameters.
+    pub params: ParamSet,
+    /// The SWAG posterior (layout checked against `params`).
+    pub posterior: SwagPosterior,
+    /// The standardised training inputs (models with BatchNorm only).
+    pub train_inputs: Option<Tensor>,
+}
+
+impl LoadedRun {
+    /// Loads and checks a run directory written by [`save_run`].
+    pub fn load(dir: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        let dir = dir.as_ref();
+        let config_path = dir.join(files::CONFIG);
+        let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+        let config: RunConfig = serde_json::from_str(&text)
+            .map_err(|e| Error::bad_file(&config_path, format!("not a run config: {e}")))?;
+        if config.format_version != RUN_FORMAT_VERSION {
+            return Err(Error::bad_file(
+                &config_path,
+                format!(
+                    "run format version {} is not supported (expected {RUN_FORMAT_VERSION})",
+                    config.format_version
+                ),
+            ));
+        }
+        let mut varmap = VarMap::new();
+        let model = Mlp::new(&config.fit.mlp, &varmap, device, 0)?;
+        let weights = dir.join(files::WEIGHTS);
+        if !weights.exists() {
+            return Err(Error::bad_file(&weights, "missing from the run directory"));
+        }
+        varmap
+            .load(&weights)
+            .map_err(|e| Error::bad_file(&weights, e.to_string()))?;
+        let params = ParamSet::from_varmap(&varmap)?;
+        let posterior = SwagPosterior::load_for(dir.join(files::POSTERIOR), &params)?;
+        let train_inputs = if config.fit.mlp.batchnorm {
+            let path = dir.join(files::TRAIN_INPUTS);
+            let mut t = candle_core::safetensors::load(&path, device)
+                .map_err(|e| Error::bad_file(&path, e.to_string()))?;
+            Some(
+                t.remove("inputs")
+                    .ok_or_else(|| Error::bad_file(&path, "no tensor named `inputs`"))?,
+            )
+        } else {
+            None
+        };
+        Ok(Self {
+            config,
+            varmap,
+            model,
+            params,
+            posterior,
+            train_inputs,
+        })
+    }
+}
