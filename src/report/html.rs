@@ -29,8 +29,9 @@ main { max-width: 1180px; margin: 0 auto; padding: 24px 32px 48px; background: #
 h1 { font-size: 1.7em; margin: 0.2em 0 0.3em; }
 h2 { font-size: 1.25em; margin-top: 1.8em; border-bottom: 1px solid #ddd; padding-bottom: 0.2em; }
 p.lead { color: #555; }
-table { border-collapse: collapse; font-size: 0.9em; margin: 0.6em 0; }
-th, td { padding: 6px 10px; border-bottom: 1px solid #e3e3e3; text-align: right; white-space: nowrap; }
+table { border-collapse: collapse; font-size: 0.86em; margin: 0.6em 0; }
+th, td { padding: 5px 8px; border-bottom: 1px solid #e3e3e3; text-align: right; white-space: nowrap; }
+th { white-space: normal; vertical-align: bottom; min-width: 4.5em; }
 th:first-child, td:first-child { text-align: left; }
 th { background: #f0f2f5; font-weight: 600; }
 td.best { font-weight: 700; background: #e3f4ea; color: #0b5d2a; }
