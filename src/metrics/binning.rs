@@ -158,14 +158,12 @@ impl CalibrationBins {
 #[inline(always)]
 pub fn equal_width_bin_index<T: Probability>(c: T, edges: &[T]) -> usize {
     let nb = edges.len() - 1;
-    let mut k = c.ceil_scaled(nb).clamp(1, nb);
-    // `ceil(c·B)` is off by at most one near an edge because of the rounding of `c·B`.
-    if k < nb && c > edges[k] {
-        k += 1;
-    } else if k > 1 && c <= edges[k - 1] {
-        k -= 1;
-    }
-    k - 1
+    let k = c.ceil_scaled(nb).clamp(1, nb);
+    // `ceil(c·B)` is off by at most one near an edge because of the rounding of `c·B`:
+    // correct it without branches (this runs once per probability in the one-pass metrics).
+    let up = (k < nb) & (c > edges[k]);
+    let down = (k > 1) & (c <= edges[k - 1]);
+    k + usize::from(up) - usize::from(down) - 1
 }
 
 /// The `B + 1` equal-width edges `i / B` in precision `T`.

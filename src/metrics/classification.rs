@@ -118,10 +118,9 @@ struct Accumulator {
     top_counts: Vec<u64>,
     top_conf: Vec<f64>,
     top_hits: Vec<f64>,
-    /// `[C, B]` counts of `p_k` per bin.
-    class_counts: Vec<u64>,
-    /// `[C, B]` sums of `p_k` per bin.
-    class_conf: Vec<f64>,
+    /// `[C, B]` (count, Σ p_k) per bin of `p_k`, side by side so one cache line serves both.
+    /// Counts are kept in `f64`: exact up to 2^53 rows.
+    class_cells: Vec<(f64, f64)>,
     /// `[C, B]` number of rows with label `k` per bin of `p_k`.
     class_hits: Vec<u64>,
     problem: Option<Problem>,
@@ -137,8 +136,7 @@ impl Accumulator {
             top_counts: vec![0; n_bins],
             top_conf: vec![0.0; n_bins],
             top_hits: vec![0.0; n_bins],
-            class_counts: vec![0; n_classes * n_bins],
-            class_conf: vec![0.0; n_classes * n_bins],
+            class_cells: vec![(0.0, 0.0); n_classes * n_bins],
             class_hits: vec![0; n_classes * n_bins],
             problem: None,
         }
@@ -157,8 +155,10 @@ impl Accumulator {
         add_into(&mut self.top_counts, &other.top_counts);
         add_into(&mut self.top_conf, &other.top_conf);
         add_into(&mut self.top_hits, &other.top_hits);
-        add_into(&mut self.class_counts, &other.class_counts);
-        add_into(&mut self.class_conf, &other.class_conf);
+        for (a, b) in self.class_cells.iter_mut().zip(&other.class_cells) {
+            a.0 += b.0;
+            a.1 += b.1;
+        }
         add_into(&mut self.class_hits, &other.class_hits);
         if let Some((row, column, reason)) = other.problem {
             self.note_problem(row, column, reason);
@@ -242,11 +242,14 @@ pub fn evaluate_classification<T: Probability, L: ClassLabel>(
                 .iter()
                 .map(|&h| h as f64)
                 .collect();
+            let cells = &acc.class_cells[range];
+            let counts: Vec<u64> = cells.iter().map(|c| c.0 as u64).collect();
+            let conf: Vec<f64> = cells.iter().map(|c| c.1).collect();
             CalibrationBins::from_sums(
                 BinningScheme::EqualWidth,
                 equal_width_bounds(n_bins),
-                &acc.class_counts[range.clone()],
-                &acc.class_conf[range],
+                &counts,
+                &conf,
                 &hits,
             )
         })
@@ -280,6 +283,9 @@ pub fn evaluate_classification<T: Probability, L: ClassLabel>(
 }
 
 /// The per-row work of [`evaluate_classification`].
+///
+/// Written as separate simple loops over the row (range check, 4-lane sums, arg-max, and the
+/// classwise binning) so that the first ones vectorise and only the binning scatters.
 #[inline(always)]
 fn accumulate_row<T: Probability>(
     acc: &mut Accumulator,
@@ -291,34 +297,38 @@ fn accumulate_row<T: Probability>(
     row_index: usize,
 ) {
     let nb = acc.n_bins;
-    let mut sum = 0.0f64;
-    let mut sum_sq = 0.0f64;
-    let mut best = row[0];
-    let mut best_k = 0usize;
-    let mut valid = true;
-    for (k, &p) in row.iter().enumerate() {
+    // Range check without early exit (NaN fails both compares).
+    let in_range = row.iter().fold(true, |ok, p| {
         let v = p.to_f64();
-        // One compare pair rejects NaN, infinities and values outside [0, 1].
-        if !(0.0..=1.0).contains(&v) {
-            valid = false;
-            if let Some(reason) = probability_problem(v) {
-                acc.note_problem(row_index, format!("class {k}"), reason);
-            }
-            break;
+        ok & (v >= 0.0) & (v <= 1.0)
+    });
+    if !in_range {
+        if let Some((k, reason)) = row
+            .iter()
+            .enumerate()
+            .find_map(|(k, p)| probability_problem(p.to_f64()).map(|r| (k, r)))
+        {
+            acc.note_problem(row_index, format!("class {k}"), reason);
         }
-        sum += v;
-        sum_sq += v * v;
-        if p > best {
-            best = p;
-            best_k = k;
-        }
-        let b = equal_width_bin_index(p, edges);
-        acc.class_counts[k * nb + b] += 1;
-        acc.class_conf[k * nb + b] += v;
-    }
-    if !valid {
         return;
     }
+    let mut sum = [0.0f64; 4];
+    let mut sum_sq = [0.0f64; 4];
+    let mut quads = row.chunks_exact(4);
+    for q in &mut quads {
+        for j in 0..4 {
+            let v = q[j].to_f64();
+            sum[j] += v;
+            sum_sq[j] += v * v;
+        }
+    }
+    for (j, p) in quads.remainder().iter().enumerate() {
+        let v = p.to_f64();
+        sum[j] += v;
+        sum_sq[j] += v * v;
+    }
+    let sum = (sum[0] + sum[1]) + (sum[2] + sum[3]);
+    let sum_sq = (sum_sq[0] + sum_sq[1]) + (sum_sq[2] + sum_sq[3]);
     if (sum - 1.0).abs() > ROW_SUM_TOLERANCE {
         acc.note_problem(
             row_index,
@@ -326,6 +336,12 @@ fn accumulate_row<T: Probability>(
             format!("probabilities sum to {sum}, not 1 (tolerance {ROW_SUM_TOLERANCE:e})"),
         );
         return;
+    }
+    let (best_k, best) = argmax(row);
+    for (&p, cells) in row.iter().zip(acc.class_cells.chunks_exact_mut(nb)) {
+        let cell = &mut cells[equal_width_bin_index(p, edges)];
+        cell.0 += 1.0;
+        cell.1 += p.to_f64();
     }
     let p_y = row[label].to_f64();
     acc.class_hits[label * nb + equal_width_bin_index(row[label], edges)] += 1;

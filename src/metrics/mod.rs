@@ -90,7 +90,10 @@ impl Probability for f32 {
     }
     #[inline(always)]
     fn ceil_scaled(self, n: usize) -> usize {
-        (self * n as f32).ceil() as usize
+        // Truncation plus a compare: `f32::ceil` is a libm call on baseline x86-64.
+        let x = self * n as f32;
+        let t = x as usize;
+        t.saturating_add(usize::from((t as f32) < x))
     }
 }
 
@@ -105,7 +108,9 @@ impl Probability for f64 {
     }
     #[inline(always)]
     fn ceil_scaled(self, n: usize) -> usize {
-        (self * n as f64).ceil() as usize
+        let x = self * n as f64;
+        let t = x as usize;
+        t.saturating_add(usize::from((t as f64) < x))
     }
 }
 
