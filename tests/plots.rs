@@ -13,7 +13,12 @@ use candle_swag::Error;
 /// Decodes a PNG file; returns (width, height, RGB(A) bytes, bytes per pixel).
 fn decode_png(path: &Path) -> (u32, u32, Vec<u8>, usize) {
     let bytes = std::fs::read(path).unwrap();
-    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{}: PNG signature", path.display());
+    assert_eq!(
+        &bytes[..8],
+        b"\x89PNG\r\n\x1a\n",
+        "{}: PNG signature",
+        path.display()
+    );
     assert_eq!(&bytes[12..16], b"IHDR");
     let ihdr_w = u32::from_be_bytes(bytes[16..20].try_into().unwrap());
     let ihdr_h = u32::from_be_bytes(bytes[20..24].try_into().unwrap());
@@ -45,7 +50,11 @@ fn assert_balanced_svg(svg: &str) {
         let end = rest[start..].find('>').expect("unterminated tag") + start;
         let tag = &rest[start + 1..end];
         if let Some(name) = tag.strip_prefix('/') {
-            assert_eq!(stack.pop().as_deref(), Some(name.trim()), "closing </{name}>");
+            assert_eq!(
+                stack.pop().as_deref(),
+                Some(name.trim()),
+                "closing </{name}>"
+            );
         } else if !tag.ends_with('/') && !tag.starts_with('?') && !tag.starts_with('!') {
             let name = tag.split_whitespace().next().unwrap().to_string();
             stack.push(name);
@@ -61,8 +70,15 @@ fn check_plot(files: &PlotFiles, size: (u32, u32)) -> String {
     let (w, h, rgb, bpp) = decode_png(&files.png);
     assert_eq!((w, h), size, "{}: PNG size", files.name);
     // Not blank: many non-white pixels...
-    let non_white = rgb.chunks(bpp).filter(|p| p[..3] != [255, 255, 255]).count();
-    assert!(non_white > (w * h / 50) as usize, "{}: mostly blank", files.name);
+    let non_white = rgb
+        .chunks(bpp)
+        .filter(|p| p[..3] != [255, 255, 255])
+        .count();
+    assert!(
+        non_white > (w * h / 50) as usize,
+        "{}: mostly blank",
+        files.name
+    );
     // ...and the title strip at the top holds dark text pixels, drawn with the bundled font.
     assert!(
         dark_pixels(w, &rgb, bpp, 0, 45) > 100,
@@ -116,7 +132,11 @@ fn reliability_plots_are_valid_png_and_svg() {
     assert!(svg.contains("ECE = 0.4321"), "stored ECE printed");
     assert!(svg.contains("MCE = 0.0567"));
     assert!(svg.contains("Reliability diagram: SWAG"));
-    for label in ["Accuracy (fraction correct)", "Rows per bin", "Perfect calibration"] {
+    for label in [
+        "Accuracy (fraction correct)",
+        "Rows per bin",
+        "Perfect calibration",
+    ] {
         assert!(svg.contains(label), "missing {label}");
     }
 
@@ -146,9 +166,15 @@ fn selective_and_ood_plots_are_valid() {
 
     let scores_in: Vec<f64> = (0..100).map(|i| i as f64 / 100.0).collect();
     let scores_out: Vec<f64> = (0..60).map(|i| 0.5 + i as f64 / 60.0).collect();
-    let files =
-        plot::ood_score_histogram(dir.path(), "hist", "Entropy (nats)", &scores_in, &scores_out, 20)
-            .unwrap();
+    let files = plot::ood_score_histogram(
+        dir.path(),
+        "hist",
+        "Entropy (nats)",
+        &scores_in,
+        &scores_out,
+        20,
+    )
+    .unwrap();
     let svg = check_plot(&files, (900, 650));
     assert!(svg.contains("In-distribution (n = 100)"));
     assert!(svg.contains("Out-of-distribution (n = 60)"));
@@ -179,10 +205,15 @@ fn regression_plots_are_valid() {
     let files = plot::calibration_curve_plot(dir.path(), "cal", "central", &series).unwrap();
     let svg = check_plot(&files, (760, 700));
     assert!(svg.contains("SWAG miscalibration area 0.1667"));
-    assert!(svg.contains("<polygon") || svg.contains("<path"), "shaded area drawn");
+    assert!(
+        svg.contains("<polygon") || svg.contains("<path"),
+        "shaded area drawn"
+    );
 
     let n = 250;
-    let x: Vec<f64> = (0..n).map(|i| -1.0 + 2.0 * i as f64 / (n - 1) as f64).collect();
+    let x: Vec<f64> = (0..n)
+        .map(|i| -1.0 + 2.0 * i as f64 / (n - 1) as f64)
+        .collect();
     let mean: Vec<f64> = x.iter().map(|v| v.sin()).collect();
     let std: Vec<f64> = x.iter().map(|v| 0.1 + 0.2 * v.abs()).collect();
     let y: Vec<f64> = mean
@@ -197,8 +228,7 @@ fn regression_plots_are_valid() {
     assert!(svg.contains("200 of 250 rows shown"), "thinning stated");
     assert!(svg.contains("Observed target, outside"));
 
-    let files =
-        plot::predictive_band(dir.path(), "band", "SWAG", &x, &mean, &std, &x, &y).unwrap();
+    let files = plot::predictive_band(dir.path(), "band", "SWAG", &x, &mean, &std, &x, &y).unwrap();
     let svg = check_plot(&files, (1000, 620));
     assert!(svg.contains("Mean ± 2σ"));
 
@@ -231,22 +261,32 @@ fn bad_data_is_an_error_and_writes_nothing() {
     for b in &mut empty.bins {
         b.count = 0;
     }
-    assert!(is_plot_error(plot::reliability_diagram(d, "a", "m", &empty).unwrap_err()));
+    assert!(is_plot_error(
+        plot::reliability_diagram(d, "a", "m", &empty).unwrap_err()
+    ));
     let mut nan = bins(0.1);
     nan.bins[2].accuracy = f64::NAN;
-    assert!(is_plot_error(plot::reliability_diagram(d, "a", "m", &nan).unwrap_err()));
-    assert!(is_plot_error(plot::reliability_grid(d, "a", &[]).unwrap_err()));
+    assert!(is_plot_error(
+        plot::reliability_diagram(d, "a", "m", &nan).unwrap_err()
+    ));
+    assert!(is_plot_error(
+        plot::reliability_grid(d, "a", &[]).unwrap_err()
+    ));
 
     let rc = RiskCoverage {
         coverage: vec![],
         risk: vec![],
         aurc: 0.0,
     };
-    assert!(is_plot_error(plot::risk_coverage_plot(d, "a", &[("m", &rc)]).unwrap_err()));
+    assert!(is_plot_error(
+        plot::risk_coverage_plot(d, "a", &[("m", &rc)]).unwrap_err()
+    ));
     assert!(is_plot_error(
         plot::ood_score_histogram(d, "a", "s", &[0.1, f64::INFINITY], &[0.2], 10).unwrap_err()
     ));
-    assert!(is_plot_error(plot::ood_score_histogram(d, "a", "s", &[], &[0.2], 10).unwrap_err()));
+    assert!(is_plot_error(
+        plot::ood_score_histogram(d, "a", "s", &[], &[0.2], 10).unwrap_err()
+    ));
     assert!(plot::ood_score_histogram(d, "a", "s", &[0.1], &[0.2], 0).is_err());
     let v = [1.0, 2.0];
     assert!(is_plot_error(

@@ -110,7 +110,11 @@ fn several_methods_are_keyed_and_best_values_marked() {
     // Self-contained: every plot inline as SVG, nothing loaded from elsewhere.
     assert_eq!(html.matches("<svg").count(), files.plots.len());
     assert!(files.plots.len() >= 6);
-    assert!(!html.contains("<img") && !html.contains("src=") && !html.contains("http://www.w3.org/1999/xlink\" href"));
+    assert!(
+        !html.contains("<img")
+            && !html.contains("src=")
+            && !html.contains("http://www.w3.org/1999/xlink\" href")
+    );
     assert!(!html.contains("<link"));
     // The dataset name is escaped.
     assert!(html.contains("toy &lt;data&gt;"));

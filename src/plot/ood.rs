@@ -58,30 +58,53 @@ impl Figure for ScoreHistogram<'_> {
             .configure_mesh()
             .light_line_style(TRANSPARENT)
             .bold_line_style(style::GRID)
-            .x_desc(format!("{} (higher = more out-of-distribution)", self.score_label))
+            .x_desc(format!(
+                "{} (higher = more out-of-distribution)",
+                self.score_label
+            ))
             .y_desc("Fraction of rows per bin")
             .axis_desc_style((FONT_FAMILY, text::AXIS))
             .label_style((FONT_FAMILY, text::LABEL))
             .y_label_formatter(&|v| format!("{v:.2}"))
             .draw()?;
         let series = [
-            ("In-distribution", &f_in, style::series_color(0), self.scores_in.len()),
-            ("Out-of-distribution", &f_out, style::series_color(1), self.scores_out.len()),
+            (
+                "In-distribution",
+                &f_in,
+                style::series_color(0),
+                self.scores_in.len(),
+            ),
+            (
+                "Out-of-distribution",
+                &f_out,
+                style::series_color(1),
+                self.scores_out.len(),
+            ),
         ];
         for (label, fr, color, n) in series {
             chart
-                .draw_series(fr.iter().enumerate().filter(|(_, &f)| f > 0.0).map(|(b, &f)| {
-                    let x0 = lo + b as f64 * width;
-                    Rectangle::new([(x0, 0.0), (x0 + width, f)], color.mix(0.45).filled())
-                }))?
+                .draw_series(
+                    fr.iter()
+                        .enumerate()
+                        .filter(|(_, &f)| f > 0.0)
+                        .map(|(b, &f)| {
+                            let x0 = lo + b as f64 * width;
+                            Rectangle::new([(x0, 0.0), (x0 + width, f)], color.mix(0.45).filled())
+                        }),
+                )?
                 .label(format!("{label} (n = {n})"))
                 .legend(move |(x, y)| {
                     Rectangle::new([(x, y - 6), (x + 18, y + 6)], color.mix(0.6).filled())
                 });
-            chart.draw_series(fr.iter().enumerate().filter(|(_, &f)| f > 0.0).map(|(b, &f)| {
-                let x0 = lo + b as f64 * width;
-                Rectangle::new([(x0, 0.0), (x0 + width, f)], color.stroke_width(1))
-            }))?;
+            chart.draw_series(
+                fr.iter()
+                    .enumerate()
+                    .filter(|(_, &f)| f > 0.0)
+                    .map(|(b, &f)| {
+                        let x0 = lo + b as f64 * width;
+                        Rectangle::new([(x0, 0.0), (x0 + width, f)], color.stroke_width(1))
+                    }),
+            )?;
         }
         chart
             .configure_series_labels()
@@ -137,7 +160,10 @@ impl Figure for RocFigure<'_> {
         DB::ErrorType: 'static,
     {
         let mut chart = ChartBuilder::on(root)
-            .caption("ROC: detecting out-of-distribution rows", (FONT_FAMILY, text::TITLE))
+            .caption(
+                "ROC: detecting out-of-distribution rows",
+                (FONT_FAMILY, text::TITLE),
+            )
             .margin(16)
             .x_label_area_size(60)
             .y_label_area_size(76)

@@ -74,7 +74,10 @@ impl Figure for CalibrationFigure<'_> {
             let mut region = curve.clone();
             region.extend(curve.iter().rev().map(|&(e, _)| (e, e)));
             chart
-                .draw_series(std::iter::once(Polygon::new(region, color.mix(0.18).filled())))?
+                .draw_series(std::iter::once(Polygon::new(
+                    region,
+                    color.mix(0.18).filled(),
+                )))?
                 .label(format!(
                     "{} miscalibration area {:.4}",
                     s.method, s.miscalibration_area
@@ -122,7 +125,11 @@ pub fn calibration_curve_plot(
     for s in series {
         check_series(name, &format!("{} expected", s.method), &s.curve.expected)?;
         check_series(name, &format!("{} observed", s.method), &s.curve.observed)?;
-        check_series(name, &format!("{} area", s.method), &[s.miscalibration_area])?;
+        check_series(
+            name,
+            &format!("{} area", s.method),
+            &[s.miscalibration_area],
+        )?;
         if s.curve.expected.len() != s.curve.observed.len() {
             return Err(Error::Plot {
                 plot: name.into(),
@@ -183,12 +190,7 @@ impl Figure for IntervalsFigure<'_> {
     where
         DB::ErrorType: 'static,
     {
-        let (lo, hi) = padded_range(
-            self.rows
-                .iter()
-                .flat_map(|r| [&r.1, &r.3, &r.4]),
-            0.05,
-        );
+        let (lo, hi) = padded_range(self.rows.iter().flat_map(|r| [&r.1, &r.3, &r.4]), 0.05);
         let n = self.n_total as f64;
         let shown = if self.rows.len() < self.n_total {
             format!(", {} of {} rows shown", self.rows.len(), self.n_total)
@@ -301,7 +303,13 @@ pub fn ordered_intervals(
         .map(|k| {
             let i = order[k];
             let rank = k as f64;
-            (rank, y[i], mean[i], mean[i] - z * std[i], mean[i] + z * std[i])
+            (
+                rank,
+                y[i],
+                mean[i],
+                mean[i] - z * std[i],
+                mean[i] + z * std[i],
+            )
         })
         .collect();
     write_figure(
@@ -333,7 +341,10 @@ impl Figure for BandFigure<'_> {
         DB::ErrorType: 'static,
     {
         let (x_lo, x_hi) = padded_range(
-            self.curve.iter().map(|c| &c.0).chain(self.data.iter().map(|d| &d.0)),
+            self.curve
+                .iter()
+                .map(|c| &c.0)
+                .chain(self.data.iter().map(|d| &d.0)),
             0.02,
         );
         let bounds: Vec<f64> = self
@@ -488,7 +499,10 @@ impl Figure for SharpnessFigure<'_> {
             .collect();
         let top = hists.iter().flatten().fold(0.0f64, |a, &b| a.max(b)) * 1.15;
         let mut chart = ChartBuilder::on(root)
-            .caption("Sharpness: predictive standard deviations", (FONT_FAMILY, text::TITLE))
+            .caption(
+                "Sharpness: predictive standard deviations",
+                (FONT_FAMILY, text::TITLE),
+            )
             .margin(16)
             .x_label_area_size(60)
             .y_label_area_size(84)

@@ -289,11 +289,7 @@ impl Figure for OverlayFigure<'_> {
                 .legend(move |(x, y)| {
                     PathElement::new([(x, y), (x + 22, y)], color.stroke_width(3))
                 });
-            chart.draw_series(
-                points
-                    .iter()
-                    .map(|&p| Circle::new(p, 5, color.filled())),
-            )?;
+            chart.draw_series(points.iter().map(|&p| Circle::new(p, 5, color.filled())))?;
         }
         chart
             .configure_series_labels()

@@ -27,7 +27,10 @@ impl Figure for RiskCoverageFigure<'_> {
             .fold(0.0f64, f64::max);
         let y_top = (max_risk * 1.15).clamp(0.01, 1.0);
         let mut chart = ChartBuilder::on(root)
-            .caption("Risk–coverage (selective prediction)", (FONT_FAMILY, text::TITLE))
+            .caption(
+                "Risk–coverage (selective prediction)",
+                (FONT_FAMILY, text::TITLE),
+            )
             .margin(16)
             .x_label_area_size(60)
             .y_label_area_size(84)
