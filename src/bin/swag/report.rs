@@ -20,14 +20,14 @@ use candle_swag::{Error, Result};
     after_help = "Examples:\n  swag report --probs sgd.npy --method SGD --probs swag.npy --method SWAG --labels y.npy --out report/\n  swag report --probs logits.csv --logits --labels y.csv --out report/\n  swag report --mean preds.csv:mean --std preds.csv:std --targets test.csv:target --out report/"
 )]
 pub struct Args {
-    /// Class probabilities [N, C] (rows sum to 1), or [N] read as P(y = 1); repeat to
-    /// compare methods.
+    /// Class probabilities: N rows × C classes, rows summing to 1 (one column is read as
+    /// P(y = 1)); repeat to compare methods.
     #[arg(long = "probs", value_name = "FILE[:NAME]")]
     pub probs: Vec<String>,
     /// The --probs files hold logits (unnormalised scores): apply a softmax first.
     #[arg(long)]
     pub logits: bool,
-    /// Integer class labels [N] in 0..C.
+    /// Integer class labels in 0..C, one per row.
     #[arg(long, value_name = "FILE[:NAME]")]
     pub labels: Option<String>,
     /// Method names, one per --probs and then one per --mean, in order (default: file names).
@@ -36,13 +36,14 @@ pub struct Args {
     /// Number of equal-width (and equal-mass) bins for ECE, MCE and the reliability diagram.
     #[arg(long, default_value_t = candle_swag::metrics::DEFAULT_BINS)]
     pub bins: usize,
-    /// Regression: Gaussian predictive means [N]; repeat (with --std) to compare methods.
+    /// Regression: Gaussian predictive means, one per row; repeat (with --std) to compare
+    /// methods.
     #[arg(long = "mean", value_name = "FILE[:NAME]")]
     pub mean: Vec<String>,
-    /// Regression: predictive standard deviations [N], all > 0; one per --mean.
+    /// Regression: predictive standard deviations, one per row, all > 0; one file per --mean.
     #[arg(long = "std", value_name = "FILE[:NAME]")]
     pub std: Vec<String>,
-    /// Regression targets [N].
+    /// Regression targets, one per row.
     #[arg(long, value_name = "FILE[:NAME]")]
     pub targets: Option<String>,
     /// Dataset name shown in the report (default: the labels' or targets' file name).
