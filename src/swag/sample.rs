@@ -19,7 +19,7 @@
 //! guarantee. [`SwagPosterior::sample_with_noise`] takes `z1` and `z2` explicitly so the formula
 //! can be checked exactly.
 
-use candle_core::{CpuStorage, DType, InplaceOp3, Layout, Tensor};
+use candle_core::{CpuStorage, DType, Device, InplaceOp3, Layout, Tensor};
 use half::{bf16, f16};
 use rand::Rng;
 
@@ -145,12 +145,20 @@ impl SwagPosterior {
                     format!("expected shape [{}], got {:?}", self.rows, z2.dims()),
                 ));
             }
+            // Dᵀz2 straight from the ring buffer: z2 scattered to the physical rows (zeros for
+            // unused ones), so no reordered copy of D is made.
             let z2 = z2
                 .to_dtype(DType::F32)?
-                .to_device(&self.device)?
-                .unsqueeze(0)?;
-            let d = self.deviations()?.to_dtype(DType::F32)?;
-            let low_rank = z2
+                .to_device(&Device::Cpu)?
+                .to_vec1::<f32>()?;
+            let mut z2_phys = vec![0f32; self.config.rank];
+            for (k, &r) in self.physical_rows().iter().enumerate() {
+                z2_phys[r] = z2[k];
+            }
+            let z2_phys = Tensor::from_vec(z2_phys, (1, self.config.rank), &self.device)?;
+            // 16-bit storage is widened (a copy) so that z2 keeps full precision.
+            let d = self.deviations.to_dtype(DType::F32)?;
+            let low_rank = z2_phys
                 .matmul(&d)?
                 .squeeze(0)?
                 .affine(1.0 / self.divisor_value(opts.divisor).sqrt(), 0.0)?;
