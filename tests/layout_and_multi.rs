@@ -1,0 +1,133 @@
+//! Parameter layout (order, BatchNorm buffers, prefix selection, flatten/write-back) and
+//! MultiSWAG's sample assignment.
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use candle_swag::batchnorm::{BatchNorm, BatchNormConfig};
+use candle_swag::layout::{ParamLayout, ParamSet};
+use candle_swag::swag::{MultiSwag, SampleOptions, SwagConfig, SwagPosterior};
+
+fn model_varmap() -> VarMap {
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    candle_nn::linear(3, 4, vb.pp("fc1")).unwrap();
+    BatchNorm::new(4, BatchNormConfig::default(), vb.pp("bn1")).unwrap();
+    candle_nn::linear(4, 2, vb.pp("head")).unwrap();
+    varmap
+}
+
+#[test]
+fn varmap_layout_is_sorted_and_leaves_batchnorm_statistics_out() {
+    let params = ParamSet::from_varmap(&model_varmap()).unwrap();
+    let names: Vec<&str> = params
+        .layout()
+        .entries()
+        .iter()
+        .map(|e| e.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "bn1.bias",
+            "bn1.weight",
+            "fc1.bias",
+            "fc1.weight",
+            "head.bias",
+            "head.weight"
+        ]
+    );
+    let offsets: Vec<usize> = params.layout().entries().iter().map(|e| e.offset).collect();
+    assert_eq!(offsets, [0, 4, 8, 12, 24, 26]);
+    assert_eq!(params.numel(), 34);
+}
+
+#[test]
+fn prefix_selection_keeps_the_last_layer() {
+    let params = ParamSet::from_varmap(&model_varmap()).unwrap();
+    let head = params.select_prefix(&["head."]).unwrap();
+    assert_eq!(head.numel(), 10);
+    assert_eq!(head.layout().entries()[1].offset, 2);
+    let err = params.select_prefix(&["nope."]).unwrap_err().to_string();
+    assert!(err.contains("nope."), "{err}");
+}
+
+#[test]
+fn flatten_and_write_back_round_trip_in_layout_order() {
+    let a = Var::from_tensor(&Tensor::new(&[[1f32, 2.], [3., 4.]], &Device::Cpu).unwrap()).unwrap();
+    let b = Var::from_tensor(&Tensor::new(&[5f32], &Device::Cpu).unwrap()).unwrap();
+    let params =
+        ParamSet::from_named_vars(vec![("a".into(), a.clone()), ("b".into(), b.clone())]).unwrap();
+    assert_eq!(
+        params.flatten().unwrap().to_vec1::<f32>().unwrap(),
+        [1., 2., 3., 4., 5.]
+    );
+    params
+        .write_flat(&Tensor::new(&[9f32, 8., 7., 6., 5.5], &Device::Cpu).unwrap())
+        .unwrap();
+    assert_eq!(
+        a.as_tensor().to_vec2::<f32>().unwrap(),
+        [[9., 8.], [7., 6.]]
+    );
+    assert_eq!(b.as_tensor().to_vec1::<f32>().unwrap(), [5.5]);
+    let err = params
+        .write_flat(&Tensor::new(&[1f32, 2.], &Device::Cpu).unwrap())
+        .unwrap_err();
+    assert!(err.to_string().contains("[5]"), "{err}");
+    // A single-parameter flatten is a copy, never a view of the Var.
+    let single = ParamSet::from_named_vars(vec![("b".into(), b.clone())]).unwrap();
+    let flat = single.flatten().unwrap();
+    b.set(&Tensor::new(&[0f32], &Device::Cpu).unwrap()).unwrap();
+    assert_eq!(flat.to_vec1::<f32>().unwrap(), [5.5]);
+}
+
+#[test]
+fn duplicate_names_are_refused() {
+    let err = ParamLayout::new(vec![("w".into(), vec![2]), ("w".into(), vec![3])]).unwrap_err();
+    assert!(err.to_string().contains("`w` appears twice"));
+}
+
+#[test]
+fn multiswag_spreads_samples_evenly_and_draws_from_the_chosen_posterior() {
+    assert_eq!(
+        MultiSwag::assignment(3, 30)
+            .iter()
+            .filter(|&&i| i == 2)
+            .count(),
+        10
+    );
+    assert_eq!(MultiSwag::assignment(4, 6), vec![0, 0, 1, 1, 2, 3]);
+    assert_eq!(MultiSwag::assignment(2, 0), Vec::<usize>::new());
+
+    let layout = ParamLayout::new(vec![("w".into(), vec![2])]).unwrap();
+    let posterior = |v: f32| {
+        let mut p =
+            SwagPosterior::new(layout.clone(), SwagConfig::with_rank(2), &Device::Cpu).unwrap();
+        p.collect_flat(&Tensor::new(&[v, -v], &Device::Cpu).unwrap())
+            .unwrap();
+        p
+    };
+    let multi = MultiSwag::new(vec![posterior(1.0), posterior(2.0), posterior(3.0)]).unwrap();
+    let w = Var::zeros(2, DType::F32, &Device::Cpu).unwrap();
+    let params = ParamSet::from_named_vars(vec![("w".into(), w.clone())]).unwrap();
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
+    for (i, want) in [1f32, 2., 3.].iter().enumerate() {
+        multi
+            .sample_into(i, &params, &SampleOptions::with_scale(0.0), &mut rng)
+            .unwrap();
+        assert_eq!(w.as_tensor().to_vec1::<f32>().unwrap(), [*want, -*want]);
+    }
+    assert!(multi
+        .sample_into(3, &params, &SampleOptions::default(), &mut rng)
+        .is_err());
+
+    let other = SwagPosterior::new(
+        ParamLayout::new(vec![("v".into(), vec![2])]).unwrap(),
+        SwagConfig::with_rank(2),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let err = MultiSwag::new(vec![posterior(1.0), other])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("posterior #1"), "{err}");
+}
