@@ -158,15 +158,6 @@ fn synthetic_params(d: usize, rng: &mut StdRng) -> Result<ParamSet> {
     ParamSet::from_named_vars(named)
 }
 
-fn perturb(params: &ParamSet, rng: &mut StdRng) -> Result<()> {
-    // A cheap change of θ between snapshots: add a small constant to each tensor.
-    for v in params.vars() {
-        let delta: f64 = rng.random_range(-0.01..0.01);
-        v.set(&v.as_tensor().affine(1.0, delta)?)?;
-    }
-    Ok(())
-}
-
 /// Measures collect, low-rank sample, diagonal sample, flatten and write-back at `d`
 /// parameters and rank `k`, each against its floor; `repeats` timed runs per op (median).
 pub fn measure(
@@ -182,6 +173,12 @@ pub fn measure(
     let mut rng = StdRng::seed_from_u64(0);
     let params = synthetic_params(d, &mut rng)?;
 
+    // Two weight vectors to alternate between snapshots, allocated before the baseline so the
+    // measurement sees the posterior alone; rayon's pool is started before it too.
+    let theta_a = params.flatten()?;
+    let theta_b = theta_a.affine(1.0, 0.01)?;
+    rayon::broadcast(|_| ());
+
     // Memory first, before any copy buffer exists.
     let rss_before = rss_bytes();
     let mut posterior = SwagPosterior::for_params(
@@ -191,8 +188,8 @@ pub fn measure(
             deviation_dtype: dtype,
         },
     )?;
-    for _ in 0..=k {
-        perturb(&params, &mut rng)?;
+    for i in 0..=k {
+        params.write_flat(if i % 2 == 0 { &theta_a } else { &theta_b })?;
         posterior.collect(&params)?;
     }
     posterior.sample_into(&params, &SampleOptions::default(), &mut rng)?;
