@@ -156,11 +156,23 @@ fn sample_block<E: DeviationElem>(
     let z1 = &mut z1[..len];
     fill_normals(&mut stream(noise.seed, noise.param, block as u64), z1);
     // Low-rank part, accumulated row by row into `out` while the block sits in cache.
+    // Rows are taken four at a time so `out` is swept K/4 times instead of K.
     out.fill(0.0);
-    for (row, &w) in dev_rows.iter().zip(z2.iter()) {
+    let lo = block * NOISE_BLOCK;
+    let mut rows = dev_rows.chunks_exact(4);
+    let mut weights = z2.chunks_exact(4);
+    for (r, w) in (&mut rows).zip(&mut weights) {
+        let s = coef.inv_sqrt_divisor;
+        let (w0, w1, w2, w3) = (w[0] * s, w[1] * s, w[2] * s, w[3] * s);
+        let (r0, r1) = (&r[0][lo..lo + len], &r[1][lo..lo + len]);
+        let (r2, r3) = (&r[2][lo..lo + len], &r[3][lo..lo + len]);
+        for ((((o, &a), &b), &c), &d) in out.iter_mut().zip(r0).zip(r1).zip(r2).zip(r3) {
+            *o += (a.to_f32() * w0 + b.to_f32() * w1) + (c.to_f32() * w2 + d.to_f32() * w3);
+        }
+    }
+    for (row, &w) in rows.remainder().iter().zip(weights.remainder()) {
         let w = w * coef.inv_sqrt_divisor;
-        let row = &row[block * NOISE_BLOCK..block * NOISE_BLOCK + len];
-        for (o, &x) in out.iter_mut().zip(row.iter()) {
+        for (o, &x) in out.iter_mut().zip(&row[lo..lo + len]) {
             *o += x.to_f32() * w;
         }
     }
