@@ -36,26 +36,32 @@ impl DeviationElem for f32 {
     }
 }
 
-impl DeviationElem for bf16 {
-    #[inline(always)]
-    fn from_f32(x: f32) -> Self {
-        bf16::from_f32(x)
-    }
-    #[inline(always)]
-    fn to_f32(self) -> f32 {
-        bf16::to_f32(self)
-    }
+macro_rules! half_deviation_elem {
+    ($($t:ty),*) => {$(
+        impl DeviationElem for $t {
+            #[inline(always)]
+            fn from_f32(x: f32) -> Self {
+                <$t>::from_f32(x)
+            }
+            #[inline(always)]
+            fn to_f32(self) -> f32 {
+                <$t>::to_f32(self)
+            }
+        }
+    )*};
 }
+half_deviation_elem!(bf16, f16);
 
-impl DeviationElem for f16 {
-    #[inline(always)]
-    fn from_f32(x: f32) -> Self {
-        f16::from_f32(x)
-    }
-    #[inline(always)]
-    fn to_f32(self) -> f32 {
-        f16::to_f32(self)
-    }
+/// The element range `lo..hi` of a contiguous tensor in its storage; `what` names it in the
+/// error (these ops are only called on contiguous buffers, so this never fails in practice).
+pub(crate) fn contiguous_range(
+    layout: &candle_core::Layout,
+    what: &str,
+) -> candle_core::Result<std::ops::Range<usize>> {
+    layout
+        .contiguous_offsets()
+        .map(|(lo, hi)| lo..hi)
+        .ok_or_else(|| candle_core::Error::Msg(format!("{what} is not contiguous")))
 }
 
 /// Index of the first non-finite value of `xs`, if any.

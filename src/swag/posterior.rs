@@ -398,9 +398,7 @@ impl InplaceOp1 for CollectOp<'_> {
     }
 
     fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
-        let (lo, _) = layout
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("deviation buffer not contiguous".into()))?;
+        let lo = kernels::contiguous_range(layout, "deviation buffer")?.start;
         let start = lo + self.row * self.d + self.offset;
         let range = start..start + self.len;
         match storage {
@@ -436,16 +434,12 @@ impl<E: DeviationElem> InplaceOp2 for MomentsOp<'_, E> {
         tl: &Layout,
     ) -> candle_core::Result<()> {
         let msg = |m: &str| candle_core::Error::Msg(m.to_string());
-        let (mlo, _) = ml
-            .contiguous_offsets()
-            .ok_or_else(|| msg("moments not contiguous"))?;
-        let (tlo, thi) = tl
-            .contiguous_offsets()
-            .ok_or_else(|| msg("theta not contiguous"))?;
+        let mlo = kernels::contiguous_range(ml, "moments")?.start;
+        let trange = kernels::contiguous_range(tl, "theta")?;
         let (CpuStorage::F32(m), CpuStorage::F32(t)) = (moments, theta) else {
             return Err(msg("moments and theta must be f32"));
         };
-        let theta = &t[tlo..thi];
+        let theta = &t[trange];
         let (mean_row, sq_row) = m[mlo..mlo + 2 * self.d].split_at_mut(self.d);
         let range = self.offset..self.offset + self.len;
         let mean = &mut mean_row[range.clone()];
@@ -498,21 +492,12 @@ mod tests {
                 fused.collect_flat(&t).unwrap();
                 ops.collect_with_tensor_ops(&t).unwrap();
             }
+            let host = |t: Tensor| -> Vec<f32> {
+                let t = t.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+                t.to_vec1::<f32>().unwrap()
+            };
             let diff = |a: Tensor, b: Tensor| -> f32 {
-                let a = a
-                    .to_dtype(DType::F32)
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1::<f32>()
-                    .unwrap();
-                let b = b
-                    .to_dtype(DType::F32)
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1::<f32>()
-                    .unwrap();
+                let (a, b) = (host(a), host(b));
                 a.iter()
                     .zip(&b)
                     .map(|(x, y)| (x - y).abs())

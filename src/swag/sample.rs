@@ -298,24 +298,18 @@ impl InplaceOp3 for SampleOp<'_> {
         devl: &Layout,
     ) -> candle_core::Result<()> {
         let msg = |m: &str| candle_core::Error::Msg(m.to_string());
-        let (lo, hi) = dl
-            .contiguous_offsets()
-            .ok_or_else(|| msg("parameter not contiguous"))?;
-        let (mlo, mhi) = ml
-            .contiguous_offsets()
-            .ok_or_else(|| msg("moments not contiguous"))?;
-        let (dlo, dhi) = devl
-            .contiguous_offsets()
-            .ok_or_else(|| msg("deviations not contiguous"))?;
+        let out_range = kernels::contiguous_range(dl, "parameter")?;
+        let m_range = kernels::contiguous_range(ml, "moments")?;
+        let d_range = kernels::contiguous_range(devl, "deviations")?;
         let (CpuStorage::F32(out), CpuStorage::F32(m)) = (dst, moments) else {
             return Err(msg("parameter and moments must be f32"));
         };
-        let out = &mut out[lo..hi];
-        let m = &m[mlo..mhi];
+        let out = &mut out[out_range];
+        let m = &m[m_range];
         match dev {
-            CpuStorage::F32(v) => self.run(out, m, &v[dlo..dhi]),
-            CpuStorage::BF16(v) => self.run::<bf16>(out, m, &v[dlo..dhi]),
-            CpuStorage::F16(v) => self.run::<f16>(out, m, &v[dlo..dhi]),
+            CpuStorage::F32(v) => self.run(out, m, &v[d_range]),
+            CpuStorage::BF16(v) => self.run::<bf16>(out, m, &v[d_range]),
+            CpuStorage::F16(v) => self.run::<f16>(out, m, &v[d_range]),
             _ => Err(msg("deviation buffer has an unsupported dtype")),
         }
     }
