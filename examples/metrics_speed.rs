@@ -1,7 +1,7 @@
 //! One-shot timing of all classification metrics (accuracy, NLL, Brier, ECE/MCE, signed,
 //! equal-mass and classwise ECE, L2 errors) on N × C synthetic probabilities.
 //!
-//! `cargo run --release --example metrics_speed [-- N C]` (default 1,000,000 × 100).
+//! `cargo run --release --example metrics_speed [-- N C RUNS]` (default 1,000,000 × 100, 5 runs).
 
 use candle_swag::metrics::{evaluate_classification, ClassificationOptions};
 use std::time::Instant;
@@ -19,13 +19,13 @@ fn main() -> candle_swag::Result<()> {
             }),
         }
     };
-    let (n, c) = (parse(0, 1_000_000)?, parse(1, 100)?);
+    let (n, c, runs) = (parse(0, 1_000_000)?, parse(1, 100)?, parse(2, 5)?);
     let (probs, labels) = synthetic::synthetic_predictions(n, c, 42);
     let options = ClassificationOptions::default();
     // First run warms the thread pool and the page cache; report each of a few runs.
     let mut times = Vec::new();
     let mut last = None;
-    for _ in 0..4 {
+    for _ in 0..runs {
         let start = Instant::now();
         let eval = evaluate_classification(&probs, c, &labels, &options)?;
         times.push(start.elapsed().as_secs_f64());
@@ -38,8 +38,10 @@ fn main() -> candle_swag::Result<()> {
     for (i, t) in times.iter().enumerate() {
         println!("  run {}: {t:.3} s", i + 1);
     }
-    let best = times.iter().cloned().fold(f64::INFINITY, f64::min);
-    println!("  best: {best:.3} s (first, cold: {:.3} s)", times[0]);
+    if let Some(first) = times.first() {
+        let best = times.iter().cloned().fold(f64::INFINITY, f64::min);
+        println!("  best: {best:.3} s (first, cold: {first:.3} s)");
+    }
     if let Some(m) = last {
         println!(
             "  accuracy {:.4}, nll {:.4}, brier {:.4}, ece {:.4}, classwise ece {:.5}",

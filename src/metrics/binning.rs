@@ -153,12 +153,14 @@ impl CalibrationBins {
 
 /// 0-based equal-width bin of a confidence in `[0, 1]` (see the module docs).
 ///
-/// `edges` must hold the `B + 1` edges `T::bin_edge(i, B)`; values outside `[0, 1]` are
-/// clamped into the first or last bin (callers validate beforehand).
+/// `edges` must hold the `B + 1` edges `T::bin_edge(i, B)`, `1 ≤ B ≤` [`MAX_BINS`]; values
+/// outside `[0, 1]` (and NaN) are clamped into the first or last bin (callers validate
+/// beforehand).
 #[inline(always)]
 pub fn equal_width_bin_index<T: Probability>(c: T, edges: &[T]) -> usize {
     let nb = edges.len() - 1;
-    let k = c.ceil_scaled(nb).clamp(1, nb);
+    // `nb ≤ MAX_BINS` (checked by every caller), so it fits an `i32`.
+    let k = (c.ceil_scaled(T::from_count(nb)).clamp(1, nb as i32) as usize).min(nb);
     // `ceil(c·B)` is off by at most one near an edge because of the rounding of `c·B`:
     // correct it without branches (this runs once per probability in the one-pass metrics).
     let up = (k < nb) & (c > edges[k]);
@@ -178,9 +180,15 @@ pub(crate) fn equal_width_bounds(n_bins: usize) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// Largest number of bins accepted (finer bins than `f32` resolution mean nothing).
+pub const MAX_BINS: usize = 1 << 20;
+
 pub(crate) fn check_bins(n_bins: usize) -> Result<()> {
-    if n_bins == 0 {
-        return Err(crate::Error::invalid("n_bins", "must be at least 1"));
+    if n_bins == 0 || n_bins > MAX_BINS {
+        return Err(crate::Error::invalid(
+            "n_bins",
+            format!("{n_bins} is not in 1..={MAX_BINS}"),
+        ));
     }
     Ok(())
 }

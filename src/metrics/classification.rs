@@ -118,9 +118,12 @@ struct Accumulator {
     top_counts: Vec<u64>,
     top_conf: Vec<f64>,
     top_hits: Vec<f64>,
-    /// `[C, B]` (count, Σ p_k) per bin of `p_k`, side by side so one cache line serves both.
-    /// Counts are kept in `f64`: exact up to 2^53 rows.
-    class_cells: Vec<(f64, f64)>,
+    /// `[B, C]` count of `p_k` per bin (bin-major, so the first bin, where most entries of a
+    /// many-class row fall, is one contiguous run of `C`). Kept in `f64` so the sweep over a
+    /// row vectorises; exact up to 2^53 rows.
+    class_count: Vec<f64>,
+    /// `[B, C]` Σ `p_k` per bin, same layout.
+    class_sum: Vec<f64>,
     /// `[C, B]` number of rows with label `k` per bin of `p_k`.
     class_hits: Vec<u64>,
     problem: Option<Problem>,
@@ -136,7 +139,8 @@ impl Accumulator {
             top_counts: vec![0; n_bins],
             top_conf: vec![0.0; n_bins],
             top_hits: vec![0.0; n_bins],
-            class_cells: vec![(0.0, 0.0); n_classes * n_bins],
+            class_count: vec![0.0; n_classes * n_bins],
+            class_sum: vec![0.0; n_classes * n_bins],
             class_hits: vec![0; n_classes * n_bins],
             problem: None,
         }
@@ -155,10 +159,8 @@ impl Accumulator {
         add_into(&mut self.top_counts, &other.top_counts);
         add_into(&mut self.top_conf, &other.top_conf);
         add_into(&mut self.top_hits, &other.top_hits);
-        for (a, b) in self.class_cells.iter_mut().zip(&other.class_cells) {
-            a.0 += b.0;
-            a.1 += b.1;
-        }
+        add_into(&mut self.class_count, &other.class_count);
+        add_into(&mut self.class_sum, &other.class_sum);
         add_into(&mut self.class_hits, &other.class_hits);
         if let Some((row, column, reason)) = other.problem {
             self.note_problem(row, column, reason);
@@ -242,9 +244,10 @@ pub fn evaluate_classification<T: Probability, L: ClassLabel>(
                 .iter()
                 .map(|&h| h as f64)
                 .collect();
-            let cells = &acc.class_cells[range];
-            let counts: Vec<u64> = cells.iter().map(|c| c.0 as u64).collect();
-            let conf: Vec<f64> = cells.iter().map(|c| c.1).collect();
+            let counts: Vec<u64> = (0..n_bins)
+                .map(|b| acc.class_count[b * c + k] as u64)
+                .collect();
+            let conf: Vec<f64> = (0..n_bins).map(|b| acc.class_sum[b * c + k]).collect();
             CalibrationBins::from_sums(
                 BinningScheme::EqualWidth,
                 equal_width_bounds(n_bins),
@@ -284,8 +287,10 @@ pub fn evaluate_classification<T: Probability, L: ClassLabel>(
 
 /// The per-row work of [`evaluate_classification`].
 ///
-/// Written as separate simple loops over the row (range check, 4-lane sums, arg-max, and the
-/// classwise binning) so that the first ones vectorise and only the binning scatters.
+/// One sweep that vectorises does the range check, the row sums and the classwise cells of
+/// the first bin (`p ≤ 1/B`, where nearly every entry of a many-class row falls); a second,
+/// branchy sweep bins the remaining few entries. Values are accumulated before the row is
+/// known to be valid: an invalid row makes the whole call fail, so nothing wrong is reported.
 #[inline(always)]
 fn accumulate_row<T: Probability>(
     acc: &mut Accumulator,
@@ -296,12 +301,43 @@ fn accumulate_row<T: Probability>(
     eps: f64,
     row_index: usize,
 ) {
-    let nb = acc.n_bins;
-    // Range check without early exit (NaN fails both compares).
-    let in_range = row.iter().fold(true, |ok, p| {
-        let v = p.to_f64();
-        ok & (v >= 0.0) & (v <= 1.0)
-    });
+    let c = row.len();
+    let first_edge = edges[1];
+    let mut in_range = true;
+    let mut sum = [0.0f64; 4];
+    let mut sum_sq = [0.0f64; 4];
+    {
+        let count0 = &mut acc.class_count[..c];
+        let sum0 = &mut acc.class_sum[..c];
+        let mut rows = row.chunks_exact(4);
+        let mut counts = count0.chunks_exact_mut(4);
+        let mut sums = sum0.chunks_exact_mut(4);
+        for ((p4, n4), s4) in (&mut rows).zip(&mut counts).zip(&mut sums) {
+            for j in 0..4 {
+                let v = p4[j].to_f64();
+                in_range &= (v >= 0.0) & (v <= 1.0);
+                sum[j] += v;
+                sum_sq[j] += v * v;
+                let low = p4[j] <= first_edge;
+                n4[j] += if low { 1.0 } else { 0.0 };
+                s4[j] += if low { v } else { 0.0 };
+            }
+        }
+        let tail = rows.remainder().iter();
+        for (j, ((p, n), s)) in tail
+            .zip(counts.into_remainder())
+            .zip(sums.into_remainder())
+            .enumerate()
+        {
+            let v = p.to_f64();
+            in_range &= (v >= 0.0) & (v <= 1.0);
+            sum[j] += v;
+            sum_sq[j] += v * v;
+            let low = *p <= first_edge;
+            *n += if low { 1.0 } else { 0.0 };
+            *s += if low { v } else { 0.0 };
+        }
+    }
     if !in_range {
         if let Some((k, reason)) = row
             .iter()
@@ -311,21 +347,6 @@ fn accumulate_row<T: Probability>(
             acc.note_problem(row_index, format!("class {k}"), reason);
         }
         return;
-    }
-    let mut sum = [0.0f64; 4];
-    let mut sum_sq = [0.0f64; 4];
-    let mut quads = row.chunks_exact(4);
-    for q in &mut quads {
-        for j in 0..4 {
-            let v = q[j].to_f64();
-            sum[j] += v;
-            sum_sq[j] += v * v;
-        }
-    }
-    for (j, p) in quads.remainder().iter().enumerate() {
-        let v = p.to_f64();
-        sum[j] += v;
-        sum_sq[j] += v * v;
     }
     let sum = (sum[0] + sum[1]) + (sum[2] + sum[3]);
     let sum_sq = (sum_sq[0] + sum_sq[1]) + (sum_sq[2] + sum_sq[3]);
@@ -337,12 +358,15 @@ fn accumulate_row<T: Probability>(
         );
         return;
     }
-    let (best_k, best) = argmax(row);
-    for (&p, cells) in row.iter().zip(acc.class_cells.chunks_exact_mut(nb)) {
-        let cell = &mut cells[equal_width_bin_index(p, edges)];
-        cell.0 += 1.0;
-        cell.1 += p.to_f64();
+    for (k, &p) in row.iter().enumerate() {
+        if p > first_edge {
+            let cell = equal_width_bin_index(p, edges) * c + k;
+            acc.class_count[cell] += 1.0;
+            acc.class_sum[cell] += p.to_f64();
+        }
     }
+    let nb = acc.n_bins;
+    let (best_k, best) = argmax(row);
     let p_y = row[label].to_f64();
     acc.class_hits[label * nb + equal_width_bin_index(row[label], edges)] += 1;
     let correct = best_k == label;

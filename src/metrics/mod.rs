@@ -74,9 +74,12 @@ pub trait Probability: Copy + PartialOrd + Send + Sync + 'static {
     /// The correctly rounded value of `i / n` in this type: one division, never an
     /// accumulated step, so `bin_edge(3, 10)` is exactly the literal `0.3` of this type.
     fn bin_edge(i: usize, n: usize) -> Self;
-    /// `ceil(self * n)` computed in this type, saturating into `usize` (a first guess of
-    /// the 1-based bin number that [`equal_width_bin_index`] then corrects by at most one).
-    fn ceil_scaled(self, n: usize) -> usize;
+    /// `n` in this type.
+    fn from_count(n: usize) -> Self;
+    /// `ceil(self * n)` computed in this type, saturating into `i32` (a first guess of the
+    /// 1-based bin number that [`equal_width_bin_index`] then corrects by at most one).
+    /// Truncation plus a compare: `ceil` is a libm call on baseline x86-64.
+    fn ceil_scaled(self, n: Self) -> i32;
 }
 
 impl Probability for f32 {
@@ -89,11 +92,14 @@ impl Probability for f32 {
         i as f32 / n as f32
     }
     #[inline(always)]
-    fn ceil_scaled(self, n: usize) -> usize {
-        // Truncation plus a compare: `f32::ceil` is a libm call on baseline x86-64.
-        let x = self * n as f32;
-        let t = x as usize;
-        t.saturating_add(usize::from((t as f32) < x))
+    fn from_count(n: usize) -> Self {
+        n as f32
+    }
+    #[inline(always)]
+    fn ceil_scaled(self, n: Self) -> i32 {
+        let x = self * n;
+        let t = x as i32;
+        t + i32::from((t as f32) < x)
     }
 }
 
@@ -107,10 +113,14 @@ impl Probability for f64 {
         i as f64 / n as f64
     }
     #[inline(always)]
-    fn ceil_scaled(self, n: usize) -> usize {
-        let x = self * n as f64;
-        let t = x as usize;
-        t.saturating_add(usize::from((t as f64) < x))
+    fn from_count(n: usize) -> Self {
+        n as f64
+    }
+    #[inline(always)]
+    fn ceil_scaled(self, n: Self) -> i32 {
+        let x = self * n;
+        let t = x as i32;
+        t + i32::from((t as f64) < x)
     }
 }
 
