@@ -30,6 +30,7 @@ struct Args {
 }
 
 fn main() {
+    candle_swag::train::prefer_single_threaded_kernels();
     if let Err(e) = run(Args::parse()) {
         eprintln!("error: {e}");
         std::process::exit(1);

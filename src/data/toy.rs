@@ -11,9 +11,9 @@ pub const LEFT: (f64, f64) = (-1.0, -0.3);
 /// Upper cluster of inputs: x ∈ [0.3, 1].
 pub const RIGHT: (f64, f64) = (0.3, 1.0);
 
-/// The noise-free function of the toy: `f(x) = sin(3x) + 0.5·x`.
+/// The noise-free function of the toy: `f(x) = sin(2πx)`.
 pub fn truth(x: f64) -> f64 {
-    (3.0 * x).sin() + 0.5 * x
+    (2.0 * std::f64::consts::PI * x).sin()
 }
 
 /// Points of the gap toy: inputs and noisy targets.

@@ -11,6 +11,8 @@
 //!   `e ≥ swa_start`; with [`Collect::EverySteps`]`(n)`, after every n-th step counted from the
 //!   first step of epoch `swa_start`.
 
+pub mod demo;
+pub mod pipeline;
 pub mod recipes;
 pub mod run;
 
@@ -28,6 +30,20 @@ use crate::layout::ParamSet;
 use crate::optim::{SgdConfig, SgdMomentum};
 use crate::schedule::LrSchedule;
 use crate::swag::SwagPosterior;
+
+/// Makes candle's CPU kernels single-threaded for this process unless the user chose a thread
+/// count: sets `RAYON_NUM_THREADS=1` when it is unset.
+///
+/// Why: candle reads `RAYON_NUM_THREADS` at every matrix product, and for the small matrices
+/// of the built-in MLPs (batch 32, widths ≤ a few hundred) handing work to a second thread costs
+/// more than it saves (measured on the 2-core machine: the digits recipe ran 3× slower with two
+/// threads than with one). Call it at the start of `main`, before any other thread exists
+/// (the `swag` binary and the examples do). Setting the variable yourself overrides it.
+pub fn prefer_single_threaded_kernels() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        std::env::set_var("RAYON_NUM_THREADS", "1");
+    }
+}
 
 /// The training loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

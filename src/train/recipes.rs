@@ -343,8 +343,12 @@ impl RegressionOutcome {
 /// All methods on one seed of the diabetes recipe.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RegressionSeed {
-    /// One entry per method, in [`Method::ALL`] order.
+    /// One entry per method, in [`Method::ALL`] order: the reference recipe (noise = training
+    /// residual, scale [`RecipeOptions::scale`]).
     pub outcomes: Vec<RegressionOutcome>,
+    /// With [`RecipeOptions::tune_scale`]: the same runs scored with the scale and noise chosen
+    /// on the validation split, one entry per method; empty otherwise.
+    pub tuned: Vec<RegressionOutcome>,
     /// Wall-clock times.
     pub timings: Timings,
 }
@@ -358,15 +362,15 @@ struct RegressionChoice {
 
 /// Runs the diabetes recipe for one seed (see [`RecipeOptions::tune_scale`]).
 ///
-/// Without tuning (the reference recipe) the noise variance is the mean squared training
+/// The reference recipe (always scored, [`RegressionSeed::outcomes`]): the noise variance is the mean squared training
 /// residual of the model being scored: the SGD iterate for SGD, the SWA mean for SWA, SWAG-diag
 /// and SWAG, and for MultiSWAG the mean of the runs' SWA-mean residuals; the scale is
 /// `opts.scale`.
 ///
-/// With tuning, run 0 is first trained on 80% of the training rows (a seeded split) and each
-/// method's scale and noise variance are chosen on the other 20% by validation NLL
-/// ([`super::run::tune`]; SGD and SWA tune the noise only; MultiSWAG takes SWAG's choice); then
-/// the runs are trained on all training rows and scored with those choices.
+/// With tuning ([`RegressionSeed::tuned`]), run 0 is also trained on 80% of the training rows
+/// (a seeded split) and each method's scale and noise variance are chosen on the other 20% by
+/// validation NLL ([`super::run::tune`]; SGD and SWA tune the noise only; MultiSWAG takes
+/// SWAG's choice); the runs trained on all training rows are then scored with those choices.
 pub fn run_diabetes(seed: u64, opts: &RecipeOptions, device: &Device) -> Result<RegressionSeed> {
     let start = Instant::now();
     let data = bundled::diabetes(device)?;
@@ -390,73 +394,81 @@ pub fn run_diabetes(seed: u64, opts: &RecipeOptions, device: &Device) -> Result<
     }
     let posteriors: Vec<&SwagPosterior> = fitted.iter().map(|f| &f.posterior).collect();
     let run0 = &fitted[0];
-    let choices: Vec<RegressionChoice> = match tuned {
-        Some(t) => t,
-        None => {
-            let sgd =
-                training_noise_variance(run0, &data.train, &Weights::Point(&run0.sgd_weights))?;
-            let swa =
-                training_noise_variance(run0, &data.train, &Weights::SwaMean(&run0.posterior))?;
-            let mut multi = 0.0;
-            for f in &fitted {
-                multi += training_noise_variance(f, &data.train, &Weights::SwaMean(&f.posterior))?;
-            }
-            multi /= fitted.len() as f64;
-            [sgd, swa, swa, swa, multi]
-                .into_iter()
-                .map(|noise| RegressionChoice {
-                    scale: opts.scale,
-                    noise,
-                })
-                .collect()
+    let reference: Vec<RegressionChoice> = {
+        let sgd = training_noise_variance(run0, &data.train, &Weights::Point(&run0.sgd_weights))?;
+        let swa = training_noise_variance(run0, &data.train, &Weights::SwaMean(&run0.posterior))?;
+        let mut multi = 0.0;
+        for f in &fitted {
+            multi += training_noise_variance(f, &data.train, &Weights::SwaMean(&f.posterior))?;
         }
+        multi /= fitted.len() as f64;
+        [sgd, swa, swa, swa, multi]
+            .into_iter()
+            .map(|noise| RegressionChoice {
+                scale: opts.scale,
+                noise,
+            })
+            .collect()
     };
     let targets = data.targets_in_original_units(&data.test)?;
     let mut timings = Timings {
         train_run0,
         ..Timings::default()
     };
-    let mut outcomes = Vec::new();
-    for (method, choice) in Method::ALL.into_iter().zip(&choices) {
-        let t = Instant::now();
-        let weights = method_weights(method, run0, &posteriors, choice.scale, opts.samples, seed);
-        let weights = match (method, choice.scale) {
-            (Method::SwagDiag | Method::Swag, s) if s == 0.0 => Weights::SwaMean(&run0.posterior),
-            _ => weights,
-        };
-        let pred = bma::regress(
-            &run0.model,
-            &run0.params,
-            &weights,
-            &data.test.features,
-            None,
-            choice.noise,
-        )?;
-        let elapsed = t.elapsed().as_secs_f64();
-        match method {
-            Method::SwagDiag => timings.bma_swag_diag = elapsed,
-            Method::Swag => timings.bma_swag = elapsed,
-            _ => {}
+    let mut score = |choices: &[RegressionChoice], timed: bool| -> Result<Vec<RegressionOutcome>> {
+        let mut outcomes = Vec::new();
+        for (method, choice) in Method::ALL.into_iter().zip(choices) {
+            let t = Instant::now();
+            let weights = match (method, choice.scale) {
+                (Method::SwagDiag | Method::Swag, s) if s == 0.0 => {
+                    Weights::SwaMean(&run0.posterior)
+                }
+                _ => method_weights(method, run0, &posteriors, choice.scale, opts.samples, seed),
+            };
+            let pred = bma::regress(
+                &run0.model,
+                &run0.params,
+                &weights,
+                &data.test.features,
+                None,
+                choice.noise,
+            )?;
+            let elapsed = t.elapsed().as_secs_f64();
+            match (timed, method) {
+                (true, Method::SwagDiag) => timings.bma_swag_diag = elapsed,
+                (true, Method::Swag) => timings.bma_swag = elapsed,
+                _ => {}
+            }
+            let pred = pred.to_original_units(scaler.mean[0], scaler.std[0]);
+            let std = pred.std();
+            let coverage = metrics::prediction_interval_coverage(&pred.mean, &std, &targets, 0.95)?;
+            outcomes.push(RegressionOutcome {
+                method,
+                seed,
+                rmse: metrics::rmse(&pred.mean, &targets)?,
+                nll: metrics::gaussian_nll(&pred.mean, &std, &targets)?,
+                crps: metrics::crps_gaussian(&pred.mean, &std, &targets)?,
+                picp95: coverage.picp,
+                mpiw95: coverage.mpiw,
+                scale: choice.scale,
+                noise_variance: pred.var_aleatoric,
+                prediction: pred,
+                targets: targets.clone(),
+            });
         }
-        let pred = pred.to_original_units(scaler.mean[0], scaler.std[0]);
-        let std = pred.std();
-        let coverage = metrics::prediction_interval_coverage(&pred.mean, &std, &targets, 0.95)?;
-        outcomes.push(RegressionOutcome {
-            method,
-            seed,
-            rmse: metrics::rmse(&pred.mean, &targets)?,
-            nll: metrics::gaussian_nll(&pred.mean, &std, &targets)?,
-            crps: metrics::crps_gaussian(&pred.mean, &std, &targets)?,
-            picp95: coverage.picp,
-            mpiw95: coverage.mpiw,
-            scale: choice.scale,
-            noise_variance: pred.var_aleatoric,
-            prediction: pred,
-            targets: targets.clone(),
-        });
-    }
+        Ok(outcomes)
+    };
+    let outcomes = score(&reference, true)?;
+    let tuned = match tuned {
+        Some(choices) => score(&choices, false)?,
+        None => Vec::new(),
+    };
     timings.total = start.elapsed().as_secs_f64();
-    Ok(RegressionSeed { outcomes, timings })
+    Ok(RegressionSeed {
+        outcomes,
+        tuned,
+        timings,
+    })
 }
 
 /// Trains run 0 on 80% of `train` and chooses each method's scale and noise on the other 20%.
@@ -534,8 +546,8 @@ pub fn mean_std(values: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
-/// A markdown table of mean ± std (population) over seeds for each method: accuracy, NLL, ECE,
-/// Brier, and the entropy AUROC when present.
+/// A markdown table of mean ± std (population) over seeds for each method (the mean alone for a
+/// single seed): accuracy, NLL, ECE, Brier, and the entropy AUROC when present.
 pub fn classification_table(seeds: &[ClassificationSeed]) -> String {
     let with_auroc = seeds
         .iter()
@@ -560,7 +572,11 @@ pub fn classification_table(seeds: &[ClassificationSeed]) -> String {
         }
         let cell = |f: &dyn Fn(&ClassificationOutcome) -> f64| {
             let (m, s) = mean_std(&rows.iter().map(|o| f(o)).collect::<Vec<_>>());
-            format!(" {m:.4} ± {s:.4} |")
+            if rows.len() > 1 {
+                format!(" {m:.4} ± {s:.4} |")
+            } else {
+                format!(" {m:.4} |")
+            }
         };
         out.push_str(&format!("| {} |", method.display()));
         out.push_str(&cell(&|o| o.metrics.accuracy));
@@ -575,8 +591,8 @@ pub fn classification_table(seeds: &[ClassificationSeed]) -> String {
     out
 }
 
-/// A markdown table of mean ± std (population) over seeds for each method: RMSE, NLL, CRPS,
-/// PICP95, MPIW95 (original target units).
+/// A markdown table of mean ± std (population) over seeds for each method (the mean alone for a
+/// single seed): RMSE, NLL, CRPS, PICP95, MPIW95 (original target units).
 pub fn regression_table(seeds: &[RegressionSeed]) -> String {
     let mut out = String::from(
         "| method | RMSE | NLL | CRPS | PICP95 | MPIW95 |\n|---|---|---|---|---|---|\n",
@@ -592,7 +608,11 @@ pub fn regression_table(seeds: &[RegressionSeed]) -> String {
         }
         let cell = |f: &dyn Fn(&RegressionOutcome) -> f64, digits: usize| {
             let (m, s) = mean_std(&rows.iter().map(|o| f(o)).collect::<Vec<_>>());
-            format!(" {m:.digits$} ± {s:.digits$} |")
+            if rows.len() > 1 {
+                format!(" {m:.digits$} ± {s:.digits$} |")
+            } else {
+                format!(" {m:.digits$} |")
+            }
         };
         out.push_str(&format!("| {} |", method.display()));
         out.push_str(&cell(&|o| o.rmse, 2));

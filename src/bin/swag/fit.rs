@@ -1,9 +1,104 @@
-//! `swag fit` (in progress).
+//! `swag fit`: train an MLP on a CSV file, collect its SWAG posterior, write a run directory.
+
+use std::path::PathBuf;
+
+use candle_swag::data::TaskKind;
+use candle_swag::train::pipeline::{fit_csv, CsvFitOptions};
+
+/// The task, as spelled on the command line.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Task {
+    /// Class labels (softmax, cross-entropy).
+    Classification,
+    /// Real targets (Gaussian mean, homoscedastic noise).
+    Regression,
+}
 
 /// Arguments of `swag fit`.
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Training data: CSV with a header; every column but the target (and the split column) is
+    /// a numeric feature, standardised with the training rows' mean and std.
+    #[arg(long)]
+    data: PathBuf,
+    /// Name of the target column.
+    #[arg(long)]
+    target: String,
+    /// classification or regression.
+    #[arg(long, value_enum)]
+    task: Task,
+    /// Column holding `train`/`test` per row; only `train` rows are fitted.
+    #[arg(long)]
+    split_column: Option<String>,
+    /// Hidden layer widths, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "128,128")]
+    hidden: Vec<usize>,
+    /// Add BatchNorm after each hidden layer.
+    #[arg(long)]
+    batchnorm: bool,
+    /// Number of epochs.
+    #[arg(long, default_value_t = 50)]
+    epochs: usize,
+    /// First epoch (0-based) at which SWAG snapshots are collected [default: epochs / 2].
+    #[arg(long)]
+    swa_start: Option<usize>,
+    /// Collect every N optimiser steps instead of at the end of every epoch.
+    #[arg(long)]
+    collect_every: Option<usize>,
+    /// K, the number of deviation columns kept (low-rank part of the covariance).
+    #[arg(long, default_value_t = 20)]
+    rank: usize,
+    /// Learning rate before swa-start.
+    #[arg(long, default_value_t = 0.05)]
+    lr: f64,
+    /// Learning rate from swa-start on [default: lr].
+    #[arg(long)]
+    swa_lr: Option<f64>,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f64,
+    /// L2 weight decay.
+    #[arg(long, default_value_t = 5e-4)]
+    weight_decay: f64,
+    /// Mini-batch size.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Seed of the initial weights and the shuffling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Choose the sample scale (and, for regression, the noise variance) on a validation split
+    /// of 20% of the training rows; the final run is then trained on all of them.
+    #[arg(long)]
+    tune_scale: bool,
+    /// Output run directory (written atomically).
+    #[arg(long)]
+    out: PathBuf,
+}
 
-pub fn run(_args: Args) -> candle_swag::Result<()> {
-    Err(candle_swag::Error::invalid("fit", "not available yet"))
+/// Runs `swag fit`.
+pub fn run(args: Args) -> candle_swag::Result<()> {
+    candle_swag::train::prefer_single_threaded_kernels();
+    let task = match args.task {
+        Task::Classification => TaskKind::Classification,
+        Task::Regression => TaskKind::Regression,
+    };
+    let mut opts = CsvFitOptions::new(args.data, args.target, task);
+    opts.split_column = args.split_column;
+    opts.hidden = args.hidden;
+    opts.batchnorm = args.batchnorm;
+    opts.epochs = args.epochs;
+    opts.swa_start = args.swa_start;
+    opts.collect_every_steps = args.collect_every;
+    opts.rank = args.rank;
+    opts.lr = args.lr;
+    opts.swa_lr = args.swa_lr.unwrap_or(args.lr);
+    opts.momentum = args.momentum;
+    opts.weight_decay = args.weight_decay;
+    opts.batch_size = args.batch_size;
+    opts.seed = args.seed;
+    opts.tune_scale = args.tune_scale;
+    let summary = fit_csv(&opts, &args.out)?;
+    print!("{}", summary.describe());
+    println!("run written to {}", args.out.display());
+    Ok(())
 }

@@ -1,9 +1,50 @@
-//! `swag predict` (in progress).
+//! `swag predict`: Bayesian model averaging with a fitted run on the rows of a CSV file.
+
+use std::path::PathBuf;
+
+use candle_swag::train::pipeline::{predict_csv, CsvPredictOptions};
 
 /// Arguments of `swag predict`.
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Run directory written by `swag fit`.
+    #[arg(long)]
+    run: PathBuf,
+    /// CSV file with the run's feature columns (other columns, the target included, are
+    /// ignored).
+    #[arg(long)]
+    data: PathBuf,
+    /// Number of SWAG weight samples averaged.
+    #[arg(long, default_value_t = 30)]
+    samples: usize,
+    /// Sample scale (multiplies the covariance; 0 = the SWA mean) [default: the run's, 0.5
+    /// unless fitted with --tune-scale].
+    #[arg(long)]
+    scale: Option<f64>,
+    /// Seed of the sample noise.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output CSV: one row per input row, in order (written atomically).
+    #[arg(long)]
+    out: PathBuf,
+}
 
-pub fn run(_args: Args) -> candle_swag::Result<()> {
-    Err(candle_swag::Error::invalid("predict", "not available yet"))
+/// Runs `swag predict`.
+pub fn run(args: Args) -> candle_swag::Result<()> {
+    candle_swag::train::prefer_single_threaded_kernels();
+    let table = predict_csv(&CsvPredictOptions {
+        run: args.run,
+        data: args.data,
+        samples: args.samples,
+        scale: args.scale,
+        seed: args.seed,
+    })?;
+    candle_swag::atomic::write_file_atomic(&args.out, table.to_csv().as_bytes())?;
+    println!(
+        "{} predictions ({} columns) written to {}",
+        table.rows.len(),
+        table.columns.len(),
+        args.out.display()
+    );
+    Ok(())
 }

@@ -1,0 +1,373 @@
+//! The user's own CSV data end to end, as `swag fit` and `swag predict` run it: read and
+//! standardise the training rows, train the MLP with SWAG collection, write the run directory;
+//! then read new rows, run the Bayesian model average, and write one prediction row per input
+//! row.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+
+use super::run::{
+    fit_mlp, save_run, training_noise_variance, tune, validation_split, FitSpec, LoadedRun,
+    RunConfig, Tuned, RUN_FORMAT_VERSION,
+};
+use super::{Collect, TrainConfig};
+use crate::bma::{self, BatchNormRefresh, Weights};
+use crate::data::{load_csv, prepare, CsvSpec, CsvTable, FeatureScaling, TaskKind};
+use crate::error::{Error, Result};
+use crate::models::MlpConfig;
+use crate::optim::SgdConfig;
+use crate::swag::{SampleOptions, SwagPosterior};
+
+/// Options of [`fit_csv`] (the flags of `swag fit`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CsvFitOptions {
+    /// The training file.
+    pub data: PathBuf,
+    /// Target column.
+    pub target: String,
+    /// Classification or regression.
+    pub task: TaskKind,
+    /// Optional `train`/`test` column: only `train` rows are used for fitting.
+    pub split_column: Option<String>,
+    /// Hidden layer widths.
+    pub hidden: Vec<usize>,
+    /// BatchNorm after each hidden layer.
+    pub batchnorm: bool,
+    /// Epochs.
+    pub epochs: usize,
+    /// First collection epoch; `None` means `epochs / 2`.
+    pub swa_start: Option<usize>,
+    /// Collect every N steps instead of every epoch.
+    pub collect_every_steps: Option<usize>,
+    /// K, deviation columns kept.
+    pub rank: usize,
+    /// Learning rate before `swa_start`.
+    pub lr: f64,
+    /// Learning rate from `swa_start` on.
+    pub swa_lr: f64,
+    /// SGD momentum.
+    pub momentum: f64,
+    /// L2 weight decay.
+    pub weight_decay: f64,
+    /// Mini-batch size.
+    pub batch_size: usize,
+    /// Seed of the initial weights and of the shuffling.
+    pub seed: u64,
+    /// Choose the sample scale (and the noise variance for regression) on a validation split of
+    /// 20% of the training rows, then train the final run on all of them.
+    pub tune_scale: bool,
+    /// Samples per BMA while tuning.
+    pub samples: usize,
+    /// Show progress bars.
+    pub progress: bool,
+}
+
+impl CsvFitOptions {
+    /// Defaults for a file and target: hidden 128,128, no BatchNorm, 50 epochs, collection from
+    /// epoch 25 each epoch, K = 20, lr = swa_lr = 0.05, momentum 0.9, weight decay 5e-4, batch
+    /// 32, seed 0, no tuning (30 samples when tuning), progress bars on.
+    pub fn new(data: impl Into<PathBuf>, target: impl Into<String>, task: TaskKind) -> Self {
+        Self {
+            data: data.into(),
+            target: target.into(),
+            task,
+            split_column: None,
+            hidden: vec![128, 128],
+            batchnorm: false,
+            epochs: 50,
+            swa_start: None,
+            collect_every_steps: None,
+            rank: 20,
+            lr: 0.05,
+            swa_lr: 0.05,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            batch_size: 32,
+            seed: 0,
+            tune_scale: false,
+            samples: 30,
+            progress: true,
+        }
+    }
+}
+
+/// What [`fit_csv`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FitSummary {
+    /// The run's saved configuration.
+    pub config: RunConfig,
+    /// Training rows used.
+    pub train_rows: usize,
+    /// Snapshots collected.
+    pub collected: usize,
+}
+
+impl FitSummary {
+    /// A few human-readable lines.
+    pub fn describe(&self) -> String {
+        let mut s = String::new();
+        let c = &self.config;
+        let last = c.history.epochs.last();
+        let _ = writeln!(
+            s,
+            "trained MLP {} on {} rows for {} epochs; {} SWAG snapshots (K = {})",
+            c.fit
+                .mlp
+                .widths()
+                .iter()
+                .map(|w| w.to_string())
+                .collect::<Vec<_>>()
+                .join("-"),
+            self.train_rows,
+            c.history.epochs.len(),
+            self.collected,
+            c.fit.rank
+        );
+        if let Some(e) = last {
+            let _ = write!(s, "final training loss {:.4}", e.loss);
+            if let Some(a) = e.accuracy {
+                let _ = write!(s, ", accuracy {a:.4}");
+            }
+            s.push('\n');
+        }
+        let _ = write!(s, "default sample scale {}", c.scale);
+        if let (Some(nv), Some(ts)) = (c.noise_variance, &c.target_scaler) {
+            let _ = write!(s, ", noise std {:.4} (target units)", nv.sqrt() * ts.std[0]);
+        }
+        if c.tuned.is_some() {
+            s.push_str(" (tuned on a validation split)");
+        }
+        s.push('\n');
+        s
+    }
+}
+
+/// Trains on a CSV file and writes the run directory `out` atomically.
+///
+/// The noise variance of a regression run is the mean squared training residual of the SWA
+/// mean (the reference recipe), or the validation-optimal one with `tune_scale`.
+pub fn fit_csv(opts: &CsvFitOptions, out: impl AsRef<Path>) -> Result<FitSummary> {
+    let device = Device::Cpu;
+    let data = load_csv(
+        &opts.data,
+        &CsvSpec {
+            target: opts.target.clone(),
+            split_column: opts.split_column.clone(),
+            task: opts.task,
+        },
+    )?;
+    let prepared = prepare(&data, FeatureScaling::Standardize, &device)?;
+    let objective = FitSpec::objective(opts.task);
+    let swa_start = opts.swa_start.unwrap_or(opts.epochs / 2);
+    let spec = FitSpec {
+        mlp: MlpConfig {
+            input_dim: prepared.train.num_features(),
+            hidden: opts.hidden.clone(),
+            output_dim: prepared.output_dim(),
+            batchnorm: opts.batchnorm,
+        },
+        train: TrainConfig {
+            epochs: opts.epochs,
+            batch_size: opts.batch_size,
+            sgd: SgdConfig {
+                lr: opts.lr,
+                momentum: opts.momentum,
+                weight_decay: opts.weight_decay,
+            },
+            swa_start: Some(swa_start),
+            collect: opts
+                .collect_every_steps
+                .map_or(Collect::EveryEpoch, Collect::EverySteps),
+            seed: opts.seed,
+            progress: opts.progress,
+            label: "fit".into(),
+        },
+        swa_lr: opts.swa_lr,
+        rank: opts.rank,
+        init_seed: opts.seed,
+    };
+    let tuned: Option<Tuned> = if opts.tune_scale {
+        let (fit_rows, val_rows) = validation_split(prepared.train.len(), 0.2, opts.seed)?;
+        let fit_data = prepared.train.select(&fit_rows)?;
+        let val = prepared.train.select(&val_rows)?;
+        let mut tune_spec = spec.clone();
+        tune_spec.train.label = "tune".into();
+        let fitted = fit_mlp(&fit_data, objective, &tune_spec)?;
+        Some(tune(
+            &fitted,
+            &fit_data.features,
+            &val,
+            objective,
+            opts.samples,
+            false,
+            opts.seed,
+        )?)
+    } else {
+        None
+    };
+    let fitted = fit_mlp(&prepared.train, objective, &spec)?;
+    let noise_variance = match (opts.task, &tuned) {
+        (TaskKind::Classification, _) => None,
+        (TaskKind::Regression, Some(t)) => t.best.noise_variance,
+        (TaskKind::Regression, None) => Some(training_noise_variance(
+            &fitted,
+            &prepared.train,
+            &Weights::SwaMean(&fitted.posterior),
+        )?),
+    };
+    let config = RunConfig {
+        format_version: RUN_FORMAT_VERSION,
+        task: opts.task,
+        target: opts.target.clone(),
+        feature_names: prepared.feature_names.clone(),
+        class_labels: prepared.class_labels.clone(),
+        feature_scaler: prepared.feature_scaler.clone(),
+        target_scaler: prepared.target_scaler.clone(),
+        fit: spec,
+        noise_variance,
+        scale: tuned.as_ref().map_or(0.5, |t| t.best.scale),
+        tuned,
+        history: fitted.history.clone(),
+    };
+    save_run(out, &config, &fitted, &prepared.train.features)?;
+    Ok(FitSummary {
+        train_rows: prepared.train.len(),
+        collected: fitted.history.collected,
+        config,
+    })
+}
+
+/// Options of [`predict_csv`] (the flags of `swag predict`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CsvPredictOptions {
+    /// The run directory written by `swag fit`.
+    pub run: PathBuf,
+    /// The file to predict; it must hold the run's feature columns (any other column, the
+    /// target included, is ignored).
+    pub data: PathBuf,
+    /// S, the number of weight samples.
+    pub samples: usize,
+    /// Sample scale; `None` uses the run's (0.5, or the tuned value).
+    pub scale: Option<f64>,
+    /// Seed of the sample noise.
+    pub seed: u64,
+}
+
+/// Predictions for every row of a file, as written to the predictions CSV.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PredictionTable {
+    /// Column names.
+    pub columns: Vec<String>,
+    /// One row of values per input row, in input order (the `pred` column of a classification
+    /// holds the predicted class label).
+    pub rows: Vec<Vec<String>>,
+}
+
+impl PredictionTable {
+    /// The table as CSV text (header, then one line per row).
+    pub fn to_csv(&self) -> String {
+        let mut s = self.columns.join(",");
+        s.push('\n');
+        for r in &self.rows {
+            s.push_str(&r.join(","));
+            s.push('\n');
+        }
+        s
+    }
+}
+
+/// Runs the BMA of a fitted run on the rows of a CSV file.
+///
+/// Classification columns: `prob_<label>` per class (in the run's class order), `pred` (the
+/// label of the highest averaged probability, first on ties), `entropy` (of the averaged
+/// probabilities), `expected_entropy`, `mutual_info` (nats). Regression columns (target units):
+/// `mean`, `std` = sqrt(epistemic + aleatoric variance), `std_epistemic`, `std_aleatoric`.
+pub fn predict_csv(opts: &CsvPredictOptions) -> Result<PredictionTable> {
+    let device = Device::Cpu;
+    let run = LoadedRun::load(&opts.run, &device)?;
+    let table = CsvTable::read(&opts.data)?;
+    let cfg = &run.config;
+    let raw = table.numeric_matrix(&cfg.feature_names)?;
+    let rows: Vec<usize> = (0..table.num_rows()).collect();
+    let x = cfg.feature_scaler.transform_rows(&raw, &rows);
+    let inputs = Tensor::from_vec(x, (rows.len(), cfg.feature_names.len()), &device)?;
+    let scale = opts.scale.unwrap_or(cfg.scale);
+    let posteriors: [&SwagPosterior; 1] = [&run.posterior];
+    let weights = if scale == 0.0 {
+        Weights::SwaMean(&run.posterior)
+    } else {
+        Weights::Samples {
+            posteriors: &posteriors,
+            options: SampleOptions::with_scale(scale),
+            samples: opts.samples,
+            seed: opts.seed,
+        }
+    };
+    let refresh = run.train_inputs.as_ref().map(|t| BatchNormRefresh {
+        inputs: t,
+        batch_size: cfg.fit.train.batch_size,
+    });
+    let fmt = |v: f64| format!("{v}");
+    match cfg.task {
+        TaskKind::Classification => {
+            let labels = cfg.class_labels.as_ref().ok_or_else(|| {
+                Error::bad_file(&opts.run, "classification run without class labels")
+            })?;
+            let dec = bma::classify(&run.model, &run.params, &weights, &inputs, refresh.as_ref())?;
+            let c = dec.n_classes;
+            let mut columns: Vec<String> = labels.iter().map(|l| format!("prob_{l}")).collect();
+            columns
+                .extend(["pred", "entropy", "expected_entropy", "mutual_info"].map(String::from));
+            let out = (0..dec.n_rows())
+                .map(|i| {
+                    let p = &dec.mean_probs[i * c..(i + 1) * c];
+                    let best = p
+                        .iter()
+                        .enumerate()
+                        .fold(0, |b, (k, v)| if *v > p[b] { k } else { b });
+                    let mut row: Vec<String> = p.iter().map(|v| fmt(*v)).collect();
+                    row.push(labels[best].clone());
+                    row.push(fmt(dec.predictive_entropy[i]));
+                    row.push(fmt(dec.expected_entropy[i]));
+                    row.push(fmt(dec.mutual_information[i]));
+                    row
+                })
+                .collect();
+            Ok(PredictionTable { columns, rows: out })
+        }
+        TaskKind::Regression => {
+            let scaler = cfg.target_scaler.as_ref().ok_or_else(|| {
+                Error::bad_file(&opts.run, "regression run without target scaler")
+            })?;
+            let noise = cfg.noise_variance.ok_or_else(|| {
+                Error::bad_file(&opts.run, "regression run without noise variance")
+            })?;
+            let pred = bma::regress(
+                &run.model,
+                &run.params,
+                &weights,
+                &inputs,
+                refresh.as_ref(),
+                noise,
+            )?
+            .to_original_units(scaler.mean[0], scaler.std[0]);
+            let std = pred.std();
+            let columns = ["mean", "std", "std_epistemic", "std_aleatoric"]
+                .map(String::from)
+                .to_vec();
+            let out = (0..pred.mean.len())
+                .map(|i| {
+                    vec![
+                        fmt(pred.mean[i]),
+                        fmt(std[i]),
+                        fmt(pred.var_epistemic[i].sqrt()),
+                        fmt(pred.var_aleatoric.sqrt()),
+                    ]
+                })
+                .collect();
+            Ok(PredictionTable { columns, rows: out })
+        }
+    }
+}
