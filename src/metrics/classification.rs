@@ -303,40 +303,38 @@ fn accumulate_row<T: Probability>(
 ) {
     let c = row.len();
     let first_edge = edges[1];
-    let mut in_range = true;
-    let mut sum = [0.0f64; 4];
-    let mut sum_sq = [0.0f64; 4];
+    // Element-wise (vectorises): classwise cells of the first bin.
+    for ((p, n), s) in row
+        .iter()
+        .zip(&mut acc.class_count[..c])
+        .zip(&mut acc.class_sum[..c])
     {
-        let count0 = &mut acc.class_count[..c];
-        let sum0 = &mut acc.class_sum[..c];
-        let mut rows = row.chunks_exact(4);
-        let mut counts = count0.chunks_exact_mut(4);
-        let mut sums = sum0.chunks_exact_mut(4);
-        for ((p4, n4), s4) in (&mut rows).zip(&mut counts).zip(&mut sums) {
-            for j in 0..4 {
-                let v = p4[j].to_f64();
-                in_range &= (v >= 0.0) & (v <= 1.0);
-                sum[j] += v;
-                sum_sq[j] += v * v;
-                let low = p4[j] <= first_edge;
-                n4[j] += if low { 1.0 } else { 0.0 };
-                s4[j] += if low { v } else { 0.0 };
-            }
-        }
-        let tail = rows.remainder().iter();
-        for (j, ((p, n), s)) in tail
-            .zip(counts.into_remainder())
-            .zip(sums.into_remainder())
-            .enumerate()
-        {
-            let v = p.to_f64();
+        // A 0/1 factor rather than a branch, so the loop vectorises.
+        let low = f64::from(u8::from(*p <= first_edge));
+        *n += low;
+        *s += low * p.to_f64();
+    }
+    // Reductions in eight independent lanes: range check, Σ p, Σ p² and the largest p.
+    let mut in_range = true;
+    let mut sum = [0.0f64; 8];
+    let mut sum_sq = [0.0f64; 8];
+    let mut top = [row[0]; 8];
+    let mut octets = row.chunks_exact(8);
+    for p8 in &mut octets {
+        for j in 0..8 {
+            let v = p8[j].to_f64();
             in_range &= (v >= 0.0) & (v <= 1.0);
             sum[j] += v;
             sum_sq[j] += v * v;
-            let low = *p <= first_edge;
-            *n += if low { 1.0 } else { 0.0 };
-            *s += if low { v } else { 0.0 };
+            top[j] = if p8[j] > top[j] { p8[j] } else { top[j] };
         }
+    }
+    for (j, &p) in octets.remainder().iter().enumerate() {
+        let v = p.to_f64();
+        in_range &= (v >= 0.0) & (v <= 1.0);
+        sum[j] += v;
+        sum_sq[j] += v * v;
+        top[j] = if p > top[j] { p } else { top[j] };
     }
     if !in_range {
         if let Some((k, reason)) = row
@@ -348,8 +346,8 @@ fn accumulate_row<T: Probability>(
         }
         return;
     }
-    let sum = (sum[0] + sum[1]) + (sum[2] + sum[3]);
-    let sum_sq = (sum_sq[0] + sum_sq[1]) + (sum_sq[2] + sum_sq[3]);
+    let sum: f64 = sum.iter().sum();
+    let sum_sq: f64 = sum_sq.iter().sum();
     if (sum - 1.0).abs() > ROW_SUM_TOLERANCE {
         acc.note_problem(
             row_index,
@@ -366,7 +364,9 @@ fn accumulate_row<T: Probability>(
         }
     }
     let nb = acc.n_bins;
-    let (best_k, best) = argmax(row);
+    let best = top.iter().fold(top[0], |m, &p| if p > m { p } else { m });
+    // The first class holding the largest value (arg-max, first on ties).
+    let best_k = row.iter().position(|&p| p == best).unwrap_or(0);
     let p_y = row[label].to_f64();
     acc.class_hits[label * nb + equal_width_bin_index(row[label], edges)] += 1;
     let correct = best_k == label;
