@@ -147,7 +147,11 @@ impl Accumulator {
     }
 
     fn note_problem(&mut self, row: usize, column: String, reason: String) {
-        if self.problem.as_ref().map_or(true, |p| row < p.0) {
+        let earlier = match &self.problem {
+            Some(p) => row < p.0,
+            None => true,
+        };
+        if earlier {
             self.problem = Some((row, column, reason));
         }
     }
@@ -291,6 +295,8 @@ pub fn evaluate_classification<T: Probability, L: ClassLabel>(
 /// the first bin (`p ≤ 1/B`, where nearly every entry of a many-class row falls); a second,
 /// branchy sweep bins the remaining few entries. Values are accumulated before the row is
 /// known to be valid: an invalid row makes the whole call fail, so nothing wrong is reported.
+// `(v >= 0.0) & (v <= 1.0)` on purpose: a non-short-circuit test keeps the loop vectorisable.
+#[allow(clippy::manual_range_contains)]
 #[inline(always)]
 fn accumulate_row<T: Probability>(
     acc: &mut Accumulator,
