@@ -12,7 +12,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// An error raised by candle itself (device, dtype, shape, kernel).
-    #[error("candle: {0}")]
+    #[error("candle: {}", candle_message(.0))]
     Candle(#[from] candle_core::Error),
 
     /// A function argument or option has a value that cannot be used.
@@ -111,5 +111,29 @@ impl Error {
             path: path.into(),
             reason: reason.into(),
         }
+    }
+}
+
+/// candle's message without the backtrace it attaches when `RUST_BACKTRACE` is set, so that
+/// errors stay one line.
+fn candle_message(e: &candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => candle_message(inner),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candle_errors_display_without_backtrace() {
+        let inner = candle_core::Error::Msg("shape mismatch".into());
+        let e = Error::from(candle_core::Error::WithBacktrace {
+            inner: Box::new(inner),
+            backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
+        });
+        assert_eq!(e.to_string(), "candle: shape mismatch");
     }
 }
