@@ -425,3 +425,25 @@ impl LoadedRun {
         })
     }
 }
+
+impl std::fmt::Debug for Fitted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fitted")
+            .field("model", &self.model)
+            .field("params", &self.params)
+            .field("posterior", &self.posterior)
+            .field("history", &self.history)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for LoadedRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedRun")
+            .field("config", &self.config)
+            .field("model", &self.model)
+            .field("params", &self.params)
+            .field("posterior", &self.posterior)
+            .finish_non_exhaustive()
+    }
+}
