@@ -324,19 +324,26 @@ impl ParamSet {
         self.layout.numel()
     }
 
-    /// The current weights as one `[d]` f32 tensor on the parameters' device.
+    /// The current weights as one `[d]` f32 tensor on the parameters' device (a new buffer;
+    /// never a view of the Vars).
     pub fn flatten(&self) -> Result<Tensor> {
-        let parts = self
-            .vars
-            .iter()
-            .map(|v| v.as_tensor().flatten_all()?.to_dtype(DType::F32))
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        if parts.len() == 1 {
-            // `cat` of one tensor returns it unchanged: a view of the Var. Copy, so the result
-            // never aliases the weights it was taken from.
-            return Ok(parts[0].copy()?);
+        let flat = Tensor::zeros(self.numel(), DType::F32, &self.device)?;
+        self.flatten_into(&flat)?;
+        Ok(flat)
+    }
+
+    /// Copies the current weights into a preallocated contiguous `[d]` f32 tensor, in place
+    /// (no allocation when the parameters are f32).
+    pub fn flatten_into(&self, flat: &Tensor) -> Result<()> {
+        self.layout.check_flat(flat, "flat")?;
+        if flat.dtype() != DType::F32 || !flat.is_contiguous() {
+            return Err(Error::invalid("flat", "expected a contiguous f32 tensor"));
         }
-        Ok(Tensor::cat(&parts, 0)?)
+        for (e, var) in self.layout.entries().iter().zip(self.vars.iter()) {
+            let part = var.as_tensor().flatten_all()?.to_dtype(DType::F32)?;
+            flat.slice_set(&part.to_device(flat.device())?, 0, e.offset)?;
+        }
+        Ok(())
     }
 
     /// Writes a flat `[d]` vector into the variables (converted to each variable's dtype and

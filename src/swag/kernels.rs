@@ -64,14 +64,22 @@ pub(crate) fn contiguous_range(
         .ok_or_else(|| candle_core::Error::Msg(format!("{what} is not contiguous")))
 }
 
-/// Index of the first non-finite value of `xs`, if any.
+/// True when every value of `xs` is finite (vectorises: x − x is 0 for finite x, NaN for NaN
+/// or ±Inf).
+#[allow(clippy::eq_op)]
+fn all_finite(xs: &[f32]) -> bool {
+    xs.chunks(4096)
+        .all(|c| c.iter().fold(0f32, |acc, &x| acc + (x - x)) == 0.0)
+}
+
+/// Index of the first non-finite value of `xs`, if any (checked in parallel when large).
 pub fn first_non_finite(xs: &[f32]) -> Option<usize> {
-    // Fast check first (vectorises): x − x is 0 for finite x and NaN for NaN or ±Inf.
-    #[allow(clippy::eq_op)]
-    let all_finite = xs
-        .chunks(4096)
-        .all(|c| c.iter().fold(0f32, |acc, &x| acc + (x - x)) == 0.0);
-    if all_finite {
+    let ok = if xs.len() < PARALLEL_MIN {
+        all_finite(xs)
+    } else {
+        xs.par_chunks(NOISE_BLOCK).all(all_finite)
+    };
+    if ok {
         None
     } else {
         xs.iter().position(|x| !x.is_finite())
