@@ -433,3 +433,58 @@ fn fit_save_load_predict_report_round_trip() {
     let err = LoadedRun::load(&run_dir, &Device::Cpu).err().unwrap();
     assert!(err.to_string().contains("config.json"), "{err}");
 }
+
+#[test]
+fn batchnorm_model_is_refreshed_before_each_bma_forward() {
+    use candle_swag::batchnorm::HasBatchNorm;
+    let data = small_digits(40);
+    let mut spec = small_spec(3, 1, Collect::EveryEpoch, 4);
+    spec.mlp.batchnorm = true;
+    let f = fit_mlp(&data, Objective::CrossEntropy, &spec).unwrap();
+    // BatchNorm buffers are not SWAG parameters.
+    assert!(f
+        .params
+        .layout()
+        .entries()
+        .iter()
+        .all(|e| !e.name.contains("running")));
+    assert!(f.params.layout().get("bn0.weight").is_some());
+    let refresh = f.refresh(&data.features, 40).unwrap();
+    bma::classify(
+        &f.model,
+        &f.params,
+        &Weights::SwaMean(&f.posterior),
+        &data.features,
+        Some(&refresh),
+    )
+    .unwrap();
+    // One refresh batch holding every row: the running mean is the column mean of the first
+    // layer's pre-activations under the SWA mean weights, computed here by hand.
+    let w: Vec<Vec<f32>> = f.varmap.data().lock().unwrap()["fc0.weight"]
+        .to_vec2()
+        .unwrap();
+    let b: Vec<f32> = f.varmap.data().lock().unwrap()["fc0.bias"]
+        .to_vec1()
+        .unwrap();
+    let x: Vec<Vec<f32>> = data.features.to_vec2().unwrap();
+    let bn = &f.model.batchnorms()[0];
+    let running: Vec<f32> = bn.running_mean().to_vec1().unwrap();
+    for j in 0..16 {
+        let mean = x
+            .iter()
+            .map(|row| {
+                row.iter()
+                    .zip(&w[j])
+                    .map(|(a, c)| (a * c) as f64)
+                    .sum::<f64>()
+                    + b[j] as f64
+            })
+            .sum::<f64>()
+            / 40.0;
+        assert!(
+            (running[j] as f64 - mean).abs() < 1e-4,
+            "unit {j}: {} vs {mean}",
+            running[j]
+        );
+    }
+}

@@ -1,5 +1,6 @@
-//! A multi-layer perceptron on candle-nn: `Linear → [BatchNorm] → ReLU` per hidden layer, then a
-//! final `Linear`.
+//! A multi-layer perceptron on candle: `Linear → [BatchNorm] → ReLU` per hidden layer, then a
+//! final `Linear`. The linear layers are [`Dense`] (one fused op with its own backward pass,
+//! same parameters as candle-nn's `Linear`).
 //!
 //! Initial weights are drawn on the host from a seeded `StdRng` (candle's CPU generator cannot
 //! be seeded), with PyTorch's `nn.Linear` default: weight and bias both ~ U(−1/√fan_in,
@@ -11,13 +12,14 @@
 //! i-th hidden layer (candle-nn's names: weight, bias, running_mean, running_var).
 
 use candle_core::{DType, Device, ModuleT, Tensor, Var};
-use candle_nn::{Linear, Module, VarBuilder, VarMap};
+use candle_nn::{VarBuilder, VarMap};
 use rand::SeedableRng;
 use rand_distr::{Distribution, Uniform};
 use serde::{Deserialize, Serialize};
 
 use crate::batchnorm::{BatchNorm, BatchNormConfig, HasBatchNorm};
 use crate::error::{Error, Result};
+use crate::models::dense::Dense;
 
 /// Shape of an [`Mlp`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,7 +62,7 @@ impl MlpConfig {
 #[derive(Debug, Clone)]
 pub struct Mlp {
     config: MlpConfig,
-    linears: Vec<Linear>,
+    linears: Vec<Dense>,
     norms: Vec<BatchNorm>,
 }
 
@@ -103,11 +105,11 @@ impl Mlp {
         let mut linears = Vec::new();
         let mut norms = Vec::new();
         for (i, pair) in widths.windows(2).enumerate() {
-            linears.push(candle_nn::linear(
-                pair[0],
-                pair[1],
-                vb.pp(format!("fc{i}")),
-            )?);
+            let weight = vb.get((pair[1], pair[0]), &format!("fc{i}.weight"))?;
+            let bias = vb.get(pair[1], &format!("fc{i}.bias"))?;
+            // The ReLU is fused into the layer unless a BatchNorm sits between them.
+            let hidden = i + 2 < widths.len();
+            linears.push(Dense::new(weight, bias, hidden && !config.batchnorm));
             if config.batchnorm && i + 2 < widths.len() {
                 norms.push(BatchNorm::new(
                     pair[1],
@@ -131,15 +133,11 @@ impl Mlp {
 
 impl ModuleT for Mlp {
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let last = self.linears.len() - 1;
         let mut h = xs.clone();
-        for (i, lin) in self.linears.iter().enumerate() {
-            h = lin.forward(&h)?;
-            if i < last {
-                if let Some(bn) = self.norms.get(i) {
-                    h = bn.forward_t(&h, train)?;
-                }
-                h = h.relu()?;
+        for (i, layer) in self.linears.iter().enumerate() {
+            h = layer.forward(&h)?;
+            if let Some(bn) = self.norms.get(i) {
+                h = bn.forward_t(&h, train)?.relu()?;
             }
         }
         Ok(h)
