@@ -238,7 +238,7 @@ mod tests {
                 }
             }
             if relu {
-                assert!(y1.iter().any(|v| *v == 0.0) && y1.iter().any(|v| *v > 0.0));
+                assert!(y1.contains(&0.0) && y1.iter().any(|v| *v > 0.0));
             }
         }
     }
@@ -259,6 +259,9 @@ mod tests {
             grads.get(&w).unwrap().to_vec2::<f32>().unwrap(),
             vec![vec![2.0; 3]; 2]
         );
-        assert_eq!(grads.get(&b).unwrap().to_vec1::<f32>().unwrap(), vec![2.0; 2]);
+        assert_eq!(
+            grads.get(&b).unwrap().to_vec1::<f32>().unwrap(),
+            vec![2.0; 2]
+        );
     }
 }

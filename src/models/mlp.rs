@@ -91,13 +91,15 @@ impl Mlp {
                 let b = draw(fan_out);
                 let wname = format!("fc{i}.weight");
                 let bname = format!("fc{i}.bias");
-                if !data.contains_key(&wname) {
-                    let t = Tensor::from_vec(w, (fan_out, fan_in), device)?;
-                    data.insert(wname, Var::from_tensor(&t)?);
+                if let std::collections::hash_map::Entry::Vacant(e) = data.entry(wname) {
+                    e.insert(Var::from_tensor(&Tensor::from_vec(
+                        w,
+                        (fan_out, fan_in),
+                        device,
+                    )?)?);
                 }
-                if !data.contains_key(&bname) {
-                    let t = Tensor::from_vec(b, fan_out, device)?;
-                    data.insert(bname, Var::from_tensor(&t)?);
+                if let std::collections::hash_map::Entry::Vacant(e) = data.entry(bname) {
+                    e.insert(Var::from_tensor(&Tensor::from_vec(b, fan_out, device)?)?);
                 }
             }
         }

@@ -420,9 +420,7 @@ pub fn run_diabetes(seed: u64, opts: &RecipeOptions, device: &Device) -> Result<
         for (method, choice) in Method::ALL.into_iter().zip(choices) {
             let t = Instant::now();
             let weights = match (method, choice.scale) {
-                (Method::SwagDiag | Method::Swag, s) if s == 0.0 => {
-                    Weights::SwaMean(&run0.posterior)
-                }
+                (Method::SwagDiag | Method::Swag, 0.0) => Weights::SwaMean(&run0.posterior),
                 _ => method_weights(method, run0, &posteriors, choice.scale, opts.samples, seed),
             };
             let pred = bma::regress(
