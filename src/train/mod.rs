@@ -12,6 +12,7 @@
 //!   first step of epoch `swa_start`.
 
 pub mod demo;
+pub mod loss;
 pub mod pipeline;
 pub mod recipes;
 pub mod run;
@@ -60,7 +61,7 @@ impl Objective {
     /// The mean loss of model outputs against targets.
     pub fn loss(&self, outputs: &Tensor, targets: &Tensor) -> Result<Tensor> {
         Ok(match self {
-            Objective::CrossEntropy => candle_nn::loss::cross_entropy(outputs, targets)?,
+            Objective::CrossEntropy => loss::cross_entropy(outputs, targets)?,
             Objective::MeanSquaredError => {
                 let pred = outputs.flatten_all()?;
                 pred.sub(targets)?.sqr()?.mean_all()?
