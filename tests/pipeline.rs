@@ -440,6 +440,7 @@ fn batchnorm_model_is_refreshed_before_each_bma_forward() {
     let data = small_digits(40);
     let mut spec = small_spec(3, 1, Collect::EveryEpoch, 4);
     spec.mlp.batchnorm = true;
+    spec.train.batch_size = 40; // one refresh batch holding every row
     let f = fit_mlp(&data, Objective::CrossEntropy, &spec).unwrap();
     // BatchNorm buffers are not SWAG parameters.
     assert!(f
@@ -449,7 +450,7 @@ fn batchnorm_model_is_refreshed_before_each_bma_forward() {
         .iter()
         .all(|e| !e.name.contains("running")));
     assert!(f.params.layout().get("bn0.weight").is_some());
-    let refresh = f.refresh(&data.features, 40).unwrap();
+    let refresh = f.refresh(&data.features).unwrap();
     bma::classify(
         &f.model,
         &f.params,

@@ -74,18 +74,17 @@ pub struct Fitted {
     pub sgd_weights: Tensor,
     /// Per-epoch training statistics.
     pub history: TrainHistory,
+    /// How the run was trained.
+    pub spec: FitSpec,
 }
 
 impl Fitted {
-    /// The BatchNorm refresh to use with this model, when it has BatchNorm layers.
-    pub fn refresh<'a>(
-        &self,
-        train_inputs: &'a Tensor,
-        batch_size: usize,
-    ) -> Option<BatchNormRefresh<'a>> {
+    /// The BatchNorm refresh to use with this model (batches of the training batch size over
+    /// `train_inputs`), when it has BatchNorm layers.
+    pub fn refresh<'a>(&self, train_inputs: &'a Tensor) -> Option<BatchNormRefresh<'a>> {
         self.model.config().batchnorm.then_some(BatchNormRefresh {
             inputs: train_inputs,
-            batch_size,
+            batch_size: self.spec.train.batch_size,
         })
     }
 }
@@ -131,6 +130,7 @@ pub fn fit_mlp(data: &Dataset, objective: Objective, spec: &FitSpec) -> Result<F
         posterior,
         sgd_weights,
         history,
+        spec: spec.clone(),
     })
 }
 
@@ -198,7 +198,7 @@ pub fn tune(
     diag_only: bool,
     seed: u64,
 ) -> Result<Tuned> {
-    let refresh = fitted.refresh(train_inputs, 32);
+    let refresh = fitted.refresh(train_inputs);
     let mut grid = Vec::with_capacity(SCALE_GRID.len());
     for &scale in &SCALE_GRID {
         let options = SampleOptions {
@@ -275,7 +275,7 @@ pub fn tune(
 /// The homoscedastic noise variance of the reference recipe: the mean squared residual on the
 /// training rows of the model run with `weights` (standardised units).
 pub fn training_noise_variance(fitted: &Fitted, train: &Dataset, weights: &Weights) -> Result<f64> {
-    let refresh = fitted.refresh(&train.features, 32);
+    let refresh = fitted.refresh(&train.features);
     let s = bma::sampled_means(
         &fitted.model,
         &fitted.params,
