@@ -2,7 +2,7 @@
 //!
 //! - [`SwagPosterior`] collects the moments and the deviation columns ([`posterior`]);
 //! - sampling and its conventions ([`sample`]), log-density ([`log_prob`]);
-//! - the posterior file format ([`file`]); several posteriors sampled jointly ([`multi`]).
+//! - the posterior file format ([`mod@file`]); several posteriors sampled jointly ([`multi`]).
 
 pub mod file;
 pub mod kernels;
