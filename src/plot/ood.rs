@@ -106,13 +106,7 @@ impl Figure for ScoreHistogram<'_> {
                     }),
             )?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.9))
-            .border_style(style::GRID)
-            .label_font((FONT_FAMILY, text::LABEL))
-            .draw()?;
+        style::draw_legend(&mut chart, SeriesLabelPosition::UpperRight)?;
         Ok(())
     }
 }
@@ -200,13 +194,7 @@ impl Figure for RocFigure<'_> {
                     PathElement::new([(x, y), (x + 22, y)], color.stroke_width(3))
                 });
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.9))
-            .border_style(style::GRID)
-            .label_font((FONT_FAMILY, text::LABEL))
-            .draw()?;
+        style::draw_legend(&mut chart, SeriesLabelPosition::LowerRight)?;
         Ok(())
     }
 }

@@ -101,13 +101,7 @@ impl Figure for CalibrationFigure<'_> {
             .legend(|(x, y)| {
                 PathElement::new([(x, y), (x + 22, y)], style::REFERENCE.stroke_width(2))
             });
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.9))
-            .border_style(style::GRID)
-            .label_font((FONT_FAMILY, text::LABEL))
-            .draw()?;
+        style::draw_legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
         Ok(())
     }
 }
@@ -260,13 +254,7 @@ impl Figure for IntervalsFigure<'_> {
             )?
             .label("Observed target, outside")
             .legend(move |(x, y)| Cross::new((x + 11, y), 5, outside.stroke_width(2)));
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.9))
-            .border_style(style::GRID)
-            .label_font((FONT_FAMILY, text::LABEL))
-            .draw()?;
+        style::draw_legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
         Ok(())
     }
 }
@@ -401,13 +389,7 @@ impl Figure for BandFigure<'_> {
             )?
             .label("Observed data")
             .legend(move |(x, y)| Circle::new((x + 11, y), 4, points.filled()));
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.9))
-            .border_style(style::GRID)
-            .label_font((FONT_FAMILY, text::LABEL))
-            .draw()?;
+        style::draw_legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
         Ok(())
     }
 }
@@ -538,13 +520,7 @@ impl Figure for SharpnessFigure<'_> {
                 color.stroke_width(3),
             )))?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.9))
-            .border_style(style::GRID)
-            .label_font((FONT_FAMILY, text::LABEL))
-            .draw()?;
+        style::draw_legend(&mut chart, SeriesLabelPosition::UpperRight)?;
         Ok(())
     }
 }

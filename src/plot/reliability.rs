@@ -102,13 +102,7 @@ where
         ))?
         .label("Perfect calibration")
         .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], style::REFERENCE.stroke_width(2)));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.9))
-        .border_style(style::GRID)
-        .label_font((FONT_FAMILY, text::LABEL))
-        .draw()?;
+    style::draw_legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
 
     // ECE and MCE in the upper-left corner under the legend, where a diagram's bars rarely
     // reach (low-confidence bins rarely have high accuracy), on a white box.
@@ -291,13 +285,7 @@ impl Figure for OverlayFigure<'_> {
                 });
             chart.draw_series(points.iter().map(|&p| Circle::new(p, 5, color.filled())))?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.9))
-            .border_style(style::GRID)
-            .label_font((FONT_FAMILY, text::LABEL))
-            .draw()?;
+        style::draw_legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
         Ok(())
     }
 }

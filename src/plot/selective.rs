@@ -56,13 +56,7 @@ impl Figure for RiskCoverageFigure<'_> {
                     PathElement::new([(x, y), (x + 22, y)], color.stroke_width(3))
                 });
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.9))
-            .border_style(style::GRID)
-            .label_font((FONT_FAMILY, text::LABEL))
-            .draw()?;
+        style::draw_legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
         Ok(())
     }
 }

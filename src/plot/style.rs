@@ -71,3 +71,23 @@ pub mod text {
     /// Tick labels and legends.
     pub const LABEL: u32 = 18;
 }
+
+/// Draws a chart's legend in the house style (translucent white box, grid-coloured border,
+/// label font) at `position`: one look for every plot.
+pub fn draw_legend<'a, DB, CT>(
+    chart: &mut plotters::chart::ChartContext<'a, DB, CT>,
+    position: plotters::chart::SeriesLabelPosition,
+) -> std::result::Result<(), plotters::drawing::DrawingAreaErrorKind<DB::ErrorType>>
+where
+    DB: plotters::prelude::DrawingBackend + 'a,
+    CT: plotters::coord::CoordTranslate,
+{
+    use plotters::style::{Color, WHITE};
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.9))
+        .border_style(GRID)
+        .label_font((FONT_FAMILY, text::LABEL))
+        .draw()
+}
