@@ -402,19 +402,44 @@ pub fn check_score(
     end: f64,
     levels: usize,
 ) -> Result<f64> {
+    average_over_levels(mean, std, y, start, end, levels, |q| {
+        let z = std_normal_ppf(q);
+        move |m: f64, s: f64, t: f64| {
+            let d = m + s * z - t;
+            let mask = if d >= 0.0 { 1.0 } else { 0.0 } - q;
+            mask * d
+        }
+    })
+}
+
+/// Mean over `linspace(start, end, levels)` levels of the row mean of a per-row score; `score`
+/// builds, for one level, the score of a row `(mean, std, target)`. Shared by the check and
+/// interval scores, which differ only in that per-row score.
+fn average_over_levels<F, R>(
+    mean: &[f64],
+    std: &[f64],
+    y: &[f64],
+    start: f64,
+    end: f64,
+    levels: usize,
+    score: F,
+) -> Result<f64>
+where
+    F: Fn(f64) -> R,
+    R: Fn(f64, f64, f64) -> f64,
+{
     check_gaussian(mean, std, y)?;
     check_levels(start, end, levels)?;
     let n = y.len();
     let total: f64 = linspace(start, end, levels)
         .into_iter()
-        .map(|q| {
-            let z = std_normal_ppf(q);
+        .map(|level| {
+            let row = score(level);
             mean_of(
-                mean.iter().zip(std).zip(y).map(|((m, s), t)| {
-                    let d = m + s * z - t;
-                    let mask = if d >= 0.0 { 1.0 } else { 0.0 } - q;
-                    mask * d
-                }),
+                mean.iter()
+                    .zip(std)
+                    .zip(y)
+                    .map(|((&m, &s), &t)| row(m, s, t)),
                 n,
             )
         })
@@ -431,33 +456,23 @@ pub fn interval_score(
     end: f64,
     levels: usize,
 ) -> Result<f64> {
-    check_gaussian(mean, std, y)?;
-    check_levels(start, end, levels)?;
-    let n = y.len();
-    let total: f64 = linspace(start, end, levels)
-        .into_iter()
-        .map(|p| {
-            let z_lo = std_normal_ppf(0.5 - p / 2.0);
-            let z_hi = std_normal_ppf(0.5 + p / 2.0);
-            let penalty = 2.0 / (1.0 - p);
-            mean_of(
-                mean.iter().zip(std).zip(y).map(|((m, s), t)| {
-                    let l = m + s * z_lo;
-                    let u = m + s * z_hi;
-                    let mut score = u - l;
-                    if l - t > 0.0 {
-                        score += penalty * (l - t);
-                    }
-                    if t - u > 0.0 {
-                        score += penalty * (t - u);
-                    }
-                    score
-                }),
-                n,
-            )
-        })
-        .sum();
-    Ok(total / levels as f64)
+    average_over_levels(mean, std, y, start, end, levels, |p| {
+        let z_lo = std_normal_ppf(0.5 - p / 2.0);
+        let z_hi = std_normal_ppf(0.5 + p / 2.0);
+        let penalty = 2.0 / (1.0 - p);
+        move |m: f64, s: f64, t: f64| {
+            let l = m + s * z_lo;
+            let u = m + s * z_hi;
+            let mut score = u - l;
+            if l - t > 0.0 {
+                score += penalty * (l - t);
+            }
+            if t - u > 0.0 {
+                score += penalty * (t - u);
+            }
+            score
+        }
+    })
 }
 
 /// PICP and MPIW of the central interval at nominal `level` in `(0, 1)`.
