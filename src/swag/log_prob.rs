@@ -83,11 +83,7 @@ impl SwagPosterior {
                 "log_prob needs scale > 0 (scale 0 is a point mass at the mean)",
             ));
         }
-        if self.n_collected == 0 {
-            return Err(Error::NotEnoughSnapshots(
-                "no snapshot collected yet; call collect() first".into(),
-            ));
-        }
+        self.require_snapshots()?;
         self.layout.check_flat(theta, "theta")?;
         let d = self.numel();
         let host = |t: Tensor| -> Result<Vec<f32>> {

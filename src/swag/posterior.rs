@@ -218,15 +218,30 @@ impl SwagPosterior {
         }
     }
 
-    /// Collects one snapshot: the current weights of `params`.
-    pub fn collect(&mut self, params: &ParamSet) -> Result<()> {
-        self.layout.check_same(params.layout())?;
-        let fused = self.device.is_cpu()
+    /// True when the fused CPU kernels can work on `params` in place: the posterior is on the
+    /// CPU and every Var is a contiguous f32 tensor (otherwise the tensor-op path is used).
+    pub(crate) fn can_fuse(&self, params: &ParamSet) -> bool {
+        self.device.is_cpu()
             && params
                 .vars()
                 .iter()
-                .all(|v| v.dtype() == DType::F32 && v.as_tensor().is_contiguous());
-        if !fused {
+                .all(|v| v.dtype() == DType::F32 && v.as_tensor().is_contiguous())
+    }
+
+    /// Refuses operations that need at least one collected snapshot.
+    pub(crate) fn require_snapshots(&self) -> Result<()> {
+        if self.n_collected == 0 {
+            return Err(Error::NotEnoughSnapshots(
+                "no snapshot collected yet; call collect() first".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Collects one snapshot: the current weights of `params`.
+    pub fn collect(&mut self, params: &ParamSet) -> Result<()> {
+        self.layout.check_same(params.layout())?;
+        if !self.can_fuse(params) {
             return self.collect_flat(&params.flatten()?);
         }
         let pieces: Vec<(&Tensor, usize)> = params

@@ -111,11 +111,7 @@ impl SwagPosterior {
 
     fn check_ready(&self, opts: &SampleOptions) -> Result<()> {
         opts.validate()?;
-        if self.n_collected == 0 {
-            return Err(Error::NotEnoughSnapshots(
-                "no snapshot collected yet; call collect() first".into(),
-            ));
-        }
+        self.require_snapshots()?;
         Ok(())
     }
 
@@ -199,12 +195,7 @@ impl SwagPosterior {
     ) -> Result<()> {
         self.check_ready(opts)?;
         self.layout.check_same(params.layout())?;
-        let fused = self.device.is_cpu()
-            && params
-                .vars()
-                .iter()
-                .all(|v| v.dtype() == DType::F32 && v.as_tensor().is_contiguous());
-        if !fused {
+        if !self.can_fuse(params) {
             return params.write_flat(&self.sample_flat_seeded(seed, opts)?);
         }
         let low_rank = !opts.diag_only && self.rows > 0;
@@ -243,11 +234,7 @@ impl SwagPosterior {
 
     /// Writes the SWA mean into `params` (the scale-0 sample, without drawing noise).
     pub fn write_mean_into(&self, params: &ParamSet) -> Result<()> {
-        if self.n_collected == 0 {
-            return Err(Error::NotEnoughSnapshots(
-                "no snapshot collected yet; call collect() first".into(),
-            ));
-        }
+        self.require_snapshots()?;
         self.layout.check_same(params.layout())?;
         params.write_flat(&self.moments.get(0)?)
     }
