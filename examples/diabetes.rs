@@ -32,7 +32,11 @@ struct Args {
 }
 
 fn main() {
-    candle_swag::train::prefer_single_threaded_kernels();
+    // Single-threaded candle kernels suit the small MLP (see `swag`'s main); set
+    // RAYON_NUM_THREADS yourself to override.
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        std::env::set_var("RAYON_NUM_THREADS", "1");
+    }
     if let Err(e) = run(Args::parse()) {
         eprintln!("error: {e}");
         std::process::exit(1);

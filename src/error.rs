@@ -10,6 +10,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 /// Errors returned by candle-swag.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// An error raised by candle itself (device, dtype, shape, kernel).
     #[error("candle: {}", candle_message(.0))]
@@ -74,7 +75,17 @@ pub enum Error {
         reason: String,
     },
 
-    /// Drawing a plot failed.
+    /// Training diverged: the mean loss of an epoch is not finite.
+    #[error("training diverged at epoch {epoch} (mean loss {loss}); lower the learning rate")]
+    Diverged {
+        /// The epoch (counted from 0) whose loss is not finite.
+        epoch: usize,
+        /// That epoch's mean loss.
+        loss: f64,
+    },
+
+    /// Drawing a plot failed (feature `report`).
+    #[cfg(feature = "report")]
     #[error("plot `{plot}`: {reason}")]
     Plot {
         /// Which plot.
@@ -83,7 +94,8 @@ pub enum Error {
         reason: String,
     },
 
-    /// JSON (de)serialisation failed.
+    /// JSON (de)serialisation of a report or a run directory failed (feature `report`).
+    #[cfg(feature = "report")]
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),
 }

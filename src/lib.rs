@@ -8,7 +8,8 @@
 //! [`Predictive`] then writes weight samples into the model's `Var`s, refreshes BatchNorm
 //! statistics ([`BatchNormRefresh`], candle-nn's own layers included) and averages the
 //! predictions (Bayesian model averaging, BMA) for any candle `ModuleT`. The metrics
-//! ([`metrics`]) and the report ([`report`]) say whether the resulting uncertainty is honest.
+//! ([`metrics`]) and the report (feature `report`) say whether the resulting uncertainty is
+//! honest.
 //!
 //! ## The whole workflow
 //! ```
@@ -66,21 +67,32 @@
 //! # Ok(()) }
 //! ```
 //!
-//! ## Where things are
-//! - [`layout`]: which weights, in which order ([`layout::ParamSet`]).
+//! ## Three layers
+//! The core is always built; it is what a candle user adds to a model's crate:
+//! ```toml
+//! candle-swag = { version = "0.1", default-features = false }
+//! ```
+//! - [`layout`]: which weights, in which order ([`ParamSet`]).
 //! - [`swag`]: the posterior, its sampler, log-density, file format and MultiSWAG.
 //! - [`predictive`]: predictions with uncertainty for any model, SGD/SWA/SWAG/MultiSWAG alike.
 //! - [`averaging`], [`schedule`], [`batchnorm`], [`optim`]: SWA/EMA, learning-rate schedules,
 //!   exact BatchNorm statistics refresh, SGD with momentum and weight decay.
-//! - [`train`], [`models`], [`data`]: the pipeline behind the CLI and the examples.
-//! - [`metrics`], [`plot`], [`report`], [`io`]: calibration and uncertainty metrics, figures,
-//!   reports, and reading prediction files from any framework.
-//! - [`perf`]: the SWAG primitives measured against the memory-bandwidth floor.
+//! - [`metrics`]: calibration, uncertainty, OOD, selective and regression metrics, recalibration.
+//!
+//! Feature `report` adds `plot`, `report` and `io`: figures (plotters with a bundled font),
+//! the HTML/Markdown/JSON calibration report, and prediction files from any framework.
+//! Feature `cli` (on by default; turns on `report`) adds the `swag` binary and the pipeline
+//! behind it and the examples: `train`, `models` (the built-in MLP), `data` (CSV reader,
+//! bundled data) and `perf` (the SWAG primitives against the memory-bandwidth floor).
 
+// The core: always built.
+// Atomic file writes: internal to the core, public in the `cli` layer for the binary.
+#[cfg(feature = "cli")]
 pub mod atomic;
+#[cfg(not(feature = "cli"))]
+pub(crate) mod atomic;
 pub mod error;
 pub mod layout;
-pub mod perf;
 pub mod swag;
 
 pub mod averaging;
@@ -89,14 +101,25 @@ pub mod optim;
 pub mod predictive;
 pub mod schedule;
 
-pub mod data;
-pub mod models;
-pub mod train;
-
-pub mod io;
 pub mod metrics;
+
+// Feature `report`: figures, reports, prediction files from any framework.
+#[cfg(feature = "report")]
+pub mod io;
+#[cfg(feature = "report")]
 pub mod plot;
+#[cfg(feature = "report")]
 pub mod report;
+
+// Feature `cli`: the pipeline behind the `swag` binary and the examples.
+#[cfg(feature = "cli")]
+pub mod data;
+#[cfg(feature = "cli")]
+pub mod models;
+#[cfg(feature = "cli")]
+pub mod perf;
+#[cfg(feature = "cli")]
+pub mod train;
 
 pub use averaging::{AveragingRule, ParameterAverage};
 pub use batchnorm::{BatchNormRefresh, BatchNormStats};

@@ -58,7 +58,7 @@ use serde::{Deserialize, Serialize};
 use crate::batchnorm::BatchNormRefresh;
 use crate::error::{Error, Result};
 use crate::layout::ParamSet;
-use crate::metrics::uncertainty::{entropy, UncertaintyDecomposition};
+use crate::metrics::uncertainty::UncertaintyDecomposition;
 use crate::swag::multi::assignment;
 use crate::swag::{MultiSwag, SampleOptions, SwagPosterior};
 
@@ -382,14 +382,10 @@ impl<'a> Predictive<'a> {
             }
             Ok(())
         })?;
-        let cat = |pick: fn(&(Tensor, Tensor, Tensor)) -> &Tensor| -> Result<Tensor> {
-            let parts: Vec<&Tensor> = acc.iter().map(pick).collect();
-            Ok(Tensor::cat(&parts, 0)?)
-        };
         let inv = 1.0 / s as f64;
-        let probs = (cat(|a| &a.0)? * inv)?;
-        let expected_entropy = (cat(|a| &a.1)? * inv)?;
-        let votes = cat(|a| &a.2)?;
+        let probs = (cat_field(&acc, |a| &a.0)? * inv)?;
+        let expected_entropy = (cat_field(&acc, |a| &a.1)? * inv)?;
+        let votes = cat_field(&acc, |a| &a.2)?;
         // 0·ln 0 = 0: the clamp only changes zero probabilities.
         let predictive_entropy = (&probs * probs.clamp(f32::MIN_POSITIVE, 1f32)?.log()?)?
             .sum(1)?
@@ -459,16 +455,12 @@ impl<'a> Predictive<'a> {
             }
             Ok(())
         })?;
-        let cat = |pick: fn(&(Tensor, Tensor, Tensor)) -> &Tensor| -> Result<Tensor> {
-            let parts: Vec<&Tensor> = acc.iter().map(pick).collect();
-            Ok(Tensor::cat(&parts, 0)?)
-        };
         let inv = 1.0 / s as f64;
         Ok(RegressionOutput {
             n_samples: s,
-            mean: cat(|a| &a.0)?,
-            var_epistemic: (cat(|a| &a.1)? * inv)?,
-            var_aleatoric: (cat(|a| &a.2)? * inv)?,
+            mean: cat_field(&acc, |a| &a.0)?,
+            var_epistemic: (cat_field(&acc, |a| &a.1)? * inv)?,
+            var_aleatoric: (cat_field(&acc, |a| &a.2)? * inv)?,
         })
     }
 }
@@ -577,31 +569,28 @@ impl ClassificationOutput {
     /// copied probabilities (`H[p̄]`, then `max(H[p̄] − expected entropy, 0)`), so that the host
     /// values agree with each other to f64 precision rather than f32.
     pub fn to_host(&self) -> Result<UncertaintyDecomposition> {
-        let vec = |t: &Tensor| -> Result<Vec<f64>> {
-            Ok(t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?)
-        };
-        let n_classes = self.probs.dim(1)?;
-        let mean_probs = vec(&self.probs)?;
-        let expected_entropy = vec(&self.expected_entropy)?;
-        let predictive_entropy: Vec<f64> = mean_probs
-            .chunks_exact(n_classes)
-            .map(|row| entropy(row.iter().copied()))
-            .collect();
-        let mutual_information = predictive_entropy
-            .iter()
-            .zip(&expected_entropy)
-            .map(|(h, e)| (h - e).max(0.0))
-            .collect();
-        Ok(UncertaintyDecomposition {
-            n_samples: self.n_samples,
-            n_classes,
-            mean_probs,
-            predictive_entropy,
-            expected_entropy,
-            mutual_information,
-            variation_ratio: vec(&self.variation_ratio)?,
-        })
+        Ok(UncertaintyDecomposition::from_averages(
+            self.n_samples,
+            self.probs.dim(1)?,
+            host_f64(&self.probs)?,
+            host_f64(&self.expected_entropy)?,
+            host_f64(&self.variation_ratio)?,
+        ))
     }
+}
+
+/// A tensor's values, flattened, as f64 on the host.
+fn host_f64(t: &Tensor) -> Result<Vec<f64>> {
+    Ok(t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?)
+}
+
+/// Concatenates, along dimension 0, one field of the per-batch accumulators.
+fn cat_field(
+    acc: &[(Tensor, Tensor, Tensor)],
+    pick: fn(&(Tensor, Tensor, Tensor)) -> &Tensor,
+) -> Result<Tensor> {
+    let parts: Vec<&Tensor> = acc.iter().map(pick).collect();
+    Ok(Tensor::cat(&parts, 0)?)
 }
 
 /// A regression BMA, on the model's device (f32), in the units of the model's outputs.
@@ -620,13 +609,10 @@ pub struct RegressionOutput {
 impl RegressionOutput {
     /// Copies the prediction to the host in f64 (values flattened in row-major order).
     pub fn to_host(&self) -> Result<RegressionPrediction> {
-        let vec = |t: &Tensor| -> Result<Vec<f64>> {
-            Ok(t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?)
-        };
         Ok(RegressionPrediction {
-            mean: vec(&self.mean)?,
-            var_epistemic: vec(&self.var_epistemic)?,
-            var_aleatoric: vec(&self.var_aleatoric)?,
+            mean: host_f64(&self.mean)?,
+            var_epistemic: host_f64(&self.var_epistemic)?,
+            var_aleatoric: host_f64(&self.var_aleatoric)?,
         })
     }
 }

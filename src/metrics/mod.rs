@@ -62,7 +62,8 @@ pub use uncertainty::{
 
 use crate::{Error, Result};
 
-/// Largest accepted |Σ_k p_k − 1| for a probability row (the issue's ±1e-4).
+/// Largest accepted |Σ_k p_k − 1| for a probability row: 1e-4, loose enough for probabilities
+/// written in f32 and re-read, tight enough to catch unnormalised scores.
 pub const ROW_SUM_TOLERANCE: f64 = 1e-4;
 
 /// A floating-point element type accepted as probability or score input (`f32` or `f64`).

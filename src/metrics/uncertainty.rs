@@ -131,28 +131,48 @@ pub fn decompose_uncertainty<T: Probability>(
     let sf = n_samples as f64;
     mean_probs.iter_mut().for_each(|m| *m /= sf);
     expected_entropy.iter_mut().for_each(|h| *h /= sf);
-    let predictive_entropy: Vec<f64> = mean_probs
-        .chunks_exact(c)
-        .map(|row| entropy(row.iter().copied()))
-        .collect();
-    let mutual_information = predictive_entropy
-        .iter()
-        .zip(&expected_entropy)
-        .map(|(h, e)| (h - e).max(0.0))
-        .collect();
     let variation_ratio = votes
         .chunks_exact(c)
         .map(|v| 1.0 - *v.iter().max().unwrap_or(&0) as f64 / sf)
         .collect();
-    Ok(UncertaintyDecomposition {
+    Ok(UncertaintyDecomposition::from_averages(
         n_samples,
         n_classes,
         mean_probs,
-        predictive_entropy,
         expected_entropy,
-        mutual_information,
         variation_ratio,
-    })
+    ))
+}
+
+impl UncertaintyDecomposition {
+    /// Completes the decomposition from the averages over samples: the predictive entropy of
+    /// `mean_probs` and the mutual information `max(H[p̄] − expected entropy, 0)`, in f64.
+    pub(crate) fn from_averages(
+        n_samples: usize,
+        n_classes: usize,
+        mean_probs: Vec<f64>,
+        expected_entropy: Vec<f64>,
+        variation_ratio: Vec<f64>,
+    ) -> Self {
+        let predictive_entropy: Vec<f64> = mean_probs
+            .chunks_exact(n_classes.max(1))
+            .map(|row| entropy(row.iter().copied()))
+            .collect();
+        let mutual_information = predictive_entropy
+            .iter()
+            .zip(&expected_entropy)
+            .map(|(h, e)| (h - e).max(0.0))
+            .collect();
+        Self {
+            n_samples,
+            n_classes,
+            mean_probs,
+            predictive_entropy,
+            expected_entropy,
+            mutual_information,
+            variation_ratio,
+        }
+    }
 }
 
 /// Names the sample in a row error (`column` becomes e.g. `"sample 3, class 2"`).

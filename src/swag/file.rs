@@ -111,7 +111,8 @@ impl SwagPosterior {
         meta.insert("format_version".to_string(), FORMAT_VERSION.to_string());
         meta.insert(
             "layout".to_string(),
-            serde_json::to_string(self.layout.entries())?,
+            serde_json::to_string(self.layout.entries())
+                .map_err(|e| Error::invalid("layout", e.to_string()))?,
         );
         meta.insert("n_collected".to_string(), self.n_collected.to_string());
         meta.insert("rank".to_string(), self.config.rank.to_string());

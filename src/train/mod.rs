@@ -34,20 +34,6 @@ use crate::optim::{SgdConfig, SgdMomentum};
 use crate::schedule::LrSchedule;
 use crate::swag::SwagPosterior;
 
-/// Makes candle's CPU kernels single-threaded for this process unless the user chose a thread
-/// count: sets `RAYON_NUM_THREADS=1` when it is unset.
-///
-/// Why: candle reads `RAYON_NUM_THREADS` at every matrix product, and for the small matrices
-/// of the built-in MLPs (batch 32, widths ≤ a few hundred) handing work to a second thread costs
-/// more than it saves (measured on the 2-core machine: the digits recipe ran 3× slower with two
-/// threads than with one). Call it at the start of `main`, before any other thread exists
-/// (the `swag` binary and the examples do). Setting the variable yourself overrides it.
-pub fn prefer_single_threaded_kernels() {
-    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        std::env::set_var("RAYON_NUM_THREADS", "1");
-    }
-}
-
 /// The training loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -296,12 +282,7 @@ where
         }
         let loss = loss_sum / n as f64;
         if !loss.is_finite() {
-            return Err(Error::invalid(
-                "lr",
-                format!(
-                    "training diverged at epoch {epoch} (loss {loss}); lower the learning rate"
-                ),
-            ));
+            return Err(Error::Diverged { epoch, loss });
         }
         let accuracy = host_targets.as_ref().map(|_| correct as f64 / n as f64);
         history.epochs.push(EpochStats {

@@ -24,7 +24,7 @@ pub struct Args {
 
 /// Runs `swag demo`.
 pub fn run(args: Args) -> candle_swag::Result<()> {
-    candle_swag::train::prefer_single_threaded_kernels();
+    crate::prefer_single_threaded_kernels();
     let opts = RecipeOptions {
         epochs: args.epochs,
         samples: args.samples,

@@ -77,7 +77,7 @@ pub struct Args {
 
 /// Runs `swag fit`.
 pub fn run(args: Args) -> candle_swag::Result<()> {
-    candle_swag::train::prefer_single_threaded_kernels();
+    crate::prefer_single_threaded_kernels();
     let task = match args.task {
         Task::Classification => TaskKind::Classification,
         Task::Regression => TaskKind::Regression,

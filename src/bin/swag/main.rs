@@ -40,6 +40,17 @@ enum Command {
     Bench(bench::Args),
 }
 
+/// Makes candle's CPU kernels single-threaded for this process unless the user chose a thread
+/// count (`RAYON_NUM_THREADS` unset): for the small matrices of the built-in MLPs (batch 32,
+/// widths of a few hundred) a second thread costs more than it saves (the digits recipe ran 3×
+/// slower with two threads on a 2-core machine). Called by the subcommands that train or predict
+/// with the MLP, before any other thread exists; the library itself sets no variable.
+pub(crate) fn prefer_single_threaded_kernels() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        std::env::set_var("RAYON_NUM_THREADS", "1");
+    }
+}
+
 fn main() {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

@@ -31,7 +31,7 @@ pub struct Args {
 
 /// Runs `swag predict`.
 pub fn run(args: Args) -> candle_swag::Result<()> {
-    candle_swag::train::prefer_single_threaded_kernels();
+    crate::prefer_single_threaded_kernels();
     let table = predict_csv(&CsvPredictOptions {
         run: args.run,
         data: args.data,
