@@ -24,6 +24,7 @@
 pub mod binning;
 pub mod classification;
 pub mod conformal;
+pub mod isotonic;
 pub mod ood;
 pub mod recalibration;
 pub mod regression;
@@ -43,6 +44,10 @@ pub use conformal::{
     check_calibration_size, conformal_quantile, conformal_rank, normalized_scores,
     ConformalClassifier, ConformalConfig, ConformalEvaluation, ConformalRegressor, SetScore,
     MIN_CALIBRATION_ROWS,
+};
+pub use isotonic::{
+    fit_isotonic_confidence, isotonic_regression, HistogramBinning, IsotonicFit,
+    QuantileRecalibrator,
 };
 pub use ood::{
     auroc, average_precision, fpr_at_tpr, ood_metrics, ood_metrics_in_out, roc_curve, OodMetrics,
