@@ -14,12 +14,12 @@
 //! ```
 
 use candle_core::{Device, Tensor};
-use candle_swag::bma::{self, Weights};
 use candle_swag::data::{toy, Dataset, Standardizer};
 use candle_swag::models::MlpConfig;
 use candle_swag::optim::SgdConfig;
+use candle_swag::predictive::{batches, Noise, Predictive, RegressionPrediction};
 use candle_swag::report::ReportBuilder;
-use candle_swag::swag::{SampleOptions, SwagPosterior};
+use candle_swag::swag::{MultiSwag, SampleOptions};
 use candle_swag::train::recipes::run_spec;
 use candle_swag::train::run::{fit_mlp, training_noise_variance, FitSpec};
 use candle_swag::train::{Collect, Objective, TrainConfig};
@@ -113,30 +113,36 @@ fn run(args: Args) -> candle_swag::Result<()> {
         .map(|r| fit_mlp(&train, Objective::MeanSquaredError, &run_spec(&spec, r)))
         .collect::<candle_swag::Result<Vec<_>>>()?;
     let fitted = &runs[0];
-    let posteriors: Vec<_> = runs.iter().map(|f| &f.posterior).collect();
+    let swag_only = MultiSwag::new(vec![&fitted.posterior])?;
+    let multi = MultiSwag::new(runs.iter().map(|f| &f.posterior).collect())?;
     let mut noise = 0.0;
     for f in &runs {
-        noise += training_noise_variance(f, &train, &Weights::SwaMean(&f.posterior))?;
+        noise += training_noise_variance(f, &train, Predictive::swa(&f.params, &f.posterior)?)?;
     }
     noise /= runs.len() as f64;
     // A grid over [-1.5, 1.5]; 301 points, so 0.01 apart.
     let grid: Vec<f64> = (0..=300).map(|i| -1.5 + i as f64 * 0.01).collect();
-    let predict =
-        |pool: &[&SwagPosterior], xs: &[f64]| -> candle_swag::Result<bma::RegressionPrediction> {
-            let t = Tensor::from_vec(
-                xs.iter().map(|&v| v as f32).collect::<Vec<_>>(),
-                (xs.len(), 1),
-                &device,
-            )?;
-            let weights = Weights::Samples {
-                posteriors: pool,
-                options: SampleOptions::with_scale(args.scale),
-                samples: args.samples,
-                seed: args.seed,
-            };
-            let p = bma::regress(&fitted.model, &fitted.params, &weights, &t, None, noise)?;
-            Ok(p.to_original_units(y_scaler.mean[0], y_scaler.std[0]))
-        };
+    let predict = |pool: &MultiSwag<&_>, xs: &[f64]| -> candle_swag::Result<RegressionPrediction> {
+        let t = Tensor::from_vec(
+            xs.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+            (xs.len(), 1),
+            &device,
+        )?;
+        let p = Predictive::multi_swag(
+            &fitted.params,
+            pool,
+            SampleOptions::with_scale(args.scale),
+            args.samples,
+            args.seed,
+        )?
+        .regress(
+            &fitted.model,
+            batches(&t, xs.len())?,
+            Noise::Homoscedastic { variance: noise },
+        )?
+        .to_host()?;
+        Ok(p.to_original_units(y_scaler.mean[0], y_scaler.std[0]))
+    };
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     let in_gap = |values: &[f64]| -> Vec<f64> {
         grid.iter()
@@ -158,8 +164,7 @@ fn run(args: Args) -> candle_swag::Result<()> {
     );
     println!("| method | mean std in gap | mean std at data | ratio | epistemic std gap / data |");
     println!("|---|---|---|---|---|");
-    let methods: [(&str, &[&SwagPosterior]); 2] =
-        [("SWAG", &posteriors[..1]), ("MultiSWAG", &posteriors[..])];
+    let methods = [("SWAG", &swag_only), ("MultiSWAG", &multi)];
     let mut ratio = f64::NAN;
     for (name, pool) in methods {
         let band = predict(pool, &grid)?;

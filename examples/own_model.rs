@@ -1,22 +1,25 @@
 //! candle-swag with your own candle model.
 //!
 //! ```text
-//! cargo run --release --example own_model
+//! cargo run --release --example own_model            # on a GPU when built with --features cuda
+//! cargo run --release --example own_model -- --cpu
 //! ```
 //!
-//! A hand-written candle model (Linear → BatchNorm → ReLU → Linear) on the bundled digits data,
-//! trained with a plain loop. The only candle-swag lines are the ones marked `SWAG:`: build a
-//! `ParamSet` from the model's `VarMap`, `collect` once per epoch after the SWA start, then for
-//! each of S samples write a weight sample into the Vars, refresh the BatchNorm statistics on
-//! the training data, and average the predicted probabilities (Bayesian model averaging).
+//! A hand-written candle model built from candle-nn's layers only (Linear → candle-nn BatchNorm →
+//! ReLU → Linear) on the bundled digits data, trained with a plain loop. The candle-swag lines
+//! are the ones marked `SWAG:`: build a `ParamSet` from the model's `VarMap`, `collect` once per
+//! epoch after the SWA start, then predict with a `Predictive` for each method: the SGD iterate,
+//! the SWA mean and 30 SWAG samples, the BatchNorm statistics of candle-nn's layer refreshed
+//! exactly on the training data after each sample.
 
-use candle_core::{DType, Device, ModuleT, Tensor, D};
-use candle_nn::{linear, Linear, Module, Optimizer, VarBuilder, VarMap};
-use candle_swag::batchnorm::{refresh_batchnorm, BatchNorm, BatchNormConfig, HasBatchNorm};
-use candle_swag::layout::ParamSet;
-use candle_swag::metrics::classification::{classification_metrics, ClassificationOptions};
-use candle_swag::optim::{SgdConfig, SgdMomentum};
-use candle_swag::swag::{SampleOptions, SwagConfig, SwagPosterior};
+use candle_core::{DType, Device, ModuleT, Tensor};
+use candle_nn::{batch_norm, linear, BatchNorm, Linear, Module, Optimizer, VarBuilder, VarMap};
+use candle_swag::metrics::{classification_metrics, ClassificationOptions};
+use candle_swag::predictive::{batches, Predictive};
+use candle_swag::{
+    BatchNormRefresh, BatchNormStats, ParamSet, SampleOptions, SgdConfig, SgdMomentum, SwagConfig,
+    SwagPosterior,
+};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -29,10 +32,10 @@ struct Net {
 }
 
 impl Net {
-    fn new(vb: VarBuilder) -> candle_swag::Result<Self> {
+    fn new(vb: VarBuilder) -> candle_core::Result<Self> {
         Ok(Self {
             fc1: linear(64, 64, vb.pp("fc1"))?,
-            bn: BatchNorm::new(64, BatchNormConfig::default(), vb.pp("bn"))?,
+            bn: batch_norm(64, 1e-5, vb.pp("bn"))?,
             fc2: linear(64, 10, vb.pp("fc2"))?,
         })
     }
@@ -46,32 +49,12 @@ impl ModuleT for Net {
     }
 }
 
-/// Lets candle-swag find the BatchNorm layers to refresh after each weight sample.
-impl HasBatchNorm for Net {
-    fn batchnorms(&self) -> Vec<BatchNorm> {
-        vec![self.bn.clone()]
-    }
-}
-
-fn batches(x: &Tensor, y: &Tensor, order: &[u32], size: usize) -> Vec<(Tensor, Tensor)> {
-    order
-        .chunks(size)
-        .filter(|c| c.len() > 1)
-        .filter_map(|c| {
-            let idx = Tensor::from_slice(c, c.len(), x.device()).ok()?;
-            Some((x.index_select(&idx, 0).ok()?, y.index_select(&idx, 0).ok()?))
-        })
-        .collect()
-}
-
-fn probabilities(model: &Net, x: &Tensor) -> candle_core::Result<Vec<f32>> {
-    candle_nn::ops::softmax(&model.forward_t(x, false)?, D::Minus1)?
-        .flatten_all()?
-        .to_vec1::<f32>()
-}
-
 fn run() -> candle_swag::Result<()> {
-    let device = Device::Cpu;
+    let device = if std::env::args().any(|a| a == "--cpu") {
+        Device::Cpu
+    } else {
+        Device::cuda_if_available(0)?
+    };
     let data = candle_swag::data::bundled::digits(&device)?;
     let (x, y) = (&data.train.features, &data.train.targets);
     let labels: Vec<u32> = data.test.targets.to_vec1::<u32>()?;
@@ -95,7 +78,11 @@ fn run() -> candle_swag::Result<()> {
     let mut order: Vec<u32> = (0..data.train.len() as u32).collect();
     for epoch in 0..epochs {
         order.shuffle(&mut rng);
-        for (bx, by) in batches(x, y, &order, 32) {
+        // Batches of 32 in the shuffled order; a last batch of one row is dropped (BatchNorm
+        // needs two rows in training mode).
+        for chunk in order.chunks(32).filter(|c| c.len() > 1) {
+            let idx = Tensor::from_slice(chunk, chunk.len(), &device)?;
+            let (bx, by) = (x.index_select(&idx, 0)?, y.index_select(&idx, 0)?);
             let loss = candle_nn::loss::cross_entropy(&model.forward_t(&bx, true)?, &by)?;
             opt.backward_step(&loss)?;
         }
@@ -103,32 +90,24 @@ fn run() -> candle_swag::Result<()> {
             posterior.collect(&params)?; // SWAG: one snapshot per epoch
         }
     }
-    let metrics = |probs: &[f32]| {
-        classification_metrics(probs, 10, &labels, &ClassificationOptions::default())
-    };
-    let sgd = metrics(&probabilities(&model, &data.test.features)?)?;
+    let sgd_weights = params.flatten()?;
 
-    // SWAG: Bayesian model averaging over 30 weight samples.
-    let refresh_batches = || batches(x, y, &order, 256).into_iter().map(|(bx, _)| Ok(bx));
-    let samples = 30;
-    let mut bma = vec![0f32; labels.len() * 10];
-    for _ in 0..samples {
-        posterior.sample_into(&params, &SampleOptions::with_scale(0.5), &mut rng)?;
-        refresh_batchnorm(&model, refresh_batches(), None)?;
-        for (acc, p) in bma
-            .iter_mut()
-            .zip(probabilities(&model, &data.test.features)?)
-        {
-            *acc += p / samples as f32;
-        }
-    }
-    let swag = metrics(&bma)?;
-
-    // SWA: the mean weights, with their own BatchNorm statistics.
-    posterior.write_mean_into(&params)?;
-    refresh_batchnorm(&model, refresh_batches(), None)?;
-    let swa = metrics(&probabilities(&model, &data.test.features)?)?;
-
+    // SWAG: candle-nn's BatchNorm layers, found by name in the VarMap, refreshed exactly
+    // (torch's update_bn) on the training data after each weight sample.
+    let refresh =
+        BatchNormRefresh::new(BatchNormStats::from_varmap(&varmap, 0.1)?, batches(x, 256)?);
+    let methods = [
+        ("SGD", Predictive::point(&params, &sgd_weights)?),
+        (
+            "SWA",
+            Predictive::swa(&params, &posterior)?.with_refresh(refresh.clone()),
+        ),
+        (
+            "SWAG",
+            Predictive::swag(&params, &posterior, SampleOptions::with_scale(0.5), 30, 0)?
+                .with_refresh(refresh),
+        ),
+    ];
     println!(
         "d = {} weights, {} snapshots, {} deviation columns",
         posterior.numel(),
@@ -136,15 +115,34 @@ fn run() -> candle_swag::Result<()> {
         posterior.rows()
     );
     println!(
-        "{:<6} {:>9} {:>8} {:>8} {:>8}",
-        "method", "accuracy", "nll", "ece", "brier"
+        "{:<6} {:>9} {:>8} {:>8} {:>8} {:>10}",
+        "method", "accuracy", "nll", "ece", "brier", "mean MI"
     );
-    for (name, m) in [("SGD", &sgd), ("SWA", &swa), ("SWAG", &swag)] {
+    for (name, predictive) in methods {
+        // SWAG: BMA probabilities [N, C] on the device, and the epistemic/aleatoric split.
+        let out = predictive.classify(&model, batches(&data.test.features, 512)?)?;
+        let host = out.to_host()?;
+        let m = classification_metrics(
+            &host.mean_probs,
+            10,
+            &labels,
+            &ClassificationOptions::default(),
+        )?;
         println!(
-            "{:<6} {:>9.4} {:>8.4} {:>8.4} {:>8.4}",
-            name, m.accuracy, m.nll, m.ece, m.brier
+            "{:<6} {:>9.4} {:>8.4} {:>8.4} {:>8.4} {:>10.5}",
+            name,
+            m.accuracy,
+            m.nll,
+            m.ece,
+            m.brier,
+            host.summary().mutual_information
         );
     }
+    // After each prediction the model holds its SGD weights and statistics again.
+    assert_eq!(
+        params.flatten()?.to_vec1::<f32>()?,
+        sgd_weights.to_vec1::<f32>()?
+    );
     Ok(())
 }
 

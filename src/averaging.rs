@@ -15,9 +15,9 @@
 //! - Averages are kept in f32 on the parameters' device, in the flat order of the
 //!   [`ParamSet`]'s layout (the order of [`ParamSet::flatten`]).
 //! - Non-trainable buffers (BatchNorm running statistics, e.g. from
-//!   [`crate::batchnorm::batchnorm_buffers`]) can be averaged with the same rule and count, as
+//!   [`crate::batchnorm::BatchNormStats::buffers`]) can be averaged with the same rule and count, as
 //!   torch does with `use_buffers=True`. The usual alternative is to recompute them for the
-//!   averaged weights with [`crate::batchnorm::refresh_batchnorm`].
+//!   averaged weights with [`crate::batchnorm::BatchNormRefresh`].
 
 use candle_core::{DType, Tensor, Var};
 
@@ -110,7 +110,7 @@ impl ParameterAverage {
     }
 
     /// Also averages these non-trainable buffers (e.g. BatchNorm running statistics from
-    /// [`crate::batchnorm::batchnorm_buffers`]): each [`update`](Self::update) reads their
+    /// [`crate::batchnorm::BatchNormStats::buffers`]): each [`update`](Self::update) reads their
     /// current values and folds them in with the same rule and count as the parameters.
     ///
     /// Must be called before the first update. Names must be unique and non-empty and buffers
@@ -233,7 +233,7 @@ impl ParameterAverage {
     }
 
     /// Writes each registered buffer's average into the variable of the same name in
-    /// `buffers` (e.g. [`crate::batchnorm::batchnorm_buffers`] of the model to evaluate),
+    /// `buffers` (e.g. [`crate::batchnorm::BatchNormStats::buffers`] of the model to evaluate),
     /// converted to its dtype. Every registered name must be present with the same shape
     /// (`Error::LayoutMismatch` naming the buffer); nothing is written unless all match.
     pub fn write_buffers_into(&self, buffers: &[(String, Var)]) -> Result<()> {

@@ -1,13 +1,19 @@
-//! BatchNorm with a cumulative-average mode, and the BatchNorm refresh that SWA and SWAG need.
+//! BatchNorm refresh for SWA and SWAG, on candle-nn's own layers, and a BatchNorm layer with a
+//! cumulative-average mode.
 //!
 //! A weight sample (or the SWA mean) is a new network: the running statistics that the
 //! BatchNorm layers accumulated during training belong to other weights and must be recomputed
 //! before predicting. torch does this with `torch.optim.swa_utils.update_bn`, which switches every
 //! BatchNorm to `momentum=None` (an exact equal-weight average over batches) and runs one pass
-//! over the data. candle-nn's `BatchNorm` has a private, fixed momentum and no cumulative mode,
-//! so this module has its own layer, [`BatchNorm`], with the **same variable names** as
-//! candle-nn's (`<prefix>.weight`, `<prefix>.bias`, `<prefix>.running_mean`,
-//! `<prefix>.running_var`): checkpoints written with one load into the other.
+//! over the data. candle-nn's `BatchNorm` has a fixed momentum (a public `momentum()` getter, no
+//! setter) and no cumulative mode, but its statistics are `Var`s that its forward pass updates
+//! with that momentum; [`BatchNormRefresh`] uses this to give torch's exact result on candle-nn's
+//! layer, unchanged ([`BatchNormStats`] finds the layers by name in a `VarMap`, or takes them
+//! from you).
+//!
+//! [`BatchNorm`] is this crate's own layer, with the **same variable names** as candle-nn's
+//! (`<prefix>.weight`, `<prefix>.bias`, `<prefix>.running_mean`, `<prefix>.running_var`):
+//! checkpoints written with one load into the other. The refresh treats both the same way.
 //!
 //! Conventions (those of torch's `BatchNorm1d/2d`):
 //! - Input `[N, C]` or `[N, C, d1, d2, ...]`; statistics are taken per channel `C` over all
@@ -21,10 +27,11 @@
 //! - Evaluation mode normalises with the running statistics: `(x − mean) / sqrt(var + eps)`.
 //! - Half-precision inputs (f16, bf16) are normalised in f32 and cast back, as candle-nn does.
 
+use std::rc::Rc;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use candle_core::{DType, ModuleT, Tensor, Var};
-use candle_nn::{Init, VarBuilder};
+use candle_nn::{Init, VarBuilder, VarMap};
 
 use crate::{Error, Result};
 
@@ -74,8 +81,8 @@ struct Inner {
 /// A batch-normalisation layer over dimension 1, with momentum or cumulative running statistics.
 ///
 /// A cheap, cloneable handle: clones share the same variables and running state, so a model
-/// can hand its layers out through [`HasBatchNorm`] and [`refresh_batchnorm`] changes the
-/// layers the model uses. See the [module docs](self) for the numeric conventions.
+/// can hand its layers out (see [`BatchNormStats::of_layer`]) and a [`BatchNormRefresh`] changes
+/// the layers the model uses. See the [module docs](self) for the numeric conventions.
 #[derive(Debug, Clone)]
 pub struct BatchNorm {
     inner: Arc<Inner>,
@@ -336,125 +343,454 @@ impl ModuleT for BatchNorm {
     }
 }
 
-/// A model that can list its BatchNorm layers, so that [`refresh_batchnorm`] can find them.
+/// The running statistics of one BatchNorm layer, as [`BatchNormRefresh`] needs them: the two
+/// `Var`s the layer's forward reads and writes, and the momentum `m` of its update rule
+/// `running ← (1 − m)·running + m·batch`.
 ///
-/// Return handles to the layers the model's forward uses (clones of [`BatchNorm`] share state).
-/// A model without BatchNorm returns an empty list.
-pub trait HasBatchNorm {
-    /// The model's BatchNorm layers, in any order.
-    fn batchnorms(&self) -> Vec<BatchNorm>;
+/// Works for candle-nn's own [`candle_nn::BatchNorm`] (built by `candle_nn::batch_norm` from a
+/// VarMap, or by `BatchNorm::new` from tensors loaded read-only: the layer keeps its statistics in
+/// `Var`s either way) and for this crate's [`BatchNorm`]. A clone shares the variables.
+#[derive(Debug, Clone)]
+pub struct BatchNormStats {
+    name: String,
+    running_mean: Var,
+    running_var: Var,
+    momentum: f64,
 }
 
-impl HasBatchNorm for BatchNorm {
-    fn batchnorms(&self) -> Vec<BatchNorm> {
-        vec![self.clone()]
+impl BatchNormStats {
+    /// The statistics of a candle-nn layer, named `name` in errors and in
+    /// [`BatchNormStats::buffers`] (use its VarBuilder prefix, e.g. `"bn1"`). The momentum is read
+    /// with `BatchNorm::momentum()`.
+    ///
+    /// Errors (`Error::InvalidArgument` naming `momentum`): a layer with momentum 0 never updates
+    /// its statistics, so no refresh can reach it.
+    pub fn of_candle_nn(name: impl Into<String>, layer: &candle_nn::BatchNorm) -> Result<Self> {
+        Self::from_parts(
+            name.into(),
+            // `running_mean()` is the layer's own variable: `from_tensor` shares its storage.
+            Var::from_tensor(layer.running_mean())?,
+            Var::from_tensor(layer.running_var())?,
+            layer.momentum(),
+        )
+    }
+
+    /// The statistics of this crate's [`BatchNorm`] layer (named by its prefix).
+    ///
+    /// Errors (`Error::InvalidArgument` naming `momentum`): a layer switched to the cumulative
+    /// mode (`momentum() == None`) or with momentum 0.
+    pub fn of_layer(layer: &BatchNorm) -> Result<Self> {
+        let momentum = layer.momentum().ok_or_else(|| {
+            Error::invalid(
+                "momentum",
+                format!(
+                    "BatchNorm `{}` is in cumulative mode; give it a momentum (set_momentum) before a refresh",
+                    layer.prefix()
+                ),
+            )
+        })?;
+        Self::from_parts(
+            layer.prefix().to_string(),
+            layer.running_mean().clone(),
+            layer.running_var().clone(),
+            momentum,
+        )
+    }
+
+    /// Every BatchNorm layer of `varmap`: each pair `<prefix>.running_mean` /
+    /// `<prefix>.running_var`, sorted by prefix. `momentum` is the one the layers were built
+    /// with: candle-nn's `BatchNormConfig::default()` and this crate's use 0.1. A wrong momentum
+    /// scales every refreshed statistic by `true/given`, so pass the layers themselves
+    /// ([`BatchNormStats::of_candle_nn`]) when the model was built with other momenta.
+    ///
+    /// Returns an empty list for a model without BatchNorm. Errors: a `running_mean` without its
+    /// `running_var` or the reverse (`Error::InvalidArgument` naming the variable), a momentum
+    /// outside (0, 1].
+    pub fn from_varmap(varmap: &VarMap, momentum: f64) -> Result<Vec<Self>> {
+        Self::from_varmap_prefixes(varmap, None, momentum)
+    }
+
+    /// [`BatchNormStats::from_varmap`] restricted to the layers whose prefix is in `prefixes`
+    /// (exact match). Errors name a prefix with no BatchNorm statistics in the VarMap.
+    pub fn from_varmap_named(
+        varmap: &VarMap,
+        prefixes: &[&str],
+        momentum: f64,
+    ) -> Result<Vec<Self>> {
+        Self::from_varmap_prefixes(varmap, Some(prefixes), momentum)
+    }
+
+    fn from_varmap_prefixes(
+        varmap: &VarMap,
+        only: Option<&[&str]>,
+        momentum: f64,
+    ) -> Result<Vec<Self>> {
+        let data = varmap
+            .data()
+            .lock()
+            .map_err(|_| Error::invalid("varmap", "the VarMap's lock is poisoned"))?;
+        let mut prefixes: Vec<&str> = data
+            .keys()
+            .filter_map(|k| {
+                k.strip_suffix(".running_mean")
+                    .or_else(|| k.strip_suffix(".running_var"))
+            })
+            .collect();
+        prefixes.sort_unstable();
+        prefixes.dedup();
+        if let Some(only) = only {
+            if let Some(missing) = only.iter().find(|p| !prefixes.contains(p)) {
+                return Err(Error::invalid(
+                    "prefixes",
+                    format!("no BatchNorm statistics `{missing}.running_mean` in the VarMap"),
+                ));
+            }
+            prefixes.retain(|p| only.contains(p));
+        }
+        prefixes
+            .into_iter()
+            .map(|prefix| {
+                let get = |buffer: &str| {
+                    let name = qualified(prefix, buffer);
+                    data.get(&name).cloned().ok_or_else(|| {
+                        Error::invalid(name, format!("BatchNorm `{prefix}` lacks its {buffer}"))
+                    })
+                };
+                Self::from_parts(
+                    prefix.to_string(),
+                    get("running_mean")?,
+                    get("running_var")?,
+                    momentum,
+                )
+            })
+            .collect()
+    }
+
+    fn from_parts(
+        name: String,
+        running_mean: Var,
+        running_var: Var,
+        momentum: f64,
+    ) -> Result<Self> {
+        if !(momentum > 0.0 && momentum <= 1.0) {
+            return Err(Error::invalid(
+                "momentum",
+                format!("BatchNorm `{name}`: must be in (0, 1] for a refresh, got {momentum}"),
+            ));
+        }
+        if running_mean.dims() != running_var.dims() || running_mean.rank() != 1 {
+            return Err(Error::invalid(
+                name.clone(),
+                format!(
+                    "BatchNorm `{name}`: running_mean {:?} and running_var {:?} must be equal 1-d shapes",
+                    running_mean.dims(),
+                    running_var.dims()
+                ),
+            ));
+        }
+        Ok(Self {
+            name,
+            running_mean,
+            running_var,
+            momentum,
+        })
+    }
+
+    /// The layer's name (its prefix).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The momentum of the layer's update rule.
+    pub fn momentum(&self) -> f64 {
+        self.momentum
+    }
+
+    /// The running mean `[C]` (the layer's own variable).
+    pub fn running_mean(&self) -> &Var {
+        &self.running_mean
+    }
+
+    /// The running variance `[C]` (the layer's own variable).
+    pub fn running_var(&self) -> &Var {
+        &self.running_var
+    }
+
+    /// The statistics of `layers` as `(name, Var)` pairs, `<name>.running_mean` then
+    /// `<name>.running_var` per layer: e.g. to average them alongside the weights
+    /// ([`crate::averaging`]) or to keep them out of an optimizer.
+    pub fn buffers(layers: &[BatchNormStats]) -> Vec<(String, Var)> {
+        layers
+            .iter()
+            .flat_map(|l| {
+                [
+                    (qualified(&l.name, "running_mean"), l.running_mean.clone()),
+                    (qualified(&l.name, "running_var"), l.running_var.clone()),
+                ]
+            })
+            .collect()
     }
 }
 
-/// Names of all BatchNorm statistics buffers of `model` (`<prefix>.running_mean`,
-/// `<prefix>.running_var` for each layer), e.g. to keep them out of a parameter set or an
-/// optimizer. [`crate::layout::is_buffer_name`] recognises the same names by suffix.
-pub fn batchnorm_buffer_names<M: HasBatchNorm + ?Sized>(model: &M) -> Vec<String> {
-    model
-        .batchnorms()
-        .iter()
-        .flat_map(|bn| bn.buffer_names())
-        .collect()
+/// The batches of a refresh pass, re-created for every pass (one per weight sample).
+type BatchSource<'a> =
+    Rc<dyn Fn() -> Box<dyn Iterator<Item = candle_core::Result<Tensor>> + 'a> + 'a>;
+
+/// How the statistics are recomputed.
+#[derive(Clone)]
+enum RefreshRule {
+    /// Exact cumulative average, written into these layers' variables.
+    Exact(Vec<BatchNormStats>),
+    /// The layers' own moving average, for layers the caller cannot reach.
+    MovingAverage,
 }
 
-/// The BatchNorm statistics buffers of `model` as `(name, Var)` pairs, named as in
-/// [`batchnorm_buffer_names`] (e.g. for averaging them alongside the weights).
-pub fn batchnorm_buffers<M: HasBatchNorm + ?Sized>(model: &M) -> Vec<(String, Var)> {
-    model
-        .batchnorms()
-        .iter()
-        .flat_map(|bn| {
-            let [mean_name, var_name] = bn.buffer_names();
-            [
-                (mean_name, bn.running_mean().clone()),
-                (var_name, bn.running_var().clone()),
-            ]
+/// Recomputes BatchNorm statistics after a weight sample (or the SWA mean) is written into the
+/// model, before predicting: a weight sample is a new network, and the statistics accumulated
+/// during training belong to other weights.
+///
+/// **Exact** ([`BatchNormRefresh::new`]): the result of torch's
+/// `torch.optim.swa_utils.update_bn` (every layer at `momentum=None`, one pass over the data).
+/// Each running mean becomes the equal-weight mean over the batches of the per-batch means,
+/// each running variance the equal-weight mean of the per-batch **unbiased** variances (divisor
+/// `n − 1`, `n` = values per channel in the batch); batches of different sizes weigh the same,
+/// as in torch. The layers are left unchanged, candle-nn's included: before each batch the
+/// statistics are set to 0, so that the layer's own update `(1 − m)·0 + m·batch` leaves `m·batch`,
+/// which is divided by `m` and accumulated in f64 on the host (one f32 rounding per batch, no
+/// differencing of running values); the averages are written back at the end. Other train-mode
+/// behaviour of the model (dropout, ...) happens as in torch, which also calls `model.train()`.
+///
+/// **Moving-average fallback** ([`BatchNormRefresh::moving_average`]), for a model whose layers
+/// cannot be listed (e.g. hidden in a type you do not own): `passes` train-mode passes over the
+/// batches, each layer following its own momentum. The result is an exponential average that
+/// weighs the last `≈ 1/m` batches most; the mnist_cnn example measures its error against the
+/// exact refresh. Layers reachable as [`BatchNormStats`] should always use the exact refresh.
+///
+/// `fraction` ([`BatchNormRefresh::with_fraction`]): `0 < f < 1` uses the first
+/// `ceil(f · num_batches)` batches (at least 1), where a product within `1e-9` relative of an
+/// integer counts as that integer (`0.3 · 10` uses 3 batches, not 4). `num_batches` is the
+/// iterator's `size_hint` when exact, otherwise the batches are counted in a first pass.
+#[derive(Clone)]
+pub struct BatchNormRefresh<'a> {
+    rule: RefreshRule,
+    batches: BatchSource<'a>,
+    fraction: Option<f64>,
+    passes: usize,
+}
+
+impl std::fmt::Debug for BatchNormRefresh<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let layers: Vec<&str> = match &self.rule {
+            RefreshRule::Exact(l) => l.iter().map(|s| s.name()).collect(),
+            RefreshRule::MovingAverage => Vec::new(),
+        };
+        f.debug_struct("BatchNormRefresh")
+            .field("exact_layers", &layers)
+            .field("fraction", &self.fraction)
+            .field("passes", &self.passes)
+            .finish()
+    }
+}
+
+impl<'a> BatchNormRefresh<'a> {
+    /// The exact refresh of `layers` over one pass of `batches`. The iterator is cloned for each
+    /// pass, so any `Clone` iterator of batches works (e.g. [`crate::predictive::batches`] over
+    /// an in-memory tensor, or one that reads batches from disk). An empty `layers` (a model
+    /// without BatchNorm) makes every refresh a no-op that reads no batch.
+    pub fn new<I>(layers: Vec<BatchNormStats>, batches: I) -> Self
+    where
+        I: Iterator<Item = candle_core::Result<Tensor>> + Clone + 'a,
+    {
+        Self {
+            rule: RefreshRule::Exact(layers),
+            batches: Rc::new(move || Box::new(batches.clone())),
+            fraction: None,
+            passes: 1,
+        }
+    }
+
+    /// The moving-average fallback: `passes` (>= 1) train-mode passes over `batches`.
+    pub fn moving_average<I>(batches: I, passes: usize) -> Result<Self>
+    where
+        I: Iterator<Item = candle_core::Result<Tensor>> + Clone + 'a,
+    {
+        if passes == 0 {
+            return Err(Error::invalid("passes", "must be at least 1"));
+        }
+        Ok(Self {
+            rule: RefreshRule::MovingAverage,
+            batches: Rc::new(move || Box::new(batches.clone())),
+            fraction: None,
+            passes,
         })
-        .collect()
-}
+    }
 
-/// Recomputes every BatchNorm's running statistics from data, as torch's
-/// `torch.optim.swa_utils.update_bn`: use it after writing a weight sample or the SWA mean into
-/// the model, before predicting.
-///
-/// Steps: reset each layer's statistics (mean 0, variance 1, count 0); switch each layer to the
-/// cumulative mode; run `model.forward_t(batch, true)` on each batch, in one pass; restore each
-/// layer's previous update rule (also when an error ends the pass). Afterwards every running
-/// mean is exactly the equal-weight mean over the batches of the per-batch means, and every
-/// running variance the equal-weight mean of the per-batch **unbiased** variances (torch's
-/// result). Batches of different sizes weigh the same, as in torch. Other train-mode behaviour
-/// of the model (dropout, ...) happens as in torch, which also calls `model.train()`.
-///
-/// `fraction`: `None` (or `Some(1.0)`) uses every batch. `Some(f)` with `0 < f < 1` uses the
-/// first `ceil(f · num_batches)` batches (at least 1), where a product within `1e-9` relative of
-/// an integer counts as that integer (so `0.3 · 10` uses 3 batches, not 4). `num_batches` is
-/// taken from the iterator's `size_hint` when it is exact; otherwise the iterator is first
-/// collected into memory to count it. Any other value is refused with
-/// `Error::InvalidArgument` naming `fraction`.
-///
-/// Returns the number of batches forwarded. A model whose `batchnorms()` is empty returns
-/// `Ok(0)` at once without pulling from the iterator. An iterator with no batch is refused
-/// (`Error::InvalidArgument` naming `batches`) before any statistic is touched. An error from
-/// the iterator or the model is returned as is; the statistics then hold the average of the
-/// batches forwarded so far.
-pub fn refresh_batchnorm<M, I>(model: &M, batches: I, fraction: Option<f64>) -> Result<usize>
-where
-    M: ModuleT + HasBatchNorm + ?Sized,
-    I: IntoIterator<Item = Result<Tensor>>,
-{
-    let fraction = match fraction {
-        None => None,
-        Some(f) if f.is_finite() && f > 0.0 && f < 1.0 => Some(f),
-        Some(1.0) => None,
-        Some(f) => {
+    /// Uses only the first fraction `f` of the batches (see the type's docs). `f` must be in
+    /// (0, 1] (`Error::InvalidArgument` naming `fraction`).
+    pub fn with_fraction(mut self, f: f64) -> Result<Self> {
+        if !(f.is_finite() && f > 0.0 && f <= 1.0) {
             return Err(Error::invalid(
                 "fraction",
                 format!("must be in (0, 1], got {f}"),
-            ))
+            ));
         }
-    };
-    let norms = model.batchnorms();
-    if norms.is_empty() {
-        return Ok(0);
+        self.fraction = (f < 1.0).then_some(f);
+        Ok(self)
     }
 
-    let mut iter = batches.into_iter();
-    let (limit, buffered): (usize, Option<Vec<Result<Tensor>>>) = match fraction {
-        None => (usize::MAX, None),
-        Some(f) => {
-            let (low, high) = iter.size_hint();
-            if high == Some(low) {
-                (batches_for_fraction(f, low), None)
-            } else {
-                let all: Vec<_> = iter.by_ref().collect();
-                (batches_for_fraction(f, all.len()), Some(all))
+    /// The layers the exact refresh writes (empty for the moving-average fallback).
+    pub fn layers(&self) -> &[BatchNormStats] {
+        match &self.rule {
+            RefreshRule::Exact(l) => l,
+            RefreshRule::MovingAverage => &[],
+        }
+    }
+
+    /// Whether a refresh does anything (false for an exact refresh of no layer).
+    pub fn is_active(&self) -> bool {
+        !matches!(&self.rule, RefreshRule::Exact(l) if l.is_empty())
+    }
+
+    /// Runs the refresh on `model` (`model.forward_t(batch, true)` per batch) and returns the
+    /// number of batches forwarded (per pass).
+    ///
+    /// Errors: an iterator with no batch (`Error::InvalidArgument` naming `batches`), a layer
+    /// that the forward pass did not update (its variance stayed exactly 0 in every channel:
+    /// `Error::InvalidArgument` naming the layer), or an error of the iterator or the model. On
+    /// an error the exact refresh puts every layer's statistics back as they were.
+    pub fn run<M: ModuleT + ?Sized>(&self, model: &M) -> Result<usize> {
+        if !self.is_active() {
+            return Ok(0);
+        }
+        let mut batches: Box<dyn Iterator<Item = candle_core::Result<Tensor>> + 'a> =
+            (self.batches)();
+        let limit = match self.fraction {
+            None => usize::MAX,
+            Some(f) => {
+                let (low, high) = batches.size_hint();
+                let n = if high == Some(low) {
+                    low
+                } else {
+                    (self.batches)().count()
+                };
+                batches_for_fraction(f, n)
+            }
+        };
+        let Some(first) = batches.next() else {
+            return Err(Error::invalid(
+                "batches",
+                "the batch iterator yielded no batch; BatchNorm statistics were left unchanged",
+            ));
+        };
+        let batches = std::iter::once(first).chain(batches).take(limit);
+        match &self.rule {
+            RefreshRule::Exact(layers) => exact_refresh(layers, model, batches),
+            RefreshRule::MovingAverage => {
+                let mut used = 0;
+                for batch in batches {
+                    model.forward_t(&batch?, true)?;
+                    used += 1;
+                }
+                for _ in 1..self.passes {
+                    for batch in (self.batches)().take(limit) {
+                        model.forward_t(&batch?, true)?;
+                    }
+                }
+                Ok(used)
             }
         }
-    };
-    let mut source: Box<dyn Iterator<Item = Result<Tensor>>> = match buffered {
-        Some(all) => Box::new(all.into_iter()),
-        None => Box::new(iter),
-    };
-    let Some(first) = source.next() else {
-        return Err(Error::invalid(
-            "batches",
-            "the batch iterator yielded no batch; BatchNorm statistics were left unchanged",
-        ));
-    };
+    }
+}
 
-    let _restore = RestoreMomentum::switch_to_cumulative(&norms)?;
+/// The exact cumulative refresh (see [`BatchNormRefresh`]); restores the statistics on error.
+fn exact_refresh<M: ModuleT + ?Sized>(
+    layers: &[BatchNormStats],
+    model: &M,
+    batches: impl Iterator<Item = candle_core::Result<Tensor>>,
+) -> Result<usize> {
+    let saved: Vec<(Tensor, Tensor)> = layers
+        .iter()
+        .map(|l| Ok((l.running_mean.copy()?, l.running_var.copy()?)))
+        .collect::<Result<_>>()?;
+    let result = accumulate_batch_stats(layers, model, batches);
+    let restore_or_write = match &result {
+        Ok((used, sums)) => layers.iter().zip(sums).try_for_each(|(l, (m, v))| {
+            let k = *used as f64;
+            write_host(&l.running_mean, m.iter().map(|x| x / k))?;
+            write_host(&l.running_var, v.iter().map(|x| x / k))
+        }),
+        Err(_) => layers.iter().zip(&saved).try_for_each(|(l, (m, v))| {
+            l.running_mean.set(m)?;
+            l.running_var.set(v)?;
+            Ok(())
+        }),
+    };
+    let (used, _) = result?;
+    restore_or_write?;
+    Ok(used)
+}
+
+/// Per layer, the f64 sums over batches of the batch means and unbiased variances.
+type StatSums = Vec<(Vec<f64>, Vec<f64>)>;
+
+fn accumulate_batch_stats<M: ModuleT + ?Sized>(
+    layers: &[BatchNormStats],
+    model: &M,
+    batches: impl Iterator<Item = candle_core::Result<Tensor>>,
+) -> Result<(usize, StatSums)> {
+    let zeros: Vec<Tensor> = layers
+        .iter()
+        .map(|l| Ok(l.running_mean.zeros_like()?))
+        .collect::<Result<_>>()?;
+    let mut sums: StatSums = layers
+        .iter()
+        .map(|l| {
+            let c = l.running_mean.elem_count();
+            (vec![0.0; c], vec![0.0; c])
+        })
+        .collect();
     let mut used = 0usize;
-    for batch in std::iter::once(first).chain(source).take(limit) {
+    for batch in batches {
         let batch = batch?;
+        for (l, z) in layers.iter().zip(&zeros) {
+            l.running_mean.set(z)?;
+            l.running_var.set(z)?;
+        }
         model.forward_t(&batch, true)?;
+        for (l, (mean_sum, var_sum)) in layers.iter().zip(sums.iter_mut()) {
+            let mean = read_host(&l.running_mean)?;
+            let var = read_host(&l.running_var)?;
+            if var.iter().all(|&v| v == 0.0) {
+                return Err(Error::invalid(
+                    l.name.clone(),
+                    format!(
+                        "BatchNorm `{}` was not updated by the train-mode forward pass (is it part of the model, and was it built with this momentum?)",
+                        l.name
+                    ),
+                ));
+            }
+            for (s, x) in mean_sum.iter_mut().zip(mean) {
+                *s += x / l.momentum;
+            }
+            for (s, x) in var_sum.iter_mut().zip(var) {
+                *s += x / l.momentum;
+            }
+        }
         used += 1;
     }
-    Ok(used)
+    Ok((used, sums))
+}
+
+fn read_host(v: &Var) -> Result<Vec<f64>> {
+    Ok(v.as_tensor().to_dtype(DType::F64)?.to_vec1::<f64>()?)
+}
+
+fn write_host(v: &Var, values: impl Iterator<Item = f64>) -> Result<()> {
+    let host: Vec<f64> = values.collect();
+    let n = host.len();
+    let t = Tensor::from_vec(host, n, v.device())?.to_dtype(v.dtype())?;
+    v.set(&t)?;
+    Ok(())
 }
 
 /// `ceil(f · n)` clamped to `[1, n]`, with products within 1e-9 (relative) of an integer read
@@ -471,33 +807,6 @@ fn batches_for_fraction(f: f64, n: usize) -> usize {
         x.ceil()
     };
     (k as usize).clamp(1, n)
-}
-
-/// Puts every layer back to its previous update rule when dropped, so an early return or an
-/// error in the middle of a refresh leaves no layer in cumulative mode.
-struct RestoreMomentum {
-    saved: Vec<(BatchNorm, Option<f64>)>,
-}
-
-impl RestoreMomentum {
-    fn switch_to_cumulative(norms: &[BatchNorm]) -> Result<Self> {
-        let mut guard = Self { saved: Vec::new() };
-        for bn in norms {
-            guard.saved.push((bn.clone(), bn.momentum()));
-            bn.reset_running_stats()?;
-            bn.state().momentum = None;
-        }
-        Ok(guard)
-    }
-}
-
-impl Drop for RestoreMomentum {
-    fn drop(&mut self) {
-        // Restore in reverse so a layer listed twice ends with its original rule.
-        for (bn, momentum) in self.saved.iter().rev() {
-            bn.state().momentum = *momentum;
-        }
-    }
 }
 
 fn check_momentum(m: f64) -> Result<()> {

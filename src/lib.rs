@@ -4,20 +4,22 @@
 //! Bayesian model averaging, and calibration metrics, plots and reports.
 //!
 //! SWAG fits a Gaussian `N(mean, scale · (diag + D Dᵀ/(rows − 1)))` over the weights from the
-//! SGD trajectory: [`swag::SwagPosterior::collect`] once per epoch after the SWA start, then
-//! [`swag::SwagPosterior::sample_into`] writes weight samples straight into the model's `Var`s
-//! for Bayesian model averaging (BMA). The metrics ([`metrics`]) and the report ([`report`])
-//! say whether the resulting uncertainty is honest.
+//! SGD trajectory: [`SwagPosterior::collect`] once per epoch after the SWA start; a
+//! [`Predictive`] then writes weight samples into the model's `Var`s, refreshes BatchNorm
+//! statistics ([`BatchNormRefresh`], candle-nn's own layers included) and averages the
+//! predictions (Bayesian model averaging, BMA) for any candle `ModuleT`. The metrics
+//! ([`metrics`]) and the report ([`report`]) say whether the resulting uncertainty is honest.
 //!
 //! ## The whole workflow
 //! ```
-//! use candle_core::{DType, Device, Module, Tensor, D};
+//! use candle_core::{DType, Device, Module, ModuleT, Tensor};
 //! use candle_nn::{Optimizer, VarBuilder, VarMap};
-//! use candle_swag::layout::ParamSet;
 //! use candle_swag::metrics::{classification_metrics, ClassificationOptions};
-//! use candle_swag::optim::{SgdConfig, SgdMomentum};
-//! use candle_swag::swag::{SampleOptions, SwagConfig, SwagPosterior};
-//! use rand::SeedableRng;
+//! use candle_swag::predictive::batches;
+//! use candle_swag::{
+//!     BatchNormRefresh, BatchNormStats, ParamSet, Predictive, SampleOptions, SgdConfig,
+//!     SgdMomentum, SwagConfig, SwagPosterior,
+//! };
 //!
 //! # fn main() -> candle_swag::Result<()> {
 //! // Toy data: the class is the sign of x0 + x1.
@@ -26,46 +28,51 @@
 //! let xs = Tensor::from_vec(x, (100, 2), &Device::Cpu)?;
 //! let ys = Tensor::from_vec(y.clone(), 100, &Device::Cpu)?;
 //!
-//! // 1. Any candle model whose weights live in a VarMap.
+//! // 1. Any candle model whose weights live in a VarMap, here with candle-nn's BatchNorm.
 //! let varmap = VarMap::new();
-//! let model = candle_nn::linear(2, 2, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu).pp("fc"))?;
-//! let params = ParamSet::from_varmap(&varmap)?;
-//! let config = SgdConfig { lr: 0.5, momentum: 0.9, weight_decay: 0.0 };
+//! let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+//! let (fc1, bn, fc2) = (
+//!     candle_nn::linear(2, 8, vb.pp("fc1"))?,
+//!     candle_nn::batch_norm(8, 1e-5, vb.pp("bn"))?,
+//!     candle_nn::linear(8, 2, vb.pp("fc2"))?,
+//! );
+//! let model = candle_swag::predictive::forward_fn(|x: &Tensor, train: bool| {
+//!     fc2.forward(&bn.forward_t(&fc1.forward(x)?, train)?.relu()?)
+//! });
+//! let params = ParamSet::from_varmap(&varmap)?; // BatchNorm statistics are left out
+//! let config = SgdConfig { lr: 0.1, momentum: 0.9, weight_decay: 0.0 };
 //! let mut sgd = SgdMomentum::new(params.vars().to_vec(), config)?;
 //!
 //! // 2. Train; collect SWAG moments once per epoch after the SWA start.
 //! let mut posterior = SwagPosterior::for_params(&params, SwagConfig::with_rank(5))?;
 //! for epoch in 0..30 {
-//!     let loss = candle_nn::loss::cross_entropy(&model.forward(&xs)?, &ys)?;
+//!     let loss = candle_nn::loss::cross_entropy(&model.forward_t(&xs, true)?, &ys)?;
 //!     sgd.backward_step(&loss)?;
 //!     if epoch >= 20 {
 //!         posterior.collect(&params)?;
 //!     }
 //! }
 //!
-//! // 3. Bayesian model averaging over weight samples.
-//! let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-//! let mut bma = vec![0f32; 200];
-//! for _ in 0..10 {
-//!     posterior.sample_into(&params, &SampleOptions::default(), &mut rng)?;
-//!     let p = candle_nn::ops::softmax(&model.forward(&xs)?, D::Minus1)?;
-//!     for (a, v) in bma.iter_mut().zip(p.flatten_all()?.to_vec1::<f32>()?) {
-//!         *a += v / 10.0;
-//!     }
-//! }
+//! // 3. Bayesian model averaging over 10 weight samples, BatchNorm refreshed after each.
+//! let refresh = BatchNormRefresh::new(BatchNormStats::from_varmap(&varmap, 0.1)?, batches(&xs, 25)?);
+//! let swag = Predictive::swag(&params, &posterior, SampleOptions::with_scale(0.5), 10, 0)?
+//!     .with_refresh(refresh);
+//! let out = swag.classify(&model, batches(&xs, 50)?)?; // probs [100, 2] on the device
 //!
 //! // 4. How honest is it?
-//! let m = classification_metrics(&bma, 2, &y, &ClassificationOptions::default())?;
-//! assert!(m.accuracy > 0.9 && m.nll.is_finite() && m.ece >= 0.0);
+//! let host = out.to_host()?;
+//! let m = classification_metrics(&host.mean_probs, 2, &y, &ClassificationOptions::default())?;
+//! assert!(m.accuracy > 0.85 && m.nll.is_finite() && m.ece >= 0.0);
 //! # Ok(()) }
 //! ```
 //!
 //! ## Where things are
 //! - [`layout`]: which weights, in which order ([`layout::ParamSet`]).
 //! - [`swag`]: the posterior, its sampler, log-density, file format and MultiSWAG.
+//! - [`predictive`]: predictions with uncertainty for any model, SGD/SWA/SWAG/MultiSWAG alike.
 //! - [`averaging`], [`schedule`], [`batchnorm`], [`optim`]: SWA/EMA, learning-rate schedules,
-//!   BatchNorm with exact statistics refresh, SGD with momentum and weight decay.
-//! - [`bma`], [`train`], [`models`], [`data`]: the pipeline behind the CLI and the examples.
+//!   exact BatchNorm statistics refresh, SGD with momentum and weight decay.
+//! - [`train`], [`models`], [`data`]: the pipeline behind the CLI and the examples.
 //! - [`metrics`], [`plot`], [`report`], [`io`]: calibration and uncertainty metrics, figures,
 //!   reports, and reading prediction files from any framework.
 //! - [`perf`]: the SWAG primitives measured against the memory-bandwidth floor.
@@ -79,9 +86,9 @@ pub mod swag;
 pub mod averaging;
 pub mod batchnorm;
 pub mod optim;
+pub mod predictive;
 pub mod schedule;
 
-pub mod bma;
 pub mod data;
 pub mod models;
 pub mod train;
@@ -91,7 +98,15 @@ pub mod metrics;
 pub mod plot;
 pub mod report;
 
+pub use averaging::{AveragingRule, ParameterAverage};
+pub use batchnorm::{BatchNormRefresh, BatchNormStats};
 pub use error::{Error, Result};
+pub use layout::{ParamLayout, ParamSet};
+pub use optim::{SgdConfig, SgdMomentum};
+pub use predictive::{
+    ClassificationOutput, Noise, Predictive, RegressionOutput, RegressionPrediction, VarianceLink,
+};
+pub use swag::{Divisor, MultiSwag, SampleOptions, SwagConfig, SwagPosterior};
 
 /// The README's Rust example is compiled as a doctest, so it cannot drift from the API.
 #[cfg(doctest)]

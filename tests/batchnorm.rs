@@ -2,10 +2,7 @@
 
 use candle_core::{DType, Device, ModuleT, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use candle_swag::batchnorm::{
-    batchnorm_buffer_names, batchnorm_buffers, refresh_batchnorm, BatchNorm, BatchNormConfig,
-    HasBatchNorm,
-};
+use candle_swag::batchnorm::{BatchNorm, BatchNormConfig, BatchNormRefresh, BatchNormStats};
 use candle_swag::Error;
 
 const EPS: f64 = 1e-5;
@@ -103,13 +100,9 @@ fn variables_live_in_the_varmap_under_candle_nn_names() {
         bn.buffer_names(),
         ["block.bn0.running_mean", "block.bn0.running_var"]
     );
-    assert_eq!(
-        batchnorm_buffer_names(&bn),
-        ["block.bn0.running_mean", "block.bn0.running_var"]
-    );
-    let buffers = batchnorm_buffers(&bn);
-    assert_eq!(buffers.len(), 2);
-    assert_eq!(buffers[0].0, "block.bn0.running_mean");
+    let buffers = BatchNormStats::buffers(&[BatchNormStats::of_layer(&bn).unwrap()]);
+    let names: Vec<&str> = buffers.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["block.bn0.running_mean", "block.bn0.running_var"]);
 
     // A train step updates the very Var held by the VarMap.
     let x = tensor(&[vec![1.0, 2.0, 3.0], vec![3.0, 6.0, 9.0]]);
@@ -286,9 +279,12 @@ impl ModuleT for TwoBn {
     }
 }
 
-impl HasBatchNorm for TwoBn {
-    fn batchnorms(&self) -> Vec<BatchNorm> {
-        vec![self.bn_a.clone(), self.bn_b.clone()]
+impl TwoBn {
+    fn stats(&self) -> Vec<BatchNormStats> {
+        [&self.bn_a, &self.bn_b]
+            .into_iter()
+            .map(|bn| BatchNormStats::of_layer(bn).unwrap())
+            .collect()
     }
 }
 
@@ -340,8 +336,14 @@ fn three_batches() -> Vec<Vec<Vec<f64>>> {
     ]
 }
 
-fn ok_batches(batches: &[Vec<Vec<f64>>]) -> Vec<candle_swag::Result<Tensor>> {
-    batches.iter().map(|b| Ok(tensor(b))).collect()
+fn ok_batches(
+    batches: &[Vec<Vec<f64>>],
+) -> impl Iterator<Item = candle_core::Result<Tensor>> + Clone + '_ {
+    batches.iter().map(|b| Ok(tensor(b)))
+}
+
+fn refresh(layers: Vec<BatchNormStats>, batches: &[Vec<Vec<f64>>]) -> BatchNormRefresh<'_> {
+    BatchNormRefresh::new(layers, ok_batches(batches))
 }
 
 #[test]
@@ -357,7 +359,7 @@ fn refresh_reproduces_exact_mean_of_batch_statistics() {
     }
 
     let batches = three_batches();
-    let used = refresh_batchnorm(&model, ok_batches(&batches), None).unwrap();
+    let used = refresh(model.stats(), &batches).run(&model).unwrap();
     assert_eq!(used, 3);
 
     let want = expected_refresh(&batches);
@@ -375,13 +377,12 @@ fn refresh_reproduces_exact_mean_of_batch_statistics() {
             1e-13,
             &format!("{what} var"),
         );
-        assert_eq!(bn.batches_seen(), 3);
     }
     // First layer by hand: means of batch means of channel 0 = (2 + 5/3 + 91.25) / 3.
     let m0 = (2.0 + 5.0 / 3.0 + 91.25) / 3.0;
     assert!((vec1(model.bn_a.running_mean().as_tensor())[0] - m0).abs() < 1e-12);
 
-    // Update rules restored.
+    // The layers' own update rules are untouched.
     assert_eq!(model.bn_a.momentum(), Some(0.1));
     assert_eq!(model.bn_b.momentum(), Some(0.3));
 }
@@ -396,7 +397,11 @@ fn refresh_with_fraction_uses_the_documented_number_of_batches() {
     for (fraction, want_used) in [(0.3, 3usize), (0.25, 3), (0.01, 1), (0.95, 10), (1.0, 10)] {
         let mut varmap = VarMap::new();
         let model = two_bn(&mut varmap);
-        let used = refresh_batchnorm(&model, ok_batches(&base), Some(fraction)).unwrap();
+        let used = refresh(model.stats(), &base)
+            .with_fraction(fraction)
+            .unwrap()
+            .run(&model)
+            .unwrap();
         assert_eq!(used, want_used, "fraction {fraction}");
         let want = expected_refresh(&base[..want_used]);
         assert_all_close(
@@ -406,14 +411,14 @@ fn refresh_with_fraction_uses_the_documented_number_of_batches() {
             &format!("fraction {fraction}"),
         );
 
-        // An iterator without an exact length gives the same count (it is collected first).
+        // An iterator without an exact length gives the same count (it is counted first).
         let mut varmap2 = VarMap::new();
         let model2 = two_bn(&mut varmap2);
-        let inexact = ok_batches(&base).into_iter().filter(|_| true);
-        assert_eq!(
-            refresh_batchnorm(&model2, inexact, Some(fraction)).unwrap(),
-            want_used
-        );
+        let inexact = ok_batches(&base).filter(|_| true);
+        let r = BatchNormRefresh::new(model2.stats(), inexact)
+            .with_fraction(fraction)
+            .unwrap();
+        assert_eq!(r.run(&model2).unwrap(), want_used);
     }
 }
 
@@ -423,11 +428,7 @@ fn invalid_fraction_and_empty_iterator_are_refused() {
     let model = two_bn(&mut varmap);
     for f in [0.0, -0.5, 1.5, f64::NAN, f64::INFINITY] {
         assert_eq!(
-            invalid_name(refresh_batchnorm(
-                &model,
-                ok_batches(&three_batches()),
-                Some(f)
-            )),
+            invalid_name(refresh(model.stats(), &three_batches()).with_fraction(f)),
             "fraction"
         );
     }
@@ -436,7 +437,7 @@ fn invalid_fraction_and_empty_iterator_are_refused() {
         .unwrap();
     let before = vec1(model.bn_a.running_mean().as_tensor());
     assert_eq!(
-        invalid_name(refresh_batchnorm(&model, Vec::new(), None)),
+        invalid_name(refresh(model.stats(), &[]).run(&model)),
         "batches"
     );
     assert_eq!(
@@ -444,64 +445,223 @@ fn invalid_fraction_and_empty_iterator_are_refused() {
         before,
         "left unchanged"
     );
+    // A layer in cumulative mode cannot be refreshed through its momentum.
+    model.bn_b.set_momentum(None).unwrap();
+    assert_eq!(
+        invalid_name(BatchNormStats::of_layer(&model.bn_b)),
+        "momentum"
+    );
 }
 
 #[test]
-fn momentum_is_restored_after_an_error() {
+fn statistics_are_restored_after_an_error() {
     let mut varmap = VarMap::new();
     let model = two_bn(&mut varmap);
-    model.bn_a.set_momentum(Some(0.7)).unwrap();
-    model.bn_b.set_momentum(None).unwrap();
+    model
+        .forward_t(&tensor(&[vec![5.0, 6.0], vec![7.0, 9.0]]), true)
+        .unwrap();
+    let before = [
+        vec1(model.bn_a.running_mean().as_tensor()),
+        vec1(model.bn_b.running_var().as_tensor()),
+    ];
+    let after = |m: &TwoBn| {
+        [
+            vec1(m.bn_a.running_mean().as_tensor()),
+            vec1(m.bn_b.running_var().as_tensor()),
+        ]
+    };
 
     // The iterator fails on its second item.
-    let items: Vec<candle_swag::Result<Tensor>> = vec![
-        Ok(tensor(&three_batches()[0])),
-        Err(Error::invalid("loader", "disk gone")),
-        Ok(tensor(&three_batches()[1])),
-    ];
-    assert_eq!(
-        invalid_name(refresh_batchnorm(&model, items, None)),
-        "loader"
-    );
-    assert_eq!(model.bn_a.momentum(), Some(0.7));
-    assert_eq!(model.bn_b.momentum(), None);
+    let good = three_batches();
+    let items = (0..3).map(|i| match i {
+        1 => Err(candle_core::Error::Msg("disk gone".into())),
+        _ => Ok(tensor(&good[i])),
+    });
+    let err = BatchNormRefresh::new(model.stats(), items)
+        .run(&model)
+        .unwrap_err();
+    assert!(err.to_string().contains("disk gone"), "{err}");
+    assert_eq!(after(&model), before);
 
     // The model fails (wrong number of channels).
     let bad = Tensor::zeros((4, 3), DType::F64, &Device::Cpu).unwrap();
-    assert!(refresh_batchnorm(&model, vec![Ok(bad)], None).is_err());
-    assert_eq!(model.bn_a.momentum(), Some(0.7));
-    assert_eq!(model.bn_b.momentum(), None);
-
-    // A successful refresh afterwards also restores them.
-    refresh_batchnorm(&model, ok_batches(&three_batches()), None).unwrap();
-    assert_eq!(model.bn_a.momentum(), Some(0.7));
-    assert_eq!(model.bn_b.momentum(), None);
+    assert!(
+        BatchNormRefresh::new(model.stats(), std::iter::once(&bad).map(|t| Ok(t.clone())))
+            .run(&model)
+            .is_err()
+    );
+    assert_eq!(after(&model), before);
 }
 
-struct NoBn;
-
-impl candle_core::Module for NoBn {
-    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        Ok(xs.clone())
-    }
-}
-
-impl HasBatchNorm for NoBn {
-    fn batchnorms(&self) -> Vec<BatchNorm> {
-        Vec::new()
-    }
+#[test]
+fn a_layer_the_forward_does_not_reach_is_named() {
+    let mut varmap = VarMap::new();
+    let model = two_bn(&mut varmap);
+    let stray = BatchNorm::new(2, BatchNormConfig::default(), f64_vb(&varmap).pp("stray")).unwrap();
+    let mut layers = model.stats();
+    layers.push(BatchNormStats::of_layer(&stray).unwrap());
+    assert_eq!(
+        invalid_name(refresh(layers, &three_batches()).run(&model)),
+        "stray"
+    );
 }
 
 #[test]
 fn model_without_batchnorm_pays_nothing() {
-    let never = std::iter::from_fn(|| -> Option<candle_swag::Result<Tensor>> {
+    let never = std::iter::from_fn(|| -> Option<candle_core::Result<Tensor>> {
         panic!("the iterator must not be pulled")
     });
-    assert_eq!(refresh_batchnorm(&NoBn, never, None).unwrap(), 0);
-    let never = std::iter::from_fn(|| -> Option<candle_swag::Result<Tensor>> {
-        panic!("the iterator must not be pulled")
-    });
-    assert_eq!(refresh_batchnorm(&NoBn, never, Some(0.5)).unwrap(), 0);
+    let identity = candle_swag::predictive::forward_fn(|xs: &Tensor, _| Ok(xs.clone()));
+    let r = BatchNormRefresh::new(Vec::new(), never);
+    assert!(!r.is_active());
+    assert_eq!(r.run(&identity).unwrap(), 0);
+    assert_eq!(r.with_fraction(0.5).unwrap().run(&identity).unwrap(), 0);
+}
+
+/// candle-nn's own BatchNorm, found by name in the VarMap: after the refresh it holds, per
+/// channel, the equal-weight mean over batches of the batch means and of the unbiased batch
+/// variances (torch's `update_bn`), computed here independently in f64.
+#[test]
+fn candle_nn_batchnorm_refresh_is_exact() {
+    let device = Device::Cpu;
+    let (channels, h, w) = (3usize, 4usize, 5usize);
+    // 23 images: batch sizes 8 → 8, 8, 7; 5 → 5·4 + 3; 23 → one batch; 2 → 11·2 + 1.
+    let n = 23usize;
+    let values: Vec<f32> = (0..n * channels * h * w)
+        .map(|i| ((i * 7919 % 1009) as f32 / 100.0 - 5.0) * (1.0 + (i % 3) as f32))
+        .collect();
+    let x = Tensor::from_vec(values.clone(), (n, channels, h, w), &device).unwrap();
+    for batch_size in [8usize, 5, 23, 2] {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
+        let conv_bn = candle_nn::batch_norm(channels, 1e-5, vb.pp("features.bn")).unwrap();
+        // Stale statistics from other data.
+        conv_bn
+            .forward_t(&(x.narrow(0, 0, 4).unwrap() * 3.0).unwrap(), true)
+            .unwrap();
+        let layers = BatchNormStats::from_varmap(&varmap, 0.1).unwrap();
+        assert_eq!(layers.len(), 1);
+        assert_eq!(layers[0].name(), "features.bn");
+        let model = candle_swag::predictive::forward_fn(|xs: &Tensor, train: bool| {
+            conv_bn.forward_t(xs, train)
+        });
+        let batches = candle_swag::predictive::batches(&x, batch_size).unwrap();
+        let used = BatchNormRefresh::new(layers, batches).run(&model).unwrap();
+        assert_eq!(used, n.div_ceil(batch_size));
+
+        // f64 reference: per batch, per channel, mean and unbiased variance.
+        let mut mean = vec![0.0f64; channels];
+        let mut var = vec![0.0f64; channels];
+        let mut k = 0.0;
+        for start in (0..n).step_by(batch_size) {
+            let rows = batch_size.min(n - start);
+            for c in 0..channels {
+                let vals: Vec<f64> = (start..start + rows)
+                    .flat_map(|i| {
+                        let base = (i * channels + c) * h * w;
+                        values[base..base + h * w].iter().map(|&v| f64::from(v))
+                    })
+                    .collect();
+                let m = vals.iter().sum::<f64>() / vals.len() as f64;
+                let ss: f64 = vals.iter().map(|v| (v - m) * (v - m)).sum();
+                mean[c] += m;
+                var[c] += ss / (vals.len() as f64 - 1.0);
+            }
+            k += 1.0;
+        }
+        let got_mean: Vec<f64> = vec1(conv_bn.running_mean());
+        let got_var: Vec<f64> = vec1(conv_bn.running_var());
+        for c in 0..channels {
+            let (wm, wv) = (mean[c] / k, var[c] / k);
+            assert!(
+                (got_mean[c] - wm).abs() <= 1e-6 * wm.abs().max(1.0),
+                "batch {batch_size} channel {c}: mean {} vs {wm}",
+                got_mean[c]
+            );
+            assert!(
+                (got_var[c] - wv).abs() <= 1e-6 * wv.abs().max(1.0),
+                "batch {batch_size} channel {c}: var {} vs {wv}",
+                got_var[c]
+            );
+        }
+        // The refreshed statistics are what the eval forward uses.
+        let eval = conv_bn.forward_t(&x, false).unwrap();
+        assert_eq!(eval.dims(), x.dims());
+    }
+}
+
+#[test]
+fn layers_found_by_name_or_given_by_the_user() {
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let a = candle_nn::batch_norm(2, 1e-5, vb.pp("a")).unwrap();
+    let _b = candle_nn::batch_norm(2, 1e-5, vb.pp("b")).unwrap();
+    let _fc = candle_nn::linear(2, 2, vb.pp("fc")).unwrap();
+    let all = BatchNormStats::from_varmap(&varmap, 0.1).unwrap();
+    let names: Vec<&str> = all.iter().map(|l| l.name()).collect();
+    assert_eq!(names, ["a", "b"]);
+    let only = BatchNormStats::from_varmap_named(&varmap, &["b"], 0.1).unwrap();
+    assert_eq!(only.len(), 1);
+    assert_eq!(
+        invalid_name(BatchNormStats::from_varmap_named(&varmap, &["fc"], 0.1)),
+        "prefixes"
+    );
+    assert_eq!(
+        invalid_name(BatchNormStats::from_varmap(&varmap, 0.0)),
+        "momentum"
+    );
+    // From the layer itself: its momentum, and the very Vars it updates.
+    let given = BatchNormStats::of_candle_nn("a", &a).unwrap();
+    assert_eq!(given.momentum(), 0.1);
+    let x = Tensor::new(&[[1f32, 2.0], [3.0, 5.0]], &Device::Cpu).unwrap();
+    a.forward_t(&x, true).unwrap();
+    assert_eq!(
+        given.running_mean().as_tensor().to_vec1::<f32>().unwrap(),
+        a.running_mean().to_vec1::<f32>().unwrap()
+    );
+    // A VarMap without BatchNorm gives no layer.
+    let plain = VarMap::new();
+    let _ = candle_nn::linear(
+        2,
+        2,
+        VarBuilder::from_varmap(&plain, DType::F32, &Device::Cpu),
+    );
+    assert!(BatchNormStats::from_varmap(&plain, 0.1).unwrap().is_empty());
+}
+
+/// A candle-nn layer built from tensors that live outside any VarMap (e.g. weights loaded
+/// read-only) still keeps its statistics in Vars: passed by hand, it refreshes exactly too.
+#[test]
+fn layer_loaded_outside_a_varmap_refreshes_exactly() {
+    let device = Device::Cpu;
+    let mean = Tensor::new(&[9f32, -9.0], &device).unwrap();
+    let var = Tensor::new(&[4f32, 4.0], &device).unwrap();
+    let weight = Tensor::new(&[1f32, 1.0], &device).unwrap();
+    let bias = Tensor::new(&[0f32, 0.0], &device).unwrap();
+    let bn = candle_nn::BatchNorm::new(2, mean, var, weight, bias, 1e-5).unwrap();
+    let layers = vec![BatchNormStats::of_candle_nn("bn", &bn).unwrap()];
+    let model = candle_swag::predictive::forward_fn(|xs: &Tensor, t: bool| bn.forward_t(xs, t));
+    let data = Tensor::new(
+        &[[1f32, 10.0], [3.0, 14.0], [-2.0, 0.5], [0.0, 1.5]],
+        &device,
+    )
+    .unwrap();
+    let r = BatchNormRefresh::new(layers, candle_swag::predictive::batches(&data, 2).unwrap());
+    r.run(&model).unwrap();
+    // Batches {[1,10],[3,14]} and {[-2,0.5],[0,1.5]}: means (2, 12), (−1, 1); unbiased
+    // variances (2, 8), (2, 0.5).
+    let m = bn.running_mean().to_vec1::<f32>().unwrap();
+    let v = bn.running_var().to_vec1::<f32>().unwrap();
+    for (got, want) in m
+        .iter()
+        .zip([0.5f32, 6.5])
+        .chain(v.iter().zip([2.0f32, 4.25]))
+    {
+        assert!(
+            (got - want).abs() <= 1e-6 * want.abs().max(1.0),
+            "{got} vs {want}"
+        );
+    }
 }
 
 #[test]

@@ -5,6 +5,8 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use candle_swag::batchnorm::{BatchNorm, BatchNormConfig};
 use candle_swag::layout::{ParamLayout, ParamSet};
+use candle_swag::predictive::{batches, forward_fn, Predictive};
+use candle_swag::swag::multi::assignment;
 use candle_swag::swag::{MultiSwag, SampleOptions, SwagConfig, SwagPosterior};
 
 fn model_varmap() -> VarMap {
@@ -88,15 +90,9 @@ fn duplicate_names_are_refused() {
 
 #[test]
 fn multiswag_spreads_samples_evenly_and_draws_from_the_chosen_posterior() {
-    assert_eq!(
-        MultiSwag::assignment(3, 30)
-            .iter()
-            .filter(|&&i| i == 2)
-            .count(),
-        10
-    );
-    assert_eq!(MultiSwag::assignment(4, 6), vec![0, 0, 1, 1, 2, 3]);
-    assert_eq!(MultiSwag::assignment(2, 0), Vec::<usize>::new());
+    assert_eq!(assignment(3, 30).iter().filter(|&&i| i == 2).count(), 10);
+    assert_eq!(assignment(4, 6), vec![0, 0, 1, 1, 2, 3]);
+    assert_eq!(assignment(2, 0), Vec::<usize>::new());
 
     let layout = ParamLayout::new(vec![("w".into(), vec![2])]).unwrap();
     let posterior = |v: f32| {
@@ -109,16 +105,28 @@ fn multiswag_spreads_samples_evenly_and_draws_from_the_chosen_posterior() {
     let multi = MultiSwag::new(vec![posterior(1.0), posterior(2.0), posterior(3.0)]).unwrap();
     let w = Var::zeros(2, DType::F32, &Device::Cpu).unwrap();
     let params = ParamSet::from_named_vars(vec![("w".into(), w.clone())]).unwrap();
-    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
-    for (i, want) in [1f32, 2., 3.].iter().enumerate() {
-        multi
-            .sample_into(i, &params, &SampleOptions::with_scale(0.0), &mut rng)
-            .unwrap();
-        assert_eq!(w.as_tensor().to_vec1::<f32>().unwrap(), [*want, -*want]);
-    }
-    assert!(multi
-        .sample_into(3, &params, &SampleOptions::default(), &mut rng)
-        .is_err());
+    // A "model" that outputs its weights: sample i of 4 comes from posterior [0, 0, 1, 2][i],
+    // whose mean (scale 0) is (v, −v).
+    let model = forward_fn(|_: &Tensor, _| w.as_tensor().unsqueeze(0));
+    let x = Tensor::zeros((1, 1), DType::F32, &Device::Cpu).unwrap();
+    let predictive =
+        Predictive::multi_swag(&params, &multi, SampleOptions::with_scale(0.0), 4, 0).unwrap();
+    let mut seen = Vec::new();
+    predictive
+        .for_each_output(&model, batches(&x, 1).unwrap(), |s, b, out| {
+            assert_eq!(b, 0);
+            seen.push((s, out.to_vec2::<f32>().unwrap()[0].clone()));
+            Ok(())
+        })
+        .unwrap();
+    let want: Vec<(usize, Vec<f32>)> = [1f32, 1., 2., 3.]
+        .iter()
+        .enumerate()
+        .map(|(s, &v)| (s, vec![v, -v]))
+        .collect();
+    assert_eq!(seen, want);
+    // The weights are restored afterwards.
+    assert_eq!(w.as_tensor().to_vec1::<f32>().unwrap(), [0.0, 0.0]);
 
     let other = SwagPosterior::new(
         ParamLayout::new(vec![("v".into(), vec![2])]).unwrap(),

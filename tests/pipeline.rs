@@ -3,12 +3,13 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::Optimizer;
-use candle_swag::bma::{self, Weights};
 use candle_swag::data::{bundled, Dataset};
-use candle_swag::models::MlpConfig;
+use candle_swag::metrics::UncertaintyDecomposition;
+use candle_swag::models::{Mlp, MlpConfig};
 use candle_swag::optim::{SgdConfig, SgdMomentum};
+use candle_swag::predictive::{batches, Noise, Predictive};
 use candle_swag::report::ReportBuilder;
-use candle_swag::swag::{SampleOptions, SwagPosterior};
+use candle_swag::swag::SampleOptions;
 use candle_swag::train::run::{fit_mlp, save_run, validation_split, FitSpec, LoadedRun, RunConfig};
 use candle_swag::train::{Collect, Objective, TrainConfig};
 
@@ -242,6 +243,16 @@ fn bad_training_settings_are_refused_by_name() {
         .contains("input_dim"));
 }
 
+/// Classification BMA of `predictive` over every row of `x` (batches of 7 rows, so that the
+/// batching itself is exercised).
+fn classify(model: &Mlp, predictive: Predictive, x: &Tensor) -> UncertaintyDecomposition {
+    predictive
+        .classify(model, batches(x, 7).unwrap())
+        .unwrap()
+        .to_host()
+        .unwrap()
+}
+
 #[test]
 fn bma_invariants() {
     let data = small_digits(48);
@@ -253,50 +264,70 @@ fn bma_invariants() {
     .unwrap();
     let x = &data.features;
     // Scale 0 samples are the SWA mean: the BMA equals the SWA prediction.
-    let posts: [&SwagPosterior; 1] = [&f.posterior];
-    let zero = Weights::Samples {
-        posteriors: &posts,
-        options: SampleOptions::with_scale(0.0),
-        samples: 3,
-        seed: 0,
-    };
-    let a = bma::classify(&f.model, &f.params, &zero, x, None).unwrap();
-    let b = bma::classify(
-        &f.model,
+    let zero = Predictive::swag(
         &f.params,
-        &Weights::SwaMean(&f.posterior),
-        x,
-        None,
+        &f.posterior,
+        SampleOptions::with_scale(0.0),
+        3,
+        0,
     )
     .unwrap();
+    let a = classify(&f.model, zero, x);
+    let b = classify(
+        &f.model,
+        Predictive::swa(&f.params, &f.posterior).unwrap(),
+        x,
+    );
     for (p, q) in a.mean_probs.iter().zip(&b.mean_probs) {
         assert!((p - q).abs() < 1e-6);
     }
     assert!(a.mutual_information.iter().all(|&m| m < 1e-6));
     // Real samples: mutual information = entropy − expected entropy ≥ 0, and the same seed gives
     // the same BMA.
-    let swag = Weights::Samples {
-        posteriors: &posts,
-        options: SampleOptions::with_scale(0.5),
-        samples: 5,
-        seed: 3,
-    };
-    let s1 = bma::classify(&f.model, &f.params, &swag, x, None).unwrap();
-    let s2 = bma::classify(&f.model, &f.params, &swag, x, None).unwrap();
+    let swag = Predictive::swag(
+        &f.params,
+        &f.posterior,
+        SampleOptions::with_scale(0.5),
+        5,
+        3,
+    )
+    .unwrap();
+    let s1 = classify(&f.model, swag.clone(), x);
+    let s2 = classify(&f.model, swag, x);
     assert_eq!(s1, s2);
     for i in 0..s1.n_rows() {
         let mi = s1.predictive_entropy[i] - s1.expected_entropy[i];
-        assert!((mi.max(0.0) - s1.mutual_information[i]).abs() < 1e-12);
+        assert!((mi.max(0.0) - s1.mutual_information[i]).abs() < 1e-6);
+        assert!(s1.mutual_information[i] >= 0.0);
     }
-    // The point weights restore the last SGD iterate exactly.
-    bma::classify(
-        &f.model,
+    // The same BMA computed on the host from the per-sample probabilities (f64).
+    let mut per_sample: Vec<f32> = Vec::new();
+    Predictive::swag(
         &f.params,
-        &Weights::Point(&f.sgd_weights),
-        x,
-        None,
+        &f.posterior,
+        SampleOptions::with_scale(0.5),
+        5,
+        3,
     )
+    .unwrap()
+    .for_each_output(&f.model, batches(x, 48).unwrap(), |_, _, logits| {
+        let p = candle_nn::ops::softmax_last_dim(logits)?;
+        per_sample.extend(p.flatten_all()?.to_vec1::<f32>()?);
+        Ok(())
+    })
     .unwrap();
+    let host = candle_swag::metrics::decompose_uncertainty(&per_sample, 5, 10).unwrap();
+    for (got, want) in [
+        (&s1.mean_probs, &host.mean_probs),
+        (&s1.predictive_entropy, &host.predictive_entropy),
+        (&s1.expected_entropy, &host.expected_entropy),
+        (&s1.variation_ratio, &host.variation_ratio),
+    ] {
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-5, "{g} vs {w}");
+        }
+    }
+    // After a prediction the model holds the weights it had before (the last SGD iterate).
     assert_eq!(flat(&f.params.flatten().unwrap()), flat(&f.sgd_weights));
 }
 
@@ -313,17 +344,18 @@ fn regression_bma_point_weights_have_no_epistemic_variance() {
     };
     spec.train.sgd.lr = 0.01;
     let f = fit_mlp(&train, Objective::MeanSquaredError, &spec).unwrap();
-    let p = bma::regress(
-        &f.model,
-        &f.params,
-        &Weights::Point(&f.sgd_weights),
-        &train.features,
-        None,
-        0.25,
-    )
-    .unwrap();
+    let p = Predictive::point(&f.params, &f.sgd_weights)
+        .unwrap()
+        .regress(
+            &f.model,
+            batches(&train.features, 10).unwrap(),
+            Noise::Homoscedastic { variance: 0.25 },
+        )
+        .unwrap()
+        .to_host()
+        .unwrap();
     assert!(p.var_epistemic.iter().all(|&v| v == 0.0));
-    assert!(p.std().iter().all(|&s| (s - 0.5).abs() < 1e-12));
+    assert!(p.std().iter().all(|&s| (s - 0.5).abs() < 1e-7));
     // The forward pass by hand equals the BMA mean of the point weights.
     let out: Vec<f32> = candle_core::ModuleT::forward_t(&f.model, &train.features, false)
         .unwrap()
@@ -331,6 +363,7 @@ fn regression_bma_point_weights_have_no_epistemic_variance() {
         .unwrap()
         .to_vec1()
         .unwrap();
+    assert_eq!(out.len(), p.mean.len());
     for (a, b) in out.iter().zip(&p.mean) {
         assert!((*a as f64 - b).abs() < 1e-6);
     }
@@ -354,21 +387,14 @@ fn fit_save_load_predict_report_round_trip() {
     let test = prepared.test.select(&(0..32).collect::<Vec<_>>()).unwrap();
     let spec = small_spec(3, 1, Collect::EveryEpoch, 2);
     let fitted = fit_mlp(&train, Objective::CrossEntropy, &spec).unwrap();
-    let posts: [&SwagPosterior; 1] = [&fitted.posterior];
-    let weights = Weights::Samples {
-        posteriors: &posts,
-        options: SampleOptions::default(),
-        samples: 4,
-        seed: 9,
+    let swag = |params, posterior| {
+        Predictive::swag(params, posterior, SampleOptions::default(), 4, 9).unwrap()
     };
-    let before = bma::classify(
+    let before = classify(
         &fitted.model,
-        &fitted.params,
-        &weights,
+        swag(&fitted.params, &fitted.posterior),
         &test.features,
-        None,
-    )
-    .unwrap();
+    );
     let config = RunConfig {
         format_version: candle_swag::train::run::RUN_FORMAT_VERSION,
         task: candle_swag::data::TaskKind::Classification,
@@ -392,21 +418,11 @@ fn fit_save_load_predict_report_round_trip() {
         flat(&loaded.params.flatten().unwrap()),
         flat(&fitted.sgd_weights)
     );
-    let lposts: [&SwagPosterior; 1] = [&loaded.posterior];
-    let lweights = Weights::Samples {
-        posteriors: &lposts,
-        options: SampleOptions::default(),
-        samples: 4,
-        seed: 9,
-    };
-    let after = bma::classify(
+    let after = classify(
         &loaded.model,
-        &loaded.params,
-        &lweights,
+        swag(&loaded.params, &loaded.posterior),
         &test.features,
-        None,
-    )
-    .unwrap();
+    );
     assert_eq!(before, after);
     let labels: Vec<u32> = test.targets.to_vec1().unwrap();
     let report_dir = dir.path().join("report");
@@ -436,7 +452,6 @@ fn fit_save_load_predict_report_round_trip() {
 
 #[test]
 fn batchnorm_model_is_refreshed_before_each_bma_forward() {
-    use candle_swag::batchnorm::HasBatchNorm;
     let data = small_digits(40);
     let mut spec = small_spec(3, 1, Collect::EveryEpoch, 4);
     spec.mlp.batchnorm = true;
@@ -450,15 +465,13 @@ fn batchnorm_model_is_refreshed_before_each_bma_forward() {
         .iter()
         .all(|e| !e.name.contains("running")));
     assert!(f.params.layout().get("bn0.weight").is_some());
-    let refresh = f.refresh(&data.features).unwrap();
-    bma::classify(
-        &f.model,
-        &f.params,
-        &Weights::SwaMean(&f.posterior),
-        &data.features,
-        Some(&refresh),
-    )
-    .unwrap();
+    let refresh = f.refresh(&data.features).unwrap().unwrap();
+    let swa = Predictive::swa(&f.params, &f.posterior)
+        .unwrap()
+        .with_refresh(refresh)
+        .leave_swa_mean()
+        .unwrap();
+    classify(&f.model, swa, &data.features);
     // One refresh batch holding every row: the running mean is the column mean of the first
     // layer's pre-activations under the SWA mean weights, computed here by hand.
     let w: Vec<Vec<f32>> = f.varmap.data().lock().unwrap()["fc0.weight"]
@@ -468,7 +481,7 @@ fn batchnorm_model_is_refreshed_before_each_bma_forward() {
         .to_vec1()
         .unwrap();
     let x: Vec<Vec<f32>> = data.features.to_vec2().unwrap();
-    let bn = &f.model.batchnorms()[0];
+    let bn = &f.model.batchnorm_stats().unwrap()[0];
     let running: Vec<f32> = bn.running_mean().to_vec1().unwrap();
     for j in 0..16 {
         let mean = x

@@ -17,7 +17,7 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, Uniform};
 use serde::{Deserialize, Serialize};
 
-use crate::batchnorm::{BatchNorm, BatchNormConfig, HasBatchNorm};
+use crate::batchnorm::{BatchNorm, BatchNormConfig, BatchNormStats};
 use crate::error::{Error, Result};
 use crate::models::dense::Dense;
 
@@ -146,8 +146,10 @@ impl ModuleT for Mlp {
     }
 }
 
-impl HasBatchNorm for Mlp {
-    fn batchnorms(&self) -> Vec<BatchNorm> {
-        self.norms.clone()
+impl Mlp {
+    /// The statistics of the network's BatchNorm layers (empty without BatchNorm), for a
+    /// [`crate::batchnorm::BatchNormRefresh`].
+    pub fn batchnorm_stats(&self) -> Result<Vec<BatchNormStats>> {
+        self.norms.iter().map(BatchNormStats::of_layer).collect()
     }
 }

@@ -1,22 +1,27 @@
 //! MultiSWAG (Wilson and Izmailov, 2020): several SWAG posteriors from independent runs,
-//! sampled jointly as one mixture.
+//! sampled jointly as one equal-weight mixture.
+//!
+//! [`MultiSwag`] is the one type for it: it owns its posteriors (`MultiSwag<SwagPosterior>`) or
+//! borrows them (`MultiSwag<&SwagPosterior>`, when each run keeps its own), and
+//! [`crate::predictive::Predictive::multi_swag`] predicts with it.
 
-use rand::Rng;
+use std::borrow::Borrow;
 
 use super::posterior::SwagPosterior;
-use super::sample::SampleOptions;
 use crate::error::{Error, Result};
-use crate::layout::ParamSet;
 
 /// Several posteriors over the same layout, sampled as an equal-weight mixture.
 #[derive(Debug)]
-pub struct MultiSwag {
-    posteriors: Vec<SwagPosterior>,
+pub struct MultiSwag<P = SwagPosterior> {
+    posteriors: Vec<P>,
 }
 
-impl MultiSwag {
+impl<P: Borrow<SwagPosterior>> MultiSwag<P> {
     /// Groups posteriors fitted on the same parameter layout.
-    pub fn new(posteriors: Vec<SwagPosterior>) -> Result<Self> {
+    ///
+    /// Errors: no posterior (`Error::InvalidArgument` naming `posteriors`), posteriors over
+    /// different layouts (`Error::LayoutMismatch` naming which).
+    pub fn new(posteriors: Vec<P>) -> Result<Self> {
         let Some(first) = posteriors.first() else {
             return Err(Error::invalid(
                 "posteriors",
@@ -24,19 +29,22 @@ impl MultiSwag {
             ));
         };
         for (i, p) in posteriors.iter().enumerate().skip(1) {
-            p.layout().check_same(first.layout()).map_err(|e| {
-                Error::LayoutMismatch(format!("posterior #{i} differs from posterior #0: {e}"))
-            })?;
+            p.borrow()
+                .layout()
+                .check_same(first.borrow().layout())
+                .map_err(|e| {
+                    Error::LayoutMismatch(format!("posterior #{i} differs from posterior #0: {e}"))
+                })?;
         }
         Ok(Self { posteriors })
     }
 
     /// The posteriors, in the order given.
-    pub fn posteriors(&self) -> &[SwagPosterior] {
+    pub fn posteriors(&self) -> &[P] {
         &self.posteriors
     }
 
-    /// Number of posteriors.
+    /// Number of posteriors (at least 1).
     pub fn len(&self) -> usize {
         self.posteriors.len()
     }
@@ -46,44 +54,27 @@ impl MultiSwag {
         self.posteriors.is_empty()
     }
 
-    /// Which posterior each of `num_samples` samples comes from: spread evenly, in blocks.
-    /// With `S` samples over `M` posteriors, posterior `i` gets `⌊S/M⌋` samples, plus one for
-    /// the first `S mod M` posteriors.
-    ///
-    /// ```
-    /// # use candle_swag::swag::MultiSwag;
-    /// assert_eq!(MultiSwag::assignment(3, 7), vec![0, 0, 0, 1, 1, 2, 2]);
-    /// ```
-    pub fn assignment(num_posteriors: usize, num_samples: usize) -> Vec<usize> {
-        if num_posteriors == 0 {
-            return Vec::new();
-        }
-        let base = num_samples / num_posteriors;
-        let extra = num_samples % num_posteriors;
-        (0..num_posteriors)
-            .flat_map(|i| std::iter::repeat_n(i, base + usize::from(i < extra)))
-            .collect()
-    }
-
-    /// [`MultiSwag::assignment`] for this group's size.
+    /// [`assignment`] for this group's size.
     pub fn assign(&self, num_samples: usize) -> Vec<usize> {
-        Self::assignment(self.len(), num_samples)
+        assignment(self.len(), num_samples)
     }
+}
 
-    /// Draws from posterior `which` into `params`.
-    pub fn sample_into(
-        &self,
-        which: usize,
-        params: &ParamSet,
-        opts: &SampleOptions,
-        rng: &mut impl Rng,
-    ) -> Result<()> {
-        let p = self.posteriors.get(which).ok_or_else(|| {
-            Error::invalid(
-                "which",
-                format!("posterior #{which} asked, {} held", self.posteriors.len()),
-            )
-        })?;
-        p.sample_into(params, opts, rng)
+/// Which posterior each of `num_samples` samples comes from: spread evenly, in blocks.
+/// With `S` samples over `M` posteriors, posterior `i` gets `⌊S/M⌋` samples, plus one for
+/// the first `S mod M` posteriors.
+///
+/// ```
+/// # use candle_swag::swag::multi::assignment;
+/// assert_eq!(assignment(3, 7), vec![0, 0, 0, 1, 1, 2, 2]);
+/// ```
+pub fn assignment(num_posteriors: usize, num_samples: usize) -> Vec<usize> {
+    if num_posteriors == 0 {
+        return Vec::new();
     }
+    let base = num_samples / num_posteriors;
+    let extra = num_samples % num_posteriors;
+    (0..num_posteriors)
+        .flat_map(|i| std::iter::repeat_n(i, base + usize::from(i < extra)))
+        .collect()
 }

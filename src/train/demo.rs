@@ -16,12 +16,12 @@ use std::time::Instant;
 
 use candle_core::Device;
 
+use super::method::Method;
 use super::recipes::{
     classification_table, regression_table, run_diabetes, run_digits, ClassificationSeed,
     RecipeOptions, RegressionSeed,
 };
 use crate::atomic::{write_dir_atomic, write_file_atomic};
-use crate::bma::Method;
 use crate::error::Result;
 use crate::report::ReportBuilder;
 

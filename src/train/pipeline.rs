@@ -8,17 +8,18 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
+use super::method::swag_at_scale;
 use super::run::{
-    fit_mlp, save_run, training_noise_variance, tune, validation_split, FitSpec, LoadedRun,
-    RunConfig, Tuned, RUN_FORMAT_VERSION,
+    fit_mlp, mlp_refresh, save_run, training_noise_variance, tune, validation_split, with_refresh,
+    FitSpec, LoadedRun, RunConfig, Tuned, RUN_FORMAT_VERSION,
 };
 use super::{Collect, TrainConfig};
-use crate::bma::{self, BatchNormRefresh, Weights};
 use crate::data::{load_csv, prepare, CsvSpec, CsvTable, FeatureScaling, TaskKind};
 use crate::error::{Error, Result};
 use crate::models::MlpConfig;
 use crate::optim::SgdConfig;
-use crate::swag::{SampleOptions, SwagPosterior};
+use crate::predictive::{batches, Noise, Predictive};
+use crate::swag::SampleOptions;
 
 /// Options of [`fit_csv`] (the flags of `swag fit`).
 #[derive(Debug, Clone, PartialEq)]
@@ -214,7 +215,7 @@ pub fn fit_csv(opts: &CsvFitOptions, out: impl AsRef<Path>) -> Result<FitSummary
         (TaskKind::Regression, None) => Some(training_noise_variance(
             &fitted,
             &prepared.train,
-            &Weights::SwaMean(&fitted.posterior),
+            Predictive::swa(&fitted.params, &fitted.posterior)?,
         )?),
     };
     let config = RunConfig {
@@ -278,6 +279,9 @@ impl PredictionTable {
     }
 }
 
+/// Rows per forward pass of `swag predict`: bounds the memory of one pass, whatever the file size.
+const PREDICT_BATCH_ROWS: usize = 4096;
+
 /// Runs the BMA of a fitted run on the rows of a CSV file.
 ///
 /// Classification columns: `prob_<label>` per class (in the run's class order), `pred` (the
@@ -294,28 +298,28 @@ pub fn predict_csv(opts: &CsvPredictOptions) -> Result<PredictionTable> {
     let x = cfg.feature_scaler.transform_rows(&raw, &rows);
     let inputs = Tensor::from_vec(x, (rows.len(), cfg.feature_names.len()), &device)?;
     let scale = opts.scale.unwrap_or(cfg.scale);
-    let posteriors: [&SwagPosterior; 1] = [&run.posterior];
-    let weights = if scale == 0.0 {
-        Weights::SwaMean(&run.posterior)
-    } else {
-        Weights::Samples {
-            posteriors: &posteriors,
-            options: SampleOptions::with_scale(scale),
-            samples: opts.samples,
-            seed: opts.seed,
-        }
+    let refresh = match &run.train_inputs {
+        Some(t) => mlp_refresh(&run.model, t, cfg.fit.train.batch_size)?,
+        None => None,
     };
-    let refresh = run.train_inputs.as_ref().map(|t| BatchNormRefresh {
-        inputs: t,
-        batch_size: cfg.fit.train.batch_size,
-    });
+    let predictive = with_refresh(
+        swag_at_scale(
+            &run.params,
+            &run.posterior,
+            SampleOptions::with_scale(scale),
+            opts.samples,
+            opts.seed,
+        )?,
+        &refresh,
+    );
+    let inputs = batches(&inputs, PREDICT_BATCH_ROWS)?;
     let fmt = |v: f64| format!("{v}");
     match cfg.task {
         TaskKind::Classification => {
             let labels = cfg.class_labels.as_ref().ok_or_else(|| {
                 Error::bad_file(&opts.run, "classification run without class labels")
             })?;
-            let dec = bma::classify(&run.model, &run.params, &weights, &inputs, refresh.as_ref())?;
+            let dec = predictive.classify(&run.model, inputs)?.to_host()?;
             let c = dec.n_classes;
             let mut columns: Vec<String> = labels.iter().map(|l| format!("prob_{l}")).collect();
             columns
@@ -344,15 +348,10 @@ pub fn predict_csv(opts: &CsvPredictOptions) -> Result<PredictionTable> {
             let noise = cfg.noise_variance.ok_or_else(|| {
                 Error::bad_file(&opts.run, "regression run without noise variance")
             })?;
-            let pred = bma::regress(
-                &run.model,
-                &run.params,
-                &weights,
-                &inputs,
-                refresh.as_ref(),
-                noise,
-            )?
-            .to_original_units(scaler.mean[0], scaler.std[0]);
+            let pred = predictive
+                .regress(&run.model, inputs, Noise::Homoscedastic { variance: noise })?
+                .to_host()?
+                .to_original_units(scaler.mean[0], scaler.std[0]);
             let std = pred.std();
             let columns = ["mean", "std", "std_epistemic", "std_aleatoric"]
                 .map(String::from)
@@ -363,7 +362,7 @@ pub fn predict_csv(opts: &CsvPredictOptions) -> Result<PredictionTable> {
                         fmt(pred.mean[i]),
                         fmt(std[i]),
                         fmt(pred.var_epistemic[i].sqrt()),
-                        fmt(pred.var_aleatoric.sqrt()),
+                        fmt(pred.var_aleatoric[i].sqrt()),
                     ]
                 })
                 .collect();

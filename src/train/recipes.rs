@@ -9,12 +9,13 @@
 
 use std::time::Instant;
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::run::{fit_mlp, training_noise_variance, tune, validation_split, FitSpec, Fitted};
+use super::method::Method;
+use super::noise::best_noise_variance;
+use super::run::{fit_mlp, training_noise_variance, tune, validation_split, FitSpec};
 use super::{Collect, Objective, TrainConfig};
-use crate::bma::{self, Method, RegressionPrediction, Weights};
 use crate::data::{bundled, Dataset, Prepared};
 use crate::error::{Error, Result};
 use crate::metrics::{
@@ -22,7 +23,8 @@ use crate::metrics::{
 };
 use crate::models::MlpConfig;
 use crate::optim::SgdConfig;
-use crate::swag::{SampleOptions, SwagPosterior};
+use crate::predictive::{batches, Noise, Predictive, RegressionPrediction};
+use crate::swag::MultiSwag;
 
 /// Settings shared by the recipes (the defaults are BENCHMARKS.md's).
 #[derive(Debug, Clone, PartialEq)]
@@ -222,21 +224,19 @@ pub fn run_digits(
         ..Timings::default()
     };
     let mut outcomes = Vec::new();
-    let posteriors: Vec<&SwagPosterior> = fitted.iter().map(|f| &f.posterior).collect();
+    let multi = MultiSwag::new(fitted.iter().map(|f| &f.posterior).collect())?;
     let run0 = &fitted[0];
     for method in Method::ALL {
         let t = Instant::now();
-        let weights = method_weights(method, run0, &posteriors, opts.scale, opts.samples, seed);
-        let prediction = bma::classify(
-            &run0.model,
-            &run0.params,
-            &weights,
-            &data.test.features,
-            None,
-        )?;
+        let predictive = method.predictive(run0, &multi, opts.scale, opts.samples, seed)?;
+        let prediction = predictive
+            .classify(&run0.model, all_rows(&data.test)?)?
+            .to_host()?;
         let ood_entropy = match &ood_rows {
             Some(o) => Some(
-                bma::classify(&run0.model, &run0.params, &weights, &o.features, None)?
+                predictive
+                    .classify(&run0.model, all_rows(o)?)?
+                    .to_host()?
                     .predictive_entropy,
             ),
             None => None,
@@ -273,37 +273,11 @@ pub fn run_digits(
     Ok(ClassificationSeed { outcomes, timings })
 }
 
-/// The weights a method runs with. MultiSWAG pools every posterior; the others use run 0.
-fn method_weights<'a>(
-    method: Method,
-    run0: &'a Fitted,
-    posteriors: &'a [&'a SwagPosterior],
-    scale: f64,
-    samples: usize,
-    seed: u64,
-) -> Weights<'a> {
-    match method {
-        Method::Sgd => Weights::Point(&run0.sgd_weights),
-        Method::Swa => Weights::SwaMean(&run0.posterior),
-        Method::SwagDiag => Weights::Samples {
-            posteriors: &posteriors[..1],
-            options: SampleOptions::diagonal(scale),
-            samples,
-            seed,
-        },
-        Method::Swag => Weights::Samples {
-            posteriors: &posteriors[..1],
-            options: SampleOptions::with_scale(scale),
-            samples,
-            seed,
-        },
-        Method::MultiSwag => Weights::Samples {
-            posteriors,
-            options: SampleOptions::with_scale(scale),
-            samples,
-            seed,
-        },
-    }
+/// Every row of `data` as one batch (the recipes' data sets are small).
+fn all_rows(
+    data: &Dataset,
+) -> Result<impl Iterator<Item = candle_core::Result<Tensor>> + Clone + '_> {
+    batches(&data.features, data.len().max(1))
 }
 
 /// One method's regression result on one seed, in the target's original units.
@@ -392,17 +366,26 @@ pub fn run_diabetes(seed: u64, opts: &RecipeOptions, device: &Device) -> Result<
     for r in 1..opts.runs.max(1) {
         fitted.push(fit_mlp(&data.train, objective, &run_spec(&base, r))?);
     }
-    let posteriors: Vec<&SwagPosterior> = fitted.iter().map(|f| &f.posterior).collect();
+    let multi = MultiSwag::new(fitted.iter().map(|f| &f.posterior).collect())?;
     let run0 = &fitted[0];
     let reference: Vec<RegressionChoice> = {
-        let sgd = training_noise_variance(run0, &data.train, &Weights::Point(&run0.sgd_weights))?;
-        let swa = training_noise_variance(run0, &data.train, &Weights::SwaMean(&run0.posterior))?;
-        let mut multi = 0.0;
+        let sgd = training_noise_variance(
+            run0,
+            &data.train,
+            Predictive::point(&run0.params, &run0.sgd_weights)?,
+        )?;
+        let swa = training_noise_variance(
+            run0,
+            &data.train,
+            Predictive::swa(&run0.params, &run0.posterior)?,
+        )?;
+        let mut multi_noise = 0.0;
         for f in &fitted {
-            multi += training_noise_variance(f, &data.train, &Weights::SwaMean(&f.posterior))?;
+            multi_noise +=
+                training_noise_variance(f, &data.train, Predictive::swa(&f.params, &f.posterior)?)?;
         }
-        multi /= fitted.len() as f64;
-        [sgd, swa, swa, swa, multi]
+        let multi_noise = multi_noise / fitted.len() as f64;
+        [sgd, swa, swa, swa, multi_noise]
             .into_iter()
             .map(|noise| RegressionChoice {
                 scale: opts.scale,
@@ -419,18 +402,16 @@ pub fn run_diabetes(seed: u64, opts: &RecipeOptions, device: &Device) -> Result<
         let mut outcomes = Vec::new();
         for (method, choice) in Method::ALL.into_iter().zip(choices) {
             let t = Instant::now();
-            let weights = match (method, choice.scale) {
-                (Method::SwagDiag | Method::Swag, 0.0) => Weights::SwaMean(&run0.posterior),
-                _ => method_weights(method, run0, &posteriors, choice.scale, opts.samples, seed),
-            };
-            let pred = bma::regress(
-                &run0.model,
-                &run0.params,
-                &weights,
-                &data.test.features,
-                None,
-                choice.noise,
-            )?;
+            let pred = method
+                .predictive(run0, &multi, choice.scale, opts.samples, seed)?
+                .regress(
+                    &run0.model,
+                    all_rows(&data.test)?,
+                    Noise::Homoscedastic {
+                        variance: choice.noise,
+                    },
+                )?
+                .to_host()?;
             let elapsed = t.elapsed().as_secs_f64();
             match (timed, method) {
                 (true, Method::SwagDiag) => timings.bma_swag_diag = elapsed,
@@ -449,7 +430,7 @@ pub fn run_diabetes(seed: u64, opts: &RecipeOptions, device: &Device) -> Result<
                 picp95: coverage.picp,
                 mpiw95: coverage.mpiw,
                 scale: choice.scale,
-                noise_variance: pred.var_aleatoric,
+                noise_variance: choice.noise * scaler.std[0] * scaler.std[0],
                 prediction: pred,
                 targets: targets.clone(),
             });
@@ -484,15 +465,14 @@ fn tune_regression(
     let fitted = fit_mlp(&fit_data, Objective::MeanSquaredError, &spec)?;
     let y: Vec<f32> = val.targets.to_vec1()?;
     let y: Vec<f64> = y.into_iter().map(f64::from).collect();
-    let sgd_means = bma::sampled_means(
-        &fitted.model,
-        &fitted.params,
-        &Weights::Point(&fitted.sgd_weights),
-        &val.features,
-        None,
-    )?;
-    let sgd = bma::mixture_moments(&sgd_means, 0.0);
-    let (sgd_noise, _) = bma::best_noise_variance(&sgd.mean, &sgd.var_epistemic, &y);
+    let sgd = Predictive::point(&fitted.params, &fitted.sgd_weights)?
+        .regress(
+            &fitted.model,
+            all_rows(&val)?,
+            Noise::Homoscedastic { variance: 0.0 },
+        )?
+        .to_host()?;
+    let (sgd_noise, _) = best_noise_variance(&sgd.mean, &sgd.var_epistemic, &y);
     let full = tune(
         &fitted,
         &fit_data.features,

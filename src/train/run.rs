@@ -22,12 +22,15 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
+use super::method::swag_at_scale;
+use super::noise::{best_noise_variance, mean_squared_residual};
 use super::{train, Objective, TrainConfig, TrainHistory};
-use crate::bma::{self, BatchNormRefresh, Weights};
+use crate::batchnorm::BatchNormRefresh;
 use crate::data::{Dataset, Standardizer, TaskKind};
 use crate::error::{Error, Result};
 use crate::layout::ParamSet;
 use crate::models::{Mlp, MlpConfig};
+use crate::predictive::{batches, Noise, Predictive};
 use crate::schedule::{AnnealStrategy, SwaLr};
 use crate::swag::{SampleOptions, SwagConfig, SwagPosterior};
 
@@ -81,11 +84,35 @@ pub struct Fitted {
 impl Fitted {
     /// The BatchNorm refresh to use with this model (batches of the training batch size over
     /// `train_inputs`), when it has BatchNorm layers.
-    pub fn refresh<'a>(&self, train_inputs: &'a Tensor) -> Option<BatchNormRefresh<'a>> {
-        self.model.config().batchnorm.then_some(BatchNormRefresh {
-            inputs: train_inputs,
-            batch_size: self.spec.train.batch_size,
-        })
+    pub fn refresh<'a>(&self, train_inputs: &'a Tensor) -> Result<Option<BatchNormRefresh<'a>>> {
+        mlp_refresh(&self.model, train_inputs, self.spec.train.batch_size)
+    }
+}
+
+/// The exact BatchNorm refresh of `model` over `train_inputs` in batches of `batch_size`, or
+/// `None` for a model without BatchNorm.
+pub fn mlp_refresh<'a>(
+    model: &Mlp,
+    train_inputs: &'a Tensor,
+    batch_size: usize,
+) -> Result<Option<BatchNormRefresh<'a>>> {
+    if !model.config().batchnorm {
+        return Ok(None);
+    }
+    Ok(Some(BatchNormRefresh::new(
+        model.batchnorm_stats()?,
+        batches(train_inputs, batch_size)?,
+    )))
+}
+
+/// A predictive with the model's BatchNorm refresh, when it has one.
+pub(crate) fn with_refresh<'a>(
+    predictive: Predictive<'a>,
+    refresh: &Option<BatchNormRefresh<'a>>,
+) -> Predictive<'a> {
+    match refresh {
+        Some(r) => predictive.with_refresh(r.clone()),
+        None => predictive,
     }
 }
 
@@ -187,8 +214,8 @@ pub struct Tuned {
 /// For each scale of [`SCALE_GRID`], a BMA with `samples` samples (the same seed at every scale,
 /// `diag_only` for SWAG-diagonal) is run on `validation`. Classification scores the NLL of the
 /// averaged probabilities (clamped at 1e-12). Regression picks, per scale, the noise variance of
-/// [`bma::noise_grid`] minimising the Gaussian NLL of the mixture moments
-/// ([`bma::best_noise_variance`]), then keeps the best scale.
+/// [`super::noise::noise_grid`] minimising the Gaussian NLL of the mixture moments
+/// ([`super::noise::best_noise_variance`]), then keeps the best scale.
 pub fn tune(
     fitted: &Fitted,
     train_inputs: &Tensor,
@@ -198,7 +225,8 @@ pub fn tune(
     diag_only: bool,
     seed: u64,
 ) -> Result<Tuned> {
-    let refresh = fitted.refresh(train_inputs);
+    let refresh = fitted.refresh(train_inputs)?;
+    let inputs = batches(&validation.features, validation.len().max(1))?;
     let mut grid = Vec::with_capacity(SCALE_GRID.len());
     for &scale in &SCALE_GRID {
         let options = SampleOptions {
@@ -206,27 +234,16 @@ pub fn tune(
             diag_only,
             ..SampleOptions::default()
         };
-        let posteriors = [&fitted.posterior];
-        let weights = if scale == 0.0 {
-            Weights::SwaMean(&fitted.posterior)
-        } else {
-            Weights::Samples {
-                posteriors: &posteriors,
-                options,
-                samples,
-                seed,
-            }
-        };
+        let predictive = with_refresh(
+            swag_at_scale(&fitted.params, &fitted.posterior, options, samples, seed)?,
+            &refresh,
+        );
         let point = match objective {
             Objective::CrossEntropy => {
                 let labels: Vec<u32> = validation.targets.to_dtype(DType::U32)?.to_vec1()?;
-                let dec = bma::classify(
-                    &fitted.model,
-                    &fitted.params,
-                    &weights,
-                    &validation.features,
-                    refresh.as_ref(),
-                )?;
+                let dec = predictive
+                    .classify(&fitted.model, inputs.clone())?
+                    .to_host()?;
                 let c = dec.n_classes;
                 let nll = labels
                     .iter()
@@ -243,15 +260,14 @@ pub fn tune(
             Objective::MeanSquaredError => {
                 let y: Vec<f32> = validation.targets.to_vec1()?;
                 let y: Vec<f64> = y.into_iter().map(f64::from).collect();
-                let s = bma::sampled_means(
-                    &fitted.model,
-                    &fitted.params,
-                    &weights,
-                    &validation.features,
-                    refresh.as_ref(),
-                )?;
-                let m = bma::mixture_moments(&s, 0.0);
-                let (noise, nll) = bma::best_noise_variance(&m.mean, &m.var_epistemic, &y);
+                let m = predictive
+                    .regress(
+                        &fitted.model,
+                        inputs.clone(),
+                        Noise::Homoscedastic { variance: 0.0 },
+                    )?
+                    .to_host()?;
+                let (noise, nll) = best_noise_variance(&m.mean, &m.var_epistemic, &y);
                 TunePoint {
                     scale,
                     noise_variance: Some(noise),
@@ -273,20 +289,23 @@ pub fn tune(
 }
 
 /// The homoscedastic noise variance of the reference recipe: the mean squared residual on the
-/// training rows of the model run with `weights` (standardised units).
-pub fn training_noise_variance(fitted: &Fitted, train: &Dataset, weights: &Weights) -> Result<f64> {
-    let refresh = fitted.refresh(&train.features);
-    let s = bma::sampled_means(
-        &fitted.model,
-        &fitted.params,
-        weights,
-        &train.features,
-        refresh.as_ref(),
-    )?;
-    let m = bma::mixture_moments(&s, 0.0);
+/// training rows of the model run by `predictive` (standardised units).
+pub fn training_noise_variance<'a>(
+    fitted: &Fitted,
+    train: &'a Dataset,
+    predictive: Predictive<'a>,
+) -> Result<f64> {
+    let refresh = fitted.refresh(&train.features)?;
+    let m = with_refresh(predictive, &refresh)
+        .regress(
+            &fitted.model,
+            batches(&train.features, train.len().max(1))?,
+            Noise::Homoscedastic { variance: 0.0 },
+        )?
+        .to_host()?;
     let y: Vec<f32> = train.targets.to_vec1()?;
     let y: Vec<f64> = y.into_iter().map(f64::from).collect();
-    bma::mean_squared_residual(&m.mean, &y)
+    mean_squared_residual(&m.mean, &y)
 }
 
 /// The contents of a run directory's `config.json`.

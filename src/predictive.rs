@@ -1,0 +1,738 @@
+//! Predictions with uncertainty from any candle model: the SGD iterate, the SWA mean, SWAG and
+//! MultiSWAG behind one type, [`Predictive`].
+//!
+//! A [`Predictive`] holds the model's [`ParamSet`], where its weights come from (a fixed weight
+//! vector, the SWA mean of a posterior, or `S` samples from one posterior or several), and an
+//! optional [`BatchNormRefresh`]. For each weight sample it writes the weights into the model's
+//! `Var`s, refreshes the BatchNorm statistics when asked, and runs the model over the input
+//! batches in evaluation mode (`forward_t(batch, false)`). The model is any
+//! [`candle_core::ModuleT`]; a model with another forward signature is wrapped with
+//! [`forward_fn`]. Inputs come as a `Clone` iterator of batches (each pass over the samples
+//! clones it), so a test set larger than memory streams from disk; [`batches`] cuts an
+//! in-memory tensor. Outputs are candle tensors on the model's device, accumulated in f32 on
+//! that device, one pass over the samples (memory does not grow with `S`).
+//!
+//! - **Classification** ([`Predictive::classify`]): softmax per sample, probabilities averaged
+//!   over the `S` samples (not logits), and per row the predictive entropy `H[p̄]`, the expected
+//!   entropy `(1/S) Σ_s H[p_s]` (aleatoric), the mutual information `H[p̄] − (1/S) Σ_s H[p_s]`
+//!   (epistemic, clamped at 0 against rounding) and the variation ratio (see
+//!   [`crate::metrics::uncertainty`] for the same quantities from prediction files).
+//! - **Regression** ([`Predictive::regress`]): the predictive is the equal-weight mixture of the
+//!   `S` Gaussians `N(μ_s, σ²_s)`, summarised by its moments: mean `μ̄ = (1/S) Σ μ_s`, epistemic
+//!   variance `(1/S) Σ (μ_s − μ̄)²` (divisor `S`, Welford's update), aleatoric variance
+//!   `(1/S) Σ σ²_s`; the total variance is their sum. [`Noise`] says where `σ²_s` comes from:
+//!   one homoscedastic value, or a second network output per row (heteroscedastic).
+//!
+//! **After a prediction** the model's weights and the refreshed BatchNorm statistics are what
+//! they were before (they are saved first and written back, also when an error ends the pass),
+//! unless [`Predictive::leave_swa_mean`] asks for the SWA mean (with refreshed statistics).
+//!
+//! ```
+//! use candle_core::{DType, Device, Tensor};
+//! use candle_nn::{VarBuilder, VarMap};
+//! use candle_swag::predictive::{batches, Predictive};
+//! use candle_swag::{ParamSet, SampleOptions, SwagConfig, SwagPosterior};
+//!
+//! # fn main() -> candle_swag::Result<()> {
+//! let varmap = VarMap::new();
+//! let model = candle_nn::linear(3, 4, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
+//! let params = ParamSet::from_varmap(&varmap)?;
+//! let mut posterior = SwagPosterior::for_params(&params, SwagConfig::with_rank(2))?;
+//! for _ in 0..3 {
+//!     // ... an epoch of training ...
+//!     posterior.collect(&params)?;
+//! }
+//! let x = Tensor::zeros((10, 3), DType::F32, &Device::Cpu)?;
+//! let swag = Predictive::swag(&params, &posterior, SampleOptions::with_scale(0.5), 8, 0)?;
+//! let out = swag.classify(&model, batches(&x, 4)?)?;
+//! assert_eq!(out.probs.dims(), &[10, 4]);
+//! # Ok(()) }
+//! ```
+
+use std::borrow::Borrow;
+
+use candle_core::{DType, ModuleT, Tensor, D};
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use crate::batchnorm::BatchNormRefresh;
+use crate::error::{Error, Result};
+use crate::layout::ParamSet;
+use crate::metrics::uncertainty::{entropy, UncertaintyDecomposition};
+use crate::swag::multi::assignment;
+use crate::swag::{MultiSwag, SampleOptions, SwagPosterior};
+
+/// Where the weights of each forward pass come from.
+#[derive(Debug, Clone)]
+enum Source<'a> {
+    /// One fixed flat weight vector.
+    Point(Tensor),
+    /// The SWA mean of a posterior.
+    SwaMean(&'a SwagPosterior),
+    /// `samples` draws spread over `posteriors` with [`assignment`].
+    Samples {
+        posteriors: Vec<&'a SwagPosterior>,
+        options: SampleOptions,
+        samples: usize,
+        seed: u64,
+    },
+}
+
+/// What the model's weights are after a prediction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Finish {
+    /// The weights and BatchNorm statistics from before the prediction.
+    Restore,
+    /// The SWA mean of the first posterior, BatchNorm refreshed for it.
+    SwaMean,
+}
+
+/// Bayesian model averaging over a model's weights: see the [module docs](self).
+#[derive(Debug, Clone)]
+pub struct Predictive<'a> {
+    params: ParamSet,
+    source: Source<'a>,
+    refresh: Option<BatchNormRefresh<'a>>,
+    finish: Finish,
+}
+
+impl<'a> Predictive<'a> {
+    /// One forward pass with the fixed weights `weights` (`[d]`, in the layout of `params`, e.g.
+    /// the last SGD iterate saved with [`ParamSet::flatten`]).
+    ///
+    /// Errors: `weights` not of shape `[params.numel()]` (`Error::LayoutMismatch`).
+    pub fn point(params: &ParamSet, weights: &Tensor) -> Result<Self> {
+        if weights.dims() != [params.numel()] {
+            return Err(Error::LayoutMismatch(format!(
+                "point weights have shape {:?}, the model's parameters need [{}]",
+                weights.dims(),
+                params.numel()
+            )));
+        }
+        Ok(Self::with_source(params, Source::Point(weights.clone())))
+    }
+
+    /// One forward pass with the SWA mean of `posterior`.
+    ///
+    /// Errors: a posterior over another parameter layout (`Error::LayoutMismatch`).
+    pub fn swa(params: &ParamSet, posterior: &'a SwagPosterior) -> Result<Self> {
+        check_layout(params, posterior, 0)?;
+        Ok(Self::with_source(params, Source::SwaMean(posterior)))
+    }
+
+    /// `samples` SWAG samples from `posterior` with `options` (scale, diagonal only, divisor;
+    /// see [`SampleOptions`]). The noise comes from one `StdRng` seeded with `seed`, so a seed
+    /// fixes the whole prediction.
+    ///
+    /// Errors: `samples == 0` (`Error::InvalidArgument` naming `samples`), a posterior over
+    /// another layout (`Error::LayoutMismatch`).
+    pub fn swag(
+        params: &ParamSet,
+        posterior: &'a SwagPosterior,
+        options: SampleOptions,
+        samples: usize,
+        seed: u64,
+    ) -> Result<Self> {
+        Self::samples(params, vec![posterior], options, samples, seed)
+    }
+
+    /// MultiSWAG: `samples` samples spread over the posteriors of `multi` with
+    /// [`assignment`] (posterior `i` gets `⌊S/M⌋` samples, one more for the first
+    /// `S mod M`), in that order, from one `StdRng` seeded with `seed`.
+    ///
+    /// Errors as [`Predictive::swag`].
+    pub fn multi_swag<P: Borrow<SwagPosterior>>(
+        params: &ParamSet,
+        multi: &'a MultiSwag<P>,
+        options: SampleOptions,
+        samples: usize,
+        seed: u64,
+    ) -> Result<Self> {
+        let posteriors = multi.posteriors().iter().map(|p| p.borrow()).collect();
+        Self::samples(params, posteriors, options, samples, seed)
+    }
+
+    fn samples(
+        params: &ParamSet,
+        posteriors: Vec<&'a SwagPosterior>,
+        options: SampleOptions,
+        samples: usize,
+        seed: u64,
+    ) -> Result<Self> {
+        if samples == 0 {
+            return Err(Error::invalid("samples", "must be at least 1"));
+        }
+        for (i, p) in posteriors.iter().enumerate() {
+            check_layout(params, p, i)?;
+        }
+        Ok(Self::with_source(
+            params,
+            Source::Samples {
+                posteriors,
+                options,
+                samples,
+                seed,
+            },
+        ))
+    }
+
+    fn with_source(params: &ParamSet, source: Source<'a>) -> Self {
+        Self {
+            params: params.clone(),
+            source,
+            refresh: None,
+            finish: Finish::Restore,
+        }
+    }
+
+    /// Refreshes the BatchNorm statistics after every weight sample (and for the SGD iterate and
+    /// the SWA mean). Without it the model runs with whatever statistics its layers hold.
+    pub fn with_refresh(mut self, refresh: BatchNormRefresh<'a>) -> Self {
+        self.refresh = Some(refresh);
+        self
+    }
+
+    /// After a prediction, leaves the SWA mean of the (first) posterior in the model, with its
+    /// BatchNorm statistics refreshed when a refresh is set, instead of restoring the weights.
+    ///
+    /// Errors: a [`Predictive::point`], which has no posterior (`Error::InvalidArgument`).
+    pub fn leave_swa_mean(mut self) -> Result<Self> {
+        if matches!(self.source, Source::Point(_)) {
+            return Err(Error::invalid(
+                "leave_swa_mean",
+                "a point prediction has no posterior whose SWA mean could be left in the model",
+            ));
+        }
+        self.finish = Finish::SwaMean;
+        Ok(self)
+    }
+
+    /// Number of forward passes over the inputs: 1 for a point or the SWA mean, `S` otherwise.
+    pub fn num_samples(&self) -> usize {
+        match &self.source {
+            Source::Point(_) | Source::SwaMean(_) => 1,
+            Source::Samples { samples, .. } => *samples,
+        }
+    }
+
+    /// The parameters the weights are written into.
+    pub fn params(&self) -> &ParamSet {
+        &self.params
+    }
+
+    /// Runs `model` over every input batch once per weight sample and hands each output to
+    /// `each(sample, batch, output)`: the loop under [`Predictive::classify`] and
+    /// [`Predictive::regress`], for other summaries. Returns the number of samples.
+    ///
+    /// Errors: an input iterator with no batch, or with a different number of batches on a later
+    /// pass (`Error::InvalidArgument` naming `inputs`); errors of the model, the iterator, the
+    /// sampler or the refresh. The weights are restored in every case (see the module docs).
+    pub fn for_each_output<M, I, F>(&self, model: &M, inputs: I, mut each: F) -> Result<usize>
+    where
+        M: ModuleT + ?Sized,
+        I: Iterator<Item = candle_core::Result<Tensor>> + Clone,
+        F: FnMut(usize, usize, &Tensor) -> Result<()>,
+    {
+        let saved_weights = self.params.flatten()?;
+        let saved_stats = match &self.refresh {
+            Some(r) => r
+                .layers()
+                .iter()
+                .map(|l| Ok((l.running_mean().copy()?, l.running_var().copy()?)))
+                .collect::<Result<Vec<_>>>()?,
+            None => Vec::new(),
+        };
+        let result = self.run_passes(model, inputs, &mut each);
+        let finished = match (self.finish, &result) {
+            (Finish::SwaMean, Ok(_)) => self.write_swa_mean(model),
+            _ => self.restore(&saved_weights, &saved_stats),
+        };
+        let s = result?;
+        finished?;
+        Ok(s)
+    }
+
+    fn run_passes<M, I, F>(&self, model: &M, inputs: I, each: &mut F) -> Result<usize>
+    where
+        M: ModuleT + ?Sized,
+        I: Iterator<Item = candle_core::Result<Tensor>> + Clone,
+        F: FnMut(usize, usize, &Tensor) -> Result<()>,
+    {
+        let mut batches_per_pass: Option<usize> = None;
+        let mut pass = |sample: usize, each: &mut F| -> Result<()> {
+            if let Some(r) = &self.refresh {
+                r.run(model)?;
+            }
+            let mut n = 0;
+            for (b, batch) in inputs.clone().enumerate() {
+                let out = model.forward_t(&batch?, false)?;
+                each(sample, b, &out)?;
+                n += 1;
+            }
+            match batches_per_pass {
+                _ if n == 0 => Err(Error::invalid(
+                    "inputs",
+                    "the input iterator yielded no batch",
+                )),
+                Some(first) if first != n => Err(Error::invalid(
+                    "inputs",
+                    format!("the input iterator yielded {first} batches on the first pass and {n} on pass {}", sample + 1),
+                )),
+                _ => {
+                    batches_per_pass = Some(n);
+                    Ok(())
+                }
+            }
+        };
+        match &self.source {
+            Source::Point(w) => {
+                self.params.write_flat(w)?;
+                pass(0, each)?;
+            }
+            Source::SwaMean(p) => {
+                p.write_mean_into(&self.params)?;
+                pass(0, each)?;
+            }
+            Source::Samples {
+                posteriors,
+                options,
+                samples,
+                seed,
+            } => {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(*seed);
+                for (i, which) in assignment(posteriors.len(), *samples)
+                    .into_iter()
+                    .enumerate()
+                {
+                    posteriors[which].sample_into(&self.params, options, &mut rng)?;
+                    pass(i, each)?;
+                }
+            }
+        }
+        Ok(self.num_samples())
+    }
+
+    fn restore(&self, weights: &Tensor, stats: &[(Tensor, Tensor)]) -> Result<()> {
+        self.params.write_flat(weights)?;
+        if let Some(r) = &self.refresh {
+            for (l, (m, v)) in r.layers().iter().zip(stats) {
+                l.running_mean().set(m)?;
+                l.running_var().set(v)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn write_swa_mean<M: ModuleT + ?Sized>(&self, model: &M) -> Result<()> {
+        let first = match &self.source {
+            Source::SwaMean(p) => *p,
+            Source::Samples { posteriors, .. } => posteriors[0],
+            Source::Point(_) => unreachable!("leave_swa_mean refuses a point prediction"),
+        };
+        first.write_mean_into(&self.params)?;
+        if let Some(r) = &self.refresh {
+            r.run(model)?;
+        }
+        Ok(())
+    }
+
+    /// Classification BMA: the model's outputs are logits `[n, C]` per batch; see the
+    /// [module docs](self) for what is averaged.
+    ///
+    /// Errors: outputs that are not `[n, C]` with the same `C` in every batch
+    /// (`Error::InvalidArgument` naming `outputs`), and those of
+    /// [`Predictive::for_each_output`].
+    pub fn classify<M, I>(&self, model: &M, inputs: I) -> Result<ClassificationOutput>
+    where
+        M: ModuleT + ?Sized,
+        I: Iterator<Item = candle_core::Result<Tensor>> + Clone,
+    {
+        // Per batch: sum over samples of the probabilities, of the entropies, of the votes.
+        let mut acc: Vec<(Tensor, Tensor, Tensor)> = Vec::new();
+        let mut classes: Option<usize> = None;
+        let s = self.for_each_output(model, inputs, |sample, b, logits| {
+            let (_, c) = logits.dims2().map_err(|_| {
+                Error::invalid(
+                    "outputs",
+                    format!(
+                        "classification logits must be [n, C], got {:?}",
+                        logits.dims()
+                    ),
+                )
+            })?;
+            match classes {
+                Some(first) if first != c => {
+                    return Err(Error::invalid(
+                        "outputs",
+                        format!("batch {b} has {c} classes, batch 0 has {first}"),
+                    ))
+                }
+                _ => classes = Some(c),
+            }
+            let logits = logits.to_dtype(DType::F32)?;
+            let probs = candle_nn::ops::softmax_last_dim(&logits)?;
+            let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+            let entropy = (&probs * &log_probs)?.sum(1)?.neg()?;
+            let votes = one_hot_argmax(&probs)?;
+            if sample == 0 {
+                acc.push((probs, entropy, votes));
+            } else {
+                let slot = &mut acc[b];
+                *slot = ((&slot.0 + probs)?, (&slot.1 + entropy)?, (&slot.2 + votes)?);
+            }
+            Ok(())
+        })?;
+        let cat = |pick: fn(&(Tensor, Tensor, Tensor)) -> &Tensor| -> Result<Tensor> {
+            let parts: Vec<&Tensor> = acc.iter().map(pick).collect();
+            Ok(Tensor::cat(&parts, 0)?)
+        };
+        let inv = 1.0 / s as f64;
+        let probs = (cat(|a| &a.0)? * inv)?;
+        let expected_entropy = (cat(|a| &a.1)? * inv)?;
+        let votes = cat(|a| &a.2)?;
+        // 0·ln 0 = 0: the clamp only changes zero probabilities.
+        let predictive_entropy = (&probs * probs.clamp(f32::MIN_POSITIVE, 1f32)?.log()?)?
+            .sum(1)?
+            .neg()?;
+        let mutual_information = (&predictive_entropy - &expected_entropy)?.relu()?;
+        let variation_ratio = (1.0 - (votes.max(1)? * inv)?)?;
+        Ok(ClassificationOutput {
+            n_samples: s,
+            probs,
+            predictive_entropy,
+            expected_entropy,
+            mutual_information,
+            variation_ratio,
+        })
+    }
+
+    /// Regression BMA: the mixture moments of the [module docs](self), per output value.
+    ///
+    /// With [`Noise::Homoscedastic`] the model's output (any shape `[n, ...]`) is the mean and
+    /// the prediction has that shape. With [`Noise::Heteroscedastic`] the last dimension of the
+    /// output has size 2: index 0 the mean, index 1 the raw variance parameter mapped by the
+    /// [`VarianceLink`]; the prediction has the output's shape without that last dimension.
+    ///
+    /// Errors: a heteroscedastic output whose last dimension is not 2 (`Error::InvalidArgument`
+    /// naming `outputs`), and those of [`Predictive::for_each_output`].
+    pub fn regress<M, I>(&self, model: &M, inputs: I, noise: Noise) -> Result<RegressionOutput>
+    where
+        M: ModuleT + ?Sized,
+        I: Iterator<Item = candle_core::Result<Tensor>> + Clone,
+    {
+        noise.check()?;
+        // Per batch: Welford's running mean and sum of squared deviations of the means, and the
+        // sum over samples of the aleatoric variances.
+        let mut acc: Vec<(Tensor, Tensor, Tensor)> = Vec::new();
+        let s = self.for_each_output(model, inputs, |sample, b, out| {
+            let out = out.to_dtype(DType::F32)?;
+            let (mean, var) = match noise {
+                Noise::Homoscedastic { variance } => {
+                    let var = (out.ones_like()? * variance)?;
+                    (out, var)
+                }
+                Noise::Heteroscedastic(link) => {
+                    let last = out.dims().last().copied();
+                    if last != Some(2) || out.rank() < 2 {
+                        return Err(Error::invalid(
+                            "outputs",
+                            format!(
+                                "a heteroscedastic model outputs [..., 2] (mean, variance parameter), got {:?}",
+                                out.dims()
+                            ),
+                        ));
+                    }
+                    let mean = out.narrow(D::Minus1, 0, 1)?.squeeze(D::Minus1)?;
+                    let raw = out.narrow(D::Minus1, 1, 1)?.squeeze(D::Minus1)?;
+                    (mean, link.variance(&raw)?)
+                }
+            };
+            if sample == 0 {
+                acc.push((mean.clone(), mean.zeros_like()?, var));
+            } else {
+                let k = (sample + 1) as f64;
+                let (m, m2, v) = &acc[b];
+                let delta = (&mean - m)?;
+                let new_m = (m + (&delta / k)?)?;
+                let new_m2 = (m2 + (&delta * (&mean - &new_m)?)?)?;
+                acc[b] = (new_m, new_m2, (v + var)?);
+            }
+            Ok(())
+        })?;
+        let cat = |pick: fn(&(Tensor, Tensor, Tensor)) -> &Tensor| -> Result<Tensor> {
+            let parts: Vec<&Tensor> = acc.iter().map(pick).collect();
+            Ok(Tensor::cat(&parts, 0)?)
+        };
+        let inv = 1.0 / s as f64;
+        Ok(RegressionOutput {
+            n_samples: s,
+            mean: cat(|a| &a.0)?,
+            var_epistemic: (cat(|a| &a.1)? * inv)?,
+            var_aleatoric: (cat(|a| &a.2)? * inv)?,
+        })
+    }
+}
+
+fn check_layout(params: &ParamSet, posterior: &SwagPosterior, index: usize) -> Result<()> {
+    posterior.layout().check_same(params.layout()).map_err(|e| {
+        Error::LayoutMismatch(format!(
+            "posterior #{index} does not match the model's parameters: {e}"
+        ))
+    })
+}
+
+/// `[n, C]` f32 one-hot of the arg-max of each row (first index on ties, as
+/// [`crate::metrics::uncertainty`] counts votes).
+fn one_hot_argmax(probs: &Tensor) -> Result<Tensor> {
+    let c = probs.dim(1)?;
+    let arg = probs.argmax_keepdim(1)?;
+    let classes = Tensor::arange(0u32, c as u32, probs.device())?.unsqueeze(0)?;
+    Ok(arg.broadcast_eq(&classes)?.to_dtype(DType::F32)?)
+}
+
+/// The noise model of a regression network.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Noise {
+    /// One noise variance for every row, in the units of the model's outputs (e.g. the mean
+    /// squared training residual). Must be finite and >= 0.
+    Homoscedastic {
+        /// The noise variance `σ²`.
+        variance: f64,
+    },
+    /// The network outputs `[..., 2]`: a mean and a raw variance parameter per row, mapped to a
+    /// variance by the link (trained with the Gaussian negative log-likelihood).
+    Heteroscedastic(VarianceLink),
+}
+
+impl Noise {
+    fn check(&self) -> Result<()> {
+        match *self {
+            Noise::Homoscedastic { variance } if !(variance.is_finite() && variance >= 0.0) => {
+                Err(Error::invalid(
+                    "noise_variance",
+                    format!("must be finite and >= 0, got {variance}"),
+                ))
+            }
+            Noise::Heteroscedastic(VarianceLink::Softplus { min_variance })
+                if !(min_variance.is_finite() && min_variance >= 0.0) =>
+            {
+                Err(Error::invalid(
+                    "min_variance",
+                    format!("must be finite and >= 0, got {min_variance}"),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// How a heteroscedastic network's raw output `s` becomes a variance.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VarianceLink {
+    /// `σ² = exp(s)`: `s` is the log-variance.
+    LogVariance,
+    /// `σ² = softplus(s) + min_variance`, `softplus(s) = ln(1 + eˢ)` (computed as
+    /// `max(s, 0) + ln(1 + e^(−|s|))`, which does not overflow): bounded away from 0, so one
+    /// outlier cannot drive the likelihood to infinity.
+    Softplus {
+        /// The variance floor (finite, >= 0).
+        min_variance: f64,
+    },
+}
+
+impl VarianceLink {
+    /// The variance for raw outputs `raw` (elementwise, any shape, float dtype kept).
+    pub fn variance(&self, raw: &Tensor) -> Result<Tensor> {
+        Ok(match *self {
+            VarianceLink::LogVariance => raw.exp()?,
+            VarianceLink::Softplus { min_variance } => {
+                let soft = (raw.relu()? + (raw.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
+                (soft + min_variance)?
+            }
+        })
+    }
+}
+
+/// A classification BMA, on the model's device (f32).
+#[derive(Debug, Clone)]
+pub struct ClassificationOutput {
+    /// Number of weight samples `S` averaged.
+    pub n_samples: usize,
+    /// `[N, C]`: mean over samples of the softmax probabilities.
+    pub probs: Tensor,
+    /// `[N]`: entropy of the mean prediction (total uncertainty), in nats.
+    pub predictive_entropy: Tensor,
+    /// `[N]`: mean entropy of the sample predictions (aleatoric), in nats.
+    pub expected_entropy: Tensor,
+    /// `[N]`: predictive minus expected entropy (epistemic), clamped at 0, in nats.
+    pub mutual_information: Tensor,
+    /// `[N]`: one minus the fraction of samples voting for the modal arg-max class.
+    pub variation_ratio: Tensor,
+}
+
+impl ClassificationOutput {
+    /// Copies the prediction to the host in f64, in the form the metrics and the report take.
+    /// The predictive entropy and the mutual information are recomputed there in f64 from the
+    /// copied probabilities (`H[p̄]`, then `max(H[p̄] − expected entropy, 0)`), so that the host
+    /// values agree with each other to f64 precision rather than f32.
+    pub fn to_host(&self) -> Result<UncertaintyDecomposition> {
+        let vec = |t: &Tensor| -> Result<Vec<f64>> {
+            Ok(t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?)
+        };
+        let n_classes = self.probs.dim(1)?;
+        let mean_probs = vec(&self.probs)?;
+        let expected_entropy = vec(&self.expected_entropy)?;
+        let predictive_entropy: Vec<f64> = mean_probs
+            .chunks_exact(n_classes)
+            .map(|row| entropy(row.iter().copied()))
+            .collect();
+        let mutual_information = predictive_entropy
+            .iter()
+            .zip(&expected_entropy)
+            .map(|(h, e)| (h - e).max(0.0))
+            .collect();
+        Ok(UncertaintyDecomposition {
+            n_samples: self.n_samples,
+            n_classes,
+            mean_probs,
+            predictive_entropy,
+            expected_entropy,
+            mutual_information,
+            variation_ratio: vec(&self.variation_ratio)?,
+        })
+    }
+}
+
+/// A regression BMA, on the model's device (f32), in the units of the model's outputs.
+#[derive(Debug, Clone)]
+pub struct RegressionOutput {
+    /// Number of weight samples `S`.
+    pub n_samples: usize,
+    /// Mixture mean `(1/S) Σ μ_s`.
+    pub mean: Tensor,
+    /// Variance of the sampled means (epistemic), divisor `S`; 0 for one sample.
+    pub var_epistemic: Tensor,
+    /// Mean of the sampled noise variances (aleatoric).
+    pub var_aleatoric: Tensor,
+}
+
+impl RegressionOutput {
+    /// Copies the prediction to the host in f64 (values flattened in row-major order).
+    pub fn to_host(&self) -> Result<RegressionPrediction> {
+        let vec = |t: &Tensor| -> Result<Vec<f64>> {
+            Ok(t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?)
+        };
+        Ok(RegressionPrediction {
+            mean: vec(&self.mean)?,
+            var_epistemic: vec(&self.var_epistemic)?,
+            var_aleatoric: vec(&self.var_aleatoric)?,
+        })
+    }
+}
+
+/// A regression BMA on the host, per row (f64), as the metrics and the report take it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegressionPrediction {
+    /// Mixture mean per row.
+    pub mean: Vec<f64>,
+    /// Epistemic variance per row (divisor `S`).
+    pub var_epistemic: Vec<f64>,
+    /// Aleatoric variance per row.
+    pub var_aleatoric: Vec<f64>,
+}
+
+impl RegressionPrediction {
+    /// Total predictive variance per row: `var_epistemic + var_aleatoric`.
+    pub fn variance(&self) -> Vec<f64> {
+        self.var_epistemic
+            .iter()
+            .zip(&self.var_aleatoric)
+            .map(|(e, a)| e + a)
+            .collect()
+    }
+
+    /// Total predictive standard deviation per row.
+    pub fn std(&self) -> Vec<f64> {
+        self.variance().into_iter().map(f64::sqrt).collect()
+    }
+
+    /// Maps a prediction made on standardised targets `z = (y − mean)/std` back to the
+    /// original units: means become `μ·std + mean`, variances are multiplied by `std²`.
+    pub fn to_original_units(&self, target_mean: f64, target_std: f64) -> Self {
+        let s2 = target_std * target_std;
+        let scale = |v: &[f64]| v.iter().map(|x| x * s2).collect();
+        Self {
+            mean: self
+                .mean
+                .iter()
+                .map(|m| m * target_std + target_mean)
+                .collect(),
+            var_epistemic: scale(&self.var_epistemic),
+            var_aleatoric: scale(&self.var_aleatoric),
+        }
+    }
+}
+
+/// Consecutive batches of `batch_size` rows of `x` (dimension 0; the last batch may be smaller),
+/// as a `Clone` iterator for [`Predictive`] and [`BatchNormRefresh`]. The batches are views
+/// (`narrow`), not copies.
+///
+/// Errors: `batch_size == 0` (`Error::InvalidArgument` naming `batch_size`), a tensor of rank 0
+/// or with no row (naming `x`).
+pub fn batches(
+    x: &Tensor,
+    batch_size: usize,
+) -> Result<impl Iterator<Item = candle_core::Result<Tensor>> + Clone + '_> {
+    if batch_size == 0 {
+        return Err(Error::invalid("batch_size", "must be at least 1"));
+    }
+    let n = match x.dims().first() {
+        Some(&n) if n > 0 => n,
+        _ => {
+            return Err(Error::invalid(
+                "x",
+                format!(
+                    "batches need a tensor with at least one row, got shape {:?}",
+                    x.dims()
+                ),
+            ))
+        }
+    };
+    Ok((0..n)
+        .step_by(batch_size)
+        .map(move |start| x.narrow(0, start, batch_size.min(n - start))))
+}
+
+/// A closure `Fn(&Tensor, bool) -> candle_core::Result<Tensor>` (input, train mode) as a
+/// [`ModuleT`], for models whose forward has another signature. Unlike `candle_nn::func_t`
+/// the closure may borrow (no `'static` bound).
+///
+/// ```
+/// # use candle_core::{Device, Tensor};
+/// # use candle_swag::predictive::forward_fn;
+/// use candle_core::ModuleT;
+/// let offset = Tensor::new(&[1f32, 2.0], &Device::Cpu).unwrap();
+/// let model = forward_fn(|xs: &Tensor, _train: bool| xs.broadcast_add(&offset));
+/// let y = model.forward_t(&Tensor::zeros((3, 2), candle_core::DType::F32, &Device::Cpu).unwrap(), false).unwrap();
+/// assert_eq!(y.to_vec2::<f32>().unwrap()[2], vec![1.0, 2.0]);
+/// ```
+pub fn forward_fn<F>(f: F) -> ForwardFn<F>
+where
+    F: Fn(&Tensor, bool) -> candle_core::Result<Tensor>,
+{
+    ForwardFn(f)
+}
+
+/// A closure as a model: see [`forward_fn`].
+#[derive(Debug, Clone, Copy)]
+pub struct ForwardFn<F>(F);
+
+impl<F> ModuleT for ForwardFn<F>
+where
+    F: Fn(&Tensor, bool) -> candle_core::Result<Tensor>,
+{
+    fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        (self.0)(xs, train)
+    }
+}

@@ -1,0 +1,442 @@
+//! The predictive API against slow f64 computations from the per-sample outputs: classification
+//! BMA and its uncertainty split, homoscedastic and heteroscedastic regression mixtures, batching,
+//! the weights after a prediction, and the errors users meet.
+
+use candle_core::{DType, Device, Module, ModuleT, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use candle_swag::predictive::{batches, forward_fn};
+use candle_swag::{
+    BatchNormRefresh, BatchNormStats, Error, MultiSwag, Noise, ParamSet, Predictive, SampleOptions,
+    SwagConfig, SwagPosterior, VarianceLink,
+};
+
+/// A linear model `[n, 3] → [n, k]` with a posterior collected from 6 perturbed snapshots.
+struct Fixture {
+    varmap: VarMap,
+    model: candle_nn::Linear,
+    params: ParamSet,
+    posterior: SwagPosterior,
+    x: Tensor,
+}
+
+fn fixture(outputs: usize) -> Fixture {
+    let device = Device::Cpu;
+    let varmap = VarMap::new();
+    let model = candle_nn::linear(
+        3,
+        outputs,
+        VarBuilder::from_varmap(&varmap, DType::F32, &device),
+    )
+    .unwrap();
+    let params = ParamSet::from_varmap(&varmap).unwrap();
+    let d = params.numel();
+    let mut posterior = SwagPosterior::for_params(&params, SwagConfig::with_rank(4)).unwrap();
+    for k in 0..6 {
+        let theta: Vec<f32> = (0..d)
+            .map(|i| ((i * 13 + k * 7) % 11) as f32 / 11.0 - 0.5 + 0.3 * (k as f32).sin())
+            .collect();
+        params
+            .write_flat(&Tensor::from_vec(theta, d, &device).unwrap())
+            .unwrap();
+        posterior.collect(&params).unwrap();
+    }
+    let xs: Vec<f32> = (0..17 * 3)
+        .map(|i| ((i * 29) % 23) as f32 / 7.0 - 1.5)
+        .collect();
+    let x = Tensor::from_vec(xs, (17, 3), &device).unwrap();
+    Fixture {
+        varmap,
+        model,
+        params,
+        posterior,
+        x,
+    }
+}
+
+/// The model's raw outputs for every sample, in f64: `[S][n][k]`.
+fn per_sample_outputs(f: &Fixture, p: &Predictive) -> Vec<Vec<Vec<f64>>> {
+    let mut all: Vec<Vec<Vec<f64>>> = Vec::new();
+    p.for_each_output(&f.model, batches(&f.x, 100).unwrap(), |s, _, out| {
+        assert_eq!(s, all.len());
+        let rows: Vec<Vec<f32>> = out.to_vec2()?;
+        all.push(
+            rows.into_iter()
+                .map(|r| r.into_iter().map(f64::from).collect())
+                .collect(),
+        );
+        Ok(())
+    })
+    .unwrap();
+    all
+}
+
+fn close(got: f64, want: f64, tol: f64, what: &str) {
+    assert!(
+        (got - want).abs() <= tol * want.abs().max(1.0),
+        "{what}: got {got}, want {want}"
+    );
+}
+
+fn host(t: &Tensor) -> Vec<f64> {
+    t.flatten_all()
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+#[test]
+fn classification_averages_probabilities_and_splits_the_entropy() {
+    let f = fixture(4);
+    let p = Predictive::swag(
+        &f.params,
+        &f.posterior,
+        SampleOptions::with_scale(1.0),
+        9,
+        5,
+    )
+    .unwrap();
+    let logits = per_sample_outputs(&f, &p);
+    // Uneven batches (17 rows in batches of 5): the same numbers as one pass.
+    let out = p.classify(&f.model, batches(&f.x, 5).unwrap()).unwrap();
+    assert_eq!(out.probs.dims(), &[17, 4]);
+    assert_eq!(out.n_samples, 9);
+    let (probs, h, eh, mi, vr) = (
+        host(&out.probs),
+        host(&out.predictive_entropy),
+        host(&out.expected_entropy),
+        host(&out.mutual_information),
+        host(&out.variation_ratio),
+    );
+    for n in 0..17 {
+        let softmax = |z: &[f64]| {
+            let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = z.iter().map(|v| (v - m).exp()).collect();
+            let s: f64 = e.iter().sum();
+            e.into_iter().map(|v| v / s).collect::<Vec<_>>()
+        };
+        let ps: Vec<Vec<f64>> = logits.iter().map(|s| softmax(&s[n])).collect();
+        let entropy = |p: &[f64]| {
+            -p.iter()
+                .filter(|&&v| v > 0.0)
+                .map(|v| v * v.ln())
+                .sum::<f64>()
+        };
+        let mean: Vec<f64> = (0..4)
+            .map(|c| ps.iter().map(|p| p[c]).sum::<f64>() / 9.0)
+            .collect();
+        let want_h = entropy(&mean);
+        let want_eh = ps.iter().map(|p| entropy(p)).sum::<f64>() / 9.0;
+        for c in 0..4 {
+            close(probs[n * 4 + c], mean[c], 1e-6, "probs");
+        }
+        close(h[n], want_h, 1e-5, "predictive entropy");
+        close(eh[n], want_eh, 1e-5, "expected entropy");
+        close(
+            mi[n],
+            (want_h - want_eh).max(0.0),
+            2e-5,
+            "mutual information",
+        );
+        let argmax = |p: &[f64]| (0..4).fold(0, |b, c| if p[c] > p[b] { c } else { b });
+        let mut votes = [0usize; 4];
+        ps.iter().for_each(|p| votes[argmax(p)] += 1);
+        close(
+            vr[n],
+            1.0 - *votes.iter().max().unwrap() as f64 / 9.0,
+            1e-6,
+            "variation ratio",
+        );
+    }
+}
+
+#[test]
+fn homoscedastic_regression_is_the_mixture_of_the_sampled_means() {
+    let f = fixture(1);
+    let p = Predictive::swag(
+        &f.params,
+        &f.posterior,
+        SampleOptions::with_scale(0.5),
+        7,
+        1,
+    )
+    .unwrap();
+    let outs = per_sample_outputs(&f, &p);
+    let r = p
+        .regress(
+            &f.model,
+            batches(&f.x, 4).unwrap(),
+            Noise::Homoscedastic { variance: 0.3 },
+        )
+        .unwrap()
+        .to_host()
+        .unwrap();
+    for n in 0..17 {
+        let mu: Vec<f64> = outs.iter().map(|s| s[n][0]).collect();
+        let mean = mu.iter().sum::<f64>() / 7.0;
+        let var = mu.iter().map(|m| (m - mean) * (m - mean)).sum::<f64>() / 7.0;
+        close(r.mean[n], mean, 1e-6, "mean");
+        close(r.var_epistemic[n], var, 1e-5, "epistemic");
+        close(r.var_aleatoric[n], 0.3, 1e-7, "aleatoric");
+        close(r.std()[n], (var + 0.3).sqrt(), 1e-5, "std");
+    }
+}
+
+#[test]
+fn heteroscedastic_regression_mixes_means_and_variances() {
+    let f = fixture(2);
+    let p = Predictive::swag(
+        &f.params,
+        &f.posterior,
+        SampleOptions::with_scale(1.0),
+        6,
+        2,
+    )
+    .unwrap();
+    let outs = per_sample_outputs(&f, &p);
+    for (link, to_var) in [
+        (
+            VarianceLink::LogVariance,
+            (|s: f64| s.exp()) as fn(f64) -> f64,
+        ),
+        (VarianceLink::Softplus { min_variance: 1e-3 }, |s: f64| {
+            (1.0 + s.exp()).ln() + 1e-3
+        }),
+    ] {
+        let r = p
+            .regress(
+                &f.model,
+                batches(&f.x, 6).unwrap(),
+                Noise::Heteroscedastic(link),
+            )
+            .unwrap();
+        assert_eq!(r.mean.dims(), &[17]);
+        let r = r.to_host().unwrap();
+        for n in 0..17 {
+            let mu: Vec<f64> = outs.iter().map(|s| s[n][0]).collect();
+            let mean = mu.iter().sum::<f64>() / 6.0;
+            let epi = mu.iter().map(|m| (m - mean) * (m - mean)).sum::<f64>() / 6.0;
+            let alea = outs.iter().map(|s| to_var(s[n][1])).sum::<f64>() / 6.0;
+            close(r.mean[n], mean, 1e-6, "mean");
+            close(r.var_epistemic[n], epi, 1e-5, "epistemic");
+            close(r.var_aleatoric[n], alea, 1e-5, "aleatoric");
+        }
+    }
+    // A model with one output cannot be heteroscedastic.
+    let g = fixture(1);
+    let q = Predictive::swa(&g.params, &g.posterior).unwrap();
+    let err = q
+        .regress(
+            &g.model,
+            batches(&g.x, 6).unwrap(),
+            Noise::Heteroscedastic(VarianceLink::LogVariance),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidArgument { name, .. } if name == "outputs"),
+        "{err}"
+    );
+}
+
+#[test]
+fn softplus_link_is_stable_for_large_inputs() {
+    let raw = Tensor::new(&[-100f32, -1.0, 0.0, 1.0, 100.0], &Device::Cpu).unwrap();
+    let v = VarianceLink::Softplus { min_variance: 0.01 }
+        .variance(&raw)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let want = [
+        0.01,
+        (1.0 + (-1f64).exp()).ln() + 0.01,
+        2f64.ln() + 0.01,
+        (1.0 + 1f64.exp()).ln() + 0.01,
+        100.01,
+    ];
+    for (g, w) in v.iter().zip(want) {
+        close(f64::from(*g), w, 1e-6, "softplus");
+    }
+}
+
+#[test]
+fn weights_are_restored_after_a_prediction_even_on_error() {
+    let f = fixture(3);
+    let before = f.params.flatten().unwrap().to_vec1::<f32>().unwrap();
+    let p = Predictive::swag(
+        &f.params,
+        &f.posterior,
+        SampleOptions::with_scale(0.5),
+        4,
+        0,
+    )
+    .unwrap();
+    p.classify(&f.model, batches(&f.x, 8).unwrap()).unwrap();
+    assert_eq!(
+        f.params.flatten().unwrap().to_vec1::<f32>().unwrap(),
+        before
+    );
+
+    // A model that fails on its third call.
+    let calls = std::cell::Cell::new(0);
+    let failing = forward_fn(|x: &Tensor, _| {
+        calls.set(calls.get() + 1);
+        if calls.get() == 3 {
+            Err(candle_core::Error::Msg("boom".into()))
+        } else {
+            f.model.forward(x)
+        }
+    });
+    let err = p.classify(&failing, batches(&f.x, 8).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("boom"), "{err}");
+    assert_eq!(
+        f.params.flatten().unwrap().to_vec1::<f32>().unwrap(),
+        before
+    );
+
+    // Asked for, the SWA mean stays in the model.
+    let p = p.leave_swa_mean().unwrap();
+    p.classify(&f.model, batches(&f.x, 8).unwrap()).unwrap();
+    assert_eq!(
+        f.params.flatten().unwrap().to_vec1::<f32>().unwrap(),
+        f.posterior.mean().unwrap().to_vec1::<f32>().unwrap()
+    );
+    let _ = &f.varmap;
+}
+
+#[test]
+fn batchnorm_statistics_are_refreshed_per_sample_and_restored_after() {
+    let device = Device::Cpu;
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
+    let fc = candle_nn::linear(3, 4, vb.pp("fc")).unwrap();
+    let bn = candle_nn::batch_norm(4, 1e-5, vb.pp("bn")).unwrap();
+    let model = forward_fn(|x: &Tensor, train: bool| bn.forward_t(&fc.forward(x)?, train));
+    let params = ParamSet::from_varmap(&varmap).unwrap();
+    assert!(params
+        .layout()
+        .entries()
+        .iter()
+        .all(|e| !e.name.contains("running")));
+    let mut posterior = SwagPosterior::for_params(&params, SwagConfig::with_rank(2)).unwrap();
+    let x = Tensor::new(
+        &[
+            [1f32, 2.0, 3.0],
+            [0.5, -1.0, 2.0],
+            [3.0, 0.0, -2.0],
+            [-1.0, 1.0, 1.0],
+        ],
+        &device,
+    )
+    .unwrap();
+    for k in 0..3 {
+        let theta: Vec<f32> = (0..params.numel())
+            .map(|i| ((i + k) % 5) as f32 / 5.0)
+            .collect();
+        params
+            .write_flat(&Tensor::from_vec(theta, params.numel(), &device).unwrap())
+            .unwrap();
+        posterior.collect(&params).unwrap();
+    }
+    model.forward_t(&x, true).unwrap(); // some training-time statistics
+    let stats_before = bn.running_mean().to_vec1::<f32>().unwrap();
+    let refresh = BatchNormRefresh::new(
+        BatchNormStats::from_varmap(&varmap, 0.1).unwrap(),
+        batches(&x, 4).unwrap(),
+    );
+    // With one refresh batch holding every row, the eval-mode output of each sample is the
+    // normalisation of that sample's pre-activations: per column, its mean is the sampled bias.
+    let p = Predictive::swag(&params, &posterior, SampleOptions::with_scale(1.0), 3, 0)
+        .unwrap()
+        .with_refresh(refresh);
+    p.for_each_output(&model, batches(&x, 4).unwrap(), |_, _, out| {
+        let cols = out.t()?.to_vec2::<f32>()?;
+        let bias = varmap.data().lock().unwrap()["bn.bias"].to_vec1::<f32>()?;
+        for (col, b) in cols.iter().zip(bias) {
+            let m = col.iter().sum::<f32>() / 4.0;
+            assert!(
+                (m - b).abs() < 1e-4,
+                "column mean {m}, bias {b} after the refresh"
+            );
+        }
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(bn.running_mean().to_vec1::<f32>().unwrap(), stats_before);
+}
+
+#[test]
+fn mismatched_layouts_and_bad_arguments_are_named() {
+    let f = fixture(3);
+    let g = fixture(2);
+    let wrong = Tensor::zeros(5, DType::F32, &Device::Cpu).unwrap();
+    assert!(matches!(
+        Predictive::point(&f.params, &wrong),
+        Err(Error::LayoutMismatch(_))
+    ));
+    let err = Predictive::swa(&f.params, &g.posterior).unwrap_err();
+    assert!(matches!(err, Error::LayoutMismatch(_)), "{err}");
+    assert!(err.to_string().contains("posterior #0"), "{err}");
+    let multi = MultiSwag::new(vec![&f.posterior]).unwrap();
+    assert!(matches!(
+        Predictive::multi_swag(&g.params, &multi, SampleOptions::default(), 3, 0),
+        Err(Error::LayoutMismatch(_))
+    ));
+    let name = |e: Error| match e {
+        Error::InvalidArgument { name, .. } => name,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        name(
+            Predictive::swag(&f.params, &f.posterior, SampleOptions::default(), 0, 0).unwrap_err()
+        ),
+        "samples"
+    );
+    let p = Predictive::swa(&f.params, &f.posterior).unwrap();
+    let none = f.x.narrow(0, 0, 0).unwrap();
+    assert_eq!(name(batches(&none, 4).err().unwrap()), "x");
+    assert_eq!(name(batches(&f.x, 0).err().unwrap()), "batch_size");
+    let empty = std::iter::empty::<candle_core::Result<Tensor>>();
+    assert_eq!(name(p.classify(&f.model, empty).unwrap_err()), "inputs");
+    assert_eq!(
+        name(
+            p.regress(
+                &f.model,
+                batches(&f.x, 4).unwrap(),
+                Noise::Homoscedastic { variance: -1.0 }
+            )
+            .unwrap_err()
+        ),
+        "noise_variance"
+    );
+    let point = Predictive::point(&f.params, &f.params.flatten().unwrap()).unwrap();
+    assert_eq!(name(point.leave_swa_mean().unwrap_err()), "leave_swa_mean");
+}
+
+#[test]
+fn sgd_swa_and_swag_share_one_interface() {
+    let f = fixture(3);
+    let sgd_weights = f.params.flatten().unwrap();
+    let multi = MultiSwag::new(vec![&f.posterior, &f.posterior]).unwrap();
+    let methods = [
+        Predictive::point(&f.params, &sgd_weights).unwrap(),
+        Predictive::swa(&f.params, &f.posterior).unwrap(),
+        Predictive::swag(&f.params, &f.posterior, SampleOptions::diagonal(0.5), 5, 0).unwrap(),
+        Predictive::multi_swag(&f.params, &multi, SampleOptions::with_scale(0.5), 5, 0).unwrap(),
+    ];
+    let samples: Vec<usize> = methods.iter().map(|m| m.num_samples()).collect();
+    assert_eq!(samples, [1, 1, 5, 5]);
+    for m in &methods {
+        let out = m.classify(&f.model, batches(&f.x, 6).unwrap()).unwrap();
+        let rows: Vec<f64> = host(&out.probs.sum(1).unwrap());
+        assert!(rows.iter().all(|s| (s - 1.0).abs() < 1e-5));
+    }
+    // The SGD point prediction is the model's own forward pass.
+    let out = methods[0]
+        .classify(&f.model, batches(&f.x, 6).unwrap())
+        .unwrap();
+    let direct = candle_nn::ops::softmax_last_dim(&f.model.forward(&f.x).unwrap()).unwrap();
+    for (a, b) in host(&out.probs).iter().zip(host(&direct)) {
+        close(*a, b, 1e-7, "point");
+    }
+}
