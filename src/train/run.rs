@@ -335,6 +335,26 @@ pub struct RunConfig {
     pub tuned: Option<Tuned>,
     /// Training statistics per epoch.
     pub history: TrainHistory,
+    /// The rows held out for split-conformal calibration (`swag fit --calibrate-fraction`);
+    /// absent in runs fitted without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<CalibrationRows>,
+}
+
+/// Training rows held out from fitting for split-conformal calibration. `swag predict
+/// --coverage` runs the same BMA (samples, scale, seed) on them as on the rows it predicts, so
+/// the calibration scores come from the very predictor they calibrate. The feature and target
+/// standardisations were fitted on all training rows, these included (a function of the
+/// inputs and targets symmetric in the rows, which leaves calibration and test rows
+/// exchangeable only approximately; the network itself never saw these rows).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CalibrationRows {
+    /// The fraction of the training rows held out.
+    pub fraction: f64,
+    /// Standardised features, row-major `[n, d]`.
+    pub features: Vec<f32>,
+    /// Class indices (classification) or standardised targets (regression), one per row.
+    pub targets: Vec<f64>,
 }
 
 /// File names inside a run directory.

@@ -70,6 +70,10 @@ pub struct Args {
     /// of 20% of the training rows; the final run is then trained on all of them.
     #[arg(long)]
     tune_scale: bool,
+    /// Hold this fraction of the training rows out of fitting, for split-conformal intervals or
+    /// sets at predict time (`swag predict --coverage`); must leave at least 20 rows.
+    #[arg(long)]
+    calibrate_fraction: Option<f64>,
     /// Output run directory (written atomically).
     #[arg(long)]
     out: PathBuf,
@@ -97,6 +101,7 @@ pub fn run(args: Args) -> candle_swag::Result<()> {
     opts.batch_size = args.batch_size;
     opts.seed = args.seed;
     opts.tune_scale = args.tune_scale;
+    opts.calibrate_fraction = args.calibrate_fraction;
     let summary = fit_csv(&opts, &args.out)?;
     print!("{}", summary.describe());
     println!("run written to {}", args.out.display());

@@ -24,6 +24,11 @@ pub struct Args {
     /// Seed of the sample noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Add split-conformal `lower,upper` columns (regression) or a `set` column of class
+    /// indices separated by `;` (classification, APS) at this coverage, in (0, 1); needs a run
+    /// fitted with --calibrate-fraction.
+    #[arg(long)]
+    coverage: Option<f64>,
     /// Output CSV: one row per input row, in order (written atomically).
     #[arg(long)]
     out: PathBuf,
@@ -38,6 +43,7 @@ pub fn run(args: Args) -> candle_swag::Result<()> {
         samples: args.samples,
         scale: args.scale,
         seed: args.seed,
+        coverage: args.coverage,
     })?;
     candle_swag::atomic::write_file_atomic(&args.out, table.to_csv().as_bytes())?;
     println!(
