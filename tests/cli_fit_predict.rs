@@ -565,3 +565,100 @@ fn conformal_bad_input_gives_one_line_errors_and_writes_nothing() {
     one_line(&predict("0.9"), "--calibrate-fraction");
     assert!(!preds.exists());
 }
+
+/// `--noise heteroscedastic`: recorded in the run, an aleatoric std per row, and a predict
+/// that expects the other noise model (either way) is refused with one line, writing nothing.
+#[test]
+fn heteroscedastic_noise_is_recorded_and_checked_at_predict() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("diabetes.csv");
+    subset("data/diabetes.csv", 150, &data);
+    let d = data.to_str().unwrap();
+    let fit = |noise: &str, task: &str, target: &str, out: &Path| {
+        swag(&[
+            "fit",
+            "--data",
+            d,
+            "--target",
+            target,
+            "--task",
+            task,
+            "--split-column",
+            "split",
+            "--hidden",
+            "8",
+            "--epochs",
+            "8",
+            "--rank",
+            "3",
+            "--lr",
+            "0.01",
+            "--noise",
+            noise,
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let hetero = dir.path().join("hetero");
+    let homo = dir.path().join("homo");
+    assert!(fit("heteroscedastic", "regression", "target", &hetero)
+        .status
+        .success());
+    assert!(fit("homoscedastic", "regression", "target", &homo)
+        .status
+        .success());
+    let config = std::fs::read_to_string(hetero.join("config.json")).unwrap();
+    assert!(
+        config.contains("\"noise\": \"heteroscedastic\""),
+        "{config}"
+    );
+    let preds = dir.path().join("p.csv");
+    ok(&[
+        "predict",
+        "--run",
+        hetero.to_str().unwrap(),
+        "--data",
+        d,
+        "--samples",
+        "3",
+        "--noise",
+        "heteroscedastic",
+        "--out",
+        preds.to_str().unwrap(),
+    ]);
+    let (header, rows) = read_csv(&preds);
+    assert_eq!(header, ["mean", "std", "std_epistemic", "std_aleatoric"]);
+    let alea: Vec<f64> = rows.iter().map(|r| r[3].parse().unwrap()).collect();
+    let (lo, hi) = alea
+        .iter()
+        .fold((f64::INFINITY, 0f64), |(a, b), &v| (a.min(v), b.max(v)));
+    assert!(
+        lo > 0.0 && hi > lo * 1.01,
+        "aleatoric std should vary per row: {lo}..{hi}"
+    );
+    std::fs::remove_file(&preds).unwrap();
+    for (run, want) in [(&hetero, "homoscedastic"), (&homo, "heteroscedastic")] {
+        let out = swag(&[
+            "predict",
+            "--run",
+            run.to_str().unwrap(),
+            "--data",
+            d,
+            "--noise",
+            want,
+            "--out",
+            preds.to_str().unwrap(),
+        ]);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains(want) && err.contains("fitted with"), "{err}");
+        assert!(!preds.exists());
+    }
+    // Heteroscedastic noise is a regression model.
+    let cls = dir.path().join("cls");
+    let out = fit("heteroscedastic", "classification", "sex", &cls);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`noise`"));
+    assert!(!cls.exists());
+}

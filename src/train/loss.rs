@@ -33,6 +33,15 @@ use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
 /// training targets, i.e. a standard deviation of `1e-3` of a standardised target.
 pub const VARIANCE_FLOOR: f64 = 1e-6;
 
+/// The [`crate::predictive::VarianceLink`] matching [`gaussian_nll`]: softplus with
+/// [`VARIANCE_FLOOR`], so a network trained with this loss predicts with the same variances
+/// (the predictive computes the softplus tail as `ln(1 + ·)` rather than `ln_1p`: the two
+/// differ by at most one rounding of 1, far below the floor in f64).
+pub const VARIANCE_LINK: crate::predictive::VarianceLink =
+    crate::predictive::VarianceLink::Softplus {
+        min_variance: VARIANCE_FLOOR,
+    };
+
 /// The predicted variance `softplus(raw) + VARIANCE_FLOOR` of a raw variance output (any
 /// shape, any float dtype; module docs).
 pub fn softplus_variance(raw: &Tensor) -> candle_core::Result<Tensor> {

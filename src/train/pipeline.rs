@@ -11,9 +11,9 @@ use candle_core::{Device, Tensor};
 use super::method::swag_at_scale;
 use super::run::{
     fit_mlp, mlp_refresh, save_run, training_noise_variance, tune, validation_split, with_refresh,
-    CalibrationRows, FitSpec, LoadedRun, RunConfig, Tuned, RUN_FORMAT_VERSION,
+    CalibrationRows, FitSpec, LoadedRun, NoiseModel, RunConfig, Tuned, RUN_FORMAT_VERSION,
 };
-use super::{Collect, TrainConfig};
+use super::{Collect, Objective, TrainConfig};
 use crate::data::{load_csv, prepare, CsvSpec, CsvTable, Dataset, FeatureScaling, TaskKind};
 use crate::error::{Error, Result};
 use crate::metrics::{
@@ -69,6 +69,8 @@ pub struct CsvFitOptions {
     /// Hold this fraction of the training rows out of fitting, for split-conformal
     /// calibration at predict time (`None`: fit on every training row).
     pub calibrate_fraction: Option<f64>,
+    /// The regression noise model (regression only; homoscedastic by default).
+    pub noise: NoiseModel,
 }
 
 impl CsvFitOptions {
@@ -97,6 +99,7 @@ impl CsvFitOptions {
             samples: 30,
             progress: true,
             calibrate_fraction: None,
+            noise: NoiseModel::Homoscedastic,
         }
     }
 }
@@ -140,6 +143,9 @@ impl FitSummary {
             }
             s.push('\n');
         }
+        if c.task == TaskKind::Regression {
+            let _ = writeln!(s, "noise model: {}", c.noise.name());
+        }
         let _ = write!(s, "default sample scale {}", c.scale);
         if let (Some(nv), Some(ts)) = (c.noise_variance, &c.target_scaler) {
             let _ = write!(s, ", noise std {:.4} (target units)", nv.sqrt() * ts.std[0]);
@@ -174,18 +180,29 @@ pub fn fit_csv(opts: &CsvFitOptions, out: impl AsRef<Path>) -> Result<FitSummary
             task: opts.task,
         },
     )?;
+    let hetero = opts.noise == NoiseModel::Heteroscedastic;
+    if hetero && opts.task == TaskKind::Classification {
+        return Err(Error::invalid(
+            "noise",
+            "heteroscedastic noise is a regression model; drop --noise for classification",
+        ));
+    }
     let prepared = prepare(&data, FeatureScaling::Standardize, &device)?;
     let (train, calibration) = match opts.calibrate_fraction {
         None => (prepared.train.clone(), None),
         Some(f) => hold_out_calibration(&prepared.train, f, opts.seed)?,
     };
-    let objective = FitSpec::objective(opts.task);
+    let objective = if hetero {
+        Objective::GaussianNll
+    } else {
+        FitSpec::objective(opts.task)
+    };
     let swa_start = opts.swa_start.unwrap_or(opts.epochs / 2);
     let spec = FitSpec {
         mlp: MlpConfig {
             input_dim: train.num_features(),
             hidden: opts.hidden.clone(),
-            output_dim: prepared.output_dim(),
+            output_dim: if hetero { 2 } else { prepared.output_dim() },
             batchnorm: opts.batchnorm,
         },
         train: TrainConfig {
@@ -230,6 +247,7 @@ pub fn fit_csv(opts: &CsvFitOptions, out: impl AsRef<Path>) -> Result<FitSummary
     let fitted = fit_mlp(&train, objective, &spec)?;
     let noise_variance = match (opts.task, &tuned) {
         (TaskKind::Classification, _) => None,
+        (TaskKind::Regression, _) if hetero => None,
         (TaskKind::Regression, Some(t)) => t.best.noise_variance,
         (TaskKind::Regression, None) => Some(training_noise_variance(
             &fitted,
@@ -251,6 +269,7 @@ pub fn fit_csv(opts: &CsvFitOptions, out: impl AsRef<Path>) -> Result<FitSummary
         tuned,
         history: fitted.history.clone(),
         calibration,
+        noise: opts.noise,
     };
     save_run(out, &config, &fitted, &train.features)?;
     Ok(FitSummary {
@@ -319,6 +338,9 @@ pub struct CsvPredictOptions {
     /// APS prediction sets (classification: a `set` column); needs a run fitted with a
     /// calibration fraction.
     pub coverage: Option<f64>,
+    /// The noise model the caller expects the run to have; a run fitted with the other one is
+    /// refused (`None`: use the run's).
+    pub noise: Option<NoiseModel>,
 }
 
 /// Predictions for every row of a file, as written to the predictions CSV.
@@ -367,6 +389,22 @@ pub fn predict_csv(opts: &CsvPredictOptions) -> Result<PredictionTable> {
     let run = LoadedRun::load(&opts.run, &device)?;
     let table = CsvTable::read(&opts.data)?;
     let cfg = &run.config;
+    if let Some(want) = opts.noise {
+        if cfg.task == TaskKind::Classification || want != cfg.noise {
+            let has = match cfg.task {
+                TaskKind::Classification => "a classification run",
+                TaskKind::Regression => cfg.noise.name(),
+            };
+            return Err(Error::invalid(
+                "noise",
+                format!(
+                    "{} was asked for, but the run {} was fitted with {has} noise",
+                    want.name(),
+                    opts.run.display()
+                ),
+            ));
+        }
+    }
     let calibration = match (&conformal, &cfg.calibration) {
         (None, _) => None,
         (Some(c), Some(rows)) => {
@@ -461,11 +499,16 @@ pub fn predict_csv(opts: &CsvPredictOptions) -> Result<PredictionTable> {
             let scaler = cfg.target_scaler.as_ref().ok_or_else(|| {
                 Error::bad_file(&opts.run, "regression run without target scaler")
             })?;
-            let noise = cfg.noise_variance.ok_or_else(|| {
-                Error::bad_file(&opts.run, "regression run without noise variance")
-            })?;
+            let noise = match cfg.noise {
+                NoiseModel::Heteroscedastic => Noise::Heteroscedastic(super::loss::VARIANCE_LINK),
+                NoiseModel::Homoscedastic => Noise::Homoscedastic {
+                    variance: cfg.noise_variance.ok_or_else(|| {
+                        Error::bad_file(&opts.run, "regression run without noise variance")
+                    })?,
+                },
+            };
             let pred = predictive
-                .regress(&run.model, inputs, Noise::Homoscedastic { variance: noise })?
+                .regress(&run.model, inputs, noise)?
                 .to_host()?
                 .to_original_units(scaler.mean[0], scaler.std[0]);
             let std = pred.std();
@@ -475,11 +518,7 @@ pub fn predict_csv(opts: &CsvPredictOptions) -> Result<PredictionTable> {
             let intervals = match &calibration {
                 Some((conf, x, rows)) => {
                     let cal = predictive
-                        .regress(
-                            &run.model,
-                            batches(x, PREDICT_BATCH_ROWS)?,
-                            Noise::Homoscedastic { variance: noise },
-                        )?
+                        .regress(&run.model, batches(x, PREDICT_BATCH_ROWS)?, noise)?
                         .to_host()?
                         .to_original_units(scaler.mean[0], scaler.std[0]);
                     let y: Vec<f64> = rows

@@ -257,6 +257,22 @@ pub fn tune(
                     nll,
                 }
             }
+            Objective::GaussianNll => {
+                let y: Vec<f32> = validation.targets.to_vec1()?;
+                let y: Vec<f64> = y.into_iter().map(f64::from).collect();
+                let m = predictive
+                    .regress(
+                        &fitted.model,
+                        inputs.clone(),
+                        Noise::Heteroscedastic(super::loss::VARIANCE_LINK),
+                    )?
+                    .to_host()?;
+                TunePoint {
+                    scale,
+                    noise_variance: None,
+                    nll: crate::metrics::gaussian_nll(&m.mean, &m.std(), &y)?,
+                }
+            }
             Objective::MeanSquaredError => {
                 let y: Vec<f32> = validation.targets.to_vec1()?;
                 let y: Vec<f64> = y.into_iter().map(f64::from).collect();
@@ -339,6 +355,31 @@ pub struct RunConfig {
     /// absent in runs fitted without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibration: Option<CalibrationRows>,
+    /// The regression noise model (runs written before it existed are homoscedastic).
+    #[serde(default)]
+    pub noise: NoiseModel,
+}
+
+/// The noise model of a regression run (`swag fit --noise`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoiseModel {
+    /// One noise variance for every input (`RunConfig::noise_variance`), one network output.
+    #[default]
+    Homoscedastic,
+    /// Two outputs per row, a mean and a raw variance (softplus link with a floor,
+    /// [`super::loss::VARIANCE_LINK`]), trained with the Gaussian NLL.
+    Heteroscedastic,
+}
+
+impl NoiseModel {
+    /// As spelled on the command line and in reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            NoiseModel::Homoscedastic => "homoscedastic",
+            NoiseModel::Heteroscedastic => "heteroscedastic",
+        }
+    }
 }
 
 /// Training rows held out from fitting for split-conformal calibration. `swag predict

@@ -29,6 +29,10 @@ pub struct Args {
     /// fitted with --calibrate-fraction.
     #[arg(long)]
     coverage: Option<f64>,
+    /// The noise model expected of the run (homoscedastic or heteroscedastic); a run fitted
+    /// with the other one is refused [default: the run's].
+    #[arg(long, value_enum)]
+    noise: Option<crate::fit::NoiseArg>,
     /// Output CSV: one row per input row, in order (written atomically).
     #[arg(long)]
     out: PathBuf,
@@ -44,6 +48,7 @@ pub fn run(args: Args) -> candle_swag::Result<()> {
         scale: args.scale,
         seed: args.seed,
         coverage: args.coverage,
+        noise: args.noise.map(Into::into),
     })?;
     candle_swag::atomic::write_file_atomic(&args.out, table.to_csv().as_bytes())?;
     println!(
