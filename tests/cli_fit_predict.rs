@@ -315,3 +315,350 @@ fn bad_input_gives_one_line_errors() {
     assert!(err.contains("`b`") && err.contains("x.csv"), "{err}");
     assert!(!preds.exists());
 }
+
+/// `swag fit --calibrate-fraction` then `swag predict --coverage`: split-conformal intervals
+/// are `mean ± q̂·std` with one `q̂` for every row, and cover the held-out test rows.
+#[test]
+fn conformal_intervals_from_calibration_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/diabetes.csv");
+    let d = data.to_str().unwrap();
+    let run = dir.path().join("run");
+    let stdout = ok(&[
+        "fit",
+        "--data",
+        d,
+        "--target",
+        "target",
+        "--task",
+        "regression",
+        "--split-column",
+        "split",
+        "--hidden",
+        "16",
+        "--epochs",
+        "20",
+        "--rank",
+        "5",
+        "--lr",
+        "0.01",
+        "--calibrate-fraction",
+        "0.3",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    // 354 training rows, round(0.3 · 354) = 106 held out: 248 are fitted.
+    assert!(stdout.contains("248"), "{stdout}");
+    let preds = dir.path().join("preds.csv");
+    ok(&[
+        "predict",
+        "--run",
+        run.to_str().unwrap(),
+        "--data",
+        d,
+        "--samples",
+        "5",
+        "--coverage",
+        "0.9",
+        "--out",
+        preds.to_str().unwrap(),
+    ]);
+    let (header, rows) = read_csv(&preds);
+    assert_eq!(
+        header,
+        [
+            "mean",
+            "std",
+            "std_epistemic",
+            "std_aleatoric",
+            "lower",
+            "upper"
+        ]
+    );
+    let num = |r: &Vec<String>, j: usize| -> f64 { r[j].parse().unwrap() };
+    let q = (num(&rows[0], 5) - num(&rows[0], 0)) / num(&rows[0], 1);
+    assert!(q > 0.5 && q < 5.0, "q̂ = {q}");
+    for r in &rows {
+        let (m, s, lo, hi) = (num(r, 0), num(r, 1), num(r, 4), num(r, 5));
+        assert!(((hi - m) / s - q).abs() < 1e-6 * q, "{r:?}");
+        assert!(((m - lo) / s - q).abs() < 1e-6 * q, "{r:?}");
+    }
+    // Coverage of the 88 test rows (never fitted, never calibrated on): 0.9 in expectation;
+    // a binomial(88, 0.9) falls below 0.78 with probability < 0.1%.
+    let (dh, drows) = read_csv(&data);
+    let (js, jt) = (
+        dh.iter().position(|h| h == "split").unwrap(),
+        dh.iter().position(|h| h == "target").unwrap(),
+    );
+    let (mut n, mut hit) = (0, 0);
+    for (dr, pr) in drows.iter().zip(&rows) {
+        if dr[js] == "test" {
+            let y: f64 = dr[jt].parse().unwrap();
+            n += 1;
+            hit += usize::from(num(pr, 4) <= y && y <= num(pr, 5));
+        }
+    }
+    assert_eq!(n, 88);
+    let coverage = hit as f64 / n as f64;
+    assert!(coverage >= 0.78, "test coverage {coverage}");
+}
+
+/// Classification sets: non-empty, most probable class first, and nested across levels.
+#[test]
+fn conformal_sets_are_nested_and_start_with_the_prediction() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("digits.csv");
+    subset("data/digits.csv", 300, &data);
+    let d = data.to_str().unwrap();
+    let run = dir.path().join("run");
+    ok(&[
+        "fit",
+        "--data",
+        d,
+        "--target",
+        "label",
+        "--task",
+        "classification",
+        "--split-column",
+        "split",
+        "--hidden",
+        "16",
+        "--epochs",
+        "10",
+        "--rank",
+        "3",
+        "--calibrate-fraction",
+        "0.25",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    let mut sets = Vec::new();
+    for cov in ["0.8", "0.95"] {
+        let preds = dir.path().join(format!("p{cov}.csv"));
+        ok(&[
+            "predict",
+            "--run",
+            run.to_str().unwrap(),
+            "--data",
+            d,
+            "--samples",
+            "4",
+            "--coverage",
+            cov,
+            "--out",
+            preds.to_str().unwrap(),
+        ]);
+        let (header, rows) = read_csv(&preds);
+        assert_eq!(header.last().unwrap(), "set");
+        let jp = header.iter().position(|h| h == "pred").unwrap();
+        let parsed: Vec<Vec<usize>> = rows
+            .iter()
+            .map(|r| {
+                let s: Vec<usize> = r
+                    .last()
+                    .unwrap()
+                    .split(';')
+                    .map(|v| v.parse().unwrap())
+                    .collect();
+                // Digits' labels are 0..9, so the label of `pred` is its class index.
+                assert_eq!(s[0].to_string(), r[jp], "{r:?}");
+                let mut u = s.clone();
+                u.sort_unstable();
+                u.dedup();
+                assert!(u.len() == s.len() && s.iter().all(|&k| k < 10), "{s:?}");
+                s
+            })
+            .collect();
+        sets.push(parsed);
+    }
+    let mut larger = 0;
+    for (a, b) in sets[0].iter().zip(&sets[1]) {
+        assert!(
+            a.len() <= b.len() && b[..a.len()] == a[..],
+            "{a:?} vs {b:?}"
+        );
+        larger += usize::from(b.len() > a.len());
+    }
+    assert!(larger > 0, "a higher coverage must enlarge some sets");
+}
+
+#[test]
+fn conformal_bad_input_gives_one_line_errors_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("diabetes.csv");
+    subset("data/diabetes.csv", 120, &data);
+    let d = data.to_str().unwrap();
+    let run = dir.path().join("run");
+    let fit = |fraction: &str| {
+        swag(&[
+            "fit",
+            "--data",
+            d,
+            "--target",
+            "target",
+            "--task",
+            "regression",
+            "--split-column",
+            "split",
+            "--hidden",
+            "4",
+            "--epochs",
+            "2",
+            "--calibrate-fraction",
+            fraction,
+            "--out",
+            run.to_str().unwrap(),
+        ])
+    };
+    let one_line = |out: &std::process::Output, needle: &str| {
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains(needle), "{err}");
+    };
+    for f in ["0", "1", "1.5", "NaN"] {
+        one_line(&fit(f), "calibrate-fraction");
+        assert!(!run.exists());
+    }
+    // 0.1 of the 96 training rows is 10 calibration rows: fewer than 20.
+    let out = fit("0.1");
+    one_line(&out, "10 calibration rows");
+    assert!(!run.exists());
+    // A run without calibration rows, then --coverage outside (0, 1) or without calibration.
+    ok(&[
+        "fit",
+        "--data",
+        d,
+        "--target",
+        "target",
+        "--task",
+        "regression",
+        "--split-column",
+        "split",
+        "--hidden",
+        "4",
+        "--epochs",
+        "2",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    let preds = dir.path().join("p.csv");
+    let predict = |cov: &str| {
+        swag(&[
+            "predict",
+            "--run",
+            run.to_str().unwrap(),
+            "--data",
+            d,
+            "--samples",
+            "2",
+            "--coverage",
+            cov,
+            "--out",
+            preds.to_str().unwrap(),
+        ])
+    };
+    for c in ["0", "1", "1.2"] {
+        one_line(&predict(c), "coverage");
+        assert!(!preds.exists());
+    }
+    one_line(&predict("0.9"), "--calibrate-fraction");
+    assert!(!preds.exists());
+}
+
+/// `--noise heteroscedastic`: recorded in the run, an aleatoric std per row, and a predict
+/// that expects the other noise model (either way) is refused with one line, writing nothing.
+#[test]
+fn heteroscedastic_noise_is_recorded_and_checked_at_predict() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("diabetes.csv");
+    subset("data/diabetes.csv", 150, &data);
+    let d = data.to_str().unwrap();
+    let fit = |noise: &str, task: &str, target: &str, out: &Path| {
+        swag(&[
+            "fit",
+            "--data",
+            d,
+            "--target",
+            target,
+            "--task",
+            task,
+            "--split-column",
+            "split",
+            "--hidden",
+            "8",
+            "--epochs",
+            "8",
+            "--rank",
+            "3",
+            "--lr",
+            "0.01",
+            "--noise",
+            noise,
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let hetero = dir.path().join("hetero");
+    let homo = dir.path().join("homo");
+    assert!(fit("heteroscedastic", "regression", "target", &hetero)
+        .status
+        .success());
+    assert!(fit("homoscedastic", "regression", "target", &homo)
+        .status
+        .success());
+    let config = std::fs::read_to_string(hetero.join("config.json")).unwrap();
+    assert!(
+        config.contains("\"noise\": \"heteroscedastic\""),
+        "{config}"
+    );
+    let preds = dir.path().join("p.csv");
+    ok(&[
+        "predict",
+        "--run",
+        hetero.to_str().unwrap(),
+        "--data",
+        d,
+        "--samples",
+        "3",
+        "--noise",
+        "heteroscedastic",
+        "--out",
+        preds.to_str().unwrap(),
+    ]);
+    let (header, rows) = read_csv(&preds);
+    assert_eq!(header, ["mean", "std", "std_epistemic", "std_aleatoric"]);
+    let alea: Vec<f64> = rows.iter().map(|r| r[3].parse().unwrap()).collect();
+    let (lo, hi) = alea
+        .iter()
+        .fold((f64::INFINITY, 0f64), |(a, b), &v| (a.min(v), b.max(v)));
+    assert!(
+        lo > 0.0 && hi > lo * 1.01,
+        "aleatoric std should vary per row: {lo}..{hi}"
+    );
+    std::fs::remove_file(&preds).unwrap();
+    for (run, want) in [(&hetero, "homoscedastic"), (&homo, "heteroscedastic")] {
+        let out = swag(&[
+            "predict",
+            "--run",
+            run.to_str().unwrap(),
+            "--data",
+            d,
+            "--noise",
+            want,
+            "--out",
+            preds.to_str().unwrap(),
+        ]);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains(want) && err.contains("fitted with"), "{err}");
+        assert!(!preds.exists());
+    }
+    // Heteroscedastic noise is a regression model.
+    let cls = dir.path().join("cls");
+    let out = fit("heteroscedastic", "classification", "sex", &cls);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`noise`"));
+    assert!(!cls.exists());
+}

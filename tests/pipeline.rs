@@ -408,6 +408,8 @@ fn fit_save_load_predict_report_round_trip() {
         scale: 0.5,
         tuned: None,
         history: fitted.history.clone(),
+        calibration: None,
+        noise: Default::default(),
     };
     let dir = tempfile::tempdir().unwrap();
     let run_dir = dir.path().join("run");

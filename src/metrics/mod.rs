@@ -23,6 +23,8 @@
 
 pub mod binning;
 pub mod classification;
+pub mod conformal;
+pub mod isotonic;
 pub mod ood;
 pub mod recalibration;
 pub mod regression;
@@ -37,6 +39,15 @@ pub use classification::{
     binary_to_two_class, calibration_bins_positive_class, calibration_bins_top_label_binary,
     classification_metrics, evaluate_classification, top_label, ClassificationEvaluation,
     ClassificationMetrics, ClassificationOptions, DEFAULT_NLL_EPS,
+};
+pub use conformal::{
+    check_calibration_size, conformal_quantile, conformal_rank, normalized_scores,
+    ConformalClassifier, ConformalConfig, ConformalEvaluation, ConformalRegressor, SetScore,
+    MIN_CALIBRATION_ROWS,
+};
+pub use isotonic::{
+    fit_isotonic_confidence, isotonic_regression, HistogramBinning, IsotonicFit,
+    QuantileRecalibrator,
 };
 pub use ood::{
     auroc, average_precision, fpr_at_tpr, ood_metrics, ood_metrics_in_out, roc_curve, OodMetrics,

@@ -164,7 +164,7 @@ fn standard_normal() -> Normal {
     Normal::standard()
 }
 
-fn std_normal_cdf(z: f64) -> f64 {
+pub(crate) fn std_normal_cdf(z: f64) -> f64 {
     standard_normal().cdf(z)
 }
 
@@ -173,7 +173,7 @@ fn std_normal_pdf(z: f64) -> f64 {
 }
 
 /// Validates a 1-D finite input named `name`.
-fn check_values(name: &str, values: &[f64]) -> Result<()> {
+pub(crate) fn check_values(name: &str, values: &[f64]) -> Result<()> {
     check_non_empty(name, values.len())?;
     for (i, v) in values.iter().enumerate() {
         if !v.is_finite() {
@@ -191,7 +191,7 @@ fn check_mean_targets(mean: &[f64], y: &[f64]) -> Result<()> {
 }
 
 /// Validates standard deviations (finite, > 0), and their length against `n`.
-fn check_std(std: &[f64], n: usize) -> Result<()> {
+pub(crate) fn check_std(std: &[f64], n: usize) -> Result<()> {
     check_values("std", std)?;
     check_same_len("mean", n, "std", std.len())?;
     for (i, s) in std.iter().enumerate() {
@@ -207,7 +207,7 @@ fn check_std(std: &[f64], n: usize) -> Result<()> {
     Ok(())
 }
 
-fn check_gaussian(mean: &[f64], std: &[f64], y: &[f64]) -> Result<()> {
+pub(crate) fn check_gaussian(mean: &[f64], std: &[f64], y: &[f64]) -> Result<()> {
     check_mean_targets(mean, y)?;
     check_std(std, mean.len())
 }

@@ -43,6 +43,9 @@ pub enum Objective {
     /// Mean squared error of outputs `[n, 1]` against f32 targets `[n]` (mean over rows): the
     /// Gaussian log-likelihood with a homoscedastic noise, up to constants.
     MeanSquaredError,
+    /// Heteroscedastic Gaussian negative log-likelihood of outputs `[n, 2]` (mean, raw
+    /// variance) against f32 targets `[n]` ([`loss::gaussian_nll`], mean over rows).
+    GaussianNll,
 }
 
 impl Objective {
@@ -54,6 +57,7 @@ impl Objective {
                 let pred = outputs.flatten_all()?;
                 pred.sub(targets)?.sqr()?.mean_all()?
             }
+            Objective::GaussianNll => loss::gaussian_nll(outputs, targets)?,
         })
     }
 }

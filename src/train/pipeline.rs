@@ -11,11 +11,14 @@ use candle_core::{Device, Tensor};
 use super::method::swag_at_scale;
 use super::run::{
     fit_mlp, mlp_refresh, save_run, training_noise_variance, tune, validation_split, with_refresh,
-    FitSpec, LoadedRun, RunConfig, Tuned, RUN_FORMAT_VERSION,
+    CalibrationRows, FitSpec, LoadedRun, NoiseModel, RunConfig, Tuned, RUN_FORMAT_VERSION,
 };
-use super::{Collect, TrainConfig};
-use crate::data::{load_csv, prepare, CsvSpec, CsvTable, FeatureScaling, TaskKind};
+use super::{Collect, Objective, TrainConfig};
+use crate::data::{load_csv, prepare, CsvSpec, CsvTable, Dataset, FeatureScaling, TaskKind};
 use crate::error::{Error, Result};
+use crate::metrics::{
+    ConformalClassifier, ConformalConfig, ConformalRegressor, SetScore, MIN_CALIBRATION_ROWS,
+};
 use crate::models::MlpConfig;
 use crate::optim::SgdConfig;
 use crate::predictive::{batches, Noise, Predictive};
@@ -63,12 +66,17 @@ pub struct CsvFitOptions {
     pub samples: usize,
     /// Show progress bars.
     pub progress: bool,
+    /// Hold this fraction of the training rows out of fitting, for split-conformal
+    /// calibration at predict time (`None`: fit on every training row).
+    pub calibrate_fraction: Option<f64>,
+    /// The regression noise model (regression only; homoscedastic by default).
+    pub noise: NoiseModel,
 }
 
 impl CsvFitOptions {
     /// Defaults for a file and target: hidden 128,128, no BatchNorm, 50 epochs, collection from
     /// epoch 25 each epoch, K = 20, lr = swa_lr = 0.05, momentum 0.9, weight decay 5e-4, batch
-    /// 32, seed 0, no tuning (30 samples when tuning), progress bars on.
+    /// 32, seed 0, no tuning (30 samples when tuning), progress bars on, no calibration rows.
     pub fn new(data: impl Into<PathBuf>, target: impl Into<String>, task: TaskKind) -> Self {
         Self {
             data: data.into(),
@@ -90,6 +98,8 @@ impl CsvFitOptions {
             tune_scale: false,
             samples: 30,
             progress: true,
+            calibrate_fraction: None,
+            noise: NoiseModel::Homoscedastic,
         }
     }
 }
@@ -133,6 +143,9 @@ impl FitSummary {
             }
             s.push('\n');
         }
+        if c.task == TaskKind::Regression {
+            let _ = writeln!(s, "noise model: {}", c.noise.name());
+        }
         let _ = write!(s, "default sample scale {}", c.scale);
         if let (Some(nv), Some(ts)) = (c.noise_variance, &c.target_scaler) {
             let _ = write!(s, ", noise std {:.4} (target units)", nv.sqrt() * ts.std[0]);
@@ -141,6 +154,14 @@ impl FitSummary {
             s.push_str(" (tuned on a validation split)");
         }
         s.push('\n');
+        if let Some(cal) = &c.calibration {
+            let _ = writeln!(
+                s,
+                "{} training rows ({}) held out for conformal calibration (swag predict --coverage)",
+                cal.targets.len(),
+                cal.fraction
+            );
+        }
         s
     }
 }
@@ -159,14 +180,29 @@ pub fn fit_csv(opts: &CsvFitOptions, out: impl AsRef<Path>) -> Result<FitSummary
             task: opts.task,
         },
     )?;
+    let hetero = opts.noise == NoiseModel::Heteroscedastic;
+    if hetero && opts.task == TaskKind::Classification {
+        return Err(Error::invalid(
+            "noise",
+            "heteroscedastic noise is a regression model; drop --noise for classification",
+        ));
+    }
     let prepared = prepare(&data, FeatureScaling::Standardize, &device)?;
-    let objective = FitSpec::objective(opts.task);
+    let (train, calibration) = match opts.calibrate_fraction {
+        None => (prepared.train.clone(), None),
+        Some(f) => hold_out_calibration(&prepared.train, f, opts.seed)?,
+    };
+    let objective = if hetero {
+        Objective::GaussianNll
+    } else {
+        FitSpec::objective(opts.task)
+    };
     let swa_start = opts.swa_start.unwrap_or(opts.epochs / 2);
     let spec = FitSpec {
         mlp: MlpConfig {
-            input_dim: prepared.train.num_features(),
+            input_dim: train.num_features(),
             hidden: opts.hidden.clone(),
-            output_dim: prepared.output_dim(),
+            output_dim: if hetero { 2 } else { prepared.output_dim() },
             batchnorm: opts.batchnorm,
         },
         train: TrainConfig {
@@ -190,9 +226,9 @@ pub fn fit_csv(opts: &CsvFitOptions, out: impl AsRef<Path>) -> Result<FitSummary
         init_seed: opts.seed,
     };
     let tuned: Option<Tuned> = if opts.tune_scale {
-        let (fit_rows, val_rows) = validation_split(prepared.train.len(), 0.2, opts.seed)?;
-        let fit_data = prepared.train.select(&fit_rows)?;
-        let val = prepared.train.select(&val_rows)?;
+        let (fit_rows, val_rows) = validation_split(train.len(), 0.2, opts.seed)?;
+        let fit_data = train.select(&fit_rows)?;
+        let val = train.select(&val_rows)?;
         let mut tune_spec = spec.clone();
         tune_spec.train.label = "tune".into();
         let fitted = fit_mlp(&fit_data, objective, &tune_spec)?;
@@ -208,13 +244,14 @@ pub fn fit_csv(opts: &CsvFitOptions, out: impl AsRef<Path>) -> Result<FitSummary
     } else {
         None
     };
-    let fitted = fit_mlp(&prepared.train, objective, &spec)?;
+    let fitted = fit_mlp(&train, objective, &spec)?;
     let noise_variance = match (opts.task, &tuned) {
         (TaskKind::Classification, _) => None,
+        (TaskKind::Regression, _) if hetero => None,
         (TaskKind::Regression, Some(t)) => t.best.noise_variance,
         (TaskKind::Regression, None) => Some(training_noise_variance(
             &fitted,
-            &prepared.train,
+            &train,
             Predictive::swa(&fitted.params, &fitted.posterior)?,
         )?),
     };
@@ -231,13 +268,56 @@ pub fn fit_csv(opts: &CsvFitOptions, out: impl AsRef<Path>) -> Result<FitSummary
         scale: tuned.as_ref().map_or(0.5, |t| t.best.scale),
         tuned,
         history: fitted.history.clone(),
+        calibration,
+        noise: opts.noise,
     };
-    save_run(out, &config, &fitted, &prepared.train.features)?;
+    save_run(out, &config, &fitted, &train.features)?;
     Ok(FitSummary {
-        train_rows: prepared.train.len(),
+        train_rows: train.len(),
         collected: fitted.history.collected,
         config,
     })
+}
+
+/// Splits `fraction` of the training rows off for conformal calibration (seeded shuffle, as
+/// [`validation_split`]); refuses a fraction outside `(0, 1)` or one leaving fewer than
+/// [`MIN_CALIBRATION_ROWS`] calibration rows (or fewer than 2 rows to fit).
+fn hold_out_calibration(
+    train: &Dataset,
+    fraction: f64,
+    seed: u64,
+) -> Result<(Dataset, Option<CalibrationRows>)> {
+    let n = train.len();
+    if !(fraction > 0.0 && fraction < 1.0) {
+        return Err(Error::invalid(
+            "calibrate-fraction",
+            format!("{fraction} is not in (0, 1)"),
+        ));
+    }
+    let n_cal = (fraction * n as f64).round() as usize;
+    if n_cal < MIN_CALIBRATION_ROWS || n_cal + 2 > n {
+        return Err(Error::invalid(
+            "calibrate-fraction",
+            format!(
+                "{fraction} of {n} training rows leaves {n_cal} calibration rows and {} to fit; \
+                 conformal calibration needs at least {MIN_CALIBRATION_ROWS} (and 2 to fit)",
+                n.saturating_sub(n_cal)
+            ),
+        ));
+    }
+    // A different stream from the tuning split's, so the two hold-outs are not the same rows.
+    let (fit_rows, cal_rows) = validation_split(n, fraction, seed ^ 0xC0FF_EE00)?;
+    let cal = train.select(&cal_rows)?;
+    let features: Vec<f32> = cal.features.flatten_all()?.to_vec1()?;
+    let targets: Vec<f64> = cal.targets.to_dtype(candle_core::DType::F64)?.to_vec1()?;
+    Ok((
+        train.select(&fit_rows)?,
+        Some(CalibrationRows {
+            fraction,
+            features,
+            targets,
+        }),
+    ))
 }
 
 /// Options of [`predict_csv`] (the flags of `swag predict`).
@@ -254,6 +334,13 @@ pub struct CsvPredictOptions {
     pub scale: Option<f64>,
     /// Seed of the sample noise.
     pub seed: u64,
+    /// Target coverage of split-conformal intervals (regression: `lower`, `upper` columns) or
+    /// APS prediction sets (classification: a `set` column); needs a run fitted with a
+    /// calibration fraction.
+    pub coverage: Option<f64>,
+    /// The noise model the caller expects the run to have; a run fitted with the other one is
+    /// refused (`None`: use the run's).
+    pub noise: Option<NoiseModel>,
 }
 
 /// Predictions for every row of a file, as written to the predictions CSV.
@@ -288,11 +375,62 @@ const PREDICT_BATCH_ROWS: usize = 4096;
 /// label of the highest averaged probability, first on ties), `entropy` (of the averaged
 /// probabilities), `expected_entropy`, `mutual_info` (nats). Regression columns (target units):
 /// `mean`, `std` = sqrt(epistemic + aleatoric variance), `std_epistemic`, `std_aleatoric`.
+///
+/// With `coverage`, the same BMA is run on the run's calibration rows and split-conformal
+/// ([`crate::metrics::conformal`]) adds, for regression, `lower` and `upper` (target units;
+/// `-inf`/`inf` when the calibration set is too small for the level) and, for classification,
+/// `set`: the class indices of the non-randomised APS set, most probable first, separated by `;`.
 pub fn predict_csv(opts: &CsvPredictOptions) -> Result<PredictionTable> {
+    let conformal = opts
+        .coverage
+        .map(ConformalConfig::with_coverage)
+        .transpose()?;
     let device = Device::Cpu;
     let run = LoadedRun::load(&opts.run, &device)?;
     let table = CsvTable::read(&opts.data)?;
     let cfg = &run.config;
+    if let Some(want) = opts.noise {
+        if cfg.task == TaskKind::Classification || want != cfg.noise {
+            let has = match cfg.task {
+                TaskKind::Classification => "a classification run",
+                TaskKind::Regression => cfg.noise.name(),
+            };
+            return Err(Error::invalid(
+                "noise",
+                format!(
+                    "{} was asked for, but the run {} was fitted with {has} noise",
+                    want.name(),
+                    opts.run.display()
+                ),
+            ));
+        }
+    }
+    let calibration = match (&conformal, &cfg.calibration) {
+        (None, _) => None,
+        (Some(c), Some(rows)) => {
+            let x = Tensor::from_vec(
+                rows.features.clone(),
+                (rows.targets.len(), cfg.feature_names.len()),
+                &device,
+            )
+            .map_err(|e| {
+                Error::bad_file(
+                    opts.run.join("config.json"),
+                    format!("calibration rows: {e}"),
+                )
+            })?;
+            Some((c, x, rows))
+        }
+        (Some(_), None) => {
+            return Err(Error::invalid(
+                "coverage",
+                format!(
+                    "the run {} has no calibration rows; fit it with --calibrate-fraction",
+                    opts.run.display()
+                ),
+            ))
+        }
+    };
     let raw = table.numeric_matrix(&cfg.feature_names)?;
     let rows: Vec<usize> = (0..table.num_rows()).collect();
     let x = cfg.feature_scaler.transform_rows(&raw, &rows);
@@ -324,6 +462,18 @@ pub fn predict_csv(opts: &CsvPredictOptions) -> Result<PredictionTable> {
             let mut columns: Vec<String> = labels.iter().map(|l| format!("prob_{l}")).collect();
             columns
                 .extend(["pred", "entropy", "expected_entropy", "mutual_info"].map(String::from));
+            let sets = match &calibration {
+                Some((conf, x, rows)) => {
+                    let cal = predictive
+                        .classify(&run.model, batches(x, PREDICT_BATCH_ROWS)?)?
+                        .to_host()?;
+                    let y: Vec<usize> = rows.targets.iter().map(|&t| t as usize).collect();
+                    let m = ConformalClassifier::fit(conf, SetScore::Aps, &cal.mean_probs, c, &y)?;
+                    columns.push("set".into());
+                    Some(m.sets(&dec.mean_probs)?)
+                }
+                None => None,
+            };
             let out = (0..dec.n_rows())
                 .map(|i| {
                     let p = &dec.mean_probs[i * c..(i + 1) * c];
@@ -336,6 +486,10 @@ pub fn predict_csv(opts: &CsvPredictOptions) -> Result<PredictionTable> {
                     row.push(fmt(dec.predictive_entropy[i]));
                     row.push(fmt(dec.expected_entropy[i]));
                     row.push(fmt(dec.mutual_information[i]));
+                    if let Some(sets) = &sets {
+                        let s: Vec<String> = sets[i].iter().map(|k| k.to_string()).collect();
+                        row.push(s.join(";"));
+                    }
                     row
                 })
                 .collect();
@@ -345,25 +499,51 @@ pub fn predict_csv(opts: &CsvPredictOptions) -> Result<PredictionTable> {
             let scaler = cfg.target_scaler.as_ref().ok_or_else(|| {
                 Error::bad_file(&opts.run, "regression run without target scaler")
             })?;
-            let noise = cfg.noise_variance.ok_or_else(|| {
-                Error::bad_file(&opts.run, "regression run without noise variance")
-            })?;
+            let noise = match cfg.noise {
+                NoiseModel::Heteroscedastic => Noise::Heteroscedastic(super::loss::VARIANCE_LINK),
+                NoiseModel::Homoscedastic => Noise::Homoscedastic {
+                    variance: cfg.noise_variance.ok_or_else(|| {
+                        Error::bad_file(&opts.run, "regression run without noise variance")
+                    })?,
+                },
+            };
             let pred = predictive
-                .regress(&run.model, inputs, Noise::Homoscedastic { variance: noise })?
+                .regress(&run.model, inputs, noise)?
                 .to_host()?
                 .to_original_units(scaler.mean[0], scaler.std[0]);
             let std = pred.std();
-            let columns = ["mean", "std", "std_epistemic", "std_aleatoric"]
+            let mut columns = ["mean", "std", "std_epistemic", "std_aleatoric"]
                 .map(String::from)
                 .to_vec();
+            let intervals = match &calibration {
+                Some((conf, x, rows)) => {
+                    let cal = predictive
+                        .regress(&run.model, batches(x, PREDICT_BATCH_ROWS)?, noise)?
+                        .to_host()?
+                        .to_original_units(scaler.mean[0], scaler.std[0]);
+                    let y: Vec<f64> = rows
+                        .targets
+                        .iter()
+                        .map(|t| t * scaler.std[0] + scaler.mean[0])
+                        .collect();
+                    let r = ConformalRegressor::fit(conf, &cal.mean, &cal.std(), &y)?;
+                    columns.extend(["lower", "upper"].map(String::from));
+                    Some(r.intervals(&pred.mean, &std)?)
+                }
+                None => None,
+            };
             let out = (0..pred.mean.len())
                 .map(|i| {
-                    vec![
+                    let mut row = vec![
                         fmt(pred.mean[i]),
                         fmt(std[i]),
                         fmt(pred.var_epistemic[i].sqrt()),
                         fmt(pred.var_aleatoric[i].sqrt()),
-                    ]
+                    ];
+                    if let Some(iv) = &intervals {
+                        row.extend([fmt(iv[i].0), fmt(iv[i].1)]);
+                    }
+                    row
                 })
                 .collect();
             Ok(PredictionTable { columns, rows: out })

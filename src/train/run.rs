@@ -257,6 +257,22 @@ pub fn tune(
                     nll,
                 }
             }
+            Objective::GaussianNll => {
+                let y: Vec<f32> = validation.targets.to_vec1()?;
+                let y: Vec<f64> = y.into_iter().map(f64::from).collect();
+                let m = predictive
+                    .regress(
+                        &fitted.model,
+                        inputs.clone(),
+                        Noise::Heteroscedastic(super::loss::VARIANCE_LINK),
+                    )?
+                    .to_host()?;
+                TunePoint {
+                    scale,
+                    noise_variance: None,
+                    nll: crate::metrics::gaussian_nll(&m.mean, &m.std(), &y)?,
+                }
+            }
             Objective::MeanSquaredError => {
                 let y: Vec<f32> = validation.targets.to_vec1()?;
                 let y: Vec<f64> = y.into_iter().map(f64::from).collect();
@@ -335,6 +351,51 @@ pub struct RunConfig {
     pub tuned: Option<Tuned>,
     /// Training statistics per epoch.
     pub history: TrainHistory,
+    /// The rows held out for split-conformal calibration (`swag fit --calibrate-fraction`);
+    /// absent in runs fitted without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<CalibrationRows>,
+    /// The regression noise model (runs written before it existed are homoscedastic).
+    #[serde(default)]
+    pub noise: NoiseModel,
+}
+
+/// The noise model of a regression run (`swag fit --noise`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoiseModel {
+    /// One noise variance for every input (`RunConfig::noise_variance`), one network output.
+    #[default]
+    Homoscedastic,
+    /// Two outputs per row, a mean and a raw variance (softplus link with a floor,
+    /// [`super::loss::VARIANCE_LINK`]), trained with the Gaussian NLL.
+    Heteroscedastic,
+}
+
+impl NoiseModel {
+    /// As spelled on the command line and in reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            NoiseModel::Homoscedastic => "homoscedastic",
+            NoiseModel::Heteroscedastic => "heteroscedastic",
+        }
+    }
+}
+
+/// Training rows held out from fitting for split-conformal calibration. `swag predict
+/// --coverage` runs the same BMA (samples, scale, seed) on them as on the rows it predicts, so
+/// the calibration scores come from the very predictor they calibrate. The feature and target
+/// standardisations were fitted on all training rows, these included (a function of the
+/// inputs and targets symmetric in the rows, which leaves calibration and test rows
+/// exchangeable only approximately; the network itself never saw these rows).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CalibrationRows {
+    /// The fraction of the training rows held out.
+    pub fraction: f64,
+    /// Standardised features, row-major `[n, d]`.
+    pub features: Vec<f32>,
+    /// Class indices (classification) or standardised targets (regression), one per row.
+    pub targets: Vec<f64>,
 }
 
 /// File names inside a run directory.

@@ -4,14 +4,35 @@ use std::path::PathBuf;
 
 use candle_swag::data::TaskKind;
 use candle_swag::train::pipeline::{fit_csv, CsvFitOptions};
+use candle_swag::train::run::NoiseModel;
 
 /// The task, as spelled on the command line.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum Task {
     /// Class labels (softmax, cross-entropy).
     Classification,
-    /// Real targets (Gaussian mean, homoscedastic noise).
+    /// Real targets (Gaussian mean; noise model chosen by --noise).
     Regression,
+}
+
+/// The regression noise model, as spelled on the command line.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum NoiseArg {
+    /// One noise variance for every input: the mean squared training residual of the SWA
+    /// mean, or the validation-optimal one with --tune-scale.
+    Homoscedastic,
+    /// Two outputs per target, a mean and a variance (softplus with a floor of 1e-6 in
+    /// standardised units), trained with the Gaussian negative log-likelihood.
+    Heteroscedastic,
+}
+
+impl From<NoiseArg> for NoiseModel {
+    fn from(n: NoiseArg) -> Self {
+        match n {
+            NoiseArg::Homoscedastic => NoiseModel::Homoscedastic,
+            NoiseArg::Heteroscedastic => NoiseModel::Heteroscedastic,
+        }
+    }
 }
 
 /// Arguments of `swag fit`.
@@ -70,6 +91,14 @@ pub struct Args {
     /// of 20% of the training rows; the final run is then trained on all of them.
     #[arg(long)]
     tune_scale: bool,
+    /// Hold this fraction of the training rows out of fitting, for split-conformal intervals or
+    /// sets at predict time (`swag predict --coverage`); must leave at least 20 rows.
+    #[arg(long)]
+    calibrate_fraction: Option<f64>,
+    /// Regression noise model. Homoscedastic stays the default until the UCI benchmark
+    /// (issue 12) has compared the two.
+    #[arg(long, value_enum, default_value = "homoscedastic")]
+    noise: NoiseArg,
     /// Output run directory (written atomically).
     #[arg(long)]
     out: PathBuf,
@@ -97,6 +126,8 @@ pub fn run(args: Args) -> candle_swag::Result<()> {
     opts.batch_size = args.batch_size;
     opts.seed = args.seed;
     opts.tune_scale = args.tune_scale;
+    opts.calibrate_fraction = args.calibrate_fraction;
+    opts.noise = args.noise.into();
     let summary = fit_csv(&opts, &args.out)?;
     print!("{}", summary.describe());
     println!("run written to {}", args.out.display());

@@ -24,6 +24,15 @@ pub struct Args {
     /// Seed of the sample noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Add split-conformal `lower,upper` columns (regression) or a `set` column of class
+    /// indices separated by `;` (classification, APS) at this coverage, in (0, 1); needs a run
+    /// fitted with --calibrate-fraction.
+    #[arg(long)]
+    coverage: Option<f64>,
+    /// The noise model expected of the run (homoscedastic or heteroscedastic); a run fitted
+    /// with the other one is refused [default: the run's].
+    #[arg(long, value_enum)]
+    noise: Option<crate::fit::NoiseArg>,
     /// Output CSV: one row per input row, in order (written atomically).
     #[arg(long)]
     out: PathBuf,
@@ -38,6 +47,8 @@ pub fn run(args: Args) -> candle_swag::Result<()> {
         samples: args.samples,
         scale: args.scale,
         seed: args.seed,
+        coverage: args.coverage,
+        noise: args.noise.map(Into::into),
     })?;
     candle_swag::atomic::write_file_atomic(&args.out, table.to_csv().as_bytes())?;
     println!(
