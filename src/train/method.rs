@@ -74,20 +74,14 @@ impl Method {
         match self {
             Method::Sgd => Predictive::point(params, &run0.sgd_weights),
             Method::Swa => Predictive::swa(params, &run0.posterior),
-            Method::SwagDiag => swag_at_scale(
-                params,
-                &run0.posterior,
-                SampleOptions::diagonal(scale),
-                samples,
-                seed,
-            ),
-            Method::Swag => swag_at_scale(
-                params,
-                &run0.posterior,
-                SampleOptions::with_scale(scale),
-                samples,
-                seed,
-            ),
+            Method::SwagDiag | Method::Swag => {
+                let options = if *self == Method::SwagDiag {
+                    SampleOptions::diagonal(scale)
+                } else {
+                    SampleOptions::with_scale(scale)
+                };
+                swag_at_scale(params, &run0.posterior, options, samples, seed)
+            }
             Method::MultiSwag => Predictive::multi_swag(
                 params,
                 multi,
