@@ -66,6 +66,12 @@ fn round_trip_is_bit_exact() {
         assert_eq!(q.config().deviation_dtype, dt);
         assert_eq!(bits(&q.mean().unwrap()), bits(&p.mean().unwrap()));
         assert_eq!(bits(&q.sq_mean().unwrap()), bits(&p.sq_mean().unwrap()));
+        assert_eq!(bits(&q.m2().unwrap()), bits(&p.m2().unwrap()));
+        assert_eq!(
+            bits(&q.mean_compensation().unwrap()),
+            bits(&p.mean_compensation().unwrap())
+        );
+        assert!(!q.variance_is_legacy());
         assert_eq!(
             bits(&q.deviations().unwrap()),
             bits(&p.deviations().unwrap())
@@ -87,7 +93,11 @@ fn file_is_self_describing_safetensors() {
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     let m = meta.metadata().clone().unwrap();
     assert_eq!(m["format"], "candle-swag-posterior");
-    assert_eq!(m["format_version"], "1");
+    assert_eq!(m["format_version"], "2");
+    assert_eq!(m["variance"], "exact");
+    assert_eq!(st.tensor("m2").unwrap().shape(), &[9]);
+    assert_eq!(st.tensor("mean_compensation").unwrap().shape(), &[9]);
+    assert_eq!(st.tensor("sq_mean").unwrap().shape(), &[9]);
     assert_eq!(m["n_collected"], "7");
     assert_eq!(m["rank"], "4");
     assert_eq!(m["deviation_dtype"], "f32");
@@ -237,4 +247,95 @@ fn failed_save_keeps_the_previous_file() {
     assert!(matches!(err, Error::Io { .. }));
     assert_eq!(std::fs::read(&path).unwrap(), before);
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
+fn f32_bytes(xs: &[f32]) -> Vec<u8> {
+    xs.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Writes a version-1 file as the previous release did: mean, sq_mean, deviations, and a
+/// checksum over those three.
+fn write_v1(path: &std::path::Path, mean: &[f32], sq: &[f32], dev: &[f32], corrupt: bool) {
+    use safetensors::tensor::{Dtype, TensorView};
+    let (mb, sb, db) = (f32_bytes(mean), f32_bytes(sq), f32_bytes(dev));
+    let d = mean.len();
+    let mut sum = candle_swag::swag::file::checksum(&[&mb, &sb, &db]);
+    if corrupt {
+        sum ^= 1;
+    }
+    let layout = ParamLayout::new(vec![("w".into(), vec![d])]).unwrap();
+    let meta: HashMap<String, String> = [
+        ("format", "candle-swag-posterior".to_string()),
+        ("format_version", "1".to_string()),
+        ("layout", serde_json::to_string(layout.entries()).unwrap()),
+        ("n_collected", "4".to_string()),
+        ("rank", "3".to_string()),
+        ("rows", (dev.len() / d).to_string()),
+        ("deviation_dtype", "f32".to_string()),
+        ("checksum", format!("{sum:016x}")),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let views = vec![
+        ("mean", TensorView::new(Dtype::F32, vec![d], &mb).unwrap()),
+        (
+            "sq_mean",
+            TensorView::new(Dtype::F32, vec![d], &sb).unwrap(),
+        ),
+        (
+            "deviations",
+            TensorView::new(Dtype::F32, vec![dev.len() / d, d], &db).unwrap(),
+        ),
+    ];
+    std::fs::write(path, safetensors::serialize(views, Some(meta)).unwrap()).unwrap();
+}
+
+#[test]
+fn version_1_files_load_with_their_legacy_variance() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v1.safetensors");
+    // mean 1, 2; sq_mean 1.25, 4 + 2⁻⁴: variances 0.25 and 2⁻⁴ (exact in f32 and f64).
+    let (mean, sq) = ([1.0f32, 2.0], [1.25f32, 4.0625]);
+    let dev = [0.5f32, -0.25, -0.5, 0.25, 0.5, 0.25];
+    write_v1(&path, &mean, &sq, &dev, false);
+    let p = SwagPosterior::load(&path, &Device::Cpu).unwrap();
+    assert!(p.variance_is_legacy());
+    assert_eq!((p.n_collected(), p.rank(), p.rows()), (4, 3, 3));
+    assert_eq!(to_f64(&p.mean().unwrap()), vec![1.0, 2.0]);
+    assert_eq!(to_f64(&p.variance(0.0).unwrap()), vec![0.25, 0.0625]);
+    assert_eq!(to_f64(&p.m2().unwrap()), vec![1.0, 0.25]);
+    assert_eq!(to_f64(&p.sq_mean().unwrap()), vec![1.25, 4.0625]);
+    assert_eq!(
+        to_f64(&p.deviations().unwrap()),
+        dev.map(f64::from).to_vec()
+    );
+    // Saved again, it is a version-2 file that still says where its variance came from.
+    let v2 = dir.path().join("v2.safetensors");
+    p.save(&v2).unwrap();
+    let q = SwagPosterior::load(&v2, &Device::Cpu).unwrap();
+    assert!(q.variance_is_legacy());
+    assert_eq!(bits(&q.m2().unwrap()), bits(&p.m2().unwrap()));
+    let bytes = std::fs::read(&v2).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let m = meta.metadata().clone().unwrap();
+    assert_eq!(
+        (m["format_version"].as_str(), m["variance"].as_str()),
+        ("2", "legacy-v1")
+    );
+}
+
+#[test]
+fn version_1_file_with_a_wrong_checksum_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v1.safetensors");
+    write_v1(&path, &[1.0, 2.0], &[1.25, 4.0625], &[0.5, -0.25], true);
+    let err = SwagPosterior::load(&path, &Device::Cpu).unwrap_err();
+    assert!(matches!(err, Error::BadFile { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("checksum mismatch") && msg.contains("version-1"),
+        "{msg}"
+    );
+    assert!(msg.contains("v1.safetensors"), "{msg}");
 }

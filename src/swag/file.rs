@@ -1,17 +1,30 @@
 //! The posterior file: one self-describing safetensors file.
 //!
-//! # Format (version 1)
+//! # Format (version 2)
 //! Tensors:
 //! - `mean` — `[d]` F32, the running mean of θ;
-//! - `sq_mean` — `[d]` F32, the running mean of θ²;
-//! - `deviations` — `[rows, d]` (F32, BF16 or F16), the held deviation columns, **oldest first**.
+//! - `sq_mean` — `[d]` F32, the mean of θ², derived as `variance + mean²` for other tools
+//!   (read the variance from `m2`: `sq_mean − mean²` cancels in f32);
+//! - `deviations` — `[rows, d]` (F32, BF16 or F16), the held deviation columns, **oldest first**;
+//! - `mean_compensation` — `[d]` F32, the rounding error of `mean` (the mean is the sum);
+//! - `m2` — `[d]` F32, the centred second moment `Σ (θ − mean)²`: the variance is
+//!   `m2 / n_collected`. With `mean_compensation` it lets collection go on exactly
+//!   (see [`super::posterior`]).
 //!
 //! Header metadata (`__metadata__`, all values strings):
-//! - `format` = `candle-swag-posterior`, `format_version` = `1`;
+//! - `format` = `candle-swag-posterior`, `format_version` = `2`;
 //! - `layout` — JSON list of `{"name", "shape", "offset"}` in flat order;
 //! - `n_collected`, `rank` (K), `rows`, `deviation_dtype` (`f32`, `bf16` or `f16`);
+//! - `variance` — `exact` (Welford), or `legacy-v1` for a posterior converted from version 1;
 //! - `checksum` — 16 hex digits, a 64-bit non-cryptographic digest of the tensor bytes (in the
-//!   order mean, sq_mean, deviations), to detect corruption.
+//!   order mean, sq_mean, deviations, mean_compensation, m2), to detect corruption.
+//!
+//! # Version 1
+//! Version 1 stored only `mean`, `sq_mean` and `deviations` (checksum over those three). It
+//! still loads: `M2` becomes `n · max(sq_mean − mean², 0)` (computed in f64 from the f32
+//! values), the compensation 0, and [`SwagPosterior::variance_is_legacy`] is true, because that
+//! variance carries the f32 cancellation of the old formula. Saving such a posterior writes
+//! version 2 with `variance` = `legacy-v1`.
 //!
 //! A Python user reads it with `safetensors.numpy.load_file` and
 //! `safetensors.safe_open(...).metadata()`.
@@ -32,8 +45,12 @@ use crate::layout::{ParamEntry, ParamLayout, ParamSet};
 
 /// Value of the `format` metadata key.
 pub const FORMAT_NAME: &str = "candle-swag-posterior";
-/// The format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format version this build writes (it also reads version 1).
+pub const FORMAT_VERSION: u32 = 2;
+/// Value of the `variance` metadata key for exact (Welford) moments.
+const VARIANCE_EXACT: &str = "exact";
+/// Value of the `variance` metadata key for moments converted from version 1.
+const VARIANCE_LEGACY: &str = "legacy-v1";
 
 fn dtype_name(dt: DType) -> &'static str {
     match dt {
@@ -101,9 +118,11 @@ impl SwagPosterior {
     /// Saves the posterior to `path` atomically (see the [module docs](self) for the format).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        let mean = tensor_bytes(&self.moments.get(0)?.contiguous()?)?;
-        let sq = tensor_bytes(&self.moments.get(1)?.contiguous()?)?;
+        let mean = tensor_bytes(&self.mean()?)?;
+        let sq = tensor_bytes(&self.sq_mean()?)?;
         let dev = tensor_bytes(&self.deviations()?)?;
+        let comp = tensor_bytes(&self.mean_compensation()?)?;
+        let m2 = tensor_bytes(&self.m2()?)?;
         let d = self.numel();
         let dt = self.config.deviation_dtype;
         let mut meta = HashMap::new();
@@ -118,9 +137,15 @@ impl SwagPosterior {
         meta.insert("rank".to_string(), self.config.rank.to_string());
         meta.insert("rows".to_string(), self.rows.to_string());
         meta.insert("deviation_dtype".to_string(), dtype_name(dt).to_string());
+        let variance = if self.legacy_variance {
+            VARIANCE_LEGACY
+        } else {
+            VARIANCE_EXACT
+        };
+        meta.insert("variance".to_string(), variance.to_string());
         meta.insert(
             "checksum".to_string(),
-            format!("{:016x}", checksum(&[&mean, &sq, &dev])),
+            format!("{:016x}", checksum(&[&mean, &sq, &dev, &comp, &m2])),
         );
         let st_err = |e: safetensors::SafeTensorError| Error::bad_file(path, e.to_string());
         let views = vec![
@@ -136,13 +161,22 @@ impl SwagPosterior {
                 "deviations",
                 TensorView::new(st_dtype(dt), vec![self.rows, d], &dev).map_err(st_err)?,
             ),
+            (
+                "mean_compensation",
+                TensorView::new(StDtype::F32, vec![d], &comp).map_err(st_err)?,
+            ),
+            (
+                "m2",
+                TensorView::new(StDtype::F32, vec![d], &m2).map_err(st_err)?,
+            ),
         ];
         let bytes = safetensors::serialize(views, Some(meta)).map_err(st_err)?;
         crate::atomic::write_file_atomic(path, &bytes)
     }
 
     /// Loads a posterior saved by [`SwagPosterior::save`] onto `device`, checking the format,
-    /// version, shapes, counts and checksum.
+    /// version, shapes, counts and checksum. Version-1 files are converted (see the
+    /// [module docs](self)).
     pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
@@ -169,11 +203,15 @@ impl SwagPosterior {
             )));
         }
         let version = get("format_version")?;
-        if version != &FORMAT_VERSION.to_string() {
-            return Err(bad(format!(
-                "unknown posterior format version `{version}`; this build reads version {FORMAT_VERSION}"
-            )));
-        }
+        let v1 = match version.as_str() {
+            "1" => true,
+            "2" => false,
+            _ => {
+                return Err(bad(format!(
+                    "unknown posterior format version `{version}`; this build reads versions 1 and {FORMAT_VERSION}"
+                )))
+            }
+        };
         let parse_usize = |key: &str| -> Result<usize> {
             get(key)?
                 .parse::<usize>()
@@ -222,12 +260,33 @@ impl SwagPosterior {
         let sq = tensor("sq_mean", StDtype::F32, vec![d])?;
         let dev = tensor("deviations", st_dtype(dt), vec![rows, d])?;
         let expected = get("checksum")?;
-        let actual = format!("{:016x}", checksum(&[mean.data(), sq.data(), dev.data()]));
+        let exact = if v1 {
+            None
+        } else {
+            let comp = tensor("mean_compensation", StDtype::F32, vec![d])?;
+            let m2 = tensor("m2", StDtype::F32, vec![d])?;
+            Some((comp, m2))
+        };
+        let mut buffers = vec![mean.data(), sq.data(), dev.data()];
+        if let Some((comp, m2)) = &exact {
+            buffers.extend([comp.data(), m2.data()]);
+        }
+        let actual = format!("{:016x}", checksum(&buffers));
         if expected != &actual {
             return Err(bad(format!(
-                "checksum mismatch (file says {expected}, data gives {actual}): the file is corrupted"
+                "checksum mismatch (file says {expected}, data gives {actual}): the version-{version} file is corrupted"
             )));
         }
+        let legacy = match (&exact, meta.get("variance").map(String::as_str)) {
+            (None, _) => true,
+            (Some(_), Some(VARIANCE_EXACT)) => false,
+            (Some(_), Some(VARIANCE_LEGACY)) => true,
+            (Some(_), other) => {
+                return Err(bad(format!(
+                    "metadata `variance` is {other:?}, expected `{VARIANCE_EXACT}` or `{VARIANCE_LEGACY}`"
+                )))
+            }
+        };
         let mut posterior = SwagPosterior::new(
             layout,
             SwagConfig {
@@ -236,11 +295,35 @@ impl SwagPosterior {
             },
             device,
         )?;
-        let mean = Tensor::from_raw_buffer(mean.data(), DType::F32, &[d], device)?;
-        let sq = Tensor::from_raw_buffer(sq.data(), DType::F32, &[d], device)?;
+        let f32_tensor = |data: &[u8]| Tensor::from_raw_buffer(data, DType::F32, &[d], device);
+        let mean_t = f32_tensor(mean.data())?;
+        let (comp_t, m2_t) = match &exact {
+            Some((comp, m2)) => (f32_tensor(comp.data())?, f32_tensor(m2.data())?),
+            None => {
+                // Version 1: M2 = n · max(sq_mean − mean², 0), formed in f64 on the host.
+                let cpu = |data: &[u8]| -> Result<Vec<f32>> {
+                    Ok(
+                        Tensor::from_raw_buffer(data, DType::F32, &[d], &Device::Cpu)?
+                            .to_vec1::<f32>()?,
+                    )
+                };
+                let (m, s) = (cpu(mean.data())?, cpu(sq.data())?);
+                let n = n_collected as f64;
+                let m2: Vec<f32> = m
+                    .par_iter()
+                    .zip(s.par_iter())
+                    .map(|(&m, &s)| (n * (s as f64 - (m as f64).powi(2)).max(0.0)) as f32)
+                    .collect();
+                (
+                    Tensor::zeros(d, DType::F32, device)?,
+                    Tensor::from_vec(m2, d, device)?,
+                )
+            }
+        };
         posterior
             .moments
-            .slice_set(&Tensor::stack(&[&mean, &sq], 0)?, 0, 0)?;
+            .slice_set(&Tensor::stack(&[&mean_t, &comp_t, &m2_t], 0)?, 0, 0)?;
+        posterior.legacy_variance = legacy;
         if rows > 0 {
             let dev = Tensor::from_raw_buffer(dev.data(), dt, &[rows, d], device)?;
             posterior.deviations.slice_set(&dev, 0, 0)?;

@@ -86,52 +86,117 @@ pub fn first_non_finite(xs: &[f32]) -> Option<usize> {
     }
 }
 
+/// The moments of one coordinate, as the collection kernels keep them (see
+/// [`super::posterior`] for why these three numbers).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Moments {
+    /// The running mean, rounded to f32 (what `mean` returns).
+    pub mean: f32,
+    /// The rounding error of `mean`: the mean is `mean + mean_comp` to about 2⁻⁴⁸ relative.
+    pub mean_comp: f32,
+    /// Welford's centred second moment `M2 = Σ (θ − mean)²` over the snapshots.
+    pub m2: f32,
+}
+
+/// One compensated Welford step for one coordinate, `inv` = `1/(n+1)` rounded to f32 with `n`
+/// snapshots already collected. Returns `θ − mean` with the *updated* mean (the deviation
+/// column, as the reference implementation takes it).
+///
+/// The mean is carried as an unevaluated f32 sum `hi + lo` (TwoSum, then Fast2Sum to
+/// renormalise), so `θ − mean` is formed against the mean to about 2⁻⁴⁸ relative, and the
+/// variance is limited by f32 rounding of the deviations themselves, not by `|mean|`: this is
+/// the precision the f32 mean has, whatever `|mean| / std`. Only f32 adds, subtracts and
+/// multiplies are used, in a fixed order, so the device tensor-op path
+/// ([`super::posterior`]) reproduces it operation for operation (no f64 needed: Metal has none).
+#[inline(always)]
+pub fn welford_step(m: &mut Moments, t: f32, inv: f32) -> f32 {
+    let (hi, lo) = (m.mean, m.mean_comp);
+    let delta = (t - hi) - lo;
+    let step = delta * inv;
+    // TwoSum: s + e = hi + step exactly.
+    let s = hi + step;
+    let bp = s - hi;
+    let e = (hi - (s - bp)) + (step - bp);
+    // Fold the old compensation in and renormalise (|l| << |s|, so Fast2Sum is exact).
+    let l = lo + e;
+    let h = s + l;
+    let l = l - (h - s);
+    m.mean = h;
+    m.mean_comp = l;
+    let delta2 = (t - h) - l;
+    m.m2 += delta * delta2;
+    delta2
+}
+
+/// The diagonal variance of one coordinate: `max(M2 · (1/n), clamp)` in f32, `inv_n` = `1/n`
+/// rounded to f32. The one formula the sampler, [`super::posterior::SwagPosterior::variance`]
+/// and `log_prob` share (the tensor-op paths compute the same two f32 operations).
+#[inline(always)]
+pub fn diag_variance(m2: f32, inv_n: f32, clamp: f32) -> f32 {
+    (m2 * inv_n).max(clamp)
+}
+
+/// `1/k` rounded to f32 (0 for k = 0): the factor of the Welford step and of the variance.
+pub fn inv_count(k: usize) -> f32 {
+    if k == 0 {
+        0.0
+    } else {
+        (1.0 / k as f64) as f32
+    }
+}
+
 #[inline(always)]
 fn collect_serial<E: DeviationElem>(
     mean: &mut [f32],
-    sq_mean: &mut [f32],
+    comp: &mut [f32],
+    m2: &mut [f32],
     theta: &[f32],
     dev: &mut [E],
-    keep: f32,
-    new: f32,
+    inv: f32,
 ) {
-    for (((m, s), &t), dv) in mean
+    for ((((m, c), s), &t), dv) in mean
         .iter_mut()
-        .zip(sq_mean.iter_mut())
+        .zip(comp.iter_mut())
+        .zip(m2.iter_mut())
         .zip(theta.iter())
         .zip(dev.iter_mut())
     {
-        let nm = *m * keep + t * new;
-        *m = nm;
-        *s = *s * keep + (t * t) * new;
-        *dv = E::from_f32(t - nm);
+        let mut st = Moments {
+            mean: *m,
+            mean_comp: *c,
+            m2: *s,
+        };
+        *dv = E::from_f32(welford_step(&mut st, t, inv));
+        *m = st.mean;
+        *c = st.mean_comp;
+        *s = st.m2;
     }
 }
 
 /// One SWAG collection step over a slice of the flat vector, `n` snapshots already collected:
-/// `mean ← mean·n/(n+1) + θ/(n+1)`, `sq_mean ← sq_mean·n/(n+1) + θ²/(n+1)`,
-/// `dev ← θ − mean` (the *updated* mean, as the reference implementation does).
+/// [`welford_step`] per coordinate on `(mean, comp, m2)`, and `dev ← θ − mean` (the *updated*
+/// mean, as the reference implementation does).
 pub fn collect<E: DeviationElem>(
     mean: &mut [f32],
-    sq_mean: &mut [f32],
+    comp: &mut [f32],
+    m2: &mut [f32],
     theta: &[f32],
     dev: &mut [E],
     n: usize,
 ) {
-    debug_assert!(mean.len() == theta.len() && sq_mean.len() == theta.len());
-    debug_assert!(dev.len() == theta.len());
-    let n1 = n as f64 + 1.0;
-    let keep = (n as f64 / n1) as f32;
-    let new = (1.0 / n1) as f32;
+    debug_assert!(mean.len() == theta.len() && m2.len() == theta.len());
+    debug_assert!(comp.len() == theta.len() && dev.len() == theta.len());
+    let inv = inv_count(n + 1);
     if theta.len() < PARALLEL_MIN {
-        collect_serial(mean, sq_mean, theta, dev, keep, new);
+        collect_serial(mean, comp, m2, theta, dev, inv);
         return;
     }
     mean.par_chunks_mut(NOISE_BLOCK)
-        .zip(sq_mean.par_chunks_mut(NOISE_BLOCK))
+        .zip(comp.par_chunks_mut(NOISE_BLOCK))
+        .zip(m2.par_chunks_mut(NOISE_BLOCK))
         .zip(theta.par_chunks(NOISE_BLOCK))
         .zip(dev.par_chunks_mut(NOISE_BLOCK))
-        .for_each(|(((m, s), t), d)| collect_serial(m, s, t, d, keep, new));
+        .for_each(|((((m, c), s), t), d)| collect_serial(m, c, s, t, d, inv));
 }
 
 /// What the sampling kernel needs besides the slices.
@@ -143,6 +208,8 @@ pub struct SampleCoefficients {
     pub inv_sqrt_divisor: f32,
     /// Lower clamp of the diagonal variance.
     pub var_clamp: f32,
+    /// `1/n` rounded to f32, n = snapshots collected ([`inv_count`]).
+    pub inv_n: f32,
 }
 
 /// Where the sampling kernel draws `z1`: a seed and the parameter's index in the layout.
@@ -158,7 +225,7 @@ pub struct NoiseSource {
 fn sample_block<E: DeviationElem>(
     out: &mut [f32],
     mean: &[f32],
-    sq_mean: &[f32],
+    m2: &[f32],
     dev_rows: &[&[E]],
     z2: &[f32],
     coef: SampleCoefficients,
@@ -193,16 +260,16 @@ fn sample_block<E: DeviationElem>(
     for (((o, &m), &s), &z) in out
         .iter_mut()
         .zip(mean.iter())
-        .zip(sq_mean.iter())
+        .zip(m2.iter())
         .zip(z1.iter())
     {
-        let var = (s - m * m).max(coef.var_clamp);
+        let var = diag_variance(s, coef.inv_n, coef.var_clamp);
         *o = m + coef.sqrt_scale * (var.sqrt() * z + *o);
     }
 }
 
 /// Draws one SWAG sample for a slice of the flat vector (one parameter) straight into `out`:
-/// `θ = mean + sqrt(scale)·( sqrt(max(sq_mean − mean², clamp))·z1 + Dᵀz2 / sqrt(divisor) )`.
+/// `θ = mean + sqrt(scale)·( sqrt(diag_variance(m2))·z1 + Dᵀz2 / sqrt(divisor) )`.
 ///
 /// `dev_rows` are the held deviation rows of this parameter, in the order matching `z2`
 /// (oldest first); pass an empty slice for a diagonal-only sample. `z1` is drawn block by
@@ -210,7 +277,7 @@ fn sample_block<E: DeviationElem>(
 pub fn sample<E: DeviationElem>(
     out: &mut [f32],
     mean: &[f32],
-    sq_mean: &[f32],
+    m2: &[f32],
     dev_rows: &[&[E]],
     z2: &[f32],
     coef: SampleCoefficients,
@@ -225,7 +292,7 @@ pub fn sample<E: DeviationElem>(
             sample_block(
                 o,
                 &mean[lo..hi],
-                &sq_mean[lo..hi],
+                &m2[lo..hi],
                 dev_rows,
                 z2,
                 coef,
@@ -239,7 +306,7 @@ pub fn sample<E: DeviationElem>(
     debug_assert_eq!(n_blocks, out.par_chunks_mut(NOISE_BLOCK).len());
     out.par_chunks_mut(NOISE_BLOCK)
         .zip(mean.par_chunks(NOISE_BLOCK))
-        .zip(sq_mean.par_chunks(NOISE_BLOCK))
+        .zip(m2.par_chunks(NOISE_BLOCK))
         .enumerate()
         .for_each_init(
             || vec![0f32; NOISE_BLOCK],
@@ -252,15 +319,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn collect_matches_running_mean_formula() {
-        let theta = [1.0f32, -2.0, 3.0];
-        let mut mean = [0.5f32, 0.5, 0.5];
-        let mut sq = [1.0f32, 1.0, 1.0];
+    fn collect_matches_hand_computed_welford() {
+        // Two snapshots 1 and 3 (then -2 and 4, 3 and 5): mean 2, M2 = 2, deviation 3 − 2 = 1.
+        let mut mean = [0f32; 3];
+        let mut comp = [0f32; 3];
+        let mut m2 = [0f32; 3];
         let mut dev = [0f32; 3];
-        collect(&mut mean, &mut sq, &theta, &mut dev, 1);
-        assert_eq!(mean, [0.75, -0.75, 1.75]);
-        assert_eq!(sq, [1.0, 2.5, 5.0]);
-        assert_eq!(dev, [0.25, -1.25, 1.25]);
+        collect(
+            &mut mean,
+            &mut comp,
+            &mut m2,
+            &[1.0, -2.0, 3.0],
+            &mut dev,
+            0,
+        );
+        assert_eq!((mean, m2, dev), ([1.0, -2.0, 3.0], [0.0; 3], [0.0; 3]));
+        collect(&mut mean, &mut comp, &mut m2, &[3.0, 4.0, 5.0], &mut dev, 1);
+        assert_eq!(mean, [2.0, 1.0, 4.0]);
+        assert_eq!(comp, [0.0; 3]);
+        assert_eq!(m2, [2.0, 18.0, 2.0]);
+        assert_eq!(dev, [1.0, 3.0, 1.0]);
+    }
+
+    #[test]
+    fn compensated_mean_keeps_what_f32_rounds_away() {
+        // Mean of 1 and 1 + 2⁻²³ is 1 + 2⁻²⁴, not representable in f32: the compensation
+        // holds the 2⁻²⁴, and M2 = 2·(2⁻²⁴)² exactly.
+        let eps = f32::EPSILON; // 2⁻²³
+        let mut st = Moments::default();
+        welford_step(&mut st, 1.0, inv_count(1));
+        let dev = welford_step(&mut st, 1.0 + eps, inv_count(2));
+        assert_eq!(st.mean as f64 + st.mean_comp as f64, 1.0 + eps as f64 / 2.0);
+        assert_eq!(dev as f64, eps as f64 / 2.0);
+        assert_eq!(st.m2 as f64, 2.0 * (eps as f64 / 2.0).powi(2));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Log-density of a weight vector under the SWAG Gaussian, without a `d × d` matrix.
 //!
-//! With `Σ = A + U Uᵀ`, `A = scale · diag(max(sq_mean − mean², var_clamp))` and
+//! With `Σ = A + U Uᵀ`, `A = scale · diag(var)` and
 //! `U = sqrt(scale / divisor) · Dᵀ` (`d × rows`), the Woodbury identity and the matrix
 //! determinant lemma give, for `x = θ − mean` and the `rows × rows` matrix
 //! `M = I + Uᵀ A⁻¹ U`:
@@ -9,10 +9,9 @@
 //! - `ln |Σ| = Σᵢ ln aᵢ + ln |M|`.
 //!
 //! so `log p(θ) = −½ (d ln 2π + ln |Σ| + xᵀ Σ⁻¹ x)` costs `O(rows² · d)` operations and
-//! `O(rows²)` memory beyond the state. The computation runs on the host in f64 (one copy of the
-//! state) for accuracy — the diagonal variance is formed there as `max(sq_mean − mean², clamp)`
-//! from the stored f32 moments, in f64, so it can differ in the last f32 bits from
-//! [`SwagPosterior::variance`], which works in f32; the options are those of sampling ([`SampleOptions`]), so `log_prob`
+//! `O(rows²)` memory beyond the state. `var` is [`SwagPosterior::variance`]`(var_clamp)`, the
+//! very f32 numbers the sampler uses; the sums above run on the host in f64 (one copy of the
+//! state) for accuracy. The options are those of sampling ([`SampleOptions`]), so `log_prob`
 //! is the density of exactly what [`SwagPosterior::sample_into`] draws (`diag_only` included).
 
 use candle_core::{DType, Tensor};
@@ -93,15 +92,14 @@ impl SwagPosterior {
                 .to_vec1::<f32>()?)
         };
         let theta = host(theta.clone())?;
-        let mean = host(self.moments.get(0)?)?;
-        let sq = host(self.moments.get(1)?)?;
+        let mean = host(self.mean()?)?;
+        let var = host(self.variance(opts.var_clamp)?)?;
         let (r, dev) = if opts.diag_only || self.rows == 0 {
             (0, Vec::new())
         } else {
             (self.rows, host(self.deviations()?)?)
         };
         let c2 = opts.scale / self.divisor_value(opts.divisor);
-        let clamp = opts.var_clamp;
         const BLOCK: usize = 4096;
         let total = (0..d.div_ceil(BLOCK))
             .into_par_iter()
@@ -110,8 +108,8 @@ impl SwagPosterior {
                 let hi = (lo + BLOCK).min(d);
                 let mut p = Partial::zero(r);
                 for i in lo..hi {
-                    let (m, s) = (mean[i] as f64, sq[i] as f64);
-                    let a = opts.scale * (s - m * m).max(clamp);
+                    let m = mean[i] as f64;
+                    let a = opts.scale * var[i] as f64;
                     let x = theta[i] as f64 - m;
                     p.quad_diag += x * x / a;
                     p.log_det_a += a.ln();

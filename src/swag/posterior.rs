@@ -1,8 +1,21 @@
 //! [`SwagPosterior`]: the SWAG moments and deviation columns, collected along the SGD trajectory.
 //!
 //! # State and conventions
-//! - `mean` and `sq_mean` (`[d]`, f32) are the equal-weight running means of θ and θ² over all
-//!   `n_collected` snapshots: `mean ← mean·n/(n+1) + θ/(n+1)`.
+//! - The moments are kept the way Welford's algorithm keeps them, in f32: the running mean
+//!   of θ over all `n_collected` snapshots (equal weights), its f32 rounding error (a
+//!   compensation term, so that the mean is known to about 2⁻⁴⁸ relative), and the centred
+//!   second moment `M2 = Σ (θ − mean)²`. One step is [`kernels::welford_step`].
+//! - The diagonal variance is `max(M2 / n, clamp)` ([`SwagPosterior::variance`]): the snapshots'
+//!   own variance (divisor n, as SWAG's `E[θ²] − E[θ]²`). It is never formed as
+//!   `sq_mean − mean²`, which cancels catastrophically when the weights move little (late in
+//!   training: at a fluctuation of 1e-4 around |w| ≤ 1, f32 `sq_mean − mean²` was off by 250%
+//!   in the median). Its relative error is that of f32 rounding of the deviations (about 1e-6
+//!   for 30 snapshots, whatever `|mean| / std`), the precision the f32 mean itself has.
+//!   Why not f64 accumulators: Metal has no f64, and the compensated f32 scheme gives the same
+//!   accuracy on every device with the same operations.
+//! - `sq_mean` (`[d]`, f32) is derived, `variance + mean²`, for tools that expect it.
+//! - Posteriors loaded from version-1 files carry the old `sq_mean − mean²` variance
+//!   ([`SwagPosterior::variance_is_legacy`]).
 //! - The deviation matrix `D` holds the newest `rows ≤ K` columns `θ − mean`, each taken right
 //!   *after* the mean update (as the reference implementation does), first-in first-out.
 //!   It is stored as one preallocated `[K, d]` buffer used as a ring, so collecting never
@@ -29,7 +42,8 @@ pub struct SwagConfig {
     /// only: no columns are stored.
     pub rank: usize,
     /// Storage dtype of the deviation columns: `F32` (default), or `BF16` / `F16` to halve the
-    /// `K·d` buffer. Moments are always f32; the kernels compute in f32.
+    /// `K·d` buffer. Moments are always f32 (compensated, see the [module docs](self)); the
+    /// kernels compute in f32.
     pub deviation_dtype: DType,
 }
 
@@ -75,7 +89,8 @@ pub struct SwagPosterior {
     pub(crate) layout: ParamLayout,
     pub(crate) config: SwagConfig,
     pub(crate) device: Device,
-    /// `[2, d]` f32: row 0 the mean, row 1 the mean of squares.
+    /// `[3, d]` f32: rows [`ROW_MEAN`], [`ROW_COMP`] (the mean's rounding error) and
+    /// [`ROW_M2`] (`Σ (θ − mean)²`).
     pub(crate) moments: Tensor,
     /// `[K, d]` ring buffer of deviation columns (`[0, d]` when K = 0).
     pub(crate) deviations: Tensor,
@@ -84,7 +99,18 @@ pub struct SwagPosterior {
     pub(crate) rows: usize,
     /// Physical row of the oldest held deviation.
     pub(crate) oldest: usize,
+    /// True when the moments come from a version-1 file (variance `sq_mean − mean²`).
+    pub(crate) legacy_variance: bool,
 }
+
+/// Row of the mean in the `[3, d]` moments buffer.
+pub(crate) const ROW_MEAN: usize = 0;
+/// Row of the mean's compensation term.
+pub(crate) const ROW_COMP: usize = 1;
+/// Row of the centred second moment `M2`.
+pub(crate) const ROW_M2: usize = 2;
+/// Number of rows of the moments buffer.
+pub(crate) const MOMENT_ROWS: usize = 3;
 
 impl SwagPosterior {
     /// An empty posterior for `layout`, with its buffers allocated on `device`.
@@ -105,7 +131,7 @@ impl SwagPosterior {
             ));
         }
         let d = layout.numel();
-        let moments = Tensor::zeros((2, d), DType::F32, device)?;
+        let moments = Tensor::zeros((MOMENT_ROWS, d), DType::F32, device)?;
         let deviations = Tensor::zeros((config.rank, d), config.deviation_dtype, device)?;
         Ok(Self {
             layout,
@@ -116,6 +142,7 @@ impl SwagPosterior {
             n_collected: 0,
             rows: 0,
             oldest: 0,
+            legacy_variance: false,
         })
     }
 
@@ -162,24 +189,50 @@ impl SwagPosterior {
     /// Bytes held by the posterior's buffers (moments and the full `K×d` deviation buffer).
     pub fn state_bytes(&self) -> usize {
         let d = self.numel();
-        2 * 4 * d + self.config.rank * d * self.config.deviation_dtype.size_in_bytes()
+        MOMENT_ROWS * 4 * d + self.config.rank * d * self.config.deviation_dtype.size_in_bytes()
     }
 
     /// The running mean of θ (`[d]`, f32): the SWA solution.
     pub fn mean(&self) -> Result<Tensor> {
         // A copy: views of the internal buffers must not escape (they would alias the state).
-        Ok(self.moments.get(0)?.copy()?)
+        Ok(self.moments.get(ROW_MEAN)?.copy()?)
     }
 
-    /// The running mean of θ² (`[d]`, f32).
+    /// The mean of θ² (`[d]`, f32), derived as `variance + mean²` (for tools that expect it;
+    /// subtracting `mean²` back from it in f32 loses the variance's digits).
     pub fn sq_mean(&self) -> Result<Tensor> {
-        Ok(self.moments.get(1)?.copy()?)
+        Ok(self.variance(0.0)?.add(&self.mean()?.sqr()?)?)
     }
 
-    /// The diagonal variance `max(sq_mean − mean², clamp)` (`[d]`, f32).
+    /// The centred second moment `M2 = Σ (θ − mean)²` (`[d]`, f32).
+    pub fn m2(&self) -> Result<Tensor> {
+        Ok(self.moments.get(ROW_M2)?.copy()?)
+    }
+
+    /// The compensation term of the mean (`[d]`, f32): the mean is `mean + mean_compensation`.
+    pub fn mean_compensation(&self) -> Result<Tensor> {
+        Ok(self.moments.get(ROW_COMP)?.copy()?)
+    }
+
+    /// The diagonal variance `max(M2 · (1/n), clamp)` (`[d]`, f32), the one sampling and
+    /// [`SwagPosterior::log_prob`] use: the same two f32 operations as
+    /// [`kernels::diag_variance`], with `1/n` and `clamp` rounded to f32. Equal to `clamp`
+    /// before any snapshot.
     pub fn variance(&self, clamp: f64) -> Result<Tensor> {
-        let m = self.mean()?;
-        Ok(self.sq_mean()?.sub(&m.sqr()?)?.maximum(clamp)?)
+        let inv_n = kernels::inv_count(self.n_collected) as f64;
+        let clamp = clamp as f32 as f64;
+        Ok(self
+            .moments
+            .get(ROW_M2)?
+            .affine(inv_n, 0.0)?
+            .maximum(clamp)?)
+    }
+
+    /// True when the moments were converted from a version-1 file: its variance is the old
+    /// `sq_mean − mean²` in f32 (rounded into `M2`), with the cancellation error that formula
+    /// has; snapshots collected afterwards are added exactly.
+    pub fn variance_is_legacy(&self) -> bool {
+        self.legacy_variance
     }
 
     /// Physical buffer rows of the held deviations, oldest first.
@@ -268,26 +321,26 @@ impl SwagPosterior {
     pub(crate) fn collect_with_tensor_ops(&mut self, theta: &Tensor) -> Result<()> {
         let theta = theta.to_dtype(DType::F32)?.to_device(&self.device)?;
         self.check_finite_device(&theta)?;
-        let n = self.n_collected as f64;
-        let keep = n / (n + 1.0);
-        let new = 1.0 / (n + 1.0);
-        let mean = self
-            .moments
-            .get(0)?
-            .affine(keep, 0.0)?
-            .add(&theta.affine(new, 0.0)?)?;
-        let sq = self
-            .moments
-            .get(1)?
-            .affine(keep, 0.0)?
-            .add(&theta.sqr()?.affine(new, 0.0)?)?;
-        let moments = Tensor::stack(&[&mean, &sq], 0)?;
+        // The same f32 operations, in the same order, as kernels::welford_step: each is its
+        // own kernel, so no compiler can reassociate the compensated sums.
+        let inv = kernels::inv_count(self.n_collected + 1) as f64;
+        let hi = self.moments.get(ROW_MEAN)?;
+        let lo = self.moments.get(ROW_COMP)?;
+        let m2 = self.moments.get(ROW_M2)?;
+        let delta = theta.sub(&hi)?.sub(&lo)?;
+        let step = delta.affine(inv, 0.0)?;
+        let s = hi.add(&step)?;
+        let bp = s.sub(&hi)?;
+        let e = hi.sub(&s.sub(&bp)?)?.add(&step.sub(&bp)?)?;
+        let l = lo.add(&e)?;
+        let h = s.add(&l)?;
+        let l = l.sub(&h.sub(&s)?)?;
+        let delta2 = theta.sub(&h)?.sub(&l)?;
+        let m2 = m2.add(&delta.mul(&delta2)?)?;
+        let moments = Tensor::stack(&[&h, &l, &m2], 0)?;
         if self.config.rank > 0 {
             let (slot, rows, oldest) = self.next_slot();
-            let dev = theta
-                .sub(&mean)?
-                .to_dtype(self.config.deviation_dtype)?
-                .unsqueeze(0)?;
+            let dev = delta2.to_dtype(self.config.deviation_dtype)?.unsqueeze(0)?;
             self.deviations.slice_set(&dev, 0, slot)?;
             self.rows = rows;
             self.oldest = oldest;
@@ -427,7 +480,7 @@ impl InplaceOp1 for CollectOp<'_> {
     }
 }
 
-/// Inner op: updates mean and sq_mean in place and writes the deviation column.
+/// Inner op: updates the moments (mean, compensation, M2) in place and writes the deviation column.
 struct MomentsOp<'a, E> {
     dev: Mutex<Option<&'a mut [E]>>,
     offset: usize,
@@ -455,24 +508,27 @@ impl<E: DeviationElem> InplaceOp2 for MomentsOp<'_, E> {
             return Err(msg("moments and theta must be f32"));
         };
         let theta = &t[trange];
-        let (mean_row, sq_row) = m[mlo..mlo + 2 * self.d].split_at_mut(self.d);
+        let (mean_row, rest) = m[mlo..mlo + MOMENT_ROWS * self.d].split_at_mut(self.d);
+        let (comp_row, m2_row) = rest.split_at_mut(self.d);
         let range = self.offset..self.offset + self.len;
         let mean = &mut mean_row[range.clone()];
-        let sq = &mut sq_row[range];
+        let comp = &mut comp_row[range.clone()];
+        let m2 = &mut m2_row[range];
         let mut dev_guard = self.dev.lock().map_err(|_| msg("poisoned lock"))?;
         match dev_guard.as_deref_mut() {
-            Some(dev) => kernels::collect(mean, sq, theta, dev, self.n),
+            Some(dev) => kernels::collect(mean, comp, m2, theta, dev, self.n),
             None => {
                 // K = 0: moments only; the deviation is computed into a scratch block and dropped.
                 let mut scratch = vec![0f32; self.len.min(super::noise::NOISE_BLOCK)];
-                for (((m, s), t), _) in mean
-                    .chunks_mut(super::noise::NOISE_BLOCK)
-                    .zip(sq.chunks_mut(super::noise::NOISE_BLOCK))
-                    .zip(theta.chunks(super::noise::NOISE_BLOCK))
-                    .zip(0..)
+                let b = super::noise::NOISE_BLOCK;
+                for (((m, c), s), t) in mean
+                    .chunks_mut(b)
+                    .zip(comp.chunks_mut(b))
+                    .zip(m2.chunks_mut(b))
+                    .zip(theta.chunks(b))
                 {
                     let l = m.len();
-                    kernels::collect(m, s, t, &mut scratch[..l], self.n);
+                    kernels::collect(m, c, s, t, &mut scratch[..l], self.n);
                 }
             }
         }
@@ -518,9 +574,15 @@ mod tests {
                     .map(|(x, y)| (x - y).abs())
                     .fold(0.0, f32::max)
             };
-            assert!(diff(fused.mean().unwrap(), ops.mean().unwrap()) < 1e-6);
-            assert!(diff(fused.sq_mean().unwrap(), ops.sq_mean().unwrap()) < 1e-6);
-            assert!(diff(fused.deviations().unwrap(), ops.deviations().unwrap()) < 1e-2);
+            // Same f32 operations in the same order: bit for bit.
+            assert_eq!(
+                host(fused.moments.copy().unwrap()),
+                host(ops.moments.copy().unwrap())
+            );
+            assert_eq!(
+                diff(fused.deviations().unwrap(), ops.deviations().unwrap()),
+                0.0
+            );
             assert_eq!(fused.rows(), 3);
             assert_eq!(ops.rows(), 3);
         }

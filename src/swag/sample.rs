@@ -1,14 +1,18 @@
 //! Drawing weights from the SWAG Gaussian.
 //!
 //! # The formula
-//! `θ = mean + sqrt(scale) · ( sqrt(max(sq_mean − mean², var_clamp)) ⊙ z1 + Dᵀ z2 / sqrt(divisor) )`
+//! `θ = mean + sqrt(scale) · ( sqrt(var) ⊙ z1 + Dᵀ z2 / sqrt(divisor) )`
 //! with `z1 ~ N(0, I_d)`, `z2 ~ N(0, I_rows)`, `D` the `[rows, d]` deviations (oldest first), so
-//! that `θ ~ N(mean, scale · (diag + DᵀD / divisor))`.
+//! that `θ ~ N(mean, scale · (diag + DᵀD / divisor))`. `var` is
+//! [`SwagPosterior::variance`]`(var_clamp)`, `max(M2 / n, var_clamp)` in f32, the same
+//! numbers [`SwagPosterior::log_prob`] uses.
 //!
 //! - **scale multiplies the variance** (not the standard deviation): scale 0.5 is the paper's ½,
 //!   scale 0 returns the SWA mean exactly.
 //! - **divisor** ([`Divisor`]): by default `max(rows − 1, 1)`, with `rows` the number of columns
-//!   actually held — the unbiased sample covariance of the columns. The reference implementation
+//!   actually held. The columns are deviations from the *running* mean (each taken against the
+//!   mean at its own step, not the final one), so `DᵀD / (rows − 1)` is the paper's low-rank
+//!   term, not an unbiased sample covariance of the snapshots. The reference implementation
 //!   divides by `K − 1` even before K columns are held, which shrinks the low-rank term early in
 //!   collection; [`Divisor::RankMinusOne`] reproduces it. Both agree once `rows = K`.
 //! - **Diagonal only** drops the `Dᵀ z2` term (SWAG-diagonal).
@@ -48,8 +52,8 @@ pub struct SampleOptions {
     pub diag_only: bool,
     /// Divisor of the low-rank term.
     pub divisor: Divisor,
-    /// Lower clamp of the diagonal variance `sq_mean − mean²` (1e-30 by default, as the
-    /// reference), which also absorbs small negative values from rounding.
+    /// Lower clamp of the diagonal variance `M2 / n` (1e-30 by default, as the reference),
+    /// applied in f32 (so values below f32's range act as 0 and the variance as is).
     pub var_clamp: f64,
 }
 
@@ -126,13 +130,8 @@ impl SwagPosterior {
         self.check_ready(opts)?;
         self.layout.check_flat(z1, "z1")?;
         let z1 = z1.to_dtype(DType::F32)?.to_device(&self.device)?;
-        let mean = self.moments.get(0)?;
-        let std = self
-            .moments
-            .get(1)?
-            .sub(&mean.sqr()?)?
-            .maximum(opts.var_clamp)?
-            .sqrt()?;
+        let mean = self.moments.get(super::posterior::ROW_MEAN)?;
+        let std = self.variance(opts.var_clamp)?.sqrt()?;
         let mut noise = std.mul(&z1)?;
         if !opts.diag_only && self.rows > 0 {
             if z2.dims() != [self.rows] {
@@ -213,6 +212,7 @@ impl SwagPosterior {
             sqrt_scale: opts.scale.sqrt() as f32,
             inv_sqrt_divisor: (1.0 / self.divisor_value(opts.divisor).sqrt()) as f32,
             var_clamp: opts.var_clamp as f32,
+            inv_n: kernels::inv_count(self.n_collected),
         };
         for (p, (var, entry)) in params.vars().iter().zip(self.layout.entries()).enumerate() {
             let op = SampleOp {
@@ -236,7 +236,7 @@ impl SwagPosterior {
     pub fn write_mean_into(&self, params: &ParamSet) -> Result<()> {
         self.require_snapshots()?;
         self.layout.check_same(params.layout())?;
-        params.write_flat(&self.moments.get(0)?)
+        params.write_flat(&self.moments.get(super::posterior::ROW_MEAN)?)
     }
 }
 
@@ -259,13 +259,14 @@ impl SampleOp<'_> {
     ) -> candle_core::Result<()> {
         let len = out.len();
         let mean = &moments[self.offset..self.offset + len];
-        let sq = &moments[self.d + self.offset..self.d + self.offset + len];
+        let m2_lo = super::posterior::ROW_M2 * self.d + self.offset;
+        let m2 = &moments[m2_lo..m2_lo + len];
         let dev_rows: Vec<&[E]> = self
             .rows
             .iter()
             .map(|&r| &dev[r * self.d + self.offset..r * self.d + self.offset + len])
             .collect();
-        kernels::sample(out, mean, sq, &dev_rows, self.z2, self.coef, self.noise);
+        kernels::sample(out, mean, m2, &dev_rows, self.z2, self.coef, self.noise);
         Ok(())
     }
 }
