@@ -109,16 +109,21 @@ pub struct Moments {
 /// multiplies are used, in a fixed order, so the device tensor-op path
 /// ([`super::posterior`]) reproduces it operation for operation (no f64 needed: Metal has none).
 #[inline(always)]
-pub fn welford_step(m: &mut Moments, t: f32, inv: f32) -> f32 {
+pub fn welford_step(m: &mut Moments, t: f32, inv: f32, count: f32) -> f32 {
     let (hi, lo) = (m.mean, m.mean_comp);
     let delta = (t - hi) - lo;
     let step = delta * inv;
+    // What `step = delta · fl(1/count)` lost (the rounding of the product and of 1/count):
+    // r = delta − step·count, with step·count exact by Dekker's product, then r/count.
+    let (p, p_err) = two_product(step, count);
+    let step_lo = ((delta - p) - p_err) * inv;
     // TwoSum: s + e = hi + step exactly.
     let s = hi + step;
     let bp = s - hi;
     let e = (hi - (s - bp)) + (step - bp);
-    // Fold the old compensation in and renormalise (|l| << |s|, so Fast2Sum is exact).
-    let l = lo + e;
+    // Fold the old compensation and the step's own error in, and renormalise (|l| << |s|, so
+    // Fast2Sum is exact): `h` is then the f32 nearest the compensated mean.
+    let l = lo + (e + step_lo);
     let h = s + l;
     let l = l - (h - s);
     m.mean = h;
@@ -126,6 +131,28 @@ pub fn welford_step(m: &mut Moments, t: f32, inv: f32) -> f32 {
     let delta2 = (t - h) - l;
     m.m2 += delta * delta2;
     delta2
+}
+
+/// Veltkamp's split of an f32 into a high and a low half (12 significant bits each), so that the
+/// products of halves are exact in f32.
+#[inline(always)]
+pub(crate) fn split(a: f32) -> (f32, f32) {
+    let c = SPLITTER * a;
+    let high = c - (c - a);
+    (high, a - high)
+}
+
+/// Veltkamp's splitting constant for f32: 2¹² + 1.
+pub(crate) const SPLITTER: f32 = 4097.0;
+
+/// Dekker's product: `p + err = a · b` exactly (no FMA, so the tensor-op path reproduces it).
+#[inline(always)]
+fn two_product(a: f32, b: f32) -> (f32, f32) {
+    let p = a * b;
+    let (ah, al) = split(a);
+    let (bh, bl) = split(b);
+    let err = (((ah * bh - p) + ah * bl) + al * bh) + al * bl;
+    (p, err)
 }
 
 /// The diagonal variance of one coordinate: `max(M2 · (1/n), clamp)` in f32, `inv_n` = `1/n`
@@ -153,6 +180,7 @@ fn collect_serial<E: DeviationElem>(
     theta: &[f32],
     dev: &mut [E],
     inv: f32,
+    count: f32,
 ) {
     for ((((m, c), s), &t), dv) in mean
         .iter_mut()
@@ -166,7 +194,7 @@ fn collect_serial<E: DeviationElem>(
             mean_comp: *c,
             m2: *s,
         };
-        *dv = E::from_f32(welford_step(&mut st, t, inv));
+        *dv = E::from_f32(welford_step(&mut st, t, inv, count));
         *m = st.mean;
         *c = st.mean_comp;
         *s = st.m2;
@@ -187,8 +215,9 @@ pub fn collect<E: DeviationElem>(
     debug_assert!(mean.len() == theta.len() && m2.len() == theta.len());
     debug_assert!(comp.len() == theta.len() && dev.len() == theta.len());
     let inv = inv_count(n + 1);
+    let count = (n + 1) as f32;
     if theta.len() < PARALLEL_MIN {
-        collect_serial(mean, comp, m2, theta, dev, inv);
+        collect_serial(mean, comp, m2, theta, dev, inv, count);
         return;
     }
     mean.par_chunks_mut(NOISE_BLOCK)
@@ -196,7 +225,7 @@ pub fn collect<E: DeviationElem>(
         .zip(m2.par_chunks_mut(NOISE_BLOCK))
         .zip(theta.par_chunks(NOISE_BLOCK))
         .zip(dev.par_chunks_mut(NOISE_BLOCK))
-        .for_each(|((((m, c), s), t), d)| collect_serial(m, c, s, t, d, inv));
+        .for_each(|((((m, c), s), t), d)| collect_serial(m, c, s, t, d, inv, count));
 }
 
 /// What the sampling kernel needs besides the slices.
@@ -347,8 +376,8 @@ mod tests {
         // holds the 2⁻²⁴, and M2 = 2·(2⁻²⁴)² exactly.
         let eps = f32::EPSILON; // 2⁻²³
         let mut st = Moments::default();
-        welford_step(&mut st, 1.0, inv_count(1));
-        let dev = welford_step(&mut st, 1.0 + eps, inv_count(2));
+        welford_step(&mut st, 1.0, inv_count(1), 1.0);
+        let dev = welford_step(&mut st, 1.0 + eps, inv_count(2), 2.0);
         assert_eq!(st.mean as f64 + st.mean_comp as f64, 1.0 + eps as f64 / 2.0);
         assert_eq!(dev as f64, eps as f64 / 2.0);
         assert_eq!(st.m2 as f64, 2.0 * (eps as f64 / 2.0).powi(2));

@@ -327,12 +327,27 @@ impl SwagPosterior {
         let hi = self.moments.get(ROW_MEAN)?;
         let lo = self.moments.get(ROW_COMP)?;
         let m2 = self.moments.get(ROW_M2)?;
+        let count = (self.n_collected + 1) as f32;
         let delta = theta.sub(&hi)?.sub(&lo)?;
         let step = delta.affine(inv, 0.0)?;
+        // Dekker's product step·count (see kernels::welford_step), on tensors.
+        let p = step.affine(f64::from(count), 0.0)?;
+        let c = step.affine(f64::from(kernels::SPLITTER), 0.0)?;
+        let sh = c.sub(&c.sub(&step)?)?;
+        let sl = step.sub(&sh)?;
+        let (kh, kl) = kernels::split(count);
+        let (kh, kl) = (f64::from(kh), f64::from(kl));
+        let p_err = sh
+            .affine(kh, 0.0)?
+            .sub(&p)?
+            .add(&sh.affine(kl, 0.0)?)?
+            .add(&sl.affine(kh, 0.0)?)?
+            .add(&sl.affine(kl, 0.0)?)?;
+        let step_lo = delta.sub(&p)?.sub(&p_err)?.affine(inv, 0.0)?;
         let s = hi.add(&step)?;
         let bp = s.sub(&hi)?;
         let e = hi.sub(&s.sub(&bp)?)?.add(&step.sub(&bp)?)?;
-        let l = lo.add(&e)?;
+        let l = lo.add(&e.add(&step_lo)?)?;
         let h = s.add(&l)?;
         let l = l.sub(&h.sub(&s)?)?;
         let delta2 = theta.sub(&h)?.sub(&l)?;
