@@ -1,11 +1,14 @@
 //! Data: a strict CSV loader, standardisation with training statistics, the bundled datasets
-//! (digits, diabetes) and a 1-D regression toy with a gap.
+//! (digits, diabetes), a 1-D regression toy with a gap, and MNIST images (IDX files, bilinear
+//! rotation).
 //!
 //! Flow: [`load_csv`] → [`TabularData`] (raw units) → [`Standardizer::fit`] on the training rows
 //! only → [`Dataset`] (candle tensors) for training and prediction.
 
 pub mod bundled;
 pub mod csv;
+pub mod idx;
+pub mod image;
 pub mod toy;
 
 use candle_core::{Device, Tensor};
