@@ -334,6 +334,9 @@ fn run() -> Result<()> {
             .collect::<Result<Vec<_>>>()?;
         let t = Instant::now();
         let main = &runs[0];
+        // MultiSWAG: each run's posterior lives on its own net; its samples are written into
+        // run 0's parameters (same layout), so one net and one refresh serve all of them.
+        let multi = MultiSwag::new(runs.iter().map(|r| &r.full).collect::<Vec<_>>())?;
         let bn = BatchNormStats::from_varmap(&main.varmap, 0.1)?;
         let refresh = BatchNormRefresh::new(bn, batches(&x_train, BATCH)?);
         let sample_seed = seed * 7919 + 17;
@@ -369,9 +372,6 @@ fn run() -> Result<()> {
                     .with_refresh(refresh.clone()),
             ));
         }
-        // MultiSWAG: each run's posterior lives on its own net; its samples are written into
-        // run 0's parameters (same layout), so one net and one refresh serve all of them.
-        let multi = MultiSwag::new(runs.iter().map(|r| &r.full).collect::<Vec<_>>())?;
         methods.push((
             format!("MultiSWAG ({} runs)", args.multi_runs),
             Predictive::multi_swag(&main.params, &multi, scale, args.samples, sample_seed)?

@@ -165,6 +165,8 @@ pub fn read_image_csv(path: impl AsRef<Path>) -> Result<IdxImages> {
         .iter()
         .map(|n| table.text_column(n))
         .collect::<Result<_>>()?;
+    // `r` indexes every column of `cols` and names the row in errors.
+    #[allow(clippy::needless_range_loop)]
     for r in 0..table.num_rows() {
         let cell = |c: usize, max: u8| -> Result<u8> {
             let text = cols[c][r].trim();
