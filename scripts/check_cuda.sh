@@ -15,7 +15,8 @@ fi
 CUDA_HOME="$(cd "$venv"/lib/python3*/site-packages/nvidia/cu13 && pwd)"
 export CUDA_HOME PATH="$CUDA_HOME/bin:$PATH" CUDA_COMPUTE_CAP=90
 nvcc --version | tail -1
-# A target dir of its own: other features, and no lock held on the main build.
-# The core alone: the CUDA code paths live there (the CLI adds none), and it halves the build.
-CARGO_TARGET_DIR=target/cuda cargo check --no-default-features --features cuda --lib
+# The core alone: the CUDA code paths live there (the CLI adds none). The shared target dir
+# reuses the check-mode dependencies clippy built; only the candle crates and their CUDA
+# dependencies are new.
+cargo check --no-default-features --features cuda --lib
 echo "CUDA type-check passed"

@@ -21,7 +21,7 @@
 
 use candle_core::{DType, Tensor, Var};
 
-use crate::layout::{ParamLayout, ParamSet};
+use crate::layout::{check_finite_named, ParamLayout, ParamSet};
 use crate::{Error, Result};
 
 /// Which running average a [`ParameterAverage`] keeps.
@@ -166,18 +166,18 @@ impl ParameterAverage {
     ///
     /// `params` must have the layout the average was created with (`Error::LayoutMismatch`
     /// naming the first difference). A parameter or buffer holding NaN or infinity is refused
-    /// (`Error::InvalidArgument` naming it, with the flat index) and the average is left
-    /// untouched.
+    /// (`Error::NonFinite` naming it, with the index inside it, as the posterior does) and the
+    /// average is left untouched.
     pub fn update(&mut self, params: &ParamSet) -> Result<()> {
-        check_layout(&self.layout, params.layout())?;
+        self.layout.check_same_as(params.layout(), "average")?;
         let theta = params.flatten()?;
-        check_finite(&theta, &self.layout)?;
+        self.layout.check_finite(&theta)?;
         let buffer_values = self
             .buffers
             .iter()
             .map(|(name, var)| {
                 let value = var.as_detached_tensor().to_dtype(DType::F32)?;
-                check_finite_tensor(&value, name)?;
+                check_finite_named(&value, name)?;
                 Ok(value)
             })
             .collect::<Result<Vec<_>>>()?;
@@ -228,7 +228,7 @@ impl ParameterAverage {
     /// `Error::LayoutMismatch` otherwise; `Error::NotEnoughSnapshots` before the first update).
     /// Buffers are not written: see [`write_buffers_into`](Self::write_buffers_into).
     pub fn write_into(&self, params: &ParamSet) -> Result<()> {
-        check_layout(&self.layout, params.layout())?;
+        self.layout.check_same_as(params.layout(), "average")?;
         params.write_flat(&self.average()?)
     }
 
@@ -273,66 +273,4 @@ impl ParameterAverage {
 /// `avg + w · (θ − avg)`.
 fn lerp(avg: &Tensor, theta: &Tensor, w: f64) -> Result<Tensor> {
     Ok((avg + ((theta - avg)? * w)?)?)
-}
-
-fn check_layout(ours: &ParamLayout, given: &ParamLayout) -> Result<()> {
-    for (i, (a, b)) in ours.entries().iter().zip(given.entries()).enumerate() {
-        if a.name != b.name || a.shape != b.shape {
-            return Err(Error::LayoutMismatch(format!(
-                "parameter #{i} is `{}` {:?} in the average but `{}` {:?} in the given set",
-                a.name, a.shape, b.name, b.shape
-            )));
-        }
-    }
-    if ours.len() != given.len() {
-        return Err(Error::LayoutMismatch(format!(
-            "the average covers {} parameters but the given set has {}",
-            ours.len(),
-            given.len()
-        )));
-    }
-    Ok(())
-}
-
-/// One reduction on the device; only when it is not finite are values copied to the host to
-/// find the offending parameter (a sum that merely overflows is accepted).
-fn check_finite(flat: &Tensor, layout: &ParamLayout) -> Result<()> {
-    if let Some((index, value)) = first_non_finite(flat)? {
-        let entry = layout
-            .entries()
-            .iter()
-            .find(|e| index < e.offset + e.numel())
-            .map(|e| (e.name.as_str(), index - e.offset))
-            .unwrap_or(("params", index));
-        return Err(non_finite_error(entry.0, entry.1, value));
-    }
-    Ok(())
-}
-
-fn check_finite_tensor(t: &Tensor, name: &str) -> Result<()> {
-    if let Some((index, value)) = first_non_finite(&t.flatten_all()?)? {
-        return Err(non_finite_error(name, index, value));
-    }
-    Ok(())
-}
-
-fn first_non_finite(flat: &Tensor) -> Result<Option<(usize, f32)>> {
-    let sum = flat.sum_all()?.to_scalar::<f32>()?;
-    if sum.is_finite() {
-        return Ok(None);
-    }
-    let values = flat.to_vec1::<f32>()?;
-    Ok(values
-        .iter()
-        .position(|v| !v.is_finite())
-        .map(|i| (i, values[i])))
-}
-
-fn non_finite_error(name: &str, index: usize, value: f32) -> Error {
-    Error::invalid(
-        name,
-        format!(
-            "holds a non-finite value ({value}) at index {index} (row-major); the average was left untouched"
-        ),
-    )
 }

@@ -25,8 +25,9 @@ pub enum Error {
         reason: String,
     },
 
-    /// A weight snapshot holds NaN or infinity; the posterior was left untouched.
-    #[error("snapshot holds a non-finite value ({value}) in parameter `{parameter}` at flat index {index}; the posterior was left untouched")]
+    /// A weight snapshot holds NaN or infinity; the posterior (or average) it was offered to
+    /// was left untouched.
+    #[error("snapshot holds a non-finite value ({value}) in parameter `{parameter}` at index {index} (row-major); nothing was updated")]
     NonFinite {
         /// Name of the offending parameter.
         parameter: String,

@@ -118,28 +118,34 @@ impl ParamLayout {
         self.entries.iter().find(|e| e.name == name)
     }
 
-    /// Checks that `other` has the same names, shapes and order; the error names the first
-    /// difference.
+    /// Checks that `other` (the model's) has the same names, shapes and order as this
+    /// (the posterior's) layout; the error names the first difference.
     pub fn check_same(&self, other: &ParamLayout) -> Result<()> {
+        self.check_same_as(other, "posterior")
+    }
+
+    /// [`check_same`](Self::check_same) with this layout's owner named `ours` in the error
+    /// ("posterior", "average").
+    pub(crate) fn check_same_as(&self, other: &ParamLayout, ours: &str) -> Result<()> {
         for (i, (a, b)) in self.entries.iter().zip(other.entries.iter()).enumerate() {
             if a.name != b.name {
                 return Err(Error::LayoutMismatch(format!(
-                    "parameter #{i} is `{}` in the posterior but `{}` in the model",
+                    "parameter #{i} is `{}` in the {ours} but `{}` in the model",
                     a.name, b.name
                 )));
             }
             if a.shape != b.shape {
                 return Err(Error::LayoutMismatch(format!(
-                    "parameter `{}` has shape {:?} in the posterior but {:?} in the model",
+                    "parameter `{}` has shape {:?} in the {ours} but {:?} in the model",
                     a.name, a.shape, b.shape
                 )));
             }
         }
         if self.len() != other.len() {
             let (longer, which) = if self.len() > other.len() {
-                (&self.entries[other.len()], "the model lacks")
+                (&self.entries[other.len()], "the model lacks".to_string())
             } else {
-                (&other.entries[self.len()], "the posterior lacks")
+                (&other.entries[self.len()], format!("the {ours} lacks"))
             };
             return Err(Error::LayoutMismatch(format!(
                 "{which} parameter `{}` ({} parameters against {})",
@@ -193,6 +199,24 @@ impl ParamLayout {
     }
 
     /// Checks that `flat` is a 1-D tensor of `d` elements.
+    /// `Error::NonFinite` naming the parameter of flat index `flat_index` and the index
+    /// inside it.
+    pub(crate) fn non_finite_error(&self, flat_index: usize, value: f32) -> Error {
+        match self.entries.iter().rev().find(|e| e.offset <= flat_index) {
+            Some(e) => non_finite(&e.name, flat_index - e.offset, value),
+            None => non_finite("?", flat_index, value),
+        }
+    }
+
+    /// Refuses a flat `[d]` f32 vector holding NaN or infinity (`Error::NonFinite` naming the
+    /// parameter). One reduction on the device; values reach the host only when one is bad.
+    pub(crate) fn check_finite(&self, flat: &Tensor) -> Result<()> {
+        match first_non_finite(flat)? {
+            Some((i, v)) => Err(self.non_finite_error(i, v)),
+            None => Ok(()),
+        }
+    }
+
     pub(crate) fn check_flat(&self, flat: &Tensor, what: &str) -> Result<()> {
         if flat.dims() != [self.numel] {
             return Err(Error::invalid(
@@ -361,4 +385,36 @@ impl ParamSet {
         }
         Ok(())
     }
+}
+
+/// Refuses a tensor (any shape, f32) holding NaN or infinity: `Error::NonFinite` naming it
+/// `name`, with the row-major index.
+pub(crate) fn check_finite_named(t: &Tensor, name: &str) -> Result<()> {
+    match first_non_finite(&t.flatten_all()?)? {
+        Some((i, v)) => Err(non_finite(name, i, v)),
+        None => Ok(()),
+    }
+}
+
+fn non_finite(parameter: &str, index: usize, value: f32) -> Error {
+    Error::NonFinite {
+        parameter: parameter.to_string(),
+        index,
+        value: value.to_string(),
+    }
+}
+
+/// The first non-finite value of a flat f32 tensor and its index. `x − x` is 0 for finite `x`
+/// and NaN otherwise, so one reduction and one scalar read decide (a sum of large finite
+/// values that overflows is not mistaken for a bad value).
+fn first_non_finite(flat: &Tensor) -> Result<Option<(usize, f32)>> {
+    let probe = flat.sub(flat)?.sum_all()?.to_scalar::<f32>()?;
+    if probe == 0.0 {
+        return Ok(None);
+    }
+    let values = flat.to_vec1::<f32>()?;
+    Ok(values
+        .iter()
+        .position(|v| !v.is_finite())
+        .map(|i| (i, values[i])))
 }

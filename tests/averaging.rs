@@ -215,9 +215,11 @@ fn errors_are_named_and_leave_the_average_untouched() {
     load(&a, &b, &bad);
     let err = swa.update(&set).unwrap_err();
     match &err {
-        Error::InvalidArgument { name, reason } => {
-            assert_eq!(name, "b");
-            assert!(reason.contains("index 1"), "{reason}");
+        Error::NonFinite {
+            parameter, index, ..
+        } => {
+            assert_eq!(parameter, "b");
+            assert_eq!(*index, 1);
         }
         other => panic!("unexpected {other:?}"),
     }

@@ -662,3 +662,101 @@ fn heteroscedastic_noise_is_recorded_and_checked_at_predict() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("`noise`"));
     assert!(!cls.exists());
 }
+
+/// A table with an identifier and a text column: `--ignore` drops one, `--categorical`
+/// one-hot encodes the other, and `swag predict` refuses a category the fit never saw,
+/// naming file, row and column, and writes nothing.
+#[test]
+fn text_columns_are_ignored_or_one_hot_and_unknown_categories_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("cars.csv");
+    let mut text = String::from("name,origin,weight,mpg\n");
+    for i in 0..40 {
+        let origin = ["usa", "europe", "japan"][i % 3];
+        let w = 2.0 + (i as f64) / 20.0;
+        text.push_str(&format!(
+            "\"car {i}, model\",{origin},{w},{}\n",
+            40.0 - 8.0 * w
+        ));
+    }
+    std::fs::write(&data, text).unwrap();
+    let run = dir.path().join("run");
+    let fit = |extra: &[&str]| {
+        let mut args = vec![
+            "fit",
+            "--data",
+            data.to_str().unwrap(),
+            "--target",
+            "mpg",
+            "--task",
+            "regression",
+            "--hidden",
+            "4",
+            "--epochs",
+            "2",
+            "--rank",
+            "2",
+            "--out",
+            run.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        swag(&args)
+    };
+    let out = fit(&["--ignore", "name"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`origin`") && err.contains("--categorical origin"),
+        "{err}"
+    );
+    assert!(!run.exists());
+
+    let out = fit(&["--ignore", "name", "--categorical", "origin"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = std::fs::read_to_string(run.join("config.json")).unwrap();
+    for name in ["origin=europe", "origin=japan", "origin=usa", "weight"] {
+        assert!(config.contains(name), "{name} missing from config.json");
+    }
+
+    let x = dir.path().join("x.csv");
+    std::fs::write(&x, "origin,weight\njapan,2.5\nmars,3\n").unwrap();
+    let preds = dir.path().join("p.csv");
+    let predict = || {
+        swag(&[
+            "predict",
+            "--run",
+            run.to_str().unwrap(),
+            "--data",
+            x.to_str().unwrap(),
+            "--samples",
+            "2",
+            "--out",
+            preds.to_str().unwrap(),
+        ])
+    };
+    let out = predict();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("x.csv")
+            && err.contains("row 2")
+            && err.contains("`origin`")
+            && err.contains("`mars`"),
+        "{err}"
+    );
+    assert!(!preds.exists());
+    std::fs::write(&x, "origin,weight\njapan,2.5\nusa,3\n").unwrap();
+    let out = predict();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_, rows) = read_csv(&preds);
+    assert_eq!(rows.len(), 2);
+}

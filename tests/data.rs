@@ -3,9 +3,10 @@
 
 use candle_core::Device;
 use candle_swag::data::{
-    bundled, load_csv, load_table, prepare, CsvSpec, CsvTable, FeatureScaling, Split, Standardizer,
-    Targets, TaskKind,
+    bundled, load_csv, load_table, prepare, CsvSpec, FeatureScaling, Split, Standardizer, Targets,
+    TaskKind,
 };
+use candle_swag::io::CsvTable;
 use candle_swag::Error;
 
 fn spec(target: &str, split: Option<&str>, task: TaskKind) -> CsvSpec {
@@ -13,6 +14,8 @@ fn spec(target: &str, split: Option<&str>, task: TaskKind) -> CsvSpec {
         target: target.to_string(),
         split_column: split.map(str::to_string),
         task,
+        ignore: Vec::new(),
+        categorical: Vec::new(),
     }
 }
 
@@ -226,4 +229,77 @@ fn bundled_datasets_have_the_documented_splits() {
         ood.in_distribution.test.len() + ood.out_of_distribution.len(),
         599
     );
+}
+
+#[test]
+fn categorical_columns_are_one_hot_and_ignored_columns_dropped() {
+    // Columns: an id to ignore, a text column, a number, the target. Categories sort as
+    // labels do (lexicographic for text).
+    let text = "id,colour,size,y\nr1,red,1.5,0\nr2,blue,2,1\nr3,red,3,1\nr4,green,4,0\n";
+    let mut s = spec("y", None, TaskKind::Classification);
+    s.ignore = vec!["id".into()];
+    s.categorical = vec!["colour".into()];
+    let d = load(text, &s).unwrap();
+    assert_eq!(
+        d.feature_names,
+        ["colour=blue", "colour=green", "colour=red", "size"]
+    );
+    #[rustfmt::skip]
+    let want = [
+        0.0, 0.0, 1.0, 1.5,
+        1.0, 0.0, 0.0, 2.0,
+        0.0, 0.0, 1.0, 3.0,
+        0.0, 1.0, 0.0, 4.0,
+    ];
+    assert_eq!(d.features, want);
+
+    // The fitted columns encode another table the same way, and refuse an unseen category.
+    let other = CsvTable::parse("colour,size\ngreen,7\npurple,8\n", "new.csv").unwrap();
+    let err = candle_swag::data::encode_features(&other, &d.columns).unwrap_err();
+    let (file, row, column, reason) = bad_data(err);
+    assert_eq!(
+        (file.as_str(), row, column.as_str()),
+        ("new.csv", 2, "colour")
+    );
+    assert!(
+        reason.contains("`purple`") && reason.contains("blue, green, red"),
+        "{reason}"
+    );
+    let ok = CsvTable::parse("size,colour\n7,green\n", "new.csv").unwrap();
+    assert_eq!(
+        candle_swag::data::encode_features(&ok, &d.columns).unwrap(),
+        [0.0, 1.0, 0.0, 7.0]
+    );
+
+    // Without --categorical the text column is refused with the hint; unknown names are named.
+    let mut plain = spec("y", None, TaskKind::Classification);
+    plain.ignore = vec!["id".into()];
+    let (_, row, column, reason) = bad_data(load(text, &plain).unwrap_err());
+    assert_eq!((row, column.as_str()), (1, "colour"));
+    assert!(reason.contains("--categorical colour"), "{reason}");
+    let mut typo = s.clone();
+    typo.ignore = vec!["idd".into()];
+    assert!(matches!(
+        load(text, &typo).unwrap_err(),
+        Error::InvalidArgument { ref name, ref reason } if name == "ignore" && reason.contains("`idd`")
+    ));
+    let mut both = s.clone();
+    both.ignore.push("colour".into());
+    assert!(matches!(
+        load(text, &both).unwrap_err(),
+        Error::InvalidArgument { ref name, .. } if name == "categorical"
+    ));
+    let mut target = s.clone();
+    target.categorical = vec!["y".into()];
+    assert!(matches!(
+        load(text, &target).unwrap_err(),
+        Error::InvalidArgument { ref name, .. } if name == "categorical"
+    ));
+}
+
+#[test]
+fn quoted_cells_hold_commas_and_quotes() {
+    let t = CsvTable::parse("name,x\n\"Smith, J.\",1\n\"say \"\"hi\"\"\",2\n", "q.csv").unwrap();
+    assert_eq!(t.text_column("name").unwrap(), ["Smith, J.", "say \"hi\""]);
+    assert_eq!(t.numeric_column("x").unwrap(), [1.0, 2.0]);
 }

@@ -400,6 +400,7 @@ fn fit_save_load_predict_report_round_trip() {
         task: candle_swag::data::TaskKind::Classification,
         target: "label".into(),
         feature_names: prepared.feature_names.clone(),
+        feature_columns: Vec::new(),
         class_labels: prepared.class_labels.clone(),
         feature_scaler: prepared.feature_scaler.clone(),
         target_scaler: None,

@@ -279,14 +279,14 @@ fn bad_inputs_give_located_errors_and_no_directory() {
     assert_fails(
         d,
         &["--mean", &m, "--std", &s, "--targets", &y],
-        &["reg.csv:std", "row 2", "column `std`", "not finite"],
+        &["reg.csv", "row 2", "column `std`", "not finite"],
     );
     // A standard deviation of zero.
     std::fs::write(&f, "mean,std,target\n0,1,0\n1,0,1\n").unwrap();
     assert_fails(
         d,
         &["--mean", &m, "--std", &s, "--targets", &y],
-        &["reg.csv:std", "row 2", "column `std`", "must be > 0"],
+        &["reg.csv:std", "row 2", "column `std`", "is not positive"],
     );
 
     // Labels out of range (row 3 holds class 2 of a 2-class problem), and not integers.
@@ -361,7 +361,11 @@ fn bad_inputs_give_located_errors_and_no_directory() {
     assert_fails(
         d,
         &["--probs", p(&ragged), "--labels", p(&labels)],
-        &["ragged.csv", "row 2", "has 1 cells, expected 2"],
+        &[
+            "ragged.csv",
+            "row 2",
+            "ragged row: 1 cells where the first row has 2",
+        ],
     );
 
     // Usage errors are one line too.

@@ -4,9 +4,8 @@
 
 mod common;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Var};
 use candle_swag::layout::{ParamLayout, ParamSet};
-use candle_swag::swag::noise::{z1_for_seed, z2_for_seed};
 use candle_swag::swag::{Divisor, SampleOptions, SwagConfig, SwagPosterior};
 use candle_swag::Error;
 use common::*;
@@ -242,7 +241,7 @@ fn params_for(d: usize) -> ParamSet {
 }
 
 /// The fused sampler draws exactly the documented noise: it equals the formula applied to
-/// `z1_for_seed`/`z2_for_seed`, and is bit-identical with 1 or 2 threads.
+/// `noise_for_seed`, and is bit-identical with 1 or 2 threads.
 #[test]
 fn fused_sampler_is_the_formula_and_thread_count_independent() {
     let d = 150_001; // large enough for the parallel path, parameters split unevenly
@@ -252,8 +251,7 @@ fn fused_sampler_is_the_formula_and_thread_count_independent() {
     let params = params_for(d);
     for opts in [SampleOptions::with_scale(0.5), SampleOptions::diagonal(0.5)] {
         let seed = 1234;
-        let z1 = Tensor::from_vec(z1_for_seed(seed, p.layout()), d, &Device::Cpu).unwrap();
-        let z2 = Tensor::from_vec(z2_for_seed(seed, p.rows()), p.rows(), &Device::Cpu).unwrap();
+        let (z1, z2) = p.noise_for_seed(seed).unwrap();
         let want = to_f64(&p.sample_with_noise(&z1, &z2, &opts).unwrap());
         let run = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new()
@@ -278,7 +276,7 @@ fn low_precision_deviations_have_bounded_effect() {
     let full = posterior_from(&snaps, 5, DType::F32);
     let params = params_for(d);
     let opts = SampleOptions::with_scale(0.5);
-    let z2 = z2_for_seed(77, full.rows());
+    let z2: Vec<f32> = full.noise_for_seed(77).unwrap().1.to_vec1().unwrap();
     let dev = to_f64(&full.deviations().unwrap());
     for (dt, unit_roundoff) in [(DType::BF16, 2f64.powi(-8)), (DType::F16, 2f64.powi(-11))] {
         let low = posterior_from(&snaps, 5, dt);

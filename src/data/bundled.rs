@@ -6,9 +6,10 @@
 
 use candle_core::Device;
 
-use super::csv::{load_table, CsvSpec, CsvTable, TabularData, TaskKind};
+use super::csv::{load_table, CsvSpec, TabularData, TaskKind};
 use super::{prepare, FeatureScaling, Prepared};
 use crate::error::Result;
+use crate::io::CsvTable;
 
 /// `data/digits.csv`: 1797 8×8 digits (1198 train, 599 test), columns split, label, p0..p63.
 pub const DIGITS_CSV: &str = include_str!("../../data/digits.csv");
@@ -24,6 +25,8 @@ pub fn digits_table() -> Result<TabularData> {
             target: "label".to_string(),
             split_column: Some("split".to_string()),
             task: TaskKind::Classification,
+            ignore: Vec::new(),
+            categorical: Vec::new(),
         },
     )
 }
@@ -37,6 +40,8 @@ pub fn diabetes_table() -> Result<TabularData> {
             target: "target".to_string(),
             split_column: Some("split".to_string()),
             task: TaskKind::Regression,
+            ignore: Vec::new(),
+            categorical: Vec::new(),
         },
     )
 }

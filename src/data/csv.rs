@@ -1,7 +1,6 @@
-//! A small, strict CSV reader for numeric tables.
+//! Tabular data from a CSV table (read by [`CsvTable`], the crate's one CSV reader): which
+//! column is the target, which are features, which rows are train or test.
 //!
-//! The format is deliberately narrow: a header line of column names, then one row per line,
-//! cells separated by commas, no quoting. Blank lines (including a trailing newline) are skipped.
 //! Every problem is reported with the file, the 1-based data row (header not counted) and the
 //! column name, so that a user can fix the file without reading this code.
 
@@ -9,6 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::io::CsvTable;
 
 /// Which part of the data a row belongs to, read from an optional split column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,187 +29,6 @@ pub enum TaskKind {
     Regression,
 }
 
-/// A CSV file read into memory as text cells, checked to be rectangular.
-#[derive(Debug, Clone)]
-pub struct CsvTable {
-    source: String,
-    header: Vec<String>,
-    rows: Vec<Vec<String>>,
-}
-
-impl CsvTable {
-    /// Reads and checks a CSV file (see the module docs for the accepted format).
-    pub fn read(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Self::parse(&text, &path.display().to_string())
-    }
-
-    /// Parses CSV text; `source` names the input in error messages (usually the file path).
-    ///
-    /// Errors: an empty input, an empty or duplicated column name, a row whose number of cells
-    /// differs from the header's (a ragged row), or a header with no data rows.
-    pub fn parse(text: &str, source: &str) -> Result<Self> {
-        let mut lines = text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty());
-        let (_, header_line) = lines.next().ok_or_else(|| Error::BadData {
-            file: source.to_string(),
-            row: 0,
-            column: "-".to_string(),
-            reason: "the file is empty (a header line is required)".to_string(),
-        })?;
-        let header: Vec<String> = split_line(header_line);
-        let mut seen = HashSet::new();
-        for (i, name) in header.iter().enumerate() {
-            if name.is_empty() {
-                return Err(Error::BadData {
-                    file: source.to_string(),
-                    row: 0,
-                    column: format!("#{}", i + 1),
-                    reason: "empty column name in the header".to_string(),
-                });
-            }
-            if !seen.insert(name.as_str()) {
-                return Err(Error::BadData {
-                    file: source.to_string(),
-                    row: 0,
-                    column: name.clone(),
-                    reason: "column name appears twice in the header".to_string(),
-                });
-            }
-        }
-        let mut rows = Vec::new();
-        for (data_row, (_, line)) in lines.enumerate() {
-            let cells = split_line(line);
-            if cells.len() != header.len() {
-                let column = if cells.len() > header.len() {
-                    format!("#{} (beyond the header)", header.len() + 1)
-                } else {
-                    header[cells.len()].clone()
-                };
-                return Err(Error::BadData {
-                    file: source.to_string(),
-                    row: data_row + 1,
-                    column,
-                    reason: format!(
-                        "ragged row: {} cells where the header has {} columns",
-                        cells.len(),
-                        header.len()
-                    ),
-                });
-            }
-            rows.push(cells);
-        }
-        if rows.is_empty() {
-            return Err(Error::BadData {
-                file: source.to_string(),
-                row: 0,
-                column: "-".to_string(),
-                reason: "the file has a header but no data rows".to_string(),
-            });
-        }
-        Ok(Self {
-            source: source.to_string(),
-            header,
-            rows,
-        })
-    }
-
-    /// The name of the input, as used in error messages.
-    pub fn source(&self) -> &str {
-        &self.source
-    }
-
-    /// Column names in file order.
-    pub fn header(&self) -> &[String] {
-        &self.header
-    }
-
-    /// Number of data rows.
-    pub fn num_rows(&self) -> usize {
-        self.rows.len()
-    }
-
-    /// The position of a column, or an error naming the missing column and the file.
-    pub fn column_index(&self, name: &str) -> Result<usize> {
-        self.header
-            .iter()
-            .position(|h| h == name)
-            .ok_or_else(|| Error::BadData {
-                file: self.source.clone(),
-                row: 0,
-                column: name.to_string(),
-                reason: format!(
-                    "no such column in the header (columns: {})",
-                    self.header.join(", ")
-                ),
-            })
-    }
-
-    /// The text cells of one column.
-    pub fn text_column(&self, name: &str) -> Result<Vec<&str>> {
-        let j = self.column_index(name)?;
-        Ok(self.rows.iter().map(|r| r[j].as_str()).collect())
-    }
-
-    /// The cells of one column parsed as finite numbers; a non-numeric, empty, NaN or infinite
-    /// cell gives an error naming its row and column.
-    pub fn numeric_column(&self, name: &str) -> Result<Vec<f64>> {
-        let j = self.column_index(name)?;
-        self.rows
-            .iter()
-            .enumerate()
-            .map(|(i, r)| parse_number(&r[j], &self.source, i + 1, name))
-            .collect()
-    }
-
-    /// The named columns as a row-major matrix (`num_rows × names.len()`).
-    pub fn numeric_matrix(&self, names: &[String]) -> Result<Vec<f64>> {
-        let idx = names
-            .iter()
-            .map(|n| self.column_index(n))
-            .collect::<Result<Vec<_>>>()?;
-        let mut out = Vec::with_capacity(self.rows.len() * idx.len());
-        for (i, r) in self.rows.iter().enumerate() {
-            for (&j, name) in idx.iter().zip(names) {
-                out.push(parse_number(&r[j], &self.source, i + 1, name)?);
-            }
-        }
-        Ok(out)
-    }
-}
-
-fn split_line(line: &str) -> Vec<String> {
-    line.trim_end_matches('\r')
-        .split(',')
-        .map(|c| c.trim().to_string())
-        .collect()
-}
-
-fn parse_number(cell: &str, file: &str, row: usize, column: &str) -> Result<f64> {
-    match cell.parse::<f64>() {
-        Ok(v) if v.is_finite() => Ok(v),
-        Ok(v) => Err(Error::BadData {
-            file: file.to_string(),
-            row,
-            column: column.to_string(),
-            reason: format!("value {v} is not finite"),
-        }),
-        Err(_) => Err(Error::BadData {
-            file: file.to_string(),
-            row,
-            column: column.to_string(),
-            reason: if cell.is_empty() {
-                "empty cell where a number is expected".to_string()
-            } else {
-                format!("`{cell}` is not a number")
-            },
-        }),
-    }
-}
-
 /// What to read from a CSV file: the target column, an optional split column, and the task.
 #[derive(Debug, Clone)]
 pub struct CsvSpec {
@@ -220,6 +39,137 @@ pub struct CsvSpec {
     pub split_column: Option<String>,
     /// How to read the target column.
     pub task: TaskKind,
+    /// Columns that are neither target nor feature (identifiers, free text): dropped.
+    pub ignore: Vec<String>,
+    /// Text feature columns to one-hot encode ([`FeatureColumn::Categorical`]).
+    pub categorical: Vec<String>,
+}
+
+impl CsvSpec {
+    /// Target and task; no split column, nothing ignored, every feature numeric.
+    pub fn new(target: impl Into<String>, task: TaskKind) -> Self {
+        Self {
+            target: target.into(),
+            split_column: None,
+            task,
+            ignore: Vec::new(),
+            categorical: Vec::new(),
+        }
+    }
+}
+
+/// How one feature column of a table becomes model inputs.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FeatureColumn {
+    /// A numeric column, one input, as written in the file.
+    Numeric {
+        /// Column name.
+        name: String,
+    },
+    /// A text column, one-hot encoded: one input per category (1 for the row's category, 0
+    /// for the others), in this order. The categories are the distinct non-empty values of the
+    /// table it was fitted on, sorted as class labels are ([`sorted_labels`]).
+    Categorical {
+        /// Column name.
+        name: String,
+        /// Known categories, one input each.
+        categories: Vec<String>,
+    },
+}
+
+impl FeatureColumn {
+    /// The column's name in the file.
+    pub fn name(&self) -> &str {
+        match self {
+            FeatureColumn::Numeric { name } | FeatureColumn::Categorical { name, .. } => name,
+        }
+    }
+
+    /// The model inputs it gives: `name`, or `name=category` per category.
+    pub fn input_names(&self) -> Vec<String> {
+        match self {
+            FeatureColumn::Numeric { name } => vec![name.clone()],
+            FeatureColumn::Categorical { name, categories } => {
+                categories.iter().map(|c| format!("{name}={c}")).collect()
+            }
+        }
+    }
+}
+
+/// The model inputs of `columns`, in order ([`FeatureColumn::input_names`]).
+pub fn input_names(columns: &[FeatureColumn]) -> Vec<String> {
+    columns
+        .iter()
+        .flat_map(FeatureColumn::input_names)
+        .collect()
+}
+
+/// The rows of `table` as model inputs (row-major, `num_rows × input_names(columns).len()`).
+///
+/// Errors name the file, row and column: a missing column, a non-numeric cell in a numeric
+/// column (with the hint to declare it categorical or ignore it), an empty cell or a category
+/// not among the known ones in a categorical column.
+pub fn encode_features(table: &CsvTable, columns: &[FeatureColumn]) -> Result<Vec<f64>> {
+    let width = input_names(columns).len();
+    let mut out = vec![0.0; table.num_rows() * width];
+    let mut offset = 0;
+    for column in columns {
+        match column {
+            FeatureColumn::Numeric { name } => {
+                let values = table
+                    .numeric_column(name)
+                    .map_err(|e| text_column_hint(e, name))?;
+                for (i, v) in values.into_iter().enumerate() {
+                    out[i * width + offset] = v;
+                }
+                offset += 1;
+            }
+            FeatureColumn::Categorical { name, categories } => {
+                for (i, cell) in table.text_column(name)?.into_iter().enumerate() {
+                    let k = categories.iter().position(|c| c == cell).ok_or_else(|| {
+                        Error::BadData {
+                            file: table.source().to_string(),
+                            row: i + 1,
+                            column: name.clone(),
+                            reason: if cell.is_empty() {
+                                "empty cell in a categorical column".to_string()
+                            } else {
+                                format!(
+                                    "category `{cell}` is not one of the {} known when the model was fitted ({})",
+                                    categories.len(),
+                                    categories.join(", ")
+                                )
+                            },
+                        }
+                    })?;
+                    out[i * width + offset + k] = 1.0;
+                }
+                offset += categories.len();
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Adds to a "not a number" error in a numeric feature column how to use a text column.
+fn text_column_hint(err: Error, name: &str) -> Error {
+    match err {
+        Error::BadData {
+            file,
+            row,
+            column,
+            reason,
+        } if reason.ends_with("is not a number") => Error::BadData {
+            file,
+            row,
+            column,
+            reason: format!(
+                "{reason} (a text column: pass --categorical {name} to one-hot encode it, or --ignore {name})"
+            ),
+        },
+        other => other,
+    }
 }
 
 /// Targets read from the target column.
@@ -241,9 +191,12 @@ pub enum Targets {
 /// A numeric table read from CSV: features (row-major, raw units), targets and splits.
 #[derive(Debug, Clone)]
 pub struct TabularData {
-    /// Feature column names, in file order.
+    /// The feature columns, in file order, and how each is encoded.
+    pub columns: Vec<FeatureColumn>,
+    /// Model input names ([`input_names`] of `columns`).
     pub feature_names: Vec<String>,
-    /// Row-major features, `num_rows × feature_names.len()`, as written in the file.
+    /// Row-major features, `num_rows × feature_names.len()`, as written in the file (one-hot
+    /// 0/1 for categorical columns).
     pub features: Vec<f64>,
     /// Targets per row.
     pub targets: Targets,
@@ -278,7 +231,8 @@ pub fn load_csv(path: impl AsRef<Path>, spec: &CsvSpec) -> Result<TabularData> {
 /// Extracts features, targets and splits from a table.
 ///
 /// Errors (each naming file, row and column): a missing target or split column, a split value
-/// other than `train`/`test`, a non-numeric feature (or regression target), no feature column,
+/// other than `train`/`test`, a non-numeric feature (or regression target), an `ignore` or
+/// `categorical` name that is not a column (naming the option), no feature column,
 /// no training row, and, for classification, fewer than two distinct classes among the training
 /// rows.
 pub fn load_table(table: &CsvTable, spec: &CsvSpec) -> Result<TabularData> {
@@ -310,21 +264,9 @@ pub fn load_table(table: &CsvTable, spec: &CsvSpec) -> Result<TabularData> {
             reason: "no training rows".to_string(),
         });
     }
-    let feature_names: Vec<String> = table
-        .header()
-        .iter()
-        .filter(|h| **h != spec.target && Some(*h) != spec.split_column.as_ref())
-        .cloned()
-        .collect();
-    if feature_names.is_empty() {
-        return Err(Error::BadData {
-            file,
-            row: 0,
-            column: "-".to_string(),
-            reason: "no feature columns besides the target and split columns".to_string(),
-        });
-    }
-    let features = table.numeric_matrix(&feature_names)?;
+    let columns = feature_columns(table, spec)?;
+    let feature_names = input_names(&columns);
+    let features = encode_features(table, &columns)?;
     let targets = match spec.task {
         TaskKind::Regression => Targets::Values(table.numeric_column(&spec.target)?),
         TaskKind::Classification => {
@@ -368,11 +310,74 @@ pub fn load_table(table: &CsvTable, spec: &CsvSpec) -> Result<TabularData> {
         }
     };
     Ok(TabularData {
+        columns,
         feature_names,
         features,
         targets,
         splits,
     })
+}
+
+/// The feature columns of `table` under `spec`: every column but the target, the split
+/// column and the ignored ones, categorical where the spec says so.
+fn feature_columns(table: &CsvTable, spec: &CsvSpec) -> Result<Vec<FeatureColumn>> {
+    for (flag, names) in [("ignore", &spec.ignore), ("categorical", &spec.categorical)] {
+        for name in names {
+            table.column_index(name).map_err(|e| match e {
+                Error::BadData { reason, .. } => {
+                    Error::invalid(flag, format!("`{name}`: {reason} of {}", table.source()))
+                }
+                other => other,
+            })?;
+            if *name == spec.target || Some(name) == spec.split_column.as_ref() {
+                return Err(Error::invalid(
+                    flag,
+                    format!("`{name}` is the target or split column"),
+                ));
+            }
+        }
+    }
+    if let Some(name) = spec.categorical.iter().find(|c| spec.ignore.contains(c)) {
+        return Err(Error::invalid(
+            "categorical",
+            format!("`{name}` is also in --ignore"),
+        ));
+    }
+    let mut columns = Vec::new();
+    for name in table.header() {
+        if *name == spec.target
+            || Some(name) == spec.split_column.as_ref()
+            || spec.ignore.contains(name)
+        {
+            continue;
+        }
+        if spec.categorical.contains(name) {
+            let cells = table.text_column(name)?;
+            if let Some(i) = cells.iter().position(|c| c.is_empty()) {
+                return Err(Error::BadData {
+                    file: table.source().to_string(),
+                    row: i + 1,
+                    column: name.clone(),
+                    reason: "empty cell in a categorical column".to_string(),
+                });
+            }
+            columns.push(FeatureColumn::Categorical {
+                name: name.clone(),
+                categories: sorted_labels(cells.into_iter()),
+            });
+        } else {
+            columns.push(FeatureColumn::Numeric { name: name.clone() });
+        }
+    }
+    if columns.is_empty() {
+        return Err(Error::BadData {
+            file: table.source().to_string(),
+            row: 0,
+            column: "-".to_string(),
+            reason: "no feature columns besides the target, split and ignored columns".to_string(),
+        });
+    }
+    Ok(columns)
 }
 
 /// Distinct labels in sorted order: numeric order when all parse as finite numbers, otherwise

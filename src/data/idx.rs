@@ -125,7 +125,7 @@ pub fn read_idx(images: impl AsRef<Path>, labels: impl AsRef<Path>) -> Result<Id
 }
 
 /// Reads 28×28 images from a CSV with header `label,px0..px783` (pixels 0–255, labels 0–9), the
-/// format of `mnist_cnn --test`, with the crate's CSV reader ([`super::csv::CsvTable`]).
+/// format of `mnist_cnn --test`, with the crate's CSV reader ([`crate::io::CsvTable`]).
 ///
 /// Errors name the file and the 1-based data row: a header other than `label,px0..px783` (wrong
 /// column count or names), a pixel that is not an integer in 0–255, a label that is not an
@@ -133,7 +133,7 @@ pub fn read_idx(images: impl AsRef<Path>, labels: impl AsRef<Path>) -> Result<Id
 pub fn read_image_csv(path: impl AsRef<Path>) -> Result<IdxImages> {
     const SIDE: usize = 28;
     let path = path.as_ref();
-    let table = super::csv::CsvTable::read(path)?;
+    let table = crate::io::CsvTable::read(path)?;
     let file = path.display().to_string();
     let bad = |row: usize, column: &str, reason: String| Error::BadData {
         file: file.clone(),

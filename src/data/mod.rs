@@ -14,7 +14,10 @@ pub mod toy;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-pub use csv::{load_csv, load_table, CsvSpec, CsvTable, Split, TabularData, Targets, TaskKind};
+pub use csv::{
+    encode_features, input_names, load_csv, load_table, CsvSpec, FeatureColumn, Split, TabularData,
+    Targets, TaskKind,
+};
 
 use crate::error::{Error, Result};
 

@@ -1,10 +1,9 @@
-//! File format readers: `.npy`, `.npz`, `.safetensors` (through candle) and CSV (parsed here).
-
-use std::path::Path;
+//! File format readers: `.npy`, `.npz`, `.safetensors` (through candle) and CSV (through `CsvTable`).
 
 use candle_core::{DType, Tensor};
 
 use super::array::{Array, InputSpec, Precision, Role};
+use super::csv::{CsvTable, Header};
 use crate::error::{Error, Result};
 
 /// Reads the array that `spec` designates, for the given role.
@@ -126,96 +125,17 @@ fn tensor_to_array(source: String, t: &Tensor) -> Result<Array> {
     Ok(array)
 }
 
-/// One parsed CSV file: optional header and rows of raw cells.
-struct CsvTable {
-    header: Option<Vec<String>>,
-    /// (1-based data row number, cells)
-    rows: Vec<(usize, Vec<String>)>,
-}
-
-/// Splits one CSV line at commas; double-quoted cells may hold commas and `""` escapes.
-fn split_csv_line(line: &str) -> Vec<String> {
-    let mut cells = Vec::new();
-    let mut cell = String::new();
-    let mut quoted = false;
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' if quoted && chars.peek() == Some(&'"') => {
-                cell.push('"');
-                chars.next();
-            }
-            '"' => quoted = !quoted,
-            ',' if !quoted => cells.push(std::mem::take(&mut cell).trim().to_string()),
-            _ => cell.push(c),
-        }
-    }
-    cells.push(cell.trim().to_string());
-    cells
-}
-
-fn parse_number(cell: &str) -> Option<f64> {
-    cell.parse::<f64>().ok()
-}
-
-fn parse_csv_table(path: &Path) -> Result<CsvTable> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let text = String::from_utf8(bytes)
-        .map_err(|_| Error::bad_file(path, "not a UTF-8 text (CSV) file"))?;
-    let mut lines = text
-        .lines()
-        .map(|l| l.trim_end_matches('\r'))
-        .filter(|l| !l.trim().is_empty());
-    let first = match lines.next() {
-        Some(l) => split_csv_line(l.trim_start_matches('\u{feff}')),
-        None => {
-            return Ok(CsvTable {
-                header: None,
-                rows: Vec::new(),
-            })
-        }
-    };
-    let is_header = first.iter().any(|c| parse_number(c).is_none());
-    let mut rows = Vec::new();
-    let header = if is_header {
-        Some(first)
-    } else {
-        rows.push((1, first));
-        None
-    };
-    for line in lines {
-        let n = rows.len() + 1;
-        rows.push((n, split_csv_line(line)));
-    }
-    Ok(CsvTable { header, rows })
-}
-
 /// Reads a CSV file, keeping the columns the spec or the role asks for.
 fn read_csv(spec: &InputSpec, role: Role) -> Result<Array> {
     let path = spec.path.as_path();
-    let file = path.display().to_string();
-    let table = parse_csv_table(path)?;
-    let width = table
-        .header
-        .as_ref()
-        .map(|h| h.len())
-        .or_else(|| table.rows.first().map(|r| r.1.len()))
-        .unwrap_or(0);
-    let names: Vec<String> = match &table.header {
-        Some(h) => h.clone(),
-        None => (0..width).map(|j| j.to_string()).collect(),
-    };
+    let table = CsvTable::read_with(path, Header::Detect)?;
+    let names = table.header();
+    let width = names.len();
 
     // Which columns to keep.
     let selected: Vec<usize> = if let Some(key) = &spec.key {
-        let j = names.iter().position(|n| n == key).ok_or_else(|| {
-            Error::bad_file(
-                path,
-                format!("has no column `{key}` (columns: {})", names.join(", ")),
-            )
-        })?;
-        vec![j]
-    } else if table.header.is_some() {
+        vec![table.column_index(key)?]
+    } else if table.has_header() {
         let by_name = role
             .default_names()
             .iter()
@@ -236,36 +156,12 @@ fn read_csv(spec: &InputSpec, role: Role) -> Result<Array> {
     } else {
         (0..width).collect()
     };
-
-    let mut values = Vec::with_capacity(table.rows.len() * selected.len());
-    for (row_no, cells) in &table.rows {
-        if cells.len() != width {
-            return Err(Error::BadData {
-                file: file.clone(),
-                row: *row_no,
-                column: "-".into(),
-                reason: format!("has {} cells, expected {width}", cells.len()),
-            });
-        }
-        for &j in &selected {
-            let cell = &cells[j];
-            let v = parse_number(cell).ok_or_else(|| Error::BadData {
-                file: file.clone(),
-                row: *row_no,
-                column: names[j].clone(),
-                reason: if cell.is_empty() {
-                    "empty cell".to_string()
-                } else {
-                    format!("`{cell}` is not a number")
-                },
-            })?;
-            values.push(v);
-        }
-    }
+    let selected_names: Vec<String> = selected.iter().map(|&j| names[j].clone()).collect();
+    let values = table.numeric_matrix(&selected_names)?;
     let source = spec.to_string();
-    let mut array = Array::new(source, table.rows.len(), selected.len(), values)?;
-    if table.header.is_some() {
-        array.column_names = Some(selected.iter().map(|&j| names[j].clone()).collect());
+    let mut array = Array::new(source, table.num_rows(), selected.len(), values)?;
+    if table.has_header() {
+        array.column_names = Some(selected_names);
     }
     Ok(array)
 }
@@ -273,14 +169,6 @@ fn read_csv(spec: &InputSpec, role: Role) -> Result<Array> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn csv_cells_split_with_quotes() {
-        assert_eq!(
-            split_csv_line(r#"1, "a,b" ,"x""y""#),
-            vec!["1", "a,b", "x\"y"]
-        );
-    }
 
     #[test]
     fn csv_header_detected_and_prob_columns_selected() {

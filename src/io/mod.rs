@@ -13,7 +13,8 @@
 //! | `.safetensors` | several named tensors | as for `.npz` |
 //! | `.csv` (anything else is read as CSV) | comma-separated numbers, optional header row | `FILE.csv:COLUMN`, or role defaults |
 //!
-//! A CSV file has a header when any cell of its first line is not a number. Rows are numbered
+//! CSV files are read by [`CsvTable`] (its quoting rules are documented there) and have a
+//! header when any cell of their first line is not a number ([`Header::Detect`]). Rows are numbered
 //! from 1, not counting the header, and columns are named by their header or by their 0-based
 //! index; array files use the same numbering (row `i + 1` is index `i` of the first axis).
 //!
@@ -24,10 +25,12 @@
 //! logits, labels, predictive means, standard deviations, and regression targets.
 
 mod array;
+mod csv;
 mod formats;
 mod validate;
 
 pub use array::{Array, InputSpec, Precision, Role};
+pub use csv::{CsvTable, Header};
 pub use formats::read_input;
 pub use validate::{
     check_finite, check_non_empty, check_positive, check_probabilities, check_same_rows,

@@ -5,6 +5,12 @@
 
 use super::array::{Array, Precision};
 use crate::error::{Error, Result};
+use crate::metrics::{
+    label_problem, not_finite_problem, probability_problem, row_sum_problem, std_problem,
+};
+
+/// Appended to a probability error: the usual cause is scores passed as probabilities.
+const LOGITS_HINT: &str = "; pass --logits if these are scores";
 
 /// How far a row of probabilities may sum from 1 and still be accepted: `|Σ_k p_k − 1| ≤ 1e-4`,
 /// the metrics' own tolerance. Loose enough for `f32` outputs of a softmax over many classes,
@@ -35,7 +41,7 @@ pub fn check_finite(a: &Array) -> Result<()> {
             a,
             i / a.cols + 1,
             a.column_name(i % a.cols),
-            format!("value {} is not finite", a.values[i]),
+            not_finite_problem(a.values[i]),
         )),
         None => Ok(()),
     }
@@ -49,45 +55,38 @@ pub fn check_probabilities(a: &Array) -> Result<()> {
     check_finite(a)?;
     for i in 0..a.rows {
         let row = a.row(i);
-        if let Some(j) = row.iter().position(|p| !(0.0..=1.0).contains(p)) {
+        if let Some((j, reason)) = row
+            .iter()
+            .enumerate()
+            .find_map(|(j, &p)| probability_problem(p).map(|r| (j, r)))
+        {
             return Err(bad(
                 a,
                 i + 1,
                 a.column_name(j),
-                format!(
-                    "probability {} is outside [0, 1] (pass --logits if these are scores)",
-                    row[j]
-                ),
+                format!("{reason}{LOGITS_HINT}"),
             ));
         }
         if a.cols > 1 {
-            let sum: f64 = row.iter().sum();
-            if (sum - 1.0).abs() > ROW_SUM_TOLERANCE {
-                return Err(bad(
-                    a,
-                    i + 1,
-                    "sum",
-                    format!(
-                        "probabilities sum to {sum}, not 1 (±{ROW_SUM_TOLERANCE}); pass --logits if these are scores"
-                    ),
-                ));
+            if let Some(reason) = row_sum_problem(row.iter().sum()) {
+                return Err(bad(a, i + 1, "sum", format!("{reason}{LOGITS_HINT}")));
             }
         }
     }
     Ok(())
 }
 
-/// Requires every value to be finite and strictly positive (standard deviations).
+/// Requires every value to be a valid standard deviation: finite and strictly positive.
 pub fn check_positive(a: &Array) -> Result<()> {
     check_non_empty(a)?;
     check_finite(a)?;
-    match a.values.iter().position(|&v| v <= 0.0) {
-        Some(i) => Err(bad(
-            a,
-            i / a.cols + 1,
-            a.column_name(i % a.cols),
-            format!("value {} must be > 0", a.values[i]),
-        )),
+    match a
+        .values
+        .iter()
+        .enumerate()
+        .find_map(|(i, &v)| std_problem(v).map(|r| (i, r)))
+    {
+        Some((i, reason)) => Err(bad(a, i / a.cols + 1, a.column_name(i % a.cols), reason)),
         None => Ok(()),
     }
 }
@@ -127,19 +126,14 @@ pub fn labels_to_classes(a: &Array, n_classes: usize) -> Result<Vec<u32>> {
     a.values
         .iter()
         .enumerate()
-        .map(|(i, &v)| {
-            if v.fract() != 0.0 || v < 0.0 || v >= n_classes as f64 {
-                Err(bad(
-                    a,
-                    i + 1,
-                    a.column_name(0),
-                    format!(
-                        "label {v} is not a class index in 0..{n_classes} (the predictions have {n_classes} classes)"
-                    ),
-                ))
-            } else {
-                Ok(v as u32)
-            }
+        .map(|(i, &v)| match label_problem(v, n_classes) {
+            Some(reason) => Err(bad(
+                a,
+                i + 1,
+                a.column_name(0),
+                format!("{reason} (the predictions have {n_classes} classes)"),
+            )),
+            None => Ok(v as u32),
         })
         .collect()
 }

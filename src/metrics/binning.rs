@@ -23,7 +23,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{bad_data, check_non_empty, check_same_len, Probability};
+use super::{check_confidences, Probability};
 use crate::Result;
 
 /// Default number of bins (15, as in Guo et al. 2017).
@@ -193,16 +193,14 @@ pub(crate) fn check_bins(n_bins: usize) -> Result<()> {
     Ok(())
 }
 
-/// Validates (confidence, correct) pairs: same length, non-empty, confidences in `[0, 1]`.
-fn check_confidences<T: Probability>(confidence: &[T], correct: &[bool]) -> Result<()> {
-    check_non_empty("confidence", confidence.len())?;
-    check_same_len("confidence", confidence.len(), "correct", correct.len())?;
-    for (i, c) in confidence.iter().enumerate() {
-        if let Some(reason) = super::probability_problem(c.to_f64()) {
-            return Err(bad_data("confidence", i, "confidence", reason));
-        }
-    }
-    Ok(())
+/// The checks of both reliability binnings: bin count, then the (confidence, correct) pairs.
+fn check_reliability_input<T: Probability>(
+    confidence: &[T],
+    correct: &[bool],
+    n_bins: usize,
+) -> Result<()> {
+    check_bins(n_bins)?;
+    check_confidences(confidence, correct)
 }
 
 /// Equal-width reliability bins of (confidence, correct) pairs, e.g. top-label confidences.
@@ -211,8 +209,7 @@ pub fn calibration_bins<T: Probability>(
     correct: &[bool],
     n_bins: usize,
 ) -> Result<CalibrationBins> {
-    check_bins(n_bins)?;
-    check_confidences(confidence, correct)?;
+    check_reliability_input(confidence, correct, n_bins)?;
     let edges = edges_in::<T>(n_bins);
     let mut counts = vec![0u64; n_bins];
     let mut conf = vec![0.0f64; n_bins];
@@ -240,8 +237,7 @@ pub fn calibration_bins_equal_mass<T: Probability>(
     correct: &[bool],
     n_bins: usize,
 ) -> Result<CalibrationBins> {
-    check_bins(n_bins)?;
-    check_confidences(confidence, correct)?;
+    check_reliability_input(confidence, correct, n_bins)?;
     let mut keys: Vec<u64> = confidence
         .iter()
         .zip(correct)

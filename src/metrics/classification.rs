@@ -28,8 +28,8 @@ use super::binning::{
     sort_key, BinningScheme, CalibrationBins, DEFAULT_BINS,
 };
 use super::{
-    bad_data, check_non_empty, check_same_len, label_indices, matrix_rows, probability_problem,
-    ClassLabel, Probability, ROW_SUM_TOLERANCE,
+    bad_data, check_non_empty, check_probability_row, check_same_len, label_indices, matrix_rows,
+    probability_problem, row_sum_problem, ClassLabel, Probability,
 };
 use crate::{Error, Result};
 
@@ -354,12 +354,8 @@ fn accumulate_row<T: Probability>(
     }
     let sum: f64 = sum.iter().sum();
     let sum_sq: f64 = sum_sq.iter().sum();
-    if (sum - 1.0).abs() > ROW_SUM_TOLERANCE {
-        acc.note_problem(
-            row_index,
-            "row sum".to_string(),
-            format!("probabilities sum to {sum}, not 1 (tolerance {ROW_SUM_TOLERANCE:e})"),
-        );
+    if let Some(reason) = row_sum_problem(sum) {
+        acc.note_problem(row_index, "row sum".to_string(), reason);
         return;
     }
     for (k, &p) in row.iter().enumerate() {
@@ -429,32 +425,6 @@ pub(crate) fn argmax<T: Probability>(row: &[T]) -> (usize, T) {
         }
     }
     (best_k, best)
-}
-
-/// Checks one probability row (values in `[0, 1]`, sum 1 within the tolerance).
-pub(crate) fn check_probability_row<T: Probability>(row_index: usize, row: &[T]) -> Result<()> {
-    let mut sum = 0.0;
-    for (k, p) in row.iter().enumerate() {
-        let v = p.to_f64();
-        if let Some(reason) = probability_problem(v) {
-            return Err(bad_data(
-                "probabilities",
-                row_index,
-                format!("class {k}"),
-                reason,
-            ));
-        }
-        sum += v;
-    }
-    if (sum - 1.0).abs() > ROW_SUM_TOLERANCE {
-        return Err(bad_data(
-            "probabilities",
-            row_index,
-            "row sum",
-            format!("probabilities sum to {sum}, not 1 (tolerance {ROW_SUM_TOLERANCE:e})"),
-        ));
-    }
-    Ok(())
 }
 
 /// Validates binary input: `P(y = 1)` in `[0, 1]` and labels in `{0, 1}`.

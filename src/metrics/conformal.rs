@@ -42,8 +42,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::classification::check_probability_row;
-use super::regression::{check_gaussian, check_std, check_values};
+use super::{check_gaussian, check_probability_row, check_std, check_values};
 use super::{check_same_len, label_indices, matrix_rows, ClassLabel, Probability};
 use crate::{Error, Result};
 

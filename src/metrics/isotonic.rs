@@ -30,8 +30,11 @@
 use serde::{Deserialize, Serialize};
 
 use super::binning::{check_bins, edges_in, equal_width_bin_index};
-use super::regression::{check_gaussian, check_std, check_values, std_normal_cdf, std_normal_ppf};
-use super::{bad_data, check_non_empty, check_same_len, probability_problem};
+use super::regression::{std_normal_cdf, std_normal_ppf};
+use super::{
+    bad_data, check_confidences, check_gaussian, check_non_empty, check_same_len, check_std,
+    check_values, probability_problem,
+};
 use crate::{Error, Result};
 
 /// Checks optional weights: as many as `n`, finite and `> 0`.
@@ -166,24 +169,10 @@ impl IsotonicFit {
     }
 }
 
-/// Validates (confidence, correct) pairs: confidences are probabilities.
-fn check_confidence(confidence: &[f64], correct: &[bool]) -> Result<()> {
-    check_non_empty("confidence", confidence.len())?;
-    check_same_len("confidence", confidence.len(), "correct", correct.len())?;
-    if let Some((i, r)) = confidence
-        .iter()
-        .enumerate()
-        .find_map(|(i, &c)| probability_problem(c).map(|r| (i, r)))
-    {
-        return Err(bad_data("confidence", i, "confidence", r));
-    }
-    Ok(())
-}
-
 /// Isotonic recalibration of classification confidence (e.g. top-label `max_k p_k`) against
 /// correctness: an [`IsotonicFit`] of `1[correct]` on the confidence.
 pub fn fit_isotonic_confidence(confidence: &[f64], correct: &[bool]) -> Result<IsotonicFit> {
-    check_confidence(confidence, correct)?;
+    check_confidences(confidence, correct)?;
     let hits: Vec<f64> = correct.iter().map(|&c| f64::from(u8::from(c))).collect();
     IsotonicFit::fit(confidence, &hits, None)
 }
@@ -201,7 +190,7 @@ impl HistogramBinning {
     /// Fits `n_bins` equal-width bins on calibration confidences and correctness.
     pub fn fit(confidence: &[f64], correct: &[bool], n_bins: usize) -> Result<Self> {
         check_bins(n_bins)?;
-        check_confidence(confidence, correct)?;
+        check_confidences(confidence, correct)?;
         let edges = edges_in::<f64>(n_bins);
         let mut counts = vec![0u64; n_bins];
         let mut hits = vec![0u64; n_bins];

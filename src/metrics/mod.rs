@@ -30,6 +30,9 @@ pub mod recalibration;
 pub mod regression;
 pub mod selective;
 pub mod uncertainty;
+mod validate;
+
+pub(crate) use validate::*;
 
 pub use binning::{
     calibration_bins, calibration_bins_equal_mass, equal_width_bin_index, BinStats, BinningScheme,
@@ -71,7 +74,7 @@ pub use uncertainty::{
     UncertaintySummary,
 };
 
-use crate::{Error, Result};
+use crate::Error;
 
 /// Largest accepted |Σ_k p_k − 1| for a probability row: 1e-4, loose enough for probabilities
 /// written in f32 and re-read, tight enough to catch unnormalised scores.
@@ -94,47 +97,31 @@ pub trait Probability: Copy + PartialOrd + Send + Sync + 'static {
     fn ceil_scaled(self, n: Self) -> i32;
 }
 
-impl Probability for f32 {
-    #[inline(always)]
-    fn to_f64(self) -> f64 {
-        self as f64
-    }
-    #[inline(always)]
-    fn bin_edge(i: usize, n: usize) -> Self {
-        i as f32 / n as f32
-    }
-    #[inline(always)]
-    fn from_count(n: usize) -> Self {
-        n as f32
-    }
-    #[inline(always)]
-    fn ceil_scaled(self, n: Self) -> i32 {
-        let x = self * n;
-        let t = x as i32;
-        t + i32::from((t as f32) < x)
-    }
+macro_rules! impl_probability {
+    ($($t:ty),*) => {$(
+        impl Probability for $t {
+            #[inline(always)]
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            #[inline(always)]
+            fn bin_edge(i: usize, n: usize) -> Self {
+                i as $t / n as $t
+            }
+            #[inline(always)]
+            fn from_count(n: usize) -> Self {
+                n as $t
+            }
+            #[inline(always)]
+            fn ceil_scaled(self, n: Self) -> i32 {
+                let x = self * n;
+                let t = x as i32;
+                t + i32::from((t as $t) < x)
+            }
+        }
+    )*};
 }
-
-impl Probability for f64 {
-    #[inline(always)]
-    fn to_f64(self) -> f64 {
-        self
-    }
-    #[inline(always)]
-    fn bin_edge(i: usize, n: usize) -> Self {
-        i as f64 / n as f64
-    }
-    #[inline(always)]
-    fn from_count(n: usize) -> Self {
-        n as f64
-    }
-    #[inline(always)]
-    fn ceil_scaled(self, n: Self) -> i32 {
-        let x = self * n;
-        let t = x as i32;
-        t + i32::from((t as f64) < x)
-    }
-}
+impl_probability!(f32, f64);
 
 /// An integer class label type. Negative or out-of-range labels are reported as errors.
 pub trait ClassLabel: Copy + Send + Sync + 'static {
@@ -171,94 +158,4 @@ pub fn attribute_to_file(err: Error, input_name: &str, file: &str) -> Error {
         },
         other => other,
     }
-}
-
-/// A [`Error::BadData`] for input `input` at 0-based `row_index`.
-pub(crate) fn bad_data(
-    input: &str,
-    row_index: usize,
-    column: impl Into<String>,
-    reason: impl Into<String>,
-) -> Error {
-    Error::BadData {
-        file: input.to_string(),
-        row: row_index + 1,
-        column: column.into(),
-        reason: reason.into(),
-    }
-}
-
-/// Checks that `input` is not empty.
-pub(crate) fn check_non_empty(input: &str, len: usize) -> Result<()> {
-    if len == 0 {
-        return Err(Error::BadData {
-            file: input.to_string(),
-            row: 0,
-            column: String::new(),
-            reason: "input is empty".to_string(),
-        });
-    }
-    Ok(())
-}
-
-/// Checks that two inputs have the same number of rows.
-pub(crate) fn check_same_len(a: &str, a_len: usize, b: &str, b_len: usize) -> Result<()> {
-    if a_len != b_len {
-        return Err(Error::BadData {
-            file: b.to_string(),
-            row: 0,
-            column: String::new(),
-            reason: format!("has {b_len} rows but `{a}` has {a_len}"),
-        });
-    }
-    Ok(())
-}
-
-/// Number of rows of a row-major `[rows, n_cols]` matrix, checking the shape.
-pub(crate) fn matrix_rows(input: &str, len: usize, n_cols: usize) -> Result<usize> {
-    if n_cols == 0 {
-        return Err(Error::invalid("n_classes", "must be at least 1"));
-    }
-    check_non_empty(input, len)?;
-    if len % n_cols != 0 {
-        return Err(Error::BadData {
-            file: input.to_string(),
-            row: len / n_cols + 1,
-            column: String::new(),
-            reason: format!("{len} values do not form whole rows of {n_cols} columns"),
-        });
-    }
-    Ok(len / n_cols)
-}
-
-/// The reason a probability value is refused, or `None` when it is a valid probability.
-#[inline]
-pub(crate) fn probability_problem(p: f64) -> Option<String> {
-    if p.is_nan() {
-        Some("value is NaN".to_string())
-    } else if p.is_infinite() {
-        Some(format!("value {p} is infinite"))
-    } else if !(0.0..=1.0).contains(&p) {
-        Some(format!("probability {p} is outside [0, 1]"))
-    } else {
-        None
-    }
-}
-
-/// Converts a slice of labels to class indices, checking the range `0..n_classes`.
-pub(crate) fn label_indices<L: ClassLabel>(labels: &[L], n_classes: usize) -> Result<Vec<usize>> {
-    labels
-        .iter()
-        .enumerate()
-        .map(|(i, l)| match l.class_index() {
-            Some(k) if k < n_classes => Ok(k),
-            Some(k) => Err(bad_data(
-                "labels",
-                i,
-                "label",
-                format!("label {k} is out of range 0..{n_classes}"),
-            )),
-            None => Err(bad_data("labels", i, "label", "label is negative")),
-        })
-        .collect()
 }

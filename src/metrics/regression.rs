@@ -30,7 +30,10 @@
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF, Normal};
 
-use super::{bad_data, check_non_empty, check_same_len};
+use super::{
+    bad_data, check_gaussian, check_mean_targets, check_non_empty, check_same_len, check_std,
+    check_values,
+};
 use crate::{Error, Result};
 
 /// Expected versus observed proportions (x and y of a calibration plot).
@@ -172,46 +175,6 @@ fn std_normal_pdf(z: f64) -> f64 {
     (-0.5 * z * z).exp() / (2.0 * std::f64::consts::PI).sqrt()
 }
 
-/// Validates a 1-D finite input named `name`.
-pub(crate) fn check_values(name: &str, values: &[f64]) -> Result<()> {
-    check_non_empty(name, values.len())?;
-    for (i, v) in values.iter().enumerate() {
-        if !v.is_finite() {
-            return Err(bad_data(name, i, name, format!("value {v} is not finite")));
-        }
-    }
-    Ok(())
-}
-
-/// Validates means and targets (same length, finite).
-fn check_mean_targets(mean: &[f64], y: &[f64]) -> Result<()> {
-    check_values("mean", mean)?;
-    check_values("targets", y)?;
-    check_same_len("mean", mean.len(), "targets", y.len())
-}
-
-/// Validates standard deviations (finite, > 0), and their length against `n`.
-pub(crate) fn check_std(std: &[f64], n: usize) -> Result<()> {
-    check_values("std", std)?;
-    check_same_len("mean", n, "std", std.len())?;
-    for (i, s) in std.iter().enumerate() {
-        if *s <= 0.0 {
-            return Err(bad_data(
-                "std",
-                i,
-                "std",
-                format!("standard deviation {s} is not positive"),
-            ));
-        }
-    }
-    Ok(())
-}
-
-pub(crate) fn check_gaussian(mean: &[f64], std: &[f64], y: &[f64]) -> Result<()> {
-    check_mean_targets(mean, y)?;
-    check_std(std, mean.len())
-}
-
 fn mean_of(it: impl Iterator<Item = f64>, n: usize) -> f64 {
     it.sum::<f64>() / n as f64
 }
@@ -289,22 +252,13 @@ pub fn interval_calibration_curve(
     y: &[f64],
     n_points: usize,
 ) -> Result<CalibrationCurve> {
-    check_gaussian(mean, std, y)?;
-    check_points(n_points)?;
-    let r = sorted_residuals(mean, std, y);
-    let n = r.len() as f64;
-    let expected = linspace(0.0, 1.0, n_points);
-    let observed = expected
-        .iter()
-        .map(|p| {
-            let lo = std_normal_ppf(0.5 - p / 2.0);
-            let hi = std_normal_ppf(0.5 + p / 2.0);
-            let at_most_hi = r.partition_point(|&x| x <= hi);
-            let below_lo = r.partition_point(|&x| x < lo);
-            at_most_hi.saturating_sub(below_lo) as f64 / n
-        })
-        .collect();
-    Ok(CalibrationCurve { expected, observed })
+    calibration_curve(mean, std, y, n_points, |r, p| {
+        let lo = std_normal_ppf(0.5 - p / 2.0);
+        let hi = std_normal_ppf(0.5 + p / 2.0);
+        let at_most_hi = r.partition_point(|&x| x <= hi);
+        let below_lo = r.partition_point(|&x| x < lo);
+        at_most_hi.saturating_sub(below_lo)
+    })
 }
 
 /// Quantile calibration curve on `linspace(0, 1, n_points)` (module docs).
@@ -314,18 +268,27 @@ pub fn quantile_calibration_curve(
     y: &[f64],
     n_points: usize,
 ) -> Result<CalibrationCurve> {
+    calibration_curve(mean, std, y, n_points, |r, p| {
+        let q = std_normal_ppf(p);
+        r.partition_point(|&x| x <= q)
+    })
+}
+
+/// The observed fraction `inside(sorted standardized residuals, p) / N` at each expected
+/// level `p` of `linspace(0, 1, n_points)`.
+fn calibration_curve(
+    mean: &[f64],
+    std: &[f64],
+    y: &[f64],
+    n_points: usize,
+    inside: impl Fn(&[f64], f64) -> usize,
+) -> Result<CalibrationCurve> {
     check_gaussian(mean, std, y)?;
     check_points(n_points)?;
     let r = sorted_residuals(mean, std, y);
     let n = r.len() as f64;
     let expected = linspace(0.0, 1.0, n_points);
-    let observed = expected
-        .iter()
-        .map(|&p| {
-            let q = std_normal_ppf(p);
-            r.partition_point(|&x| x <= q) as f64 / n
-        })
-        .collect();
+    let observed = expected.iter().map(|&p| inside(&r, p) as f64 / n).collect();
     Ok(CalibrationCurve { expected, observed })
 }
 

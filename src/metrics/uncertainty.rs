@@ -15,8 +15,8 @@
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::classification::{argmax, check_probability_row};
-use super::{check_non_empty, Probability};
+use super::classification::argmax;
+use super::{check_non_empty, check_probability_row, Probability};
 use crate::{Error, Result};
 
 /// Per-row uncertainty measures (each vector has `N` entries) and the BMA probabilities.

@@ -35,7 +35,7 @@ pub(crate) trait Figure {
         DB::ErrorType: 'static;
 }
 
-fn plot_error(name: &str, e: impl std::fmt::Display) -> Error {
+pub(crate) fn plot_error(name: &str, e: impl std::fmt::Display) -> Error {
     Error::Plot {
         plot: name.to_string(),
         reason: e.to_string(),

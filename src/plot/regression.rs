@@ -8,7 +8,7 @@ use plotters::prelude::*;
 use statrs::distribution::{ContinuousCDF, Normal};
 
 use super::output::{
-    check_series, check_some, padded_range, write_figure, DrawResult, Figure, PlotFiles,
+    check_series, check_some, padded_range, plot_error, write_figure, DrawResult, Figure, PlotFiles,
 };
 use super::style::{self, text, FONT_FAMILY};
 use crate::error::{Error, Result};
@@ -139,29 +139,10 @@ pub fn calibration_curve_plot(
     write_figure(dir, name, &CalibrationFigure { series, kind })
 }
 
-/// Checks that the Gaussian prediction series have equal, non-zero lengths and finite values.
+/// The metrics' check of Gaussian predictions (equal lengths, finite, σ > 0), with the error
+/// naming the plot.
 fn check_gaussian(plot: &str, mean: &[f64], std: &[f64], y: &[f64]) -> Result<()> {
-    check_series(plot, "mean", mean)?;
-    check_series(plot, "std", std)?;
-    check_series(plot, "targets", y)?;
-    if mean.len() != std.len() || mean.len() != y.len() {
-        return Err(Error::Plot {
-            plot: plot.into(),
-            reason: format!(
-                "lengths differ: {} means, {} stds, {} targets",
-                mean.len(),
-                std.len(),
-                y.len()
-            ),
-        });
-    }
-    if let Some(i) = std.iter().position(|&s| s < 0.0) {
-        return Err(Error::Plot {
-            plot: plot.into(),
-            reason: format!("std at index {i} is negative ({})", std[i]),
-        });
-    }
-    Ok(())
+    crate::metrics::check_gaussian(mean, std, y).map_err(|e| plot_error(plot, e))
 }
 
 /// Largest number of rows drawn by [`ordered_intervals`]; more rows are thinned evenly.

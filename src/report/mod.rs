@@ -313,18 +313,17 @@ impl ReportBuilder {
         let classes = l
             .iter()
             .enumerate()
-            .map(|(i, &v)| {
-                if v >= 0.0 && v.fract() == 0.0 && v <= u32::MAX as f64 {
-                    Ok(v as u32)
-                } else {
-                    Err(Error::BadData {
+            .map(
+                |(i, &v)| match crate::metrics::label_problem(v, n_classes) {
+                    None => Ok(v as u32),
+                    Some(reason) => Err(Error::BadData {
                         file: "labels".into(),
                         row: i + 1,
                         column: "label".into(),
-                        reason: format!("{v} is not a class index"),
-                    })
-                }
-            })
+                        reason,
+                    }),
+                },
+            )
             .collect::<Result<Vec<u32>>>()?;
         self.classification_method(name, &p, n_classes, &classes)
     }

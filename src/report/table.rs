@@ -65,80 +65,53 @@ pub struct Column<E> {
     pub value: fn(&E) -> f64,
 }
 
+impl<E> Column<E> {
+    /// A column: JSON key, header label, best direction, digits, and how to read the value.
+    pub const fn new(
+        key: &'static str,
+        label: &'static str,
+        direction: Direction,
+        digits: usize,
+        value: fn(&E) -> f64,
+    ) -> Self {
+        Self {
+            key,
+            label,
+            direction,
+            digits,
+            value,
+        }
+    }
+}
+
 /// Columns of the classification table, in display order.
 pub fn classification_columns() -> Vec<Column<ClassificationEntry>> {
     use Direction::*;
     vec![
-        Column {
-            key: "accuracy",
-            label: "Accuracy",
-            direction: HigherIsBetter,
-            digits: 4,
-            value: |e| e.metrics.accuracy,
-        },
-        Column {
-            key: "nll",
-            label: "NLL",
-            direction: LowerIsBetter,
-            digits: 4,
-            value: |e| e.metrics.nll,
-        },
-        Column {
-            key: "brier",
-            label: "Brier",
-            direction: LowerIsBetter,
-            digits: 4,
-            value: |e| e.metrics.brier,
-        },
-        Column {
-            key: "ece",
-            label: "ECE",
-            direction: LowerIsBetter,
-            digits: 4,
-            value: |e| e.metrics.ece,
-        },
-        Column {
-            key: "mce",
-            label: "MCE",
-            direction: LowerIsBetter,
-            digits: 4,
-            value: |e| e.metrics.mce,
-        },
-        Column {
-            key: "signed_ece",
-            label: "Signed ECE",
-            direction: Closest(0.0),
-            digits: 4,
-            value: |e| e.metrics.signed_ece,
-        },
-        Column {
-            key: "ece_equal_mass",
-            label: "ECE (equal mass)",
-            direction: LowerIsBetter,
-            digits: 4,
-            value: |e| e.metrics.ece_equal_mass,
-        },
-        Column {
-            key: "classwise_ece",
-            label: "Classwise ECE",
-            direction: LowerIsBetter,
-            digits: 4,
-            value: |e| e.metrics.classwise_ece,
-        },
-        Column {
-            key: "l2_debiased",
-            label: "L2 CE (debiased)",
-            direction: LowerIsBetter,
-            digits: 4,
-            value: |e| e.metrics.l2_debiased,
-        },
-        Column {
-            key: "aurc",
-            label: "AURC",
-            direction: LowerIsBetter,
-            digits: 4,
-            value: |e| e.aurc,
-        },
+        Column::new("accuracy", "Accuracy", HigherIsBetter, 4, |e| {
+            e.metrics.accuracy
+        }),
+        Column::new("nll", "NLL", LowerIsBetter, 4, |e| e.metrics.nll),
+        Column::new("brier", "Brier", LowerIsBetter, 4, |e| e.metrics.brier),
+        Column::new("ece", "ECE", LowerIsBetter, 4, |e| e.metrics.ece),
+        Column::new("mce", "MCE", LowerIsBetter, 4, |e| e.metrics.mce),
+        Column::new("signed_ece", "Signed ECE", Closest(0.0), 4, |e| {
+            e.metrics.signed_ece
+        }),
+        Column::new(
+            "ece_equal_mass",
+            "ECE (equal mass)",
+            LowerIsBetter,
+            4,
+            |e| e.metrics.ece_equal_mass,
+        ),
+        Column::new("classwise_ece", "Classwise ECE", LowerIsBetter, 4, |e| {
+            e.metrics.classwise_ece
+        }),
+        Column::new("l2_debiased", "L2 CE (debiased)", LowerIsBetter, 4, |e| {
+            e.metrics.l2_debiased
+        }),
+        Column::new("aurc", "AURC", LowerIsBetter, 4, |e| e.aurc),
     ]
 }
 
@@ -146,90 +119,32 @@ pub fn classification_columns() -> Vec<Column<ClassificationEntry>> {
 pub fn regression_columns() -> Vec<Column<RegressionEntry>> {
     use Direction::*;
     vec![
-        Column {
-            key: "rmse",
-            label: "RMSE",
-            direction: LowerIsBetter,
-            digits: 4,
-            value: |e| e.metrics.rmse,
-        },
-        Column {
-            key: "mae",
-            label: "MAE",
-            direction: LowerIsBetter,
-            digits: 4,
-            value: |e| e.metrics.mae,
-        },
-        Column {
-            key: "nll",
-            label: "NLL",
-            direction: LowerIsBetter,
-            digits: 4,
-            value: |e| e.metrics.nll,
-        },
-        Column {
-            key: "crps",
-            label: "CRPS",
-            direction: LowerIsBetter,
-            digits: 4,
-            value: |e| e.metrics.crps,
-        },
-        Column {
-            key: "picp_95",
-            label: "PICP 95%",
-            direction: Closest(0.95),
-            digits: 4,
-            value: |e| e.metrics.picp_95,
-        },
-        Column {
-            key: "mpiw_95",
-            label: "MPIW 95%",
-            direction: NotRanked,
-            digits: 4,
-            value: |e| e.metrics.mpiw_95,
-        },
-        Column {
-            key: "mace",
-            label: "MACE",
-            direction: LowerIsBetter,
-            digits: 4,
-            value: |e| e.metrics.mace,
-        },
-        Column {
-            key: "rmsce",
-            label: "RMSCE",
-            direction: LowerIsBetter,
-            digits: 4,
-            value: |e| e.metrics.rmsce,
-        },
-        Column {
-            key: "miscalibration_area",
-            label: "Miscal. area",
-            direction: LowerIsBetter,
-            digits: 4,
-            value: |e| e.metrics.miscalibration_area,
-        },
-        Column {
-            key: "sharpness",
-            label: "Sharpness",
-            direction: NotRanked,
-            digits: 4,
-            value: |e| e.metrics.sharpness,
-        },
-        Column {
-            key: "check_score",
-            label: "Check score",
-            direction: LowerIsBetter,
-            digits: 4,
-            value: |e| e.metrics.check_score,
-        },
-        Column {
-            key: "interval_score",
-            label: "Interval score",
-            direction: LowerIsBetter,
-            digits: 4,
-            value: |e| e.metrics.interval_score,
-        },
+        Column::new("rmse", "RMSE", LowerIsBetter, 4, |e| e.metrics.rmse),
+        Column::new("mae", "MAE", LowerIsBetter, 4, |e| e.metrics.mae),
+        Column::new("nll", "NLL", LowerIsBetter, 4, |e| e.metrics.nll),
+        Column::new("crps", "CRPS", LowerIsBetter, 4, |e| e.metrics.crps),
+        Column::new("picp_95", "PICP 95%", Closest(0.95), 4, |e| {
+            e.metrics.picp_95
+        }),
+        Column::new("mpiw_95", "MPIW 95%", NotRanked, 4, |e| e.metrics.mpiw_95),
+        Column::new("mace", "MACE", LowerIsBetter, 4, |e| e.metrics.mace),
+        Column::new("rmsce", "RMSCE", LowerIsBetter, 4, |e| e.metrics.rmsce),
+        Column::new(
+            "miscalibration_area",
+            "Miscal. area",
+            LowerIsBetter,
+            4,
+            |e| e.metrics.miscalibration_area,
+        ),
+        Column::new("sharpness", "Sharpness", NotRanked, 4, |e| {
+            e.metrics.sharpness
+        }),
+        Column::new("check_score", "Check score", LowerIsBetter, 4, |e| {
+            e.metrics.check_score
+        }),
+        Column::new("interval_score", "Interval score", LowerIsBetter, 4, |e| {
+            e.metrics.interval_score
+        }),
     ]
 }
 
@@ -237,27 +152,17 @@ pub fn regression_columns() -> Vec<Column<RegressionEntry>> {
 pub fn ood_columns() -> Vec<Column<OodEntry>> {
     use Direction::*;
     vec![
-        Column {
-            key: "auroc",
-            label: "AUROC",
-            direction: HigherIsBetter,
-            digits: 4,
-            value: |e| e.metrics.auroc,
-        },
-        Column {
-            key: "average_precision",
-            label: "Average precision",
-            direction: HigherIsBetter,
-            digits: 4,
-            value: |e| e.metrics.average_precision,
-        },
-        Column {
-            key: "fpr_at_95_tpr",
-            label: "FPR at 95% TPR",
-            direction: LowerIsBetter,
-            digits: 4,
-            value: |e| e.metrics.fpr_at_95_tpr,
-        },
+        Column::new("auroc", "AUROC", HigherIsBetter, 4, |e| e.metrics.auroc),
+        Column::new(
+            "average_precision",
+            "Average precision",
+            HigherIsBetter,
+            4,
+            |e| e.metrics.average_precision,
+        ),
+        Column::new("fpr_at_95_tpr", "FPR at 95% TPR", LowerIsBetter, 4, |e| {
+            e.metrics.fpr_at_95_tpr
+        }),
     ]
 }
 

@@ -172,35 +172,6 @@ pub fn inv_count(k: usize) -> f32 {
     }
 }
 
-#[inline(always)]
-fn collect_serial<E: DeviationElem>(
-    mean: &mut [f32],
-    comp: &mut [f32],
-    m2: &mut [f32],
-    theta: &[f32],
-    dev: &mut [E],
-    inv: f32,
-    count: f32,
-) {
-    for ((((m, c), s), &t), dv) in mean
-        .iter_mut()
-        .zip(comp.iter_mut())
-        .zip(m2.iter_mut())
-        .zip(theta.iter())
-        .zip(dev.iter_mut())
-    {
-        let mut st = Moments {
-            mean: *m,
-            mean_comp: *c,
-            m2: *s,
-        };
-        *dv = E::from_f32(welford_step(&mut st, t, inv, count));
-        *m = st.mean;
-        *c = st.mean_comp;
-        *s = st.m2;
-    }
-}
-
 /// One SWAG collection step over a slice of the flat vector, `n` snapshots already collected:
 /// [`welford_step`] per coordinate on `(mean, comp, m2)`, and `dev ← θ − mean` (the *updated*
 /// mean, as the reference implementation does).
@@ -216,8 +187,28 @@ pub fn collect<E: DeviationElem>(
     debug_assert!(comp.len() == theta.len() && dev.len() == theta.len());
     let inv = inv_count(n + 1);
     let count = (n + 1) as f32;
+    let serial =
+        |mean: &mut [f32], comp: &mut [f32], m2: &mut [f32], theta: &[f32], dev: &mut [E]| {
+            for ((((m, c), s), &t), dv) in mean
+                .iter_mut()
+                .zip(comp.iter_mut())
+                .zip(m2.iter_mut())
+                .zip(theta.iter())
+                .zip(dev.iter_mut())
+            {
+                let mut st = Moments {
+                    mean: *m,
+                    mean_comp: *c,
+                    m2: *s,
+                };
+                *dv = E::from_f32(welford_step(&mut st, t, inv, count));
+                *m = st.mean;
+                *c = st.mean_comp;
+                *s = st.m2;
+            }
+        };
     if theta.len() < PARALLEL_MIN {
-        collect_serial(mean, comp, m2, theta, dev, inv, count);
+        serial(mean, comp, m2, theta, dev);
         return;
     }
     mean.par_chunks_mut(NOISE_BLOCK)
@@ -225,7 +216,7 @@ pub fn collect<E: DeviationElem>(
         .zip(m2.par_chunks_mut(NOISE_BLOCK))
         .zip(theta.par_chunks(NOISE_BLOCK))
         .zip(dev.par_chunks_mut(NOISE_BLOCK))
-        .for_each(|((((m, c), s), t), d)| collect_serial(m, c, s, t, d, inv, count));
+        .for_each(|((((m, c), s), t), d)| serial(m, c, s, t, d));
 }
 
 /// What the sampling kernel needs besides the slices.

@@ -5,10 +5,10 @@
 //! - the posterior file format ([`mod@file`]); several posteriors sampled jointly ([`multi`]).
 
 pub mod file;
-pub mod kernels;
+pub(crate) mod kernels;
 pub mod log_prob;
 pub mod multi;
-pub mod noise;
+pub(crate) mod noise;
 pub mod posterior;
 pub mod sample;
 

@@ -4,7 +4,7 @@
 //! - The moments are kept the way Welford's algorithm keeps them, in f32: the running mean
 //!   of θ over all `n_collected` snapshots (equal weights), its f32 rounding error (a
 //!   compensation term, so that the mean is known to about 2⁻⁴⁸ relative), and the centred
-//!   second moment `M2 = Σ (θ − mean)²`. One step is [`kernels::welford_step`].
+//!   second moment `M2 = Σ (θ − mean)²`. One step is `kernels::welford_step` (crate-internal).
 //! - The diagonal variance is `max(M2 / n, clamp)` ([`SwagPosterior::variance`]): the snapshots'
 //!   own variance (divisor n, as SWAG's `E[θ²] − E[θ]²`). It is never formed as
 //!   `sq_mean − mean²`, which cancels catastrophically when the weights move little (late in
@@ -216,7 +216,7 @@ impl SwagPosterior {
 
     /// The diagonal variance `max(M2 · (1/n), clamp)` (`[d]`, f32), the one sampling and
     /// [`SwagPosterior::log_prob`] use: the same two f32 operations as
-    /// [`kernels::diag_variance`], with `1/n` and `clamp` rounded to f32. Equal to `clamp`
+    /// the CPU kernel's formula, with `1/n` and `clamp` rounded to f32. Equal to `clamp`
     /// before any snapshot.
     pub fn variance(&self, clamp: f64) -> Result<Tensor> {
         let inv_n = kernels::inv_count(self.n_collected) as f64;
@@ -320,7 +320,7 @@ impl SwagPosterior {
     /// Used on CUDA and Metal; on CPU the fused kernel is used instead.
     pub(crate) fn collect_with_tensor_ops(&mut self, theta: &Tensor) -> Result<()> {
         let theta = theta.to_dtype(DType::F32)?.to_device(&self.device)?;
-        self.check_finite_device(&theta)?;
+        self.layout.check_finite(&theta)?;
         // The same f32 operations, in the same order, as kernels::welford_step: each is its
         // own kernel, so no compiler can reassociate the compensated sums.
         let inv = kernels::inv_count(self.n_collected + 1) as f64;
@@ -365,41 +365,6 @@ impl SwagPosterior {
         Ok(())
     }
 
-    /// Finds the first non-finite value on a device and names its parameter.
-    fn check_finite_device(&self, theta: &Tensor) -> Result<()> {
-        // x − x is 0 for finite x and NaN otherwise: one reduction, one scalar to the host.
-        let probe = theta.sub(theta)?.sum_all()?.to_scalar::<f32>()?;
-        if probe == 0.0 {
-            return Ok(());
-        }
-        let host = theta.to_vec1::<f32>()?;
-        match kernels::first_non_finite(&host) {
-            Some(i) => Err(self.non_finite_error(i, host[i])),
-            None => Ok(()),
-        }
-    }
-
-    pub(crate) fn non_finite_error(&self, flat_index: usize, value: f32) -> Error {
-        let entry = self
-            .layout
-            .entries()
-            .iter()
-            .rev()
-            .find(|e| e.offset <= flat_index);
-        match entry {
-            Some(e) => Error::NonFinite {
-                parameter: e.name.clone(),
-                index: flat_index - e.offset,
-                value: value.to_string(),
-            },
-            None => Error::NonFinite {
-                parameter: "?".into(),
-                index: flat_index,
-                value: value.to_string(),
-            },
-        }
-    }
-
     /// Fused CPU collection over `(tensor, offset)` pieces covering the flat vector.
     fn collect_pieces(&mut self, pieces: &[(&Tensor, usize)]) -> Result<()> {
         // 1. Refuse non-finite snapshots before touching the state.
@@ -407,7 +372,7 @@ impl SwagPosterior {
             let (storage, layout) = t.storage_and_layout();
             let xs = cpu_f32_slice(&storage, layout)?;
             if let Some(i) = kernels::first_non_finite(xs) {
-                return Err(self.non_finite_error(offset + i, xs[i]));
+                return Err(self.layout.non_finite_error(offset + i, xs[i]));
             }
         }
         // 2. One fused pass per piece.

@@ -162,15 +162,25 @@ impl SwagPosterior {
         Ok(mean.add(&noise.affine(opts.scale.sqrt(), 0.0)?)?)
     }
 
-    /// A flat `[d]` sample for a seed (same noise as [`SwagPosterior::sample_into_seeded`]).
-    pub fn sample_flat_seeded(&self, seed: u64, opts: &SampleOptions) -> Result<Tensor> {
-        self.check_ready(opts)?;
+    /// The standard-normal noise `(z1 [d], z2 [rows])` that `seed` draws, on the posterior's
+    /// device: [`sample_with_noise`](Self::sample_with_noise) on it gives the seeded sample,
+    /// so a sample can be reproduced or audited without the sampler. `z1` is keyed by
+    /// (parameter, block of 16384 coordinates), `z2`
+    /// by the seed alone.
+    pub fn noise_for_seed(&self, seed: u64) -> Result<(Tensor, Tensor)> {
         let z1 = Tensor::from_vec(
             noise::z1_for_seed(seed, &self.layout),
             self.numel(),
             &self.device,
         )?;
         let z2 = Tensor::from_vec(noise::z2_for_seed(seed, self.rows), self.rows, &self.device)?;
+        Ok((z1, z2))
+    }
+
+    /// A flat `[d]` sample for a seed (same noise as [`SwagPosterior::sample_into_seeded`]).
+    pub fn sample_flat_seeded(&self, seed: u64, opts: &SampleOptions) -> Result<Tensor> {
+        self.check_ready(opts)?;
+        let (z1, z2) = self.noise_for_seed(seed)?;
         self.sample_with_noise(&z1, &z2, opts)
     }
 

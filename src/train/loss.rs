@@ -237,24 +237,11 @@ mod tests {
         let b = candle_nn::loss::cross_entropy(z.as_tensor(), &y).unwrap();
         let (va, vb) = (a.to_scalar::<f32>().unwrap(), b.to_scalar::<f32>().unwrap());
         assert!((va - vb).abs() < 1e-6, "{va} vs {vb}");
-        let ga: Vec<f32> = a
-            .backward()
-            .unwrap()
-            .get(&z)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let gb: Vec<f32> = b
-            .backward()
-            .unwrap()
-            .get(&z)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let grad = |loss: &Tensor| -> Vec<f32> {
+            let g = loss.backward().unwrap();
+            g.get(&z).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+        };
+        let (ga, gb) = (grad(&a), grad(&b));
         for (p, q) in ga.iter().zip(&gb) {
             assert!((p - q).abs() < 1e-6, "{p} vs {q}");
         }

@@ -14,8 +14,9 @@ use super::run::{
     CalibrationRows, FitSpec, LoadedRun, NoiseModel, RunConfig, Tuned, RUN_FORMAT_VERSION,
 };
 use super::{Collect, Objective, TrainConfig};
-use crate::data::{load_csv, prepare, CsvSpec, CsvTable, Dataset, FeatureScaling, TaskKind};
+use crate::data::{encode_features, load_csv, prepare, CsvSpec, Dataset, FeatureScaling, TaskKind};
 use crate::error::{Error, Result};
+use crate::io::CsvTable;
 use crate::metrics::{
     ConformalClassifier, ConformalConfig, ConformalRegressor, SetScore, MIN_CALIBRATION_ROWS,
 };
@@ -35,6 +36,10 @@ pub struct CsvFitOptions {
     pub task: TaskKind,
     /// Optional `train`/`test` column: only `train` rows are used for fitting.
     pub split_column: Option<String>,
+    /// Columns to drop (identifiers, free text).
+    pub ignore: Vec<String>,
+    /// Text feature columns to one-hot encode (categories: those of the training file).
+    pub categorical: Vec<String>,
     /// Hidden layer widths.
     pub hidden: Vec<usize>,
     /// BatchNorm after each hidden layer.
@@ -83,6 +88,8 @@ impl CsvFitOptions {
             target: target.into(),
             task,
             split_column: None,
+            ignore: Vec::new(),
+            categorical: Vec::new(),
             hidden: vec![128, 128],
             batchnorm: false,
             epochs: 50,
@@ -178,6 +185,8 @@ pub fn fit_csv(opts: &CsvFitOptions, out: impl AsRef<Path>) -> Result<FitSummary
             target: opts.target.clone(),
             split_column: opts.split_column.clone(),
             task: opts.task,
+            ignore: opts.ignore.clone(),
+            categorical: opts.categorical.clone(),
         },
     )?;
     let hetero = opts.noise == NoiseModel::Heteroscedastic;
@@ -260,6 +269,7 @@ pub fn fit_csv(opts: &CsvFitOptions, out: impl AsRef<Path>) -> Result<FitSummary
         task: opts.task,
         target: opts.target.clone(),
         feature_names: prepared.feature_names.clone(),
+        feature_columns: data.columns.clone(),
         class_labels: prepared.class_labels.clone(),
         feature_scaler: prepared.feature_scaler.clone(),
         target_scaler: prepared.target_scaler.clone(),
@@ -431,7 +441,7 @@ pub fn predict_csv(opts: &CsvPredictOptions) -> Result<PredictionTable> {
             ))
         }
     };
-    let raw = table.numeric_matrix(&cfg.feature_names)?;
+    let raw = encode_features(&table, &cfg.feature_columns()?)?;
     let rows: Vec<usize> = (0..table.num_rows()).collect();
     let x = cfg.feature_scaler.transform_rows(&raw, &rows);
     let inputs = Tensor::from_vec(x, (rows.len(), cfg.feature_names.len()), &device)?;

@@ -524,45 +524,32 @@ pub fn mean_std(values: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
-/// A markdown table of mean ± std (population) over seeds for each method (the mean alone for a
-/// single seed): accuracy, NLL, ECE, Brier, and the entropy AUROC when present.
-pub fn classification_table(seeds: &[ClassificationSeed]) -> String {
-    let with_auroc = seeds
-        .iter()
-        .flat_map(|s| &s.outcomes)
-        .any(|o| o.auroc_entropy.is_some());
-    let mut out = String::from("| method | accuracy | NLL | ECE | Brier |");
-    out.push_str(if with_auroc {
-        " AUROC(entropy) |\n"
-    } else {
-        "\n"
-    });
-    out.push_str("|---|---|---|---|---|");
-    out.push_str(if with_auroc { "---|\n" } else { "\n" });
+/// One Markdown row per method present in `outcomes`, in [`Method::ALL`] order: the method's
+/// name, then `mean ± std` (population) over its outcomes of each `(value, digits)` column, or
+/// the mean alone when there is one outcome.
+fn method_rows<O>(
+    outcomes: &[&O],
+    method_of: impl Fn(&O) -> Method,
+    columns: &[(&dyn Fn(&O) -> f64, usize)],
+) -> String {
+    let mut out = String::new();
     for method in Method::ALL {
-        let rows: Vec<&ClassificationOutcome> = seeds
+        let rows: Vec<&O> = outcomes
             .iter()
-            .flat_map(|s| &s.outcomes)
-            .filter(|o| o.method == method)
+            .copied()
+            .filter(|o| method_of(o) == method)
             .collect();
         if rows.is_empty() {
             continue;
         }
-        let cell = |f: &dyn Fn(&ClassificationOutcome) -> f64| {
-            let (m, s) = mean_std(&rows.iter().map(|o| f(o)).collect::<Vec<_>>());
-            if rows.len() > 1 {
-                format!(" {m:.4} ± {s:.4} |")
-            } else {
-                format!(" {m:.4} |")
-            }
-        };
         out.push_str(&format!("| {} |", method.display()));
-        out.push_str(&cell(&|o| o.metrics.accuracy));
-        out.push_str(&cell(&|o| o.metrics.nll));
-        out.push_str(&cell(&|o| o.metrics.ece));
-        out.push_str(&cell(&|o| o.metrics.brier));
-        if with_auroc {
-            out.push_str(&cell(&|o| o.auroc_entropy.unwrap_or(f64::NAN)));
+        for (value, digits) in columns {
+            let (m, s) = mean_std(&rows.iter().map(|o| value(o)).collect::<Vec<_>>());
+            out.push_str(&if rows.len() > 1 {
+                format!(" {m:.digits$} ± {s:.digits$} |")
+            } else {
+                format!(" {m:.digits$} |")
+            });
         }
         out.push('\n');
     }
@@ -570,37 +557,39 @@ pub fn classification_table(seeds: &[ClassificationSeed]) -> String {
 }
 
 /// A markdown table of mean ± std (population) over seeds for each method (the mean alone for a
+/// single seed): accuracy, NLL, ECE, Brier, and the entropy AUROC when present.
+pub fn classification_table(seeds: &[ClassificationSeed]) -> String {
+    let outcomes: Vec<&ClassificationOutcome> = seeds.iter().flat_map(|s| &s.outcomes).collect();
+    let with_auroc = outcomes.iter().any(|o| o.auroc_entropy.is_some());
+    let mut columns: Vec<(&dyn Fn(&ClassificationOutcome) -> f64, usize)> = vec![
+        (&|o| o.metrics.accuracy, 4),
+        (&|o| o.metrics.nll, 4),
+        (&|o| o.metrics.ece, 4),
+        (&|o| o.metrics.brier, 4),
+    ];
+    let mut out = String::from("| method | accuracy | NLL | ECE | Brier |");
+    if with_auroc {
+        columns.push((&|o| o.auroc_entropy.unwrap_or(f64::NAN), 4));
+        out.push_str(" AUROC(entropy) |\n|---|---|---|---|---|---|\n");
+    } else {
+        out.push_str("\n|---|---|---|---|---|\n");
+    }
+    out + &method_rows(&outcomes, |o| o.method, &columns)
+}
+
+/// A markdown table of mean ± std (population) over seeds for each method (the mean alone for a
 /// single seed): RMSE, NLL, CRPS, PICP95, MPIW95 (original target units).
 pub fn regression_table(seeds: &[RegressionSeed]) -> String {
-    let mut out = String::from(
-        "| method | RMSE | NLL | CRPS | PICP95 | MPIW95 |\n|---|---|---|---|---|---|\n",
-    );
-    for method in Method::ALL {
-        let rows: Vec<&RegressionOutcome> = seeds
-            .iter()
-            .flat_map(|s| &s.outcomes)
-            .filter(|o| o.method == method)
-            .collect();
-        if rows.is_empty() {
-            continue;
-        }
-        let cell = |f: &dyn Fn(&RegressionOutcome) -> f64, digits: usize| {
-            let (m, s) = mean_std(&rows.iter().map(|o| f(o)).collect::<Vec<_>>());
-            if rows.len() > 1 {
-                format!(" {m:.digits$} ± {s:.digits$} |")
-            } else {
-                format!(" {m:.digits$} |")
-            }
-        };
-        out.push_str(&format!("| {} |", method.display()));
-        out.push_str(&cell(&|o| o.rmse, 2));
-        out.push_str(&cell(&|o| o.nll, 3));
-        out.push_str(&cell(&|o| o.crps, 2));
-        out.push_str(&cell(&|o| o.picp95, 3));
-        out.push_str(&cell(&|o| o.mpiw95, 1));
-        out.push('\n');
-    }
-    out
+    let outcomes: Vec<&RegressionOutcome> = seeds.iter().flat_map(|s| &s.outcomes).collect();
+    let columns: [(&dyn Fn(&RegressionOutcome) -> f64, usize); 5] = [
+        (&|o| o.rmse, 2),
+        (&|o| o.nll, 3),
+        (&|o| o.crps, 2),
+        (&|o| o.picp95, 3),
+        (&|o| o.mpiw95, 1),
+    ];
+    String::from("| method | RMSE | NLL | CRPS | PICP95 | MPIW95 |\n|---|---|---|---|---|---|\n")
+        + &method_rows(&outcomes, |o| o.method, &columns)
 }
 
 /// One JSON object (a line of `--json` output) for a classification outcome: `method`, `seed`,

@@ -26,7 +26,7 @@ use super::method::swag_at_scale;
 use super::noise::{best_noise_variance, mean_squared_residual};
 use super::{train, Objective, TrainConfig, TrainHistory};
 use crate::batchnorm::BatchNormRefresh;
-use crate::data::{Dataset, Standardizer, TaskKind};
+use crate::data::{input_names, Dataset, FeatureColumn, Standardizer, TaskKind};
 use crate::error::{Error, Result};
 use crate::layout::ParamSet;
 use crate::models::{Mlp, MlpConfig};
@@ -333,8 +333,13 @@ pub struct RunConfig {
     pub task: TaskKind,
     /// Name of the target column in the training file.
     pub target: String,
-    /// Feature column names, in the order the model reads them.
+    /// Model input names, in the order the model reads them.
     pub feature_names: Vec<String>,
+    /// The feature columns of the training file and their encoding (runs written before
+    /// categorical columns existed have none: every input is then the numeric column of its
+    /// name).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub feature_columns: Vec<FeatureColumn>,
     /// Class label per class index (classification).
     pub class_labels: Option<Vec<String>>,
     /// Feature standardisation fitted on the training rows.
@@ -358,6 +363,26 @@ pub struct RunConfig {
     /// The regression noise model (runs written before it existed are homoscedastic).
     #[serde(default)]
     pub noise: NoiseModel,
+}
+
+impl RunConfig {
+    /// The feature columns `swag predict` reads, checked to give the run's model inputs.
+    pub fn feature_columns(&self) -> Result<Vec<FeatureColumn>> {
+        if self.feature_columns.is_empty() {
+            return Ok(self
+                .feature_names
+                .iter()
+                .map(|name| FeatureColumn::Numeric { name: name.clone() })
+                .collect());
+        }
+        if input_names(&self.feature_columns) != self.feature_names {
+            return Err(Error::invalid(
+                "feature_columns",
+                "the run's feature columns do not give its input names (config.json edited?)",
+            ));
+        }
+        Ok(self.feature_columns.clone())
+    }
 }
 
 /// The noise model of a regression run (`swag fit --noise`).

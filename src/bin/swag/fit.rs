@@ -38,8 +38,9 @@ impl From<NoiseArg> for NoiseModel {
 /// Arguments of `swag fit`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Training data: CSV with a header; every column but the target (and the split column) is
-    /// a numeric feature, standardised with the training rows' mean and std.
+    /// Training data: CSV with a header; every column but the target, the split column and
+    /// the ignored ones is a feature (numeric, or one-hot with --categorical), standardised
+    /// with the training rows' mean and std.
     #[arg(long)]
     data: PathBuf,
     /// Name of the target column.
@@ -51,6 +52,13 @@ pub struct Args {
     /// Column holding `train`/`test` per row; only `train` rows are fitted.
     #[arg(long)]
     split_column: Option<String>,
+    /// Columns to drop (identifiers, free text), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    ignore: Vec<String>,
+    /// Text feature columns to one-hot encode, comma-separated; `swag predict` refuses a
+    /// category the training file did not have.
+    #[arg(long, value_delimiter = ',')]
+    categorical: Vec<String>,
     /// Hidden layer widths, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "128,128")]
     hidden: Vec<usize>,
@@ -113,6 +121,8 @@ pub fn run(args: Args) -> candle_swag::Result<()> {
     };
     let mut opts = CsvFitOptions::new(args.data, args.target, task);
     opts.split_column = args.split_column;
+    opts.ignore = args.ignore;
+    opts.categorical = args.categorical;
     opts.hidden = args.hidden;
     opts.batchnorm = args.batchnorm;
     opts.epochs = args.epochs;
