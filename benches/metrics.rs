@@ -2,7 +2,7 @@
 //! issue's target: under 1 s on the 2-core machine). `cargo bench --bench metrics`.
 //! For a one-shot figure: `cargo run --release --example metrics_speed`.
 
-use candle_swag::metrics::{evaluate_classification, ClassificationOptions};
+use candle_swag::metrics::{evaluate_classification, ClassificationConfig};
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::hint::black_box;
 use std::time::Duration;
@@ -12,7 +12,7 @@ mod synthetic;
 
 fn classification_1m_x_100(c: &mut Criterion) {
     let (probs, labels) = synthetic::synthetic_predictions(1_000_000, 100, 42);
-    let options = ClassificationOptions::default();
+    let options = ClassificationConfig::default();
     let mut group = c.benchmark_group("classification_metrics");
     group.sample_size(10);
     group.warm_up_time(Duration::from_secs(1));

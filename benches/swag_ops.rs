@@ -5,7 +5,7 @@
 
 use candle_core::{Device, Tensor, Var};
 use candle_swag::layout::ParamSet;
-use candle_swag::swag::{SampleOptions, SwagConfig, SwagPosterior};
+use candle_swag::swag::{SampleConfig, SwagConfig, SwagPosterior};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -43,7 +43,7 @@ fn bench(c: &mut Criterion) {
     });
 
     g.throughput(Throughput::Bytes(((K + 3) * 4 * D) as u64));
-    let opts = SampleOptions::default();
+    let opts = SampleConfig::default();
     g.bench_function("sample_lowrank", |b| {
         b.iter(|| {
             posterior
@@ -51,7 +51,7 @@ fn bench(c: &mut Criterion) {
                 .expect("sample")
         })
     });
-    let diag = SampleOptions::diagonal(0.5);
+    let diag = SampleConfig::diagonal(0.5).unwrap();
     g.throughput(Throughput::Bytes((12 * D) as u64));
     g.bench_function("sample_diag", |b| {
         b.iter(|| {

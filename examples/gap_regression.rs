@@ -19,7 +19,7 @@ use candle_swag::models::MlpConfig;
 use candle_swag::optim::SgdConfig;
 use candle_swag::predictive::{batches, Noise, Predictive, RegressionPrediction};
 use candle_swag::report::ReportBuilder;
-use candle_swag::swag::{MultiSwag, SampleOptions};
+use candle_swag::swag::{MultiSwag, SampleConfig};
 use candle_swag::train::recipes::run_spec;
 use candle_swag::train::run::{fit_mlp, training_noise_variance, FitSpec};
 use candle_swag::train::{Collect, Objective, TrainConfig};
@@ -96,11 +96,7 @@ fn run(args: Args) -> candle_swag::Result<()> {
         train: TrainConfig {
             epochs: args.epochs,
             batch_size: 32,
-            sgd: SgdConfig {
-                lr: args.lr,
-                momentum: 0.9,
-                weight_decay: args.weight_decay,
-            },
+            sgd: SgdConfig::new(args.lr, 0.9, args.weight_decay)?,
             swa_start: Some(args.epochs / 2),
             collect: args
                 .collect_every
@@ -135,7 +131,7 @@ fn run(args: Args) -> candle_swag::Result<()> {
         let p = Predictive::multi_swag(
             &fitted.params,
             pool,
-            SampleOptions::with_scale(args.scale),
+            SampleConfig::with_scale(args.scale)?,
             args.samples,
             args.seed,
         )?

@@ -3,7 +3,7 @@
 //!
 //! `cargo run --release --example metrics_speed [-- N C RUNS]` (default 1,000,000 × 100, 5 runs).
 
-use candle_swag::metrics::{evaluate_classification, ClassificationOptions};
+use candle_swag::metrics::{evaluate_classification, ClassificationConfig};
 use std::time::Instant;
 
 #[path = "../benches/support/synthetic.rs"]
@@ -21,7 +21,7 @@ fn main() -> candle_swag::Result<()> {
     };
     let (n, c, runs) = (parse(0, 1_000_000)?, parse(1, 100)?, parse(2, 5)?);
     let (probs, labels) = synthetic::synthetic_predictions(n, c, 42);
-    let options = ClassificationOptions::default();
+    let options = ClassificationConfig::default();
     // First run warms the thread pool and the page cache; report each of a few runs.
     let mut times = Vec::new();
     let mut last = None;

@@ -23,12 +23,12 @@ use candle_nn::{BatchNorm, Conv2d, Conv2dConfig, Linear, Optimizer, VarBuilder, 
 use candle_swag::batchnorm::{BatchNormRefresh, BatchNormStats};
 use candle_swag::data::idx::{read_idx, read_image_csv, IdxImages};
 use candle_swag::data::image::rotate_all;
-use candle_swag::metrics::classification::{evaluate_classification, ClassificationOptions};
+use candle_swag::metrics::classification::{evaluate_classification, ClassificationConfig};
 use candle_swag::optim::{SgdConfig, SgdMomentum};
 use candle_swag::predictive::{batches, Predictive};
 use candle_swag::report::ReportBuilder;
 use candle_swag::swag::MultiSwag;
-use candle_swag::{Error, ParamSet, Result, SampleOptions, SwagConfig, SwagPosterior};
+use candle_swag::{Error, ParamSet, Result, SampleConfig, SwagConfig, SwagPosterior};
 use clap::Parser;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -184,14 +184,7 @@ fn train_run(
         let post = SwagPosterior::for_params(&sub, SwagConfig::with_rank(20))?;
         Some((sub, post))
     };
-    let mut opt = SgdMomentum::new(
-        params.vars().to_vec(),
-        SgdConfig {
-            lr: 0.05,
-            momentum: 0.9,
-            weight_decay: 5e-4,
-        },
-    )?;
+    let mut opt = SgdMomentum::new(params.vars().to_vec(), SgdConfig::new(0.05, 0.9, 5e-4)?)?;
     let n = x.dims()[0];
     let mut order: Vec<u32> = (0..n as u32).collect();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed_5eed);
@@ -312,7 +305,7 @@ fn run() -> Result<()> {
         labels.push(y.to_vec1()?);
     }
     let x_test = Tensor::cat(&xs, 0)?;
-    let opts = ClassificationOptions::default();
+    let opts = ClassificationConfig::default();
     let mut rows: Vec<Row> = Vec::new();
     let mut reports: Vec<ReportBuilder> =
         sets.iter().map(|s| ReportBuilder::new(&s.name)).collect();
@@ -340,11 +333,8 @@ fn run() -> Result<()> {
         let bn = BatchNormStats::from_varmap(&main.varmap, 0.1)?;
         let refresh = BatchNormRefresh::new(bn, batches(&x_train, BATCH)?);
         let sample_seed = seed * 7919 + 17;
-        let scale = SampleOptions::with_scale(0.5);
-        let diag = SampleOptions {
-            diag_only: true,
-            ..scale
-        };
+        let scale = SampleConfig::with_scale(0.5)?;
+        let diag = scale.with_diag_only(true);
         let mut methods: Vec<(String, Predictive)> = vec![
             (
                 "SGD".into(),

@@ -14,10 +14,10 @@
 
 use candle_core::{DType, Device, ModuleT, Tensor};
 use candle_nn::{batch_norm, linear, BatchNorm, Linear, Module, Optimizer, VarBuilder, VarMap};
-use candle_swag::metrics::{classification_metrics, ClassificationOptions};
+use candle_swag::metrics::{classification_metrics, ClassificationConfig};
 use candle_swag::predictive::{batches, Predictive};
 use candle_swag::{
-    BatchNormRefresh, BatchNormStats, ParamSet, SampleOptions, SgdConfig, SgdMomentum, SwagConfig,
+    BatchNormRefresh, BatchNormStats, ParamSet, SampleConfig, SgdConfig, SgdMomentum, SwagConfig,
     SwagPosterior,
 };
 use rand::rngs::StdRng;
@@ -63,14 +63,7 @@ fn run() -> candle_swag::Result<()> {
     let model = Net::new(VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
     // SWAG: the weights to cover (BatchNorm running statistics are left out automatically).
     let params = ParamSet::from_varmap(&varmap)?;
-    let mut opt = SgdMomentum::new(
-        params.vars().to_vec(),
-        SgdConfig {
-            lr: 0.05,
-            momentum: 0.9,
-            weight_decay: 5e-4,
-        },
-    )?;
+    let mut opt = SgdMomentum::new(params.vars().to_vec(), SgdConfig::new(0.05, 0.9, 5e-4)?)?;
     let mut posterior = SwagPosterior::for_params(&params, SwagConfig::with_rank(20))?;
 
     let (epochs, swa_start) = (40, 20);
@@ -104,7 +97,7 @@ fn run() -> candle_swag::Result<()> {
         ),
         (
             "SWAG",
-            Predictive::swag(&params, &posterior, SampleOptions::with_scale(0.5), 30, 0)?
+            Predictive::swag(&params, &posterior, SampleConfig::with_scale(0.5)?, 30, 0)?
                 .with_refresh(refresh),
         ),
     ];
@@ -126,7 +119,7 @@ fn run() -> candle_swag::Result<()> {
             &host.mean_probs,
             10,
             &labels,
-            &ClassificationOptions::default(),
+            &ClassificationConfig::default(),
         )?;
         println!(
             "{:<6} {:>9.4} {:>8.4} {:>8.4} {:>8.4} {:>10.5}",

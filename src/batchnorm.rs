@@ -35,26 +35,65 @@ use candle_nn::{Init, VarBuilder, VarMap};
 
 use crate::{Error, Result};
 
-/// Settings of a [`BatchNorm`] layer.
+/// Settings of a [`BatchNorm`] layer, checked when made (like
+/// [`SampleConfig`](crate::SampleConfig)).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BatchNormConfig {
-    /// Added to the variance before the square root (default `1e-5`, torch's). Must be >= 0.
-    pub eps: f64,
-    /// Weight of the new batch in the running statistics, torch's convention:
-    /// `running = (1 − momentum) · running + momentum · batch` (default 0.1). In [0, 1].
-    pub momentum: f64,
-    /// Whether the layer has a learnable per-channel scale (`weight`, init 1) and shift
-    /// (`bias`, init 0) (default true).
-    pub affine: bool,
+    eps: f64,
+    momentum: f64,
+    affine: bool,
 }
 
 impl Default for BatchNormConfig {
+    /// eps `1e-5` and momentum 0.1 (torch's), affine.
     fn default() -> Self {
         Self {
             eps: 1e-5,
             momentum: 0.1,
             affine: true,
         }
+    }
+}
+
+impl BatchNormConfig {
+    /// `eps`, added to the variance before the square root (finite and `>= 0`), and
+    /// `momentum`, the weight of the new batch in the running statistics in torch's convention
+    /// `running = (1 − momentum) · running + momentum · batch` (in `[0, 1]`); affine.
+    pub fn new(eps: f64, momentum: f64) -> Result<Self> {
+        if !(eps.is_finite() && eps >= 0.0) {
+            return Err(Error::invalid(
+                "eps",
+                format!("must be finite and >= 0, got {eps}"),
+            ));
+        }
+        check_momentum(momentum)?;
+        Ok(Self {
+            eps,
+            momentum,
+            affine: true,
+        })
+    }
+
+    /// Whether the layer has a learnable per-channel scale (`weight`, init 1) and shift
+    /// (`bias`, init 0).
+    pub fn with_affine(mut self, affine: bool) -> Self {
+        self.affine = affine;
+        self
+    }
+
+    /// Added to the variance before the square root.
+    pub fn eps(&self) -> f64 {
+        self.eps
+    }
+
+    /// Weight of the new batch in the running statistics.
+    pub fn momentum(&self) -> f64 {
+        self.momentum
+    }
+
+    /// Whether the layer has `weight` and `bias`.
+    pub fn affine(&self) -> bool {
+        self.affine
     }
 }
 
@@ -94,19 +133,12 @@ impl BatchNorm {
     /// checkpoints are kept): `weight` (init 1) and `bias` (init 0) when `config.affine`,
     /// `running_mean` (init 0), `running_var` (init 1), each of shape `[num_features]`.
     ///
-    /// Errors (`Error::InvalidArgument`) name `num_features` (0), `eps` (negative or not finite)
-    /// or `momentum` (outside [0, 1]).
+    /// Errors (`Error::InvalidArgument`) name `num_features` (0); `config` was checked when
+    /// made.
     pub fn new(num_features: usize, config: BatchNormConfig, vb: VarBuilder) -> Result<Self> {
         if num_features == 0 {
             return Err(Error::invalid("num_features", "must be > 0"));
         }
-        if !config.eps.is_finite() || config.eps < 0.0 {
-            return Err(Error::invalid(
-                "eps",
-                format!("must be finite and >= 0, got {}", config.eps),
-            ));
-        }
-        check_momentum(config.momentum)?;
         let running_mean = vb.get_with_hints(num_features, "running_mean", Init::Const(0.0))?;
         let running_var = vb.get_with_hints(num_features, "running_var", Init::Const(1.0))?;
         let weight_and_bias = if config.affine {

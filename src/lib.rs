@@ -15,10 +15,10 @@
 //! ```
 //! use candle_core::{DType, Device, Module, ModuleT, Tensor};
 //! use candle_nn::{Optimizer, VarBuilder, VarMap};
-//! use candle_swag::metrics::{classification_metrics, ClassificationOptions};
+//! use candle_swag::metrics::{classification_metrics, ClassificationConfig};
 //! use candle_swag::predictive::batches;
 //! use candle_swag::{
-//!     BatchNormRefresh, BatchNormStats, ParamSet, Predictive, SampleOptions, SgdConfig,
+//!     BatchNormRefresh, BatchNormStats, ParamSet, Predictive, SampleConfig, SgdConfig,
 //!     SgdMomentum, SwagConfig, SwagPosterior,
 //! };
 //!
@@ -41,7 +41,7 @@
 //!     fc2.forward(&bn.forward_t(&fc1.forward(x)?, train)?.relu()?)
 //! });
 //! let params = ParamSet::from_varmap(&varmap)?; // BatchNorm statistics are left out
-//! let config = SgdConfig { lr: 0.1, momentum: 0.9, weight_decay: 0.0 };
+//! let config = SgdConfig::new(0.1, 0.9, 0.0)?;
 //! let mut sgd = SgdMomentum::new(params.vars().to_vec(), config)?;
 //!
 //! // 2. Train; collect SWAG moments once per epoch after the SWA start.
@@ -56,13 +56,13 @@
 //!
 //! // 3. Bayesian model averaging over 10 weight samples, BatchNorm refreshed after each.
 //! let refresh = BatchNormRefresh::new(BatchNormStats::from_varmap(&varmap, 0.1)?, batches(&xs, 25)?);
-//! let swag = Predictive::swag(&params, &posterior, SampleOptions::with_scale(0.5), 10, 0)?
+//! let swag = Predictive::swag(&params, &posterior, SampleConfig::with_scale(0.5)?, 10, 0)?
 //!     .with_refresh(refresh);
 //! let out = swag.classify(&model, batches(&xs, 50)?)?; // probs [100, 2] on the device
 //!
 //! // 4. How honest is it?
 //! let host = out.to_host()?;
-//! let m = classification_metrics(&host.mean_probs, 2, &y, &ClassificationOptions::default())?;
+//! let m = classification_metrics(&host.mean_probs, 2, &y, &ClassificationConfig::default())?;
 //! assert!(m.accuracy > 0.85 && m.nll.is_finite() && m.ece >= 0.0);
 //! # Ok(()) }
 //! ```
@@ -129,7 +129,7 @@ pub use optim::{SgdConfig, SgdMomentum};
 pub use predictive::{
     ClassificationOutput, Noise, Predictive, RegressionOutput, RegressionPrediction, VarianceLink,
 };
-pub use swag::{Divisor, MultiSwag, SampleOptions, SwagConfig, SwagPosterior};
+pub use swag::{Divisor, MultiSwag, SampleConfig, SwagConfig, SwagPosterior};
 
 /// The README's Rust example is compiled as a doctest, so it cannot drift from the API.
 #[cfg(doctest)]

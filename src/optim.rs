@@ -17,15 +17,32 @@ use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, DType, InplaceOp2, InplaceOp3, Layout, Tensor, Var};
 use candle_nn::Optimizer;
 
-/// Hyper-parameters of [`SgdMomentum`].
+use crate::error::{Error, Result};
+
+/// Hyper-parameters of [`SgdMomentum`], checked when made (like
+/// [`SampleConfig`](crate::SampleConfig)): a learning rate finite and `> 0`, a momentum in
+/// `[0, 1)`, a weight decay finite and `>= 0`.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "SgdConfigFields")]
 pub struct SgdConfig {
-    /// Learning rate (changed between epochs by a schedule through `set_learning_rate`).
-    pub lr: f64,
-    /// Momentum μ (0 disables it).
-    pub momentum: f64,
-    /// L2 weight decay coefficient `wd` added to the gradient as `wd · θ`.
-    pub weight_decay: f64,
+    pub(crate) lr: f64,
+    pub(crate) momentum: f64,
+    pub(crate) weight_decay: f64,
+}
+
+/// The fields of an [`SgdConfig`] as read from a file, checked by `SgdConfig::new`.
+#[derive(serde::Deserialize)]
+struct SgdConfigFields {
+    lr: f64,
+    momentum: f64,
+    weight_decay: f64,
+}
+
+impl TryFrom<SgdConfigFields> for SgdConfig {
+    type Error = Error;
+    fn try_from(f: SgdConfigFields) -> Result<Self> {
+        Self::new(f.lr, f.momentum, f.weight_decay)
+    }
 }
 
 impl Default for SgdConfig {
@@ -36,6 +53,52 @@ impl Default for SgdConfig {
             momentum: 0.9,
             weight_decay: 0.0,
         }
+    }
+}
+
+impl SgdConfig {
+    /// Learning rate `lr` (changed between epochs by a schedule through
+    /// `set_learning_rate`), momentum `μ` (0 disables it) and L2 weight decay `wd`, added to
+    /// the gradient as `wd · θ`. Errors name the parameter that is out of range.
+    pub fn new(lr: f64, momentum: f64, weight_decay: f64) -> Result<Self> {
+        if !(lr.is_finite() && lr > 0.0) {
+            return Err(Error::invalid(
+                "lr",
+                format!("must be finite and > 0, got {lr}"),
+            ));
+        }
+        if !(0.0..1.0).contains(&momentum) {
+            return Err(Error::invalid(
+                "momentum",
+                format!("must be in [0, 1), got {momentum}"),
+            ));
+        }
+        if !(weight_decay.is_finite() && weight_decay >= 0.0) {
+            return Err(Error::invalid(
+                "weight_decay",
+                format!("must be finite and >= 0, got {weight_decay}"),
+            ));
+        }
+        Ok(Self {
+            lr,
+            momentum,
+            weight_decay,
+        })
+    }
+
+    /// The learning rate.
+    pub fn lr(&self) -> f64 {
+        self.lr
+    }
+
+    /// The momentum `μ`.
+    pub fn momentum(&self) -> f64 {
+        self.momentum
+    }
+
+    /// The L2 weight decay coefficient.
+    pub fn weight_decay(&self) -> f64 {
+        self.weight_decay
     }
 }
 

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::layout::ParamSet;
 use crate::swag::noise::{fill_normals, stream, NOISE_BLOCK};
-use crate::swag::{SampleOptions, SwagConfig, SwagPosterior};
+use crate::swag::{SampleConfig, SwagConfig, SwagPosterior};
 
 /// One measured operation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -183,17 +183,14 @@ pub fn measure(
     let rss_before = rss_bytes();
     let mut posterior = SwagPosterior::for_params(
         &params,
-        SwagConfig {
-            rank: k,
-            deviation_dtype: dtype,
-        },
+        SwagConfig::with_rank(k).with_deviation_dtype(dtype)?,
     )?;
     for i in 0..=k {
         params.write_flat(if i % 2 == 0 { &theta_a } else { &theta_b })?;
         posterior.collect(&params)?;
     }
-    posterior.sample_into(&params, &SampleOptions::default(), &mut rng)?;
-    posterior.sample_into(&params, &SampleOptions::diagonal(0.5), &mut rng)?;
+    posterior.sample_into(&params, &SampleConfig::default(), &mut rng)?;
+    posterior.sample_into(&params, &SampleConfig::diagonal(0.5)?, &mut rng)?;
     let memory = MemoryReport {
         params: d,
         rank: k,
@@ -225,7 +222,7 @@ pub fn measure(
     record("collect", t, (20 + dev_bytes) * d, 0.0);
 
     let normals = normals_seconds(d, repeats);
-    let opts = SampleOptions::default();
+    let opts = SampleConfig::default();
     let t = time_median(repeats, || posterior.sample_into(&params, &opts, &mut rng))?;
     record(
         "sample_lowrank",
@@ -234,7 +231,7 @@ pub fn measure(
         normals,
     );
 
-    let opts = SampleOptions::diagonal(0.5);
+    let opts = SampleConfig::diagonal(0.5)?;
     let t = time_median(repeats, || posterior.sample_into(&params, &opts, &mut rng))?;
     record("sample_diag", t, 12 * d, normals);
 

@@ -31,7 +31,7 @@
 //! use candle_core::{DType, Device, Tensor};
 //! use candle_nn::{VarBuilder, VarMap};
 //! use candle_swag::predictive::{batches, Predictive};
-//! use candle_swag::{ParamSet, SampleOptions, SwagConfig, SwagPosterior};
+//! use candle_swag::{ParamSet, SampleConfig, SwagConfig, SwagPosterior};
 //!
 //! # fn main() -> candle_swag::Result<()> {
 //! let varmap = VarMap::new();
@@ -43,7 +43,7 @@
 //!     posterior.collect(&params)?;
 //! }
 //! let x = Tensor::zeros((10, 3), DType::F32, &Device::Cpu)?;
-//! let swag = Predictive::swag(&params, &posterior, SampleOptions::with_scale(0.5), 8, 0)?;
+//! let swag = Predictive::swag(&params, &posterior, SampleConfig::with_scale(0.5)?, 8, 0)?;
 //! let out = swag.classify(&model, batches(&x, 4)?)?;
 //! assert_eq!(out.probs.dims(), &[10, 4]);
 //! # Ok(()) }
@@ -60,7 +60,7 @@ use crate::error::{Error, Result};
 use crate::layout::ParamSet;
 use crate::metrics::uncertainty::UncertaintyDecomposition;
 use crate::swag::multi::assignment;
-use crate::swag::{MultiSwag, SampleOptions, SwagPosterior};
+use crate::swag::{MultiSwag, SampleConfig, SwagPosterior};
 
 /// Where the weights of each forward pass come from.
 #[derive(Debug, Clone)]
@@ -72,7 +72,7 @@ enum Source<'a> {
     /// `samples` draws spread over `posteriors` with [`assignment`].
     Samples {
         posteriors: Vec<&'a SwagPosterior>,
-        options: SampleOptions,
+        options: SampleConfig,
         samples: usize,
         seed: u64,
     },
@@ -121,7 +121,7 @@ impl<'a> Predictive<'a> {
     }
 
     /// `samples` SWAG samples from `posterior` with `options` (scale, diagonal only, divisor;
-    /// see [`SampleOptions`]). The noise comes from one `StdRng` seeded with `seed`, so a seed
+    /// see [`SampleConfig`]). The noise comes from one `StdRng` seeded with `seed`, so a seed
     /// fixes the whole prediction.
     ///
     /// Errors: `samples == 0` (`Error::InvalidArgument` naming `samples`), a posterior over
@@ -129,7 +129,7 @@ impl<'a> Predictive<'a> {
     pub fn swag(
         params: &ParamSet,
         posterior: &'a SwagPosterior,
-        options: SampleOptions,
+        options: SampleConfig,
         samples: usize,
         seed: u64,
     ) -> Result<Self> {
@@ -144,7 +144,7 @@ impl<'a> Predictive<'a> {
     pub fn multi_swag<P: Borrow<SwagPosterior>>(
         params: &ParamSet,
         multi: &'a MultiSwag<P>,
-        options: SampleOptions,
+        options: SampleConfig,
         samples: usize,
         seed: u64,
     ) -> Result<Self> {
@@ -155,7 +155,7 @@ impl<'a> Predictive<'a> {
     fn samples(
         params: &ParamSet,
         posteriors: Vec<&'a SwagPosterior>,
-        options: SampleOptions,
+        options: SampleConfig,
         samples: usize,
         seed: u64,
     ) -> Result<Self> {

@@ -117,10 +117,7 @@ fn variables_live_in_the_varmap_under_candle_nn_names() {
 
     // Without affine there is no weight or bias.
     let varmap2 = VarMap::new();
-    let cfg = BatchNormConfig {
-        affine: false,
-        ..Default::default()
-    };
+    let cfg = BatchNormConfig::default().with_affine(false);
     let plain = BatchNorm::new(2, cfg, f64_vb(&varmap2).pp("bn")).unwrap();
     assert!(plain.weight_and_bias().is_none());
     assert_eq!(varmap2.data().lock().unwrap().len(), 2);
@@ -668,19 +665,9 @@ fn layer_loaded_outside_a_varmap_refreshes_exactly() {
 fn bad_inputs_and_settings_are_refused() {
     let varmap = VarMap::new();
     let vb = f64_vb(&varmap);
-    let bad_momentum = BatchNormConfig {
-        momentum: 1.5,
-        ..Default::default()
-    };
-    assert_eq!(
-        invalid_name(BatchNorm::new(2, bad_momentum, vb.pp("x"))),
-        "momentum"
-    );
-    let bad_eps = BatchNormConfig {
-        eps: -1.0,
-        ..Default::default()
-    };
-    assert_eq!(invalid_name(BatchNorm::new(2, bad_eps, vb.pp("y"))), "eps");
+    assert_eq!(invalid_name(BatchNormConfig::new(1e-5, 1.5)), "momentum");
+    assert_eq!(invalid_name(BatchNormConfig::new(-1.0, 0.1)), "eps");
+    assert_eq!(invalid_name(BatchNormConfig::new(f64::NAN, 0.1)), "eps");
     assert_eq!(
         invalid_name(BatchNorm::new(0, BatchNormConfig::default(), vb.pp("z"))),
         "num_features"

@@ -7,7 +7,7 @@ use candle_swag::batchnorm::{BatchNorm, BatchNormConfig};
 use candle_swag::layout::{ParamLayout, ParamSet};
 use candle_swag::predictive::{batches, forward_fn, Predictive};
 use candle_swag::swag::multi::assignment;
-use candle_swag::swag::{MultiSwag, SampleOptions, SwagConfig, SwagPosterior};
+use candle_swag::swag::{MultiSwag, SampleConfig, SwagConfig, SwagPosterior};
 
 fn model_varmap() -> VarMap {
     let varmap = VarMap::new();
@@ -109,8 +109,14 @@ fn multiswag_spreads_samples_evenly_and_draws_from_the_chosen_posterior() {
     // whose mean (scale 0) is (v, −v).
     let model = forward_fn(|_: &Tensor, _| w.as_tensor().unsqueeze(0));
     let x = Tensor::zeros((1, 1), DType::F32, &Device::Cpu).unwrap();
-    let predictive =
-        Predictive::multi_swag(&params, &multi, SampleOptions::with_scale(0.0), 4, 0).unwrap();
+    let predictive = Predictive::multi_swag(
+        &params,
+        &multi,
+        SampleConfig::with_scale(0.0).unwrap(),
+        4,
+        0,
+    )
+    .unwrap();
     let mut seen = Vec::new();
     predictive
         .for_each_output(&model, batches(&x, 1).unwrap(), |s, b, out| {

@@ -3,7 +3,7 @@
 
 use candle_swag::metrics::{
     calibration_bins, classification_metrics, evaluate_classification, top_label,
-    ClassificationMetrics, ClassificationOptions,
+    ClassificationConfig, ClassificationMetrics,
 };
 use candle_swag::Error;
 use proptest::prelude::*;
@@ -81,7 +81,7 @@ fn calibrated_probability_matrix_gives_small_top_label_and_classwise_ece() {
     let mut rng = StdRng::seed_from_u64(11);
     let (probs, labels) = calibrated_data(&mut rng, 100_000, 4);
     let eval =
-        evaluate_classification(&probs, 4, &labels, &ClassificationOptions::default()).unwrap();
+        evaluate_classification(&probs, 4, &labels, &ClassificationConfig::default()).unwrap();
     let counts: Vec<usize> = eval.reliability.bins.iter().map(|b| b.count).collect();
     let bound = ece_bound(&counts);
     assert!(
@@ -131,10 +131,9 @@ fn one_pass_matches_slow_formulas_over_several_chunks() {
     let mut rng = StdRng::seed_from_u64(3);
     // More rows than one parallel chunk (4096), to exercise the merge.
     let (probs, labels) = calibrated_data(&mut rng, 10_000, 5);
-    let options = ClassificationOptions {
-        n_bins: 10,
-        ..Default::default()
-    };
+    let options = ClassificationConfig::default()
+        .with_equal_width_bins(10)
+        .unwrap();
     let eval = evaluate_classification(&probs, 5, &labels, &options).unwrap();
     let (acc, nll, brier, cw) = slow_metrics(&probs, 5, &labels, 10);
     let m = &eval.metrics;
@@ -204,7 +203,7 @@ proptest! {
         }
         let p2: Vec<f64> = order.iter().flat_map(|&i| probs[i * c..(i + 1) * c].to_vec()).collect();
         let y2: Vec<usize> = order.iter().map(|&i| labels[i]).collect();
-        let options = ClassificationOptions { n_bins: 7, n_bins_equal_mass: 4, ..Default::default() };
+        let options = ClassificationConfig::default().with_equal_width_bins(7).unwrap().with_equal_mass_bins(4).unwrap();
         let a = evaluate_classification(&probs, c, &labels, &options).unwrap();
         let b = evaluate_classification(&p2, c, &y2, &options).unwrap();
         assert_metrics_close(&a.metrics, &b.metrics);
@@ -232,7 +231,7 @@ fn bad_data(err: Error) -> (String, usize, String, String) {
 fn input_errors_name_the_row_and_column() {
     let good = vec![0.2f32, 0.8, 0.5, 0.5, 1.0, 0.0];
     let labels = vec![1u32, 0, 0];
-    let opts = ClassificationOptions::default();
+    let opts = ClassificationConfig::default();
     assert!(classification_metrics(&good, 2, &labels, &opts).is_ok());
 
     let mut nan = good.clone();
@@ -310,27 +309,18 @@ fn input_errors_name_the_row_and_column() {
 fn options_are_validated() {
     let p = [0.5f64, 0.5];
     let y = [0usize];
-    for opts in [
-        ClassificationOptions {
-            n_bins: 0,
-            ..Default::default()
-        },
-        ClassificationOptions {
-            n_bins_equal_mass: 0,
-            ..Default::default()
-        },
-        ClassificationOptions {
-            nll_eps: 0.0,
-            ..Default::default()
-        },
-    ] {
-        assert!(matches!(
-            classification_metrics(&p, 2, &y, &opts),
-            Err(Error::InvalidArgument { .. })
-        ));
-    }
+    let name = |r: candle_swag::Result<ClassificationConfig>| match r {
+        Err(Error::InvalidArgument { name, .. }) => name,
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    };
+    let d = ClassificationConfig::default;
+    assert_eq!(name(d().with_equal_width_bins(0)), "n_bins");
+    assert_eq!(name(d().with_equal_mass_bins(0)), "n_bins_equal_mass");
+    assert_eq!(name(d().with_nll_eps(0.0)), "nll_eps");
+    assert_eq!(name(d().with_nll_eps(f64::NAN)), "nll_eps");
+    assert_eq!(name(ClassificationConfig::with_bins(0)), "n_bins");
     assert!(matches!(
-        classification_metrics(&p, 0, &y, &ClassificationOptions::default()),
+        classification_metrics(&p, 0, &y, &ClassificationConfig::default()),
         Err(Error::InvalidArgument { .. })
     ));
 }
@@ -338,7 +328,7 @@ fn options_are_validated() {
 #[test]
 fn nll_clamps_zero_probabilities_at_eps() {
     let p = [1.0f64, 0.0];
-    let m = classification_metrics(&p, 2, &[1usize], &ClassificationOptions::default()).unwrap();
+    let m = classification_metrics(&p, 2, &[1usize], &ClassificationConfig::default()).unwrap();
     assert!((m.nll - (-(1e-12f64).ln())).abs() < 1e-12);
     assert_eq!(m.brier, 2.0);
     assert_eq!(m.accuracy, 0.0);
@@ -347,7 +337,7 @@ fn nll_clamps_zero_probabilities_at_eps() {
 #[test]
 fn metrics_json_has_the_report_keys() {
     let p = [0.9f32, 0.1, 0.3, 0.7];
-    let m = classification_metrics(&p, 2, &[0u32, 0], &ClassificationOptions::default()).unwrap();
+    let m = classification_metrics(&p, 2, &[0u32, 0], &ClassificationConfig::default()).unwrap();
     let v = serde_json::to_value(&m).unwrap();
     for key in ["accuracy", "nll", "brier", "ece", "mce"] {
         assert!(

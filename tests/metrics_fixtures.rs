@@ -7,7 +7,7 @@ use candle_swag::metrics::{
     crps_samples, evaluate_classification, fpr_at_tpr, gaussian_nll, interval_calibration_curve,
     interval_score, mean_absolute_calibration_error, miscalibration_area_from_curve, ood_metrics,
     regression_metrics, risk_coverage, root_mean_squared_calibration_error, sharpness,
-    ClassificationOptions, CrpsEstimator, RegressionOptions,
+    ClassificationConfig, CrpsEstimator, RegressionConfig,
 };
 use serde_json::Value;
 
@@ -116,10 +116,9 @@ fn bin_edges_as_probability_matrix() {
         .flat_map(f64s)
         .collect();
     let labels = usizes(&c["as_probabilities"]["labels"]);
-    let options = ClassificationOptions {
-        n_bins: 4,
-        ..Default::default()
-    };
+    let options = ClassificationConfig::default()
+        .with_equal_width_bins(4)
+        .unwrap();
     let eval = evaluate_classification(&rows, 3, &labels, &options).unwrap();
     close(
         eval.metrics.ece,
@@ -325,7 +324,7 @@ fn uncertainty_toolbox_gaussian_values() {
         "area",
     );
     // The collected struct reports the same numbers.
-    let all = regression_metrics(&m, &s, &y, &RegressionOptions::default()).unwrap();
+    let all = regression_metrics(&m, &s, &y, &RegressionConfig::default()).unwrap();
     close(all.nll, want("nll"), TOOLBOX_TOL, "nll");
     close(all.crps, want("crps"), TOOLBOX_TOL, "crps");
     close(all.mace, want("mace_interval"), TOOLBOX_TOL, "mace");

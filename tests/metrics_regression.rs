@@ -5,7 +5,7 @@ use candle_swag::metrics::{
     interval_calibration_curve, linspace, miscalibration_area_from_curve,
     prediction_interval_coverage, quantile_calibration_curve, regression_metrics,
     regression_metrics_from_samples, sample_moments, CalibrationCurve, CrpsEstimator,
-    RegressionOptions,
+    RegressionConfig,
 };
 use candle_swag::Error;
 use rand::rngs::StdRng;
@@ -70,7 +70,7 @@ fn calibrated_gaussians_give_near_diagonal_curves_and_nominal_coverage() {
     // MPIW = 2 · 1.959964 · mean σ.
     let mean_s = s.iter().sum::<f64>() / n as f64;
     assert!((cov.mpiw - 2.0 * 1.959_963_984_540_054 * mean_s).abs() < 1e-9);
-    let all = regression_metrics(&m, &s, &y, &RegressionOptions::default()).unwrap();
+    let all = regression_metrics(&m, &s, &y, &RegressionConfig::default()).unwrap();
     assert!(all.mace < bound && all.miscalibration_area < bound);
     assert_eq!(all.intervals.len(), 5);
     assert_eq!(all.picp_95, cov.picp);
@@ -117,7 +117,7 @@ fn crps_samples_converge_to_the_closed_form() {
     let (sm, ss) = sample_moments(&samples, s).unwrap();
     assert!((sm[10] - mean[10]).abs() < 0.1 && (ss[10] - std[10]).abs() < 0.05);
     let from_samples =
-        regression_metrics_from_samples(&samples, s, &y, &RegressionOptions::default()).unwrap();
+        regression_metrics_from_samples(&samples, s, &y, &RegressionConfig::default()).unwrap();
     assert_eq!(from_samples.crps_samples, Some(fair));
     // Sample CRPS against a slow O(M²) computation on a tiny case.
     let tiny = [0.0, 1.0, 3.0, 0.5, 2.0, -1.0]; // [S = 3, N = 2]

@@ -9,7 +9,7 @@ use candle_swag::models::{Mlp, MlpConfig};
 use candle_swag::optim::{SgdConfig, SgdMomentum};
 use candle_swag::predictive::{batches, Noise, Predictive};
 use candle_swag::report::ReportBuilder;
-use candle_swag::swag::SampleOptions;
+use candle_swag::swag::SampleConfig;
 use candle_swag::train::run::{fit_mlp, save_run, validation_split, FitSpec, LoadedRun, RunConfig};
 use candle_swag::train::{Collect, Objective, TrainConfig};
 
@@ -31,15 +31,8 @@ fn check_two_steps(dtype: DType, tol: f64) {
         .unwrap()
         .to_dtype(dtype)
         .unwrap();
-    let mut opt = SgdMomentum::new(
-        vec![theta.clone()],
-        SgdConfig {
-            lr: 0.1,
-            momentum: 0.9,
-            weight_decay: 0.01,
-        },
-    )
-    .unwrap();
+    let mut opt =
+        SgdMomentum::new(vec![theta.clone()], SgdConfig::new(0.1, 0.9, 0.01).unwrap()).unwrap();
     let expected = [[0.949, -2.098], [0.852151, -2.284102]];
     for want in expected {
         let loss = theta.as_tensor().mul(&a).unwrap().sum_all().unwrap();
@@ -77,15 +70,8 @@ fn sgd_momentum_matches_hand_computation_tensor_ops_f64() {
 fn sgd_learning_rate_is_settable() {
     let dev = Device::Cpu;
     let theta = Var::new(&[1.0f32], &dev).unwrap();
-    let mut opt = SgdMomentum::new(
-        vec![theta.clone()],
-        SgdConfig {
-            lr: 0.1,
-            momentum: 0.0,
-            weight_decay: 0.0,
-        },
-    )
-    .unwrap();
+    let mut opt =
+        SgdMomentum::new(vec![theta.clone()], SgdConfig::new(0.1, 0.0, 0.0).unwrap()).unwrap();
     opt.set_learning_rate(0.5);
     assert_eq!(opt.learning_rate(), 0.5);
     // loss = 2θ, gradient 2: θ = 1 − 0.5·2 = 0.
@@ -111,11 +97,7 @@ fn small_spec(epochs: usize, swa_start: usize, collect: Collect, seed: u64) -> F
         train: TrainConfig {
             epochs,
             batch_size: 8,
-            sgd: SgdConfig {
-                lr: 0.05,
-                momentum: 0.9,
-                weight_decay: 5e-4,
-            },
+            sgd: SgdConfig::new(0.05, 0.9, 5e-4).unwrap(),
             swa_start: Some(swa_start),
             collect,
             seed,
@@ -219,6 +201,29 @@ fn collection_schedules_collect_the_documented_number_of_snapshots() {
     );
 }
 
+/// SGD settings are checked when made, each bad value refused by name; a config read back
+/// from JSON goes through the same check.
+#[test]
+fn bad_sgd_settings_are_refused_when_made() {
+    let name = |r: candle_swag::Result<SgdConfig>| match r {
+        Err(candle_swag::Error::InvalidArgument { name, .. }) => name,
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    };
+    assert_eq!(name(SgdConfig::new(0.0, 0.9, 0.0)), "lr");
+    assert_eq!(name(SgdConfig::new(f64::NAN, 0.9, 0.0)), "lr");
+    assert_eq!(name(SgdConfig::new(0.1, 1.0, 0.0)), "momentum");
+    assert_eq!(name(SgdConfig::new(0.1, -0.1, 0.0)), "momentum");
+    assert_eq!(name(SgdConfig::new(0.1, 0.9, -1e-4)), "weight_decay");
+    let ok = SgdConfig::new(0.1, 0.9, 5e-4).unwrap();
+    let json = serde_json::to_string(&ok).unwrap();
+    assert_eq!(serde_json::from_str::<SgdConfig>(&json).unwrap(), ok);
+    let bad = r#"{"lr": -1.0, "momentum": 0.9, "weight_decay": 0.0}"#;
+    let err = serde_json::from_str::<SgdConfig>(bad)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("lr"), "{err}");
+}
+
 #[test]
 fn bad_training_settings_are_refused_by_name() {
     let data = small_digits(16);
@@ -267,7 +272,7 @@ fn bma_invariants() {
     let zero = Predictive::swag(
         &f.params,
         &f.posterior,
-        SampleOptions::with_scale(0.0),
+        SampleConfig::with_scale(0.0).unwrap(),
         3,
         0,
     )
@@ -287,7 +292,7 @@ fn bma_invariants() {
     let swag = Predictive::swag(
         &f.params,
         &f.posterior,
-        SampleOptions::with_scale(0.5),
+        SampleConfig::with_scale(0.5).unwrap(),
         5,
         3,
     )
@@ -305,7 +310,7 @@ fn bma_invariants() {
     Predictive::swag(
         &f.params,
         &f.posterior,
-        SampleOptions::with_scale(0.5),
+        SampleConfig::with_scale(0.5).unwrap(),
         5,
         3,
     )
@@ -342,7 +347,12 @@ fn regression_bma_point_weights_have_no_epistemic_variance() {
         output_dim: 1,
         batchnorm: false,
     };
-    spec.train.sgd.lr = 0.01;
+    spec.train.sgd = SgdConfig::new(
+        0.01,
+        spec.train.sgd.momentum(),
+        spec.train.sgd.weight_decay(),
+    )
+    .unwrap();
     let f = fit_mlp(&train, Objective::MeanSquaredError, &spec).unwrap();
     let p = Predictive::point(&f.params, &f.sgd_weights)
         .unwrap()
@@ -388,7 +398,7 @@ fn fit_save_load_predict_report_round_trip() {
     let spec = small_spec(3, 1, Collect::EveryEpoch, 2);
     let fitted = fit_mlp(&train, Objective::CrossEntropy, &spec).unwrap();
     let swag = |params, posterior| {
-        Predictive::swag(params, posterior, SampleOptions::default(), 4, 9).unwrap()
+        Predictive::swag(params, posterior, SampleConfig::default(), 4, 9).unwrap()
     };
     let before = classify(
         &fitted.model,

@@ -18,10 +18,9 @@ fn fitted(rank: usize, n: usize, dt: DType) -> SwagPosterior {
     .unwrap();
     let mut p = SwagPosterior::new(
         layout,
-        SwagConfig {
-            rank,
-            deviation_dtype: dt,
-        },
+        SwagConfig::with_rank(rank)
+            .with_deviation_dtype(dt)
+            .unwrap(),
         &Device::Cpu,
     )
     .unwrap();
@@ -63,7 +62,7 @@ fn round_trip_is_bit_exact() {
             (q.n_collected(), q.rank(), q.rows()),
             (p.n_collected(), p.rank(), p.rows())
         );
-        assert_eq!(q.config().deviation_dtype, dt);
+        assert_eq!(q.config().deviation_dtype(), dt);
         assert_eq!(bits(&q.mean().unwrap()), bits(&p.mean().unwrap()));
         assert_eq!(bits(&q.sq_mean().unwrap()), bits(&p.sq_mean().unwrap()));
         assert_eq!(bits(&q.m2().unwrap()), bits(&p.m2().unwrap()));

@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Module, ModuleT, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use candle_swag::predictive::{batches, forward_fn};
 use candle_swag::{
-    BatchNormRefresh, BatchNormStats, Error, MultiSwag, Noise, ParamSet, Predictive, SampleOptions,
+    BatchNormRefresh, BatchNormStats, Error, MultiSwag, Noise, ParamSet, Predictive, SampleConfig,
     SwagConfig, SwagPosterior, VarianceLink,
 };
 
@@ -92,7 +92,7 @@ fn classification_averages_probabilities_and_splits_the_entropy() {
     let p = Predictive::swag(
         &f.params,
         &f.posterior,
-        SampleOptions::with_scale(1.0),
+        SampleConfig::with_scale(1.0).unwrap(),
         9,
         5,
     )
@@ -157,7 +157,7 @@ fn homoscedastic_regression_is_the_mixture_of_the_sampled_means() {
     let p = Predictive::swag(
         &f.params,
         &f.posterior,
-        SampleOptions::with_scale(0.5),
+        SampleConfig::with_scale(0.5).unwrap(),
         7,
         1,
     )
@@ -189,7 +189,7 @@ fn heteroscedastic_regression_mixes_means_and_variances() {
     let p = Predictive::swag(
         &f.params,
         &f.posterior,
-        SampleOptions::with_scale(1.0),
+        SampleConfig::with_scale(1.0).unwrap(),
         6,
         2,
     )
@@ -266,7 +266,7 @@ fn weights_are_restored_after_a_prediction_even_on_error() {
     let p = Predictive::swag(
         &f.params,
         &f.posterior,
-        SampleOptions::with_scale(0.5),
+        SampleConfig::with_scale(0.5).unwrap(),
         4,
         0,
     )
@@ -346,9 +346,15 @@ fn batchnorm_statistics_are_refreshed_per_sample_and_restored_after() {
     );
     // With one refresh batch holding every row, the eval-mode output of each sample is the
     // normalisation of that sample's pre-activations: per column, its mean is the sampled bias.
-    let p = Predictive::swag(&params, &posterior, SampleOptions::with_scale(1.0), 3, 0)
-        .unwrap()
-        .with_refresh(refresh);
+    let p = Predictive::swag(
+        &params,
+        &posterior,
+        SampleConfig::with_scale(1.0).unwrap(),
+        3,
+        0,
+    )
+    .unwrap()
+    .with_refresh(refresh);
     p.for_each_output(&model, batches(&x, 4).unwrap(), |_, _, out| {
         let cols = out.t()?.to_vec2::<f32>()?;
         let bias = varmap.data().lock().unwrap()["bn.bias"].to_vec1::<f32>()?;
@@ -379,7 +385,7 @@ fn mismatched_layouts_and_bad_arguments_are_named() {
     assert!(err.to_string().contains("posterior #0"), "{err}");
     let multi = MultiSwag::new(vec![&f.posterior]).unwrap();
     assert!(matches!(
-        Predictive::multi_swag(&g.params, &multi, SampleOptions::default(), 3, 0),
+        Predictive::multi_swag(&g.params, &multi, SampleConfig::default(), 3, 0),
         Err(Error::LayoutMismatch(_))
     ));
     let name = |e: Error| match e {
@@ -387,9 +393,7 @@ fn mismatched_layouts_and_bad_arguments_are_named() {
         other => panic!("{other:?}"),
     };
     assert_eq!(
-        name(
-            Predictive::swag(&f.params, &f.posterior, SampleOptions::default(), 0, 0).unwrap_err()
-        ),
+        name(Predictive::swag(&f.params, &f.posterior, SampleConfig::default(), 0, 0).unwrap_err()),
         "samples"
     );
     let p = Predictive::swa(&f.params, &f.posterior).unwrap();
@@ -421,8 +425,22 @@ fn sgd_swa_and_swag_share_one_interface() {
     let methods = [
         Predictive::point(&f.params, &sgd_weights).unwrap(),
         Predictive::swa(&f.params, &f.posterior).unwrap(),
-        Predictive::swag(&f.params, &f.posterior, SampleOptions::diagonal(0.5), 5, 0).unwrap(),
-        Predictive::multi_swag(&f.params, &multi, SampleOptions::with_scale(0.5), 5, 0).unwrap(),
+        Predictive::swag(
+            &f.params,
+            &f.posterior,
+            SampleConfig::diagonal(0.5).unwrap(),
+            5,
+            0,
+        )
+        .unwrap(),
+        Predictive::multi_swag(
+            &f.params,
+            &multi,
+            SampleConfig::with_scale(0.5).unwrap(),
+            5,
+            0,
+        )
+        .unwrap(),
     ];
     let samples: Vec<usize> = methods.iter().map(|m| m.num_samples()).collect();
     assert_eq!(samples, [1, 1, 5, 5]);

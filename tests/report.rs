@@ -1,6 +1,7 @@
 //! The report library: metrics.json layouts and hand-computed values, the Markdown and HTML
 //! files (best values marked, plots inline, conventions), and atomic writing.
 
+use candle_swag::metrics::{ClassificationConfig, RegressionConfig};
 use candle_swag::report::{Report, ReportBuilder};
 use serde_json::Value;
 
@@ -85,16 +86,19 @@ fn several_methods_are_keyed_and_best_values_marked() {
     let mean = [0.0, 1.0, 2.0, 3.0];
     let std = [1.0, 1.0, 2.0, 0.5];
     let y = [0.5, 1.0, 1.0, 4.0];
-    let files = ReportBuilder::new("toy <data>")
-        .bins(10)
-        .classification_method("SGD", &PROBS, 2, &LABELS)
-        .unwrap()
-        .classification_method("SWAG", &PROBS_B, 2, &LABELS)
-        .unwrap()
-        .regression_method("SWAG", &mean, &std, &y)
-        .unwrap()
-        .write(&dir)
-        .unwrap();
+    let files = ReportBuilder::with_config(
+        "toy <data>",
+        ClassificationConfig::with_bins(10).unwrap(),
+        RegressionConfig::default(),
+    )
+    .classification_method("SGD", &PROBS, 2, &LABELS)
+    .unwrap()
+    .classification_method("SWAG", &PROBS_B, 2, &LABELS)
+    .unwrap()
+    .regression_method("SWAG", &mean, &std, &y)
+    .unwrap()
+    .write(&dir)
+    .unwrap();
     let m = read_json(&files.metrics_json);
     let cls = &m["classification"];
     assert!(close(cls["SGD"]["ece"].as_f64().unwrap(), 0.4));

@@ -6,7 +6,7 @@ mod common;
 
 use candle_core::{Device, Tensor, Var};
 use candle_swag::layout::{ParamLayout, ParamSet};
-use candle_swag::swag::{SampleOptions, SwagConfig, SwagPosterior};
+use candle_swag::swag::{SampleConfig, SwagConfig, SwagPosterior};
 use common::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -66,7 +66,7 @@ fn fitted(snaps: &[Vec<f32>], rank: usize) -> SwagPosterior {
 #[test]
 fn variance_is_exact_at_every_fluctuation_level() {
     let (d, n) = (100_000, 30);
-    let clamp = SampleOptions::default().var_clamp;
+    let clamp = SampleConfig::default().var_clamp();
     for (level, std) in [1e-6f32, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
         .into_iter()
         .enumerate()
@@ -131,7 +131,7 @@ fn diagonal_samples_have_the_snapshots_variance() {
     let snaps = snapshots(42, d, n, 1.0, 1e-4);
     let (_, var_ref) = two_pass(&snaps);
     let p = fitted(&snaps, 5);
-    let opts = SampleOptions::diagonal(1.0);
+    let opts = SampleConfig::diagonal(1.0).unwrap();
 
     // The fused CPU sampler (into Vars) and the tensor-op sampler (flat) are both checked.
     let lay = layout(d);

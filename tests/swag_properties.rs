@@ -6,7 +6,7 @@ mod common;
 
 use candle_core::{DType, Device, Var};
 use candle_swag::layout::{ParamLayout, ParamSet};
-use candle_swag::swag::{Divisor, SampleOptions, SwagConfig, SwagPosterior};
+use candle_swag::swag::{Divisor, SampleConfig, SwagConfig, SwagPosterior};
 use candle_swag::Error;
 use common::*;
 use proptest::prelude::*;
@@ -23,10 +23,9 @@ fn posterior_from(snaps: &[Vec<f64>], rank: usize, dt: DType) -> SwagPosterior {
     let d = snaps[0].len();
     let mut p = SwagPosterior::new(
         layout(d),
-        SwagConfig {
-            rank,
-            deviation_dtype: dt,
-        },
+        SwagConfig::with_rank(rank)
+            .with_deviation_dtype(dt)
+            .unwrap(),
         &Device::Cpu,
     )
     .unwrap();
@@ -115,8 +114,12 @@ fn sample_covariance_matches_swag_covariance() {
     let mut outer = vec![0.0; d * d];
     let mut draw_rng = StdRng::seed_from_u64(11);
     for _ in 0..n {
-        p.sample_into(&params, &SampleOptions::with_scale(scale), &mut draw_rng)
-            .unwrap();
+        p.sample_into(
+            &params,
+            &SampleConfig::with_scale(scale).unwrap(),
+            &mut draw_rng,
+        )
+        .unwrap();
         let x = to_f64(&params.flatten().unwrap());
         for i in 0..d {
             sum[i] += x[i];
@@ -188,12 +191,12 @@ fn log_prob_matches_dense_gaussian() {
         (3, Divisor::RowsMinusOne, true, 2.0),
     ] {
         let p = posterior_from(&snaps, rank, DType::F32);
-        let opts = SampleOptions {
-            scale,
-            divisor,
-            diag_only,
-            var_clamp: 1e-30,
-        };
+        let opts = SampleConfig::with_scale(scale)
+            .unwrap()
+            .with_divisor(divisor)
+            .with_diag_only(diag_only)
+            .with_var_clamp(1e-30)
+            .unwrap();
         // log_prob uses the sampler's variance: the f32 numbers of `variance` (documented).
         let var = to_f64(&p.variance(1e-30).unwrap());
         let dev = to_f64(&p.deviations().unwrap());
@@ -249,7 +252,10 @@ fn fused_sampler_is_the_formula_and_thread_count_independent() {
     let snaps = random_snaps(&mut rng, 4, d, &[1.0, 0.1]);
     let p = posterior_from(&snaps, 3, DType::F32);
     let params = params_for(d);
-    for opts in [SampleOptions::with_scale(0.5), SampleOptions::diagonal(0.5)] {
+    for opts in [
+        SampleConfig::with_scale(0.5).unwrap(),
+        SampleConfig::diagonal(0.5).unwrap(),
+    ] {
         let seed = 1234;
         let (z1, z2) = p.noise_for_seed(seed).unwrap();
         let want = to_f64(&p.sample_with_noise(&z1, &z2, &opts).unwrap());
@@ -275,7 +281,7 @@ fn low_precision_deviations_have_bounded_effect() {
     let snaps = random_snaps(&mut rng, 8, d, &[1.0, 0.5, 2.0]);
     let full = posterior_from(&snaps, 5, DType::F32);
     let params = params_for(d);
-    let opts = SampleOptions::with_scale(0.5);
+    let opts = SampleConfig::with_scale(0.5).unwrap();
     let z2: Vec<f32> = full.noise_for_seed(77).unwrap().1.to_vec1().unwrap();
     let dev = to_f64(&full.deviations().unwrap());
     for (dt, unit_roundoff) in [(DType::BF16, 2f64.powi(-8)), (DType::F16, 2f64.powi(-11))] {
@@ -285,7 +291,7 @@ fn low_precision_deviations_have_bounded_effect() {
         low.sample_into_seeded(&params, &opts, 77).unwrap();
         let b = to_f64(&params.flatten().unwrap());
         // |Δθ_i| ≤ sqrt(scale/div)·Σ_k |z2_k|·|D_ki|·u (rounding each stored deviation), plus f32 slack.
-        let c = (opts.scale / full.divisor_value(opts.divisor)).sqrt();
+        let c = (opts.scale() / full.divisor_value(opts.divisor())).sqrt();
         for i in 0..d {
             let bound: f64 = c
                 * (0..full.rows())
@@ -349,12 +355,29 @@ fn sampling_an_empty_posterior_is_an_error() {
     let p = SwagPosterior::new(layout(4), SwagConfig::with_rank(2), &Device::Cpu).unwrap();
     let params = params_for(4);
     let err = p
-        .sample_into_seeded(&params, &SampleOptions::default(), 1)
+        .sample_into_seeded(&params, &SampleConfig::default(), 1)
         .unwrap_err();
     assert!(matches!(err, Error::NotEnoughSnapshots(_)));
-    let bad = SampleOptions::with_scale(-1.0);
-    let mut q = p;
-    q.collect_flat(&tensor_f32(&[1.0, 2.0, 3.0, 4.0])).unwrap();
-    let err = q.sample_into_seeded(&params, &bad, 1).unwrap_err();
-    assert!(err.to_string().contains("scale"));
+}
+
+/// Sample settings are checked once, when made: each bad value is refused by name.
+#[test]
+fn bad_sample_settings_are_refused_when_made() {
+    let name = |r: candle_swag::Result<SampleConfig>| match r {
+        Err(Error::InvalidArgument { name, .. }) => name,
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    };
+    assert_eq!(name(SampleConfig::with_scale(-1.0)), "scale");
+    assert_eq!(name(SampleConfig::with_scale(f64::NAN)), "scale");
+    assert_eq!(name(SampleConfig::diagonal(f64::INFINITY)), "scale");
+    assert_eq!(
+        name(SampleConfig::default().with_var_clamp(-1e-3)),
+        "var_clamp"
+    );
+    let dtype = SwagConfig::with_rank(2).with_deviation_dtype(DType::F64);
+    assert!(
+        matches!(dtype, Err(Error::InvalidArgument { ref name, .. }) if name == "deviation_dtype")
+    );
+    let ok = SampleConfig::diagonal(0.0).unwrap();
+    assert_eq!((ok.scale(), ok.diag_only()), (0.0, true));
 }

@@ -5,7 +5,7 @@ mod common;
 
 use candle_core::{Device, Tensor, Var};
 use candle_swag::layout::{ParamLayout, ParamSet};
-use candle_swag::swag::{Divisor, SampleOptions, SwagConfig, SwagPosterior};
+use candle_swag::swag::{Divisor, SampleConfig, SwagConfig, SwagPosterior};
 use common::*;
 use serde_json::Value;
 
@@ -140,10 +140,7 @@ fn samples_with_given_noise_match_reference() {
             (Divisor::RowsMinusOne, "divisor_rows_minus_1"),
             (Divisor::RankMinusOne, "divisor_k_minus_1"),
         ] {
-            let opts = SampleOptions {
-                divisor,
-                ..SampleOptions::with_scale(0.5)
-            };
+            let opts = SampleConfig::with_scale(0.5).unwrap().with_divisor(divisor);
             let got = p.sample_with_noise(&z1, &z2, &opts).unwrap();
             assert_close(
                 &format!("case {ci} {key}"),
@@ -154,7 +151,7 @@ fn samples_with_given_noise_match_reference() {
             );
         }
         let got = p
-            .sample_with_noise(&z1, &z2, &SampleOptions::diagonal(0.5))
+            .sample_with_noise(&z1, &z2, &SampleConfig::diagonal(0.5).unwrap())
             .unwrap();
         assert_close(
             &format!("case {ci} diag"),
@@ -188,7 +185,7 @@ fn scale_zero_gives_the_mean_exactly() {
     let z1 = tensor_f32(&flat_f64(&case["noise"]["z1"]));
     let z2 = tensor_f32(&flat_f64(&case["noise"]["z2"]));
     let got = p
-        .sample_with_noise(&z1, &z2, &SampleOptions::with_scale(0.0))
+        .sample_with_noise(&z1, &z2, &SampleConfig::with_scale(0.0).unwrap())
         .unwrap();
     assert_eq!(to_f64(&got), to_f64(&p.mean().unwrap()));
     let _ = Tensor::zeros(1, candle_core::DType::F32, &Device::Cpu);

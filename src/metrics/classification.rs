@@ -37,24 +37,77 @@ use crate::{Error, Result};
 /// costs about 27.6 nats instead of infinity.
 pub const DEFAULT_NLL_EPS: f64 = 1e-12;
 
-/// Options of the classification metrics.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ClassificationOptions {
-    /// Equal-width bins for ECE, MCE, signed and classwise ECE (default 15).
-    pub n_bins: usize,
-    /// Equal-mass bins for the adaptive ECE and the L2 errors (default 15).
-    pub n_bins_equal_mass: usize,
-    /// Probability clamp inside the NLL (default [`DEFAULT_NLL_EPS`]).
-    pub nll_eps: f64,
+/// Settings of the classification metrics, checked when made (like
+/// [`SampleConfig`](crate::SampleConfig)).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClassificationConfig {
+    n_bins: usize,
+    n_bins_equal_mass: usize,
+    nll_eps: f64,
 }
 
-impl Default for ClassificationOptions {
+impl Default for ClassificationConfig {
+    /// 15 equal-width and 15 equal-mass bins, NLL clamp [`DEFAULT_NLL_EPS`].
     fn default() -> Self {
-        ClassificationOptions {
+        ClassificationConfig {
             n_bins: DEFAULT_BINS,
             n_bins_equal_mass: DEFAULT_BINS,
             nll_eps: DEFAULT_NLL_EPS,
         }
+    }
+}
+
+impl ClassificationConfig {
+    /// The same number of equal-width bins (ECE, MCE, signed and classwise ECE) and
+    /// equal-mass bins (adaptive ECE, L2 errors), in `1..=MAX_BINS`.
+    pub fn with_bins(n_bins: usize) -> Result<Self> {
+        Self::default()
+            .with_equal_width_bins(n_bins)?
+            .with_equal_mass_bins(n_bins)
+    }
+
+    /// Equal-width bins for ECE, MCE, signed and classwise ECE.
+    pub fn with_equal_width_bins(mut self, n_bins: usize) -> Result<Self> {
+        check_bins(n_bins)?;
+        self.n_bins = n_bins;
+        Ok(self)
+    }
+
+    /// Equal-mass bins for the adaptive ECE and the L2 errors.
+    pub fn with_equal_mass_bins(mut self, n_bins: usize) -> Result<Self> {
+        check_bins(n_bins).map_err(|e| match e {
+            Error::InvalidArgument { reason, .. } => Error::invalid("n_bins_equal_mass", reason),
+            other => other,
+        })?;
+        self.n_bins_equal_mass = n_bins;
+        Ok(self)
+    }
+
+    /// Probability clamp inside the NLL, in `(0, 1)`: `−ln(max(p_y, nll_eps))`.
+    pub fn with_nll_eps(mut self, nll_eps: f64) -> Result<Self> {
+        if !(nll_eps > 0.0 && nll_eps < 1.0) {
+            return Err(Error::invalid(
+                "nll_eps",
+                format!("{nll_eps} is not in (0, 1)"),
+            ));
+        }
+        self.nll_eps = nll_eps;
+        Ok(self)
+    }
+
+    /// Equal-width bins (default 15).
+    pub fn n_bins(&self) -> usize {
+        self.n_bins
+    }
+
+    /// Equal-mass bins (default 15).
+    pub fn n_bins_equal_mass(&self) -> usize {
+        self.n_bins_equal_mass
+    }
+
+    /// Probability clamp inside the NLL (default [`DEFAULT_NLL_EPS`]).
+    pub fn nll_eps(&self) -> f64 {
+        self.nll_eps
     }
 }
 
@@ -189,15 +242,9 @@ pub fn evaluate_classification<T: Probability, L: ClassLabel>(
     probs: &[T],
     n_classes: usize,
     labels: &[L],
-    options: &ClassificationOptions,
+    options: &ClassificationConfig,
 ) -> Result<ClassificationEvaluation> {
     let n_bins = options.n_bins;
-    check_bins(n_bins)?;
-    check_bins(options.n_bins_equal_mass)
-        .map_err(|_| Error::invalid("n_bins_equal_mass", "must be at least 1"))?;
-    if !(options.nll_eps > 0.0 && options.nll_eps < 1.0) {
-        return Err(Error::invalid("nll_eps", "must be in (0, 1)"));
-    }
     let n = matrix_rows("probabilities", probs.len(), n_classes)?;
     check_non_empty("labels", labels.len())?;
     check_same_len("probabilities", n, "labels", labels.len())?;
@@ -388,7 +435,7 @@ pub fn classification_metrics<T: Probability, L: ClassLabel>(
     probs: &[T],
     n_classes: usize,
     labels: &[L],
-    options: &ClassificationOptions,
+    options: &ClassificationConfig,
 ) -> Result<ClassificationMetrics> {
     evaluate_classification(probs, n_classes, labels, options).map(|e| e.metrics)
 }

@@ -40,8 +40,8 @@ pub use binning::{
 };
 pub use classification::{
     binary_to_two_class, calibration_bins_positive_class, calibration_bins_top_label_binary,
-    classification_metrics, evaluate_classification, top_label, ClassificationEvaluation,
-    ClassificationMetrics, ClassificationOptions, DEFAULT_NLL_EPS,
+    classification_metrics, evaluate_classification, top_label, ClassificationConfig,
+    ClassificationEvaluation, ClassificationMetrics, DEFAULT_NLL_EPS,
 };
 pub use conformal::{
     check_calibration_size, conformal_quantile, conformal_rank, normalized_scores,
@@ -65,8 +65,8 @@ pub use regression::{
     interval_score, linspace, mae, mean_absolute_calibration_error, miscalibration_area,
     miscalibration_area_from_curve, prediction_interval_coverage, quantile_calibration_curve,
     regression_metrics, regression_metrics_from_samples, rmse, root_mean_squared_calibration_error,
-    sample_moments, sharpness, CalibrationCurve, CrpsEstimator, IntervalCoverage,
-    RegressionMetrics, RegressionOptions,
+    sample_moments, sharpness, CalibrationCurve, CrpsEstimator, IntervalCoverage, RegressionConfig,
+    RegressionMetrics,
 };
 pub use selective::{aurc_trapezoid, risk_coverage, RiskCoverage};
 pub use uncertainty::{

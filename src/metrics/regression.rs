@@ -56,31 +56,72 @@ pub struct IntervalCoverage {
     pub mpiw: f64,
 }
 
-/// Options of [`regression_metrics`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RegressionOptions {
-    /// Points of the calibration curves (default 100, the toolbox's `num_bins`).
-    pub calibration_points: usize,
-    /// Levels of the check and interval scores: `linspace(score_start, score_end, score_levels)`
-    /// (default 0.01, 0.99, 99).
-    pub score_start: f64,
-    /// See `score_start`.
-    pub score_end: f64,
-    /// See `score_start`.
-    pub score_levels: usize,
-    /// Levels reported as PICP/MPIW (default 0.5, 0.8, 0.9, 0.95, 0.99).
-    pub interval_levels: Vec<f64>,
+/// Settings of [`regression_metrics`], checked when made (like
+/// [`SampleConfig`](crate::SampleConfig)).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RegressionConfig {
+    calibration_points: usize,
+    score_start: f64,
+    score_end: f64,
+    score_levels: usize,
+    interval_levels: Vec<f64>,
 }
 
-impl Default for RegressionOptions {
+impl Default for RegressionConfig {
+    /// 100 calibration points, score levels `linspace(0.01, 0.99, 99)`, PICP/MPIW at 0.5, 0.8,
+    /// 0.9, 0.95 and 0.99.
     fn default() -> Self {
-        RegressionOptions {
+        RegressionConfig {
             calibration_points: 100,
             score_start: 0.01,
             score_end: 0.99,
             score_levels: 99,
             interval_levels: vec![0.5, 0.8, 0.9, 0.95, 0.99],
         }
+    }
+}
+
+impl RegressionConfig {
+    /// Points of the calibration curves, at least 2 (the toolbox's `num_bins`).
+    pub fn with_calibration_points(mut self, n_points: usize) -> Result<Self> {
+        check_points(n_points)?;
+        self.calibration_points = n_points;
+        Ok(self)
+    }
+
+    /// Levels of the check and interval scores, `linspace(start, end, levels)`, with
+    /// `0 < start ≤ end < 1` and at least one level.
+    pub fn with_score_levels(mut self, start: f64, end: f64, levels: usize) -> Result<Self> {
+        check_levels(start, end, levels)?;
+        (self.score_start, self.score_end, self.score_levels) = (start, end, levels);
+        Ok(self)
+    }
+
+    /// Nominal levels reported as PICP/MPIW, each in `(0, 1)`.
+    pub fn with_interval_levels(mut self, levels: Vec<f64>) -> Result<Self> {
+        if let Some(l) = levels.iter().find(|l| !(**l > 0.0 && **l < 1.0)) {
+            return Err(Error::invalid(
+                "interval_levels",
+                format!("{l} is not in (0, 1)"),
+            ));
+        }
+        self.interval_levels = levels;
+        Ok(self)
+    }
+
+    /// Points of the calibration curves.
+    pub fn calibration_points(&self) -> usize {
+        self.calibration_points
+    }
+
+    /// `(start, end, levels)` of the check and interval scores.
+    pub fn score_levels(&self) -> (f64, f64, usize) {
+        (self.score_start, self.score_end, self.score_levels)
+    }
+
+    /// Nominal levels reported as PICP/MPIW.
+    pub fn interval_levels(&self) -> &[f64] {
+        &self.interval_levels
     }
 }
 
@@ -469,7 +510,7 @@ pub fn regression_metrics(
     mean: &[f64],
     std: &[f64],
     y: &[f64],
-    options: &RegressionOptions,
+    options: &RegressionConfig,
 ) -> Result<RegressionMetrics> {
     check_gaussian(mean, std, y)?;
     let interval = interval_calibration_curve(mean, std, y, options.calibration_points)?;
@@ -601,7 +642,7 @@ pub fn regression_metrics_from_samples(
     samples: &[f64],
     n_samples: usize,
     y: &[f64],
-    options: &RegressionOptions,
+    options: &RegressionConfig,
 ) -> Result<RegressionMetrics> {
     let (mean, std) = sample_moments(samples, n_samples)?;
     check_same_len("samples", mean.len(), "targets", y.len())?;

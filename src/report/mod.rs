@@ -4,12 +4,13 @@
 //! # Building a report from Rust
 //!
 //! ```no_run
+//! use candle_swag::metrics::{ClassificationConfig, RegressionConfig};
 //! use candle_swag::report::ReportBuilder;
 //! # fn main() -> candle_swag::Result<()> {
 //! # let (probs_sgd, probs_swag, labels): (Vec<f32>, Vec<f32>, Vec<u32>) = (vec![], vec![], vec![]);
 //! # let (mean, std, y): (Vec<f64>, Vec<f64>, Vec<f64>) = (vec![], vec![], vec![]);
-//! let files = ReportBuilder::new("digits")
-//!     .bins(15)
+//! let settings = ClassificationConfig::with_bins(15)?;
+//! let files = ReportBuilder::with_config("digits", settings, RegressionConfig::default())
 //!     .classification_method("SGD", &probs_sgd, 10, &labels)?
 //!     .classification_method("SWAG", &probs_swag, 10, &labels)?
 //!     .write("report/digits")?;
@@ -62,8 +63,8 @@ use serde::{Deserialize, Serialize};
 use crate::atomic::{write_dir_atomic, write_file_atomic};
 use crate::error::{Error, Result};
 use crate::metrics::{
-    self, CalibrationBins, CalibrationCurve, ClassLabel, ClassificationMetrics,
-    ClassificationOptions, OodMetrics, Probability, RegressionMetrics, RegressionOptions,
+    self, CalibrationBins, CalibrationCurve, ClassLabel, ClassificationConfig,
+    ClassificationMetrics, OodMetrics, Probability, RegressionConfig, RegressionMetrics,
     RiskCoverage, RocCurve,
 };
 use crate::plot::{self, CalibrationSeries, PlotFiles, SharpnessSeries};
@@ -188,8 +189,8 @@ struct BandPlotData {
 /// within a task (classification, regression, OOD).
 pub struct ReportBuilder {
     dataset: String,
-    classification_options: ClassificationOptions,
-    regression_options: RegressionOptions,
+    classification_options: ClassificationConfig,
+    regression_options: RegressionConfig,
     classification: Vec<(ClassificationEntry, ClassificationPlotData)>,
     regression: Vec<(RegressionEntry, RegressionPlotData)>,
     ood: Vec<(OodEntry, OodPlotData)>,
@@ -230,38 +231,32 @@ fn tensor_values(name: &str, t: &Tensor, rank: usize) -> Result<Vec<f64>> {
 }
 
 impl ReportBuilder {
-    /// A report on `dataset`, with default options (15 bins, metrics' default epsilons).
+    /// A report on `dataset`, with the metrics' default settings (15 bins, default epsilons
+    /// and levels).
     pub fn new(dataset: impl Into<String>) -> Self {
+        Self::with_config(
+            dataset,
+            ClassificationConfig::default(),
+            RegressionConfig::default(),
+        )
+    }
+
+    /// A report on `dataset` whose every method is scored with these settings. They are fixed
+    /// here, before any method is added, so no result depends on the order of calls.
+    pub fn with_config(
+        dataset: impl Into<String>,
+        classification: ClassificationConfig,
+        regression: RegressionConfig,
+    ) -> Self {
         ReportBuilder {
             dataset: dataset.into(),
-            classification_options: ClassificationOptions::default(),
-            regression_options: RegressionOptions::default(),
+            classification_options: classification,
+            regression_options: regression,
             classification: Vec::new(),
             regression: Vec::new(),
             ood: Vec::new(),
             bands: Vec::new(),
         }
-    }
-
-    /// Number of equal-width and equal-mass bins for the ECE family (default 15). Applies to
-    /// classification methods added after this call.
-    pub fn bins(mut self, n_bins: usize) -> Self {
-        self.classification_options.n_bins = n_bins;
-        self.classification_options.n_bins_equal_mass = n_bins;
-        self
-    }
-
-    /// All classification options (bins, NLL clamp); applies to methods added afterwards.
-    pub fn classification_options(mut self, options: ClassificationOptions) -> Self {
-        self.classification_options = options;
-        self
-    }
-
-    /// All regression options (calibration points, score levels, PICP levels); applies to
-    /// methods added afterwards.
-    pub fn regression_options(mut self, options: RegressionOptions) -> Self {
-        self.regression_options = options;
-        self
     }
 
     /// Adds a classification method: `probs` row-major `[N, n_classes]` (rows summing to 1),
@@ -346,7 +341,7 @@ impl ReportBuilder {
             mean,
             std,
             y,
-            self.regression_options.calibration_points,
+            self.regression_options.calibration_points(),
         )?;
         let entry = RegressionEntry {
             method: name.to_string(),
@@ -526,7 +521,7 @@ impl ReportBuilder {
                 .iter()
                 .map(|(e, _)| (e.method.as_str(), &e.reliability))
                 .collect();
-            let n_bins = self.classification_options.n_bins;
+            let n_bins = self.classification_options.n_bins();
             if bins.len() == 1 {
                 push(
                     plot::reliability_diagram(dir, "reliability", bins[0].0, bins[0].1)?,
@@ -678,8 +673,8 @@ impl SlugSet {
 
 /// The conventions that apply to a report, in words.
 fn conventions(
-    c: &ClassificationOptions,
-    r: &RegressionOptions,
+    c: &ClassificationConfig,
+    r: &RegressionConfig,
     has_classification: bool,
     has_regression: bool,
     has_ood: bool,
@@ -705,7 +700,7 @@ fn conventions(
         );
         add(
             "NLL",
-            format!("Mean of −ln(max(p_y, ε)) with ε = {:e}.", c.nll_eps),
+            format!("Mean of −ln(max(p_y, ε)) with ε = {:e}.", c.nll_eps()),
         );
         add(
             "Brier",
@@ -713,11 +708,11 @@ fn conventions(
         );
         add("ECE / MCE", format!(
             "Top-label confidence max_k p_k on {} equal-width bins; bin i covers (i/B, (i+1)/B], right-closed, edges computed as i/B; confidence 0 falls in the first bin and 1.0 in the last. ECE = Σ_b (n_b/N)|acc_b − conf_b|; MCE = max over non-empty bins. Signed ECE = Σ_b (n_b/N)(conf_b − acc_b), positive when over-confident.",
-            c.n_bins
+            c.n_bins()
         ));
         add("Equal-mass ECE and L2", format!(
             "{} bins of (almost) equal counts over the sorted confidences; the L2 calibration error (plug-in and Kumar et al.'s debiased estimator) uses these bins.",
-            c.n_bins_equal_mass
+            c.n_bins_equal_mass()
         ));
         add(
             "Classwise ECE",
@@ -736,18 +731,20 @@ fn conventions(
         );
         add("PICP / MPIW", format!(
             "Coverage and mean width of the central intervals μ ± Φ⁻¹(½ + p/2)σ (closed), at levels {:?}; PICP 95% is best closest to 0.95.",
-            r.interval_levels
+            r.interval_levels()
         ));
         add("Calibration curve", format!(
             "Expected proportions linspace(0, 1, {}) against observed proportions inside the central intervals; MACE, RMSCE and the miscalibration area (area between curve and diagonal) are computed from it.",
-            r.calibration_points
+            r.calibration_points()
         ));
         add("Sharpness", "sqrt(mean σ²), in target units. Sharpness and MPIW are not ranked: narrower is better only when coverage holds.".into());
         add(
             "Check and interval scores",
             format!(
                 "Averaged over levels linspace({}, {}, {}).",
-                r.score_start, r.score_end, r.score_levels
+                r.score_levels().0,
+                r.score_levels().1,
+                r.score_levels().2
             ),
         );
     }

@@ -124,7 +124,7 @@ impl SwagPosterior {
         let comp = tensor_bytes(&self.mean_compensation()?)?;
         let m2 = tensor_bytes(&self.m2()?)?;
         let d = self.numel();
-        let dt = self.config.deviation_dtype;
+        let dt = self.config.deviation_dtype();
         let mut meta = HashMap::new();
         meta.insert("format".to_string(), FORMAT_NAME.to_string());
         meta.insert("format_version".to_string(), FORMAT_VERSION.to_string());
@@ -134,7 +134,7 @@ impl SwagPosterior {
                 .map_err(|e| Error::invalid("layout", e.to_string()))?,
         );
         meta.insert("n_collected".to_string(), self.n_collected.to_string());
-        meta.insert("rank".to_string(), self.config.rank.to_string());
+        meta.insert("rank".to_string(), self.config.rank().to_string());
         meta.insert("rows".to_string(), self.rows.to_string());
         meta.insert("deviation_dtype".to_string(), dtype_name(dt).to_string());
         let variance = if self.legacy_variance {
@@ -289,10 +289,7 @@ impl SwagPosterior {
         };
         let mut posterior = SwagPosterior::new(
             layout,
-            SwagConfig {
-                rank,
-                deviation_dtype: dt,
-            },
+            SwagConfig::with_rank(rank).with_deviation_dtype(dt)?,
             device,
         )?;
         let f32_tensor = |data: &[u8]| Tensor::from_raw_buffer(data, DType::F32, &[d], device);

@@ -11,14 +11,14 @@
 //! so `log p(θ) = −½ (d ln 2π + ln |Σ| + xᵀ Σ⁻¹ x)` costs `O(rows² · d)` operations and
 //! `O(rows²)` memory beyond the state. `var` is [`SwagPosterior::variance`]`(var_clamp)`, the
 //! very f32 numbers the sampler uses; the sums above run on the host in f64 (one copy of the
-//! state) for accuracy. The options are those of sampling ([`SampleOptions`]), so `log_prob`
+//! state) for accuracy. The options are those of sampling ([`SampleConfig`]), so `log_prob`
 //! is the density of exactly what [`SwagPosterior::sample_into`] draws (`diag_only` included).
 
 use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 
 use super::posterior::SwagPosterior;
-use super::sample::SampleOptions;
+use super::sample::SampleConfig;
 use crate::error::{Error, Result};
 
 /// Partial sums over a block of coordinates.
@@ -73,10 +73,9 @@ fn cholesky(a: &[f64], n: usize) -> Option<Vec<f64>> {
 
 impl SwagPosterior {
     /// `log p(θ)` (natural log) of a flat `[d]` weight vector under the SWAG Gaussian with the
-    /// given options. `opts.scale` must be > 0 (scale 0 is a point mass).
-    pub fn log_prob(&self, theta: &Tensor, opts: &SampleOptions) -> Result<f64> {
-        opts.validate()?;
-        if opts.scale <= 0.0 {
+    /// given options. `opts.scale()` must be > 0 (scale 0 is a point mass).
+    pub fn log_prob(&self, theta: &Tensor, opts: &SampleConfig) -> Result<f64> {
+        if opts.scale() <= 0.0 {
             return Err(Error::invalid(
                 "scale",
                 "log_prob needs scale > 0 (scale 0 is a point mass at the mean)",
@@ -93,13 +92,13 @@ impl SwagPosterior {
         };
         let theta = host(theta.clone())?;
         let mean = host(self.mean()?)?;
-        let var = host(self.variance(opts.var_clamp)?)?;
-        let (r, dev) = if opts.diag_only || self.rows == 0 {
+        let var = host(self.variance(opts.var_clamp())?)?;
+        let (r, dev) = if opts.diag_only() || self.rows == 0 {
             (0, Vec::new())
         } else {
             (self.rows, host(self.deviations()?)?)
         };
-        let c2 = opts.scale / self.divisor_value(opts.divisor);
+        let c2 = opts.scale() / self.divisor_value(opts.divisor());
         const BLOCK: usize = 4096;
         let total = (0..d.div_ceil(BLOCK))
             .into_par_iter()
@@ -109,7 +108,7 @@ impl SwagPosterior {
                 let mut p = Partial::zero(r);
                 for i in lo..hi {
                     let m = mean[i] as f64;
-                    let a = opts.scale * var[i] as f64;
+                    let a = opts.scale() * var[i] as f64;
                     let x = theta[i] as f64 - m;
                     p.quad_diag += x * x / a;
                     p.log_det_a += a.ln();

@@ -14,4 +14,4 @@ pub mod sample;
 
 pub use multi::MultiSwag;
 pub use posterior::{SwagConfig, SwagPosterior};
-pub use sample::{Divisor, SampleOptions};
+pub use sample::{Divisor, SampleConfig};

@@ -35,19 +35,16 @@ use super::kernels::{self, DeviationElem};
 use crate::error::{Error, Result};
 use crate::layout::{ParamLayout, ParamSet};
 
-/// Settings fixed when a posterior is created.
+/// Settings fixed when a posterior is created: the rank K and the storage dtype of the
+/// deviation columns. Checked when made, like [`SampleConfig`](super::SampleConfig).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SwagConfig {
-    /// K, the maximum number of deviation columns kept (the paper uses 20). 0 means SWAG-diagonal
-    /// only: no columns are stored.
-    pub rank: usize,
-    /// Storage dtype of the deviation columns: `F32` (default), or `BF16` / `F16` to halve the
-    /// `K·d` buffer. Moments are always f32 (compensated, see the [module docs](self)); the
-    /// kernels compute in f32.
-    pub deviation_dtype: DType,
+    rank: usize,
+    deviation_dtype: DType,
 }
 
 impl Default for SwagConfig {
+    /// K = 20 (the paper's), f32 deviations.
     fn default() -> Self {
         Self {
             rank: 20,
@@ -57,12 +54,37 @@ impl Default for SwagConfig {
 }
 
 impl SwagConfig {
-    /// A config with rank `K` and f32 deviations.
+    /// Rank `K`, the maximum number of deviation columns kept, with f32 deviations. 0 means
+    /// SWAG-diagonal only: no columns are stored.
     pub fn with_rank(rank: usize) -> Self {
         Self {
             rank,
             ..Self::default()
         }
+    }
+
+    /// Storage dtype of the deviation columns: `F32` (default), or `BF16` / `F16` to halve the
+    /// `K·d` buffer; any other dtype is refused. Moments are always f32 (compensated, see the
+    /// [module docs](self)); the kernels compute in f32.
+    pub fn with_deviation_dtype(mut self, dtype: DType) -> Result<Self> {
+        if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
+            return Err(Error::invalid(
+                "deviation_dtype",
+                format!("{dtype:?} is not supported; use F32, BF16 or F16"),
+            ));
+        }
+        self.deviation_dtype = dtype;
+        Ok(self)
+    }
+
+    /// K, the maximum number of deviation columns kept.
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// Storage dtype of the deviation columns.
+    pub fn deviation_dtype(&self) -> DType {
+        self.deviation_dtype
     }
 }
 
@@ -118,21 +140,9 @@ impl SwagPosterior {
         if layout.numel() == 0 {
             return Err(Error::invalid("layout", "the layout holds no parameter"));
         }
-        if !matches!(
-            config.deviation_dtype,
-            DType::F32 | DType::BF16 | DType::F16
-        ) {
-            return Err(Error::invalid(
-                "deviation_dtype",
-                format!(
-                    "{:?} is not supported; use F32, BF16 or F16",
-                    config.deviation_dtype
-                ),
-            ));
-        }
         let d = layout.numel();
         let moments = Tensor::zeros((MOMENT_ROWS, d), DType::F32, device)?;
-        let deviations = Tensor::zeros((config.rank, d), config.deviation_dtype, device)?;
+        let deviations = Tensor::zeros((config.rank(), d), config.deviation_dtype(), device)?;
         Ok(Self {
             layout,
             config,
@@ -173,7 +183,7 @@ impl SwagPosterior {
 
     /// K, the maximum number of deviation columns.
     pub fn rank(&self) -> usize {
-        self.config.rank
+        self.config.rank()
     }
 
     /// Number of deviation columns held now: `min(n_collected, K)`.
@@ -189,7 +199,7 @@ impl SwagPosterior {
     /// Bytes held by the posterior's buffers (moments and the full `K×d` deviation buffer).
     pub fn state_bytes(&self) -> usize {
         let d = self.numel();
-        MOMENT_ROWS * 4 * d + self.config.rank * d * self.config.deviation_dtype.size_in_bytes()
+        MOMENT_ROWS * 4 * d + self.config.rank() * d * self.config.deviation_dtype().size_in_bytes()
     }
 
     /// The running mean of θ (`[d]`, f32): the SWA solution.
@@ -238,7 +248,7 @@ impl SwagPosterior {
     /// Physical buffer rows of the held deviations, oldest first.
     pub(crate) fn physical_rows(&self) -> Vec<usize> {
         (0..self.rows)
-            .map(|k| (self.oldest + k) % self.config.rank.max(1))
+            .map(|k| (self.oldest + k) % self.config.rank().max(1))
             .collect()
     }
 
@@ -247,7 +257,7 @@ impl SwagPosterior {
         if self.rows == 0 {
             return Ok(Tensor::zeros(
                 (0, self.numel()),
-                self.config.deviation_dtype,
+                self.config.deviation_dtype(),
                 &self.device,
             )?);
         }
@@ -255,7 +265,7 @@ impl SwagPosterior {
             return Ok(self.deviations.narrow(0, 0, self.rows)?.copy()?);
         }
         // Full ring wrapped around: oldest..K then 0..oldest.
-        let k = self.config.rank;
+        let k = self.config.rank();
         let tail = self.deviations.narrow(0, self.oldest, k - self.oldest)?;
         let head = self.deviations.narrow(0, 0, self.oldest)?;
         Ok(Tensor::cat(&[&tail, &head], 0)?)
@@ -263,7 +273,7 @@ impl SwagPosterior {
 
     /// Physical row the next deviation column goes to, and the ring state after the write.
     fn next_slot(&self) -> (usize, usize, usize) {
-        let k = self.config.rank;
+        let k = self.config.rank();
         if self.rows < k {
             ((self.oldest + self.rows) % k, self.rows + 1, self.oldest)
         } else {
@@ -353,9 +363,11 @@ impl SwagPosterior {
         let delta2 = theta.sub(&h)?.sub(&l)?;
         let m2 = m2.add(&delta.mul(&delta2)?)?;
         let moments = Tensor::stack(&[&h, &l, &m2], 0)?;
-        if self.config.rank > 0 {
+        if self.config.rank() > 0 {
             let (slot, rows, oldest) = self.next_slot();
-            let dev = delta2.to_dtype(self.config.deviation_dtype)?.unsqueeze(0)?;
+            let dev = delta2
+                .to_dtype(self.config.deviation_dtype())?
+                .unsqueeze(0)?;
             self.deviations.slice_set(&dev, 0, slot)?;
             self.rows = rows;
             self.oldest = oldest;
@@ -376,7 +388,7 @@ impl SwagPosterior {
             }
         }
         // 2. One fused pass per piece.
-        let (slot, rows, oldest) = if self.config.rank > 0 {
+        let (slot, rows, oldest) = if self.config.rank() > 0 {
             self.next_slot()
         } else {
             (0, 0, 0)
@@ -392,7 +404,7 @@ impl SwagPosterior {
                 row: slot,
                 n: self.n_collected,
             };
-            if self.config.rank > 0 {
+            if self.config.rank() > 0 {
                 self.deviations.inplace_op1(&op)?;
             } else {
                 op.update_moments::<f32>(None)?;
@@ -532,10 +544,7 @@ mod tests {
         let layout =
             ParamLayout::new(vec![("a".into(), vec![7]), ("b".into(), vec![2, 3])]).unwrap();
         for dt in [DType::F32, DType::BF16] {
-            let cfg = SwagConfig {
-                rank: 3,
-                deviation_dtype: dt,
-            };
+            let cfg = SwagConfig::with_rank(3).with_deviation_dtype(dt).unwrap();
             let mut fused = SwagPosterior::new(layout.clone(), cfg.clone(), &Device::Cpu).unwrap();
             let mut ops = SwagPosterior::new(layout.clone(), cfg, &Device::Cpu).unwrap();
             for s in 0..5 {

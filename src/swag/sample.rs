@@ -43,21 +43,29 @@ pub enum Divisor {
     RankMinusOne,
 }
 
-/// Options of a SWAG sample.
+/// How a SWAG sample is drawn: scale, diagonal or full, divisor and variance clamp.
+///
+/// Checked when made (linfa's checked-params pattern): every constructor and `with_*` setter
+/// that takes a number returns `Result`, so a `SampleConfig` that exists is valid and the
+/// sampler, `log_prob` and [`crate::Predictive`] never check it again.
+///
+/// ```
+/// use candle_swag::{Divisor, SampleConfig};
+/// let opts = SampleConfig::with_scale(0.5)?.with_divisor(Divisor::RankMinusOne);
+/// assert_eq!((opts.scale(), opts.diag_only()), (0.5, false));
+/// assert!(SampleConfig::with_scale(-1.0).is_err());
+/// # Ok::<(), candle_swag::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct SampleOptions {
-    /// Multiplies the covariance; 0.5 by default (the paper's choice), 0 gives the SWA mean.
-    pub scale: f64,
-    /// Drop the low-rank term (SWAG-diagonal).
-    pub diag_only: bool,
-    /// Divisor of the low-rank term.
-    pub divisor: Divisor,
-    /// Lower clamp of the diagonal variance `M2 / n` (1e-30 by default, as the reference),
-    /// applied in f32 (so values below f32's range act as 0 and the variance as is).
-    pub var_clamp: f64,
+pub struct SampleConfig {
+    scale: f64,
+    diag_only: bool,
+    divisor: Divisor,
+    var_clamp: f64,
 }
 
-impl Default for SampleOptions {
+impl Default for SampleConfig {
+    /// Scale 0.5 (the paper's), full covariance, [`Divisor::RowsMinusOne`], clamp 1e-30.
     fn default() -> Self {
         Self {
             scale: 0.5,
@@ -68,38 +76,70 @@ impl Default for SampleOptions {
     }
 }
 
-impl SampleOptions {
-    /// Default options with the given scale.
-    pub fn with_scale(scale: f64) -> Self {
-        Self {
-            scale,
-            ..Self::default()
-        }
-    }
-
-    /// Default options, diagonal only.
-    pub fn diagonal(scale: f64) -> Self {
-        Self {
-            scale,
-            diag_only: true,
-            ..Self::default()
-        }
-    }
-
-    pub(crate) fn validate(&self) -> Result<()> {
-        if !(self.scale.is_finite() && self.scale >= 0.0) {
+impl SampleConfig {
+    /// Default settings with the given scale, which multiplies the covariance: finite and
+    /// `>= 0` (0 gives the SWA mean).
+    pub fn with_scale(scale: f64) -> Result<Self> {
+        if !(scale.is_finite() && scale >= 0.0) {
             return Err(Error::invalid(
                 "scale",
-                format!("must be finite and >= 0, got {}", self.scale),
+                format!("must be finite and >= 0, got {scale}"),
             ));
         }
-        if !(self.var_clamp.is_finite() && self.var_clamp >= 0.0) {
+        Ok(Self {
+            scale,
+            ..Self::default()
+        })
+    }
+
+    /// Default settings with the given scale, diagonal only (SWAG-diagonal).
+    pub fn diagonal(scale: f64) -> Result<Self> {
+        Ok(Self::with_scale(scale)?.with_diag_only(true))
+    }
+
+    /// Drops (`true`) or keeps the low-rank term.
+    pub fn with_diag_only(mut self, diag_only: bool) -> Self {
+        self.diag_only = diag_only;
+        self
+    }
+
+    /// The divisor of the low-rank term (module docs).
+    pub fn with_divisor(mut self, divisor: Divisor) -> Self {
+        self.divisor = divisor;
+        self
+    }
+
+    /// Lower clamp of the diagonal variance `M2 / n`: finite and `>= 0`. It is applied in f32,
+    /// so values below f32's range act as 0 and leave the variance as is.
+    pub fn with_var_clamp(mut self, var_clamp: f64) -> Result<Self> {
+        if !(var_clamp.is_finite() && var_clamp >= 0.0) {
             return Err(Error::invalid(
                 "var_clamp",
-                format!("must be finite and >= 0, got {}", self.var_clamp),
+                format!("must be finite and >= 0, got {var_clamp}"),
             ));
         }
-        Ok(())
+        self.var_clamp = var_clamp;
+        Ok(self)
+    }
+
+    /// Multiplies the covariance (0.5 by default).
+    pub fn scale(&self) -> f64 {
+        self.scale
+    }
+
+    /// Whether the low-rank term is dropped (SWAG-diagonal).
+    pub fn diag_only(&self) -> bool {
+        self.diag_only
+    }
+
+    /// The divisor of the low-rank term.
+    pub fn divisor(&self) -> Divisor {
+        self.divisor
+    }
+
+    /// Lower clamp of the diagonal variance (1e-30 by default, as the reference).
+    pub fn var_clamp(&self) -> f64 {
+        self.var_clamp
     }
 }
 
@@ -108,15 +148,9 @@ impl SwagPosterior {
     pub fn divisor_value(&self, divisor: Divisor) -> f64 {
         let n = match divisor {
             Divisor::RowsMinusOne => self.rows,
-            Divisor::RankMinusOne => self.config.rank,
+            Divisor::RankMinusOne => self.config.rank(),
         };
         n.saturating_sub(1).max(1) as f64
-    }
-
-    fn check_ready(&self, opts: &SampleOptions) -> Result<()> {
-        opts.validate()?;
-        self.require_snapshots()?;
-        Ok(())
     }
 
     /// Deterministic sample from given noise: `z1` of shape `[d]`, `z2` of shape `[rows]`
@@ -125,15 +159,15 @@ impl SwagPosterior {
         &self,
         z1: &Tensor,
         z2: &Tensor,
-        opts: &SampleOptions,
+        opts: &SampleConfig,
     ) -> Result<Tensor> {
-        self.check_ready(opts)?;
+        self.require_snapshots()?;
         self.layout.check_flat(z1, "z1")?;
         let z1 = z1.to_dtype(DType::F32)?.to_device(&self.device)?;
         let mean = self.moments.get(super::posterior::ROW_MEAN)?;
-        let std = self.variance(opts.var_clamp)?.sqrt()?;
+        let std = self.variance(opts.var_clamp())?.sqrt()?;
         let mut noise = std.mul(&z1)?;
-        if !opts.diag_only && self.rows > 0 {
+        if !opts.diag_only() && self.rows > 0 {
             if z2.dims() != [self.rows] {
                 return Err(Error::invalid(
                     "z2",
@@ -146,20 +180,20 @@ impl SwagPosterior {
                 .to_dtype(DType::F32)?
                 .to_device(&Device::Cpu)?
                 .to_vec1::<f32>()?;
-            let mut z2_phys = vec![0f32; self.config.rank];
+            let mut z2_phys = vec![0f32; self.config.rank()];
             for (k, &r) in self.physical_rows().iter().enumerate() {
                 z2_phys[r] = z2[k];
             }
-            let z2_phys = Tensor::from_vec(z2_phys, (1, self.config.rank), &self.device)?;
+            let z2_phys = Tensor::from_vec(z2_phys, (1, self.config.rank()), &self.device)?;
             // 16-bit storage is widened (a copy) so that z2 keeps full precision.
             let d = self.deviations.to_dtype(DType::F32)?;
             let low_rank = z2_phys
                 .matmul(&d)?
                 .squeeze(0)?
-                .affine(1.0 / self.divisor_value(opts.divisor).sqrt(), 0.0)?;
+                .affine(1.0 / self.divisor_value(opts.divisor()).sqrt(), 0.0)?;
             noise = noise.add(&low_rank)?;
         }
-        Ok(mean.add(&noise.affine(opts.scale.sqrt(), 0.0)?)?)
+        Ok(mean.add(&noise.affine(opts.scale().sqrt(), 0.0)?)?)
     }
 
     /// The standard-normal noise `(z1 [d], z2 [rows])` that `seed` draws, on the posterior's
@@ -178,8 +212,8 @@ impl SwagPosterior {
     }
 
     /// A flat `[d]` sample for a seed (same noise as [`SwagPosterior::sample_into_seeded`]).
-    pub fn sample_flat_seeded(&self, seed: u64, opts: &SampleOptions) -> Result<Tensor> {
-        self.check_ready(opts)?;
+    pub fn sample_flat_seeded(&self, seed: u64, opts: &SampleConfig) -> Result<Tensor> {
+        self.require_snapshots()?;
         let (z1, z2) = self.noise_for_seed(seed)?;
         self.sample_with_noise(&z1, &z2, opts)
     }
@@ -189,7 +223,7 @@ impl SwagPosterior {
     pub fn sample_into(
         &self,
         params: &ParamSet,
-        opts: &SampleOptions,
+        opts: &SampleConfig,
         rng: &mut impl Rng,
     ) -> Result<()> {
         self.sample_into_seeded(params, opts, noise::seed_from(rng))
@@ -199,15 +233,15 @@ impl SwagPosterior {
     pub fn sample_into_seeded(
         &self,
         params: &ParamSet,
-        opts: &SampleOptions,
+        opts: &SampleConfig,
         seed: u64,
     ) -> Result<()> {
-        self.check_ready(opts)?;
+        self.require_snapshots()?;
         self.layout.check_same(params.layout())?;
         if !self.can_fuse(params) {
             return params.write_flat(&self.sample_flat_seeded(seed, opts)?);
         }
-        let low_rank = !opts.diag_only && self.rows > 0;
+        let low_rank = !opts.diag_only() && self.rows > 0;
         let z2 = if low_rank {
             noise::z2_for_seed(seed, self.rows)
         } else {
@@ -219,9 +253,9 @@ impl SwagPosterior {
             Vec::new()
         };
         let coef = SampleCoefficients {
-            sqrt_scale: opts.scale.sqrt() as f32,
-            inv_sqrt_divisor: (1.0 / self.divisor_value(opts.divisor).sqrt()) as f32,
-            var_clamp: opts.var_clamp as f32,
+            sqrt_scale: opts.scale().sqrt() as f32,
+            inv_sqrt_divisor: (1.0 / self.divisor_value(opts.divisor()).sqrt()) as f32,
+            var_clamp: opts.var_clamp() as f32,
             inv_n: kernels::inv_count(self.n_collected),
         };
         for (p, (var, entry)) in params.vars().iter().zip(self.layout.entries()).enumerate() {

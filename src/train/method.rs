@@ -8,7 +8,7 @@ use super::run::Fitted;
 use crate::error::Result;
 use crate::layout::ParamSet;
 use crate::predictive::Predictive;
-use crate::swag::{MultiSwag, SampleOptions, SwagPosterior};
+use crate::swag::{MultiSwag, SampleConfig, SwagPosterior};
 
 /// The five methods compared by the examples, the demo and the report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,16 +76,16 @@ impl Method {
             Method::Swa => Predictive::swa(params, &run0.posterior),
             Method::SwagDiag | Method::Swag => {
                 let options = if *self == Method::SwagDiag {
-                    SampleOptions::diagonal(scale)
+                    SampleConfig::diagonal(scale)?
                 } else {
-                    SampleOptions::with_scale(scale)
+                    SampleConfig::with_scale(scale)?
                 };
                 swag_at_scale(params, &run0.posterior, options, samples, seed)
             }
             Method::MultiSwag => Predictive::multi_swag(
                 params,
                 multi,
-                SampleOptions::with_scale(scale),
+                SampleConfig::with_scale(scale)?,
                 samples,
                 seed,
             ),
@@ -98,11 +98,11 @@ impl Method {
 pub fn swag_at_scale<'a>(
     params: &ParamSet,
     posterior: &'a SwagPosterior,
-    options: SampleOptions,
+    options: SampleConfig,
     samples: usize,
     seed: u64,
 ) -> Result<Predictive<'a>> {
-    if options.scale == 0.0 {
+    if options.scale() == 0.0 {
         Predictive::swa(params, posterior)
     } else {
         Predictive::swag(params, posterior, options, samples, seed)

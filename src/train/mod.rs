@@ -138,18 +138,6 @@ impl TrainConfig {
         if self.collect == Collect::EverySteps(0) {
             return Err(Error::invalid("collect", "every 0 steps is not a schedule"));
         }
-        for (name, v) in [
-            ("lr", self.sgd.lr),
-            ("momentum", self.sgd.momentum),
-            ("weight_decay", self.sgd.weight_decay),
-        ] {
-            if !(v.is_finite() && v >= 0.0) {
-                return Err(Error::invalid(
-                    name,
-                    format!("must be finite and >= 0, got {v}"),
-                ));
-            }
-        }
         Ok(())
     }
 }

@@ -23,7 +23,7 @@ use crate::metrics::{
 use crate::models::MlpConfig;
 use crate::optim::SgdConfig;
 use crate::predictive::{batches, Noise, Predictive};
-use crate::swag::SampleOptions;
+use crate::swag::SampleConfig;
 
 /// Options of [`fit_csv`] (the flags of `swag fit`).
 #[derive(Debug, Clone, PartialEq)]
@@ -217,11 +217,7 @@ pub fn fit_csv(opts: &CsvFitOptions, out: impl AsRef<Path>) -> Result<FitSummary
         train: TrainConfig {
             epochs: opts.epochs,
             batch_size: opts.batch_size,
-            sgd: SgdConfig {
-                lr: opts.lr,
-                momentum: opts.momentum,
-                weight_decay: opts.weight_decay,
-            },
+            sgd: SgdConfig::new(opts.lr, opts.momentum, opts.weight_decay)?,
             swa_start: Some(swa_start),
             collect: opts
                 .collect_every_steps
@@ -454,7 +450,7 @@ pub fn predict_csv(opts: &CsvPredictOptions) -> Result<PredictionTable> {
         swag_at_scale(
             &run.params,
             &run.posterior,
-            SampleOptions::with_scale(scale),
+            SampleConfig::with_scale(scale)?,
             opts.samples,
             opts.seed,
         )?,

@@ -18,9 +18,7 @@ use super::run::{fit_mlp, training_noise_variance, tune, validation_split, FitSp
 use super::{Collect, Objective, TrainConfig};
 use crate::data::{bundled, Dataset, Prepared};
 use crate::error::{Error, Result};
-use crate::metrics::{
-    self, ClassificationMetrics, ClassificationOptions, UncertaintyDecomposition,
-};
+use crate::metrics::{self, ClassificationConfig, ClassificationMetrics, UncertaintyDecomposition};
 use crate::models::MlpConfig;
 use crate::optim::SgdConfig;
 use crate::predictive::{batches, Noise, Predictive, RegressionPrediction};
@@ -89,11 +87,7 @@ pub fn digits_spec(
         train: TrainConfig {
             epochs,
             batch_size: 32,
-            sgd: SgdConfig {
-                lr: 0.05,
-                momentum: 0.9,
-                weight_decay: 5e-4,
-            },
+            sgd: SgdConfig::new(0.05, 0.9, 5e-4)?,
             swa_start: Some(swa_start),
             collect: Collect::EveryEpoch,
             seed,
@@ -120,11 +114,7 @@ pub fn diabetes_spec(input_dim: usize, seed: u64, opts: &RecipeOptions) -> Resul
         train: TrainConfig {
             epochs,
             batch_size: 32,
-            sgd: SgdConfig {
-                lr: 0.01,
-                momentum: 0.9,
-                weight_decay: 1e-3,
-            },
+            sgd: SgdConfig::new(0.01, 0.9, 1e-3)?,
             swa_start: Some(swa_start),
             collect: Collect::EveryEpoch,
             seed,
@@ -251,7 +241,7 @@ pub fn run_digits(
             &prediction.mean_probs,
             prediction.n_classes,
             &labels,
-            &ClassificationOptions::default(),
+            &ClassificationConfig::default(),
         )?;
         let auroc_entropy = match &ood_entropy {
             Some(out) => {
@@ -524,13 +514,16 @@ pub fn mean_std(values: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
+/// A table column: how to read its value from an outcome, and the digits it is printed with.
+type Column<'a, O> = (&'a dyn Fn(&O) -> f64, usize);
+
 /// One Markdown row per method present in `outcomes`, in [`Method::ALL`] order: the method's
 /// name, then `mean ± std` (population) over its outcomes of each `(value, digits)` column, or
 /// the mean alone when there is one outcome.
 fn method_rows<O>(
     outcomes: &[&O],
     method_of: impl Fn(&O) -> Method,
-    columns: &[(&dyn Fn(&O) -> f64, usize)],
+    columns: &[Column<'_, O>],
 ) -> String {
     let mut out = String::new();
     for method in Method::ALL {
@@ -561,7 +554,7 @@ fn method_rows<O>(
 pub fn classification_table(seeds: &[ClassificationSeed]) -> String {
     let outcomes: Vec<&ClassificationOutcome> = seeds.iter().flat_map(|s| &s.outcomes).collect();
     let with_auroc = outcomes.iter().any(|o| o.auroc_entropy.is_some());
-    let mut columns: Vec<(&dyn Fn(&ClassificationOutcome) -> f64, usize)> = vec![
+    let mut columns: Vec<Column<'_, ClassificationOutcome>> = vec![
         (&|o| o.metrics.accuracy, 4),
         (&|o| o.metrics.nll, 4),
         (&|o| o.metrics.ece, 4),
@@ -581,7 +574,7 @@ pub fn classification_table(seeds: &[ClassificationSeed]) -> String {
 /// single seed): RMSE, NLL, CRPS, PICP95, MPIW95 (original target units).
 pub fn regression_table(seeds: &[RegressionSeed]) -> String {
     let outcomes: Vec<&RegressionOutcome> = seeds.iter().flat_map(|s| &s.outcomes).collect();
-    let columns: [(&dyn Fn(&RegressionOutcome) -> f64, usize); 5] = [
+    let columns: [Column<'_, RegressionOutcome>; 5] = [
         (&|o| o.rmse, 2),
         (&|o| o.nll, 3),
         (&|o| o.crps, 2),

@@ -32,7 +32,7 @@ use crate::layout::ParamSet;
 use crate::models::{Mlp, MlpConfig};
 use crate::predictive::{batches, Noise, Predictive};
 use crate::schedule::{AnnealStrategy, SwaLr};
-use crate::swag::{SampleOptions, SwagConfig, SwagPosterior};
+use crate::swag::{SampleConfig, SwagConfig, SwagPosterior};
 
 /// Version of the run directory format written by [`save_run`].
 pub const RUN_FORMAT_VERSION: u32 = 1;
@@ -229,11 +229,7 @@ pub fn tune(
     let inputs = batches(&validation.features, validation.len().max(1))?;
     let mut grid = Vec::with_capacity(SCALE_GRID.len());
     for &scale in &SCALE_GRID {
-        let options = SampleOptions {
-            scale,
-            diag_only,
-            ..SampleOptions::default()
-        };
+        let options = SampleConfig::with_scale(scale)?.with_diag_only(diag_only);
         let predictive = with_refresh(
             swag_at_scale(&fitted.params, &fitted.posterior, options, samples, seed)?,
             &refresh,

@@ -59,14 +59,11 @@ pub fn run(args: Args) -> Result<()> {
             .map(|n| (n.clone(), first[n].dims().to_vec()))
             .collect(),
     )?;
-    let config = SwagConfig {
-        rank: args.rank,
-        deviation_dtype: if args.bf16 {
-            candle_core::DType::BF16
-        } else {
-            candle_core::DType::F32
-        },
-    };
+    let config = SwagConfig::with_rank(args.rank).with_deviation_dtype(if args.bf16 {
+        candle_core::DType::BF16
+    } else {
+        candle_core::DType::F32
+    })?;
     let mut posterior = SwagPosterior::new(layout, config, &Device::Cpu)?;
     for (i, path) in args.snapshots.iter().enumerate() {
         let tensors = if i == 0 {

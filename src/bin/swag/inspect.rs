@@ -30,7 +30,7 @@ pub fn run(args: Args) -> Result<()> {
         p.n_collected(),
         p.rows(),
         p.rank(),
-        p.config().deviation_dtype
+        p.config().deviation_dtype()
     );
     println!(
         "parameters  {} tensors, d = {} ({:.1} MiB of state)",

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_swag::io::{self, Array, InputSpec, Precision, Role};
-use candle_swag::metrics::attribute_to_file;
+use candle_swag::metrics::{attribute_to_file, ClassificationConfig, RegressionConfig};
 use candle_swag::report::ReportBuilder;
 use candle_swag::{Error, Result};
 
@@ -171,7 +171,11 @@ pub fn run(args: Args) -> Result<()> {
         .or_else(|| labels_spec.as_ref().or(targets_spec.as_ref()).map(stem))
         .unwrap_or_else(|| "predictions".into());
     // Metrics are computed as methods are added; nothing is written before `write`.
-    let mut builder = ReportBuilder::new(dataset).bins(args.bins);
+    let mut builder = ReportBuilder::with_config(
+        dataset,
+        ClassificationConfig::with_bins(args.bins)?,
+        RegressionConfig::default(),
+    );
 
     if let Some(labels_spec) = &labels_spec {
         let labels = io::read_input(labels_spec, Role::Labels)?;

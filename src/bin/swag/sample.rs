@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use candle_core::Device;
-use candle_swag::swag::{Divisor, SampleOptions, SwagPosterior};
+use candle_swag::swag::{Divisor, SampleConfig, SwagPosterior};
 use candle_swag::{Error, Result};
 
 /// Arguments of `swag sample`.
@@ -31,16 +31,13 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let posterior = SwagPosterior::load(&args.posterior, &Device::Cpu)?;
-    let opts = SampleOptions {
-        scale: args.scale,
-        diag_only: args.diag,
-        divisor: if args.reference_divisor {
+    let opts = SampleConfig::with_scale(args.scale)?
+        .with_diag_only(args.diag)
+        .with_divisor(if args.reference_divisor {
             Divisor::RankMinusOne
         } else {
             Divisor::RowsMinusOne
-        },
-        ..SampleOptions::default()
-    };
+        });
     let flat = posterior.sample_flat_seeded(args.seed, &opts)?;
     let named = posterior.layout().unflatten(&flat)?;
     let map: std::collections::HashMap<String, candle_core::Tensor> = named.into_iter().collect();
