@@ -10,7 +10,7 @@
 //! ```
 
 use candle_core::Device;
-use candle_swag::train::recipes::{self, RecipeOptions};
+use candle_swag::train::recipes::{self, RecipeConfig};
 use clap::Parser;
 
 /// Diabetes regression with SWAG (BENCHMARKS.md §2).
@@ -44,10 +44,10 @@ fn main() {
 }
 
 fn run(args: Args) -> candle_swag::Result<()> {
-    let opts = RecipeOptions {
+    let opts = RecipeConfig {
         epochs: args.epochs,
         tune_scale: args.tune_scale,
-        ..RecipeOptions::default()
+        ..RecipeConfig::default()
     };
     let mut seeds = Vec::new();
     for seed in 0..args.seeds {

@@ -9,7 +9,7 @@
 //! ```
 
 use candle_core::Device;
-use candle_swag::train::recipes::{self, RecipeOptions};
+use candle_swag::train::recipes::{self, RecipeConfig};
 use clap::Parser;
 
 /// Digits classification with SWAG (BENCHMARKS.md §1).
@@ -42,9 +42,9 @@ fn main() {
 }
 
 fn run(args: Args) -> candle_swag::Result<()> {
-    let opts = RecipeOptions {
+    let opts = RecipeConfig {
         epochs: args.epochs,
-        ..RecipeOptions::default()
+        ..RecipeConfig::default()
     };
     let mut seeds = Vec::new();
     for seed in 0..args.seeds {

@@ -21,7 +21,7 @@ use candle_swag::predictive::{batches, Noise, Predictive, RegressionPrediction};
 use candle_swag::report::ReportBuilder;
 use candle_swag::swag::{MultiSwag, SampleConfig};
 use candle_swag::train::recipes::run_spec;
-use candle_swag::train::run::{fit_mlp, training_noise_variance, FitSpec};
+use candle_swag::train::run::{fit_mlp, training_noise_variance, FitConfig};
 use candle_swag::train::{Collect, Objective, TrainConfig};
 use clap::Parser;
 
@@ -86,25 +86,20 @@ fn run(args: Args) -> candle_swag::Result<()> {
     let x: Vec<f32> = points.x.iter().map(|&v| v as f32).collect();
     let y = y_scaler.transform_rows(&points.y, &all_rows);
     let train = Dataset::regression(x, 1, y, &device)?;
-    let spec = FitSpec {
-        mlp: MlpConfig {
-            input_dim: 1,
-            hidden: args.hidden.clone(),
-            output_dim: 1,
-            batchnorm: false,
-        },
-        train: TrainConfig {
-            epochs: args.epochs,
-            batch_size: 32,
-            sgd: SgdConfig::new(args.lr, 0.9, args.weight_decay)?,
-            swa_start: Some(args.epochs / 2),
-            collect: args
-                .collect_every
+    let spec = FitConfig {
+        mlp: MlpConfig::new(1, args.hidden.clone(), 1)?,
+        train: TrainConfig::new(
+            args.epochs,
+            32,
+            SgdConfig::new(args.lr, 0.9, args.weight_decay)?,
+        )?
+        .with_collection(
+            Some(args.epochs / 2),
+            args.collect_every
                 .map_or(Collect::EveryEpoch, Collect::EverySteps),
-            seed: args.seed,
-            progress: true,
-            label: "gap toy".into(),
-        },
+        )?
+        .with_seed(args.seed)
+        .with_label("gap toy"),
         swa_lr: args.swa_lr,
         rank: 20,
         init_seed: args.seed,

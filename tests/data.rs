@@ -3,14 +3,14 @@
 
 use candle_core::Device;
 use candle_swag::data::{
-    bundled, load_csv, load_table, prepare, CsvSpec, FeatureScaling, Split, Standardizer, Targets,
-    TaskKind,
+    bundled, load_csv, load_table, prepare, CsvConfig, FeatureScaling, Split, Standardizer,
+    Targets, TaskKind,
 };
 use candle_swag::io::CsvTable;
 use candle_swag::Error;
 
-fn spec(target: &str, split: Option<&str>, task: TaskKind) -> CsvSpec {
-    CsvSpec {
+fn spec(target: &str, split: Option<&str>, task: TaskKind) -> CsvConfig {
+    CsvConfig {
         target: target.to_string(),
         split_column: split.map(str::to_string),
         task,
@@ -31,7 +31,7 @@ fn bad_data(err: Error) -> (String, usize, String, String) {
     }
 }
 
-fn load(text: &str, s: &CsvSpec) -> candle_swag::Result<candle_swag::data::TabularData> {
+fn load(text: &str, s: &CsvConfig) -> candle_swag::Result<candle_swag::data::TabularData> {
     load_table(&CsvTable::parse(text, "in.csv")?, s)
 }
 

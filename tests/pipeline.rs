@@ -10,7 +10,9 @@ use candle_swag::optim::{SgdConfig, SgdMomentum};
 use candle_swag::predictive::{batches, Noise, Predictive};
 use candle_swag::report::ReportBuilder;
 use candle_swag::swag::SampleConfig;
-use candle_swag::train::run::{fit_mlp, save_run, validation_split, FitSpec, LoadedRun, RunConfig};
+use candle_swag::train::run::{
+    fit_mlp, save_run, validation_split, FitConfig, LoadedRun, RunConfig,
+};
 use candle_swag::train::{Collect, Objective, TrainConfig};
 
 /// Two steps of torch's SGD(momentum 0.9, weight_decay 0.01, lr 0.1) on loss = a·θ, whose
@@ -86,24 +88,16 @@ fn small_digits(n: usize) -> Dataset {
     d.train.select(&(0..n).collect::<Vec<_>>()).unwrap()
 }
 
-fn small_spec(epochs: usize, swa_start: usize, collect: Collect, seed: u64) -> FitSpec {
-    FitSpec {
-        mlp: MlpConfig {
-            input_dim: 64,
-            hidden: vec![16],
-            output_dim: 10,
-            batchnorm: false,
-        },
-        train: TrainConfig {
-            epochs,
-            batch_size: 8,
-            sgd: SgdConfig::new(0.05, 0.9, 5e-4).unwrap(),
-            swa_start: Some(swa_start),
-            collect,
-            seed,
-            progress: false,
-            label: "test".into(),
-        },
+fn small_spec(epochs: usize, swa_start: usize, collect: Collect, seed: u64) -> FitConfig {
+    FitConfig {
+        mlp: MlpConfig::new(64, vec![16], 10).unwrap(),
+        train: TrainConfig::new(epochs, 8, SgdConfig::new(0.05, 0.9, 5e-4).unwrap())
+            .unwrap()
+            .with_collection(Some(swa_start), collect)
+            .unwrap()
+            .with_seed(seed)
+            .with_progress(false)
+            .with_label("test"),
         swa_lr: 0.05,
         rank: 3,
         init_seed: seed,
@@ -141,12 +135,7 @@ fn initial_weights_follow_torch_linear_bounds() {
     // and bias of a layer with fan_in f lies in [-1/sqrt(f), 1/sqrt(f)] and the spread is not
     // degenerate.
     let varmap = candle_nn::VarMap::new();
-    let cfg = MlpConfig {
-        input_dim: 64,
-        hidden: vec![16],
-        output_dim: 10,
-        batchnorm: false,
-    };
+    let cfg = MlpConfig::new(64, vec![16], 10).unwrap();
     let _m = candle_swag::models::Mlp::new(&cfg, &varmap, &Device::Cpu, 3).unwrap();
     let data = varmap.data().lock().unwrap();
     for (name, fan_in) in [
@@ -227,21 +216,39 @@ fn bad_sgd_settings_are_refused_when_made() {
 #[test]
 fn bad_training_settings_are_refused_by_name() {
     let data = small_digits(16);
-    let err = fit_mlp(
-        &data,
-        Objective::CrossEntropy,
-        &small_spec(3, 3, Collect::EveryEpoch, 0),
-    )
-    .unwrap_err();
-    assert!(err.to_string().contains("swa_start"), "{err}");
+    let name = |r: candle_swag::Result<TrainConfig>| match r {
+        Err(candle_swag::Error::InvalidArgument { name, .. }) => name,
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    };
+    let mlp = |r: candle_swag::Result<MlpConfig>| match r {
+        Err(candle_swag::Error::InvalidArgument { name, .. }) => name,
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    };
+    assert_eq!(mlp(MlpConfig::new(4, vec![8, 0], 2)), "hidden");
+    assert_eq!(mlp(MlpConfig::new(0, vec![], 2)), "hidden");
+    let sgd = SgdConfig::default();
+    assert_eq!(name(TrainConfig::new(0, 8, sgd)), "epochs");
+    assert_eq!(name(TrainConfig::new(3, 0, sgd)), "batch_size");
+    let three = TrainConfig::new(3, 8, sgd).unwrap();
+    assert_eq!(
+        name(three.clone().with_collection(Some(3), Collect::EveryEpoch)),
+        "swa_start"
+    );
+    assert_eq!(
+        name(
+            three
+                .clone()
+                .with_collection(Some(1), Collect::EverySteps(0))
+        ),
+        "collect"
+    );
+    // A config read back from a run directory goes through the same checks.
+    let mut json = serde_json::to_value(&three).unwrap();
+    json["batch_size"] = 0.into();
+    let err = serde_json::from_value::<TrainConfig>(json).unwrap_err();
+    assert!(err.to_string().contains("batch_size"), "{err}");
     let mut spec = small_spec(3, 1, Collect::EveryEpoch, 0);
-    spec.train.batch_size = 0;
-    assert!(fit_mlp(&data, Objective::CrossEntropy, &spec)
-        .unwrap_err()
-        .to_string()
-        .contains("batch_size"));
-    let mut spec = small_spec(3, 1, Collect::EveryEpoch, 0);
-    spec.mlp.input_dim = 5;
+    spec.mlp = MlpConfig::new(5, vec![16], 10).unwrap();
     assert!(fit_mlp(&data, Objective::CrossEntropy, &spec)
         .unwrap_err()
         .to_string()
@@ -341,18 +348,12 @@ fn regression_bma_point_weights_have_no_epistemic_variance() {
     let d = bundled::diabetes(&Device::Cpu).unwrap();
     let train = d.train.select(&(0..64).collect::<Vec<_>>()).unwrap();
     let mut spec = small_spec(3, 1, Collect::EveryEpoch, 0);
-    spec.mlp = MlpConfig {
-        input_dim: 10,
-        hidden: vec![8],
-        output_dim: 1,
-        batchnorm: false,
-    };
-    spec.train.sgd = SgdConfig::new(
-        0.01,
-        spec.train.sgd.momentum(),
-        spec.train.sgd.weight_decay(),
-    )
-    .unwrap();
+    spec.mlp = MlpConfig::new(10, vec![8], 1).unwrap();
+    spec.train = TrainConfig::new(3, 8, SgdConfig::new(0.01, 0.9, 5e-4).unwrap())
+        .unwrap()
+        .with_collection(Some(1), Collect::EveryEpoch)
+        .unwrap()
+        .with_progress(false);
     let f = fit_mlp(&train, Objective::MeanSquaredError, &spec).unwrap();
     let p = Predictive::point(&f.params, &f.sgd_weights)
         .unwrap()
@@ -467,8 +468,14 @@ fn fit_save_load_predict_report_round_trip() {
 fn batchnorm_model_is_refreshed_before_each_bma_forward() {
     let data = small_digits(40);
     let mut spec = small_spec(3, 1, Collect::EveryEpoch, 4);
-    spec.mlp.batchnorm = true;
-    spec.train.batch_size = 40; // one refresh batch holding every row
+    spec.mlp = spec.mlp.with_batchnorm(true);
+    // One refresh batch holding every row.
+    spec.train = TrainConfig::new(3, 40, spec.train.sgd())
+        .unwrap()
+        .with_collection(Some(1), Collect::EveryEpoch)
+        .unwrap()
+        .with_seed(4)
+        .with_progress(false);
     let f = fit_mlp(&data, Objective::CrossEntropy, &spec).unwrap();
     // BatchNorm buffers are not SWAG parameters.
     assert!(f

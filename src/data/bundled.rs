@@ -6,7 +6,7 @@
 
 use candle_core::Device;
 
-use super::csv::{load_table, CsvSpec, TabularData, TaskKind};
+use super::csv::{load_table, CsvConfig, TabularData, TaskKind};
 use super::{prepare, FeatureScaling, Prepared};
 use crate::error::Result;
 use crate::io::CsvTable;
@@ -21,7 +21,7 @@ pub fn digits_table() -> Result<TabularData> {
     let table = CsvTable::parse(DIGITS_CSV, "data/digits.csv")?;
     load_table(
         &table,
-        &CsvSpec {
+        &CsvConfig {
             target: "label".to_string(),
             split_column: Some("split".to_string()),
             task: TaskKind::Classification,
@@ -36,7 +36,7 @@ pub fn diabetes_table() -> Result<TabularData> {
     let table = CsvTable::parse(DIABETES_CSV, "data/diabetes.csv")?;
     load_table(
         &table,
-        &CsvSpec {
+        &CsvConfig {
             target: "target".to_string(),
             split_column: Some("split".to_string()),
             task: TaskKind::Regression,

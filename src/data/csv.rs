@@ -31,7 +31,7 @@ pub enum TaskKind {
 
 /// What to read from a CSV file: the target column, an optional split column, and the task.
 #[derive(Debug, Clone)]
-pub struct CsvSpec {
+pub struct CsvConfig {
     /// Name of the target column. Every other column except `split_column` is a feature.
     pub target: String,
     /// Name of a column holding `train` / `test` per row; `None` makes every row a training row.
@@ -45,7 +45,7 @@ pub struct CsvSpec {
     pub categorical: Vec<String>,
 }
 
-impl CsvSpec {
+impl CsvConfig {
     /// Target and task; no split column, nothing ignored, every feature numeric.
     pub fn new(target: impl Into<String>, task: TaskKind) -> Self {
         Self {
@@ -224,7 +224,7 @@ impl TabularData {
 }
 
 /// Reads a CSV file as described by `spec` (see [`load_table`]).
-pub fn load_csv(path: impl AsRef<Path>, spec: &CsvSpec) -> Result<TabularData> {
+pub fn load_csv(path: impl AsRef<Path>, spec: &CsvConfig) -> Result<TabularData> {
     load_table(&CsvTable::read(path)?, spec)
 }
 
@@ -235,7 +235,7 @@ pub fn load_csv(path: impl AsRef<Path>, spec: &CsvSpec) -> Result<TabularData> {
 /// `categorical` name that is not a column (naming the option), no feature column,
 /// no training row, and, for classification, fewer than two distinct classes among the training
 /// rows.
-pub fn load_table(table: &CsvTable, spec: &CsvSpec) -> Result<TabularData> {
+pub fn load_table(table: &CsvTable, spec: &CsvConfig) -> Result<TabularData> {
     let file = table.source().to_string();
     table.column_index(&spec.target)?;
     let splits = match &spec.split_column {
@@ -320,7 +320,7 @@ pub fn load_table(table: &CsvTable, spec: &CsvSpec) -> Result<TabularData> {
 
 /// The feature columns of `table` under `spec`: every column but the target, the split
 /// column and the ignored ones, categorical where the spec says so.
-fn feature_columns(table: &CsvTable, spec: &CsvSpec) -> Result<Vec<FeatureColumn>> {
+fn feature_columns(table: &CsvTable, spec: &CsvConfig) -> Result<Vec<FeatureColumn>> {
     for (flag, names) in [("ignore", &spec.ignore), ("categorical", &spec.categorical)] {
         for name in names {
             table.column_index(name).map_err(|e| match e {

@@ -15,8 +15,8 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 pub use csv::{
-    encode_features, input_names, load_csv, load_table, CsvSpec, FeatureColumn, Split, TabularData,
-    Targets, TaskKind,
+    encode_features, input_names, load_csv, load_table, CsvConfig, FeatureColumn, Split,
+    TabularData, Targets, TaskKind,
 };
 
 use crate::error::{Error, Result};

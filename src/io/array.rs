@@ -59,39 +59,39 @@ impl Role {
 /// Parsed from `PATH` or `PATH:NAME`. The `:NAME` suffix is split off only when `PATH:NAME`
 /// itself is not an existing file, so paths containing colons keep working.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InputSpec {
+pub struct InputSource {
     /// The file to read.
     pub path: PathBuf,
     /// The array (`.npz`, `.safetensors`) or column (`.csv`) to take; `None` picks by role.
     pub key: Option<String>,
 }
 
-impl InputSpec {
+impl InputSource {
     /// An input reading the whole of `path` (or the array its role names by default).
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        InputSpec {
+        InputSource {
             path: path.into(),
             key: None,
         }
     }
 
-    /// Parses `PATH` or `PATH:NAME` as described on [`InputSpec`].
+    /// Parses `PATH` or `PATH:NAME` as described on [`InputSource`].
     pub fn parse(text: &str) -> Self {
         if !Path::new(text).exists() {
             if let Some((path, key)) = text.rsplit_once(':') {
                 if !path.is_empty() && !key.is_empty() && !key.contains('/') {
-                    return InputSpec {
+                    return InputSource {
                         path: PathBuf::from(path),
                         key: Some(key.to_string()),
                     };
                 }
             }
         }
-        InputSpec::new(text)
+        InputSource::new(text)
     }
 }
 
-impl fmt::Display for InputSpec {
+impl fmt::Display for InputSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.key {
             Some(k) => write!(f, "{}:{}", self.path.display(), k),

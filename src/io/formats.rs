@@ -2,7 +2,7 @@
 
 use candle_core::{DType, Tensor};
 
-use super::array::{Array, InputSpec, Precision, Role};
+use super::array::{Array, InputSource, Precision, Role};
 use super::csv::{CsvTable, Header};
 use crate::error::{Error, Result};
 
@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 /// CSV). Arrays of rank 0 or above 2 are refused; so are files that cannot be opened or parsed,
 /// with an error naming the file. Values are not checked here beyond parsing: see the `check_*`
 /// functions of this module.
-pub fn read_input(spec: &InputSpec, role: Role) -> Result<Array> {
+pub fn read_input(spec: &InputSource, role: Role) -> Result<Array> {
     let path = spec.path.as_path();
     std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     let ext = path
@@ -51,7 +51,7 @@ pub fn read_input(spec: &InputSpec, role: Role) -> Result<Array> {
 
 /// Chooses one array of a multi-array file: the user's key, else the role's default names,
 /// else the only array.
-fn pick_named(spec: &InputSpec, role: Role, named: Vec<(String, Tensor)>) -> Result<Array> {
+fn pick_named(spec: &InputSource, role: Role, named: Vec<(String, Tensor)>) -> Result<Array> {
     let path = &spec.path;
     let available = || {
         named
@@ -126,7 +126,7 @@ fn tensor_to_array(source: String, t: &Tensor) -> Result<Array> {
 }
 
 /// Reads a CSV file, keeping the columns the spec or the role asks for.
-fn read_csv(spec: &InputSpec, role: Role) -> Result<Array> {
+fn read_csv(spec: &InputSource, role: Role) -> Result<Array> {
     let path = spec.path.as_path();
     let table = CsvTable::read_with(path, Header::Detect)?;
     let names = table.header();
@@ -175,12 +175,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("preds.csv");
         std::fs::write(&p, "prob_0,prob_1,pred\n0.25,0.75,1\n0.5,0.5,0\n").unwrap();
-        let a = read_input(&InputSpec::new(&p), Role::Probabilities).unwrap();
+        let a = read_input(&InputSource::new(&p), Role::Probabilities).unwrap();
         assert_eq!((a.rows, a.cols), (2, 2));
         assert_eq!(a.values, vec![0.25, 0.75, 0.5, 0.5]);
         assert_eq!(a.column_name(1), "prob_1");
         let pred = read_input(
-            &InputSpec::parse(&format!("{}:pred", p.display())),
+            &InputSource::parse(&format!("{}:pred", p.display())),
             Role::Labels,
         )
         .unwrap();
@@ -192,7 +192,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("y.csv");
         std::fs::write(&p, "a,b\n1,2\n3,oops\n").unwrap();
-        let e = read_input(&InputSpec::new(&p), Role::Probabilities).unwrap_err();
+        let e = read_input(&InputSource::new(&p), Role::Probabilities).unwrap_err();
         match e {
             Error::BadData { row, column, .. } => assert_eq!((row, column.as_str()), (2, "b")),
             other => panic!("unexpected {other}"),

@@ -29,7 +29,7 @@ mod csv;
 mod formats;
 mod validate;
 
-pub use array::{Array, InputSpec, Precision, Role};
+pub use array::{Array, InputSource, Precision, Role};
 pub use csv::{CsvTable, Header};
 pub use formats::read_input;
 pub use validate::{

@@ -191,7 +191,9 @@ pub(crate) fn std_problem(s: f64) -> Option<String> {
     }
 }
 
-/// The reason a value is refused as a class index in `0..n_classes`, or `None`.
+/// The reason a value is refused as a class index in `0..n_classes`, or `None`. Labels read
+/// as numbers (prediction files, tensors) are checked with it, in the `report` layer.
+#[cfg(feature = "report")]
 pub(crate) fn label_problem(v: f64, n_classes: usize) -> Option<String> {
     if v.is_nan() || v < 0.0 || v.fract() != 0.0 || v >= n_classes as f64 {
         Some(format!("label {v} is not a class index in 0..{n_classes}"))

@@ -21,40 +21,83 @@ use crate::batchnorm::{BatchNorm, BatchNormConfig, BatchNormStats};
 use crate::error::{Error, Result};
 use crate::models::dense::Dense;
 
-/// Shape of an [`Mlp`].
+/// Shape of an [`Mlp`], checked when made (like [`crate::SampleConfig`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "MlpConfigFields")]
 pub struct MlpConfig {
-    /// Number of input features.
-    pub input_dim: usize,
-    /// Width of each hidden layer (may be empty: a linear model).
-    pub hidden: Vec<usize>,
-    /// Number of outputs (classes for classification, 1 for regression).
-    pub output_dim: usize,
-    /// Whether a BatchNorm follows each hidden linear layer (before the ReLU).
+    input_dim: usize,
+    hidden: Vec<usize>,
+    output_dim: usize,
+    batchnorm: bool,
+}
+
+/// The fields of an [`MlpConfig`] as read from a file, checked by `MlpConfig::new`.
+#[derive(Deserialize)]
+struct MlpConfigFields {
+    input_dim: usize,
+    hidden: Vec<usize>,
+    output_dim: usize,
     #[serde(default)]
-    pub batchnorm: bool,
+    batchnorm: bool,
+}
+
+impl TryFrom<MlpConfigFields> for MlpConfig {
+    type Error = Error;
+    fn try_from(f: MlpConfigFields) -> Result<Self> {
+        Ok(MlpConfig::new(f.input_dim, f.hidden, f.output_dim)?.with_batchnorm(f.batchnorm))
+    }
 }
 
 impl MlpConfig {
+    /// `input_dim` features, one hidden layer per entry of `hidden` (may be empty: a linear
+    /// model) and `output_dim` outputs (classes for classification, 1 for regression); every
+    /// width must be positive. No BatchNorm.
+    pub fn new(input_dim: usize, hidden: Vec<usize>, output_dim: usize) -> Result<Self> {
+        let config = Self {
+            input_dim,
+            hidden,
+            output_dim,
+            batchnorm: false,
+        };
+        if config.widths().contains(&0) {
+            return Err(Error::invalid(
+                "hidden",
+                format!(
+                    "every layer width must be positive, got {:?}",
+                    config.widths()
+                ),
+            ));
+        }
+        Ok(config)
+    }
+
+    /// Whether a BatchNorm follows each hidden linear layer (before the ReLU).
+    pub fn with_batchnorm(mut self, batchnorm: bool) -> Self {
+        self.batchnorm = batchnorm;
+        self
+    }
+
+    /// Number of input features.
+    pub fn input_dim(&self) -> usize {
+        self.input_dim
+    }
+
+    /// Number of outputs.
+    pub fn output_dim(&self) -> usize {
+        self.output_dim
+    }
+
+    /// Whether each hidden layer is followed by a BatchNorm.
+    pub fn batchnorm(&self) -> bool {
+        self.batchnorm
+    }
+
     /// The widths of every layer, input first: `[input_dim, hidden.., output_dim]`.
     pub fn widths(&self) -> Vec<usize> {
         let mut w = vec![self.input_dim];
         w.extend(&self.hidden);
         w.push(self.output_dim);
         w
-    }
-
-    fn validate(&self) -> Result<()> {
-        if self.widths().contains(&0) {
-            return Err(Error::invalid(
-                "hidden",
-                format!(
-                    "every layer width must be positive, got {:?}",
-                    self.widths()
-                ),
-            ));
-        }
-        Ok(())
     }
 }
 
@@ -71,7 +114,6 @@ impl Mlp {
     /// initial values. A Var that already exists in `varmap` under the same name is reused as
     /// it is (so loading a saved VarMap before or after construction both work).
     pub fn new(config: &MlpConfig, varmap: &VarMap, device: &Device, seed: u64) -> Result<Self> {
-        config.validate()?;
         let widths = config.widths();
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         {

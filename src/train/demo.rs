@@ -19,7 +19,7 @@ use candle_core::Device;
 use super::method::Method;
 use super::recipes::{
     classification_table, regression_table, run_diabetes, run_digits, ClassificationSeed,
-    RecipeOptions, RegressionSeed,
+    RecipeConfig, RegressionSeed,
 };
 use crate::atomic::{write_dir_atomic, write_file_atomic};
 use crate::error::Result;
@@ -39,11 +39,11 @@ pub struct DemoSummary {
 }
 
 /// Runs both recipes for `seed` and writes the reports into `out`.
-pub fn run_demo(seed: u64, opts: &RecipeOptions, out: impl AsRef<Path>) -> Result<DemoSummary> {
+pub fn run_demo(seed: u64, opts: &RecipeConfig, out: impl AsRef<Path>) -> Result<DemoSummary> {
     let start = Instant::now();
     let device = Device::Cpu;
     let digits = run_digits(seed, false, opts, &device)?;
-    let diabetes_opts = RecipeOptions {
+    let diabetes_opts = RecipeConfig {
         tune_scale: true,
         ..opts.clone()
     };

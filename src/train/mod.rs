@@ -72,27 +72,44 @@ pub enum Collect {
     EverySteps(usize),
 }
 
-/// Settings of one training run.
+/// Settings of one training run, checked when made (like [`crate::SampleConfig`]): the
+/// constructor and the `with_*` setters that can fail return `Result`, so [`train`] never
+/// checks them again. A config read from a run directory goes through the same checks.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "TrainConfigFields")]
 pub struct TrainConfig {
-    /// Number of epochs.
-    pub epochs: usize,
-    /// Mini-batch size (the last batch of an epoch may be smaller).
-    pub batch_size: usize,
-    /// Momentum, weight decay and the initial learning rate (the schedule sets the rate of
-    /// each epoch; `sgd.lr` is used only before the first epoch).
-    pub sgd: SgdConfig,
-    /// First epoch (0-based) at which snapshots are collected; `None` disables collection.
-    pub swa_start: Option<usize>,
-    /// How often snapshots are collected from `swa_start` on.
-    pub collect: Collect,
-    /// Seed of the shuffling generator.
-    pub seed: u64,
-    /// Show an indicatif progress bar on stderr (it is hidden anyway when stderr is not a
-    /// terminal).
-    pub progress: bool,
-    /// Prefix of the progress bar (e.g. the dataset and run).
-    pub label: String,
+    epochs: usize,
+    batch_size: usize,
+    sgd: SgdConfig,
+    swa_start: Option<usize>,
+    collect: Collect,
+    seed: u64,
+    progress: bool,
+    label: String,
+}
+
+/// The fields of a [`TrainConfig`] as read from a file, checked by its constructors.
+#[derive(serde::Deserialize)]
+struct TrainConfigFields {
+    epochs: usize,
+    batch_size: usize,
+    sgd: SgdConfig,
+    swa_start: Option<usize>,
+    collect: Collect,
+    seed: u64,
+    progress: bool,
+    label: String,
+}
+
+impl TryFrom<TrainConfigFields> for TrainConfig {
+    type Error = Error;
+    fn try_from(f: TrainConfigFields) -> Result<Self> {
+        Ok(TrainConfig::new(f.epochs, f.batch_size, f.sgd)?
+            .with_collection(f.swa_start, f.collect)?
+            .with_seed(f.seed)
+            .with_progress(f.progress)
+            .with_label(f.label))
+    }
 }
 
 impl Default for TrainConfig {
@@ -117,14 +134,30 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
-    fn validate(&self) -> Result<()> {
-        if self.epochs == 0 {
+    /// `epochs` (at least 1) of mini-batches of `batch_size` rows (at least 1; the last batch
+    /// of an epoch may be smaller), with SGD settings `sgd` (its learning rate is used only
+    /// before the first epoch: the schedule sets the rate of each epoch). No collection, seed
+    /// 0, progress bar on, label `train`.
+    pub fn new(epochs: usize, batch_size: usize, sgd: SgdConfig) -> Result<Self> {
+        if epochs == 0 {
             return Err(Error::invalid("epochs", "must be at least 1"));
         }
-        if self.batch_size == 0 {
+        if batch_size == 0 {
             return Err(Error::invalid("batch_size", "must be at least 1"));
         }
-        if let Some(s) = self.swa_start {
+        Ok(Self {
+            epochs,
+            batch_size,
+            sgd,
+            swa_start: None,
+            ..Self::default()
+        })
+    }
+
+    /// Collects snapshots from epoch `swa_start` (0-based, below `epochs` so that something is
+    /// collected) on, as often as `collect` says; `None` disables collection.
+    pub fn with_collection(mut self, swa_start: Option<usize>, collect: Collect) -> Result<Self> {
+        if let Some(s) = swa_start {
             if s >= self.epochs {
                 return Err(Error::invalid(
                     "swa_start",
@@ -135,10 +168,70 @@ impl TrainConfig {
                 ));
             }
         }
-        if self.collect == Collect::EverySteps(0) {
+        if collect == Collect::EverySteps(0) {
             return Err(Error::invalid("collect", "every 0 steps is not a schedule"));
         }
-        Ok(())
+        (self.swa_start, self.collect) = (swa_start, collect);
+        Ok(self)
+    }
+
+    /// Seed of the shuffling generator.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Shows an indicatif progress bar on stderr (hidden anyway when stderr is not a
+    /// terminal).
+    pub fn with_progress(mut self, progress: bool) -> Self {
+        self.progress = progress;
+        self
+    }
+
+    /// Prefix of the progress bar (e.g. the dataset and run).
+    pub fn with_label(mut self, label: impl Into<String>) -> Self {
+        self.label = label.into();
+        self
+    }
+
+    /// Number of epochs.
+    pub fn epochs(&self) -> usize {
+        self.epochs
+    }
+
+    /// Mini-batch size.
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    /// SGD settings (initial learning rate, momentum, weight decay).
+    pub fn sgd(&self) -> SgdConfig {
+        self.sgd
+    }
+
+    /// First epoch at which snapshots are collected, if any.
+    pub fn swa_start(&self) -> Option<usize> {
+        self.swa_start
+    }
+
+    /// How often snapshots are collected from `swa_start` on.
+    pub fn collect(&self) -> Collect {
+        self.collect
+    }
+
+    /// Seed of the shuffling generator.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Whether a progress bar is shown.
+    pub fn progress(&self) -> bool {
+        self.progress
+    }
+
+    /// Prefix of the progress bar.
+    pub fn label(&self) -> &str {
+        &self.label
     }
 }
 
@@ -205,20 +298,19 @@ where
     M: ModuleT + ?Sized,
     S: LrSchedule + ?Sized,
 {
-    config.validate()?;
     let n = data.len();
     if n == 0 {
         return Err(Error::invalid("data", "no training rows"));
     }
-    if posterior.is_some() && config.swa_start.is_none() {
+    if posterior.is_some() && config.swa_start().is_none() {
         return Err(Error::invalid(
             "swa_start",
             "a posterior was given but collection is disabled",
         ));
     }
     let device = data.features.device().clone();
-    let mut optimizer = SgdMomentum::new(params.vars().to_vec(), config.sgd)?;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed);
+    let mut optimizer = SgdMomentum::new(params.vars().to_vec(), config.sgd())?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed());
     let mut order: Vec<u32> = (0..n as u32).collect();
     let classify = objective == Objective::CrossEntropy;
     let host_targets: Option<Vec<u32>> = if classify {
@@ -226,20 +318,20 @@ where
     } else {
         None
     };
-    let bar = progress_bar(config.epochs as u64, &config.label, config.progress);
+    let bar = progress_bar(config.epochs() as u64, config.label(), config.progress());
     let mut history = TrainHistory {
-        epochs: Vec::with_capacity(config.epochs),
+        epochs: Vec::with_capacity(config.epochs()),
         collected: 0,
         steps: 0,
     };
     let mut steps_since_start = 0usize;
-    for epoch in 0..config.epochs {
+    for epoch in 0..config.epochs() {
         let lr = crate::schedule::apply_lr(&mut optimizer, schedule, epoch as f64);
         order.shuffle(&mut rng);
-        let collecting = config.swa_start.is_some_and(|s| epoch >= s);
+        let collecting = config.swa_start().is_some_and(|s| epoch >= s);
         let mut loss_sum = 0.0f64;
         let mut correct = 0usize;
-        for chunk in order.chunks(config.batch_size) {
+        for chunk in order.chunks(config.batch_size()) {
             let idx = Tensor::from_slice(chunk, chunk.len(), &device)?;
             let xs = data.features.index_select(&idx, 0)?;
             let ys = data.targets.index_select(&idx, 0)?;
@@ -258,7 +350,7 @@ where
             }
             if collecting {
                 steps_since_start += 1;
-                if let (Collect::EverySteps(k), Some(p)) = (config.collect, posterior.as_mut()) {
+                if let (Collect::EverySteps(k), Some(p)) = (config.collect(), posterior.as_mut()) {
                     if steps_since_start % k == 0 {
                         p.collect(params)?;
                         history.collected += 1;
@@ -266,7 +358,7 @@ where
                 }
             }
         }
-        if collecting && config.collect == Collect::EveryEpoch {
+        if collecting && config.collect() == Collect::EveryEpoch {
             if let Some(p) = posterior.as_mut() {
                 p.collect(params)?;
                 history.collected += 1;

@@ -11,10 +11,12 @@ use candle_core::{Device, Tensor};
 use super::method::swag_at_scale;
 use super::run::{
     fit_mlp, mlp_refresh, save_run, training_noise_variance, tune, validation_split, with_refresh,
-    CalibrationRows, FitSpec, LoadedRun, NoiseModel, RunConfig, Tuned, RUN_FORMAT_VERSION,
+    CalibrationRows, FitConfig, LoadedRun, NoiseModel, RunConfig, Tuned, RUN_FORMAT_VERSION,
 };
 use super::{Collect, Objective, TrainConfig};
-use crate::data::{encode_features, load_csv, prepare, CsvSpec, Dataset, FeatureScaling, TaskKind};
+use crate::data::{
+    encode_features, load_csv, prepare, CsvConfig, Dataset, FeatureScaling, TaskKind,
+};
 use crate::error::{Error, Result};
 use crate::io::CsvTable;
 use crate::metrics::{
@@ -27,7 +29,7 @@ use crate::swag::SampleConfig;
 
 /// Options of [`fit_csv`] (the flags of `swag fit`).
 #[derive(Debug, Clone, PartialEq)]
-pub struct CsvFitOptions {
+pub struct CsvFitConfig {
     /// The training file.
     pub data: PathBuf,
     /// Target column.
@@ -78,7 +80,7 @@ pub struct CsvFitOptions {
     pub noise: NoiseModel,
 }
 
-impl CsvFitOptions {
+impl CsvFitConfig {
     /// Defaults for a file and target: hidden 128,128, no BatchNorm, 50 epochs, collection from
     /// epoch 25 each epoch, K = 20, lr = swa_lr = 0.05, momentum 0.9, weight decay 5e-4, batch
     /// 32, seed 0, no tuning (30 samples when tuning), progress bars on, no calibration rows.
@@ -177,11 +179,11 @@ impl FitSummary {
 ///
 /// The noise variance of a regression run is the mean squared training residual of the SWA
 /// mean (the reference recipe), or the validation-optimal one with `tune_scale`.
-pub fn fit_csv(opts: &CsvFitOptions, out: impl AsRef<Path>) -> Result<FitSummary> {
+pub fn fit_csv(opts: &CsvFitConfig, out: impl AsRef<Path>) -> Result<FitSummary> {
     let device = Device::Cpu;
     let data = load_csv(
         &opts.data,
-        &CsvSpec {
+        &CsvConfig {
             target: opts.target.clone(),
             split_column: opts.split_column.clone(),
             task: opts.task,
@@ -204,28 +206,29 @@ pub fn fit_csv(opts: &CsvFitOptions, out: impl AsRef<Path>) -> Result<FitSummary
     let objective = if hetero {
         Objective::GaussianNll
     } else {
-        FitSpec::objective(opts.task)
+        FitConfig::objective(opts.task)
     };
     let swa_start = opts.swa_start.unwrap_or(opts.epochs / 2);
-    let spec = FitSpec {
-        mlp: MlpConfig {
-            input_dim: train.num_features(),
-            hidden: opts.hidden.clone(),
-            output_dim: if hetero { 2 } else { prepared.output_dim() },
-            batchnorm: opts.batchnorm,
-        },
-        train: TrainConfig {
-            epochs: opts.epochs,
-            batch_size: opts.batch_size,
-            sgd: SgdConfig::new(opts.lr, opts.momentum, opts.weight_decay)?,
-            swa_start: Some(swa_start),
-            collect: opts
-                .collect_every_steps
+    let spec = FitConfig {
+        mlp: MlpConfig::new(
+            train.num_features(),
+            opts.hidden.clone(),
+            if hetero { 2 } else { prepared.output_dim() },
+        )?
+        .with_batchnorm(opts.batchnorm),
+        train: TrainConfig::new(
+            opts.epochs,
+            opts.batch_size,
+            SgdConfig::new(opts.lr, opts.momentum, opts.weight_decay)?,
+        )?
+        .with_collection(
+            Some(swa_start),
+            opts.collect_every_steps
                 .map_or(Collect::EveryEpoch, Collect::EverySteps),
-            seed: opts.seed,
-            progress: opts.progress,
-            label: "fit".into(),
-        },
+        )?
+        .with_seed(opts.seed)
+        .with_progress(opts.progress)
+        .with_label("fit"),
         swa_lr: opts.swa_lr,
         rank: opts.rank,
         init_seed: opts.seed,
@@ -235,7 +238,7 @@ pub fn fit_csv(opts: &CsvFitOptions, out: impl AsRef<Path>) -> Result<FitSummary
         let fit_data = train.select(&fit_rows)?;
         let val = train.select(&val_rows)?;
         let mut tune_spec = spec.clone();
-        tune_spec.train.label = "tune".into();
+        tune_spec.train = tune_spec.train.with_label("tune");
         let fitted = fit_mlp(&fit_data, objective, &tune_spec)?;
         Some(tune(
             &fitted,
@@ -328,7 +331,7 @@ fn hold_out_calibration(
 
 /// Options of [`predict_csv`] (the flags of `swag predict`).
 #[derive(Debug, Clone, PartialEq)]
-pub struct CsvPredictOptions {
+pub struct CsvPredictConfig {
     /// The run directory written by `swag fit`.
     pub run: PathBuf,
     /// The file to predict; it must hold the run's feature columns (any other column, the
@@ -386,7 +389,7 @@ const PREDICT_BATCH_ROWS: usize = 4096;
 /// ([`crate::metrics::conformal`]) adds, for regression, `lower` and `upper` (target units;
 /// `-inf`/`inf` when the calibration set is too small for the level) and, for classification,
 /// `set`: the class indices of the non-randomised APS set, most probable first, separated by `;`.
-pub fn predict_csv(opts: &CsvPredictOptions) -> Result<PredictionTable> {
+pub fn predict_csv(opts: &CsvPredictConfig) -> Result<PredictionTable> {
     let conformal = opts
         .coverage
         .map(ConformalConfig::with_coverage)

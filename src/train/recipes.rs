@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::method::Method;
 use super::noise::best_noise_variance;
-use super::run::{fit_mlp, training_noise_variance, tune, validation_split, FitSpec};
+use super::run::{fit_mlp, training_noise_variance, tune, validation_split, FitConfig};
 use super::{Collect, Objective, TrainConfig};
 use crate::data::{bundled, Dataset, Prepared};
 use crate::error::{Error, Result};
@@ -26,7 +26,7 @@ use crate::swag::MultiSwag;
 
 /// Settings shared by the recipes (the defaults are BENCHMARKS.md's).
 #[derive(Debug, Clone, PartialEq)]
-pub struct RecipeOptions {
+pub struct RecipeConfig {
     /// Overrides the number of epochs (CI's short mode); `swa_start` then becomes half of it,
     /// as in both recipes (25 of 50, 150 of 300).
     pub epochs: Option<usize>,
@@ -43,7 +43,7 @@ pub struct RecipeOptions {
     pub tune_scale: bool,
 }
 
-impl Default for RecipeOptions {
+impl Default for RecipeConfig {
     fn default() -> Self {
         Self {
             epochs: None,
@@ -56,7 +56,7 @@ impl Default for RecipeOptions {
     }
 }
 
-fn epochs_and_start(default_epochs: usize, opts: &RecipeOptions) -> Result<(usize, usize)> {
+fn epochs_and_start(default_epochs: usize, opts: &RecipeConfig) -> Result<(usize, usize)> {
     match opts.epochs {
         None => Ok((default_epochs, default_epochs / 2)),
         Some(0) => Err(Error::invalid("epochs", "must be at least 1")),
@@ -74,26 +74,16 @@ pub fn digits_spec(
     input_dim: usize,
     classes: usize,
     seed: u64,
-    opts: &RecipeOptions,
-) -> Result<FitSpec> {
+    opts: &RecipeConfig,
+) -> Result<FitConfig> {
     let (epochs, swa_start) = epochs_and_start(50, opts)?;
-    Ok(FitSpec {
-        mlp: MlpConfig {
-            input_dim,
-            hidden: vec![128, 128],
-            output_dim: classes,
-            batchnorm: false,
-        },
-        train: TrainConfig {
-            epochs,
-            batch_size: 32,
-            sgd: SgdConfig::new(0.05, 0.9, 5e-4)?,
-            swa_start: Some(swa_start),
-            collect: Collect::EveryEpoch,
-            seed,
-            progress: opts.progress,
-            label: format!("digits s{seed}"),
-        },
+    Ok(FitConfig {
+        mlp: MlpConfig::new(input_dim, vec![128, 128], classes)?,
+        train: TrainConfig::new(epochs, 32, SgdConfig::new(0.05, 0.9, 5e-4)?)?
+            .with_collection(Some(swa_start), Collect::EveryEpoch)?
+            .with_seed(seed)
+            .with_progress(opts.progress)
+            .with_label(format!("digits s{seed}")),
         swa_lr: 0.05,
         rank: 20,
         init_seed: seed,
@@ -102,25 +92,15 @@ pub fn digits_spec(
 
 /// The diabetes recipe: MLP 10-50-1, SGD(lr 0.01, momentum 0.9, wd 1e-3), batch 32, 300 epochs,
 /// swa_lr 0.01, collection each epoch from epoch 150, K = 20.
-pub fn diabetes_spec(input_dim: usize, seed: u64, opts: &RecipeOptions) -> Result<FitSpec> {
+pub fn diabetes_spec(input_dim: usize, seed: u64, opts: &RecipeConfig) -> Result<FitConfig> {
     let (epochs, swa_start) = epochs_and_start(300, opts)?;
-    Ok(FitSpec {
-        mlp: MlpConfig {
-            input_dim,
-            hidden: vec![50],
-            output_dim: 1,
-            batchnorm: false,
-        },
-        train: TrainConfig {
-            epochs,
-            batch_size: 32,
-            sgd: SgdConfig::new(0.01, 0.9, 1e-3)?,
-            swa_start: Some(swa_start),
-            collect: Collect::EveryEpoch,
-            seed,
-            progress: opts.progress,
-            label: format!("diabetes s{seed}"),
-        },
+    Ok(FitConfig {
+        mlp: MlpConfig::new(input_dim, vec![50], 1)?,
+        train: TrainConfig::new(epochs, 32, SgdConfig::new(0.01, 0.9, 1e-3)?)?
+            .with_collection(Some(swa_start), Collect::EveryEpoch)?
+            .with_seed(seed)
+            .with_progress(opts.progress)
+            .with_label(format!("diabetes s{seed}")),
         swa_lr: 0.01,
         rank: 20,
         init_seed: seed,
@@ -128,13 +108,15 @@ pub fn diabetes_spec(input_dim: usize, seed: u64, opts: &RecipeOptions) -> Resul
 }
 
 /// The spec of run `r` of a recipe: seeds shifted by `1000·r`.
-pub fn run_spec(base: &FitSpec, run: usize) -> FitSpec {
+pub fn run_spec(base: &FitConfig, run: usize) -> FitConfig {
     let mut spec = base.clone();
     let shift = 1000 * run as u64;
     spec.init_seed = base.init_seed.wrapping_add(shift);
-    spec.train.seed = base.train.seed.wrapping_add(shift);
+    spec.train = spec.train.with_seed(base.train.seed().wrapping_add(shift));
     if run > 0 {
-        spec.train.label = format!("{} r{run}", base.train.label);
+        spec.train = spec
+            .train
+            .with_label(format!("{} r{run}", base.train.label()));
     }
     spec
 }
@@ -186,7 +168,7 @@ pub struct ClassificationSeed {
 pub fn run_digits(
     seed: u64,
     ood: bool,
-    opts: &RecipeOptions,
+    opts: &RecipeConfig,
     device: &Device,
 ) -> Result<ClassificationSeed> {
     let start = Instant::now();
@@ -308,9 +290,9 @@ impl RegressionOutcome {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RegressionSeed {
     /// One entry per method, in [`Method::ALL`] order: the reference recipe (noise = training
-    /// residual, scale [`RecipeOptions::scale`]).
+    /// residual, scale [`RecipeConfig::scale`]).
     pub outcomes: Vec<RegressionOutcome>,
-    /// With [`RecipeOptions::tune_scale`]: the same runs scored with the scale and noise chosen
+    /// With [`RecipeConfig::tune_scale`]: the same runs scored with the scale and noise chosen
     /// on the validation split, one entry per method; empty otherwise.
     pub tuned: Vec<RegressionOutcome>,
     /// Wall-clock times.
@@ -324,7 +306,7 @@ struct RegressionChoice {
     noise: f64,
 }
 
-/// Runs the diabetes recipe for one seed (see [`RecipeOptions::tune_scale`]).
+/// Runs the diabetes recipe for one seed (see [`RecipeConfig::tune_scale`]).
 ///
 /// The reference recipe (always scored, [`RegressionSeed::outcomes`]): the noise variance is the mean squared training
 /// residual of the model being scored: the SGD iterate for SGD, the SWA mean for SWA, SWAG-diag
@@ -335,7 +317,7 @@ struct RegressionChoice {
 /// (a seeded split) and each method's scale and noise variance are chosen on the other 20% by
 /// validation NLL ([`super::run::tune`]; SGD and SWA tune the noise only; MultiSWAG takes
 /// SWAG's choice); the runs trained on all training rows are then scored with those choices.
-pub fn run_diabetes(seed: u64, opts: &RecipeOptions, device: &Device) -> Result<RegressionSeed> {
+pub fn run_diabetes(seed: u64, opts: &RecipeConfig, device: &Device) -> Result<RegressionSeed> {
     let start = Instant::now();
     let data = bundled::diabetes(device)?;
     let scaler = data
@@ -443,15 +425,16 @@ pub fn run_diabetes(seed: u64, opts: &RecipeOptions, device: &Device) -> Result<
 /// Trains run 0 on 80% of `train` and chooses each method's scale and noise on the other 20%.
 fn tune_regression(
     train: &Dataset,
-    base: &FitSpec,
-    opts: &RecipeOptions,
+    base: &FitConfig,
+    opts: &RecipeConfig,
     seed: u64,
 ) -> Result<Vec<RegressionChoice>> {
     let (fit_rows, val_rows) = validation_split(train.len(), 0.2, seed)?;
     let fit_data = train.select(&fit_rows)?;
     let val = train.select(&val_rows)?;
     let mut spec = run_spec(base, 0);
-    spec.train.label = format!("{} tune", spec.train.label);
+    let label = format!("{} tune", spec.train.label());
+    spec.train = spec.train.with_label(label);
     let fitted = fit_mlp(&fit_data, Objective::MeanSquaredError, &spec)?;
     let y: Vec<f32> = val.targets.to_vec1()?;
     let y: Vec<f64> = y.into_iter().map(f64::from).collect();

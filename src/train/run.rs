@@ -39,7 +39,7 @@ pub const RUN_FORMAT_VERSION: u32 = 1;
 
 /// Everything needed to train one run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FitSpec {
+pub struct FitConfig {
     /// The network shape.
     pub mlp: MlpConfig,
     /// Epochs, batch size, SGD settings, collection start and shuffling seed.
@@ -53,7 +53,7 @@ pub struct FitSpec {
     pub init_seed: u64,
 }
 
-impl FitSpec {
+impl FitConfig {
     /// The objective of a task.
     pub fn objective(task: TaskKind) -> Objective {
         match task {
@@ -78,7 +78,7 @@ pub struct Fitted {
     /// Per-epoch training statistics.
     pub history: TrainHistory,
     /// How the run was trained.
-    pub spec: FitSpec,
+    pub spec: FitConfig,
 }
 
 impl Fitted {
@@ -96,7 +96,7 @@ pub fn mlp_refresh<'a>(
     train_inputs: &'a Tensor,
     batch_size: usize,
 ) -> Result<Option<BatchNormRefresh<'a>>> {
-    if !model.config().batchnorm {
+    if !model.config().batchnorm() {
         return Ok(None);
     }
     Ok(Some(BatchNormRefresh::new(
@@ -118,14 +118,14 @@ pub(crate) fn with_refresh<'a>(
 
 /// Builds the MLP (weights from `spec.init_seed`), trains it on `data` with the step schedule
 /// `lr → swa_lr` at `swa_start`, and collects the SWAG posterior.
-pub fn fit_mlp(data: &Dataset, objective: Objective, spec: &FitSpec) -> Result<Fitted> {
+pub fn fit_mlp(data: &Dataset, objective: Objective, spec: &FitConfig) -> Result<Fitted> {
     let device = data.features.device().clone();
-    if data.num_features() != spec.mlp.input_dim {
+    if data.num_features() != spec.mlp.input_dim() {
         return Err(Error::invalid(
             "input_dim",
             format!(
                 "the network expects {} inputs, the data has {} features",
-                spec.mlp.input_dim,
+                spec.mlp.input_dim(),
                 data.num_features()
             ),
         ));
@@ -343,7 +343,7 @@ pub struct RunConfig {
     /// Target standardisation fitted on the training rows (regression).
     pub target_scaler: Option<Standardizer>,
     /// How the run was trained.
-    pub fit: FitSpec,
+    pub fit: FitConfig,
     /// Homoscedastic noise variance in standardised target units (regression).
     pub noise_variance: Option<f64>,
     /// Default sample scale for `swag predict` (0.5, or the tuned value).
@@ -449,7 +449,7 @@ pub fn save_run(
             .save(&weights)
             .map_err(|e| Error::bad_file(&weights, e.to_string()))?;
         fitted.posterior.save(tmp.join(files::POSTERIOR))?;
-        if fitted.model.config().batchnorm {
+        if fitted.model.config().batchnorm() {
             let path = tmp.join(files::TRAIN_INPUTS);
             candle_core::safetensors::save(
                 &std::collections::HashMap::from([("inputs".to_string(), train_inputs.clone())]),
@@ -505,7 +505,7 @@ impl LoadedRun {
             .map_err(|e| Error::bad_file(&weights, e.to_string()))?;
         let params = ParamSet::from_varmap(&varmap)?;
         let posterior = SwagPosterior::load_for(dir.join(files::POSTERIOR), &params)?;
-        let train_inputs = if config.fit.mlp.batchnorm {
+        let train_inputs = if config.fit.mlp.batchnorm() {
             let path = dir.join(files::TRAIN_INPUTS);
             let mut t = candle_core::safetensors::load(&path, device)
                 .map_err(|e| Error::bad_file(&path, e.to_string()))?;

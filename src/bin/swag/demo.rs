@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use candle_swag::train::demo::run_demo;
-use candle_swag::train::recipes::RecipeOptions;
+use candle_swag::train::recipes::RecipeConfig;
 
 /// Arguments of `swag demo`.
 #[derive(clap::Args)]
@@ -25,10 +25,10 @@ pub struct Args {
 /// Runs `swag demo`.
 pub fn run(args: Args) -> candle_swag::Result<()> {
     crate::prefer_single_threaded_kernels();
-    let opts = RecipeOptions {
+    let opts = RecipeConfig {
         epochs: args.epochs,
         samples: args.samples,
-        ..RecipeOptions::default()
+        ..RecipeConfig::default()
     };
     let summary = run_demo(args.seed, &opts, &args.out)?;
     print!("{}", summary.text);

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use candle_swag::data::TaskKind;
-use candle_swag::train::pipeline::{fit_csv, CsvFitOptions};
+use candle_swag::train::pipeline::{fit_csv, CsvFitConfig};
 use candle_swag::train::run::NoiseModel;
 
 /// The task, as spelled on the command line.
@@ -119,7 +119,7 @@ pub fn run(args: Args) -> candle_swag::Result<()> {
         Task::Classification => TaskKind::Classification,
         Task::Regression => TaskKind::Regression,
     };
-    let mut opts = CsvFitOptions::new(args.data, args.target, task);
+    let mut opts = CsvFitConfig::new(args.data, args.target, task);
     opts.split_column = args.split_column;
     opts.ignore = args.ignore;
     opts.categorical = args.categorical;

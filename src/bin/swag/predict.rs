@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use candle_swag::train::pipeline::{predict_csv, CsvPredictOptions};
+use candle_swag::train::pipeline::{predict_csv, CsvPredictConfig};
 
 /// Arguments of `swag predict`.
 #[derive(clap::Args)]
@@ -41,7 +41,7 @@ pub struct Args {
 /// Runs `swag predict`.
 pub fn run(args: Args) -> candle_swag::Result<()> {
     crate::prefer_single_threaded_kernels();
-    let table = predict_csv(&CsvPredictOptions {
+    let table = predict_csv(&CsvPredictConfig {
         run: args.run,
         data: args.data,
         samples: args.samples,

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_swag::io::{self, Array, InputSpec, Precision, Role};
+use candle_swag::io::{self, Array, InputSource, Precision, Role};
 use candle_swag::metrics::{attribute_to_file, ClassificationConfig, RegressionConfig};
 use candle_swag::report::ReportBuilder;
 use candle_swag::{Error, Result};
@@ -55,7 +55,7 @@ pub struct Args {
 }
 
 /// File stem of an input, used as a default method or dataset name.
-fn stem(spec: &InputSpec) -> String {
+fn stem(spec: &InputSource) -> String {
     let base = spec
         .path
         .file_stem()
@@ -68,7 +68,7 @@ fn stem(spec: &InputSpec) -> String {
 }
 
 /// Reads one probability (or logit) file and returns a checked `[N, C]` array (`C ≥ 2`).
-fn read_probabilities(spec: &InputSpec, logits: bool) -> Result<Array> {
+fn read_probabilities(spec: &InputSource, logits: bool) -> Result<Array> {
     if logits {
         let raw = io::read_input(spec, Role::Logits)?;
         return io::softmax_rows(&raw);
@@ -94,7 +94,7 @@ fn read_probabilities(spec: &InputSpec, logits: bool) -> Result<Array> {
 }
 
 /// Reads a single-column regression input, finite (and > 0 when `positive`).
-fn read_vector(spec: &InputSpec, role: Role, positive: bool) -> Result<Array> {
+fn read_vector(spec: &InputSource, role: Role, positive: bool) -> Result<Array> {
     let a = io::read_input(spec, role)?;
     if positive {
         io::check_positive(&a)?;
@@ -109,10 +109,10 @@ fn read_vector(spec: &InputSpec, role: Role, positive: bool) -> Result<Array> {
     Ok(a)
 }
 
-fn required(value: &Option<String>, option: &str, because: &str) -> Result<InputSpec> {
+fn required(value: &Option<String>, option: &str, because: &str) -> Result<InputSource> {
     value
         .as_deref()
-        .map(InputSpec::parse)
+        .map(InputSource::parse)
         .ok_or_else(|| Error::invalid(option, format!("is required with {because}")))
 }
 
@@ -150,9 +150,9 @@ pub fn run(args: Args) -> Result<()> {
             ),
         ));
     }
-    let prob_specs: Vec<InputSpec> = args.probs.iter().map(|p| InputSpec::parse(p)).collect();
-    let mean_specs: Vec<InputSpec> = args.mean.iter().map(|p| InputSpec::parse(p)).collect();
-    let std_specs: Vec<InputSpec> = args.std.iter().map(|p| InputSpec::parse(p)).collect();
+    let prob_specs: Vec<InputSource> = args.probs.iter().map(|p| InputSource::parse(p)).collect();
+    let mean_specs: Vec<InputSource> = args.mean.iter().map(|p| InputSource::parse(p)).collect();
+    let std_specs: Vec<InputSource> = args.std.iter().map(|p| InputSource::parse(p)).collect();
     let names: Vec<String> = if args.methods.is_empty() {
         prob_specs.iter().chain(&mean_specs).map(stem).collect()
     } else {
