@@ -23,24 +23,21 @@ use crate::error::{Error, Result};
 /// [`SampleConfig`](crate::SampleConfig)): a learning rate finite and `> 0`, a momentum in
 /// `[0, 1)`, a weight decay finite and `>= 0`.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(try_from = "SgdConfigFields")]
-pub struct SgdConfig {
-    pub(crate) lr: f64,
-    pub(crate) momentum: f64,
-    pub(crate) weight_decay: f64,
-}
+#[serde(try_from = "SgdFields")]
+pub struct SgdConfig(SgdFields);
 
-/// The fields of an [`SgdConfig`] as read from a file, checked by `SgdConfig::new`.
-#[derive(serde::Deserialize)]
-struct SgdConfigFields {
+/// The numbers of an [`SgdConfig`], unchecked: how it is written to and read from a file
+/// (a config read back goes through `SgdConfig::new`).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+struct SgdFields {
     lr: f64,
     momentum: f64,
     weight_decay: f64,
 }
 
-impl TryFrom<SgdConfigFields> for SgdConfig {
+impl TryFrom<SgdFields> for SgdConfig {
     type Error = Error;
-    fn try_from(f: SgdConfigFields) -> Result<Self> {
+    fn try_from(f: SgdFields) -> Result<Self> {
         Self::new(f.lr, f.momentum, f.weight_decay)
     }
 }
@@ -48,11 +45,11 @@ impl TryFrom<SgdConfigFields> for SgdConfig {
 impl Default for SgdConfig {
     /// lr 0.01, momentum 0.9, weight decay 0.
     fn default() -> Self {
-        Self {
+        Self(SgdFields {
             lr: 0.01,
             momentum: 0.9,
             weight_decay: 0.0,
-        }
+        })
     }
 }
 
@@ -79,26 +76,26 @@ impl SgdConfig {
                 format!("must be finite and >= 0, got {weight_decay}"),
             ));
         }
-        Ok(Self {
+        Ok(Self(SgdFields {
             lr,
             momentum,
             weight_decay,
-        })
+        }))
     }
 
     /// The learning rate.
     pub fn lr(&self) -> f64 {
-        self.lr
+        self.0.lr
     }
 
     /// The momentum `μ`.
     pub fn momentum(&self) -> f64 {
-        self.momentum
+        self.0.momentum
     }
 
     /// The L2 weight decay coefficient.
     pub fn weight_decay(&self) -> f64 {
-        self.weight_decay
+        self.0.weight_decay
     }
 }
 
@@ -126,11 +123,11 @@ impl SgdMomentum {
     }
 
     fn step_one(&self, var: &Var, velocity: &Tensor, grad: &Tensor) -> candle_core::Result<()> {
-        let SgdConfig {
+        let SgdFields {
             lr,
             momentum,
             weight_decay,
-        } = self.config;
+        } = self.config.0;
         let fused = var.device().is_cpu()
             && var.dtype() == DType::F32
             && grad.dtype() == DType::F32
@@ -195,11 +192,11 @@ impl Optimizer for SgdMomentum {
     }
 
     fn learning_rate(&self) -> f64 {
-        self.config.lr
+        self.config.0.lr
     }
 
     fn set_learning_rate(&mut self, lr: f64) {
-        self.config.lr = lr;
+        self.config.0.lr = lr;
     }
 }
 

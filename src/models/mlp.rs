@@ -23,17 +23,13 @@ use crate::models::dense::Dense;
 
 /// Shape of an [`Mlp`], checked when made (like [`crate::SampleConfig`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "MlpConfigFields")]
-pub struct MlpConfig {
-    input_dim: usize,
-    hidden: Vec<usize>,
-    output_dim: usize,
-    batchnorm: bool,
-}
+#[serde(try_from = "MlpFields")]
+pub struct MlpConfig(MlpFields);
 
-/// The fields of an [`MlpConfig`] as read from a file, checked by `MlpConfig::new`.
-#[derive(Deserialize)]
-struct MlpConfigFields {
+/// The shape of an [`MlpConfig`], unchecked: how it is written to and read from a file (a
+/// config read back goes through `MlpConfig::new`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct MlpFields {
     input_dim: usize,
     hidden: Vec<usize>,
     output_dim: usize,
@@ -41,9 +37,9 @@ struct MlpConfigFields {
     batchnorm: bool,
 }
 
-impl TryFrom<MlpConfigFields> for MlpConfig {
+impl TryFrom<MlpFields> for MlpConfig {
     type Error = Error;
-    fn try_from(f: MlpConfigFields) -> Result<Self> {
+    fn try_from(f: MlpFields) -> Result<Self> {
         Ok(MlpConfig::new(f.input_dim, f.hidden, f.output_dim)?.with_batchnorm(f.batchnorm))
     }
 }
@@ -53,12 +49,12 @@ impl MlpConfig {
     /// model) and `output_dim` outputs (classes for classification, 1 for regression); every
     /// width must be positive. No BatchNorm.
     pub fn new(input_dim: usize, hidden: Vec<usize>, output_dim: usize) -> Result<Self> {
-        let config = Self {
+        let config = Self(MlpFields {
             input_dim,
             hidden,
             output_dim,
             batchnorm: false,
-        };
+        });
         if config.widths().contains(&0) {
             return Err(Error::invalid(
                 "hidden",
@@ -73,30 +69,30 @@ impl MlpConfig {
 
     /// Whether a BatchNorm follows each hidden linear layer (before the ReLU).
     pub fn with_batchnorm(mut self, batchnorm: bool) -> Self {
-        self.batchnorm = batchnorm;
+        self.0.batchnorm = batchnorm;
         self
     }
 
     /// Number of input features.
     pub fn input_dim(&self) -> usize {
-        self.input_dim
+        self.0.input_dim
     }
 
     /// Number of outputs.
     pub fn output_dim(&self) -> usize {
-        self.output_dim
+        self.0.output_dim
     }
 
     /// Whether each hidden layer is followed by a BatchNorm.
     pub fn batchnorm(&self) -> bool {
-        self.batchnorm
+        self.0.batchnorm
     }
 
     /// The widths of every layer, input first: `[input_dim, hidden.., output_dim]`.
     pub fn widths(&self) -> Vec<usize> {
-        let mut w = vec![self.input_dim];
-        w.extend(&self.hidden);
-        w.push(self.output_dim);
+        let mut w = vec![self.0.input_dim];
+        w.extend(&self.0.hidden);
+        w.push(self.0.output_dim);
         w
     }
 }
@@ -153,8 +149,8 @@ impl Mlp {
             let bias = vb.get(pair[1], &format!("fc{i}.bias"))?;
             // The ReLU is fused into the layer unless a BatchNorm sits between them.
             let hidden = i + 2 < widths.len();
-            linears.push(Dense::new(weight, bias, hidden && !config.batchnorm));
-            if config.batchnorm && i + 2 < widths.len() {
+            linears.push(Dense::new(weight, bias, hidden && !config.batchnorm()));
+            if config.batchnorm() && i + 2 < widths.len() {
                 norms.push(BatchNorm::new(
                     pair[1],
                     BatchNormConfig::default(),

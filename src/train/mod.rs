@@ -76,8 +76,13 @@ pub enum Collect {
 /// constructor and the `with_*` setters that can fail return `Result`, so [`train`] never
 /// checks them again. A config read from a run directory goes through the same checks.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(try_from = "TrainConfigFields")]
-pub struct TrainConfig {
+#[serde(try_from = "TrainFields")]
+pub struct TrainConfig(TrainFields);
+
+/// The settings of a [`TrainConfig`], unchecked: how it is written to and read from a file
+/// (a config read back goes through the constructors).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct TrainFields {
     epochs: usize,
     batch_size: usize,
     sgd: SgdConfig,
@@ -88,48 +93,14 @@ pub struct TrainConfig {
     label: String,
 }
 
-/// The fields of a [`TrainConfig`] as read from a file, checked by its constructors.
-#[derive(serde::Deserialize)]
-struct TrainConfigFields {
-    epochs: usize,
-    batch_size: usize,
-    sgd: SgdConfig,
-    swa_start: Option<usize>,
-    collect: Collect,
-    seed: u64,
-    progress: bool,
-    label: String,
-}
-
-impl TryFrom<TrainConfigFields> for TrainConfig {
+impl TryFrom<TrainFields> for TrainConfig {
     type Error = Error;
-    fn try_from(f: TrainConfigFields) -> Result<Self> {
+    fn try_from(f: TrainFields) -> Result<Self> {
         Ok(TrainConfig::new(f.epochs, f.batch_size, f.sgd)?
             .with_collection(f.swa_start, f.collect)?
             .with_seed(f.seed)
             .with_progress(f.progress)
             .with_label(f.label))
-    }
-}
-
-impl Default for TrainConfig {
-    /// 50 epochs, batch 32, SGD(lr 0.05, momentum 0.9, weight decay 5e-4), collection every
-    /// epoch from epoch 25, seed 0, progress bar on: the digits recipe of BENCHMARKS.md.
-    fn default() -> Self {
-        Self {
-            epochs: 50,
-            batch_size: 32,
-            sgd: SgdConfig {
-                lr: 0.05,
-                momentum: 0.9,
-                weight_decay: 5e-4,
-            },
-            swa_start: Some(25),
-            collect: Collect::EveryEpoch,
-            seed: 0,
-            progress: true,
-            label: "train".to_string(),
-        }
     }
 }
 
@@ -145,25 +116,28 @@ impl TrainConfig {
         if batch_size == 0 {
             return Err(Error::invalid("batch_size", "must be at least 1"));
         }
-        Ok(Self {
+        Ok(Self(TrainFields {
             epochs,
             batch_size,
             sgd,
             swa_start: None,
-            ..Self::default()
-        })
+            collect: Collect::EveryEpoch,
+            seed: 0,
+            progress: true,
+            label: "train".to_string(),
+        }))
     }
 
     /// Collects snapshots from epoch `swa_start` (0-based, below `epochs` so that something is
     /// collected) on, as often as `collect` says; `None` disables collection.
     pub fn with_collection(mut self, swa_start: Option<usize>, collect: Collect) -> Result<Self> {
         if let Some(s) = swa_start {
-            if s >= self.epochs {
+            if s >= self.0.epochs {
                 return Err(Error::invalid(
                     "swa_start",
                     format!(
                         "{s} must be below the number of epochs ({}) so that something is collected",
-                        self.epochs
+                        self.0.epochs
                     ),
                 ));
             }
@@ -171,67 +145,67 @@ impl TrainConfig {
         if collect == Collect::EverySteps(0) {
             return Err(Error::invalid("collect", "every 0 steps is not a schedule"));
         }
-        (self.swa_start, self.collect) = (swa_start, collect);
+        (self.0.swa_start, self.0.collect) = (swa_start, collect);
         Ok(self)
     }
 
     /// Seed of the shuffling generator.
     pub fn with_seed(mut self, seed: u64) -> Self {
-        self.seed = seed;
+        self.0.seed = seed;
         self
     }
 
     /// Shows an indicatif progress bar on stderr (hidden anyway when stderr is not a
     /// terminal).
     pub fn with_progress(mut self, progress: bool) -> Self {
-        self.progress = progress;
+        self.0.progress = progress;
         self
     }
 
     /// Prefix of the progress bar (e.g. the dataset and run).
     pub fn with_label(mut self, label: impl Into<String>) -> Self {
-        self.label = label.into();
+        self.0.label = label.into();
         self
     }
 
     /// Number of epochs.
     pub fn epochs(&self) -> usize {
-        self.epochs
+        self.0.epochs
     }
 
     /// Mini-batch size.
     pub fn batch_size(&self) -> usize {
-        self.batch_size
+        self.0.batch_size
     }
 
     /// SGD settings (initial learning rate, momentum, weight decay).
     pub fn sgd(&self) -> SgdConfig {
-        self.sgd
+        self.0.sgd
     }
 
     /// First epoch at which snapshots are collected, if any.
     pub fn swa_start(&self) -> Option<usize> {
-        self.swa_start
+        self.0.swa_start
     }
 
     /// How often snapshots are collected from `swa_start` on.
     pub fn collect(&self) -> Collect {
-        self.collect
+        self.0.collect
     }
 
     /// Seed of the shuffling generator.
     pub fn seed(&self) -> u64 {
-        self.seed
+        self.0.seed
     }
 
     /// Whether a progress bar is shown.
     pub fn progress(&self) -> bool {
-        self.progress
+        self.0.progress
     }
 
     /// Prefix of the progress bar.
     pub fn label(&self) -> &str {
-        &self.label
+        &self.0.label
     }
 }
 

@@ -446,7 +446,7 @@ pub fn predict_csv(opts: &CsvPredictConfig) -> Result<PredictionTable> {
     let inputs = Tensor::from_vec(x, (rows.len(), cfg.feature_names.len()), &device)?;
     let scale = opts.scale.unwrap_or(cfg.scale);
     let refresh = match &run.train_inputs {
-        Some(t) => mlp_refresh(&run.model, t, cfg.fit.train.batch_size)?,
+        Some(t) => mlp_refresh(&run.model, t, cfg.fit.train.batch_size())?,
         None => None,
     };
     let predictive = with_refresh(

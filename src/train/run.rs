@@ -85,7 +85,7 @@ impl Fitted {
     /// The BatchNorm refresh to use with this model (batches of the training batch size over
     /// `train_inputs`), when it has BatchNorm layers.
     pub fn refresh<'a>(&self, train_inputs: &'a Tensor) -> Result<Option<BatchNormRefresh<'a>>> {
-        mlp_refresh(&self.model, train_inputs, self.spec.train.batch_size)
+        mlp_refresh(&self.model, train_inputs, self.spec.train.batch_size())
     }
 }
 
@@ -132,13 +132,13 @@ pub fn fit_mlp(data: &Dataset, objective: Objective, spec: &FitConfig) -> Result
     }
     let swa_start = spec
         .train
-        .swa_start
+        .swa_start()
         .ok_or_else(|| Error::invalid("swa_start", "a SWAG fit needs a collection start"))?;
     let varmap = VarMap::new();
     let model = Mlp::new(&spec.mlp, &varmap, &device, spec.init_seed)?;
     let params = ParamSet::from_varmap(&varmap)?;
     let mut posterior = SwagPosterior::for_params(&params, SwagConfig::with_rank(spec.rank))?;
-    let schedule = SwaLr::new(spec.train.sgd.lr, spec.swa_lr, 0, AnnealStrategy::Cos)?
+    let schedule = SwaLr::new(spec.train.sgd().lr(), spec.swa_lr, 0, AnnealStrategy::Cos)?
         .starting_at(swa_start as f64)?;
     let history = train(
         &model,
