@@ -17,6 +17,7 @@ use candle_core::{Device, Tensor};
 use candle_swag::data::{toy, Dataset, Standardizer};
 use candle_swag::models::MlpConfig;
 use candle_swag::optim::SgdConfig;
+use candle_swag::plot::PredictiveBand;
 use candle_swag::predictive::{batches, Noise, Predictive, RegressionPrediction};
 use candle_swag::report::ReportBuilder;
 use candle_swag::swag::{MultiSwag, SampleConfig};
@@ -175,7 +176,16 @@ fn run(args: Args) -> candle_swag::Result<()> {
             "| {name} | {std_gap:.4} | {std_data:.4} | {ratio:.2} | {epi_gap:.4} / {epi_data:.4} |"
         );
         report = report
-            .predictive_band(name, &grid, &band.mean, &band_std, &points.x, &points.y)?
+            .predictive_band(
+                name,
+                PredictiveBand {
+                    x: grid.clone(),
+                    mean: band.mean.clone(),
+                    std: band_std,
+                    data_x: points.x.clone(),
+                    data_y: points.y.clone(),
+                },
+            )?
             .regression_method(
                 &format!("{name} (training points)"),
                 &at_data.mean,

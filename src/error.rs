@@ -102,6 +102,24 @@ pub enum Error {
 }
 
 impl Error {
+    /// Edits the file, column or reason of a [`Error::BadData`] in place, so that a caller can
+    /// say more about where the data came from; other errors pass unchanged.
+    pub(crate) fn map_bad_data(
+        mut self,
+        edit: impl FnOnce(&mut String, &mut String, &mut String),
+    ) -> Self {
+        if let Error::BadData {
+            file,
+            column,
+            reason,
+            ..
+        } = &mut self
+        {
+            edit(file, column, reason);
+        }
+        self
+    }
+
     /// Shorthand for [`Error::InvalidArgument`].
     pub fn invalid(name: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::InvalidArgument {

@@ -3,11 +3,11 @@
 
 use candle_swag::metrics::{
     aurc_trapezoid, auroc, average_precision, calibration_bins, calibration_bins_equal_mass,
-    calibration_bins_positive_class, calibration_bins_top_label_binary, check_score, crps_gaussian,
-    crps_samples, evaluate_classification, fpr_at_tpr, gaussian_nll, interval_calibration_curve,
+    calibration_bins_positive_class, calibration_bins_top_label_binary, calibration_curve,
+    check_score, crps_gaussian, crps_samples, evaluate_classification, fpr_at_tpr, gaussian_nll,
     interval_score, mean_absolute_calibration_error, miscalibration_area_from_curve, ood_metrics,
     regression_metrics, risk_coverage, root_mean_squared_calibration_error, sharpness,
-    ClassificationConfig, CrpsEstimator, RegressionConfig,
+    ClassificationConfig, CrpsEstimator, CurveKind, RegressionConfig,
 };
 use serde_json::Value;
 
@@ -293,18 +293,18 @@ fn uncertainty_toolbox_gaussian_values() {
         "crps",
     );
     close(
-        check_score(&m, &s, &y, 0.01, 0.99, 99).unwrap(),
+        check_score(&m, &s, &y, &RegressionConfig::default()).unwrap(),
         want("check_score"),
         TOOLBOX_TOL,
         "check",
     );
     close(
-        interval_score(&m, &s, &y, 0.01, 0.99, 99).unwrap(),
+        interval_score(&m, &s, &y, &RegressionConfig::default()).unwrap(),
         want("interval_score"),
         TOOLBOX_TOL,
         "interval score",
     );
-    let curve = interval_calibration_curve(&m, &s, &y, 100).unwrap();
+    let curve = calibration_curve(&m, &s, &y, 100, CurveKind::Interval).unwrap();
     close(
         mean_absolute_calibration_error(&curve),
         want("mace_interval"),

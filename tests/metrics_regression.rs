@@ -1,11 +1,10 @@
 //! Regression metrics and the post-hoc recalibration baselines.
 
 use candle_swag::metrics::{
-    apply_temperature, crps_gaussian, crps_samples, fit_sigma_scale, fit_temperature, gaussian_nll,
-    interval_calibration_curve, linspace, miscalibration_area_from_curve,
-    prediction_interval_coverage, quantile_calibration_curve, regression_metrics,
-    regression_metrics_from_samples, sample_moments, CalibrationCurve, CrpsEstimator,
-    RegressionConfig,
+    apply_temperature, calibration_curve, crps_gaussian, crps_samples, fit_sigma_scale,
+    fit_temperature, gaussian_nll, linspace, miscalibration_area_from_curve,
+    prediction_interval_coverage, regression_metrics, regression_metrics_from_samples,
+    sample_moments, CalibrationCurve, CrpsEstimator, CurveKind, RegressionConfig,
 };
 use candle_swag::Error;
 use rand::rngs::StdRng;
@@ -58,8 +57,8 @@ fn calibrated_gaussians_give_near_diagonal_curves_and_nominal_coverage() {
     // Each observed proportion is a binomial mean: sd ≤ 1/(2 sqrt(n)) = 0.0025; 6 sd = 0.015.
     let bound = 6.0 * 0.5 / (n as f64).sqrt();
     for curve in [
-        interval_calibration_curve(&m, &s, &y, 100).unwrap(),
-        quantile_calibration_curve(&m, &s, &y, 100).unwrap(),
+        calibration_curve(&m, &s, &y, 100, CurveKind::Interval).unwrap(),
+        calibration_curve(&m, &s, &y, 100, CurveKind::Quantile).unwrap(),
     ] {
         for (e, o) in curve.expected.iter().zip(&curve.observed) {
             assert!((e - o).abs() < bound, "expected {e}, observed {o}");
@@ -77,7 +76,7 @@ fn calibrated_gaussians_give_near_diagonal_curves_and_nominal_coverage() {
 
     // Over-confident predictions (σ halved) fall clearly below the diagonal.
     let half: Vec<f64> = s.iter().map(|x| x / 2.0).collect();
-    let bad = interval_calibration_curve(&m, &half, &y, 100).unwrap();
+    let bad = calibration_curve(&m, &half, &y, 100, CurveKind::Interval).unwrap();
     let at_95 = bad.expected.iter().position(|&e| e > 0.949).unwrap();
     assert!(bad.observed[at_95] < 0.75);
 }
@@ -89,7 +88,7 @@ fn quantile_curve_uses_the_toolbox_sign() {
     let m = [0.0, 0.0];
     let s = [1.0, 1.0];
     let y = [10.0, 10.0];
-    let q = quantile_calibration_curve(&m, &s, &y, 5).unwrap();
+    let q = calibration_curve(&m, &s, &y, 5, CurveKind::Quantile).unwrap();
     assert_eq!(q.observed, vec![0.0, 1.0, 1.0, 1.0, 1.0]);
 }
 

@@ -228,7 +228,14 @@ fn regression_plots_are_valid() {
     assert!(svg.contains("200 of 250 rows shown"), "thinning stated");
     assert!(svg.contains("Observed target, outside"));
 
-    let files = plot::predictive_band(dir.path(), "band", "SWAG", &x, &mean, &std, &x, &y).unwrap();
+    let band = plot::PredictiveBand {
+        x: x.clone(),
+        mean: mean.clone(),
+        std: std.clone(),
+        data_x: x.clone(),
+        data_y: y.clone(),
+    };
+    let files = plot::predictive_band(dir.path(), "band", "SWAG", &band).unwrap();
     let svg = check_plot(&files, (1000, 620));
     assert!(svg.contains("Mean ± 2σ"));
 
@@ -293,8 +300,23 @@ fn bad_data_is_an_error_and_writes_nothing() {
         plot::ordered_intervals(d, "a", "m", &v, &[1.0], &v, 0.95).unwrap_err()
     ));
     assert!(plot::ordered_intervals(d, "a", "m", &v, &v, &v, 1.5).is_err());
+    let band = plot::PredictiveBand {
+        x: v.to_vec(),
+        mean: v.to_vec(),
+        std: vec![1.0, f64::NAN],
+        data_x: v.to_vec(),
+        data_y: v.to_vec(),
+    };
     assert!(is_plot_error(
-        plot::predictive_band(d, "a", "m", &v, &v, &[1.0, f64::NAN], &v, &v).unwrap_err()
+        plot::predictive_band(d, "a", "m", &band).unwrap_err()
+    ));
+    let ragged = plot::PredictiveBand {
+        std: v.to_vec(),
+        data_y: vec![1.0],
+        ..band
+    };
+    assert!(is_plot_error(
+        plot::predictive_band(d, "a", "m", &ragged).unwrap_err()
     ));
     // A name that is not a plain file stem is refused.
     assert!(plot::reliability_diagram(d, "../escape", "m", &bins(0.1)).is_err());

@@ -2,6 +2,7 @@
 //! files (best values marked, plots inline, conventions), and atomic writing.
 
 use candle_swag::metrics::{ClassificationConfig, RegressionConfig};
+use candle_swag::plot::PredictiveBand;
 use candle_swag::report::{Report, ReportBuilder};
 use serde_json::Value;
 
@@ -155,7 +156,16 @@ fn ood_and_band_plots_and_tensor_inputs() {
         .unwrap()
         .ood_method("SWAG", "Entropy (nats)", &[0.1, 0.2, 0.3], &[0.25, 0.4])
         .unwrap()
-        .predictive_band("SWAG", &x, &x, &[0.1, 0.1, 0.1], &x, &x)
+        .predictive_band(
+            "SWAG",
+            PredictiveBand {
+                x: x.to_vec(),
+                mean: x.to_vec(),
+                std: vec![0.1; 3],
+                data_x: x.to_vec(),
+                data_y: x.to_vec(),
+            },
+        )
         .unwrap()
         .write(&dir)
         .unwrap();
@@ -190,6 +200,22 @@ fn errors_leave_nothing_behind() {
     assert!(ReportBuilder::new("x")
         .regression_method("A", &[1.0], &[0.0], &[1.0])
         .is_err());
+    // A band whose data columns differ in length is refused when added.
+    let ragged = PredictiveBand {
+        x: vec![0.0],
+        mean: vec![0.0],
+        std: vec![1.0],
+        data_x: vec![0.0, 1.0],
+        data_y: vec![0.0],
+    };
+    let err = ReportBuilder::new("x")
+        .predictive_band("A", ragged)
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string().contains("2 data x values but 1 data y"),
+        "{err}"
+    );
 
     // An existing report is replaced only by a complete one.
     ReportBuilder::new("x")

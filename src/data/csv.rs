@@ -154,22 +154,13 @@ pub fn encode_features(table: &CsvTable, columns: &[FeatureColumn]) -> Result<Ve
 
 /// Adds to a "not a number" error in a numeric feature column how to use a text column.
 fn text_column_hint(err: Error, name: &str) -> Error {
-    match err {
-        Error::BadData {
-            file,
-            row,
-            column,
-            reason,
-        } if reason.ends_with("is not a number") => Error::BadData {
-            file,
-            row,
-            column,
-            reason: format!(
-                "{reason} (a text column: pass --categorical {name} to one-hot encode it, or --ignore {name})"
-            ),
-        },
-        other => other,
-    }
+    err.map_bad_data(|_, _, reason| {
+        if reason.ends_with("is not a number") {
+            reason.push_str(&format!(
+                " (a text column: pass --categorical {name} to one-hot encode it, or --ignore {name})"
+            ));
+        }
+    })
 }
 
 /// Targets read from the target column.

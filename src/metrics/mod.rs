@@ -61,11 +61,11 @@ pub use recalibration::{
     TemperatureScaling,
 };
 pub use regression::{
-    check_score, crps_gaussian, crps_samples, gaussian_nll, interval_calibration_curve,
-    interval_score, linspace, mae, mean_absolute_calibration_error, miscalibration_area,
-    miscalibration_area_from_curve, prediction_interval_coverage, quantile_calibration_curve,
-    regression_metrics, regression_metrics_from_samples, rmse, root_mean_squared_calibration_error,
-    sample_moments, sharpness, CalibrationCurve, CrpsEstimator, IntervalCoverage, RegressionConfig,
+    calibration_curve, check_score, crps_gaussian, crps_samples, gaussian_nll, interval_score,
+    linspace, mae, mean_absolute_calibration_error, miscalibration_area,
+    miscalibration_area_from_curve, prediction_interval_coverage, regression_metrics,
+    regression_metrics_from_samples, rmse, root_mean_squared_calibration_error, sample_moments,
+    sharpness, CalibrationCurve, CrpsEstimator, CurveKind, IntervalCoverage, RegressionConfig,
     RegressionMetrics,
 };
 pub use selective::{aurc_trapezoid, risk_coverage, RiskCoverage};
@@ -144,18 +144,9 @@ impl_label_unsigned!(u8, u16, u32, u64, usize, i32, i64);
 /// Replaces the input name in a [`Error::BadData`] (for example `"probabilities"`) by the path
 /// of the file the caller read that input from; other errors are returned unchanged.
 pub fn attribute_to_file(err: Error, input_name: &str, file: &str) -> Error {
-    match err {
-        Error::BadData {
-            file: f,
-            row,
-            column,
-            reason,
-        } if f == input_name => Error::BadData {
-            file: file.to_string(),
-            row,
-            column,
-            reason,
-        },
-        other => other,
-    }
+    err.map_bad_data(|f, _, _| {
+        if f == input_name {
+            *f = file.to_string();
+        }
+    })
 }

@@ -286,50 +286,43 @@ fn check_points(n_points: usize) -> Result<()> {
     Ok(())
 }
 
-/// Interval calibration curve on `linspace(0, 1, n_points)` (module docs).
-pub fn interval_calibration_curve(
-    mean: &[f64],
-    std: &[f64],
-    y: &[f64],
-    n_points: usize,
-) -> Result<CalibrationCurve> {
-    calibration_curve(mean, std, y, n_points, |r, p| {
-        let lo = std_normal_ppf(0.5 - p / 2.0);
-        let hi = std_normal_ppf(0.5 + p / 2.0);
-        let at_most_hi = r.partition_point(|&x| x <= hi);
-        let below_lo = r.partition_point(|&x| x < lo);
-        at_most_hi.saturating_sub(below_lo)
-    })
+/// Which proportion a calibration curve observes at expected level `p` (module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CurveKind {
+    /// The fraction of rows inside the central interval `μ ± Φ⁻¹(½ + p/2)σ`.
+    Interval,
+    /// The fraction of rows with `y ≤ μ + Φ⁻¹(p)σ`.
+    Quantile,
 }
 
-/// Quantile calibration curve on `linspace(0, 1, n_points)` (module docs).
-pub fn quantile_calibration_curve(
+/// The calibration curve of `kind` on `linspace(0, 1, n_points)` (module docs): the observed
+/// proportion at each expected level, `n_points ≥ 2`.
+pub fn calibration_curve(
     mean: &[f64],
     std: &[f64],
     y: &[f64],
     n_points: usize,
-) -> Result<CalibrationCurve> {
-    calibration_curve(mean, std, y, n_points, |r, p| {
-        let q = std_normal_ppf(p);
-        r.partition_point(|&x| x <= q)
-    })
-}
-
-/// The observed fraction `inside(sorted standardized residuals, p) / N` at each expected
-/// level `p` of `linspace(0, 1, n_points)`.
-fn calibration_curve(
-    mean: &[f64],
-    std: &[f64],
-    y: &[f64],
-    n_points: usize,
-    inside: impl Fn(&[f64], f64) -> usize,
+    kind: CurveKind,
 ) -> Result<CalibrationCurve> {
     check_gaussian(mean, std, y)?;
     check_points(n_points)?;
     let r = sorted_residuals(mean, std, y);
+    let inside = |p: f64| match kind {
+        CurveKind::Interval => {
+            let lo = std_normal_ppf(0.5 - p / 2.0);
+            let hi = std_normal_ppf(0.5 + p / 2.0);
+            let at_most_hi = r.partition_point(|&x| x <= hi);
+            let below_lo = r.partition_point(|&x| x < lo);
+            at_most_hi.saturating_sub(below_lo)
+        }
+        CurveKind::Quantile => {
+            let q = std_normal_ppf(p);
+            r.partition_point(|&x| x <= q)
+        }
+    };
     let n = r.len() as f64;
     let expected = linspace(0.0, 1.0, n_points);
-    let observed = expected.iter().map(|&p| inside(&r, p) as f64 / n).collect();
+    let observed = expected.iter().map(|&p| inside(p) as f64 / n).collect();
     Ok(CalibrationCurve { expected, observed })
 }
 
@@ -380,9 +373,8 @@ pub fn miscalibration_area_from_curve(curve: &CalibrationCurve) -> f64 {
 
 /// Miscalibration area of the interval calibration curve with `n_points` points.
 pub fn miscalibration_area(mean: &[f64], std: &[f64], y: &[f64], n_points: usize) -> Result<f64> {
-    Ok(miscalibration_area_from_curve(&interval_calibration_curve(
-        mean, std, y, n_points,
-    )?))
+    let curve = calibration_curve(mean, std, y, n_points, CurveKind::Interval)?;
+    Ok(miscalibration_area_from_curve(&curve))
 }
 
 fn check_levels(start: f64, end: f64, levels: usize) -> Result<()> {
@@ -397,16 +389,10 @@ fn check_levels(start: f64, end: f64, levels: usize) -> Result<()> {
     Ok(())
 }
 
-/// Mean check (pinball) score over `linspace(start, end, levels)` quantile levels.
-pub fn check_score(
-    mean: &[f64],
-    std: &[f64],
-    y: &[f64],
-    start: f64,
-    end: f64,
-    levels: usize,
-) -> Result<f64> {
-    average_over_levels(mean, std, y, start, end, levels, |q| {
+/// Mean check (pinball) score over the quantile levels `linspace(start, end, levels)` of
+/// [`RegressionConfig::score_levels`].
+pub fn check_score(mean: &[f64], std: &[f64], y: &[f64], config: &RegressionConfig) -> Result<f64> {
+    average_over_levels(mean, std, y, config.score_levels(), |q| {
         let z = std_normal_ppf(q);
         move |m: f64, s: f64, t: f64| {
             let d = m + s * z - t;
@@ -423,9 +409,7 @@ fn average_over_levels<F, R>(
     mean: &[f64],
     std: &[f64],
     y: &[f64],
-    start: f64,
-    end: f64,
-    levels: usize,
+    (start, end, levels): (f64, f64, usize),
     score: F,
 ) -> Result<f64>
 where
@@ -433,7 +417,6 @@ where
     R: Fn(f64, f64, f64) -> f64,
 {
     check_gaussian(mean, std, y)?;
-    check_levels(start, end, levels)?;
     let n = y.len();
     let total: f64 = linspace(start, end, levels)
         .into_iter()
@@ -451,16 +434,15 @@ where
     Ok(total / levels as f64)
 }
 
-/// Mean interval score over `linspace(start, end, levels)` central-interval levels.
+/// Mean interval score over the central-interval levels `linspace(start, end, levels)` of
+/// [`RegressionConfig::score_levels`].
 pub fn interval_score(
     mean: &[f64],
     std: &[f64],
     y: &[f64],
-    start: f64,
-    end: f64,
-    levels: usize,
+    config: &RegressionConfig,
 ) -> Result<f64> {
-    average_over_levels(mean, std, y, start, end, levels, |p| {
+    average_over_levels(mean, std, y, config.score_levels(), |p| {
         let z_lo = std_normal_ppf(0.5 - p / 2.0);
         let z_hi = std_normal_ppf(0.5 + p / 2.0);
         let penalty = 2.0 / (1.0 - p);
@@ -513,9 +495,9 @@ pub fn regression_metrics(
     options: &RegressionConfig,
 ) -> Result<RegressionMetrics> {
     check_gaussian(mean, std, y)?;
-    let interval = interval_calibration_curve(mean, std, y, options.calibration_points)?;
-    let quantile = quantile_calibration_curve(mean, std, y, options.calibration_points)?;
-    let (s0, s1, sl) = (options.score_start, options.score_end, options.score_levels);
+    let points = options.calibration_points;
+    let interval = calibration_curve(mean, std, y, points, CurveKind::Interval)?;
+    let quantile = calibration_curve(mean, std, y, points, CurveKind::Quantile)?;
     let at_95 = prediction_interval_coverage(mean, std, y, 0.95)?;
     let intervals = options
         .interval_levels
@@ -536,8 +518,8 @@ pub fn regression_metrics(
         mace_quantile: mean_absolute_calibration_error(&quantile),
         rmsce_quantile: root_mean_squared_calibration_error(&quantile),
         miscalibration_area_quantile: miscalibration_area_from_curve(&quantile),
-        check_score: check_score(mean, std, y, s0, s1, sl)?,
-        interval_score: interval_score(mean, std, y, s0, s1, sl)?,
+        check_score: check_score(mean, std, y, options)?,
+        interval_score: interval_score(mean, std, y, options)?,
         picp_95: at_95.picp,
         mpiw_95: at_95.mpiw,
         intervals,

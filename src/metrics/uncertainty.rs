@@ -177,20 +177,7 @@ impl UncertaintyDecomposition {
 
 /// Names the sample in a row error (`column` becomes e.g. `"sample 3, class 2"`).
 fn with_sample(err: Error, sample: usize) -> Error {
-    match err {
-        Error::BadData {
-            file,
-            row,
-            column,
-            reason,
-        } => Error::BadData {
-            file,
-            row,
-            column: format!("sample {sample}, {column}"),
-            reason,
-        },
-        other => other,
-    }
+    err.map_bad_data(|_, column, _| *column = format!("sample {sample}, {column}"))
 }
 
 /// [`decompose_uncertainty`] for a candle tensor of shape `[S, N, C]` (any float dtype, any

@@ -35,7 +35,7 @@ pub use ood::{ood_score_histogram, roc_plot};
 pub use output::PlotFiles;
 pub use regression::{
     calibration_curve_plot, ordered_intervals, predictive_band, sharpness_histogram,
-    CalibrationSeries, SharpnessSeries, MAX_INTERVAL_ROWS,
+    CalibrationSeries, PredictiveBand, SharpnessSeries, MAX_INTERVAL_ROWS,
 };
 pub use reliability::{reliability_diagram, reliability_grid, reliability_overlay};
 pub use selective::risk_coverage_plot;

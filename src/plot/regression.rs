@@ -375,32 +375,59 @@ impl Figure for BandFigure<'_> {
     }
 }
 
-/// Writes the 1-D predictive band: the mean at inputs `x` (any order; sorted for drawing)
-/// with the band `mean ± 2σ`, and the observed points `(data_x, data_y)`.
-#[allow(clippy::too_many_arguments)]
+/// A 1-D predictive band: the predictive mean and standard deviation at inputs `x` (any
+/// order), and the observed points `(data_x, data_y)`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PredictiveBand {
+    /// Inputs at which the predictive is evaluated.
+    pub x: Vec<f64>,
+    /// Predictive mean at each input.
+    pub mean: Vec<f64>,
+    /// Predictive standard deviation at each input (`> 0`).
+    pub std: Vec<f64>,
+    /// Inputs of the observed points.
+    pub data_x: Vec<f64>,
+    /// Targets of the observed points.
+    pub data_y: Vec<f64>,
+}
+
+impl PredictiveBand {
+    /// Checks the band: finite values, `std > 0`, one length for `x`, `mean` and `std`, and
+    /// one for `data_x` and `data_y`. Errors name the plot `name`.
+    pub fn check(&self, name: &str) -> Result<()> {
+        check_gaussian(name, &self.mean, &self.std, &self.x)?;
+        check_series(name, "data x", &self.data_x)?;
+        check_series(name, "data y", &self.data_y)?;
+        if self.data_x.len() != self.data_y.len() {
+            return Err(Error::Plot {
+                plot: name.into(),
+                reason: format!(
+                    "{} data x values but {} data y values",
+                    self.data_x.len(),
+                    self.data_y.len()
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Writes the 1-D predictive band: the mean at inputs `x` (sorted for drawing) with the band
+/// `mean ± 2σ`, and the observed points.
 pub fn predictive_band(
     dir: &Path,
     name: &str,
     method: &str,
-    x: &[f64],
-    mean: &[f64],
-    std: &[f64],
-    data_x: &[f64],
-    data_y: &[f64],
+    band: &PredictiveBand,
 ) -> Result<PlotFiles> {
-    check_gaussian(name, mean, std, x)?;
-    check_series(name, "data x", data_x)?;
-    check_series(name, "data y", data_y)?;
-    if data_x.len() != data_y.len() {
-        return Err(Error::Plot {
-            plot: name.into(),
-            reason: format!(
-                "{} data x values but {} data y values",
-                data_x.len(),
-                data_y.len()
-            ),
-        });
-    }
+    band.check(name)?;
+    let PredictiveBand {
+        x,
+        mean,
+        std,
+        data_x,
+        data_y,
+    } = band;
     let mut curve: Vec<(f64, f64, f64)> = x
         .iter()
         .zip(mean)

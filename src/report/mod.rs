@@ -174,15 +174,6 @@ struct OodPlotData {
     roc: RocCurve,
 }
 
-struct BandPlotData {
-    method: String,
-    x: Vec<f64>,
-    mean: Vec<f64>,
-    std: Vec<f64>,
-    data_x: Vec<f64>,
-    data_y: Vec<f64>,
-}
-
 /// Collects methods' predictions, computes their metrics, and writes the report.
 ///
 /// Methods are reported in the order they are added. Names must be non-empty and unique
@@ -194,7 +185,8 @@ pub struct ReportBuilder {
     classification: Vec<(ClassificationEntry, ClassificationPlotData)>,
     regression: Vec<(RegressionEntry, RegressionPlotData)>,
     ood: Vec<(OodEntry, OodPlotData)>,
-    bands: Vec<BandPlotData>,
+    /// (method, band).
+    bands: Vec<(String, plot::PredictiveBand)>,
 }
 
 /// Bins of the OOD score histograms.
@@ -337,11 +329,12 @@ impl ReportBuilder {
             self.regression.iter().map(|(e, _)| e.method.as_str()),
         )?;
         let m = metrics::regression_metrics(mean, std, y, &self.regression_options)?;
-        let calibration = metrics::interval_calibration_curve(
+        let calibration = metrics::calibration_curve(
             mean,
             std,
             y,
             self.regression_options.calibration_points(),
+            metrics::CurveKind::Interval,
         )?;
         let entry = RegressionEntry {
             method: name.to_string(),
@@ -400,43 +393,12 @@ impl ReportBuilder {
     }
 
     /// Adds a 1-D predictive band plot (`mean ± 2σ` over inputs `x`, with the observed
-    /// points) for `method`; the band needs no regression entry of the same name.
-    #[allow(clippy::too_many_arguments)]
-    pub fn predictive_band(
-        mut self,
-        method: &str,
-        x: &[f64],
-        mean: &[f64],
-        std: &[f64],
-        data_x: &[f64],
-        data_y: &[f64],
-    ) -> Result<Self> {
-        check_method_name("band", method, self.bands.iter().map(|b| b.method.as_str()))?;
-        let n = x.len();
-        if n == 0 || mean.len() != n || std.len() != n {
-            return Err(Error::invalid(
-                "predictive_band",
-                format!(
-                    "x, mean and std must be non-empty and of one length (got {n}, {}, {})",
-                    mean.len(),
-                    std.len()
-                ),
-            ));
-        }
-        if data_x.len() != data_y.len() {
-            return Err(Error::invalid(
-                "predictive_band",
-                format!("{} data x but {} data y values", data_x.len(), data_y.len()),
-            ));
-        }
-        self.bands.push(BandPlotData {
-            method: method.to_string(),
-            x: x.to_vec(),
-            mean: mean.to_vec(),
-            std: std.to_vec(),
-            data_x: data_x.to_vec(),
-            data_y: data_y.to_vec(),
-        });
+    /// points) for `method`; the band needs no regression entry of the same name. The band is
+    /// checked now ([`plot::PredictiveBand::check`]).
+    pub fn predictive_band(mut self, method: &str, band: plot::PredictiveBand) -> Result<Self> {
+        check_method_name("band", method, self.bands.iter().map(|(m, _)| m.as_str()))?;
+        band.check("predictive_band")?;
+        self.bands.push((method.to_string(), band));
         Ok(self)
     }
 
@@ -595,13 +557,11 @@ impl ReportBuilder {
             );
         }
 
-        for b in &self.bands {
-            let name = names.slug("band", &b.method);
+        for (method, band) in &self.bands {
+            let name = names.slug("band", method);
             push(
-                plot::predictive_band(
-                    dir, &name, &b.method, &b.x, &b.mean, &b.std, &b.data_x, &b.data_y,
-                )?,
-                format!("{}: predictive mean ± 2σ with the observed data.", b.method),
+                plot::predictive_band(dir, &name, method, band)?,
+                format!("{method}: predictive mean ± 2σ with the observed data."),
             );
         }
 

@@ -241,27 +241,42 @@ pub struct NoiseSource {
     pub param: u64,
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What one parameter's sample reads: its slice of the moments, its held deviation rows (in
+/// the order matching `z2`, oldest first; empty for a diagonal-only sample), the low-rank
+/// weights `z2`, the coefficients and where `z1` comes from.
+#[derive(Clone, Copy)]
+pub struct SampleSource<'a, E> {
+    /// The parameter's slice of the mean.
+    pub mean: &'a [f32],
+    /// The parameter's slice of `M2`.
+    pub m2: &'a [f32],
+    /// The parameter's slice of each held deviation row.
+    pub dev_rows: &'a [&'a [E]],
+    /// Low-rank noise, one number per held row.
+    pub z2: &'a [f32],
+    /// Scale, divisor and clamp.
+    pub coef: SampleCoefficients,
+    /// Seed and parameter index of `z1`.
+    pub noise: NoiseSource,
+}
+
+/// Block `block` of a sample (entries `block·NOISE_BLOCK ..` of the parameter) into `out`.
 fn sample_block<E: DeviationElem>(
     out: &mut [f32],
-    mean: &[f32],
-    m2: &[f32],
-    dev_rows: &[&[E]],
-    z2: &[f32],
-    coef: SampleCoefficients,
+    src: &SampleSource<'_, E>,
     z1: &mut [f32],
-    noise: NoiseSource,
     block: usize,
 ) {
     let len = out.len();
+    let lo = block * NOISE_BLOCK;
+    let (coef, noise) = (src.coef, src.noise);
     let z1 = &mut z1[..len];
     fill_normals(&mut stream(noise.seed, noise.param, block as u64), z1);
     // Low-rank part, accumulated row by row into `out` while the block sits in cache.
     // Rows are taken four at a time so `out` is swept K/4 times instead of K.
     out.fill(0.0);
-    let lo = block * NOISE_BLOCK;
-    let mut rows = dev_rows.chunks_exact(4);
-    let mut weights = z2.chunks_exact(4);
+    let mut rows = src.dev_rows.chunks_exact(4);
+    let mut weights = src.z2.chunks_exact(4);
     for (r, w) in (&mut rows).zip(&mut weights) {
         let s = coef.inv_sqrt_divisor;
         let (w0, w1, w2, w3) = (w[0] * s, w[1] * s, w[2] * s, w[3] * s);
@@ -279,8 +294,8 @@ fn sample_block<E: DeviationElem>(
     }
     for (((o, &m), &s), &z) in out
         .iter_mut()
-        .zip(mean.iter())
-        .zip(m2.iter())
+        .zip(&src.mean[lo..lo + len])
+        .zip(&src.m2[lo..lo + len])
         .zip(z1.iter())
     {
         let var = diag_variance(s, coef.inv_n, coef.var_clamp);
@@ -291,47 +306,20 @@ fn sample_block<E: DeviationElem>(
 /// Draws one SWAG sample for a slice of the flat vector (one parameter) straight into `out`:
 /// `θ = mean + sqrt(scale)·( sqrt(diag_variance(m2))·z1 + Dᵀz2 / sqrt(divisor) )`.
 ///
-/// `dev_rows` are the held deviation rows of this parameter, in the order matching `z2`
-/// (oldest first); pass an empty slice for a diagonal-only sample. `z1` is drawn block by
-/// block from [`NoiseSource`] (see [`super::noise`] for the reproducibility guarantee).
-pub fn sample<E: DeviationElem>(
-    out: &mut [f32],
-    mean: &[f32],
-    m2: &[f32],
-    dev_rows: &[&[E]],
-    z2: &[f32],
-    coef: SampleCoefficients,
-    noise: NoiseSource,
-) {
-    let n_blocks = out.len().div_ceil(NOISE_BLOCK);
+/// `z1` is drawn block by block from the [`NoiseSource`] (see [`super::noise`] for the
+/// reproducibility guarantee), so the result does not depend on the number of threads.
+pub fn sample<E: DeviationElem>(out: &mut [f32], src: SampleSource<'_, E>) {
     if out.len() < PARALLEL_MIN {
         let mut z1 = vec![0f32; NOISE_BLOCK.min(out.len())];
         for (b, o) in out.chunks_mut(NOISE_BLOCK).enumerate() {
-            let lo = b * NOISE_BLOCK;
-            let hi = lo + o.len();
-            sample_block(
-                o,
-                &mean[lo..hi],
-                &m2[lo..hi],
-                dev_rows,
-                z2,
-                coef,
-                &mut z1,
-                noise,
-                b,
-            );
+            sample_block(o, &src, &mut z1, b);
         }
         return;
     }
-    debug_assert_eq!(n_blocks, out.par_chunks_mut(NOISE_BLOCK).len());
-    out.par_chunks_mut(NOISE_BLOCK)
-        .zip(mean.par_chunks(NOISE_BLOCK))
-        .zip(m2.par_chunks(NOISE_BLOCK))
-        .enumerate()
-        .for_each_init(
-            || vec![0f32; NOISE_BLOCK],
-            |z1, (b, ((o, m), s))| sample_block(o, m, s, dev_rows, z2, coef, z1, noise, b),
-        );
+    out.par_chunks_mut(NOISE_BLOCK).enumerate().for_each_init(
+        || vec![0f32; NOISE_BLOCK],
+        |z1, (b, o)| sample_block(o, &src, z1, b),
+    );
 }
 
 #[cfg(test)]

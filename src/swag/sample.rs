@@ -310,7 +310,15 @@ impl SampleOp<'_> {
             .iter()
             .map(|&r| &dev[r * self.d + self.offset..r * self.d + self.offset + len])
             .collect();
-        kernels::sample(out, mean, m2, &dev_rows, self.z2, self.coef, self.noise);
+        let src = kernels::SampleSource {
+            mean,
+            m2,
+            dev_rows: &dev_rows,
+            z2: self.z2,
+            coef: self.coef,
+            noise: self.noise,
+        };
+        kernels::sample(out, src);
         Ok(())
     }
 }

@@ -227,6 +227,11 @@ pub fn tune(
 ) -> Result<Tuned> {
     let refresh = fitted.refresh(train_inputs)?;
     let inputs = batches(&validation.features, validation.len().max(1))?;
+    // Regression targets, read once for the whole grid.
+    let targets: Vec<f64> = match objective {
+        Objective::CrossEntropy => Vec::new(),
+        _ => validation.targets.to_dtype(DType::F64)?.to_vec1()?,
+    };
     let mut grid = Vec::with_capacity(SCALE_GRID.len());
     for &scale in &SCALE_GRID {
         let options = SampleConfig::with_scale(scale)?.with_diag_only(diag_only);
@@ -253,36 +258,30 @@ pub fn tune(
                     nll,
                 }
             }
-            Objective::GaussianNll => {
-                let y: Vec<f32> = validation.targets.to_vec1()?;
-                let y: Vec<f64> = y.into_iter().map(f64::from).collect();
+            Objective::GaussianNll | Objective::MeanSquaredError => {
+                // The network's own variance, or a noise variance chosen here on the
+                // validation rows (the predictive's is 0 so that it holds the epistemic part).
+                let hetero = objective == Objective::GaussianNll;
+                let noise = if hetero {
+                    Noise::Heteroscedastic(super::loss::VARIANCE_LINK)
+                } else {
+                    Noise::Homoscedastic { variance: 0.0 }
+                };
                 let m = predictive
-                    .regress(
-                        &fitted.model,
-                        inputs.clone(),
-                        Noise::Heteroscedastic(super::loss::VARIANCE_LINK),
-                    )?
+                    .regress(&fitted.model, inputs.clone(), noise)?
                     .to_host()?;
+                let (noise_variance, nll) = if hetero {
+                    (
+                        None,
+                        crate::metrics::gaussian_nll(&m.mean, &m.std(), &targets)?,
+                    )
+                } else {
+                    let (v, nll) = best_noise_variance(&m.mean, &m.var_epistemic, &targets);
+                    (Some(v), nll)
+                };
                 TunePoint {
                     scale,
-                    noise_variance: None,
-                    nll: crate::metrics::gaussian_nll(&m.mean, &m.std(), &y)?,
-                }
-            }
-            Objective::MeanSquaredError => {
-                let y: Vec<f32> = validation.targets.to_vec1()?;
-                let y: Vec<f64> = y.into_iter().map(f64::from).collect();
-                let m = predictive
-                    .regress(
-                        &fitted.model,
-                        inputs.clone(),
-                        Noise::Homoscedastic { variance: 0.0 },
-                    )?
-                    .to_host()?;
-                let (noise, nll) = best_noise_variance(&m.mean, &m.var_epistemic, &y);
-                TunePoint {
-                    scale,
-                    noise_variance: Some(noise),
+                    noise_variance,
                     nll,
                 }
             }
@@ -527,12 +526,23 @@ impl LoadedRun {
     }
 }
 
+/// The Debug fields shared by a fitted and a loaded run: model, parameters and posterior
+/// (candle's `VarMap` has no Debug of its own, so neither type can derive it).
+fn debug_model<'a, 'f>(
+    f: &'a mut std::fmt::Formatter<'f>,
+    name: &str,
+    (model, params, posterior): (&Mlp, &ParamSet, &SwagPosterior),
+) -> std::fmt::DebugStruct<'a, 'f> {
+    let mut s = f.debug_struct(name);
+    s.field("model", model)
+        .field("params", params)
+        .field("posterior", posterior);
+    s
+}
+
 impl std::fmt::Debug for Fitted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Fitted")
-            .field("model", &self.model)
-            .field("params", &self.params)
-            .field("posterior", &self.posterior)
+        debug_model(f, "Fitted", (&self.model, &self.params, &self.posterior))
             .field("history", &self.history)
             .finish_non_exhaustive()
     }
@@ -540,11 +550,8 @@ impl std::fmt::Debug for Fitted {
 
 impl std::fmt::Debug for LoadedRun {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoadedRun")
+        debug_model(f, "LoadedRun", (&self.model, &self.params, &self.posterior))
             .field("config", &self.config)
-            .field("model", &self.model)
-            .field("params", &self.params)
-            .field("posterior", &self.posterior)
             .finish_non_exhaustive()
     }
 }
