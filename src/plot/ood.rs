@@ -8,7 +8,7 @@ use plotters::prelude::*;
 use super::output::{
     check_series, check_some, padded_range, write_figure, DrawResult, Figure, PlotFiles,
 };
-use super::style::{self, text, FONT_FAMILY};
+use super::style::{self, Axes};
 use super::thin_points;
 use crate::error::{Error, Result};
 use crate::metrics::RocCurve;
@@ -45,28 +45,16 @@ impl Figure for ScoreHistogram<'_> {
         let f_in = fractions(self.scores_in, lo, hi, self.n_bins);
         let f_out = fractions(self.scores_out, lo, hi, self.n_bins);
         let top = f_in.iter().chain(&f_out).fold(0.0f64, |a, &b| a.max(b)) * 1.15;
-        let mut chart = ChartBuilder::on(root)
-            .caption(
-                format!("OOD scores: {}", self.score_label),
-                (FONT_FAMILY, text::TITLE),
-            )
-            .margin(16)
-            .x_label_area_size(60)
-            .y_label_area_size(84)
-            .build_cartesian_2d(lo..hi, 0f64..top.max(1e-3))?;
-        chart
-            .configure_mesh()
-            .light_line_style(TRANSPARENT)
-            .bold_line_style(style::GRID)
-            .x_desc(format!(
-                "{} (higher = more out-of-distribution)",
-                self.score_label
-            ))
-            .y_desc("Fraction of rows per bin")
-            .axis_desc_style((FONT_FAMILY, text::AXIS))
-            .label_style((FONT_FAMILY, text::LABEL))
-            .y_label_formatter(&|v| format!("{v:.2}"))
-            .draw()?;
+        let title = format!("OOD scores: {}", self.score_label);
+        let x_desc = format!("{} (higher = more out-of-distribution)", self.score_label);
+        let axes = Axes::new(
+            &title,
+            (lo..hi, 0f64..top.max(1e-3)),
+            &x_desc,
+            "Fraction of rows per bin",
+        )
+        .digits(None, Some(2));
+        let mut chart = style::chart(root, &axes)?;
         let series = [
             (
                 "In-distribution",
@@ -153,35 +141,15 @@ impl Figure for RocFigure<'_> {
     where
         DB::ErrorType: 'static,
     {
-        let mut chart = ChartBuilder::on(root)
-            .caption(
-                "ROC: detecting out-of-distribution rows",
-                (FONT_FAMILY, text::TITLE),
-            )
-            .margin(16)
-            .x_label_area_size(60)
-            .y_label_area_size(76)
-            .build_cartesian_2d(0f64..1f64, 0f64..1.001f64)?;
-        chart
-            .configure_mesh()
-            .light_line_style(TRANSPARENT)
-            .bold_line_style(style::GRID)
-            .x_desc("False-positive rate (in-distribution flagged)")
-            .y_desc("True-positive rate (OOD flagged)")
-            .axis_desc_style((FONT_FAMILY, text::AXIS))
-            .label_style((FONT_FAMILY, text::LABEL))
-            .x_label_formatter(&|v| format!("{v:.1}"))
-            .y_label_formatter(&|v| format!("{v:.1}"))
-            .draw()?;
-        chart
-            .draw_series(LineSeries::new(
-                [(0.0, 0.0), (1.0, 1.0)],
-                style::REFERENCE.stroke_width(2),
-            ))?
-            .label("Chance (AUROC 0.5)")
-            .legend(|(x, y)| {
-                PathElement::new([(x, y), (x + 22, y)], style::REFERENCE.stroke_width(2))
-            });
+        let axes = Axes::new(
+            "ROC: detecting out-of-distribution rows",
+            (0f64..1f64, 0f64..1.001f64),
+            "False-positive rate (in-distribution flagged)",
+            "True-positive rate (OOD flagged)",
+        )
+        .digits(Some(1), Some(1));
+        let mut chart = style::chart(root, &axes)?;
+        style::draw_diagonal(&mut chart, "Chance (AUROC 0.5)")?;
         for (i, (method, curve)) in self.curves.iter().enumerate() {
             let color = style::series_color(i);
             chart

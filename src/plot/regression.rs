@@ -10,7 +10,7 @@ use statrs::distribution::{ContinuousCDF, Normal};
 use super::output::{
     check_series, check_some, padded_range, plot_error, write_figure, DrawResult, Figure, PlotFiles,
 };
-use super::style::{self, text, FONT_FAMILY};
+use super::style::{self, text, Axes};
 use crate::error::{Error, Result};
 use crate::metrics::CalibrationCurve;
 
@@ -40,26 +40,15 @@ impl Figure for CalibrationFigure<'_> {
     where
         DB::ErrorType: 'static,
     {
-        let mut chart = ChartBuilder::on(root)
-            .caption(
-                format!("Calibration curve ({} intervals)", self.kind),
-                (FONT_FAMILY, text::TITLE),
-            )
-            .margin(16)
-            .x_label_area_size(60)
-            .y_label_area_size(76)
-            .build_cartesian_2d(0f64..1f64, 0f64..1.001f64)?;
-        chart
-            .configure_mesh()
-            .light_line_style(TRANSPARENT)
-            .bold_line_style(style::GRID)
-            .x_desc("Expected proportion of targets inside (nominal level)")
-            .y_desc("Observed proportion inside")
-            .axis_desc_style((FONT_FAMILY, text::AXIS))
-            .label_style((FONT_FAMILY, text::LABEL))
-            .x_label_formatter(&|v| format!("{v:.1}"))
-            .y_label_formatter(&|v| format!("{v:.1}"))
-            .draw()?;
+        let title = format!("Calibration curve ({} intervals)", self.kind);
+        let axes = Axes::new(
+            &title,
+            (0f64..1f64, 0f64..1.001f64),
+            "Expected proportion of targets inside (nominal level)",
+            "Observed proportion inside",
+        )
+        .digits(Some(1), Some(1));
+        let mut chart = style::chart(root, &axes)?;
         for (i, s) in self.series.iter().enumerate() {
             let color = style::series_color(i);
             let curve: Vec<(f64, f64)> = s
@@ -92,15 +81,7 @@ impl Figure for CalibrationFigure<'_> {
                     PathElement::new([(x, y), (x + 22, y)], color.stroke_width(3))
                 });
         }
-        chart
-            .draw_series(LineSeries::new(
-                [(0.0, 0.0), (1.0, 1.0)],
-                style::REFERENCE.stroke_width(2),
-            ))?
-            .label("Perfect calibration")
-            .legend(|(x, y)| {
-                PathElement::new([(x, y), (x + 22, y)], style::REFERENCE.stroke_width(2))
-            });
+        style::draw_diagonal(&mut chart, "Perfect calibration")?;
         style::draw_legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
         Ok(())
     }
@@ -172,29 +153,22 @@ impl Figure for IntervalsFigure<'_> {
         } else {
             String::new()
         };
-        let mut chart = ChartBuilder::on(root)
-            .caption(
-                format!(
-                    "{}: {:.0}% prediction intervals, ordered by target{shown}",
-                    self.method,
-                    self.level * 100.0
-                ),
-                (FONT_FAMILY, text::TITLE - 4),
+        let title = format!(
+            "{}: {:.0}% prediction intervals, ordered by target{shown}",
+            self.method,
+            self.level * 100.0
+        );
+        let axes = Axes {
+            title_size: text::TITLE - 4,
+            ..Axes::new(
+                &title,
+                (-0.5f64..n - 0.5, lo..hi),
+                "Rank of the row when sorted by observed target",
+                "Target (data units)",
             )
-            .margin(16)
-            .x_label_area_size(60)
-            .y_label_area_size(84)
-            .build_cartesian_2d(-0.5f64..n - 0.5, lo..hi)?;
-        chart
-            .configure_mesh()
-            .light_line_style(TRANSPARENT)
-            .bold_line_style(style::GRID)
-            .x_desc("Rank of the row when sorted by observed target")
-            .y_desc("Target (data units)")
-            .axis_desc_style((FONT_FAMILY, text::AXIS))
-            .label_style((FONT_FAMILY, text::LABEL))
-            .x_label_formatter(&|v| format!("{v:.0}"))
-            .draw()?;
+        }
+        .digits(Some(0), None);
+        let mut chart = style::chart(root, &axes)?;
         let interval_color = style::series_color(0);
         chart
             .draw_series(self.rows.iter().map(|r| {
@@ -323,24 +297,14 @@ impl Figure for BandFigure<'_> {
             .chain(self.data.iter().map(|d| d.1))
             .collect();
         let (y_lo, y_hi) = padded_range(&bounds, 0.05);
-        let mut chart = ChartBuilder::on(root)
-            .caption(
-                format!("{}: predictive mean ± 2σ", self.method),
-                (FONT_FAMILY, text::TITLE),
-            )
-            .margin(16)
-            .x_label_area_size(60)
-            .y_label_area_size(84)
-            .build_cartesian_2d(x_lo..x_hi, y_lo..y_hi)?;
-        chart
-            .configure_mesh()
-            .light_line_style(TRANSPARENT)
-            .bold_line_style(style::GRID)
-            .x_desc("Input x (data units)")
-            .y_desc("Target y (data units)")
-            .axis_desc_style((FONT_FAMILY, text::AXIS))
-            .label_style((FONT_FAMILY, text::LABEL))
-            .draw()?;
+        let title = format!("{}: predictive mean ± 2σ", self.method);
+        let axes = Axes::new(
+            &title,
+            (x_lo..x_hi, y_lo..y_hi),
+            "Input x (data units)",
+            "Target y (data units)",
+        );
+        let mut chart = style::chart(root, &axes)?;
         let color = style::series_color(0);
         let mut band: Vec<(f64, f64)> = self
             .curve
@@ -488,25 +452,14 @@ impl Figure for SharpnessFigure<'_> {
             })
             .collect();
         let top = hists.iter().flatten().fold(0.0f64, |a, &b| a.max(b)) * 1.15;
-        let mut chart = ChartBuilder::on(root)
-            .caption(
-                "Sharpness: predictive standard deviations",
-                (FONT_FAMILY, text::TITLE),
-            )
-            .margin(16)
-            .x_label_area_size(60)
-            .y_label_area_size(84)
-            .build_cartesian_2d(lo..hi, 0f64..top.max(1e-3))?;
-        chart
-            .configure_mesh()
-            .light_line_style(TRANSPARENT)
-            .bold_line_style(style::GRID)
-            .x_desc("Predictive std σ (target units)")
-            .y_desc("Fraction of rows per bin")
-            .axis_desc_style((FONT_FAMILY, text::AXIS))
-            .label_style((FONT_FAMILY, text::LABEL))
-            .y_label_formatter(&|v| format!("{v:.2}"))
-            .draw()?;
+        let axes = Axes::new(
+            "Sharpness: predictive standard deviations",
+            (lo..hi, 0f64..top.max(1e-3)),
+            "Predictive std σ (target units)",
+            "Fraction of rows per bin",
+        )
+        .digits(None, Some(2));
+        let mut chart = style::chart(root, &axes)?;
         for (i, (s, h)) in self.series.iter().zip(&hists).enumerate() {
             let color = style::series_color(i);
             let bars = h.iter().enumerate().filter(|(_, &f)| f > 0.0);

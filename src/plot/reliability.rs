@@ -11,7 +11,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::output::{check_series, check_some, write_figure, DrawResult, Figure, PlotFiles};
-use super::style::{self, text, FONT_FAMILY};
+use super::style::{self, text, Axes, FONT_FAMILY};
 use crate::error::{Error, Result};
 use crate::metrics::CalibrationBins;
 
@@ -45,22 +45,20 @@ where
     let height = area.dim_in_pixel().1;
     let (top, bottom) = area.split_vertically((height as f64 * 0.7) as u32);
 
-    let mut chart = ChartBuilder::on(&top)
-        .caption(title, (FONT_FAMILY, text::TITLE))
-        .margin(14)
-        .x_label_area_size(36)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0f64..1f64, 0f64..1f64)?;
-    chart
-        .configure_mesh()
-        .light_line_style(TRANSPARENT)
-        .bold_line_style(style::GRID)
-        .y_desc("Accuracy (fraction correct)")
-        .axis_desc_style((FONT_FAMILY, text::AXIS))
-        .label_style((FONT_FAMILY, text::LABEL))
-        .x_label_formatter(&|v| format!("{v:.1}"))
-        .y_label_formatter(&|v| format!("{v:.1}"))
-        .draw()?;
+    // The confidence axis is described under the histogram below.
+    let axes = Axes {
+        x_desc: None,
+        margin: (14, 14),
+        label_areas: (36, 70),
+        ..Axes::new(
+            title,
+            (0f64..1f64, 0f64..1f64),
+            "",
+            "Accuracy (fraction correct)",
+        )
+    }
+    .digits(Some(1), Some(1));
+    let mut chart = style::chart(&top, &axes)?;
 
     let filled: Vec<_> = bins.bins.iter().filter(|b| b.count > 0).collect();
     chart
@@ -95,13 +93,7 @@ where
             style::GAP.stroke_width(1),
         )
     }))?;
-    chart
-        .draw_series(LineSeries::new(
-            [(0.0, 0.0), (1.0, 1.0)],
-            style::REFERENCE.stroke_width(2),
-        ))?
-        .label("Perfect calibration")
-        .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], style::REFERENCE.stroke_width(2)));
+    style::draw_diagonal(&mut chart, "Perfect calibration")?;
     style::draw_legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
 
     // ECE and MCE in the upper-left corner under the legend, where a diagram's bars rarely
@@ -128,23 +120,20 @@ where
     ))?;
 
     let max_count = bins.bins.iter().map(|b| b.count).max().unwrap_or(1).max(1) as f64;
-    let mut hist = ChartBuilder::on(&bottom)
-        .margin(14)
-        .margin_top(4)
-        .x_label_area_size(56)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0f64..1f64, 0f64..max_count * 1.1)?;
-    hist.configure_mesh()
-        .light_line_style(TRANSPARENT)
-        .bold_line_style(style::GRID)
-        .x_desc("Confidence (top-label predicted probability)")
-        .y_desc("Rows per bin")
-        .y_labels(4)
-        .axis_desc_style((FONT_FAMILY, text::AXIS))
-        .label_style((FONT_FAMILY, text::LABEL))
-        .x_label_formatter(&|v| format!("{v:.1}"))
-        .y_label_formatter(&|v| format!("{v:.0}"))
-        .draw()?;
+    let axes = Axes {
+        title: None,
+        y_labels: Some(4),
+        margin: (14, 4),
+        label_areas: (56, 70),
+        ..Axes::new(
+            "",
+            (0f64..1f64, 0f64..max_count * 1.1),
+            "Confidence (top-label predicted probability)",
+            "Rows per bin",
+        )
+    }
+    .digits(Some(1), Some(0));
+    let mut hist = style::chart(&bottom, &axes)?;
     hist.draw_series(filled.iter().map(|b| {
         Rectangle::new(
             [(b.lower, 0.0), (b.upper, b.count as f64)],
@@ -213,6 +202,15 @@ pub fn reliability_diagram(
     )
 }
 
+/// Checks that there is at least one method and that every method's bins can be drawn.
+fn check_methods(name: &str, methods: &[(&str, &CalibrationBins)]) -> Result<()> {
+    check_some(name, methods)?;
+    for (method, bins) in methods {
+        check_bins(name, method, bins)?;
+    }
+    Ok(())
+}
+
 /// Writes the reliability diagrams of several methods side by side (up to three per row),
 /// each in its own colour, for comparing e.g. SGD, SWA and SWAG on the same data.
 pub fn reliability_grid(
@@ -220,10 +218,7 @@ pub fn reliability_grid(
     name: &str,
     methods: &[(&str, &CalibrationBins)],
 ) -> Result<PlotFiles> {
-    check_some(name, methods)?;
-    for (method, bins) in methods {
-        check_bins(name, method, bins)?;
-    }
+    check_methods(name, methods)?;
     write_figure(
         dir,
         name,
@@ -243,32 +238,15 @@ impl Figure for OverlayFigure<'_> {
     where
         DB::ErrorType: 'static,
     {
-        let mut chart = ChartBuilder::on(root)
-            .caption("Reliability: all methods", (FONT_FAMILY, text::TITLE))
-            .margin(16)
-            .x_label_area_size(60)
-            .y_label_area_size(76)
-            .build_cartesian_2d(0f64..1f64, 0f64..1f64)?;
-        chart
-            .configure_mesh()
-            .light_line_style(TRANSPARENT)
-            .bold_line_style(style::GRID)
-            .x_desc("Mean confidence in bin (top-label probability)")
-            .y_desc("Accuracy in bin (fraction correct)")
-            .axis_desc_style((FONT_FAMILY, text::AXIS))
-            .label_style((FONT_FAMILY, text::LABEL))
-            .x_label_formatter(&|v| format!("{v:.1}"))
-            .y_label_formatter(&|v| format!("{v:.1}"))
-            .draw()?;
-        chart
-            .draw_series(LineSeries::new(
-                [(0.0, 0.0), (1.0, 1.0)],
-                style::REFERENCE.stroke_width(2),
-            ))?
-            .label("Perfect calibration")
-            .legend(|(x, y)| {
-                PathElement::new([(x, y), (x + 22, y)], style::REFERENCE.stroke_width(2))
-            });
+        let axes = Axes::new(
+            "Reliability: all methods",
+            (0f64..1f64, 0f64..1f64),
+            "Mean confidence in bin (top-label probability)",
+            "Accuracy in bin (fraction correct)",
+        )
+        .digits(Some(1), Some(1));
+        let mut chart = style::chart(root, &axes)?;
+        style::draw_diagonal(&mut chart, "Perfect calibration")?;
         for (i, (method, bins)) in self.methods.iter().enumerate() {
             let color = style::series_color(i);
             let points: Vec<(f64, f64)> = bins
@@ -297,9 +275,6 @@ pub fn reliability_overlay(
     name: &str,
     methods: &[(&str, &CalibrationBins)],
 ) -> Result<PlotFiles> {
-    check_some(name, methods)?;
-    for (method, bins) in methods {
-        check_bins(name, method, bins)?;
-    }
+    check_methods(name, methods)?;
     write_figure(dir, name, &OverlayFigure { methods })
 }

@@ -6,7 +6,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::output::{check_series, check_some, write_figure, DrawResult, Figure, PlotFiles};
-use super::style::{self, text, FONT_FAMILY};
+use super::style::{self, Axes};
 use super::thin_points;
 use crate::error::Result;
 use crate::metrics::RiskCoverage;
@@ -26,26 +26,14 @@ impl Figure for RiskCoverageFigure<'_> {
             .flat_map(|(_, c)| c.risk.iter().copied())
             .fold(0.0f64, f64::max);
         let y_top = (max_risk * 1.15).clamp(0.01, 1.0);
-        let mut chart = ChartBuilder::on(root)
-            .caption(
-                "Risk–coverage (selective prediction)",
-                (FONT_FAMILY, text::TITLE),
-            )
-            .margin(16)
-            .x_label_area_size(60)
-            .y_label_area_size(84)
-            .build_cartesian_2d(0f64..1f64, 0f64..y_top)?;
-        chart
-            .configure_mesh()
-            .light_line_style(TRANSPARENT)
-            .bold_line_style(style::GRID)
-            .x_desc("Coverage (fraction of most confident rows kept)")
-            .y_desc("Risk (error rate among kept rows)")
-            .axis_desc_style((FONT_FAMILY, text::AXIS))
-            .label_style((FONT_FAMILY, text::LABEL))
-            .x_label_formatter(&|v| format!("{v:.1}"))
-            .y_label_formatter(&|v| format!("{v:.3}"))
-            .draw()?;
+        let axes = Axes::new(
+            "Risk–coverage (selective prediction)",
+            (0f64..1f64, 0f64..y_top),
+            "Coverage (fraction of most confident rows kept)",
+            "Risk (error rate among kept rows)",
+        )
+        .digits(Some(1), Some(3));
+        let mut chart = style::chart(root, &axes)?;
         for (i, (method, curve)) in self.curves.iter().enumerate() {
             let color = style::series_color(i);
             let points = thin_points(&curve.coverage, &curve.risk);

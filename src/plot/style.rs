@@ -91,3 +91,143 @@ where
         .label_font((FONT_FAMILY, text::LABEL))
         .draw()
 }
+
+/// The axes of one chart: everything the crate's charts set up the same way, in one place.
+///
+/// Every chart gets the same caption font, margins, light grid, axis-description and
+/// tick-label fonts from [`chart`]; an `Axes` says only what differs: title, ranges, axis
+/// descriptions, tick precision and, for the two-panel reliability diagram, a tighter layout.
+#[derive(Debug, Clone)]
+pub(crate) struct Axes<'a> {
+    /// Caption above the chart (`None`: a second panel without one).
+    pub title: Option<&'a str>,
+    /// Caption size in pixels.
+    pub title_size: u32,
+    /// x range.
+    pub x: std::ops::Range<f64>,
+    /// y range.
+    pub y: std::ops::Range<f64>,
+    /// x-axis description (`None`: the panel below describes it).
+    pub x_desc: Option<&'a str>,
+    /// y-axis description.
+    pub y_desc: &'a str,
+    /// Decimal places of the x tick labels (`None`: plotters' own format).
+    pub x_digits: Option<usize>,
+    /// Decimal places of the y tick labels (`None`: plotters' own format).
+    pub y_digits: Option<usize>,
+    /// Number of y tick labels (`None`: plotters' choice).
+    pub y_labels: Option<usize>,
+    /// Margin around the chart, and the top margin.
+    pub margin: (u32, u32),
+    /// Heights of the x and y label areas.
+    pub label_areas: (u32, u32),
+}
+
+impl<'a> Axes<'a> {
+    /// A full-size chart titled `title` over `x` × `y`, described by `x_desc` and `y_desc`.
+    pub fn new(
+        title: &'a str,
+        (x, y): (std::ops::Range<f64>, std::ops::Range<f64>),
+        x_desc: &'a str,
+        y_desc: &'a str,
+    ) -> Self {
+        Axes {
+            title: Some(title),
+            title_size: text::TITLE,
+            x,
+            y,
+            x_desc: Some(x_desc),
+            y_desc,
+            x_digits: None,
+            y_digits: None,
+            y_labels: None,
+            margin: (16, 16),
+            label_areas: (60, 84),
+        }
+    }
+
+    /// Tick labels with `x` and `y` decimal places.
+    pub fn digits(mut self, x: Option<usize>, y: Option<usize>) -> Self {
+        (self.x_digits, self.y_digits) = (x, y);
+        self
+    }
+}
+
+/// A chart in the crate's one style, its axes and grid drawn, ready for series.
+pub(crate) type Chart<'a, DB> = plotters::chart::ChartContext<
+    'a,
+    DB,
+    plotters::coord::cartesian::Cartesian2d<
+        plotters::coord::types::RangedCoordf64,
+        plotters::coord::types::RangedCoordf64,
+    >,
+>;
+
+/// Sets up a chart on `area` from `axes`: caption, margins, label areas, the light grid
+/// without minor lines, axis descriptions and tick labels in the bundled font.
+pub(crate) fn chart<'a, DB>(
+    area: &'a plotters::drawing::DrawingArea<DB, plotters::coord::Shift>,
+    axes: &Axes<'_>,
+) -> std::result::Result<Chart<'a, DB>, plotters::drawing::DrawingAreaErrorKind<DB::ErrorType>>
+where
+    DB: plotters::prelude::DrawingBackend,
+{
+    use plotters::style::TRANSPARENT;
+    let mut builder = plotters::chart::ChartBuilder::on(area);
+    if let Some(title) = axes.title {
+        builder.caption(title, (FONT_FAMILY, axes.title_size));
+    }
+    builder
+        .margin(axes.margin.0)
+        .margin_top(axes.margin.1)
+        .x_label_area_size(axes.label_areas.0)
+        .y_label_area_size(axes.label_areas.1);
+    let mut chart = builder.build_cartesian_2d(axes.x.clone(), axes.y.clone())?;
+    let tick = |digits: usize| move |v: &f64| format!("{v:.digits$}");
+    let (x_tick, y_tick) = (
+        tick(axes.x_digits.unwrap_or(0)),
+        tick(axes.y_digits.unwrap_or(0)),
+    );
+    let mut mesh = chart.configure_mesh();
+    mesh.light_line_style(TRANSPARENT)
+        .bold_line_style(GRID)
+        .y_desc(axes.y_desc)
+        .axis_desc_style((FONT_FAMILY, text::AXIS))
+        .label_style((FONT_FAMILY, text::LABEL));
+    if let Some(x_desc) = axes.x_desc {
+        mesh.x_desc(x_desc);
+    }
+    if axes.x_digits.is_some() {
+        mesh.x_label_formatter(&x_tick);
+    }
+    if axes.y_digits.is_some() {
+        mesh.y_label_formatter(&y_tick);
+    }
+    if let Some(n) = axes.y_labels {
+        mesh.y_labels(n);
+    }
+    mesh.draw()?;
+    Ok(chart)
+}
+
+/// Draws the reference diagonal `y = x` over `[0, 1]` (chance, perfect calibration) with its
+/// legend entry `label`.
+pub(crate) fn draw_diagonal<DB>(
+    chart: &mut Chart<'_, DB>,
+    label: &str,
+) -> std::result::Result<(), plotters::drawing::DrawingAreaErrorKind<DB::ErrorType>>
+where
+    DB: plotters::prelude::DrawingBackend,
+{
+    use plotters::element::PathElement;
+    use plotters::series::LineSeries;
+    use plotters::style::Color;
+    chart
+        .draw_series(LineSeries::new(
+            [(0.0, 0.0), (1.0, 1.0)],
+            REFERENCE.stroke_width(2),
+        ))?
+        .label(label)
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 22, y)], REFERENCE.stroke_width(2)));
+    Ok(())
+}
