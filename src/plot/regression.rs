@@ -19,8 +19,7 @@ use crate::metrics::CalibrationCurve;
 pub struct CalibrationSeries<'a> {
     /// Method name shown in the legend.
     pub method: &'a str,
-    /// Expected against observed proportions (from [`crate::metrics::interval_calibration_curve`]
-    /// or [`crate::metrics::quantile_calibration_curve`]).
+    /// Expected against observed proportions (from [`crate::metrics::calibration_curve`]).
     pub curve: &'a CalibrationCurve,
     /// The miscalibration area reported for this curve (shown in the legend, not recomputed).
     pub miscalibration_area: f64,

@@ -21,7 +21,7 @@
 //!   It is stored as one preallocated `[K, d]` buffer used as a ring, so collecting never
 //!   re-allocates nor concatenates; [`SwagPosterior::deviations`] returns it oldest first.
 //! - Everything lives on the model's device as candle tensors. On CPU, collection is one fused
-//!   pass over candle's storage ([`super::kernels`]); on CUDA and Metal it is a handful of
+//!   pass over candle's storage (an in-place op); on CUDA and Metal it is a handful of
 //!   tensor ops with in-place `slice_set`, and the data never leaves the device.
 //! - A snapshot holding NaN or ±Inf is refused with [`Error::NonFinite`] before anything is
 //!   modified.

@@ -19,8 +19,16 @@
 //! - No `d × d` matrix is ever formed: `Dᵀ z2` is a streaming accumulation over the rows.
 //!
 //! # Noise and reproducibility
-//! Noise is drawn on the host from seeded streams ([`super::noise`]); see there for the
-//! guarantee. [`SwagPosterior::sample_with_noise`] takes `z1` and `z2` explicitly so the formula
+//! candle's CPU generator cannot be seeded, so the noise is drawn on the host: the flat vector
+//! is cut into fixed blocks of 16384 elements per parameter, and block `b` of parameter `p`
+//! draws from its own generator seeded from `(seed, p, b)`; `z2` comes from one more stream.
+//!
+//! **Guarantee.** For a given seed, layout and crate version, the noise (hence the sample) is
+//! bit-identical whatever the number of threads, on every platform where `rand`'s `SmallRng` is
+//! the same algorithm (Xoshiro256++ on 64-bit targets). On CUDA and Metal the same host noise
+//! is uploaded, so the same seed gives the same `z1` and `z2`; the device arithmetic may then
+//! differ from the CPU result in the last bits. [`SwagPosterior::noise_for_seed`] returns that
+//! noise, and [`SwagPosterior::sample_with_noise`] takes `z1` and `z2` explicitly so the formula
 //! can be checked exactly.
 
 use candle_core::{CpuStorage, DType, Device, InplaceOp3, Layout, Tensor};
