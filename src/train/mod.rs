@@ -18,6 +18,7 @@ pub mod noise;
 pub mod pipeline;
 pub mod recipes;
 pub mod run;
+pub mod uci;
 
 use std::io::IsTerminal;
 

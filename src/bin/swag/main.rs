@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_uci;
 mod collect;
 mod demo;
 mod fit;
@@ -38,6 +39,8 @@ enum Command {
     Demo(demo::Args),
     /// Time the SWAG primitives against a memory copy of the same bytes.
     Bench(bench::Args),
+    /// The UCI regression protocol (random 90/10 splits, SGD/SWA/SWAG, both noise models).
+    BenchUci(bench_uci::Args),
 }
 
 /// Makes candle's CPU kernels single-threaded for this process unless the user chose a thread
@@ -80,6 +83,7 @@ fn main() {
         Command::Report(a) => report::run(a),
         Command::Demo(a) => demo::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::BenchUci(a) => bench_uci::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
