@@ -6,7 +6,7 @@
 //! prints, for collect, low-rank sample, diagonal sample, flatten and write-back, the median
 //! time, the floor (a parallel copy of the same bytes, plus the normals for sampling, timed in
 //! the same run) and their ratio; then the posterior's peak extra memory against its
-//! allowance `(K + 2)·4·d + 4·d`. The figures in BENCHMARKS.md come from this example.
+//! allowance `(K + 3)·4·d + 4·d`. The figures in BENCHMARKS.md come from this example.
 
 use candle_swag::perf;
 

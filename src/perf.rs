@@ -10,7 +10,8 @@
 //!
 //! Memory: [`measure`] also records the process's peak resident memory (`VmHWM` on Linux)
 //! around the posterior's creation and use, to check the posterior costs no more than its
-//! state `(K + 2)·4·d` bytes plus one `d`-sized buffer.
+//! state `(K + 3)·4·d` bytes (the mean, its compensation and `M2`, and the `K×d` deviation
+//! buffer) plus one `d`-sized buffer.
 
 use std::time::Instant;
 
@@ -24,6 +25,7 @@ use crate::error::{Error, Result};
 use crate::layout::ParamSet;
 use crate::swag::noise::{fill_normals, stream, NOISE_BLOCK};
 use crate::swag::{SampleConfig, SwagConfig, SwagPosterior};
+use crate::swag::posterior::MOMENT_ROWS;
 
 /// One measured operation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -62,7 +64,7 @@ pub struct MemoryReport {
     pub rank: usize,
     /// Peak resident memory gained from creating, filling and sampling the posterior, bytes.
     pub posterior_peak_extra_bytes: u64,
-    /// The allowance `(K + 2)·4·d + 4·d` bytes.
+    /// The allowance `(K + 3)·4·d + 4·d` bytes.
     pub allowance_bytes: u64,
 }
 
@@ -195,7 +197,7 @@ pub fn measure(
         params: d,
         rank: k,
         posterior_peak_extra_bytes: peak_rss_bytes().saturating_sub(rss_before),
-        allowance_bytes: ((k + 2) * 4 * d + 4 * d) as u64,
+        allowance_bytes: ((k + MOMENT_ROWS) * 4 * d + 4 * d) as u64,
     };
 
     let dev_bytes = dtype.size_in_bytes();
