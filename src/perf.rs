@@ -24,8 +24,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::layout::ParamSet;
 use crate::swag::noise::{fill_normals, stream, NOISE_BLOCK};
-use crate::swag::{SampleConfig, SwagConfig, SwagPosterior};
 use crate::swag::posterior::MOMENT_ROWS;
+use crate::swag::{SampleConfig, SwagConfig, SwagPosterior};
 
 /// One measured operation.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -265,7 +265,9 @@ impl<'a> Predictive<'a> {
             }
             let mut n = 0;
             for (b, batch) in inputs.clone().enumerate() {
-                let out = model.forward_t(&batch?, false)?;
+                // Detached: the accumulators below outlive the pass, and an output that kept
+                // its op graph would keep every activation of every sample alive with it.
+                let out = model.forward_t(&batch?, false)?.detach();
                 each(sample, b, &out)?;
                 n += 1;
             }

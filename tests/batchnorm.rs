@@ -1,5 +1,8 @@
 //! BatchNorm layer and refresh against hand computations in f64.
 
+mod common;
+use common::invalid_name;
+
 use candle_core::{DType, Device, ModuleT, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use candle_swag::batchnorm::{BatchNorm, BatchNormConfig, BatchNormRefresh, BatchNormStats};
@@ -67,13 +70,6 @@ fn f64_vb(varmap: &VarMap) -> VarBuilder<'static> {
 fn set(varmap: &mut VarMap, name: &str, values: &[f64]) {
     let t = Tensor::from_vec(values.to_vec(), values.len(), &Device::Cpu).unwrap();
     varmap.set_one(name, t).unwrap();
-}
-
-fn invalid_name<T: std::fmt::Debug>(r: candle_swag::Result<T>) -> String {
-    match r {
-        Err(Error::InvalidArgument { name, .. }) => name,
-        other => panic!("expected InvalidArgument, got {other:?}"),
-    }
 }
 
 #[test]

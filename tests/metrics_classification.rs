@@ -1,6 +1,9 @@
 //! Classification metrics: agreement of the one-pass evaluation with slow obvious
 //! implementations, invariance to row order, calibrated synthetic data, input errors.
 
+mod common;
+use common::invalid_name;
+
 use candle_swag::metrics::{
     calibration_bins, classification_metrics, evaluate_classification, top_label,
     ClassificationConfig, ClassificationMetrics,
@@ -309,16 +312,15 @@ fn input_errors_name_the_row_and_column() {
 fn options_are_validated() {
     let p = [0.5f64, 0.5];
     let y = [0usize];
-    let name = |r: candle_swag::Result<ClassificationConfig>| match r {
-        Err(Error::InvalidArgument { name, .. }) => name,
-        other => panic!("expected InvalidArgument, got {other:?}"),
-    };
     let d = ClassificationConfig::default;
-    assert_eq!(name(d().with_equal_width_bins(0)), "n_bins");
-    assert_eq!(name(d().with_equal_mass_bins(0)), "n_bins_equal_mass");
-    assert_eq!(name(d().with_nll_eps(0.0)), "nll_eps");
-    assert_eq!(name(d().with_nll_eps(f64::NAN)), "nll_eps");
-    assert_eq!(name(ClassificationConfig::with_bins(0)), "n_bins");
+    assert_eq!(invalid_name(d().with_equal_width_bins(0)), "n_bins");
+    assert_eq!(
+        invalid_name(d().with_equal_mass_bins(0)),
+        "n_bins_equal_mass"
+    );
+    assert_eq!(invalid_name(d().with_nll_eps(0.0)), "nll_eps");
+    assert_eq!(invalid_name(d().with_nll_eps(f64::NAN)), "nll_eps");
+    assert_eq!(invalid_name(ClassificationConfig::with_bins(0)), "n_bins");
     assert!(matches!(
         classification_metrics(&p, 0, &y, &ClassificationConfig::default()),
         Err(Error::InvalidArgument { .. })

@@ -1,6 +1,9 @@
 //! The training pipeline: SGD-momentum against a hand computation, seeded reproducibility,
 //! collection schedules, BMA invariants, and a fit → save → load → predict → report round trip.
 
+mod common;
+use common::invalid_name;
+
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::Optimizer;
 use candle_swag::data::{bundled, Dataset};
@@ -194,15 +197,14 @@ fn collection_schedules_collect_the_documented_number_of_snapshots() {
 /// from JSON goes through the same check.
 #[test]
 fn bad_sgd_settings_are_refused_when_made() {
-    let name = |r: candle_swag::Result<SgdConfig>| match r {
-        Err(candle_swag::Error::InvalidArgument { name, .. }) => name,
-        other => panic!("expected InvalidArgument, got {other:?}"),
-    };
-    assert_eq!(name(SgdConfig::new(0.0, 0.9, 0.0)), "lr");
-    assert_eq!(name(SgdConfig::new(f64::NAN, 0.9, 0.0)), "lr");
-    assert_eq!(name(SgdConfig::new(0.1, 1.0, 0.0)), "momentum");
-    assert_eq!(name(SgdConfig::new(0.1, -0.1, 0.0)), "momentum");
-    assert_eq!(name(SgdConfig::new(0.1, 0.9, -1e-4)), "weight_decay");
+    assert_eq!(invalid_name(SgdConfig::new(0.0, 0.9, 0.0)), "lr");
+    assert_eq!(invalid_name(SgdConfig::new(f64::NAN, 0.9, 0.0)), "lr");
+    assert_eq!(invalid_name(SgdConfig::new(0.1, 1.0, 0.0)), "momentum");
+    assert_eq!(invalid_name(SgdConfig::new(0.1, -0.1, 0.0)), "momentum");
+    assert_eq!(
+        invalid_name(SgdConfig::new(0.1, 0.9, -1e-4)),
+        "weight_decay"
+    );
     let ok = SgdConfig::new(0.1, 0.9, 5e-4).unwrap();
     let json = serde_json::to_string(&ok).unwrap();
     assert_eq!(serde_json::from_str::<SgdConfig>(&json).unwrap(), ok);
@@ -216,26 +218,18 @@ fn bad_sgd_settings_are_refused_when_made() {
 #[test]
 fn bad_training_settings_are_refused_by_name() {
     let data = small_digits(16);
-    let name = |r: candle_swag::Result<TrainConfig>| match r {
-        Err(candle_swag::Error::InvalidArgument { name, .. }) => name,
-        other => panic!("expected InvalidArgument, got {other:?}"),
-    };
-    let mlp = |r: candle_swag::Result<MlpConfig>| match r {
-        Err(candle_swag::Error::InvalidArgument { name, .. }) => name,
-        other => panic!("expected InvalidArgument, got {other:?}"),
-    };
-    assert_eq!(mlp(MlpConfig::new(4, vec![8, 0], 2)), "hidden");
-    assert_eq!(mlp(MlpConfig::new(0, vec![], 2)), "hidden");
+    assert_eq!(invalid_name(MlpConfig::new(4, vec![8, 0], 2)), "hidden");
+    assert_eq!(invalid_name(MlpConfig::new(0, vec![], 2)), "hidden");
     let sgd = SgdConfig::default();
-    assert_eq!(name(TrainConfig::new(0, 8, sgd)), "epochs");
-    assert_eq!(name(TrainConfig::new(3, 0, sgd)), "batch_size");
+    assert_eq!(invalid_name(TrainConfig::new(0, 8, sgd)), "epochs");
+    assert_eq!(invalid_name(TrainConfig::new(3, 0, sgd)), "batch_size");
     let three = TrainConfig::new(3, 8, sgd).unwrap();
     assert_eq!(
-        name(three.clone().with_collection(Some(3), Collect::EveryEpoch)),
+        invalid_name(three.clone().with_collection(Some(3), Collect::EveryEpoch)),
         "swa_start"
     );
     assert_eq!(
-        name(
+        invalid_name(
             three
                 .clone()
                 .with_collection(Some(1), Collect::EverySteps(0))

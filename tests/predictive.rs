@@ -458,3 +458,45 @@ fn sgd_swa_and_swag_share_one_interface() {
         close(*a, b, 1e-7, "point");
     }
 }
+
+/// Predictions carry no autograd graph: the model's weights are Vars, and an accumulator that
+/// kept each output's op graph would keep every activation of every sample alive (memory
+/// growing with samples × batches). A gradient taken through the outputs reaches no weight.
+#[test]
+fn outputs_are_detached_from_the_model_graph() {
+    let f = fixture(2);
+    let p = Predictive::swag(
+        &f.params,
+        &f.posterior,
+        SampleConfig::with_scale(0.5).unwrap(),
+        3,
+        0,
+    )
+    .unwrap();
+    let cls = p.classify(&f.model, batches(&f.x, 2).unwrap()).unwrap();
+    let reg = p
+        .regress(
+            &f.model,
+            batches(&f.x, 2).unwrap(),
+            Noise::Heteroscedastic(VarianceLink::Softplus { min_variance: 1e-6 }),
+        )
+        .unwrap();
+    // The same sum through a live forward pass does reach the weights (the check can fail).
+    let live = f.model.forward(&f.x).unwrap().sum_all().unwrap();
+    let weight = f.params.vars()[0].as_tensor();
+    assert!(live.backward().unwrap().get(weight).is_some());
+    for (what, t) in [
+        ("probs", &cls.probs),
+        ("predictive entropy", &cls.predictive_entropy),
+        ("regression mean", &reg.mean),
+        ("aleatoric variance", &reg.var_aleatoric),
+    ] {
+        let grads = t.sum_all().unwrap().backward().unwrap();
+        for v in f.params.vars() {
+            assert!(
+                grads.get(v.as_tensor()).is_none(),
+                "{what} reaches a weight"
+            );
+        }
+    }
+}

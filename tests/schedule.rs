@@ -1,6 +1,9 @@
 //! Learning-rate schedules against hand-computed values and against a step-by-step
 //! re-implementation of torch's SWALR recursion.
 
+mod common;
+use common::invalid_name;
+
 use candle_nn::Optimizer;
 use candle_swag::schedule::{apply_lr, AnnealStrategy, ConstantLr, LrSchedule, SwaLr, SwagPaperLr};
 use candle_swag::Error;
@@ -10,13 +13,6 @@ fn assert_close(got: f64, want: f64, what: &str) {
         (got - want).abs() <= 1e-12 * want.abs().max(1.0),
         "{what}: got {got}, want {want}"
     );
-}
-
-fn invalid_name<T: std::fmt::Debug>(r: candle_swag::Result<T>) -> String {
-    match r {
-        Err(Error::InvalidArgument { name, .. }) => name,
-        other => panic!("expected InvalidArgument, got {other:?}"),
-    }
 }
 
 #[test]

@@ -363,15 +363,11 @@ fn sampling_an_empty_posterior_is_an_error() {
 /// Sample settings are checked once, when made: each bad value is refused by name.
 #[test]
 fn bad_sample_settings_are_refused_when_made() {
-    let name = |r: candle_swag::Result<SampleConfig>| match r {
-        Err(Error::InvalidArgument { name, .. }) => name,
-        other => panic!("expected InvalidArgument, got {other:?}"),
-    };
-    assert_eq!(name(SampleConfig::with_scale(-1.0)), "scale");
-    assert_eq!(name(SampleConfig::with_scale(f64::NAN)), "scale");
-    assert_eq!(name(SampleConfig::diagonal(f64::INFINITY)), "scale");
+    assert_eq!(invalid_name(SampleConfig::with_scale(-1.0)), "scale");
+    assert_eq!(invalid_name(SampleConfig::with_scale(f64::NAN)), "scale");
+    assert_eq!(invalid_name(SampleConfig::diagonal(f64::INFINITY)), "scale");
     assert_eq!(
-        name(SampleConfig::default().with_var_clamp(-1e-3)),
+        invalid_name(SampleConfig::default().with_var_clamp(-1e-3)),
         "var_clamp"
     );
     let dtype = SwagConfig::with_rank(2).with_deviation_dtype(DType::F64);

@@ -1,6 +1,9 @@
 //! The UCI regression protocol (`swag bench-uci`): settings, the table's arithmetic, and the
 //! protocol itself on synthetic data whose noise grows with the input.
 
+mod common;
+use common::invalid_name;
+
 use candle_core::Device;
 use candle_swag::data::{FeatureColumn, Split, TabularData, Targets};
 use candle_swag::train::method::Method;
@@ -8,13 +11,6 @@ use candle_swag::train::uci::{
     run_uci, uci_table, GridPoint, UciConfig, UciGrid, UciNoise, UciOutcome,
 };
 use candle_swag::Error;
-
-fn invalid_name<T: std::fmt::Debug>(r: candle_swag::Result<T>) -> String {
-    match r {
-        Err(Error::InvalidArgument { name, .. }) => name,
-        other => panic!("expected InvalidArgument, got {other:?}"),
-    }
-}
 
 #[test]
 fn bad_settings_are_refused_by_name() {

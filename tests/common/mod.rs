@@ -58,3 +58,11 @@ pub fn assert_close(what: &str, got: &[f64], want: &[f64], rtol: f64, atol: f64)
         );
     }
 }
+
+/// The parameter named by an `Error::InvalidArgument`; panics on anything else.
+pub fn invalid_name<T: std::fmt::Debug>(r: candle_swag::Result<T>) -> String {
+    match r {
+        Err(candle_swag::Error::InvalidArgument { name, .. }) => name,
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    }
+}

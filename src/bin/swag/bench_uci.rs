@@ -8,22 +8,15 @@ use candle_swag::data::{load_csv, CsvConfig, TaskKind};
 use candle_swag::train::uci::{run_uci, uci_table, UciConfig, UciGrid};
 use candle_swag::{Error, Result};
 
+use crate::table::TableArgs;
+
 /// Arguments of `swag bench-uci`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The table: CSV with a header; every column but the target and the ignored ones is a
-    /// numeric feature (a split column, if named with --ignore, is dropped).
-    #[arg(long)]
-    data: PathBuf,
-    /// Name of the target column.
-    #[arg(long)]
-    target: String,
-    /// Columns to drop, comma-separated.
-    #[arg(long, value_delimiter = ',')]
-    ignore: Vec<String>,
-    /// Text feature columns to one-hot encode, comma-separated.
-    #[arg(long, value_delimiter = ',')]
-    categorical: Vec<String>,
+    /// The table (a split column must be named with --ignore: the protocol makes its own
+    /// splits).
+    #[command(flatten)]
+    table: TableArgs,
     /// Number of random 90/10 splits.
     #[arg(long, default_value_t = 10)]
     splits: usize,
@@ -44,10 +37,16 @@ pub struct Args {
 /// Runs `swag bench-uci`.
 pub fn run(args: Args) -> Result<()> {
     crate::prefer_single_threaded_kernels();
-    let mut spec = CsvConfig::new(args.target, TaskKind::Regression);
-    spec.ignore = args.ignore;
-    spec.categorical = args.categorical;
-    let data = load_csv(&args.data, &spec)?;
+    let TableArgs {
+        data: path,
+        target,
+        ignore,
+        categorical,
+    } = args.table;
+    let mut spec = CsvConfig::new(target, TaskKind::Regression);
+    spec.ignore = ignore;
+    spec.categorical = categorical;
+    let data = load_csv(&path, &spec)?;
     let grid = if args.quick {
         UciGrid::quick()
     } else {
@@ -64,7 +63,7 @@ pub fn run(args: Args) -> Result<()> {
     println!(
         "({} rows of {}, {:.1} s)",
         data.num_rows(),
-        args.data.display(),
+        path.display(),
         start.elapsed().as_secs_f64()
     );
     if let Some(dir) = &args.out {

@@ -6,6 +6,8 @@ use candle_swag::data::TaskKind;
 use candle_swag::train::pipeline::{fit_csv, CsvFitConfig};
 use candle_swag::train::run::NoiseModel;
 
+use crate::table::TableArgs;
+
 /// The task, as spelled on the command line.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum Task {
@@ -38,27 +40,14 @@ impl From<NoiseArg> for NoiseModel {
 /// Arguments of `swag fit`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Training data: CSV with a header; every column but the target, the split column and
-    /// the ignored ones is a feature (numeric, or one-hot with --categorical), standardised
-    /// with the training rows' mean and std.
-    #[arg(long)]
-    data: PathBuf,
-    /// Name of the target column.
-    #[arg(long)]
-    target: String,
+    #[command(flatten)]
+    table: TableArgs,
     /// classification or regression.
     #[arg(long, value_enum)]
     task: Task,
     /// Column holding `train`/`test` per row; only `train` rows are fitted.
     #[arg(long)]
     split_column: Option<String>,
-    /// Columns to drop (identifiers, free text), comma-separated.
-    #[arg(long, value_delimiter = ',')]
-    ignore: Vec<String>,
-    /// Text feature columns to one-hot encode, comma-separated; `swag predict` refuses a
-    /// category the training file did not have.
-    #[arg(long, value_delimiter = ',')]
-    categorical: Vec<String>,
     /// Hidden layer widths, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "128,128")]
     hidden: Vec<usize>,
@@ -119,10 +108,10 @@ pub fn run(args: Args) -> candle_swag::Result<()> {
         Task::Classification => TaskKind::Classification,
         Task::Regression => TaskKind::Regression,
     };
-    let mut opts = CsvFitConfig::new(args.data, args.target, task);
+    let mut opts = CsvFitConfig::new(args.table.data, args.table.target, task);
     opts.split_column = args.split_column;
-    opts.ignore = args.ignore;
-    opts.categorical = args.categorical;
+    opts.ignore = args.table.ignore;
+    opts.categorical = args.table.categorical;
     opts.hidden = args.hidden;
     opts.batchnorm = args.batchnorm;
     opts.epochs = args.epochs;

@@ -12,6 +12,7 @@ mod inspect;
 mod predict;
 mod report;
 mod sample;
+mod table;
 
 /// SWAG posteriors, Bayesian model averaging and calibration reports.
 #[derive(Parser)]
