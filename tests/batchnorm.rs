@@ -6,7 +6,6 @@ use common::invalid_name;
 use candle_core::{DType, Device, ModuleT, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use candle_swag::batchnorm::{BatchNorm, BatchNormConfig, BatchNormRefresh, BatchNormStats};
-use candle_swag::Error;
 
 const EPS: f64 = 1e-5;
 

@@ -6,7 +6,6 @@ use common::invalid_name;
 
 use candle_nn::Optimizer;
 use candle_swag::schedule::{apply_lr, AnnealStrategy, ConstantLr, LrSchedule, SwaLr, SwagPaperLr};
-use candle_swag::Error;
 
 fn assert_close(got: f64, want: f64, what: &str) {
     assert!(
