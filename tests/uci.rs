@@ -10,7 +10,6 @@ use candle_swag::train::method::Method;
 use candle_swag::train::uci::{
     run_uci, uci_table, GridPoint, UciConfig, UciGrid, UciNoise, UciOutcome,
 };
-use candle_swag::Error;
 
 #[test]
 fn bad_settings_are_refused_by_name() {
