@@ -39,6 +39,10 @@ struct Args {
     /// Number of seeds (results are mean ± std over them).
     #[arg(long, default_value_t = 3)]
     seeds: u64,
+    /// The first seed: the seeds run are first-seed, first-seed + 1, ... (to split the runs
+    /// of a long table over several sittings; `--json` lines carry their seed).
+    #[arg(long, default_value_t = 0)]
+    first_seed: u64,
     /// Training epochs per run.
     #[arg(long, default_value_t = 30)]
     epochs: usize,
@@ -63,7 +67,7 @@ struct Args {
     /// Print one JSON object per (seed, method, set) instead of the table.
     #[arg(long)]
     json: bool,
-    /// Directory of the calibration reports (seed 0), one sub-directory per test set.
+    /// Directory of the calibration reports (first seed), one sub-directory per test set.
     #[arg(long, default_value = "target/mnist_cnn")]
     out: PathBuf,
     /// Directory holding the mnist5k-* IDX files.
@@ -311,7 +315,7 @@ fn run() -> Result<()> {
         sets.iter().map(|s| ReportBuilder::new(&s.name)).collect();
     let mut timings = Vec::new();
     let mut memory: Vec<(String, usize)> = Vec::new();
-    for seed in 0..args.seeds {
+    for seed in args.first_seed..args.first_seed + args.seeds {
         let mut timing = Timing::default();
         let runs = (0..args.multi_runs)
             .map(|r| {
@@ -367,7 +371,7 @@ fn run() -> Result<()> {
             Predictive::multi_swag(&main.params, &multi, scale, args.samples, sample_seed)?
                 .with_refresh(refresh.clone()),
         ));
-        if seed == 0 {
+        if seed == args.first_seed {
             memory.push(("SWAG (all parameters)".into(), main.full.state_bytes()));
             if let Some((_, post)) = &main.partial {
                 memory.push((
@@ -399,7 +403,7 @@ fn run() -> Result<()> {
                     ece: m.ece,
                     brier: m.brier,
                 });
-                if seed == 0 {
+                if seed == args.first_seed {
                     let b = std::mem::replace(&mut reports[k], ReportBuilder::new(""));
                     reports[k] = b.classification_method(name, &p, CLASSES, &labels[k])?;
                 }
@@ -428,9 +432,9 @@ fn run() -> Result<()> {
     }
     print_table(&rows, &sets, args.seeds);
     println!("\nwall time per seed (s): training | SWAG collection | BMA with BN refresh | total");
-    for (s, t) in timings.iter().enumerate() {
+    for (seed, t) in (args.first_seed..).zip(&timings) {
         println!(
-            "seed {s}: {:.1} | {:.2} | {:.1} | {:.1}   ({} training runs)",
+            "seed {seed}: {:.1} | {:.2} | {:.1} | {:.1}   ({} training runs)",
             t.train,
             t.collect,
             t.bma,
@@ -438,7 +442,7 @@ fn run() -> Result<()> {
             args.multi_runs
         );
     }
-    println!("\nposterior state (seed 0):");
+    println!("\nposterior state (seed {}):", args.first_seed);
     for (name, bytes) in &memory {
         println!("  {name}: {:.2} MiB", *bytes as f64 / (1024.0 * 1024.0));
     }
