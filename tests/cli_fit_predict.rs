@@ -480,6 +480,50 @@ fn conformal_sets_are_nested_and_start_with_the_prediction() {
         larger += usize::from(b.len() > a.len());
     }
     assert!(larger > 0, "a higher coverage must enlarge some sets");
+
+    // RAPS: the same ranked sets, from a penalised score; bad penalties are named.
+    let preds = dir.path().join("raps.csv");
+    let raps = |extra: &[&str]| {
+        let mut args = vec![
+            "predict",
+            "--run",
+            run.to_str().unwrap(),
+            "--data",
+            d,
+            "--samples",
+            "4",
+            "--out",
+            preds.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        swag(&args)
+    };
+    let out = raps(&["--coverage", "0.95", "--raps-lambda", "0.05"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (header, rows) = read_csv(&preds);
+    let jp = header.iter().position(|h| h == "pred").unwrap();
+    for r in &rows {
+        let first = r.last().unwrap().split(';').next().unwrap();
+        assert_eq!(first, r[jp], "{r:?}");
+    }
+    std::fs::remove_file(&preds).unwrap();
+    for (extra, needle) in [
+        (&["--coverage", "0.9", "--raps-lambda=-1"][..], "lambda"),
+        (&["--raps-lambda", "0.1"][..], "--coverage"),
+    ] {
+        let out = raps(extra);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(needle) && err.trim().lines().count() == 1,
+            "{err}"
+        );
+        assert!(!preds.exists());
+    }
 }
 
 #[test]

@@ -347,6 +347,9 @@ pub struct CsvPredictConfig {
     /// APS prediction sets (classification: a `set` column); needs a run fitted with a
     /// calibration fraction.
     pub coverage: Option<f64>,
+    /// The score of classification prediction sets: [`SetScore::Aps`] by default, or RAPS,
+    /// whose penalty on classes ranked beyond `k_reg` shrinks the sets of a confident model.
+    pub set_score: SetScore,
     /// The noise model the caller expects the run to have; a run fitted with the other one is
     /// refused (`None`: use the run's).
     pub noise: Option<NoiseModel>,
@@ -477,7 +480,7 @@ pub fn predict_csv(opts: &CsvPredictConfig) -> Result<PredictionTable> {
                         .classify(&run.model, batches(x, PREDICT_BATCH_ROWS)?)?
                         .to_host()?;
                     let y: Vec<usize> = rows.targets.iter().map(|&t| t as usize).collect();
-                    let m = ConformalClassifier::fit(conf, SetScore::Aps, &cal.mean_probs, c, &y)?;
+                    let m = ConformalClassifier::fit(conf, opts.set_score, &cal.mean_probs, c, &y)?;
                     columns.push("set".into());
                     Some(m.sets(&dec.mean_probs)?)
                 }

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use candle_swag::metrics::SetScore;
 use candle_swag::train::pipeline::{predict_csv, CsvPredictConfig};
 
 /// Arguments of `swag predict`.
@@ -25,10 +26,17 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Add split-conformal `lower,upper` columns (regression) or a `set` column of class
-    /// indices separated by `;` (classification, APS) at this coverage, in (0, 1); needs a run
+    /// indices separated by `;` (classification, APS or RAPS) at this coverage, in (0, 1); needs a run
     /// fitted with --calibrate-fraction.
     #[arg(long)]
     coverage: Option<f64>,
+    /// Prediction sets by RAPS instead of APS, with this penalty per class ranked beyond
+    /// --raps-k-reg (finite, >= 0); with --coverage, classification only.
+    #[arg(long)]
+    raps_lambda: Option<f64>,
+    /// Classes ranked first that RAPS does not penalise.
+    #[arg(long, default_value_t = 1, requires = "raps_lambda")]
+    raps_k_reg: usize,
     /// The noise model expected of the run (homoscedastic or heteroscedastic); a run fitted
     /// with the other one is refused [default: the run's].
     #[arg(long, value_enum)]
@@ -41,6 +49,16 @@ pub struct Args {
 /// Runs `swag predict`.
 pub fn run(args: Args) -> candle_swag::Result<()> {
     crate::prefer_single_threaded_kernels();
+    let set_score = match args.raps_lambda {
+        Some(_) if args.coverage.is_none() => {
+            return Err(candle_swag::Error::invalid(
+                "raps_lambda",
+                "RAPS sets need --coverage",
+            ))
+        }
+        Some(lambda) => SetScore::raps(lambda, args.raps_k_reg)?,
+        None => SetScore::Aps,
+    };
     let table = predict_csv(&CsvPredictConfig {
         run: args.run,
         data: args.data,
@@ -48,6 +66,7 @@ pub fn run(args: Args) -> candle_swag::Result<()> {
         scale: args.scale,
         seed: args.seed,
         coverage: args.coverage,
+        set_score,
         noise: args.noise.map(Into::into),
     })?;
     candle_swag::atomic::write_file_atomic(&args.out, table.to_csv().as_bytes())?;
