@@ -13,8 +13,9 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::method::Method;
-use super::noise::best_noise_variance;
-use super::run::{fit_mlp, training_noise_variance, tune, validation_split, FitConfig};
+use super::run::{
+    fit_mlp, regression_validation_nll, training_noise_variance, tune, validation_split, FitConfig,
+};
 use super::{Collect, Objective, TrainConfig};
 use crate::data::{bundled, Dataset, Prepared};
 use crate::error::{Error, Result};
@@ -436,16 +437,15 @@ fn tune_regression(
     let label = format!("{} tune", spec.train.label());
     spec.train = spec.train.with_label(label);
     let fitted = fit_mlp(&fit_data, Objective::MeanSquaredError, &spec)?;
-    let y: Vec<f32> = val.targets.to_vec1()?;
-    let y: Vec<f64> = y.into_iter().map(f64::from).collect();
-    let sgd = Predictive::point(&fitted.params, &fitted.sgd_weights)?
-        .regress(
-            &fitted.model,
-            all_rows(&val)?,
-            Noise::Homoscedastic { variance: 0.0 },
-        )?
-        .to_host()?;
-    let (sgd_noise, _) = best_noise_variance(&sgd.mean, &sgd.var_epistemic, &y);
+    let y: Vec<f64> = val.targets.to_dtype(DType::F64)?.to_vec1()?;
+    let sgd = Predictive::point(&fitted.params, &fitted.sgd_weights)?;
+    let (sgd_noise, _) = regression_validation_nll(
+        &sgd,
+        &fitted.model,
+        all_rows(&val)?,
+        Objective::MeanSquaredError,
+        &y,
+    )?;
     let full = tune(
         &fitted,
         &fit_data.features,
@@ -474,7 +474,7 @@ fn tune_regression(
     Ok(vec![
         RegressionChoice {
             scale: 0.0,
-            noise: sgd_noise,
+            noise: sgd_noise.unwrap_or(1.0),
         },
         RegressionChoice {
             scale: 0.0,

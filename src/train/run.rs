@@ -227,10 +227,16 @@ pub fn tune(
 ) -> Result<Tuned> {
     let refresh = fitted.refresh(train_inputs)?;
     let inputs = batches(&validation.features, validation.len().max(1))?;
-    // Regression targets, read once for the whole grid.
-    let targets: Vec<f64> = match objective {
-        Objective::CrossEntropy => Vec::new(),
-        _ => validation.targets.to_dtype(DType::F64)?.to_vec1()?,
+    // Targets, read once for the whole grid.
+    let (labels, targets): (Vec<u32>, Vec<f64>) = match objective {
+        Objective::CrossEntropy => (
+            validation.targets.to_dtype(DType::U32)?.to_vec1()?,
+            Vec::new(),
+        ),
+        _ => (
+            Vec::new(),
+            validation.targets.to_dtype(DType::F64)?.to_vec1()?,
+        ),
     };
     let mut grid = Vec::with_capacity(SCALE_GRID.len());
     for &scale in &SCALE_GRID {
@@ -241,7 +247,6 @@ pub fn tune(
         );
         let point = match objective {
             Objective::CrossEntropy => {
-                let labels: Vec<u32> = validation.targets.to_dtype(DType::U32)?.to_vec1()?;
                 let dec = predictive
                     .classify(&fitted.model, inputs.clone())?
                     .to_host()?;
@@ -259,26 +264,13 @@ pub fn tune(
                 }
             }
             Objective::GaussianNll | Objective::MeanSquaredError => {
-                // The network's own variance, or a noise variance chosen here on the
-                // validation rows (the predictive's is 0 so that it holds the epistemic part).
-                let hetero = objective == Objective::GaussianNll;
-                let noise = if hetero {
-                    Noise::Heteroscedastic(super::loss::VARIANCE_LINK)
-                } else {
-                    Noise::Homoscedastic { variance: 0.0 }
-                };
-                let m = predictive
-                    .regress(&fitted.model, inputs.clone(), noise)?
-                    .to_host()?;
-                let (noise_variance, nll) = if hetero {
-                    (
-                        None,
-                        crate::metrics::gaussian_nll(&m.mean, &m.std(), &targets)?,
-                    )
-                } else {
-                    let (v, nll) = best_noise_variance(&m.mean, &m.var_epistemic, &targets);
-                    (Some(v), nll)
-                };
+                let (noise_variance, nll) = regression_validation_nll(
+                    &predictive,
+                    &fitted.model,
+                    inputs.clone(),
+                    objective,
+                    &targets,
+                )?;
                 TunePoint {
                     scale,
                     noise_variance,
@@ -297,6 +289,41 @@ pub fn tune(
         })
         .ok_or_else(|| Error::invalid("scale", "empty tuning grid"))?;
     Ok(Tuned { best, grid })
+}
+
+/// The validation NLL of a regression BMA (mean over rows, standardised units) and the noise
+/// variance it used: for [`Objective::GaussianNll`] the network's own variance (`None`), else
+/// the homoscedastic variance of [`super::noise::noise_grid`] that minimises the NLL of the
+/// mixture moments (the BMA itself runs with variance 0, so that it holds the epistemic part).
+pub fn regression_validation_nll<I>(
+    predictive: &Predictive,
+    model: &Mlp,
+    inputs: I,
+    objective: Objective,
+    targets: &[f64],
+) -> Result<(Option<f64>, f64)>
+where
+    I: Iterator<Item = candle_core::Result<Tensor>> + Clone,
+{
+    if objective == Objective::GaussianNll {
+        let m = predictive
+            .regress(
+                model,
+                inputs,
+                Noise::Heteroscedastic(super::loss::VARIANCE_LINK),
+            )?
+            .to_host()?;
+        Ok((
+            None,
+            crate::metrics::gaussian_nll(&m.mean, &m.std(), targets)?,
+        ))
+    } else {
+        let m = predictive
+            .regress(model, inputs, Noise::Homoscedastic { variance: 0.0 })?
+            .to_host()?;
+        let (v, nll) = best_noise_variance(&m.mean, &m.var_epistemic, targets);
+        Ok((Some(v), nll))
+    }
 }
 
 /// The homoscedastic noise variance of the reference recipe: the mean squared residual on the

@@ -26,15 +26,16 @@ use serde::{Deserialize, Serialize};
 
 use super::loss::VARIANCE_LINK;
 use super::method::Method;
-use super::noise::best_noise_variance;
-use super::run::{fit_mlp, tune, validation_split, FitConfig, Fitted, TunePoint, SCALE_GRID};
+use super::run::{
+    fit_mlp, regression_validation_nll, tune, validation_split, FitConfig, Fitted, TunePoint,
+};
 use super::{Collect, Objective, TrainConfig};
 use crate::data::{prepare, Dataset, FeatureScaling, Prepared, Split, TabularData, Targets};
 use crate::error::{Error, Result};
 use crate::metrics::{self, ConformalConfig, ConformalRegressor};
 use crate::models::MlpConfig;
 use crate::optim::SgdConfig;
-use crate::predictive::{batches, Noise, RegressionPrediction};
+use crate::predictive::{batches, Noise, Predictive, RegressionPrediction};
 use crate::swag::MultiSwag;
 
 /// The nominal coverage of the intervals the protocol scores: 90%.
@@ -343,9 +344,14 @@ fn run_split(
             nll: p.nll,
         };
         let candidates = [
-            sgd_choice(&fitted, &val, &val_y, noise, point)?,
-            // SWA is the grid's first point, scale 0.
-            choice(&full.grid[SCALE_GRID.iter().position(|&s| s == 0.0).unwrap_or(0)]),
+            sgd_choice(&fitted, &val, &val_y, objective, point)?,
+            // SWA is the grid's point at scale 0.
+            choice(
+                full.grid
+                    .iter()
+                    .find(|p| p.scale == 0.0)
+                    .ok_or_else(|| Error::invalid("scale", "the tuning grid has no scale 0"))?,
+            ),
             choice(&diag.best),
             choice(&full.best),
         ];
@@ -384,10 +390,11 @@ fn run_split(
         let regressor =
             ConformalRegressor::fit(&conformal, &calibration.mean, &calibration.std(), &val_y)?;
         let held_out = predict(val_fit, &prepared.test)?;
-        let conformal_eval = regressor.evaluate(&held_out.mean, &held_out.std(), &test_z)?;
+        let held_out_std = held_out.std();
+        let conformal_eval = regressor.evaluate(&held_out.mean, &held_out_std, &test_z)?;
         let gaussian = metrics::prediction_interval_coverage(
             &held_out.mean,
-            &held_out.std(),
+            &held_out_std,
             &test_z,
             UCI_COVERAGE,
         )?;
@@ -455,30 +462,13 @@ fn sgd_choice(
     fitted: &Fitted,
     val: &Dataset,
     val_y: &[f64],
-    noise: UciNoise,
+    objective: Objective,
     point: GridPoint,
 ) -> Result<Choice> {
-    let predictive = crate::predictive::Predictive::point(&fitted.params, &fitted.sgd_weights)?;
+    let predictive = Predictive::point(&fitted.params, &fitted.sgd_weights)?;
     let inputs = batches(&val.features, val.len().max(1))?;
-    let (noise_variance, nll) = match noise {
-        UciNoise::Homoscedastic => {
-            let m = predictive
-                .regress(
-                    &fitted.model,
-                    inputs,
-                    Noise::Homoscedastic { variance: 0.0 },
-                )?
-                .to_host()?;
-            let (v, nll) = best_noise_variance(&m.mean, &m.var_epistemic, val_y);
-            (Some(v), nll)
-        }
-        UciNoise::Heteroscedastic => {
-            let m = predictive
-                .regress(&fitted.model, inputs, Noise::Heteroscedastic(VARIANCE_LINK))?
-                .to_host()?;
-            (None, metrics::gaussian_nll(&m.mean, &m.std(), val_y)?)
-        }
-    };
+    let (noise_variance, nll) =
+        regression_validation_nll(&predictive, &fitted.model, inputs, objective, val_y)?;
     Ok(Choice {
         point,
         scale: 0.0,
