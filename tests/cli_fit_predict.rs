@@ -13,6 +13,11 @@ fn swag(args: &[&str]) -> std::process::Output {
         .expect("run swag")
 }
 
+/// Runs `swag` with `args` followed by `extra` (the flags a test varies).
+fn swag_with(args: &[&str], extra: &[&str]) -> std::process::Output {
+    swag(&[args, extra].concat())
+}
+
 fn ok(args: &[&str]) -> String {
     let out = swag(args);
     assert!(
@@ -484,19 +489,12 @@ fn conformal_sets_are_nested_and_start_with_the_prediction() {
     // RAPS: the same ranked sets, from a penalised score; bad penalties are named.
     let preds = dir.path().join("raps.csv");
     let raps = |extra: &[&str]| {
-        let mut args = vec![
-            "predict",
-            "--run",
-            run.to_str().unwrap(),
-            "--data",
-            d,
-            "--samples",
-            "4",
-            "--out",
-            preds.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        swag(&args)
+        let out = preds.to_str().unwrap();
+        let base = ["predict", "--run", run.to_str().unwrap(), "--data", d];
+        swag_with(
+            &base,
+            &[&["--samples", "4", "--out", out][..], extra].concat(),
+        )
     };
     let out = raps(&["--coverage", "0.95", "--raps-lambda", "0.05"]);
     assert!(
@@ -726,7 +724,7 @@ fn text_columns_are_ignored_or_one_hot_and_unknown_categories_refused() {
     std::fs::write(&data, text).unwrap();
     let run = dir.path().join("run");
     let fit = |extra: &[&str]| {
-        let mut args = vec![
+        let args = [
             "fit",
             "--data",
             data.to_str().unwrap(),
@@ -743,8 +741,7 @@ fn text_columns_are_ignored_or_one_hot_and_unknown_categories_refused() {
             "--out",
             run.to_str().unwrap(),
         ];
-        args.extend_from_slice(extra);
-        swag(&args)
+        swag_with(&args, extra)
     };
     let out = fit(&["--ignore", "name"]);
     assert_eq!(out.status.code(), Some(1));
