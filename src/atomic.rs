@@ -54,6 +54,32 @@ pub fn write_file_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Writes a file atomically through `fill`, which gets the open temporary file (it may seek):
+/// the file is synced and renamed to `path` only when `fill` succeeds, and removed otherwise.
+pub fn write_file_with<F>(path: impl AsRef<Path>, fill: F) -> Result<()>
+where
+    F: FnOnce(&mut fs::File) -> Result<()>,
+{
+    let path = path.as_ref();
+    let tmp = temp_sibling(path, "part");
+    let mut f = fs::File::create(&tmp).map_err(|e| Error::io(path, e))?;
+    let result = fill(&mut f).and_then(|()| {
+        f.sync_all()
+            .and_then(|()| fs::rename(&tmp, path))
+            .map_err(|e| Error::io(path, e))
+    });
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if let Ok(d) = fs::File::open(parent) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
 /// Builds a directory atomically: `fill` writes into a fresh temporary directory, which is renamed
 /// to `dir` only when `fill` succeeds. On error the temporary directory is removed and an existing
 /// `dir` is left as it was.

@@ -92,8 +92,12 @@ fn file_is_self_describing_safetensors() {
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     let m = meta.metadata().clone().unwrap();
     assert_eq!(m["format"], "candle-swag-posterior");
-    assert_eq!(m["format_version"], "2");
+    assert_eq!(m["format_version"], "3");
     assert_eq!(m["variance"], "exact");
+    assert_eq!(m["state"], "saved");
+    assert_eq!(m["param_base"], "0");
+    assert_eq!(m["deviations_oldest"], "0");
+    assert_eq!(m["deviation_scales"], "[1.0,1.0,1.0,1.0]");
     assert_eq!(st.tensor("m2").unwrap().shape(), &[9]);
     assert_eq!(st.tensor("mean_compensation").unwrap().shape(), &[9]);
     assert_eq!(st.tensor("sq_mean").unwrap().shape(), &[9]);
@@ -309,7 +313,7 @@ fn version_1_files_load_with_their_legacy_variance() {
         to_f64(&p.deviations().unwrap()),
         dev.map(f64::from).to_vec()
     );
-    // Saved again, it is a version-2 file that still says where its variance came from.
+    // Saved again, it is a version-3 file that still says where its variance came from.
     let v2 = dir.path().join("v2.safetensors");
     p.save(&v2).unwrap();
     let q = SwagPosterior::load(&v2, &Device::Cpu).unwrap();
@@ -320,7 +324,7 @@ fn version_1_files_load_with_their_legacy_variance() {
     let m = meta.metadata().clone().unwrap();
     assert_eq!(
         (m["format_version"].as_str(), m["variance"].as_str()),
-        ("2", "legacy-v1")
+        ("3", "legacy-v1")
     );
 }
 
@@ -337,4 +341,125 @@ fn version_1_file_with_a_wrong_checksum_is_refused() {
         "{msg}"
     );
     assert!(msg.contains("v1.safetensors"), "{msg}");
+}
+
+/// Writes a version-2 file as the previous release did: five tensors through
+/// `safetensors::serialize`, deviations oldest first, a checksum over the five buffers in the
+/// order mean, sq_mean, deviations, mean_compensation, m2.
+fn write_v2(path: &std::path::Path, p: &SwagPosterior, corrupt: bool) {
+    use safetensors::tensor::{Dtype, TensorView};
+    let host =
+        |t: candle_core::Tensor| f32_bytes(&t.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+    let (mb, sb, db) = (
+        host(p.mean().unwrap()),
+        host(p.sq_mean().unwrap()),
+        host(p.deviations().unwrap()),
+    );
+    let (cb, m2b) = (host(p.mean_compensation().unwrap()), host(p.m2().unwrap()));
+    let mut sum = candle_swag::swag::file::checksum(&[&mb, &sb, &db, &cb, &m2b]);
+    if corrupt {
+        sum ^= 1;
+    }
+    let d = p.numel();
+    let meta: HashMap<String, String> = [
+        ("format", "candle-swag-posterior".to_string()),
+        ("format_version", "2".to_string()),
+        (
+            "layout",
+            serde_json::to_string(p.layout().entries()).unwrap(),
+        ),
+        ("n_collected", p.n_collected().to_string()),
+        ("rank", p.rank().to_string()),
+        ("rows", p.rows().to_string()),
+        ("deviation_dtype", "f32".to_string()),
+        ("variance", "exact".to_string()),
+        ("checksum", format!("{sum:016x}")),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let views = vec![
+        ("mean", TensorView::new(Dtype::F32, vec![d], &mb).unwrap()),
+        (
+            "sq_mean",
+            TensorView::new(Dtype::F32, vec![d], &sb).unwrap(),
+        ),
+        (
+            "deviations",
+            TensorView::new(Dtype::F32, vec![p.rows(), d], &db).unwrap(),
+        ),
+        (
+            "mean_compensation",
+            TensorView::new(Dtype::F32, vec![d], &cb).unwrap(),
+        ),
+        ("m2", TensorView::new(Dtype::F32, vec![d], &m2b).unwrap()),
+    ];
+    std::fs::write(path, safetensors::serialize(views, Some(meta)).unwrap()).unwrap();
+}
+
+#[test]
+fn version_2_files_load_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v2.safetensors");
+    let p = fitted(4, 7, DType::F32);
+    write_v2(&path, &p, false);
+    let q = SwagPosterior::load(&path, &Device::Cpu).unwrap();
+    assert!(!q.variance_is_legacy());
+    assert_eq!(bits(&q.m2().unwrap()), bits(&p.m2().unwrap()));
+    assert_eq!(bits(&q.mean().unwrap()), bits(&p.mean().unwrap()));
+    assert_eq!(
+        bits(&q.deviations().unwrap()),
+        bits(&p.deviations().unwrap())
+    );
+    let opts = candle_swag::SampleConfig::default();
+    assert_eq!(
+        bits(&q.sample_flat_seeded(3, &opts).unwrap()),
+        bits(&p.sample_flat_seeded(3, &opts).unwrap())
+    );
+    write_v2(&path, &p, true);
+    let err = SwagPosterior::load(&path, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("checksum mismatch") && err.contains("version-2"),
+        "{err}"
+    );
+}
+
+#[test]
+fn f16_columns_round_trip_with_their_scales() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("h.safetensors");
+    let p = fitted(3, 5, DType::F16);
+    let scales = p.deviation_scales();
+    assert_eq!(scales.len(), 3);
+    // Each scale maps its column's largest stored value into [2^14, 2^15).
+    let dev = p.deviations().unwrap().to_dtype(DType::F32).unwrap();
+    for (k, s) in scales.iter().enumerate() {
+        let max = dev
+            .get(k)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            (16384.0..32768.0).contains(&max),
+            "row {k}: {max} (scale {s})"
+        );
+    }
+    p.save(&path).unwrap();
+    let q = SwagPosterior::load(&path, &Device::Cpu).unwrap();
+    assert_eq!(q.deviation_scales(), scales);
+    assert_eq!(
+        bits(&q.deviations().unwrap()),
+        bits(&p.deviations().unwrap())
+    );
+    let opts = candle_swag::SampleConfig::default();
+    assert_eq!(
+        bits(&q.sample_flat_seeded(9, &opts).unwrap()),
+        bits(&p.sample_flat_seeded(9, &opts).unwrap())
+    );
 }

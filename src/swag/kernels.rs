@@ -237,8 +237,11 @@ pub struct SampleCoefficients {
 pub struct NoiseSource {
     /// Base seed of this sample.
     pub seed: u64,
-    /// Index of the parameter in the layout.
+    /// Index of the parameter in the whole model's layout (a shard adds its first index).
     pub param: u64,
+    /// Index, within the parameter, of the noise block the slice starts at (the slice starts
+    /// on a block boundary: chunked sampling passes `lo / NOISE_BLOCK`).
+    pub first_block: u64,
 }
 
 /// What one parameter's sample reads: its slice of the moments, its held deviation rows (in
@@ -271,7 +274,10 @@ fn sample_block<E: DeviationElem>(
     let lo = block * NOISE_BLOCK;
     let (coef, noise) = (src.coef, src.noise);
     let z1 = &mut z1[..len];
-    fill_normals(&mut stream(noise.seed, noise.param, block as u64), z1);
+    fill_normals(
+        &mut stream(noise.seed, noise.param, noise.first_block + block as u64),
+        z1,
+    );
     // Low-rank part, accumulated row by row into `out` while the block sits in cache.
     // Rows are taken four at a time so `out` is swept K/4 times instead of K.
     out.fill(0.0);

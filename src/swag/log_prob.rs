@@ -9,7 +9,8 @@
 //! - `ln |Σ| = Σᵢ ln aᵢ + ln |M|`.
 //!
 //! so `log p(θ) = −½ (d ln 2π + ln |Σ| + xᵀ Σ⁻¹ x)` costs `O(rows² · d)` operations and
-//! `O(rows²)` memory beyond the state. `var` is [`SwagPosterior::variance`]`(var_clamp)`, the
+//! `O(rows²)` memory beyond the state (the columns are streamed in chunks, so a disk posterior
+//! is never read whole). `var` is [`SwagPosterior::variance`]`(var_clamp)`, the
 //! very f32 numbers the sampler uses; the sums above run on the host in f64 (one copy of the
 //! state) for accuracy. The options are those of sampling ([`SampleConfig`]), so `log_prob`
 //! is the density of exactly what [`SwagPosterior::sample_into`] draws (`diag_only` included).
@@ -19,6 +20,7 @@ use rayon::prelude::*;
 
 use super::posterior::SwagPosterior;
 use super::sample::SampleConfig;
+use super::store::CHUNK;
 use crate::error::{Error, Result};
 
 /// Partial sums over a block of coordinates.
@@ -93,36 +95,51 @@ impl SwagPosterior {
         let theta = host(theta.clone())?;
         let mean = host(self.mean()?)?;
         let var = host(self.variance(opts.var_clamp())?)?;
-        let (r, dev) = if opts.diag_only() || self.rows == 0 {
-            (0, Vec::new())
-        } else {
-            (self.rows, host(self.deviations()?)?)
-        };
+        let r = if opts.diag_only() { 0 } else { self.rows };
+        let rows = self.physical_rows();
+        let scales: Vec<f64> = self.deviation_scales().iter().map(|&s| s as f64).collect();
         let c2 = opts.scale() / self.divisor_value(opts.divisor());
         const BLOCK: usize = 4096;
-        let total = (0..d.div_ceil(BLOCK))
-            .into_par_iter()
-            .map(|blk| {
-                let lo = blk * BLOCK;
-                let hi = (lo + BLOCK).min(d);
-                let mut p = Partial::zero(r);
-                for i in lo..hi {
-                    let m = mean[i] as f64;
-                    let a = opts.scale() * var[i] as f64;
-                    let x = theta[i] as f64 - m;
-                    p.quad_diag += x * x / a;
-                    p.log_det_a += a.ln();
-                    for k in 0..r {
-                        let uk = dev[k * d + i] as f64 / a;
-                        p.b[k] += uk * x;
-                        for l in 0..=k {
-                            p.gram[k * r + l] += uk * dev[l * d + i] as f64;
+        // The columns are read CHUNK coordinates at a time (whatever their store), widened to
+        // f32 and multiplied by their scale in f64.
+        let mut total = Partial::zero(r);
+        for lo in (0..d).step_by(CHUNK) {
+            let len = CHUNK.min(d - lo);
+            let dev = if r == 0 {
+                Vec::new()
+            } else {
+                host(
+                    self.columns
+                        .chunk(&rows, lo, len, self.config.deviation_dtype())?,
+                )?
+            };
+            let part = (0..len.div_ceil(BLOCK))
+                .into_par_iter()
+                .map(|blk| {
+                    let b_lo = blk * BLOCK;
+                    let b_hi = (b_lo + BLOCK).min(len);
+                    let mut p = Partial::zero(r);
+                    for j in b_lo..b_hi {
+                        let i = lo + j;
+                        let m = mean[i] as f64;
+                        let a = opts.scale() * var[i] as f64;
+                        let x = theta[i] as f64 - m;
+                        p.quad_diag += x * x / a;
+                        p.log_det_a += a.ln();
+                        for k in 0..r {
+                            let dk = dev[k * len + j] as f64 * scales[k];
+                            let uk = dk / a;
+                            p.b[k] += uk * x;
+                            for l in 0..=k {
+                                p.gram[k * r + l] += uk * dev[l * len + j] as f64 * scales[l];
+                            }
                         }
                     }
-                }
-                p
-            })
-            .reduce(|| Partial::zero(r), Partial::merge);
+                    p
+                })
+                .reduce(|| Partial::zero(r), Partial::merge);
+            total = total.merge(part);
+        }
         if !(total.quad_diag.is_finite() && total.log_det_a.is_finite()) {
             return Err(Error::invalid(
                 "var_clamp",

@@ -2,6 +2,7 @@
 //!
 //! - [`SwagPosterior`] collects the moments and the deviation columns ([`posterior`]);
 //! - sampling and its conventions ([`sample`]), log-density ([`log_prob`]);
+//! - where the deviation columns live and how they are encoded ([`store`]);
 //! - the posterior file format ([`mod@file`]); several posteriors sampled jointly ([`multi`]).
 
 pub mod file;
@@ -11,7 +12,9 @@ pub mod multi;
 pub(crate) mod noise;
 pub mod posterior;
 pub mod sample;
+pub mod store;
 
 pub use multi::MultiSwag;
 pub use posterior::{SwagConfig, SwagPosterior};
 pub use sample::{Divisor, SampleConfig};
+pub use store::DeviationStore;

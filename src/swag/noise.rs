@@ -147,13 +147,14 @@ pub fn z2_for_seed(seed: u64, rows: usize) -> Vec<f32> {
 }
 
 /// The diagonal noise `z1` (`d` standard normals, flat layout order) for `seed`: exactly the
-/// values the fused sampler draws for the same seed.
-pub fn z1_for_seed(seed: u64, layout: &ParamLayout) -> Vec<f32> {
+/// values the fused sampler draws for the same seed. Parameter `p` of `layout` draws as
+/// parameter `param_base + p` of the whole model (a shard's first index; 0 otherwise).
+pub fn z1_for_seed(seed: u64, layout: &ParamLayout, param_base: usize) -> Vec<f32> {
     let mut z1 = vec![0f32; layout.numel()];
     for (p, e) in layout.entries().iter().enumerate() {
         let part = &mut z1[e.offset..e.offset + e.numel()];
         for (b, block) in part.chunks_mut(NOISE_BLOCK).enumerate() {
-            fill_normals(&mut stream(seed, p as u64, b as u64), block);
+            fill_normals(&mut stream(seed, (param_base + p) as u64, b as u64), block);
         }
     }
     z1

@@ -20,9 +20,13 @@
 //!   *after* the mean update (as the reference implementation does), first-in first-out.
 //!   It is stored as one preallocated `[K, d]` buffer used as a ring, so collecting never
 //!   re-allocates nor concatenates; [`SwagPosterior::deviations`] returns it oldest first.
-//! - Everything lives on the model's device as candle tensors. On CPU, collection is one fused
-//!   pass over candle's storage (an in-place op); on CUDA and Metal it is a handful of
-//!   tensor ops with in-place `slice_set`, and the data never leaves the device.
+//! - The moments live on the model's device as candle tensors; the columns live where the
+//!   [`DeviationStore`] says (device, host memory or the posterior file on disk), encoded as
+//!   [`super::store`] documents (f16 columns carry a per-column scale). On CPU, collection is
+//!   one fused pass over candle's storage (an in-place op); on CUDA and Metal it is a handful
+//!   of tensor ops with in-place `slice_set`. A column that is not written straight into a
+//!   device buffer of f32 or bf16 (an f16 column, or a host or disk store) is first computed in
+//!   f32 in a transient `[d]` buffer, then encoded and written.
 //! - A snapshot holding NaN or ±Inf is refused with [`Error::NonFinite`] before anything is
 //!   modified.
 
@@ -32,6 +36,7 @@ use candle_core::{CpuStorage, DType, Device, InplaceOp1, InplaceOp2, Layout, Sto
 use half::{bf16, f16};
 
 use super::kernels::{self, DeviationElem};
+use super::store::{encode_column, Columns, DeviationStore};
 use crate::error::{Error, Result};
 use crate::layout::{ParamLayout, ParamSet};
 
@@ -41,6 +46,7 @@ use crate::layout::{ParamLayout, ParamSet};
 pub struct SwagConfig {
     rank: usize,
     deviation_dtype: DType,
+    store: DeviationStore,
 }
 
 impl Default for SwagConfig {
@@ -49,6 +55,7 @@ impl Default for SwagConfig {
         Self {
             rank: 20,
             deviation_dtype: DType::F32,
+            store: DeviationStore::Device,
         }
     }
 }
@@ -64,8 +71,9 @@ impl SwagConfig {
     }
 
     /// Storage dtype of the deviation columns: `F32` (default), or `BF16` / `F16` to halve the
-    /// `K·d` buffer; any other dtype is refused. Moments are always f32 (compensated, see the
-    /// [module docs](self)); the kernels compute in f32.
+    /// `K·d` buffer (their encodings and errors: [`super::store`]); any other dtype is refused.
+    /// Moments are always f32 (compensated, see the [module docs](self)); the kernels compute
+    /// in f32.
     pub fn with_deviation_dtype(mut self, dtype: DType) -> Result<Self> {
         if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
             return Err(Error::invalid(
@@ -77,9 +85,21 @@ impl SwagConfig {
         Ok(self)
     }
 
+    /// Where the deviation columns live ([`DeviationStore`]; the device by default).
+    /// `Disk(path)` creates the posterior file at `path` when the posterior is created.
+    pub fn with_store(mut self, store: DeviationStore) -> Self {
+        self.store = store;
+        self
+    }
+
     /// K, the maximum number of deviation columns kept.
     pub fn rank(&self) -> usize {
         self.rank
+    }
+
+    /// Where the deviation columns live.
+    pub fn store(&self) -> &DeviationStore {
+        &self.store
     }
 
     /// Storage dtype of the deviation columns.
@@ -114,8 +134,15 @@ pub struct SwagPosterior {
     /// `[3, d]` f32: rows [`ROW_MEAN`], [`ROW_COMP`] (the mean's rounding error) and
     /// [`ROW_M2`] (`Σ (θ − mean)²`).
     pub(crate) moments: Tensor,
-    /// `[K, d]` ring buffer of deviation columns (`[0, d]` when K = 0).
-    pub(crate) deviations: Tensor,
+    /// The `K` deviation columns, a ring buffer (no rows when K = 0).
+    pub(crate) columns: Columns,
+    /// Scale of each physical row (1 unless f16, see [`super::store`]).
+    pub(crate) scales: Vec<f32>,
+    /// Nonzero deviation entries stored as 0 so far (f16 and bf16 encodings).
+    pub(crate) flushed: u64,
+    /// Index of the first parameter in the whole model's layout (0 unless a shard): the
+    /// sampler's noise is keyed by it.
+    pub(crate) param_base: usize,
     pub(crate) n_collected: usize,
     /// Number of deviation rows held.
     pub(crate) rows: usize,
@@ -141,14 +168,48 @@ impl SwagPosterior {
             return Err(Error::invalid("layout", "the layout holds no parameter"));
         }
         let d = layout.numel();
-        let moments = Tensor::zeros((MOMENT_ROWS, d), DType::F32, device)?;
-        let deviations = Tensor::zeros((config.rank(), d), config.deviation_dtype(), device)?;
+        let columns = match config.store() {
+            // Created below, once the posterior can describe itself in the file's header.
+            DeviationStore::Disk(_) => Columns::Memory(Tensor::zeros(
+                (0, d),
+                config.deviation_dtype(),
+                &Device::Cpu,
+            )?),
+            DeviationStore::Device => Columns::Memory(Tensor::zeros(
+                (config.rank(), d),
+                config.deviation_dtype(),
+                device,
+            )?),
+            DeviationStore::Host => Columns::Memory(Tensor::zeros(
+                (config.rank(), d),
+                config.deviation_dtype(),
+                &Device::Cpu,
+            )?),
+        };
+        let mut posterior = Self::assemble(layout, config, device, columns)?;
+        if let DeviationStore::Disk(path) = posterior.config.store().clone() {
+            posterior.columns = Columns::Disk(super::file::create_disk(&posterior, &path)?);
+        }
+        Ok(posterior)
+    }
+
+    /// An empty posterior (zero moments) around given columns.
+    pub(crate) fn assemble(
+        layout: ParamLayout,
+        config: SwagConfig,
+        device: &Device,
+        columns: Columns,
+    ) -> Result<Self> {
+        let d = layout.numel();
         Ok(Self {
             layout,
+            scales: vec![1.0; config.rank()],
             config,
             device: device.clone(),
-            moments,
-            deviations,
+            moments: Tensor::zeros((MOMENT_ROWS, d), DType::F32, device)?,
+            columns,
+            flushed: 0,
+            param_base: 0,
             n_collected: 0,
             rows: 0,
             oldest: 0,
@@ -196,10 +257,32 @@ impl SwagPosterior {
         self.layout.numel()
     }
 
-    /// Bytes held by the posterior's buffers (moments and the full `K×d` deviation buffer).
+    /// Bytes of memory (device or host) held by the posterior's buffers: the moments, and the
+    /// full `K×d` deviation buffer unless it is on disk.
     pub fn state_bytes(&self) -> usize {
         let d = self.numel();
-        MOMENT_ROWS * 4 * d + self.config.rank() * d * self.config.deviation_dtype().size_in_bytes()
+        let columns = match self.columns {
+            Columns::Memory(_) => {
+                self.config.rank() * d * self.config.deviation_dtype().size_in_bytes()
+            }
+            Columns::Disk(_) => 0,
+        };
+        MOMENT_ROWS * 4 * d + columns
+    }
+
+    /// Nonzero deviation entries that their encoding stored as 0, over all collected columns
+    /// (always 0 for f32; see [`super::store`] for f16's threshold).
+    pub fn flushed_to_zero(&self) -> u64 {
+        self.flushed
+    }
+
+    /// The scale of each held column, oldest first: the deviation is the stored value times
+    /// its column's scale (1 unless the columns are f16).
+    pub fn deviation_scales(&self) -> Vec<f32> {
+        self.physical_rows()
+            .iter()
+            .map(|&r| self.scales[r])
+            .collect()
     }
 
     /// The running mean of θ (`[d]`, f32): the SWA solution.
@@ -252,23 +335,56 @@ impl SwagPosterior {
             .collect()
     }
 
-    /// The held deviation columns as a `[rows, d]` tensor, oldest first, in the storage dtype.
+    /// The held deviation columns as stored: a `[rows, d]` tensor, oldest first, in the
+    /// storage dtype (multiply row `i` by [`deviation_scales`](Self::deviation_scales)`[i]`
+    /// for the deviation itself). On the columns' device; a disk store reads them all into
+    /// host memory.
     pub fn deviations(&self) -> Result<Tensor> {
+        let (dt, d) = (self.config.deviation_dtype(), self.numel());
+        let buffer = match &self.columns {
+            Columns::Memory(t) => t,
+            Columns::Disk(_) => {
+                let mut bytes = Vec::new();
+                for r in self.physical_rows() {
+                    bytes.extend(self.stored_row_bytes(r)?);
+                }
+                return Ok(Tensor::from_raw_buffer(
+                    &bytes,
+                    dt,
+                    &[self.rows, d],
+                    &Device::Cpu,
+                )?);
+            }
+        };
         if self.rows == 0 {
-            return Ok(Tensor::zeros(
-                (0, self.numel()),
-                self.config.deviation_dtype(),
-                &self.device,
-            )?);
+            return Ok(Tensor::zeros((0, d), dt, buffer.device())?);
         }
         if self.oldest == 0 {
-            return Ok(self.deviations.narrow(0, 0, self.rows)?.copy()?);
+            return Ok(buffer.narrow(0, 0, self.rows)?.copy()?);
         }
         // Full ring wrapped around: oldest..K then 0..oldest.
         let k = self.config.rank();
-        let tail = self.deviations.narrow(0, self.oldest, k - self.oldest)?;
-        let head = self.deviations.narrow(0, 0, self.oldest)?;
+        let tail = buffer.narrow(0, self.oldest, k - self.oldest)?;
+        let head = buffer.narrow(0, 0, self.oldest)?;
         Ok(Tensor::cat(&[&tail, &head], 0)?)
+    }
+
+    /// True when a new column is written straight into a device buffer by the collection
+    /// kernels (f32 or bf16 on the device store); otherwise it goes through
+    /// [`Self::store_column`].
+    fn writes_columns_directly(&self) -> bool {
+        matches!(self.config.store(), DeviationStore::Device)
+            && self.config.deviation_dtype() != DType::F16
+    }
+
+    /// Encodes an f32 column and writes it into physical row `slot`.
+    fn store_column(&mut self, slot: usize, column: &[f32]) -> Result<()> {
+        let dt = self.config.deviation_dtype();
+        let encoded = encode_column(column, dt)?;
+        self.columns.write_row(slot, &encoded, dt)?;
+        self.scales[slot] = encoded.scale;
+        self.flushed += encoded.flushed;
+        Ok(())
     }
 
     /// Physical row the next deviation column goes to, and the ring state after the write.
@@ -365,10 +481,15 @@ impl SwagPosterior {
         let moments = Tensor::stack(&[&h, &l, &m2], 0)?;
         if self.config.rank() > 0 {
             let (slot, rows, oldest) = self.next_slot();
-            let dev = delta2
-                .to_dtype(self.config.deviation_dtype())?
-                .unsqueeze(0)?;
-            self.deviations.slice_set(&dev, 0, slot)?;
+            match (&self.columns, self.writes_columns_directly()) {
+                (Columns::Memory(buffer), true) => {
+                    let dev = delta2
+                        .to_dtype(self.config.deviation_dtype())?
+                        .unsqueeze(0)?;
+                    buffer.slice_set(&dev, 0, slot)?;
+                }
+                _ => self.store_column(slot, &delta2.to_device(&Device::Cpu)?.to_vec1()?)?,
+            }
             self.rows = rows;
             self.oldest = oldest;
         }
@@ -394,6 +515,13 @@ impl SwagPosterior {
             (0, 0, 0)
         };
         let d = self.numel();
+        let direct = self.writes_columns_directly();
+        // The column in f32 when it is encoded after the fact (f16, host or disk store).
+        let mut scratch = if self.config.rank() > 0 && !direct {
+            vec![0f32; d]
+        } else {
+            Vec::new()
+        };
         for (t, offset) in pieces {
             let op = CollectOp {
                 moments: &self.moments,
@@ -404,11 +532,14 @@ impl SwagPosterior {
                 row: slot,
                 n: self.n_collected,
             };
-            if self.config.rank() > 0 {
-                self.deviations.inplace_op1(&op)?;
-            } else {
-                op.update_moments::<f32>(None)?;
+            match &self.columns {
+                _ if self.config.rank() == 0 => op.update_moments::<f32>(None)?,
+                Columns::Memory(buffer) if direct => buffer.inplace_op1(&op)?,
+                _ => op.update_moments::<f32>(Some(&mut scratch[*offset..*offset + op.len]))?,
             }
+        }
+        if !scratch.is_empty() {
+            self.store_column(slot, &scratch)?;
         }
         self.rows = rows;
         self.oldest = oldest;
@@ -543,7 +674,7 @@ mod tests {
     fn fused_and_tensor_op_paths_agree() {
         let layout =
             ParamLayout::new(vec![("a".into(), vec![7]), ("b".into(), vec![2, 3])]).unwrap();
-        for dt in [DType::F32, DType::BF16] {
+        for dt in [DType::F32, DType::BF16, DType::F16] {
             let cfg = SwagConfig::with_rank(3).with_deviation_dtype(dt).unwrap();
             let mut fused = SwagPosterior::new(layout.clone(), cfg.clone(), &Device::Cpu).unwrap();
             let mut ops = SwagPosterior::new(layout.clone(), cfg, &Device::Cpu).unwrap();
@@ -572,6 +703,7 @@ mod tests {
                 diff(fused.deviations().unwrap(), ops.deviations().unwrap()),
                 0.0
             );
+            assert_eq!(fused.deviation_scales(), ops.deviation_scales());
             assert_eq!(fused.rows(), 3);
             assert_eq!(ops.rows(), 3);
         }

@@ -38,6 +38,7 @@ use rand::Rng;
 use super::kernels::{self, DeviationElem, NoiseSource, SampleCoefficients};
 use super::noise;
 use super::posterior::SwagPosterior;
+use super::store::{Columns, CHUNK};
 use crate::error::{Error, Result};
 use crate::layout::ParamSet;
 
@@ -182,26 +183,43 @@ impl SwagPosterior {
                     format!("expected shape [{}], got {:?}", self.rows, z2.dims()),
                 ));
             }
-            // Dᵀz2 straight from the ring buffer: z2 scattered to the physical rows (zeros for
-            // unused ones), so no reordered copy of D is made.
             let z2 = z2
                 .to_dtype(DType::F32)?
                 .to_device(&Device::Cpu)?
                 .to_vec1::<f32>()?;
-            let mut z2_phys = vec![0f32; self.config.rank()];
-            for (k, &r) in self.physical_rows().iter().enumerate() {
-                z2_phys[r] = z2[k];
-            }
-            let z2_phys = Tensor::from_vec(z2_phys, (1, self.config.rank()), &self.device)?;
-            // 16-bit storage is widened (a copy) so that z2 keeps full precision.
-            let d = self.deviations.to_dtype(DType::F32)?;
-            let low_rank = z2_phys
-                .matmul(&d)?
-                .squeeze(0)?
+            let low_rank = self
+                .low_rank_term(&self.scaled_weights(&z2))?
                 .affine(1.0 / self.divisor_value(opts.divisor()).sqrt(), 0.0)?;
             noise = noise.add(&low_rank)?;
         }
         Ok(mean.add(&noise.affine(opts.scale().sqrt(), 0.0)?)?)
+    }
+
+    /// `Σₖ wₖ · stored rowₖ` (`[d]` f32, on the posterior's device), rows oldest first, with
+    /// the weights already multiplied by the rows' scales. The rows are widened to f32 (so the
+    /// weights keep full precision) [`CHUNK`] coordinates at a time, on the columns' own
+    /// device, so no `[K, d]` f32 copy is made and a host or disk store uploads only the sum.
+    fn low_rank_term(&self, weights: &[f32]) -> Result<Tensor> {
+        let (d, dt) = (self.numel(), self.config.deviation_dtype());
+        let rows = self.physical_rows();
+        let mut parts = Vec::with_capacity(d.div_ceil(CHUNK));
+        for lo in (0..d).step_by(CHUNK) {
+            let len = CHUNK.min(d - lo);
+            let chunk = self.columns.chunk(&rows, lo, len, dt)?;
+            let w = Tensor::from_slice(weights, (1, rows.len()), chunk.device())?;
+            parts.push(w.matmul(&chunk)?.squeeze(0)?.to_device(&self.device)?);
+        }
+        Ok(Tensor::cat(&parts, 0)?)
+    }
+
+    /// The low-rank weights of the held rows (oldest first): `z2ₖ` times the row's scale.
+    /// Scales are 1 unless the columns are f16, and a product by 1 is exact, so f32 and bf16
+    /// samples are unchanged by it.
+    fn scaled_weights(&self, z2: &[f32]) -> Vec<f32> {
+        z2.iter()
+            .zip(self.physical_rows())
+            .map(|(&z, r)| z * self.scales[r])
+            .collect()
     }
 
     /// The standard-normal noise `(z1 [d], z2 [rows])` that `seed` draws, on the posterior's
@@ -211,7 +229,7 @@ impl SwagPosterior {
     /// by the seed alone.
     pub fn noise_for_seed(&self, seed: u64) -> Result<(Tensor, Tensor)> {
         let z1 = Tensor::from_vec(
-            noise::z1_for_seed(seed, &self.layout),
+            noise::z1_for_seed(seed, &self.layout, self.param_base),
             self.numel(),
             &self.device,
         )?;
@@ -220,10 +238,101 @@ impl SwagPosterior {
     }
 
     /// A flat `[d]` sample for a seed (same noise as [`SwagPosterior::sample_into_seeded`]).
+    /// On the CPU it is the fused kernel's result, bit for bit whatever the store; on other
+    /// devices it is [`sample_with_noise`](Self::sample_with_noise) on the seed's noise.
     pub fn sample_flat_seeded(&self, seed: u64, opts: &SampleConfig) -> Result<Tensor> {
         self.require_snapshots()?;
+        if self.device.is_cpu() {
+            let flat = self.sample_host(seed, opts)?;
+            return Ok(Tensor::from_vec(flat, self.numel(), &Device::Cpu)?);
+        }
         let (z1, z2) = self.noise_for_seed(seed)?;
         self.sample_with_noise(&z1, &z2, opts)
+    }
+
+    /// The coefficients and low-rank weights of a seeded sample, as the fused kernel takes
+    /// them (no weights for a diagonal sample).
+    fn kernel_inputs(&self, seed: u64, opts: &SampleConfig) -> (SampleCoefficients, Vec<f32>) {
+        let low_rank = !opts.diag_only() && self.rows > 0;
+        let z2 = if low_rank {
+            self.scaled_weights(&noise::z2_for_seed(seed, self.rows))
+        } else {
+            Vec::new()
+        };
+        let coef = SampleCoefficients {
+            sqrt_scale: opts.scale().sqrt() as f32,
+            inv_sqrt_divisor: (1.0 / self.divisor_value(opts.divisor()).sqrt()) as f32,
+            var_clamp: opts.var_clamp() as f32,
+            inv_n: kernels::inv_count(self.n_collected),
+        };
+        (coef, z2)
+    }
+
+    /// The fused kernel over a flat host vector, for a posterior whose moments are on the CPU:
+    /// the columns are read from the buffer in place (memory) or [`CHUNK`] coordinates at a
+    /// time (disk; `K · CHUNK` numbers in memory). Stored values are widened to f32 exactly and
+    /// the kernel's arithmetic is the same, so every store gives the same bits.
+    fn sample_host(&self, seed: u64, opts: &SampleConfig) -> Result<Vec<f32>> {
+        let (coef, z2) = self.kernel_inputs(seed, opts);
+        let rows = if z2.is_empty() {
+            Vec::new()
+        } else {
+            self.physical_rows()
+        };
+        let d = self.numel();
+        let mut out = vec![0f32; d];
+        let (m_storage, m_layout) = self.moments.storage_and_layout();
+        let moments = super::posterior::cpu_f32_slice(&m_storage, m_layout)?;
+        let m2_row = &moments[super::posterior::ROW_M2 * d..(super::posterior::ROW_M2 + 1) * d];
+        for (p, entry) in self.layout.entries().iter().enumerate() {
+            let range = entry.offset..entry.offset + entry.numel();
+            let noise = NoiseSource {
+                seed,
+                param: (self.param_base + p) as u64,
+                first_block: 0,
+            };
+            let param = ParamSlices {
+                out: &mut out[range.clone()],
+                mean: &moments[range.clone()],
+                m2: &m2_row[range.clone()],
+            };
+            match &self.columns {
+                Columns::Memory(buffer) => {
+                    sample_from_memory(param, buffer, &rows, entry.offset, &z2, coef, noise)?
+                }
+                Columns::Disk(disk) => {
+                    for lo in (0..entry.numel()).step_by(CHUNK) {
+                        let len = CHUNK.min(entry.numel() - lo);
+                        let chunk = if rows.is_empty() {
+                            Vec::new()
+                        } else {
+                            disk.read_chunk(
+                                &rows,
+                                entry.offset + lo,
+                                len,
+                                self.config.deviation_dtype(),
+                            )?
+                        };
+                        let dev_rows: Vec<&[f32]> = chunk.chunks(len.max(1)).collect();
+                        kernels::sample(
+                            &mut param.out[lo..lo + len],
+                            kernels::SampleSource {
+                                mean: &param.mean[lo..lo + len],
+                                m2: &param.m2[lo..lo + len],
+                                dev_rows: &dev_rows,
+                                z2: &z2,
+                                coef,
+                                noise: NoiseSource {
+                                    first_block: (lo / noise::NOISE_BLOCK) as u64,
+                                    ..noise
+                                },
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Draws one weight sample and writes it straight into `params` (no flat copy on CPU).
@@ -246,25 +355,15 @@ impl SwagPosterior {
     ) -> Result<()> {
         self.require_snapshots()?;
         self.layout.check_same(params.layout())?;
-        if !self.can_fuse(params) {
-            return params.write_flat(&self.sample_flat_seeded(seed, opts)?);
-        }
-        let low_rank = !opts.diag_only() && self.rows > 0;
-        let z2 = if low_rank {
-            noise::z2_for_seed(seed, self.rows)
-        } else {
-            Vec::new()
+        let buffer = match &self.columns {
+            Columns::Memory(buffer) if self.can_fuse(params) && buffer.device().is_cpu() => buffer,
+            _ => return params.write_flat(&self.sample_flat_seeded(seed, opts)?),
         };
-        let rows = if low_rank {
+        let (coef, z2) = self.kernel_inputs(seed, opts);
+        let rows = if z2.is_empty() {
+            Vec::new()
+        } else {
             self.physical_rows()
-        } else {
-            Vec::new()
-        };
-        let coef = SampleCoefficients {
-            sqrt_scale: opts.scale().sqrt() as f32,
-            inv_sqrt_divisor: (1.0 / self.divisor_value(opts.divisor()).sqrt()) as f32,
-            var_clamp: opts.var_clamp() as f32,
-            inv_n: kernels::inv_count(self.n_collected),
         };
         for (p, (var, entry)) in params.vars().iter().zip(self.layout.entries()).enumerate() {
             let op = SampleOp {
@@ -275,11 +374,11 @@ impl SwagPosterior {
                 coef,
                 noise: NoiseSource {
                     seed,
-                    param: p as u64,
+                    param: (self.param_base + p) as u64,
+                    first_block: 0,
                 },
             };
-            var.as_tensor()
-                .inplace_op3(&self.moments, &self.deviations, &op)?;
+            var.as_tensor().inplace_op3(&self.moments, buffer, &op)?;
         }
         Ok(())
     }
@@ -290,6 +389,73 @@ impl SwagPosterior {
         self.layout.check_same(params.layout())?;
         params.write_flat(&self.moments.get(super::posterior::ROW_MEAN)?)
     }
+}
+
+/// One parameter's output, mean and `M2` slices.
+struct ParamSlices<'a> {
+    out: &'a mut [f32],
+    mean: &'a [f32],
+    m2: &'a [f32],
+}
+
+/// The fused kernel for one parameter reading its rows from an in-memory CPU buffer.
+fn sample_from_memory(
+    param: ParamSlices<'_>,
+    buffer: &Tensor,
+    rows: &[usize],
+    offset: usize,
+    z2: &[f32],
+    coef: SampleCoefficients,
+    noise: NoiseSource,
+) -> Result<()> {
+    fn run<E: DeviationElem>(
+        param: ParamSlices<'_>,
+        dev: &[E],
+        d: usize,
+        rows: &[usize],
+        offset: usize,
+        z2: &[f32],
+        coef: SampleCoefficients,
+        noise: NoiseSource,
+    ) {
+        let len = param.out.len();
+        let dev_rows: Vec<&[E]> = rows
+            .iter()
+            .map(|&r| &dev[r * d + offset..r * d + offset + len])
+            .collect();
+        kernels::sample(
+            param.out,
+            kernels::SampleSource {
+                mean: param.mean,
+                m2: param.m2,
+                dev_rows: &dev_rows,
+                z2,
+                coef,
+                noise,
+            },
+        );
+    }
+    let d = buffer.dim(1)?;
+    let (storage, layout) = buffer.storage_and_layout();
+    let range = kernels::contiguous_range(layout, "deviations")?;
+    match &*storage {
+        candle_core::Storage::Cpu(CpuStorage::F32(v)) => {
+            run(param, &v[range], d, rows, offset, z2, coef, noise)
+        }
+        candle_core::Storage::Cpu(CpuStorage::BF16(v)) => {
+            run(param, &v[range], d, rows, offset, z2, coef, noise)
+        }
+        candle_core::Storage::Cpu(CpuStorage::F16(v)) => {
+            run(param, &v[range], d, rows, offset, z2, coef, noise)
+        }
+        _ => {
+            return Err(Error::invalid(
+                "deviations",
+                "expected an f32, bf16 or f16 buffer in host memory",
+            ))
+        }
+    }
+    Ok(())
 }
 
 /// Writes one parameter's sample into its Var's storage.

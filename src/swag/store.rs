@@ -1,0 +1,327 @@
+//! Where the `[K, d]` deviation columns live, and how each column is encoded.
+//!
+//! # Stores ([`DeviationStore`])
+//! - `Device` (default): one `[K, d]` tensor on the posterior's device, beside the moments.
+//! - `Host`: the same tensor in host memory (the CPU), for a model on a GPU whose memory cannot
+//!   hold `K·d` more numbers. Each collected column is copied to the host once; sampling reads
+//!   the columns in chunks of at most [`CHUNK`] coordinates and uploads their low-rank sum.
+//! - `Disk(path)`: the columns are written, as they are collected, straight into the posterior
+//!   file at `path` (see [`super::file`]): that file *is* the posterior, and
+//!   [`SwagPosterior::save`](super::SwagPosterior::save) to the same path only writes the moments
+//!   and the header, never the columns again. Sampling and `log_prob` stream the columns in
+//!   chunks of [`CHUNK`] coordinates (`K · CHUNK` numbers in memory), so memory does not grow
+//!   with `K·d`.
+//!
+//! The moments (`3·d` f32) always stay on the posterior's device. All stores give the same
+//! numbers: a column is encoded the same way wherever it lives, and the sampler accumulates the
+//! same rows in the same order, so a sample is bit-for-bit the same given the seed.
+//!
+//! # Encodings (the `deviation_dtype`)
+//! - **F32**: as computed.
+//! - **BF16**: rounded to nearest even; f32's exponent range, 8 significant bits (relative error
+//!   at most 2⁻⁹ per entry). No overflow is possible.
+//! - **F16**: each column `x` is stored as `q = f16(x / s)` with a per-column f32 scale `s`, a
+//!   power of two chosen so that the column's largest `|x|` maps into `[2¹⁴, 2¹⁵)`, below f16's
+//!   maximum 65504: no entry can overflow to ±Inf, and dividing by `s` is exact. The error of an
+//!   entry is at most 2⁻¹¹ relative to itself while `|x/s| ≥ 2⁻¹⁴` (f16's normal range), i.e.
+//!   for entries down to `2⁻²⁹ ≈ 1.9e-9` times the column's largest; smaller ones are subnormal
+//!   (absolute error `2⁻²⁵·s`) and those below `2⁻²⁵·s` are flushed to 0. Flushed entries are
+//!   counted ([`SwagPosterior::flushed_to_zero`](super::SwagPosterior::flushed_to_zero)). The
+//!   deviation is `q · s`; the sampler folds `s` into the column's weight `z2ₖ`.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+use super::file::{BufferDigest, FileLayout};
+use crate::error::{Error, Result};
+
+/// Largest number of coordinates of one column read at a time when the columns are streamed
+/// (a multiple of the noise block, so chunks never split a block of the sampler's noise).
+pub const CHUNK: usize = super::noise::NOISE_BLOCK * 16;
+
+/// Where a posterior keeps its `[K, d]` deviation columns (see the [module docs](self)).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum DeviationStore {
+    /// On the posterior's device (default).
+    #[default]
+    Device,
+    /// In host memory, whatever the posterior's device.
+    Host,
+    /// In the posterior file at this path, written as collected.
+    Disk(PathBuf),
+}
+
+/// The scale `s` of an f16 column whose largest magnitude is `max_abs` (module docs): a power
+/// of two with `max_abs / s` in `[2¹⁴, 2¹⁵)`, kept within f32's normal range; 1 for a zero
+/// column.
+pub fn f16_column_scale(max_abs: f32) -> f32 {
+    if !(max_abs.is_finite() && max_abs > 0.0) {
+        return 1.0;
+    }
+    // floor(log2(max_abs)), exact from the bits (subnormals counted as 2⁻¹²⁶).
+    let exp = ((max_abs.to_bits() >> 23) & 0xff) as i32 - 127;
+    2f32.powi((exp - 14).max(-126))
+}
+
+/// One column encoded for storage: its little-endian bytes, its scale and how many nonzero
+/// entries became 0.
+pub(crate) struct EncodedColumn {
+    pub bytes: Vec<u8>,
+    pub scale: f32,
+    pub flushed: u64,
+}
+
+/// Encodes an f32 column in `dtype` (module docs). Works in parallel blocks.
+pub(crate) fn encode_column(col: &[f32], dtype: DType) -> Result<EncodedColumn> {
+    const BLOCK: usize = 1 << 16;
+    match dtype {
+        DType::F32 => Ok(EncodedColumn {
+            bytes: col.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            scale: 1.0,
+            flushed: 0,
+        }),
+        DType::BF16 | DType::F16 => {
+            let scale = if dtype == DType::F16 {
+                let max_abs = col
+                    .par_chunks(BLOCK)
+                    .map(|c| c.iter().fold(0f32, |m, x| m.max(x.abs())))
+                    .reduce(|| 0.0, f32::max);
+                f16_column_scale(max_abs)
+            } else {
+                1.0
+            };
+            let inv = 1.0 / scale;
+            let mut bytes = vec![0u8; col.len() * 2];
+            let flushed = bytes
+                .par_chunks_mut(2 * BLOCK)
+                .zip(col.par_chunks(BLOCK))
+                .map(|(out, c)| {
+                    let mut flushed = 0u64;
+                    for (o, &x) in out.chunks_exact_mut(2).zip(c) {
+                        let (b, zero) = if dtype == DType::F16 {
+                            let q = f16::from_f32(x * inv);
+                            (q.to_le_bytes(), q.to_f32() == 0.0)
+                        } else {
+                            let q = bf16::from_f32(x);
+                            (q.to_le_bytes(), q.to_f32() == 0.0)
+                        };
+                        o.copy_from_slice(&b);
+                        flushed += u64::from(zero && x != 0.0);
+                    }
+                    flushed
+                })
+                .sum();
+            Ok(EncodedColumn {
+                bytes,
+                scale,
+                flushed,
+            })
+        }
+        other => Err(Error::invalid(
+            "deviation_dtype",
+            format!("{other:?} is not supported; use F32, BF16 or F16"),
+        )),
+    }
+}
+
+/// Widens stored little-endian values of `dtype` to f32 (exact), appending to `out`.
+pub(crate) fn decode_into(bytes: &[u8], dtype: DType, out: &mut Vec<f32>) {
+    match dtype {
+        DType::F32 => out.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        ),
+        DType::BF16 => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+        ),
+        _ => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()),
+        ),
+    }
+}
+
+/// The columns of a posterior, wherever they live.
+#[derive(Debug)]
+pub(crate) enum Columns {
+    /// A `[K, d]` tensor in the storage dtype (on the device, or on the CPU for `Host`).
+    Memory(Tensor),
+    /// Rows of the posterior file.
+    Disk(DiskColumns),
+}
+
+impl Columns {
+    /// Writes an encoded column into physical row `slot`.
+    pub(crate) fn write_row(
+        &mut self,
+        slot: usize,
+        col: &EncodedColumn,
+        dtype: DType,
+    ) -> Result<()> {
+        match self {
+            Columns::Memory(t) => {
+                let d = t.dim(1)?;
+                let row = Tensor::from_raw_buffer(&col.bytes, dtype, &[1, d], t.device())?;
+                t.slice_set(&row, 0, slot)?;
+                Ok(())
+            }
+            Columns::Disk(disk) => disk.write_row(slot, &col.bytes),
+        }
+    }
+
+    /// Coordinates `lo..lo + len` of the physical rows `rows`, widened to f32, as a
+    /// `[rows.len(), len]` tensor on the columns' device (Memory) or the CPU (Disk).
+    pub(crate) fn chunk(
+        &self,
+        rows: &[usize],
+        lo: usize,
+        len: usize,
+        dtype: DType,
+    ) -> Result<Tensor> {
+        match self {
+            Columns::Memory(t) => {
+                let picked: Vec<Tensor> = rows
+                    .iter()
+                    .map(|&r| t.get(r)?.narrow(0, lo, len)?.to_dtype(DType::F32))
+                    .collect::<candle_core::Result<_>>()?;
+                if picked.is_empty() {
+                    return Ok(Tensor::zeros((0, len), DType::F32, t.device())?);
+                }
+                Ok(Tensor::stack(&picked, 0)?)
+            }
+            Columns::Disk(disk) => {
+                let v = disk.read_chunk(rows, lo, len, dtype)?;
+                Ok(Tensor::from_vec(v, (rows.len(), len), &Device::Cpu)?)
+            }
+        }
+    }
+}
+
+/// Deviation columns kept as rows of the posterior file (the `Disk` store).
+#[derive(Debug)]
+pub(crate) struct DiskColumns {
+    pub(crate) path: PathBuf,
+    pub(crate) file: File,
+    pub(crate) layout: FileLayout,
+    /// Digest of each physical row's bytes, as written (for the file's checksum).
+    pub(crate) row_digests: Vec<Option<BufferDigest>>,
+    /// True once a row was written since the header was last made consistent.
+    pub(crate) dirty: bool,
+}
+
+impl DiskColumns {
+    fn io(&self, e: std::io::Error) -> Error {
+        Error::io(&self.path, e)
+    }
+
+    /// Writes one row's bytes at its place in the file. The first write after a save marks
+    /// the file as being collected (see [`super::file`]).
+    pub(crate) fn write_row(&mut self, slot: usize, bytes: &[u8]) -> Result<()> {
+        if bytes.len() as u64 != self.layout.row_bytes() {
+            return Err(Error::invalid(
+                "deviations",
+                format!(
+                    "a row of {} bytes, expected {}",
+                    bytes.len(),
+                    self.layout.row_bytes()
+                ),
+            ));
+        }
+        if !self.dirty {
+            super::file::mark_collecting(&mut self.file, &self.path, &self.layout)?;
+            self.dirty = true;
+        }
+        let offset = self.layout.row_offset(slot);
+        self.file
+            .seek(SeekFrom::Start(offset))
+            .and_then(|_| self.file.write_all(bytes))
+            .map_err(|e| self.io(e))?;
+        if self.row_digests.len() <= slot {
+            self.row_digests.resize(slot + 1, None);
+        }
+        self.row_digests[slot] = Some(BufferDigest::of(bytes));
+        Ok(())
+    }
+
+    /// Reads coordinates `lo..lo + len` of each physical row in `rows`, widened to f32,
+    /// row-major `[rows.len(), len]`.
+    pub(crate) fn read_chunk(
+        &self,
+        rows: &[usize],
+        lo: usize,
+        len: usize,
+        dtype: DType,
+    ) -> Result<Vec<f32>> {
+        let es = dtype.size_in_bytes();
+        let mut out = Vec::with_capacity(rows.len() * len);
+        let mut buf = vec![0u8; len * es];
+        let mut f = &self.file;
+        for &r in rows {
+            let offset = self.layout.row_offset(r) + (lo * es) as u64;
+            f.seek(SeekFrom::Start(offset))
+                .and_then(|_| f.read_exact(&mut buf))
+                .map_err(|e| {
+                    Error::bad_file(
+                        &self.path,
+                        format!("cannot read deviation row {r} (truncated file?): {e}"),
+                    )
+                })?;
+            decode_into(&buf, dtype, &mut out);
+        }
+        Ok(out)
+    }
+
+    /// The file's path.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f16_scale_maps_the_largest_entry_below_f16_max() {
+        for &m in &[1e-30f32, 3e-8, 1.0, 1.5, 65504.0, 7e5, 3e38] {
+            let s = f16_column_scale(m);
+            let r = m / s;
+            assert!((16384.0..32768.0).contains(&r), "{m}: {r}");
+            assert_eq!(s.log2().fract(), 0.0, "{s} is not a power of two");
+        }
+        assert_eq!(f16_column_scale(0.0), 1.0);
+    }
+
+    #[test]
+    fn encoding_round_trips_within_its_documented_error() {
+        let col: Vec<f32> = (0..5000)
+            .map(|i| ((i as f32) * 0.37).sin() * 1e6 + if i == 7 { 1e-20 } else { 0.0 })
+            .collect();
+        let enc = encode_column(&col, DType::F16).unwrap();
+        let mut back = Vec::new();
+        decode_into(&enc.bytes, DType::F16, &mut back);
+        let max = col.iter().fold(0f32, |m, x| m.max(x.abs()));
+        for (x, q) in col.iter().zip(&back) {
+            let y = q * enc.scale;
+            assert!(y.is_finite());
+            // Normal range: 2⁻¹¹ relative; below it, 2⁻²⁵·s absolute.
+            let bound = (x.abs() * 2f32.powi(-11)).max(enc.scale * 2f32.powi(-25));
+            assert!((y - x).abs() <= bound, "{x} -> {y}");
+            assert!(x.abs() <= max);
+        }
+        // Entry 0 is exactly 0 (sin 0); no nonzero entry of this column is below 2⁻²⁵·s except
+        // none: the 1e-20 was added to a ~1e5 entry and vanished in f32 already.
+        assert_eq!(enc.flushed, 0);
+        let tiny = vec![1.0f32, 1e-12];
+        assert_eq!(encode_column(&tiny, DType::F16).unwrap().flushed, 1);
+    }
+}
