@@ -396,6 +396,18 @@ fn read_container(path: &Path) -> Result<Container> {
         }
         end = e;
     }
+    let meta = parsed
+        .metadata()
+        .clone()
+        .ok_or_else(|| bad("no metadata: not a candle-swag posterior".into()))?;
+    // Before the length check: a disk posterior's file grows while it collects.
+    if meta.get("state").map(String::as_str) == Some(STATE_COLLECTING) {
+        return Err(bad(
+            "this disk posterior was being collected when it was last written (state `collecting`): \
+             its columns and header disagree; collect again, or restore it from a saved copy"
+                .into(),
+        ));
+    }
     let data_start = 8 + n;
     if data_start + end as u64 != file_len {
         return Err(bad(format!(
@@ -406,10 +418,7 @@ fn read_container(path: &Path) -> Result<Container> {
     Ok(Container {
         path: path.to_path_buf(),
         file: Some(file),
-        meta: parsed
-            .metadata()
-            .clone()
-            .ok_or_else(|| bad("no metadata: not a candle-swag posterior".into()))?,
+        meta,
         tensors: tensors.into_iter().collect(),
         data_start,
     })
@@ -490,9 +499,11 @@ impl Container {
         let collecting = match self.get("state")?.as_str() {
             STATE_SAVED => false,
             STATE_COLLECTING => true,
-            other => return Err(self.bad(format!(
+            other => {
+                return Err(self.bad(format!(
                 "metadata `state` is `{other}`, expected `{STATE_SAVED}` or `{STATE_COLLECTING}`"
-            ))),
+            )))
+            }
         };
         Ok(HeaderFields {
             layout: self.get("layout")?.clone(),
@@ -770,9 +781,11 @@ fn load_legacy(
         (true, _) => true,
         (false, Some(VARIANCE_EXACT)) => false,
         (false, Some(VARIANCE_LEGACY)) => true,
-        (false, other) => return Err(c.bad(format!(
+        (false, other) => {
+            return Err(c.bad(format!(
             "metadata `variance` is {other:?}, expected `{VARIANCE_EXACT}` or `{VARIANCE_LEGACY}`"
-        ))),
+        )))
+        }
     };
     let mean = c.read_tensor("mean", DType::F32, &[d])?;
     let sq = c.read_tensor("sq_mean", DType::F32, &[d])?;
@@ -848,12 +861,6 @@ fn load_legacy(
 /// for a disk posterior opened in place).
 fn load_v3(mut c: Container, device: &Device, store: DeviationStore) -> Result<SwagPosterior> {
     let fields = c.header_fields()?;
-    if fields.collecting {
-        return Err(c.bad(
-            "this disk posterior was being collected when it was last written (state `collecting`): \
-             its columns and header disagree; collect again, or restore it from a saved copy",
-        ));
-    }
     let layout = parse_layout(&c, &fields.layout)?;
     check_counts(&c, fields.rows, fields.rank, fields.n_collected)?;
     if fields.scales.len() != fields.rows

@@ -1,0 +1,219 @@
+//! Where the deviation columns live does not change one bit of what SWAG computes: device, host
+//! and disk stores agree on moments, columns, samples and log-densities; a disk posterior
+//! saves in place, reopens and goes on collecting; broken disk files are refused.
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_swag::layout::{ParamLayout, ParamSet};
+use candle_swag::swag::{DeviationStore, SampleConfig, SwagConfig, SwagPosterior};
+use candle_swag::Error;
+
+/// A layout with one parameter longer than the streaming chunk (2¹⁸ coordinates), so chunk
+/// boundaries inside a parameter are exercised, and two small ones.
+fn layout() -> ParamLayout {
+    ParamLayout::new(vec![
+        ("big".into(), vec![300_001]),
+        ("w".into(), vec![7, 3]),
+        ("b".into(), vec![5]),
+    ])
+    .unwrap()
+}
+
+fn snapshot(layout: &ParamLayout, s: usize) -> Tensor {
+    let v: Vec<f32> = (0..layout.numel())
+        .map(|i| {
+            let x = i as f32 * 0.013 + s as f32 * 0.7;
+            x.sin() * 1.5 + 1e-3 * (x * 3.1).cos() * s as f32
+        })
+        .collect();
+    Tensor::from_vec(v, layout.numel(), &Device::Cpu).unwrap()
+}
+
+fn bits(t: &Tensor) -> Vec<u32> {
+    t.to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|x| x.to_bits())
+        .collect()
+}
+
+fn collected(store: DeviationStore, dt: DType, rank: usize, n: usize) -> SwagPosterior {
+    let layout = layout();
+    let cfg = SwagConfig::with_rank(rank)
+        .with_deviation_dtype(dt)
+        .unwrap()
+        .with_store(store);
+    let mut p = SwagPosterior::new(layout.clone(), cfg, &Device::Cpu).unwrap();
+    for s in 0..n {
+        p.collect_flat(&snapshot(&layout, s)).unwrap();
+    }
+    p
+}
+
+fn params_for(layout: &ParamLayout) -> ParamSet {
+    ParamSet::from_named_vars(
+        layout
+            .entries()
+            .iter()
+            .map(|e| {
+                (
+                    e.name.clone(),
+                    Var::zeros(e.shape.clone(), DType::F32, &Device::Cpu).unwrap(),
+                )
+            })
+            .collect(),
+    )
+    .unwrap()
+}
+
+fn assert_same(a: &SwagPosterior, b: &SwagPosterior, what: &str) {
+    assert_eq!(
+        bits(&a.mean().unwrap()),
+        bits(&b.mean().unwrap()),
+        "{what}: mean"
+    );
+    assert_eq!(bits(&a.m2().unwrap()), bits(&b.m2().unwrap()), "{what}: m2");
+    assert_eq!(a.rows(), b.rows(), "{what}: rows");
+    assert_eq!(
+        bits(&a.deviations().unwrap()),
+        bits(&b.deviations().unwrap()),
+        "{what}: deviations"
+    );
+    assert_eq!(a.deviation_scales(), b.deviation_scales(), "{what}: scales");
+    let params = params_for(a.layout());
+    for opts in [
+        SampleConfig::default(),
+        SampleConfig::diagonal(0.5).unwrap(),
+    ] {
+        let sa = a.sample_flat_seeded(11, &opts).unwrap();
+        assert_eq!(
+            bits(&sa),
+            bits(&b.sample_flat_seeded(11, &opts).unwrap()),
+            "{what}: sample"
+        );
+        b.sample_into_seeded(&params, &opts, 11).unwrap();
+        assert_eq!(
+            bits(&sa),
+            bits(&params.flatten().unwrap()),
+            "{what}: sample_into"
+        );
+        let lp = |p: &SwagPosterior| p.log_prob(&sa, &opts).unwrap();
+        assert_eq!(lp(a).to_bits(), lp(b).to_bits(), "{what}: log_prob");
+    }
+}
+
+#[test]
+fn every_store_gives_the_same_bits() {
+    let dir = tempfile::tempdir().unwrap();
+    // n > K: the ring has wrapped, so the disk file's rows start mid-ring.
+    for (dt, rank, n) in [(DType::F32, 4, 6), (DType::BF16, 3, 3), (DType::F16, 4, 7)] {
+        let device = collected(DeviationStore::Device, dt, rank, n);
+        let host = collected(DeviationStore::Host, dt, rank, n);
+        let path = dir.path().join(format!("{dt:?}.safetensors"));
+        let disk = collected(DeviationStore::Disk(path.clone()), dt, rank, n);
+        assert_same(&device, &host, &format!("host {dt:?}"));
+        assert_same(&device, &disk, &format!("disk {dt:?}"));
+        // The columns are not in memory.
+        assert_eq!(disk.state_bytes(), 3 * 4 * device.numel());
+        // Saved in place, the file loads (into memory, or again on disk) with the same bits.
+        disk.save(&path).unwrap();
+        let loaded = SwagPosterior::load(&path, &Device::Cpu).unwrap();
+        assert_same(&device, &loaded, &format!("loaded {dt:?}"));
+        let reopened =
+            SwagPosterior::load_with_store(&path, &Device::Cpu, DeviationStore::Disk(path.clone()))
+                .unwrap();
+        assert_same(&device, &reopened, &format!("reopened {dt:?}"));
+    }
+}
+
+#[test]
+fn a_disk_posterior_goes_on_collecting_after_a_save() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.safetensors");
+    let lay = layout();
+    let whole = collected(DeviationStore::Device, DType::F32, 3, 8);
+    let mut disk = collected(DeviationStore::Disk(path.clone()), DType::F32, 3, 2);
+    disk.save(&path).unwrap();
+    drop(disk);
+    let mut disk =
+        SwagPosterior::load_with_store(&path, &Device::Cpu, DeviationStore::Disk(path.clone()))
+            .unwrap();
+    for s in 2..8 {
+        disk.collect_flat(&snapshot(&lay, s)).unwrap();
+    }
+    // Mid-collection the file says so, and is refused rather than read half-updated.
+    let err = SwagPosterior::load(&path, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("collecting") && err.contains("p.safetensors"),
+        "{err}"
+    );
+    disk.save(&path).unwrap();
+    assert_same(&whole, &disk, "continued");
+    let loaded = SwagPosterior::load(&path, &Device::Cpu).unwrap();
+    assert_same(&whole, &loaded, "continued, loaded");
+    // Saving elsewhere writes a complete, independent copy.
+    let copy = dir.path().join("copy.safetensors");
+    disk.save(&copy).unwrap();
+    assert_same(
+        &whole,
+        &SwagPosterior::load(&copy, &Device::Cpu).unwrap(),
+        "copy",
+    );
+}
+
+#[test]
+fn broken_disk_files_are_refused_with_the_file_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.safetensors");
+    let disk = collected(DeviationStore::Disk(path.clone()), DType::F32, 3, 4);
+    disk.save(&path).unwrap();
+    drop(disk);
+    let len = std::fs::metadata(&path).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(len - 4096).unwrap();
+    for store in [DeviationStore::Device, DeviationStore::Disk(path.clone())] {
+        let err = SwagPosterior::load_with_store(&path, &Device::Cpu, store).unwrap_err();
+        assert!(matches!(err, Error::BadFile { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("truncated") && msg.contains("p.safetensors"),
+            "{msg}"
+        );
+    }
+    // A disk store is opened in place: naming another path is refused by name.
+    let other = dir.path().join("q.safetensors");
+    let err = SwagPosterior::load_with_store(&path, &Device::Cpu, DeviationStore::Disk(other))
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { ref name, .. } if name == "store"));
+}
+
+#[test]
+fn f16_columns_never_overflow_and_count_what_they_flush() {
+    // Deviations of ±2²⁰ (f16's max is 65504) and, beside them, one of 5e-7: below the
+    // flush threshold 2⁻²⁵·s of a column whose scale is s = 2⁶.
+    let lay = ParamLayout::new(vec![("w".into(), vec![4])]).unwrap();
+    let cfg = SwagConfig::with_rank(2)
+        .with_deviation_dtype(DType::F16)
+        .unwrap();
+    let mut p = SwagPosterior::new(lay, cfg, &Device::Cpu).unwrap();
+    let big = 2f32.powi(21);
+    for s in [0f32, 1.0] {
+        let v = vec![big * s, -big * s, 1e-6 * s, 0.0];
+        p.collect_flat(&Tensor::from_vec(v, 4, &Device::Cpu).unwrap())
+            .unwrap();
+    }
+    let dev = p.deviations().unwrap().to_dtype(DType::F32).unwrap();
+    let scales = p.deviation_scales();
+    assert_eq!(scales[1], 64.0);
+    let row: Vec<f32> = dev.get(1).unwrap().to_vec1().unwrap();
+    let got: Vec<f32> = row.iter().map(|q| q * scales[1]).collect();
+    assert_eq!(got, vec![big / 2.0, -big / 2.0, 0.0, 0.0]);
+    assert_eq!(p.flushed_to_zero(), 1);
+    let s = p.sample_flat_seeded(1, &SampleConfig::default()).unwrap();
+    assert!(s.to_vec1::<f32>().unwrap().iter().all(|x| x.is_finite()));
+}
