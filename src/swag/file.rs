@@ -110,7 +110,8 @@ fn st_dtype_name(dt: DType) -> &'static str {
     }
 }
 
-const CHECKSUM_CHUNK: usize = 1 << 20;
+/// Bytes per checksum chunk.
+pub(crate) const CHECKSUM_CHUNK: usize = 1 << 20;
 
 fn mix(h: u64, w: u64) -> u64 {
     (h ^ w).wrapping_mul(0x0000_0100_0000_01B3).rotate_left(29)
@@ -147,6 +148,27 @@ impl BufferDigest {
             chunks.push(chunk_digest(&vec![0u8; len % CHECKSUM_CHUNK]));
         }
         Self { len, chunks }
+    }
+
+    /// An empty digest, to which a buffer's bytes are appended in whole chunks.
+    pub(crate) fn empty() -> Self {
+        Self {
+            len: 0,
+            chunks: Vec::new(),
+        }
+    }
+
+    /// Appends the next bytes of the buffer: every piece but the last must be a whole number of
+    /// [`CHECKSUM_CHUNK`]s, so the digest is the one of the whole buffer.
+    pub(crate) fn push(&mut self, piece: &[u8]) {
+        debug_assert_eq!(self.len % CHECKSUM_CHUNK, 0);
+        self.len += piece.len();
+        self.chunks.extend(
+            piece
+                .par_chunks(CHECKSUM_CHUNK)
+                .map(chunk_digest)
+                .collect::<Vec<_>>(),
+        );
     }
 
     /// Digests `buf` (chunks hashed in parallel).
@@ -539,14 +561,35 @@ impl SwagPosterior {
         })
     }
 
-    /// The bytes of the four moment tensors, in file order.
-    fn moment_bytes(&self) -> Result<[Vec<u8>; 4]> {
-        Ok([
-            tensor_bytes(&self.mean()?)?,
-            tensor_bytes(&self.sq_mean()?)?,
-            tensor_bytes(&self.mean_compensation()?)?,
-            tensor_bytes(&self.m2()?)?,
-        ])
+    /// Hands the bytes of moment tensor `i` (file order: mean, sq_mean, mean_compensation,
+    /// m2) to `sink`, [`CHUNK`](super::store::CHUNK) coordinates at a time (a whole number of
+    /// checksum chunks), and returns their digest: saving never holds a `[d]` copy. `sq_mean`
+    /// is formed with the same f32 operations as [`SwagPosterior::sq_mean`].
+    fn write_moment(
+        &self,
+        i: usize,
+        mut sink: impl FnMut(&[u8]) -> Result<()>,
+    ) -> Result<BufferDigest> {
+        let d = self.numel();
+        let inv_n = super::kernels::inv_count(self.n_collected) as f64;
+        let mut digest = BufferDigest::empty();
+        for lo in (0..d).step_by(super::store::CHUNK) {
+            let len = super::store::CHUNK.min(d - lo);
+            let row = |r: usize| self.moments.get(r)?.narrow(0, lo, len);
+            let t = match i {
+                0 => row(ROW_MEAN)?,
+                1 => row(ROW_M2)?
+                    .affine(inv_n, 0.0)?
+                    .maximum(0f64)?
+                    .add(&row(ROW_MEAN)?.sqr()?)?,
+                2 => row(ROW_COMP)?,
+                _ => row(ROW_M2)?,
+            };
+            let bytes = tensor_bytes(&t)?;
+            digest.push(&bytes);
+            sink(&bytes)?;
+        }
+        Ok(digest)
     }
 
     /// Saves the posterior to `path` (see the [module docs](self) for the format).
@@ -561,8 +604,7 @@ impl SwagPosterior {
                 return self.save_in_place(disk);
             }
         }
-        let moments = self.moment_bytes()?;
-        let mut digests: Vec<BufferDigest> = moments.iter().map(|b| BufferDigest::of(b)).collect();
+        let mut digests: Vec<BufferDigest> = Vec::with_capacity(4 + self.rows);
         let mut fields = self.header_fields(0, 0)?;
         fields.scales = self.deviation_scales();
         let d = self.numel();
@@ -574,8 +616,10 @@ impl SwagPosterior {
         crate::atomic::write_file_with(path, |file| {
             file.seek(SeekFrom::Start(fl.data_start))
                 .map_err(|e| Error::io(path, e))?;
-            for m in &moments {
-                file.write_all(m).map_err(|e| Error::io(path, e))?;
+            for i in 0..MOMENT_TENSORS.len() {
+                let digest =
+                    self.write_moment(i, |b| file.write_all(b).map_err(|e| Error::io(path, e)))?;
+                digests.push(digest);
             }
             for (k, r) in self.physical_rows().into_iter().enumerate() {
                 let row = self.stored_row_bytes(r)?;
@@ -611,11 +655,15 @@ impl SwagPosterior {
     fn save_in_place(&self, disk: &DiskColumns) -> Result<()> {
         let path = disk.path();
         let fl = &disk.layout;
-        let moments = self.moment_bytes()?;
-        let mut digests: Vec<&BufferDigest> = Vec::new();
-        let moment_digests: Vec<BufferDigest> =
-            moments.iter().map(|b| BufferDigest::of(b)).collect();
-        digests.extend(moment_digests.iter());
+        let mut file = &disk.file;
+        let mut moment_digests = Vec::with_capacity(MOMENT_TENSORS.len());
+        for i in 0..MOMENT_TENSORS.len() {
+            file.seek(SeekFrom::Start(fl.moment_offset(i)))
+                .map_err(|e| Error::io(path, e))?;
+            moment_digests
+                .push(self.write_moment(i, |b| file.write_all(b).map_err(|e| Error::io(path, e)))?);
+        }
+        let mut digests: Vec<&BufferDigest> = moment_digests.iter().collect();
         for r in 0..self.rows {
             let dg = disk
                 .row_digests
@@ -628,12 +676,6 @@ impl SwagPosterior {
         }
         let mut fields = self.header_fields(self.oldest, combine(&digests))?;
         fields.scales = self.scales[..self.rows].to_vec();
-        let mut file = &disk.file;
-        for (i, m) in moments.iter().enumerate() {
-            file.seek(SeekFrom::Start(fl.moment_offset(i)))
-                .and_then(|_| file.write_all(m))
-                .map_err(|e| Error::io(path, e))?;
-        }
         disk.file
             .set_len(fl.row_offset(self.rows))
             .map_err(|e| Error::io(path, e))?;
@@ -881,10 +923,6 @@ fn load_v3(mut c: Container, device: &Device, store: DeviationStore) -> Result<S
     }
     let d = layout.numel();
     let dt = fields.dtype;
-    let mut moments = Vec::with_capacity(4);
-    for name in MOMENT_TENSORS {
-        moments.push(c.read_tensor(name, DType::F32, &[d])?);
-    }
     let (dev_start, _) = c.info("deviations", dt, &[fields.rows, d])?.data_offsets;
     let fl = FileLayout {
         data_start: c.data_start,
@@ -918,7 +956,21 @@ fn load_v3(mut c: Container, device: &Device, store: DeviationStore) -> Result<S
     } else {
         SwagPosterior::new(layout, config, device)?
     };
-    let mut digests: Vec<BufferDigest> = moments.iter().map(|b| BufferDigest::of(b)).collect();
+    // One moment at a time (digested, then copied into its row), so loading holds at most one
+    // `[d]` byte buffer beside the posterior's own state.
+    let mut digests: Vec<BufferDigest> = Vec::with_capacity(4 + fields.rows);
+    for name in MOMENT_TENSORS {
+        let bytes = c.read_tensor(name, DType::F32, &[d])?;
+        digests.push(BufferDigest::of(&bytes));
+        let row = match name {
+            "mean" => ROW_MEAN,
+            "mean_compensation" => ROW_COMP,
+            "m2" => ROW_M2,
+            _ => continue,
+        };
+        let t = Tensor::from_raw_buffer(&bytes, DType::F32, &[1, d], device)?;
+        p.moments.slice_set(&t, 0, row)?;
+    }
     let row_bytes = fl.row_bytes() as usize;
     let mut row_digests = Vec::with_capacity(fields.rows);
     for r in 0..fields.rows {
@@ -942,9 +994,6 @@ fn load_v3(mut c: Container, device: &Device, store: DeviationStore) -> Result<S
     if actual != fields.checksum {
         return Err(checksum_error(&c, fields.checksum, actual, "3"));
     }
-    let comp = Tensor::from_raw_buffer(&moments[2], DType::F32, &[d], device)?;
-    let m2 = Tensor::from_raw_buffer(&moments[3], DType::F32, &[d], device)?;
-    set_moments(&mut p, &moments[0], &comp, &m2)?;
     p.legacy_variance = fields.legacy;
     p.n_collected = fields.n_collected as usize;
     p.rows = fields.rows;

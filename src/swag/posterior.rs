@@ -36,7 +36,7 @@ use candle_core::{CpuStorage, DType, Device, InplaceOp1, InplaceOp2, Layout, Sto
 use half::{bf16, f16};
 
 use super::kernels::{self, DeviationElem};
-use super::store::{encode_column, Columns, DeviationStore};
+use super::store::{Columns, DeviationStore};
 use crate::error::{Error, Result};
 use crate::layout::{ParamLayout, ParamSet};
 
@@ -379,11 +379,11 @@ impl SwagPosterior {
 
     /// Encodes an f32 column and writes it into physical row `slot`.
     fn store_column(&mut self, slot: usize, column: &[f32]) -> Result<()> {
-        let dt = self.config.deviation_dtype();
-        let encoded = encode_column(column, dt)?;
-        self.columns.write_row(slot, &encoded, dt)?;
-        self.scales[slot] = encoded.scale;
-        self.flushed += encoded.flushed;
+        let (scale, flushed) = self
+            .columns
+            .store(slot, column, self.config.deviation_dtype())?;
+        self.scales[slot] = scale;
+        self.flushed += flushed;
         Ok(())
     }
 

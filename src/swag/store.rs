@@ -76,57 +76,81 @@ pub(crate) struct EncodedColumn {
     pub flushed: u64,
 }
 
-/// Encodes an f32 column in `dtype` (module docs). Works in parallel blocks.
-pub(crate) fn encode_column(col: &[f32], dtype: DType) -> Result<EncodedColumn> {
-    const BLOCK: usize = 1 << 16;
-    match dtype {
-        DType::F32 => Ok(EncodedColumn {
-            bytes: col.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            scale: 1.0,
-            flushed: 0,
-        }),
-        DType::BF16 | DType::F16 => {
-            let scale = if dtype == DType::F16 {
-                let max_abs = col
-                    .par_chunks(BLOCK)
-                    .map(|c| c.iter().fold(0f32, |m, x| m.max(x.abs())))
-                    .reduce(|| 0.0, f32::max);
-                f16_column_scale(max_abs)
-            } else {
-                1.0
-            };
-            let inv = 1.0 / scale;
-            let mut bytes = vec![0u8; col.len() * 2];
-            let flushed = bytes
-                .par_chunks_mut(2 * BLOCK)
-                .zip(col.par_chunks(BLOCK))
-                .map(|(out, c)| {
-                    let mut flushed = 0u64;
-                    for (o, &x) in out.chunks_exact_mut(2).zip(c) {
-                        let (b, zero) = if dtype == DType::F16 {
-                            let q = f16::from_f32(x * inv);
-                            (q.to_le_bytes(), q.to_f32() == 0.0)
-                        } else {
-                            let q = bf16::from_f32(x);
-                            (q.to_le_bytes(), q.to_f32() == 0.0)
-                        };
-                        o.copy_from_slice(&b);
-                        flushed += u64::from(zero && x != 0.0);
-                    }
-                    flushed
-                })
-                .sum();
-            Ok(EncodedColumn {
-                bytes,
-                scale,
-                flushed,
-            })
-        }
-        other => Err(Error::invalid(
+/// Encodes an f32 column in `dtype` (module docs), handing the bytes to `sink` in pieces of
+/// at most `piece` entries, in order. Returns the column's scale and how many nonzero entries
+/// became 0. Each piece is encoded in parallel blocks.
+pub(crate) fn encode_pieces(
+    col: &[f32],
+    dtype: DType,
+    piece: usize,
+    mut sink: impl FnMut(&[u8]) -> Result<()>,
+) -> Result<(f32, u64)> {
+    const BLOCK: usize = 1 << 14;
+    if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
+        return Err(Error::invalid(
             "deviation_dtype",
-            format!("{other:?} is not supported; use F32, BF16 or F16"),
-        )),
+            format!("{dtype:?} is not supported; use F32, BF16 or F16"),
+        ));
     }
+    let scale = if dtype == DType::F16 {
+        let max_abs = col
+            .par_chunks(BLOCK)
+            .map(|c| c.iter().fold(0f32, |m, x| m.max(x.abs())))
+            .reduce(|| 0.0, f32::max);
+        f16_column_scale(max_abs)
+    } else {
+        1.0
+    };
+    let inv = 1.0 / scale;
+    let es = dtype.size_in_bytes();
+    let mut bytes = vec![0u8; piece.min(col.len()) * es];
+    let mut flushed = 0u64;
+    for part in col.chunks(piece.max(1)) {
+        let out = &mut bytes[..part.len() * es];
+        flushed += out
+            .par_chunks_mut(es * BLOCK)
+            .zip(part.par_chunks(BLOCK))
+            .map(|(out, c)| {
+                let mut flushed = 0u64;
+                for (o, &x) in out.chunks_exact_mut(es).zip(c) {
+                    let zero = match dtype {
+                        DType::F32 => {
+                            o.copy_from_slice(&x.to_le_bytes());
+                            false
+                        }
+                        DType::BF16 => {
+                            let q = bf16::from_f32(x);
+                            o.copy_from_slice(&q.to_le_bytes());
+                            q.to_f32() == 0.0
+                        }
+                        _ => {
+                            let q = f16::from_f32(x * inv);
+                            o.copy_from_slice(&q.to_le_bytes());
+                            q.to_f32() == 0.0
+                        }
+                    };
+                    flushed += u64::from(zero && x != 0.0);
+                }
+                flushed
+            })
+            .sum::<u64>();
+        sink(out)?;
+    }
+    Ok((scale, flushed))
+}
+
+/// Encodes a whole column in memory ([`encode_pieces`] in one piece).
+pub(crate) fn encode_column(col: &[f32], dtype: DType) -> Result<EncodedColumn> {
+    let mut bytes = Vec::new();
+    let (scale, flushed) = encode_pieces(col, dtype, col.len(), |b| {
+        bytes = b.to_vec();
+        Ok(())
+    })?;
+    Ok(EncodedColumn {
+        bytes,
+        scale,
+        flushed,
+    })
 }
 
 /// Widens stored little-endian values of `dtype` to f32 (exact), appending to `out`.
@@ -174,7 +198,20 @@ impl Columns {
                 t.slice_set(&row, 0, slot)?;
                 Ok(())
             }
-            Columns::Disk(disk) => disk.write_row(slot, &col.bytes),
+            Columns::Disk(disk) => disk.write_bytes(slot, &col.bytes),
+        }
+    }
+
+    /// Encodes an f32 column and writes it into physical row `slot`; returns its scale and
+    /// flushed count. On disk the column is encoded and written 1 MiB at a time.
+    pub(crate) fn store(&mut self, slot: usize, col: &[f32], dtype: DType) -> Result<(f32, u64)> {
+        match self {
+            Columns::Memory(_) => {
+                let encoded = encode_column(col, dtype)?;
+                self.write_row(slot, &encoded, dtype)?;
+                Ok((encoded.scale, encoded.flushed))
+            }
+            Columns::Disk(disk) => disk.write_column(slot, col, dtype),
         }
     }
 
@@ -223,9 +260,29 @@ impl DiskColumns {
         Error::io(&self.path, e)
     }
 
-    /// Writes one row's bytes at its place in the file. The first write after a save marks
-    /// the file as being collected (see [`super::file`]).
-    pub(crate) fn write_row(&mut self, slot: usize, bytes: &[u8]) -> Result<()> {
+    /// Before the first write after a save: marks the file as being collected (see
+    /// [`super::file`]); then positions the file at row `slot`.
+    fn begin_row(&mut self, slot: usize) -> Result<()> {
+        if !self.dirty {
+            super::file::mark_collecting(&mut self.file, &self.path, &self.layout)?;
+            self.dirty = true;
+        }
+        let offset = self.layout.row_offset(slot);
+        self.file
+            .seek(SeekFrom::Start(offset))
+            .map(|_| ())
+            .map_err(|e| self.io(e))
+    }
+
+    fn finish_row(&mut self, slot: usize, digest: BufferDigest) {
+        if self.row_digests.len() <= slot {
+            self.row_digests.resize(slot + 1, None);
+        }
+        self.row_digests[slot] = Some(digest);
+    }
+
+    /// Writes one row's bytes, already encoded, at its place in the file.
+    pub(crate) fn write_bytes(&mut self, slot: usize, bytes: &[u8]) -> Result<()> {
         if bytes.len() as u64 != self.layout.row_bytes() {
             return Err(Error::invalid(
                 "deviations",
@@ -236,20 +293,40 @@ impl DiskColumns {
                 ),
             ));
         }
-        if !self.dirty {
-            super::file::mark_collecting(&mut self.file, &self.path, &self.layout)?;
-            self.dirty = true;
-        }
-        let offset = self.layout.row_offset(slot);
-        self.file
-            .seek(SeekFrom::Start(offset))
-            .and_then(|_| self.file.write_all(bytes))
-            .map_err(|e| self.io(e))?;
-        if self.row_digests.len() <= slot {
-            self.row_digests.resize(slot + 1, None);
-        }
-        self.row_digests[slot] = Some(BufferDigest::of(bytes));
+        self.begin_row(slot)?;
+        self.file.write_all(bytes).map_err(|e| self.io(e))?;
+        self.finish_row(slot, BufferDigest::of(bytes));
         Ok(())
+    }
+
+    /// Encodes an f32 column and writes it at row `slot`, one checksum chunk (1 MiB) at a
+    /// time, digesting as it goes: no second copy of the column is made.
+    pub(crate) fn write_column(
+        &mut self,
+        slot: usize,
+        col: &[f32],
+        dtype: DType,
+    ) -> Result<(f32, u64)> {
+        if col.len() != self.layout.d {
+            return Err(Error::invalid(
+                "deviations",
+                format!(
+                    "a column of {} entries, expected {}",
+                    col.len(),
+                    self.layout.d
+                ),
+            ));
+        }
+        self.begin_row(slot)?;
+        let mut digest = BufferDigest::empty();
+        let piece = super::file::CHECKSUM_CHUNK / dtype.size_in_bytes();
+        let (path, file) = (&self.path, &mut self.file);
+        let result = encode_pieces(col, dtype, piece, |bytes| {
+            digest.push(bytes);
+            file.write_all(bytes).map_err(|e| Error::io(path, e))
+        })?;
+        self.finish_row(slot, digest);
+        Ok(result)
     }
 
     /// Reads coordinates `lo..lo + len` of each physical row in `rows`, widened to f32,
