@@ -112,7 +112,7 @@ impl CalibrationSetup {
         self.sigma_bins
     }
 
-    /// "fitted on <part>, <n> rows".
+    /// `"fitted on <part>, <n> rows"`.
     pub fn fitted_on(&self, n: usize) -> String {
         format!("fitted on {}, {n} rows", self.part)
     }

@@ -45,12 +45,21 @@
 //! * classification and regression in one report: `{"classification": ..., "regression": ...}`,
 //!   each in the layout above.
 //!
+//! A method given calibration predictions also carries, in its object, the values of the
+//! calibration tables under their column keys ([`table::regression_conformal_columns`],
+//! [`table::regression_recalibration_columns`], [`table::classification_conformal_columns`],
+//! [`table::classification_recalibration_columns`]: `conformal_coverage`, `conformal_width`,
+//! `gaussian_coverage`, `set_coverage`, `set_size`, `ece_temperature`, ...), with
+//! `n_calibration` and `target_coverage`; an infinite width is written as `null`. A report
+//! without calibration data has none of these keys (see [`calibration`] for what is fitted
+//! on which part).
+//!
 //! OOD-detection results of a method are added to its classification object as `ood_auroc`,
 //! `ood_average_precision`, `ood_fpr_at_95_tpr` (a method with OOD scores only gets an object
 //! of its own). `report.json` holds the whole [`Report`] (metrics, reliability bins,
 //! calibration curves, conventions) and reads back with serde.
 
-mod calibration;
+pub mod calibration;
 mod html;
 mod json;
 mod markdown;
@@ -745,7 +754,7 @@ impl ReportBuilder {
     }
 }
 
-/// "fitted on <part>, <n> rows", or "<n1>/<n2> rows" when methods had different calibration
+/// `"fitted on <part>, <n> rows"`, or `"<n1>/<n2> rows"` when methods had different calibration
 /// sets.
 pub(crate) fn fitted_on_rows(setup: &CalibrationSetup, n: impl Iterator<Item = usize>) -> String {
     let mut counts: Vec<usize> = n.collect();
