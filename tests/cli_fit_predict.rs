@@ -801,3 +801,165 @@ fn text_columns_are_ignored_or_one_hot_and_unknown_categories_refused() {
     let (_, rows) = read_csv(&preds);
     assert_eq!(rows.len(), 2);
 }
+
+/// `swag fit --calibrate-fraction` then `swag report --run`: the report's conformal numbers
+/// for SWAG are those of `swag predict --coverage` on the same test rows (the same BMA, the
+/// same calibration rows); a run without calibration rows gives a report without them; a bad
+/// coverage is refused, naming it, and writes nothing.
+#[test]
+fn report_from_a_run_shows_the_conformal_numbers_of_predict() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/diabetes.csv");
+    let d = data.to_str().unwrap();
+    // The 88 test rows alone, for `swag predict` (which predicts every row of its file).
+    let text = std::fs::read_to_string(&data).unwrap();
+    let mut lines = text.lines();
+    let header = lines.next().unwrap();
+    let test_rows: Vec<&str> = lines.filter(|l| l.starts_with("test,")).collect();
+    assert_eq!(test_rows.len(), 88);
+    let test_csv = dir.path().join("test.csv");
+    std::fs::write(&test_csv, format!("{header}\n{}\n", test_rows.join("\n"))).unwrap();
+    let targets: Vec<f64> = test_rows
+        .iter()
+        .map(|l| l.rsplit(',').next().unwrap().parse().unwrap())
+        .collect();
+
+    let fit = |run: &Path, extra: &[&str]| {
+        let base = [
+            "fit",
+            "--data",
+            d,
+            "--target",
+            "target",
+            "--task",
+            "regression",
+            "--split-column",
+            "split",
+            "--hidden",
+            "16",
+            "--epochs",
+            "20",
+            "--rank",
+            "5",
+            "--lr",
+            "0.01",
+            "--out",
+            run.to_str().unwrap(),
+        ];
+        ok(&[&base[..], extra].concat());
+    };
+    let run = dir.path().join("run");
+    fit(&run, &["--calibrate-fraction", "0.2"]);
+    let preds = dir.path().join("preds.csv");
+    ok(&[
+        "predict",
+        "--run",
+        run.to_str().unwrap(),
+        "--data",
+        test_csv.to_str().unwrap(),
+        "--samples",
+        "5",
+        "--coverage",
+        "0.9",
+        "--out",
+        preds.to_str().unwrap(),
+    ]);
+    let rep = dir.path().join("rep");
+    let report = |run: &Path, extra: &[&str]| {
+        let base = [
+            "report",
+            "--run",
+            run.to_str().unwrap(),
+            "--data",
+            d,
+            "--split-column",
+            "split",
+            "--samples",
+            "5",
+            "--out",
+            rep.to_str().unwrap(),
+        ];
+        swag(&[&base[..], extra].concat())
+    };
+    let out = report(&run, &["--coverage", "0.9"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(rep.join("metrics.json")).unwrap()).unwrap();
+    let swag_m = &m["SWAG"];
+    let get = |k: &str| {
+        swag_m[k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{k} in {swag_m}"))
+    };
+    // round(0.2 · 354) = 71 calibration rows.
+    assert_eq!(swag_m["n_calibration"], 71);
+    let (_, rows) = read_csv(&preds);
+    let num = |r: &Vec<String>, j: usize| -> f64 { r[j].parse().unwrap() };
+    let hits = rows
+        .iter()
+        .zip(&targets)
+        .filter(|(r, y)| num(r, 4) <= **y && **y <= num(r, 5))
+        .count();
+    assert_eq!(get("conformal_coverage"), hits as f64 / 88.0);
+    let width = rows.iter().map(|r| num(r, 5) - num(r, 4)).sum::<f64>() / 88.0;
+    assert!((get("conformal_width") - width).abs() < 1e-6 * width);
+    let q = (num(&rows[0], 5) - num(&rows[0], 0)) / num(&rows[0], 1);
+    assert!((get("conformal_quantile") - q).abs() < 1e-6 * q);
+    // The Gaussian intervals beside them are PICP at 90%.
+    let picp_90 = swag_m["intervals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["level"] == 0.9)
+        .unwrap()["picp"]
+        .as_f64()
+        .unwrap();
+    assert_eq!(get("gaussian_coverage"), picp_90);
+    for method in ["SGD", "SWA", "SWAG"] {
+        assert!(m[method]["conformal_coverage"].is_number(), "{method}");
+    }
+    let md = std::fs::read_to_string(rep.join("report.md")).unwrap();
+    assert!(
+        md.contains("fitted on the 20% calibration hold-out of the run's training rows, 71 rows"),
+        "{md}"
+    );
+    assert!(rep.join("conditional_coverage.png").exists());
+
+    // A bad coverage is named, in one line, and the previous report stays as it was.
+    let before = std::fs::read_to_string(rep.join("metrics.json")).unwrap();
+    for bad in ["1.5", "0", "-0.2"] {
+        let out = report(&run, &[&format!("--coverage={bad}")]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("coverage") && err.trim().lines().count() == 1,
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(rep.join("metrics.json")).unwrap(),
+            before
+        );
+    }
+
+    // A run without calibration rows: the same report without any calibration section.
+    let plain = dir.path().join("plain");
+    fit(&plain, &[]);
+    let out = report(&plain, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let md = std::fs::read_to_string(rep.join("report.md")).unwrap();
+    let json = std::fs::read_to_string(rep.join("metrics.json")).unwrap();
+    assert!(
+        !md.contains("onformal") && !md.contains("ecalibration"),
+        "{md}"
+    );
+    assert!(!json.contains("conformal") && !json.contains("n_calibration"));
+    assert!(!rep.join("conditional_coverage.png").exists());
+}

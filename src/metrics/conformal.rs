@@ -209,18 +209,13 @@ impl ConformalRegressor {
     pub fn evaluate(&self, mean: &[f64], std: &[f64], y: &[f64]) -> Result<ConformalEvaluation> {
         check_gaussian(mean, std, y)?;
         let iv = self.intervals(mean, std)?;
-        let n = y.len();
-        let covered = iv
-            .iter()
-            .zip(y)
-            .filter(|((lo, hi), t)| lo <= *t && *t <= hi)
-            .count();
-        let width = iv.iter().map(|(lo, hi)| hi - lo).sum::<f64>() / n as f64;
+        let target = 1.0 - self.alpha;
+        let c = super::coverage_of_intervals(&iv, y, target)?;
         Ok(ConformalEvaluation {
-            target: 1.0 - self.alpha,
-            coverage: covered as f64 / n as f64,
-            mean_size: width,
-            n,
+            target,
+            coverage: c.picp,
+            mean_size: c.mpiw,
+            n: y.len(),
         })
     }
 }

@@ -296,6 +296,41 @@ impl QuantileRecalibrator {
         Ok(mean.iter().zip(std).map(|(m, s)| m + s * z).collect())
     }
 
+    /// The interval calibration curve of the recalibrated predictions, as
+    /// [`super::calibration_curve`] with [`super::CurveKind::Interval`] draws it for Gaussians:
+    /// expected levels `linspace(0, 1, n_points)` (`n_points ≥ 2`) against the fraction of
+    /// targets inside the recalibrated central interval at each level (closed; the level-0
+    /// interval is the single point `q(½)`, the level-1 interval is `(−∞, +∞)`).
+    pub fn calibration_curve(
+        &self,
+        mean: &[f64],
+        std: &[f64],
+        y: &[f64],
+        n_points: usize,
+    ) -> Result<super::CalibrationCurve> {
+        check_gaussian(mean, std, y)?;
+        if n_points < 2 {
+            return Err(Error::invalid("calibration_points", "must be at least 2"));
+        }
+        let expected = super::linspace(0.0, 1.0, n_points);
+        let n = y.len() as f64;
+        let observed = expected
+            .iter()
+            .map(|&p| {
+                if p >= 1.0 {
+                    return Ok(1.0);
+                }
+                let lo = self.quantiles(mean, std, (1.0 - p) / 2.0)?;
+                let hi = self.quantiles(mean, std, (1.0 + p) / 2.0)?;
+                let inside = (0..y.len())
+                    .filter(|&i| lo[i] <= y[i] && y[i] <= hi[i])
+                    .count();
+                Ok(inside as f64 / n)
+            })
+            .collect::<Result<Vec<f64>>>()?;
+        Ok(super::CalibrationCurve { expected, observed })
+    }
+
     /// The recalibrated central interval at `level` in `(0, 1)`: the `(1 − level)/2` and
     /// `(1 + level)/2` quantiles of every row.
     pub fn intervals(&self, mean: &[f64], std: &[f64], level: f64) -> Result<Vec<(f64, f64)>> {

@@ -24,6 +24,7 @@
 pub mod binning;
 pub mod classification;
 pub mod conformal;
+pub mod coverage;
 pub mod isotonic;
 pub mod ood;
 pub mod recalibration;
@@ -47,6 +48,10 @@ pub use conformal::{
     check_calibration_size, conformal_quantile, conformal_rank, normalized_scores,
     ConformalClassifier, ConformalConfig, ConformalEvaluation, ConformalRegressor, SetScore,
     MIN_CALIBRATION_ROWS,
+};
+pub use coverage::{
+    conditional_coverage, coverage_of_intervals, gaussian_intervals, ConditionalCoverage,
+    CoverageBin,
 };
 pub use isotonic::{
     fit_isotonic_confidence, isotonic_regression, HistogramBinning, IsotonicFit,

@@ -23,7 +23,9 @@
 //! | ordered prediction intervals | [`ordered_intervals`] |
 //! | 1-D predictive band | [`predictive_band`] |
 //! | sharpness histogram | [`sharpness_histogram`] |
+//! | coverage per bin of predicted σ, Gaussian and conformal | [`conditional_coverage_plot`] |
 
+mod coverage;
 mod ood;
 mod output;
 mod regression;
@@ -31,6 +33,7 @@ mod reliability;
 mod selective;
 pub mod style;
 
+pub use coverage::{conditional_coverage_plot, ConditionalCoverageSeries};
 pub use ood::{ood_score_histogram, roc_plot};
 pub use output::PlotFiles;
 pub use regression::{

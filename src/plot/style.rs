@@ -50,6 +50,13 @@ pub fn series_color(i: usize) -> RGBColor {
     PALETTE[i % PALETTE.len()]
 }
 
+/// A level in `(0, 1)` as a percentage without trailing zeros (0.9 → "90", 0.975 → "97.5"),
+/// for titles, captions and table headings.
+pub(crate) fn percent(level: f64) -> String {
+    let p = format!("{:.4}", level * 100.0);
+    p.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
 /// Dark grey for reference lines (the diagonal, perfect calibration).
 pub const REFERENCE: RGBColor = RGBColor(60, 60, 60);
 /// Light grey for grid lines.
@@ -115,6 +122,8 @@ pub(crate) struct Axes<'a> {
     pub x_digits: Option<usize>,
     /// Decimal places of the y tick labels (`None`: plotters' own format).
     pub y_digits: Option<usize>,
+    /// Number of x tick labels (`None`: plotters' choice).
+    pub x_labels: Option<usize>,
     /// Number of y tick labels (`None`: plotters' choice).
     pub y_labels: Option<usize>,
     /// Margin around the chart, and the top margin.
@@ -140,6 +149,7 @@ impl<'a> Axes<'a> {
             y_desc,
             x_digits: None,
             y_digits: None,
+            x_labels: None,
             y_labels: None,
             margin: (16, 16),
             label_areas: (60, 84),
@@ -202,6 +212,9 @@ where
     }
     if axes.y_digits.is_some() {
         mesh.y_label_formatter(&y_tick);
+    }
+    if let Some(n) = axes.x_labels {
+        mesh.x_labels(n);
     }
     if let Some(n) = axes.y_labels {
         mesh.y_labels(n);

@@ -3,7 +3,10 @@
 
 use std::fmt::Write;
 
-use super::table::{build_table, classification_columns, ood_columns, regression_columns, Table};
+use super::table::{
+    build_table, calibration_sections, classification_columns, ood_columns, regression_columns,
+    Table,
+};
 use super::{Report, ReportPlot};
 use crate::error::{Error, Result};
 
@@ -29,6 +32,7 @@ main { max-width: 1180px; margin: 0 auto; padding: 24px 32px 48px; background: #
 h1 { font-size: 1.7em; margin: 0.2em 0 0.3em; }
 h2 { font-size: 1.25em; margin-top: 1.8em; border-bottom: 1px solid #ddd; padding-bottom: 0.2em; }
 p.lead { color: #555; }
+p.note { color: #555; font-size: 0.9em; margin-top: 0.2em; }
 table { border-collapse: collapse; font-size: 0.86em; margin: 0.6em 0; }
 th, td { padding: 5px 8px; border-bottom: 1px solid #e3e3e3; text-align: right; white-space: nowrap; }
 th { white-space: normal; vertical-align: bottom; min-width: 4.5em; }
@@ -167,6 +171,10 @@ pub fn to_html(report: &Report, plots: &[ReportPlot]) -> Result<String> {
     if !report.ood.is_empty() {
         let t = build_table(&report.ood, |e| &e.method, &ood_columns());
         write_table(&mut out, "ood", "Out-of-distribution detection", &t);
+    }
+    for section in calibration_sections(report) {
+        write_table(&mut out, section.id, &section.title, &section.table);
+        let _ = writeln!(out, "<p class=\"note\">{}</p>", esc(&section.note));
     }
     if !plots.is_empty() {
         out.push_str("<h2 id=\"plots\">Plots</h2>\n");

@@ -2,7 +2,32 @@
 
 use serde_json::{Map, Value};
 
+use super::table::{
+    classification_conformal_columns, classification_recalibration_columns,
+    regression_conformal_columns, regression_recalibration_columns, Column,
+};
 use super::{OodEntry, Report};
+
+/// Adds the values of `columns` for `entry` under their keys, with the calibration row count
+/// and the target coverage (non-finite values, such as an infinite conformal width, are
+/// written as `null`).
+fn add_columns<E>(
+    obj: &mut Map<String, Value>,
+    entry: &E,
+    n_calibration: usize,
+    target: f64,
+    columns: &[Column<E>],
+) {
+    obj.insert("n_calibration".into(), Value::from(n_calibration));
+    obj.insert("target_coverage".into(), Value::from(target));
+    for c in columns {
+        let v = (c.value)(entry);
+        obj.insert(
+            c.key.into(),
+            serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number),
+        );
+    }
+}
 
 /// One method's classification object: the scalar metrics, `aurc`, and its OOD results.
 fn classification_object(report: &Report, index: usize) -> Map<String, Value> {
@@ -12,6 +37,18 @@ fn classification_object(report: &Report, index: usize) -> Map<String, Value> {
         _ => Map::new(),
     };
     obj.insert("aurc".into(), Value::from(e.aurc));
+    if let (Some(setup), Some(c)) = (
+        &report.calibration,
+        report
+            .classification_calibration
+            .iter()
+            .find(|c| c.method == e.method),
+    ) {
+        let target = setup.coverage();
+        let mut columns = classification_conformal_columns(target);
+        columns.extend(classification_recalibration_columns());
+        add_columns(&mut obj, c, c.n_calibration, target, &columns);
+    }
     if let Some(ood) = report.ood.iter().find(|o| o.method == e.method) {
         add_ood(&mut obj, ood);
     }
@@ -69,10 +106,22 @@ pub fn metrics_json(report: &Report) -> Value {
         .regression
         .iter()
         .map(|e| {
-            let obj = match serde_json::to_value(&e.metrics) {
+            let mut obj = match serde_json::to_value(&e.metrics) {
                 Ok(Value::Object(m)) => m,
                 _ => Map::new(),
             };
+            if let (Some(setup), Some(c)) = (
+                &report.calibration,
+                report
+                    .regression_calibration
+                    .iter()
+                    .find(|c| c.method == e.method),
+            ) {
+                let target = setup.coverage();
+                let mut columns = regression_conformal_columns(target);
+                columns.extend(regression_recalibration_columns(target));
+                add_columns(&mut obj, c, c.n_calibration, target, &columns);
+            }
             (e.method.clone(), obj)
         })
         .collect();

@@ -3,7 +3,10 @@
 
 use std::fmt::Write;
 
-use super::table::{build_table, classification_columns, ood_columns, regression_columns, Table};
+use super::table::{
+    build_table, calibration_sections, classification_columns, ood_columns, regression_columns,
+    Table,
+};
 use super::{Report, ReportPlot};
 
 /// Escapes the characters that would break a Markdown table cell.
@@ -13,6 +16,11 @@ fn cell(text: &str) -> String {
 
 fn write_table(out: &mut String, title: &str, table: &Table) {
     let _ = writeln!(out, "## {title}\n");
+    write_rows(out, table);
+}
+
+/// The table itself: header, alignment row, one row per method, a blank line.
+fn write_rows(out: &mut String, table: &Table) {
     let _ = write!(out, "| Method |");
     for h in &table.headers {
         let _ = write!(out, " {} |", cell(h));
@@ -72,6 +80,10 @@ pub fn to_markdown(report: &Report, plots: &[ReportPlot]) -> String {
     if !report.ood.is_empty() {
         let t = build_table(&report.ood, |e| &e.method, &ood_columns());
         write_table(&mut out, "Out-of-distribution detection", &t);
+    }
+    for section in calibration_sections(report) {
+        let _ = writeln!(out, "## {}\n\n{}\n", cell(&section.title), section.note);
+        write_rows(&mut out, &section.table);
     }
     if !plots.is_empty() {
         let _ = writeln!(out, "## Plots\n");

@@ -45,11 +45,21 @@
 //! * classification and regression in one report: `{"classification": ..., "regression": ...}`,
 //!   each in the layout above.
 //!
+//! A method given calibration predictions also carries, in its object, the values of the
+//! calibration tables under their column keys ([`table::regression_conformal_columns`],
+//! [`table::regression_recalibration_columns`], [`table::classification_conformal_columns`],
+//! [`table::classification_recalibration_columns`]: `conformal_coverage`, `conformal_width`,
+//! `gaussian_coverage`, `set_coverage`, `set_size`, `ece_temperature`, ...), with
+//! `n_calibration` and `target_coverage`; an infinite width is written as `null`. A report
+//! without calibration data has none of these keys (see [`calibration`] for what is fitted
+//! on which part).
+//!
 //! OOD-detection results of a method are added to its classification object as `ood_auroc`,
 //! `ood_average_precision`, `ood_fpr_at_95_tpr` (a method with OOD scores only gets an object
 //! of its own). `report.json` holds the whole [`Report`] (metrics, reliability bins,
 //! calibration curves, conventions) and reads back with serde.
 
+pub mod calibration;
 mod html;
 mod json;
 mod markdown;
@@ -67,8 +77,12 @@ use crate::metrics::{
     ClassificationMetrics, OodMetrics, Probability, RegressionConfig, RegressionMetrics,
     RiskCoverage, RocCurve,
 };
+use crate::plot::style::percent;
 use crate::plot::{self, CalibrationSeries, PlotFiles, SharpnessSeries};
 
+pub use calibration::{
+    CalibrationSetup, ClassificationCalibration, RegressionCalibration, DEFAULT_SIGMA_BINS,
+};
 pub use json::metrics_json;
 pub use markdown::to_markdown;
 
@@ -129,6 +143,29 @@ pub struct Report {
     pub ood: Vec<OodEntry>,
     /// The conventions behind the numbers.
     pub conventions: Vec<Convention>,
+    /// The calibration setup, when the report was given calibration predictions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<CalibrationSetup>,
+    /// Conformal sets and recalibration of the classification methods given calibration
+    /// predictions, in the order added.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub classification_calibration: Vec<ClassificationCalibration>,
+    /// Conformal intervals, conditional coverage and recalibration of the regression methods
+    /// given calibration predictions, in the order added.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub regression_calibration: Vec<RegressionCalibration>,
+}
+
+/// Gaussian predictions of calibration rows that a model never trained on: means, standard
+/// deviations (> 0) and targets, one per row.
+#[derive(Debug, Clone, Copy)]
+pub struct GaussianPredictions<'a> {
+    /// Predictive means.
+    pub mean: &'a [f64],
+    /// Predictive standard deviations.
+    pub std: &'a [f64],
+    /// Targets.
+    pub targets: &'a [f64],
 }
 
 /// A plot written into a report, with the caption the report shows under it.
@@ -187,6 +224,9 @@ pub struct ReportBuilder {
     ood: Vec<(OodEntry, OodPlotData)>,
     /// (method, band).
     bands: Vec<(String, plot::PredictiveBand)>,
+    calibration: Option<CalibrationSetup>,
+    classification_calibration: Vec<ClassificationCalibration>,
+    regression_calibration: Vec<RegressionCalibration>,
 }
 
 /// Bins of the OOD score histograms.
@@ -248,7 +288,35 @@ impl ReportBuilder {
             regression: Vec::new(),
             ood: Vec::new(),
             bands: Vec::new(),
+            calibration: None,
+            classification_calibration: Vec::new(),
+            regression_calibration: Vec::new(),
         }
+    }
+
+    /// Enables the calibration sections: the target coverage, set score and σ bins, and which
+    /// data the calibration predictions of
+    /// [`ReportBuilder::classification_method_calibrated`] and
+    /// [`ReportBuilder::regression_method_calibrated`] are. Fixed before any method is added,
+    /// like the metric settings.
+    pub fn with_calibration(mut self, setup: CalibrationSetup) -> Result<Self> {
+        if !(self.classification.is_empty() && self.regression.is_empty() && self.ood.is_empty()) {
+            return Err(Error::invalid(
+                "calibration",
+                "set the calibration setup before adding any method",
+            ));
+        }
+        self.calibration = Some(setup);
+        Ok(self)
+    }
+
+    fn calibration_setup(&self) -> Result<&CalibrationSetup> {
+        self.calibration.as_ref().ok_or_else(|| {
+            Error::invalid(
+                "calibration",
+                "calibration predictions need ReportBuilder::with_calibration first (coverage level and which data they are)",
+            )
+        })
     }
 
     /// Adds a classification method: `probs` row-major `[N, n_classes]` (rows summing to 1),
@@ -284,6 +352,39 @@ impl ReportBuilder {
         self.classification
             .push((entry, ClassificationPlotData { risk }));
         Ok(self)
+    }
+
+    /// [`ReportBuilder::classification_method`], plus the method's predictions on calibration
+    /// rows it never trained on (`calibration_probs` `[M, n_classes]`, `calibration_labels`
+    /// `M`): APS/RAPS sets, temperature scaling, isotonic and histogram-binning recalibration
+    /// are fitted on them only and scored on the test rows (see [`CalibrationSetup`]; needs
+    /// [`ReportBuilder::with_calibration`]).
+    pub fn classification_method_calibrated<T: Probability, L: ClassLabel>(
+        self,
+        name: &str,
+        probs: &[T],
+        n_classes: usize,
+        labels: &[L],
+        calibration_probs: &[T],
+        calibration_labels: &[L],
+    ) -> Result<Self> {
+        let setup = self.calibration_setup()?.clone();
+        let mut added = self.classification_method(name, probs, n_classes, labels)?;
+        let raw_ece = added
+            .classification
+            .last()
+            .map_or(f64::NAN, |(e, _)| e.metrics.ece);
+        let c = calibration::classification(
+            &setup,
+            &added.classification_options,
+            name,
+            n_classes,
+            (probs, labels),
+            (calibration_probs, calibration_labels),
+            raw_ece,
+        )?;
+        added.classification_calibration.push(c);
+        Ok(added)
     }
 
     /// [`ReportBuilder::classification_method`] from candle tensors: `probs` `[N, C]` of any
@@ -348,6 +449,31 @@ impl ReportBuilder {
         };
         self.regression.push((entry, data));
         Ok(self)
+    }
+
+    /// [`ReportBuilder::regression_method`], plus the method's predictions on calibration rows
+    /// it never trained on: split-conformal intervals, σ scaling and isotonic quantile
+    /// recalibration are fitted on them only and scored on the test rows, beside the Gaussian
+    /// intervals (see [`CalibrationSetup`]; needs [`ReportBuilder::with_calibration`]).
+    pub fn regression_method_calibrated(
+        self,
+        name: &str,
+        mean: &[f64],
+        std: &[f64],
+        y: &[f64],
+        calibration: GaussianPredictions<'_>,
+    ) -> Result<Self> {
+        let setup = self.calibration_setup()?.clone();
+        let mut added = self.regression_method(name, mean, std, y)?;
+        let c = calibration::regression(
+            &setup,
+            &added.regression_options,
+            name,
+            (mean, std, y),
+            (calibration.mean, calibration.std, calibration.targets),
+        )?;
+        added.regression_calibration.push(c);
+        Ok(added)
     }
 
     /// [`ReportBuilder::regression_method`] from rank-1 candle tensors.
@@ -415,7 +541,17 @@ impl ReportBuilder {
                 !self.classification.is_empty(),
                 !self.regression.is_empty(),
                 !self.ood.is_empty(),
+                self.calibration.as_ref().filter(|_| {
+                    !(self.classification_calibration.is_empty()
+                        && self.regression_calibration.is_empty())
+                }),
             ),
+            calibration: self.calibration.clone().filter(|_| {
+                !(self.classification_calibration.is_empty()
+                    && self.regression_calibration.is_empty())
+            }),
+            classification_calibration: self.classification_calibration.clone(),
+            regression_calibration: self.regression_calibration.clone(),
         }
     }
 
@@ -557,6 +693,27 @@ impl ReportBuilder {
             );
         }
 
+        if let (Some(setup), false) = (&self.calibration, self.regression_calibration.is_empty()) {
+            let series: Vec<plot::ConditionalCoverageSeries> = self
+                .regression_calibration
+                .iter()
+                .map(|c| plot::ConditionalCoverageSeries {
+                    method: &c.method,
+                    gaussian: &c.conditional_gaussian,
+                    conformal: &c.conditional_conformal,
+                })
+                .collect();
+            push(
+                plot::conditional_coverage_plot(dir, "conditional_coverage", setup.coverage(), &series)?,
+                format!(
+                    "Conditional coverage: fraction of test rows inside the {}% intervals per equal-count bin of predicted σ (up to {} bins, numbered from the smallest σ; the σ range of each bin is in report.json), Gaussian (solid) and split-conformal (dashed); the line is the target. Conformal quantiles {}.",
+                    percent(setup.coverage()),
+                    setup.sigma_bins(),
+                    fitted_on_rows(setup, self.regression_calibration.iter().map(|c| c.n_calibration)),
+                ),
+            );
+        }
+
         for (method, band) in &self.bands {
             let name = names.slug("band", method);
             push(
@@ -594,6 +751,24 @@ impl ReportBuilder {
             );
         }
         Ok(out)
+    }
+}
+
+/// `"fitted on <part>, <n> rows"`, or `"<n1>/<n2> rows"` when methods had different calibration
+/// sets.
+pub(crate) fn fitted_on_rows(setup: &CalibrationSetup, n: impl Iterator<Item = usize>) -> String {
+    let mut counts: Vec<usize> = n.collect();
+    counts.dedup();
+    match counts.as_slice() {
+        [one] => setup.fitted_on(*one),
+        many => format!(
+            "fitted on {}, {} rows",
+            setup.part(),
+            many.iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join("/")
+        ),
     }
 }
 
@@ -638,6 +813,7 @@ fn conventions(
     has_classification: bool,
     has_regression: bool,
     has_ood: bool,
+    calibration: Option<&CalibrationSetup>,
 ) -> Vec<Convention> {
     let mut out = vec![Convention {
         topic: "Logarithms".into(),
@@ -710,6 +886,33 @@ fn conventions(
     }
     if has_ood {
         add("OOD detection", "Out-of-distribution rows are the positive class; higher scores mean more OOD. AUROC is exact with ties averaged; average precision is scikit-learn's step-wise definition; FPR at 95% TPR takes the first ROC point reaching the target, without interpolation.".into());
+    }
+    if let Some(setup) = calibration {
+        let level = percent(setup.coverage());
+        add("Calibration part", format!(
+            "Split-conformal quantiles and every recalibration map are fitted on the calibration predictions only ({}; the row count is given per table), never on the test rows they are scored on.",
+            setup.part()
+        ));
+        add("Split-conformal", format!(
+            "Target coverage {level}%: the conformal quantile is the ⌈(n + 1)(1 − α)⌉-th smallest of the n calibration scores (no interpolation; +∞ when that rank exceeds n). Regression scores |y − μ|/σ give the closed intervals μ ± q̂σ; classification scores are non-randomised {} on the probabilities, sets never empty. Coverage = fraction of test rows inside (intervals closed); width = mean upper − lower; set size = mean number of classes.",
+            match setup.set_score() {
+                metrics::SetScore::Aps => "APS".to_string(),
+                metrics::SetScore::Raps { lambda, k_reg } => format!("RAPS (λ = {lambda}, k_reg = {k_reg})"),
+            }
+        ));
+        add("Gaussian intervals", format!(
+            "The plain intervals beside the conformal ones are the central μ ± Φ⁻¹(½ + c/2)σ at c = {level}%."
+        ));
+        add("Conditional coverage", format!(
+            "Test rows sorted by predicted σ (ties in row order) and cut into {} equal-count bins, sizes differing by at most one, larger bins first (numpy.array_split; one bin per row when there are fewer rows); coverage per bin.",
+            setup.sigma_bins()
+        ));
+        add("Recalibration", format!(
+            "Regression: σ scaling s = sqrt(mean r²) (closed-form NLL optimum) and isotonic quantile recalibration (Kuleshov et al. 2018), scored by coverage and mean width at {level}% and by the MACE of the interval calibration curve ({} levels). Classification: temperature scaling on the logits ln max(p, ε) (ε = {:e}), isotonic regression of the top-label confidence on correctness (linear between knots), and histogram binning on the {} equal-width ECE bins; each scored by the top-label ECE on the same bins.",
+            r.calibration_points(),
+            c.nll_eps(),
+            c.n_bins()
+        ));
     }
     add("Best values", "In the tables, the best value of each column among several methods is marked: ↑ higher is better, ↓ lower is better, →t closest to t is best.".into());
     out

@@ -1,7 +1,12 @@
 //! The metric tables of a report: which metrics are shown, in what order, and which value of
 //! each column is best.
 
-use super::{ClassificationEntry, OodEntry, RegressionEntry};
+use super::{
+    fitted_on_rows, ClassificationCalibration, ClassificationEntry, OodEntry,
+    RegressionCalibration, RegressionEntry, Report,
+};
+use crate::metrics::SetScore;
+use crate::plot::style::percent;
 
 /// Which value of a metric is best.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -164,6 +169,217 @@ pub fn ood_columns() -> Vec<Column<OodEntry>> {
             e.metrics.fpr_at_95_tpr
         }),
     ]
+}
+
+/// Columns of the split-conformal prediction-set table (`target`: the nominal coverage).
+pub fn classification_conformal_columns(target: f64) -> Vec<Column<ClassificationCalibration>> {
+    use Direction::*;
+    vec![
+        Column::new("set_coverage", "Set coverage", Closest(target), 4, |e| {
+            e.set_evaluation.coverage
+        }),
+        Column::new("set_size", "Mean set size", NotRanked, 3, |e| {
+            e.set_evaluation.mean_size
+        }),
+        Column::new("set_quantile", "Conformal q̂", NotRanked, 4, |e| {
+            e.sets.quantile
+        }),
+    ]
+}
+
+/// Columns of the confidence-recalibration table: test ECE before and after each map.
+pub fn classification_recalibration_columns() -> Vec<Column<ClassificationCalibration>> {
+    use Direction::*;
+    vec![
+        Column::new("ece", "ECE raw", LowerIsBetter, 4, |e| e.ece),
+        Column::new(
+            "ece_temperature",
+            "ECE temperature",
+            LowerIsBetter,
+            4,
+            |e| e.ece_temperature,
+        ),
+        Column::new("ece_isotonic", "ECE isotonic", LowerIsBetter, 4, |e| {
+            e.ece_isotonic
+        }),
+        Column::new(
+            "ece_histogram",
+            "ECE histogram binning",
+            LowerIsBetter,
+            4,
+            |e| e.ece_histogram,
+        ),
+        Column::new("temperature", "Temperature T", NotRanked, 4, |e| {
+            e.temperature.temperature
+        }),
+    ]
+}
+
+/// Columns of the conformal-against-Gaussian interval table (`target`: the nominal coverage).
+pub fn regression_conformal_columns(target: f64) -> Vec<Column<RegressionCalibration>> {
+    use Direction::*;
+    vec![
+        Column::new(
+            "gaussian_coverage",
+            "Gaussian coverage",
+            Closest(target),
+            4,
+            |e| e.gaussian.picp,
+        ),
+        Column::new("gaussian_width", "Gaussian mean width", NotRanked, 4, |e| {
+            e.gaussian.mpiw
+        }),
+        Column::new(
+            "conformal_coverage",
+            "Conformal coverage",
+            Closest(target),
+            4,
+            |e| e.conformal_evaluation.coverage,
+        ),
+        Column::new(
+            "conformal_width",
+            "Conformal mean width",
+            NotRanked,
+            4,
+            |e| e.conformal_evaluation.mean_size,
+        ),
+        Column::new(
+            "conformal_quantile",
+            "Conformal q̂ (σ units)",
+            NotRanked,
+            4,
+            |e| e.conformal.quantile,
+        ),
+    ]
+}
+
+/// Columns of the regression-recalibration table: test MACE, coverage and width before and
+/// after σ scaling and isotonic quantile recalibration (`target`: the nominal coverage).
+pub fn regression_recalibration_columns(target: f64) -> Vec<Column<RegressionCalibration>> {
+    use Direction::*;
+    vec![
+        Column::new("mace", "MACE raw", LowerIsBetter, 4, |e| e.mace),
+        Column::new(
+            "mace_sigma_scaled",
+            "MACE σ scaling",
+            LowerIsBetter,
+            4,
+            |e| e.mace_sigma_scaled,
+        ),
+        Column::new("mace_isotonic", "MACE isotonic", LowerIsBetter, 4, |e| {
+            e.mace_isotonic
+        }),
+        Column::new(
+            "gaussian_coverage",
+            "Coverage raw",
+            Closest(target),
+            4,
+            |e| e.gaussian.picp,
+        ),
+        Column::new(
+            "sigma_scaled_coverage",
+            "Coverage σ scaling",
+            Closest(target),
+            4,
+            |e| e.sigma_scaled.picp,
+        ),
+        Column::new(
+            "isotonic_coverage",
+            "Coverage isotonic",
+            Closest(target),
+            4,
+            |e| e.isotonic.picp,
+        ),
+        Column::new(
+            "sigma_scaled_width",
+            "Width σ scaling",
+            NotRanked,
+            4,
+            |e| e.sigma_scaled.mpiw,
+        ),
+        Column::new("isotonic_width", "Width isotonic", NotRanked, 4, |e| {
+            e.isotonic.mpiw
+        }),
+        Column::new("sigma_scale", "σ scale s", NotRanked, 4, |e| {
+            e.sigma_scaling.scale
+        }),
+    ]
+}
+
+/// A table of the calibration sections with its anchor, title and the sentence that says what
+/// its maps were fitted on.
+#[derive(Debug, Clone)]
+pub struct Section {
+    /// Anchor id (HTML) of the section.
+    pub id: &'static str,
+    /// Section title.
+    pub title: String,
+    /// What was fitted on which part, and what is scored.
+    pub note: String,
+    /// The table.
+    pub table: Table,
+}
+
+/// The calibration sections of `report`, in display order: none when it has no calibration
+/// data. Markdown and HTML render these same sections.
+pub fn calibration_sections(report: &Report) -> Vec<Section> {
+    let Some(setup) = &report.calibration else {
+        return Vec::new();
+    };
+    let level = percent(setup.coverage());
+    let target = setup.coverage();
+    let mut out = Vec::new();
+    let c = &report.classification_calibration;
+    if !c.is_empty() {
+        let fitted = fitted_on_rows(setup, c.iter().map(|e| e.n_calibration));
+        let score = match setup.set_score() {
+            SetScore::Aps => "APS".to_string(),
+            SetScore::Raps { lambda, k_reg } => format!("RAPS, λ = {lambda}, k_reg = {k_reg}"),
+        };
+        let n = c[0].set_evaluation.n;
+        out.push(Section {
+            id: "conformal-sets",
+            title: format!("Conformal prediction sets at {level}% ({score})"),
+            note: format!(
+                "Conformal quantile {fitted}; coverage and mean set size on the {n} test rows."
+            ),
+            table: build_table(c, |e| &e.method, &classification_conformal_columns(target)),
+        });
+        out.push(Section {
+            id: "recalibration-classification",
+            title: "Recalibration of confidence".into(),
+            note: format!(
+                "Temperature scaling, isotonic regression and histogram binning, each {fitted}; top-label ECE on the {n} test rows, raw beside recalibrated."
+            ),
+            table: build_table(c, |e| &e.method, &classification_recalibration_columns()),
+        });
+    }
+    let r = &report.regression_calibration;
+    if !r.is_empty() {
+        let fitted = fitted_on_rows(setup, r.iter().map(|e| e.n_calibration));
+        let n = r[0].conformal_evaluation.n;
+        out.push(Section {
+            id: "conformal-intervals",
+            title: format!("Conformal and Gaussian intervals at {level}%"),
+            note: format!(
+                "Split-conformal quantile of |y − μ|/σ {fitted}; coverage and mean width on the {n} test rows, beside the plain Gaussian intervals μ ± zσ of the same predictions."
+            ),
+            table: build_table(r, |e| &e.method, &regression_conformal_columns(target)),
+        });
+        out.push(Section {
+            id: "recalibration-regression",
+            title: "Recalibration of regression quantiles".into(),
+            note: format!(
+                "σ scaling and isotonic quantile recalibration (Kuleshov et al. 2018), each {fitted}; MACE of the interval calibration curve, and coverage and mean width at {level}%, on the {n} test rows, raw beside recalibrated."
+            ),
+            table: build_table(
+                r,
+                |e| &e.method,
+                &regression_recalibration_columns(target),
+            ),
+        });
+    }
+    out
 }
 
 /// A rendered table: header labels, method names, formatted cells and, per column, the row

@@ -18,6 +18,7 @@ pub mod noise;
 pub mod pipeline;
 pub mod recipes;
 pub mod run;
+pub mod run_report;
 pub mod uci;
 
 use std::io::IsTerminal;

@@ -379,7 +379,7 @@ impl PredictionTable {
 }
 
 /// Rows per forward pass of `swag predict`: bounds the memory of one pass, whatever the file size.
-const PREDICT_BATCH_ROWS: usize = 4096;
+pub(crate) const PREDICT_BATCH_ROWS: usize = 4096;
 
 /// Runs the BMA of a fitted run on the rows of a CSV file.
 ///

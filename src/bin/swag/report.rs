@@ -7,8 +7,9 @@
 use std::path::{Path, PathBuf};
 
 use candle_swag::io::{self, Array, InputSource, Precision, Role};
-use candle_swag::metrics::{attribute_to_file, ClassificationConfig, RegressionConfig};
+use candle_swag::metrics::{attribute_to_file, ClassificationConfig, RegressionConfig, SetScore};
 use candle_swag::report::ReportBuilder;
+use candle_swag::train::run_report::{report_run, RunReportConfig};
 use candle_swag::{Error, Result};
 
 /// Arguments of `swag report`.
@@ -17,7 +18,7 @@ use candle_swag::{Error, Result};
 /// `.npz`/`.safetensors` file or one column of a CSV file.
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  swag report --probs sgd.npy --method SGD --probs swag.npy --method SWAG --labels y.npy --out report/\n  swag report --probs logits.csv --logits --labels y.csv --out report/\n  swag report --mean preds.csv:mean --std preds.csv:std --targets test.csv:target --out report/"
+    after_help = "Examples:\n  swag report --probs sgd.npy --method SGD --probs swag.npy --method SWAG --labels y.npy --out report/\n  swag report --probs logits.csv --logits --labels y.csv --out report/\n  swag report --mean preds.csv:mean --std preds.csv:std --targets test.csv:target --out report/\n  swag report --run run/ --data data/diabetes.csv --split-column split --coverage 0.9 --out report/"
 )]
 pub struct Args {
     /// Class probabilities: N rows × C classes, rows summing to 1 (one column is read as
@@ -49,6 +50,42 @@ pub struct Args {
     /// Dataset name shown in the report (default: the labels' or targets' file name).
     #[arg(long)]
     pub dataset: Option<String>,
+    /// A run directory written by `swag fit`: report the run's SGD, SWA and SWAG predictions on
+    /// the labelled rows of --data instead of prediction files. A run fitted with
+    /// --calibrate-fraction adds conformal intervals or sets (beside the Gaussian intervals),
+    /// coverage per bin of predicted σ and recalibration, all fitted on its calibration rows.
+    #[arg(
+        long,
+        value_name = "DIR",
+        requires = "data",
+        conflicts_with_all = ["probs", "mean", "std", "labels", "targets", "logits"]
+    )]
+    pub run: Option<PathBuf>,
+    /// With --run: CSV file with the run's feature columns and its target column.
+    #[arg(long, value_name = "FILE", requires = "run")]
+    pub data: Option<PathBuf>,
+    /// With --run: column holding `train`/`test` per row; only `test` rows are reported.
+    #[arg(long, requires = "run")]
+    pub split_column: Option<String>,
+    /// With --run: target coverage of the conformal intervals or sets, in (0, 1).
+    #[arg(long, default_value_t = 0.9)]
+    pub coverage: f64,
+    /// With --run: SWAG weight samples averaged.
+    #[arg(long, default_value_t = 30)]
+    pub samples: usize,
+    /// With --run: SWAG sample scale [default: the run's].
+    #[arg(long, requires = "run")]
+    pub scale: Option<f64>,
+    /// With --run: seed of the sample noise.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// With --run: prediction sets by RAPS with this penalty per class ranked beyond
+    /// --raps-k-reg (finite, >= 0) instead of APS.
+    #[arg(long, requires = "run")]
+    pub raps_lambda: Option<f64>,
+    /// Classes ranked first that RAPS does not penalise.
+    #[arg(long, default_value_t = 1, requires = "raps_lambda")]
+    pub raps_k_reg: usize,
     /// Output directory (replaced atomically if it exists).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
@@ -116,12 +153,40 @@ fn required(value: &Option<String>, option: &str, because: &str) -> Result<Input
         .ok_or_else(|| Error::invalid(option, format!("is required with {because}")))
 }
 
+/// Runs `swag report --run`: the run's methods on the rows of --data.
+fn run_report(args: &Args, run: &Path) -> Result<ReportBuilder> {
+    crate::prefer_single_threaded_kernels();
+    let data = args
+        .data
+        .clone()
+        .ok_or_else(|| Error::invalid("--data", "is required with --run"))?;
+    let set_score = match args.raps_lambda {
+        Some(lambda) => SetScore::raps(lambda, args.raps_k_reg)?,
+        None => SetScore::Aps,
+    };
+    report_run(&RunReportConfig {
+        run: run.to_path_buf(),
+        data,
+        split_column: args.split_column.clone(),
+        samples: args.samples,
+        scale: args.scale,
+        seed: args.seed,
+        coverage: args.coverage,
+        set_score,
+        bins: args.bins,
+    })
+}
+
 /// Runs `swag report`.
 pub fn run(args: Args) -> Result<()> {
+    if let Some(run) = &args.run {
+        let files = run_report(&args, run)?.write(&args.out)?;
+        return wrote(&files);
+    }
     if args.probs.is_empty() && args.mean.is_empty() {
         return Err(Error::invalid(
             "swag report",
-            "give --probs FILE --labels FILE (classification) and/or --mean FILE --std FILE --targets FILE (regression)",
+            "give --probs FILE --labels FILE (classification) and/or --mean FILE --std FILE --targets FILE (regression), or --run DIR --data FILE",
         ));
     }
     if args.bins == 0 {
@@ -227,7 +292,10 @@ pub fn run(args: Args) -> Result<()> {
         }
     }
 
-    let files = builder.write(&args.out)?;
+    wrote(&builder.write(&args.out)?)
+}
+
+fn wrote(files: &candle_swag::report::ReportFiles) -> Result<()> {
     println!(
         "wrote {} ({} plots): {}",
         display(&files.dir),
