@@ -246,3 +246,169 @@ pub fn measure(
 
     Ok((out, memory))
 }
+
+/// `swag bench --store disk`: a posterior whose columns live in its file, measured end to end.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DiskReport {
+    /// d.
+    pub params: usize,
+    /// K.
+    pub rank: usize,
+    /// Storage dtype of the columns (`F32`, `BF16`, `F16`).
+    pub dtype: String,
+    /// Snapshot files collected.
+    pub snapshots: usize,
+    /// Bytes of deviation columns in the posterior file.
+    pub column_bytes: u64,
+    /// Seconds to collect every snapshot file (read, update, write the column) and save.
+    pub collect_seconds: f64,
+    /// Peak resident memory while collecting and saving, bytes.
+    pub collect_peak_rss_bytes: u64,
+    /// Seconds to open the posterior on disk (the checksum reads every column once).
+    pub open_seconds: f64,
+    /// Median seconds of one low-rank sample streamed from the file.
+    pub sample_seconds: f64,
+    /// Peak resident memory while opening and sampling, bytes.
+    pub sample_peak_rss_bytes: u64,
+    /// The floor: median seconds of one sequential read of the columns' bytes of the file,
+    /// timed in the same run.
+    pub floor_seconds: f64,
+    /// `sample_seconds / floor_seconds`.
+    pub sample_ratio_to_floor: f64,
+}
+
+/// Resets the process's peak resident memory (Linux `clear_refs`), so that `VmHWM` measures
+/// one phase; returns false where that is not possible.
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// Collects `k + 1` synthetic snapshot files of `d` parameters into a disk posterior under
+/// `dir`, then samples from it; each phase's time and peak memory, and the floor.
+pub fn measure_disk(
+    d: usize,
+    k: usize,
+    repeats: usize,
+    dtype: DType,
+    dir: &std::path::Path,
+) -> Result<DiskReport> {
+    use crate::io::checkpoint::{read_flat, write_flat};
+    use crate::layout::ParamLayout;
+    use crate::swag::DeviationStore;
+    use std::io::Read;
+
+    if repeats == 0 {
+        return Err(Error::invalid("repeats", "must be at least 1"));
+    }
+    if d < 10 {
+        return Err(Error::invalid("params", "need at least 10 parameters"));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    // Ten tensors, as a model has layers; the snapshots move around a fixed point.
+    let sizes: Vec<usize> = (0..10).map(|i| d / 10 + usize::from(i < d % 10)).collect();
+    let layout = ParamLayout::new(
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (format!("layer{i}.weight"), vec![n]))
+            .collect(),
+    )?;
+    let n_snapshots = k + 1;
+    let mut snapshots = Vec::with_capacity(n_snapshots);
+    {
+        let base: Vec<f32> = (0..d).map(|i| ((i as f32) * 1e-3).sin()).collect();
+        for s in 0..n_snapshots {
+            let mut theta = vec![0f32; d];
+            theta
+                .par_chunks_mut(NOISE_BLOCK)
+                .zip(base.par_chunks(NOISE_BLOCK))
+                .enumerate()
+                .for_each(|(b, (t, x))| {
+                    fill_normals(&mut stream(s as u64, 7, b as u64), t);
+                    t.iter_mut().zip(x).for_each(|(t, &x)| *t = x + 1e-2 * *t);
+                });
+            let path = dir.join(format!("snapshot{s:03}.safetensors"));
+            write_flat(&path, &layout, &theta)?;
+            snapshots.push(path);
+        }
+    }
+    let posterior_path = dir.join("posterior.safetensors");
+
+    reset_peak_rss();
+    let t = Instant::now();
+    {
+        let config = SwagConfig::with_rank(k)
+            .with_deviation_dtype(dtype)?
+            .with_store(DeviationStore::Disk(posterior_path.clone()));
+        let mut posterior = SwagPosterior::new(layout.clone(), config, &Device::Cpu)?;
+        for path in &snapshots {
+            let flat = read_flat(path, &layout)?;
+            posterior.collect_flat(&Tensor::from_vec(flat, d, &Device::Cpu)?)?;
+        }
+        posterior.save(&posterior_path)?;
+    }
+    let collect_seconds = t.elapsed().as_secs_f64();
+    let collect_peak = peak_rss_bytes();
+    for path in &snapshots {
+        let _ = std::fs::remove_file(path);
+    }
+
+    let file_len = std::fs::metadata(&posterior_path)
+        .map_err(|e| Error::io(&posterior_path, e))?
+        .len();
+    let column_bytes = (k * d * dtype.size_in_bytes()) as u64;
+    // The columns are the file's last bytes: read them once, sequentially, 8 MiB at a time.
+    let floor = time_median(repeats, || {
+        let mut f =
+            std::fs::File::open(&posterior_path).map_err(|e| Error::io(&posterior_path, e))?;
+        use std::io::Seek;
+        f.seek(std::io::SeekFrom::Start(file_len - column_bytes))
+            .map_err(|e| Error::io(&posterior_path, e))?;
+        let mut buf = vec![0u8; 8 << 20];
+        let mut sum = 0u8;
+        loop {
+            let n = f
+                .read(&mut buf)
+                .map_err(|e| Error::io(&posterior_path, e))?;
+            if n == 0 {
+                break;
+            }
+            sum ^= buf[n - 1];
+        }
+        std::hint::black_box(sum);
+        Ok(())
+    })?;
+
+    reset_peak_rss();
+    let t = Instant::now();
+    let posterior = SwagPosterior::load_with_store(
+        &posterior_path,
+        &Device::Cpu,
+        DeviationStore::Disk(posterior_path.clone()),
+    )?;
+    let open_seconds = t.elapsed().as_secs_f64();
+    let opts = SampleConfig::default();
+    let mut seed = 0u64;
+    let sample_seconds = time_median(repeats, || {
+        seed += 1;
+        std::hint::black_box(posterior.sample_flat_seeded(seed, &opts)?);
+        Ok(())
+    })?;
+    let sample_peak = peak_rss_bytes();
+    drop(posterior);
+    let _ = std::fs::remove_file(&posterior_path);
+    Ok(DiskReport {
+        params: d,
+        rank: k,
+        dtype: format!("{dtype:?}"),
+        snapshots: n_snapshots,
+        column_bytes,
+        collect_seconds,
+        collect_peak_rss_bytes: collect_peak,
+        open_seconds,
+        sample_seconds,
+        sample_peak_rss_bytes: sample_peak,
+        floor_seconds: floor,
+        sample_ratio_to_floor: sample_seconds / floor,
+    })
+}

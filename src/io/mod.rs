@@ -25,6 +25,7 @@
 //! logits, labels, predictive means, standard deviations, and regression targets.
 
 mod array;
+pub mod checkpoint;
 mod csv;
 mod formats;
 mod validate;

@@ -940,10 +940,12 @@ fn load_v3(mut c: Container, device: &Device, store: DeviationStore) -> Result<S
         .with_store(store.clone());
     let mut p = if in_place {
         let path = c.path.clone();
+        // Read-only files can still be sampled from; writing to them fails by name.
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open(&path)
+            .or_else(|_| File::open(&path))
             .map_err(|e| Error::io(&path, e))?;
         let disk = DiskColumns {
             path,

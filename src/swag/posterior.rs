@@ -369,6 +369,30 @@ impl SwagPosterior {
         Ok(Tensor::cat(&[&tail, &head], 0)?)
     }
 
+    /// The L2 norm of each held deviation column (stored value times scale), oldest first,
+    /// computed in f64 while the columns are streamed in chunks (a disk store is never read
+    /// whole).
+    pub fn deviation_norms(&self) -> Result<Vec<f64>> {
+        let (d, rows) = (self.numel(), self.physical_rows());
+        let mut sums = vec![0f64; rows.len()];
+        for lo in (0..d).step_by(super::store::CHUNK) {
+            let len = super::store::CHUNK.min(d - lo);
+            let chunk = self
+                .columns
+                .chunk(&rows, lo, len, self.config.deviation_dtype())?
+                .to_device(&Device::Cpu)?;
+            for (k, sum) in sums.iter_mut().enumerate() {
+                let row: Vec<f32> = chunk.get(k)?.to_vec1()?;
+                *sum += row.iter().map(|&x| (x as f64).powi(2)).sum::<f64>();
+            }
+        }
+        Ok(sums
+            .iter()
+            .zip(&rows)
+            .map(|(s, &r)| s.sqrt() * self.scales[r] as f64)
+            .collect())
+    }
+
     /// True when a new column is written straight into a device buffer by the collection
     /// kernels (f32 or bf16 on the device store); otherwise it goes through
     /// [`Self::store_column`].

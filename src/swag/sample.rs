@@ -34,6 +34,7 @@
 use candle_core::{CpuStorage, DType, Device, InplaceOp3, Layout, Tensor};
 use half::{bf16, f16};
 use rand::Rng;
+use rayon::prelude::*;
 
 use super::kernels::{self, DeviationElem, NoiseSource, SampleCoefficients};
 use super::noise;
@@ -301,34 +302,49 @@ impl SwagPosterior {
                     sample_from_memory(param, buffer, &rows, entry.offset, &z2, coef, noise)?
                 }
                 Columns::Disk(disk) => {
-                    for lo in (0..entry.numel()).step_by(CHUNK) {
-                        let len = CHUNK.min(entry.numel() - lo);
-                        let chunk = if rows.is_empty() {
-                            Vec::new()
-                        } else {
-                            disk.read_chunk(
-                                &rows,
-                                entry.offset + lo,
-                                len,
-                                self.config.deviation_dtype(),
-                            )?
-                        };
-                        let dev_rows: Vec<&[f32]> = chunk.chunks(len.max(1)).collect();
-                        kernels::sample(
-                            &mut param.out[lo..lo + len],
-                            kernels::SampleSource {
-                                mean: &param.mean[lo..lo + len],
-                                m2: &param.m2[lo..lo + len],
-                                dev_rows: &dev_rows,
-                                z2: &z2,
-                                coef,
-                                noise: NoiseSource {
-                                    first_block: (lo / noise::NOISE_BLOCK) as u64,
-                                    ..noise
-                                },
+                    // One noise block per task, in parallel: each task reads its rows' slice
+                    // (K · 64 KiB for f32) with positioned reads and runs the kernel on it while
+                    // it is in cache; the other threads read meanwhile.
+                    let dtype = self.config.deviation_dtype();
+                    let block = noise::NOISE_BLOCK;
+                    param
+                        .out
+                        .par_chunks_mut(block)
+                        .zip(param.mean.par_chunks(block))
+                        .zip(param.m2.par_chunks(block))
+                        .enumerate()
+                        .try_for_each_init(
+                            || (Vec::new(), Vec::new()),
+                            |(bytes, dev), (b, ((out, mean), m2))| -> Result<()> {
+                                let len = out.len();
+                                if !rows.is_empty() {
+                                    disk.read_chunk_into(
+                                        &rows,
+                                        entry.offset + b * block,
+                                        len,
+                                        dtype,
+                                        bytes,
+                                        dev,
+                                    )?;
+                                }
+                                let dev_rows: Vec<&[f32]> = dev.chunks(len).collect();
+                                kernels::sample(
+                                    out,
+                                    kernels::SampleSource {
+                                        mean,
+                                        m2,
+                                        dev_rows: &dev_rows,
+                                        z2: &z2,
+                                        coef,
+                                        noise: NoiseSource {
+                                            first_block: b as u64,
+                                            ..noise
+                                        },
+                                    },
+                                );
+                                Ok(())
                             },
-                        );
-                    }
+                        )?;
                 }
             }
         }

@@ -30,7 +30,9 @@
 //!   deviation is `q · s`; the sampler folds `s` into the column's weight `z2ₖ`.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+#[cfg(not(unix))]
+use std::io::Read;
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
@@ -243,6 +245,20 @@ impl Columns {
     }
 }
 
+/// Reads `buf.len()` bytes at `offset` without moving a shared cursor.
+#[cfg(unix)]
+fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+/// Reads `buf.len()` bytes at `offset` (elsewhere than Unix: through a cloned handle).
+#[cfg(not(unix))]
+fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    let mut f = file.try_clone()?;
+    f.seek(SeekFrom::Start(offset))?;
+    f.read_exact(buf)
+}
+
 /// Deviation columns kept as rows of the posterior file (the `Disk` store).
 #[derive(Debug)]
 pub(crate) struct DiskColumns {
@@ -338,23 +354,36 @@ impl DiskColumns {
         len: usize,
         dtype: DType,
     ) -> Result<Vec<f32>> {
+        let (mut bytes, mut out) = (Vec::new(), Vec::new());
+        self.read_chunk_into(rows, lo, len, dtype, &mut bytes, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Self::read_chunk`] into reusable buffers, with positioned reads (`&self`: callable
+    /// from several threads at once).
+    pub(crate) fn read_chunk_into(
+        &self,
+        rows: &[usize],
+        lo: usize,
+        len: usize,
+        dtype: DType,
+        bytes: &mut Vec<u8>,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
         let es = dtype.size_in_bytes();
-        let mut out = Vec::with_capacity(rows.len() * len);
-        let mut buf = vec![0u8; len * es];
-        let mut f = &self.file;
+        bytes.resize(len * es, 0);
+        out.clear();
         for &r in rows {
             let offset = self.layout.row_offset(r) + (lo * es) as u64;
-            f.seek(SeekFrom::Start(offset))
-                .and_then(|_| f.read_exact(&mut buf))
-                .map_err(|e| {
-                    Error::bad_file(
-                        &self.path,
-                        format!("cannot read deviation row {r} (truncated file?): {e}"),
-                    )
-                })?;
-            decode_into(&buf, dtype, &mut out);
+            read_exact_at(&self.file, bytes, offset).map_err(|e| {
+                Error::bad_file(
+                    &self.path,
+                    format!("cannot read deviation row {r} (truncated file?): {e}"),
+                )
+            })?;
+            decode_into(bytes, dtype, out);
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The file's path.

@@ -1,7 +1,13 @@
-//! `swag bench`: time the SWAG primitives against the memory-bandwidth floor, in one run.
+//! `swag bench`: time the SWAG primitives against the memory-bandwidth floor, in one run; with
+//! `--store disk`, a disk posterior collected from snapshot files and sampled, against one
+//! sequential read of its columns.
+
+use std::path::PathBuf;
 
 use candle_swag::perf;
 use candle_swag::Result;
+
+use crate::store::{DtypeArg, StoreArg};
 
 /// Arguments of `swag bench`.
 #[derive(clap::Args)]
@@ -15,20 +21,51 @@ pub struct Args {
     /// Timed repetitions per operation (the median is reported).
     #[arg(long, default_value_t = 7)]
     repeats: usize,
-    /// Store deviations in bf16.
-    #[arg(long)]
-    bf16: bool,
+    /// Storage dtype of the deviation columns.
+    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
+    dtype: DtypeArg,
+    /// `disk`: collect K + 1 snapshot files into a disk posterior and sample from it, reporting
+    /// time and peak memory of each phase and the ratio to the storage floor.
+    #[arg(long, value_enum, default_value_t = StoreArg::Device)]
+    store: StoreArg,
+    /// Scratch directory of `--store disk` (snapshots and posterior, removed afterwards).
+    #[arg(long, default_value = "target/bench-disk")]
+    dir: PathBuf,
     /// Print one JSON object per operation instead of a table.
     #[arg(long)]
     json: bool,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let dtype = if args.bf16 {
-        candle_core::DType::BF16
-    } else {
-        candle_core::DType::F32
-    };
+    let dtype = args.dtype.dtype();
+    if args.store == StoreArg::Disk {
+        let r = perf::measure_disk(args.params, args.rank, args.repeats, dtype, &args.dir)?;
+        if args.json {
+            println!("{}", serde_json::to_string(&r)?);
+            return Ok(());
+        }
+        let mib = |b: u64| b as f64 / 1048576.0;
+        println!(
+            "disk posterior: d = {}, K = {}, {} columns ({:.0} MiB), {} snapshot files, median of {} runs",
+            r.params, r.rank, r.dtype, mib(r.column_bytes), r.snapshots, args.repeats
+        );
+        println!(
+            "collect + save  {:>8.2} s   peak RSS {:>7.1} MiB",
+            r.collect_seconds,
+            mib(r.collect_peak_rss_bytes)
+        );
+        println!("open (checksum) {:>8.2} s", r.open_seconds);
+        println!(
+            "one sample      {:>8.3} s   peak RSS {:>7.1} MiB (open + samples)",
+            r.sample_seconds,
+            mib(r.sample_peak_rss_bytes)
+        );
+        println!(
+            "floor           {:>8.3} s   (one sequential read of the columns)   ratio {:.2}",
+            r.floor_seconds, r.sample_ratio_to_floor
+        );
+        return Ok(());
+    }
     let (ops, memory) = perf::measure(args.params, args.rank, args.repeats, dtype)?;
     if args.json {
         for op in &ops {
@@ -57,7 +94,7 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     println!(
-        "posterior peak extra memory: {:.1} MiB (allowance (K+2)·4·d + 4·d = {:.1} MiB)",
+        "posterior peak extra memory: {:.1} MiB (allowance (K+3)·4·d + 4·d = {:.1} MiB)",
         memory.posterior_peak_extra_bytes as f64 / 1048576.0,
         memory.allowance_bytes as f64 / 1048576.0
     );

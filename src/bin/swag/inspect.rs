@@ -6,11 +6,16 @@ use candle_core::Device;
 use candle_swag::swag::SwagPosterior;
 use candle_swag::Result;
 
+use crate::store::StoreArg;
+
 /// Arguments of `swag inspect`.
 #[derive(clap::Args)]
 pub struct Args {
     /// Posterior file.
     posterior: PathBuf,
+    /// `disk` streams the columns from the file instead of reading them into memory.
+    #[arg(long, value_enum, default_value_t = StoreArg::Device)]
+    store: StoreArg,
 }
 
 fn summary(xs: &[f32]) -> (f64, f64, f64, f64) {
@@ -23,14 +28,23 @@ fn summary(xs: &[f32]) -> (f64, f64, f64, f64) {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let p = SwagPosterior::load(&args.posterior, &Device::Cpu)?;
+    let p = SwagPosterior::load_with_store(
+        &args.posterior,
+        &Device::Cpu,
+        args.store.store(&args.posterior),
+    )?;
     println!("posterior   {}", args.posterior.display());
     println!(
-        "snapshots   {} collected, {} of K = {} deviation columns held ({:?})",
+        "snapshots   {} collected, {} of K = {} deviation columns held ({:?}{})",
         p.n_collected(),
         p.rows(),
         p.rank(),
-        p.config().deviation_dtype()
+        p.config().deviation_dtype(),
+        if p.variance_is_legacy() {
+            ", variance from a version-1 file"
+        } else {
+            ""
+        }
     );
     println!(
         "parameters  {} tensors, d = {} ({:.1} MiB of state)",
@@ -60,12 +74,7 @@ pub fn run(args: Args) -> Result<()> {
         );
     }
     if p.rows() > 0 {
-        let dev = p.deviations()?.to_dtype(candle_core::DType::F32)?;
-        let norms: Vec<f64> = (0..p.rows())
-            .map(|k| -> Result<f64> {
-                Ok(dev.get(k)?.sqr()?.sum_all()?.to_scalar::<f32>()?.sqrt() as f64)
-            })
-            .collect::<Result<_>>()?;
+        let norms = p.deviation_norms()?;
         let joined: Vec<String> = norms.iter().map(|n| format!("{n:.3e}")).collect();
         println!(
             "\ndeviation column norms (oldest first): {}",

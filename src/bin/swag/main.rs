@@ -12,6 +12,7 @@ mod inspect;
 mod predict;
 mod report;
 mod sample;
+mod store;
 mod table;
 
 /// SWAG posteriors, Bayesian model averaging and calibration reports.

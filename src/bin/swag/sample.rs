@@ -3,8 +3,11 @@
 use std::path::PathBuf;
 
 use candle_core::Device;
+use candle_swag::io::checkpoint::write_flat;
 use candle_swag::swag::{Divisor, SampleConfig, SwagPosterior};
-use candle_swag::{Error, Result};
+use candle_swag::Result;
+
+use crate::store::StoreArg;
 
 /// Arguments of `swag sample`.
 #[derive(clap::Args)]
@@ -21,16 +24,24 @@ pub struct Args {
     /// Divide the low-rank term by K − 1 as the reference implementation (default: rows − 1).
     #[arg(long)]
     reference_divisor: bool,
-    /// Seed of the noise (a sample is reproducible for a given seed).
+    /// Seed of the noise (a sample is reproducible for a given seed, whatever the store).
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// `disk` streams the columns from the posterior file instead of reading them into memory
+    /// (for posteriors larger than RAM; the same sample, bit for bit).
+    #[arg(long, value_enum, default_value_t = StoreArg::Device)]
+    store: StoreArg,
     /// Output file (safetensors, one tensor per parameter).
     #[arg(long)]
     out: PathBuf,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let posterior = SwagPosterior::load(&args.posterior, &Device::Cpu)?;
+    let posterior = SwagPosterior::load_with_store(
+        &args.posterior,
+        &Device::Cpu,
+        args.store.store(&args.posterior),
+    )?;
     let opts = SampleConfig::with_scale(args.scale)?
         .with_diag_only(args.diag)
         .with_divisor(if args.reference_divisor {
@@ -38,12 +49,8 @@ pub fn run(args: Args) -> Result<()> {
         } else {
             Divisor::RowsMinusOne
         });
-    let flat = posterior.sample_flat_seeded(args.seed, &opts)?;
-    let named = posterior.layout().unflatten(&flat)?;
-    let map: std::collections::HashMap<String, candle_core::Tensor> = named.into_iter().collect();
-    let bytes = safetensors::serialize(map.iter().map(|(k, v)| (k.as_str(), v)), None)
-        .map_err(|e| Error::bad_file(&args.out, e.to_string()))?;
-    candle_swag::atomic::write_file_atomic(&args.out, &bytes)?;
+    let flat: Vec<f32> = posterior.sample_flat_seeded(args.seed, &opts)?.to_vec1()?;
+    write_flat(&args.out, posterior.layout(), &flat)?;
     println!(
         "wrote a sample of {} parameters (scale {}, seed {}) to {}",
         posterior.layout().len(),
