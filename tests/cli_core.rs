@@ -210,3 +210,51 @@ fn argument_errors_are_one_line() {
     assert!(!ok);
     assert_one_line_error(&stderr, "many");
 }
+
+/// `--store disk` collects into the posterior file itself and samples by streaming it: the
+/// same file and the same sample, bit for bit, as the in-memory store, for each dtype.
+#[test]
+fn disk_store_collects_and_samples_the_same_bits() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
+    for (i, s) in [0.5f32, -1.0, 2.0, 0.25].iter().enumerate() {
+        checkpoint(
+            Path::new(&p(&format!("e{i}.safetensors"))),
+            [s * 1.0, 2.0, s * s, 4.0, 5.0 - s, 6.0],
+            [*s, 0.0, 1e3 * s],
+        );
+    }
+    let snaps: Vec<String> = (0..4).map(|i| p(&format!("e{i}.safetensors"))).collect();
+    for dtype in ["f32", "bf16", "f16"] {
+        let mut samples = Vec::new();
+        for store in ["device", "disk"] {
+            let out = p(&format!("{dtype}-{store}.safetensors"));
+            let mut args = vec!["collect", "--rank", "3", "--dtype", dtype, "--store", store];
+            args.extend(["--out", &out]);
+            args.extend(snaps.iter().map(String::as_str));
+            let (ok, _, stderr) = swag(&args);
+            assert!(ok, "{stderr}");
+            assert!(!Path::new(&p(&format!("{dtype}-{store}.partial"))).exists());
+            let sample = p(&format!("{dtype}-{store}-sample.safetensors"));
+            let (ok, _, stderr) = swag(&[
+                "sample",
+                "--posterior",
+                &out,
+                "--seed",
+                "7",
+                "--store",
+                store,
+                "--out",
+                &sample,
+            ]);
+            assert!(ok, "{stderr}");
+            samples.push(std::fs::read(&sample).unwrap());
+            let (ok, stdout, stderr) = swag(&["inspect", &out, "--store", store]);
+            assert!(ok && stdout.contains("3 of K = 3"), "{stdout}{stderr}");
+        }
+        assert_eq!(
+            samples[0], samples[1],
+            "{dtype}: disk and memory samples differ"
+        );
+    }
+}

@@ -2,6 +2,7 @@
 //!
 //! - [`SwagPosterior`] collects the moments and the deviation columns ([`posterior`]);
 //! - sampling and its conventions ([`sample`]), log-density ([`log_prob`]);
+//! - a posterior split by parameter ranges across devices or processes ([`shard`]);
 //! - where the deviation columns live and how they are encoded ([`store`]);
 //! - the posterior file format ([`mod@file`]); several posteriors sampled jointly ([`multi`]).
 
@@ -12,9 +13,11 @@ pub mod multi;
 pub(crate) mod noise;
 pub mod posterior;
 pub mod sample;
+pub mod shard;
 pub mod store;
 
 pub use multi::MultiSwag;
 pub use posterior::{SwagConfig, SwagPosterior};
 pub use sample::{Divisor, SampleConfig};
+pub use shard::{ShardEntry, ShardIndex, ShardSet};
 pub use store::DeviationStore;

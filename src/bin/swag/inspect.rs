@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use candle_core::Device;
-use candle_swag::swag::SwagPosterior;
+use candle_swag::swag::{ShardSet, SwagPosterior};
 use candle_swag::Result;
 
 use crate::store::StoreArg;
@@ -11,7 +11,7 @@ use crate::store::StoreArg;
 /// Arguments of `swag inspect`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Posterior file.
+    /// Posterior file, or a shard set's JSON index.
     posterior: PathBuf,
     /// `disk` streams the columns from the file instead of reading them into memory.
     #[arg(long, value_enum, default_value_t = StoreArg::Device)]
@@ -27,7 +27,38 @@ fn summary(xs: &[f32]) -> (f64, f64, f64, f64) {
     (mean, rms, min, max)
 }
 
+/// A shard set: one line per shard, then the totals.
+fn inspect_shards(args: &Args) -> Result<()> {
+    let set = ShardSet::load(&args.posterior, &Device::Cpu)?;
+    println!("shard set   {}", args.posterior.display());
+    println!(
+        "parameters  {} tensors, d = {}, in {} shards",
+        set.layout().len(),
+        set.layout().numel(),
+        set.shards().len()
+    );
+    println!(
+        "\n{:<28} {:>14} {:>10} {:>11} {:>9} {:>12}",
+        "file", "parameters", "d", "snapshots", "columns", "MiB"
+    );
+    for (e, p) in set.shards() {
+        println!(
+            "{:<28} {:>14} {:>10} {:>11} {:>9} {:>12.1}",
+            e.file.display(),
+            format!("{}..{}", e.first_param, e.first_param + e.params),
+            p.numel(),
+            p.n_collected(),
+            p.rows(),
+            p.state_bytes() as f64 / (1 << 20) as f64
+        );
+    }
+    Ok(())
+}
+
 pub fn run(args: Args) -> Result<()> {
+    if args.posterior.extension().is_some_and(|e| e == "json") {
+        return inspect_shards(&args);
+    }
     let p = SwagPosterior::load_with_store(
         &args.posterior,
         &Device::Cpu,
