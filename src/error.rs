@@ -95,8 +95,8 @@ pub enum Error {
         reason: String,
     },
 
-    /// JSON (de)serialisation of a report or a run directory failed (feature `report`).
-    #[cfg(feature = "report")]
+    /// JSON (de)serialisation failed: a posterior header, a shard index, a report or a run
+    /// directory.
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),
 }

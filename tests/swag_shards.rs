@@ -90,6 +90,8 @@ fn whole_and_shards(
 
 #[test]
 fn sharded_samples_equal_the_whole_posteriors_bit_for_bit() {
+    // One shard (the whole layout), two and three of uneven sizes.
+    #[allow(clippy::single_range_in_vec_init)]
     let splits: [&[std::ops::Range<usize>]; 3] = [&[0..6], &[0..1, 1..6], &[0..3, 3..4, 4..6]];
     for (n, cuts) in splits.iter().enumerate() {
         for dt in [DType::F32, DType::F16] {

@@ -135,7 +135,7 @@ fn a_disk_posterior_goes_on_collecting_after_a_save() {
     let path = dir.path().join("p.safetensors");
     let lay = layout();
     let whole = collected(DeviationStore::Device, DType::F32, 3, 8);
-    let mut disk = collected(DeviationStore::Disk(path.clone()), DType::F32, 3, 2);
+    let disk = collected(DeviationStore::Disk(path.clone()), DType::F32, 3, 2);
     disk.save(&path).unwrap();
     drop(disk);
     let mut disk =

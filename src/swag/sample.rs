@@ -298,9 +298,17 @@ impl SwagPosterior {
                 m2: &m2_row[range.clone()],
             };
             match &self.columns {
-                Columns::Memory(buffer) => {
-                    sample_from_memory(param, buffer, &rows, entry.offset, &z2, coef, noise)?
-                }
+                Columns::Memory(buffer) => sample_from_memory(
+                    param,
+                    buffer,
+                    entry.offset,
+                    KernelArgs {
+                        rows: &rows,
+                        z2: &z2,
+                        coef,
+                        noise,
+                    },
+                )?,
                 Columns::Disk(disk) => {
                     // One noise block per task, in parallel: each task reads its rows' slice
                     // (K · 64 KiB for f32) with positioned reads and runs the kernel on it while
@@ -414,28 +422,35 @@ struct ParamSlices<'a> {
     m2: &'a [f32],
 }
 
-/// The fused kernel for one parameter reading its rows from an in-memory CPU buffer.
+/// What the fused kernel takes for every parameter of one sample.
+#[derive(Clone, Copy)]
+struct KernelArgs<'a> {
+    /// Physical rows, oldest first (empty for a diagonal sample).
+    rows: &'a [usize],
+    /// Low-rank weights, scales folded in.
+    z2: &'a [f32],
+    coef: SampleCoefficients,
+    noise: NoiseSource,
+}
+
+/// The fused kernel for one parameter (at `offset` in the flat vector) reading its rows from
+/// an in-memory CPU buffer.
 fn sample_from_memory(
     param: ParamSlices<'_>,
     buffer: &Tensor,
-    rows: &[usize],
     offset: usize,
-    z2: &[f32],
-    coef: SampleCoefficients,
-    noise: NoiseSource,
+    args: KernelArgs<'_>,
 ) -> Result<()> {
     fn run<E: DeviationElem>(
         param: ParamSlices<'_>,
         dev: &[E],
         d: usize,
-        rows: &[usize],
         offset: usize,
-        z2: &[f32],
-        coef: SampleCoefficients,
-        noise: NoiseSource,
+        args: KernelArgs<'_>,
     ) {
         let len = param.out.len();
-        let dev_rows: Vec<&[E]> = rows
+        let dev_rows: Vec<&[E]> = args
+            .rows
             .iter()
             .map(|&r| &dev[r * d + offset..r * d + offset + len])
             .collect();
@@ -445,9 +460,9 @@ fn sample_from_memory(
                 mean: param.mean,
                 m2: param.m2,
                 dev_rows: &dev_rows,
-                z2,
-                coef,
-                noise,
+                z2: args.z2,
+                coef: args.coef,
+                noise: args.noise,
             },
         );
     }
@@ -455,15 +470,9 @@ fn sample_from_memory(
     let (storage, layout) = buffer.storage_and_layout();
     let range = kernels::contiguous_range(layout, "deviations")?;
     match &*storage {
-        candle_core::Storage::Cpu(CpuStorage::F32(v)) => {
-            run(param, &v[range], d, rows, offset, z2, coef, noise)
-        }
-        candle_core::Storage::Cpu(CpuStorage::BF16(v)) => {
-            run(param, &v[range], d, rows, offset, z2, coef, noise)
-        }
-        candle_core::Storage::Cpu(CpuStorage::F16(v)) => {
-            run(param, &v[range], d, rows, offset, z2, coef, noise)
-        }
+        candle_core::Storage::Cpu(CpuStorage::F32(v)) => run(param, &v[range], d, offset, args),
+        candle_core::Storage::Cpu(CpuStorage::BF16(v)) => run(param, &v[range], d, offset, args),
+        candle_core::Storage::Cpu(CpuStorage::F16(v)) => run(param, &v[range], d, offset, args),
         _ => {
             return Err(Error::invalid(
                 "deviations",
