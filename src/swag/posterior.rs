@@ -728,6 +728,21 @@ mod tests {
                 0.0
             );
             assert_eq!(fused.deviation_scales(), ops.deviation_scales());
+            // Host memory (what a GPU model uses): the tensor-op path copies each column to
+            // the host and encodes it there; the same bits.
+            let cfg = fused.config().clone().with_store(DeviationStore::Host);
+            let mut host_ops = SwagPosterior::new(layout.clone(), cfg, &Device::Cpu).unwrap();
+            for s in 0..5 {
+                host_ops.collect_with_tensor_ops(&theta(s, 13)).unwrap();
+            }
+            assert_eq!(
+                host(fused.moments.copy().unwrap()),
+                host(host_ops.moments.copy().unwrap())
+            );
+            assert_eq!(
+                diff(fused.deviations().unwrap(), host_ops.deviations().unwrap()),
+                0.0
+            );
             assert_eq!(fused.rows(), 3);
             assert_eq!(ops.rows(), 3);
         }
