@@ -16,6 +16,7 @@ use safetensors::tensor::{Dtype, TensorInfo};
 
 use crate::error::{Error, Result};
 use crate::layout::ParamLayout;
+use crate::swag::file::read_safetensors_header;
 
 /// Bytes read at a time.
 const PIECE: usize = 1 << 20;
@@ -29,44 +30,24 @@ pub struct CheckpointHeader {
 impl CheckpointHeader {
     /// Reads the header of the safetensors file at `path` (not its data).
     pub fn read(path: &Path) -> Result<Self> {
-        let bad = |r: String| {
-            Error::bad_file(path, format!("not a readable safetensors checkpoint: {r}"))
-        };
         if !path.exists() {
             return Err(Error::bad_file(path, "file not found"));
         }
-        let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
-        let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
-        let mut n = [0u8; 8];
-        f.read_exact(&mut n)
-            .map_err(|_| bad("shorter than 8 bytes".into()))?;
-        let n = u64::from_le_bytes(n);
-        if n > 100_000_000 || n + 8 > len {
-            return Err(bad(format!("header of {n} bytes in a file of {len}")));
-        }
-        let mut header = vec![0u8; n as usize];
-        f.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
-        let meta: safetensors::tensor::Metadata =
-            serde_json::from_slice(&header).map_err(|e| bad(format!("unreadable header: {e}")))?;
-        let tensors: HashMap<String, TensorInfo> = meta
-            .tensors()
-            .into_iter()
-            .map(|(k, v)| (k, v.clone()))
-            .collect();
-        let end = tensors
-            .values()
-            .map(|t| t.data_offsets.1)
-            .max()
-            .unwrap_or(0) as u64;
-        if 8 + n + end > len {
-            return Err(bad(format!(
-                "truncated: the header describes {} bytes, the file has {len}",
-                8 + n + end
-            )));
+        let what = "not a readable safetensors checkpoint";
+        let h = read_safetensors_header(path, what)?;
+        if h.data_start + h.data_len > h.file_len {
+            return Err(Error::bad_file(
+                path,
+                format!(
+                    "{what}: truncated: the header describes {} bytes, the file has {}",
+                    h.data_start + h.data_len,
+                    h.file_len
+                ),
+            ));
         }
         Ok(Self {
-            tensors,
-            data_start: 8 + n,
+            tensors: h.tensors,
+            data_start: h.data_start,
         })
     }
 

@@ -375,34 +375,37 @@ struct Container {
     data_start: u64,
 }
 
-fn read_container(path: &Path) -> Result<Container> {
-    let bad = |reason: String| Error::bad_file(path, reason);
+/// A safetensors file's header: its metadata, its tensor table (offsets checked to be
+/// contiguous and to match each tensor's size) and where the data starts, with the open file.
+/// Shared by the posterior loader and the checkpoint reader (`io::checkpoint`); `what` starts
+/// each error ("not a readable safetensors file", "… checkpoint").
+pub(crate) struct SafetensorsHeader {
+    pub(crate) file: File,
+    pub(crate) file_len: u64,
+    pub(crate) meta: Option<HashMap<String, String>>,
+    pub(crate) tensors: HashMap<String, TensorInfo>,
+    pub(crate) data_start: u64,
+    /// End of the last tensor, in bytes from `data_start`.
+    pub(crate) data_len: u64,
+}
+
+pub(crate) fn read_safetensors_header(path: &Path, what: &str) -> Result<SafetensorsHeader> {
+    let bad = |reason: String| Error::bad_file(path, format!("{what}: {reason}"));
     let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
     let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut len_bytes = [0u8; 8];
-    file.read_exact(&mut len_bytes).map_err(|_| {
-        bad(
-            "not a readable safetensors file (truncated or corrupted?): shorter than 8 bytes"
-                .into(),
-        )
-    })?;
+    file.read_exact(&mut len_bytes)
+        .map_err(|_| bad("shorter than 8 bytes".into()))?;
     let n = u64::from_le_bytes(len_bytes);
     if n > MAX_HEADER || n + 8 > file_len {
-        return Err(bad(format!(
-            "not a readable safetensors file (truncated or corrupted?): header of {n} bytes in a file of {file_len}"
-        )));
+        return Err(bad(format!("header of {n} bytes in a file of {file_len}")));
     }
     let mut header = vec![0u8; n as usize];
     file.read_exact(&mut header)
         .map_err(|e| Error::io(path, e))?;
-    let text = std::str::from_utf8(&header)
-        .map_err(|_| bad("not a readable safetensors file: the header is not UTF-8".into()))?;
-    let parsed: safetensors::tensor::Metadata =
-        serde_json::from_str(text.trim_end()).map_err(|e| {
-            bad(format!(
-                "not a readable safetensors file: unreadable header: {e}"
-            ))
-        })?;
+    let text = std::str::from_utf8(&header).map_err(|_| bad("the header is not UTF-8".into()))?;
+    let parsed: safetensors::tensor::Metadata = serde_json::from_str(text.trim_end())
+        .map_err(|e| bad(format!("unreadable header: {e}")))?;
     let mut tensors: Vec<(String, TensorInfo)> = parsed
         .tensors()
         .into_iter()
@@ -418,9 +421,22 @@ fn read_container(path: &Path) -> Result<Container> {
         }
         end = e;
     }
-    let meta = parsed
-        .metadata()
-        .clone()
+    Ok(SafetensorsHeader {
+        file,
+        file_len,
+        meta: parsed.metadata().clone(),
+        tensors: tensors.into_iter().collect(),
+        data_start: 8 + n,
+        data_len: end as u64,
+    })
+}
+
+fn read_container(path: &Path) -> Result<Container> {
+    let bad = |reason: String| Error::bad_file(path, reason);
+    let what = "not a readable safetensors file (truncated or corrupted?)";
+    let h = read_safetensors_header(path, what)?;
+    let meta = h
+        .meta
         .ok_or_else(|| bad("no metadata: not a candle-swag posterior".into()))?;
     // Before the length check: a disk posterior's file grows while it collects.
     if meta.get("state").map(String::as_str) == Some(STATE_COLLECTING) {
@@ -430,19 +446,19 @@ fn read_container(path: &Path) -> Result<Container> {
                 .into(),
         ));
     }
-    let data_start = 8 + n;
-    if data_start + end as u64 != file_len {
+    if h.data_start + h.data_len != h.file_len {
         return Err(bad(format!(
-            "not a readable safetensors file (truncated or corrupted?): the header describes {} bytes, the file has {file_len}",
-            data_start + end as u64
+            "{what}: the header describes {} bytes, the file has {}",
+            h.data_start + h.data_len,
+            h.file_len
         )));
     }
     Ok(Container {
         path: path.to_path_buf(),
-        file: Some(file),
+        file: Some(h.file),
         meta,
-        tensors: tensors.into_iter().collect(),
-        data_start,
+        tensors: h.tensors,
+        data_start: h.data_start,
     })
 }
 
@@ -639,15 +655,7 @@ impl SwagPosterior {
     pub(crate) fn stored_row_bytes(&self, r: usize) -> Result<Vec<u8>> {
         match &self.columns {
             Columns::Memory(t) => tensor_bytes(&t.get(r)?),
-            Columns::Disk(disk) => {
-                let fl = &disk.layout;
-                let mut buf = vec![0u8; fl.row_bytes() as usize];
-                let mut f = &disk.file;
-                f.seek(SeekFrom::Start(fl.row_offset(r)))
-                    .and_then(|_| f.read_exact(&mut buf))
-                    .map_err(|e| Error::io(disk.path(), e))?;
-                Ok(buf)
-            }
+            Columns::Disk(disk) => disk.read_row(r),
         }
     }
 
@@ -883,15 +891,8 @@ fn load_legacy(
     p.legacy_variance = legacy;
     let row_bytes = d * dt.size_in_bytes();
     for r in 0..rows {
-        p.columns.write_row(
-            r,
-            &super::store::EncodedColumn {
-                bytes: dev[r * row_bytes..(r + 1) * row_bytes].to_vec(),
-                scale: 1.0,
-                flushed: 0,
-            },
-            dt,
-        )?;
+        p.columns
+            .write_row(r, &dev[r * row_bytes..(r + 1) * row_bytes], dt)?;
     }
     p.n_collected = n_collected;
     p.rows = rows;
@@ -981,15 +982,7 @@ fn load_v3(mut c: Container, device: &Device, store: DeviationStore) -> Result<S
         digests.push(dg.clone());
         row_digests.push(Some(dg));
         if !in_place {
-            p.columns.write_row(
-                r,
-                &super::store::EncodedColumn {
-                    bytes,
-                    scale: 1.0,
-                    flushed: 0,
-                },
-                dt,
-            )?;
+            p.columns.write_row(r, &bytes, dt)?;
         }
     }
     let actual = combine(&digests.iter().collect::<Vec<_>>());

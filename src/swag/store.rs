@@ -186,21 +186,21 @@ pub(crate) enum Columns {
 }
 
 impl Columns {
-    /// Writes an encoded column into physical row `slot`.
-    pub(crate) fn write_row(
-        &mut self,
-        slot: usize,
-        col: &EncodedColumn,
-        dtype: DType,
-    ) -> Result<()> {
+    /// Writes one row's stored bytes (already encoded, as read from a file) into physical row
+    /// `slot` of in-memory columns. A disk posterior's rows are only written by collection
+    /// ([`Columns::store`]), so this refuses one.
+    pub(crate) fn write_row(&mut self, slot: usize, bytes: &[u8], dtype: DType) -> Result<()> {
         match self {
             Columns::Memory(t) => {
                 let d = t.dim(1)?;
-                let row = Tensor::from_raw_buffer(&col.bytes, dtype, &[1, d], t.device())?;
+                let row = Tensor::from_raw_buffer(bytes, dtype, &[1, d], t.device())?;
                 t.slice_set(&row, 0, slot)?;
                 Ok(())
             }
-            Columns::Disk(disk) => disk.write_bytes(slot, &col.bytes),
+            Columns::Disk(disk) => Err(Error::bad_file(
+                disk.path(),
+                "a disk posterior's rows are written by collecting, not copied in",
+            )),
         }
     }
 
@@ -210,7 +210,7 @@ impl Columns {
         match self {
             Columns::Memory(_) => {
                 let encoded = encode_column(col, dtype)?;
-                self.write_row(slot, &encoded, dtype)?;
+                self.write_row(slot, &encoded.bytes, dtype)?;
                 Ok((encoded.scale, encoded.flushed))
             }
             Columns::Disk(disk) => disk.write_column(slot, col, dtype),
@@ -297,24 +297,6 @@ impl DiskColumns {
         self.row_digests[slot] = Some(digest);
     }
 
-    /// Writes one row's bytes, already encoded, at its place in the file.
-    pub(crate) fn write_bytes(&mut self, slot: usize, bytes: &[u8]) -> Result<()> {
-        if bytes.len() as u64 != self.layout.row_bytes() {
-            return Err(Error::invalid(
-                "deviations",
-                format!(
-                    "a row of {} bytes, expected {}",
-                    bytes.len(),
-                    self.layout.row_bytes()
-                ),
-            ));
-        }
-        self.begin_row(slot)?;
-        self.file.write_all(bytes).map_err(|e| self.io(e))?;
-        self.finish_row(slot, BufferDigest::of(bytes));
-        Ok(())
-    }
-
     /// Encodes an f32 column and writes it at row `slot`, one checksum chunk (1 MiB) at a
     /// time, digesting as it goes: no second copy of the column is made.
     pub(crate) fn write_column(
@@ -384,6 +366,18 @@ impl DiskColumns {
             decode_into(bytes, dtype, out);
         }
         Ok(())
+    }
+
+    /// The stored bytes of physical row `r`.
+    pub(crate) fn read_row(&self, r: usize) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; self.layout.row_bytes() as usize];
+        read_exact_at(&self.file, &mut buf, self.layout.row_offset(r)).map_err(|e| {
+            Error::bad_file(
+                &self.path,
+                format!("cannot read deviation row {r} (truncated file?): {e}"),
+            )
+        })?;
+        Ok(buf)
     }
 
     /// The file's path.
