@@ -681,3 +681,54 @@ fn bad_inputs_and_settings_are_refused() {
     let err = bn.forward_t(&rank1, true).unwrap_err().to_string();
     assert!(err.contains("xs") && err.contains("[4]"), "{err}");
 }
+
+/// The moving-average fallback follows the layer's own rule
+/// `running ← (1 − m)·running + m·batch` batch after batch, `passes` times over the data,
+/// starting from the statistics the layer had: here candle-nn's layer (m = 0.1) with stale
+/// statistics, two batches, one and two passes, against the recursion written out in f64.
+#[test]
+fn moving_average_fallback_follows_the_layer_momentum() {
+    let device = Device::Cpu;
+    let data = Tensor::new(
+        &[[1f32, 10.0], [3.0, 14.0], [-2.0, 0.5], [0.0, 1.5]],
+        &device,
+    )
+    .unwrap();
+    // Batch means (2, 12), (−1, 1); unbiased variances (2, 8), (2, 0.5).
+    let batch_stats = [([2.0, 12.0], [2.0, 8.0]), ([-1.0, 1.0], [2.0, 0.5])];
+    for passes in [1usize, 2] {
+        let bn = candle_nn::BatchNorm::new(
+            2,
+            Tensor::new(&[9f32, -9.0], &device).unwrap(),
+            Tensor::new(&[4f32, 4.0], &device).unwrap(),
+            Tensor::new(&[1f32, 1.0], &device).unwrap(),
+            Tensor::new(&[0f32, 0.0], &device).unwrap(),
+            1e-5,
+        )
+        .unwrap();
+        let model =
+            candle_swag::predictive::forward_fn(|xs: &Tensor, t: bool| bn.forward_t(xs, t));
+        let r = BatchNormRefresh::moving_average(
+            candle_swag::predictive::batches(&data, 2).unwrap(),
+            passes,
+        )
+        .unwrap();
+        assert_eq!(r.run(&model).unwrap(), 2);
+        let (mut mean, mut var) = ([9.0f64, -9.0], [4.0f64, 4.0]);
+        for _ in 0..passes {
+            for (bm, bv) in &batch_stats {
+                for c in 0..2 {
+                    mean[c] = 0.9 * mean[c] + 0.1 * bm[c];
+                    var[c] = 0.9 * var[c] + 0.1 * bv[c];
+                }
+            }
+        }
+        assert_all_close(&vec1(bn.running_mean()), &mean, 1e-6, "moving-average mean");
+        assert_all_close(&vec1(bn.running_var()), &var, 1e-6, "moving-average var");
+    }
+    let batches = candle_swag::predictive::batches(&data, 2).unwrap();
+    assert_eq!(
+        invalid_name(BatchNormRefresh::moving_average(batches, 0)),
+        "passes"
+    );
+}
