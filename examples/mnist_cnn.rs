@@ -10,6 +10,17 @@
 //! K = 20. Prediction: S = 30 samples at scale 0.5, BatchNorm refreshed exactly on the
 //! training images (one pass, batch 64) after each sample.
 //!
+//! Independent work runs concurrently, each job on its own thread: the training runs of
+//! MultiSWAG, then the methods (each predicts with its own copy of the network, so the methods
+//! never share a `Var`). With `RAYON_NUM_THREADS` unset the example sets it to 1, so that candle
+//! runs every op on the thread that calls it: on this small net candle's own op-level threads
+//! keep two cores only ~60% busy, while independent jobs keep them full. `--jobs 1` runs one
+//! job at a time with candle's default threads instead.
+//!
+//! `--bn-fallback` also measures the moving-average BatchNorm refresh (the fallback for layers
+//! that cannot be listed, `BatchNormRefresh::moving_average`) against the exact one: the
+//! statistics' relative error at the SWA mean, and SWAG's scores with the fallback.
+//!
 //! ```text
 //! cargo run --release --example mnist_cnn -- --seeds 3
 //! cargo run --release --example mnist_cnn -- --seeds 1 --epochs 2 --swag-start 1 --train-limit 512 --samples 4 --multi-runs 2   # CI
@@ -76,6 +87,13 @@ struct Args {
     /// Run on the CPU even when a GPU is available.
     #[arg(long)]
     cpu: bool,
+    /// How many jobs (training runs, prediction methods) run at once, each on its own thread;
+    /// 0: all of them.
+    #[arg(long, default_value_t = 0)]
+    jobs: usize,
+    /// Also measure the moving-average BatchNorm refresh against the exact one.
+    #[arg(long)]
+    bn_fallback: bool,
 }
 
 const BATCH: usize = 64;
@@ -151,66 +169,95 @@ struct TestSet {
     images: IdxImages,
 }
 
-struct Run {
+/// One network with its variables: the VarMap holds the parameters and the BatchNorm running
+/// statistics, the ParamSet the trainable parameters (what SWAG models).
+struct Model {
     varmap: VarMap,
     net: Net,
     params: ParamSet,
-    full: SwagPosterior,
-    partial: Option<(ParamSet, SwagPosterior)>,
-    last_sgd: Tensor,
 }
 
+impl Model {
+    fn new(device: &Device) -> Result<Self> {
+        let varmap = VarMap::new();
+        let net = Net::new(VarBuilder::from_varmap(&varmap, DType::F32, device))?;
+        let params = ParamSet::from_varmap(&varmap)?;
+        Ok(Self {
+            varmap,
+            net,
+            params,
+        })
+    }
+
+    /// A new network holding a copy of this one's variables (parameters and BatchNorm
+    /// statistics), so that another thread can write weight samples into it.
+    fn replica(&self, device: &Device) -> Result<Self> {
+        let copy = Self::new(device)?;
+        let from = self.varmap.data().lock().unwrap_or_else(|e| e.into_inner());
+        let to = copy.varmap.data().lock().unwrap_or_else(|e| e.into_inner());
+        for (name, var) in from.iter() {
+            let target = to.get(name).ok_or_else(|| {
+                Error::LayoutMismatch(format!("replica has no variable `{name}`"))
+            })?;
+            target.set(var.as_tensor())?;
+        }
+        drop(to);
+        Ok(copy)
+    }
+}
+
+struct Run {
+    model: Model,
+    full: SwagPosterior,
+    partial: Option<SwagPosterior>,
+    last_sgd: Tensor,
+    /// Seconds spent collecting SWAG moments in this run.
+    collect_seconds: f64,
+}
+
+/// Wall times of one seed's phases.
 #[derive(Default, Clone, Copy)]
 struct Timing {
+    /// Training all runs (concurrently with `--jobs` other than 1), collection included.
     train: f64,
+    /// SWAG collection, summed over the runs.
     collect: f64,
+    /// Every method's prediction with BatchNorm refresh, on every test set.
     bma: f64,
 }
 
-fn train_run(
-    args: &Args,
-    x: &Tensor,
-    y: &Tensor,
-    seed: u64,
-    device: &Device,
-    timing: &mut Timing,
-) -> Result<Run> {
-    let varmap = VarMap::new();
-    let net = Net::new(VarBuilder::from_varmap(&varmap, DType::F32, device))?;
-    let params = ParamSet::from_varmap(&varmap)?;
-    init_weights(&params, seed)?;
-    let mut full = SwagPosterior::for_params(&params, SwagConfig::with_rank(20))?;
-    let mut partial = if args.swag_prefixes.is_empty() {
-        None
-    } else {
-        let names: Vec<&str> = args.swag_prefixes.iter().map(String::as_str).collect();
-        let sub = params.select_prefix(&names)?;
-        let post = SwagPosterior::for_params(&sub, SwagConfig::with_rank(20))?;
-        Some((sub, post))
+fn train_run(args: &Args, x: &Tensor, y: &Tensor, seed: u64, device: &Device) -> Result<Run> {
+    let model = Model::new(device)?;
+    let params = &model.params;
+    init_weights(params, seed)?;
+    let mut full = SwagPosterior::for_params(params, SwagConfig::with_rank(20))?;
+    let sub = partial_params(args, params)?;
+    let mut partial = match &sub {
+        Some(sub) => Some(SwagPosterior::for_params(sub, SwagConfig::with_rank(20))?),
+        None => None,
     };
     let mut opt = SgdMomentum::new(params.vars().to_vec(), SgdConfig::new(0.05, 0.9, 5e-4)?)?;
     let n = x.dims()[0];
     let mut order: Vec<u32> = (0..n as u32).collect();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed_5eed);
+    let mut collect_seconds = 0.0;
     for epoch in 0..args.epochs {
-        let t = Instant::now();
         order.shuffle(&mut rng);
         for chunk in order.chunks(BATCH) {
             let idx = Tensor::new(chunk, device)?;
             let xb = x.index_select(&idx, 0)?;
             let yb = y.index_select(&idx, 0)?;
-            let logits = net.forward_t(&xb, true)?;
+            let logits = model.net.forward_t(&xb, true)?;
             let loss = candle_nn::loss::cross_entropy(&logits, &yb)?;
             opt.backward_step(&loss)?;
         }
-        timing.train += t.elapsed().as_secs_f64();
         if epoch >= args.swag_start {
             let t = Instant::now();
-            full.collect(&params)?;
-            if let Some((sub, post)) = partial.as_mut() {
+            full.collect(params)?;
+            if let (Some(sub), Some(post)) = (&sub, partial.as_mut()) {
                 post.collect(sub)?;
             }
-            timing.collect += t.elapsed().as_secs_f64();
+            collect_seconds += t.elapsed().as_secs_f64();
         }
     }
     if full.n_collected() < 2 {
@@ -226,13 +273,165 @@ fn train_run(
     }
     let last_sgd = params.flatten()?;
     Ok(Run {
-        varmap,
-        net,
-        params,
+        model,
         full,
         partial,
         last_sgd,
+        collect_seconds,
     })
+}
+
+/// The parameters of partial SWAG (`--swag-prefix`), if asked.
+fn partial_params(args: &Args, params: &ParamSet) -> Result<Option<ParamSet>> {
+    if args.swag_prefixes.is_empty() {
+        return Ok(None);
+    }
+    let names: Vec<&str> = args.swag_prefixes.iter().map(String::as_str).collect();
+    Ok(Some(params.select_prefix(&names)?))
+}
+
+/// Where a method's weights come from.
+#[derive(Clone, Copy)]
+enum Weights {
+    Sgd,
+    Swa,
+    SwagDiag,
+    Swag,
+    /// SWAG over the `--swag-prefix` parameters only.
+    Partial,
+    MultiSwag,
+    /// SWAG with the moving-average BatchNorm refresh instead of the exact one.
+    SwagMovingAverageBn,
+}
+
+/// What every prediction job reads.
+struct Shared<'a> {
+    args: &'a Args,
+    runs: &'a [Run],
+    x_train: &'a Tensor,
+    x_test: &'a Tensor,
+    device: &'a Device,
+    sample_seed: u64,
+}
+
+/// One method's BMA probabilities `[rows of all test sets, classes]`, flattened, computed on a
+/// copy of run 0's network (run 0 is the SWAG run; MultiSWAG adds the others' posteriors).
+fn predict(job: Weights, sh: &Shared) -> Result<Vec<f32>> {
+    let main = &sh.runs[0];
+    let model = main.model.replica(sh.device)?;
+    let params = &model.params;
+    let train_batches = batches(sh.x_train, BATCH)?;
+    let refresh = match job {
+        Weights::SwagMovingAverageBn => BatchNormRefresh::moving_average(train_batches, 1)?,
+        _ => BatchNormRefresh::new(
+            BatchNormStats::from_varmap(&model.varmap, 0.1)?,
+            train_batches,
+        ),
+    };
+    let scale = SampleConfig::with_scale(0.5)?;
+    let (s, seed) = (sh.args.samples, sh.sample_seed);
+    let sub;
+    let multi;
+    let predictive = match job {
+        Weights::Sgd => Predictive::point(params, &main.last_sgd)?,
+        Weights::Swa => Predictive::swa(params, &main.full)?,
+        Weights::SwagDiag => {
+            Predictive::swag(params, &main.full, scale.with_diag_only(true), s, seed)?
+        }
+        Weights::Swag | Weights::SwagMovingAverageBn => {
+            Predictive::swag(params, &main.full, scale, s, seed)?
+        }
+        Weights::Partial => {
+            sub = partial_params(sh.args, params)?
+                .ok_or_else(|| Error::invalid("swag-prefix", "no prefix given"))?;
+            let post = main
+                .partial
+                .as_ref()
+                .ok_or_else(|| Error::invalid("swag-prefix", "no partial posterior"))?;
+            Predictive::swag(&sub, post, scale, s, seed)?
+        }
+        Weights::MultiSwag => {
+            multi = MultiSwag::new(sh.runs.iter().map(|r| &r.full).collect::<Vec<_>>())?;
+            Predictive::multi_swag(params, &multi, scale, s, seed)?
+        }
+    };
+    let out = predictive
+        .with_refresh(refresh)
+        .classify(&model.net, batches(sh.x_test, 100)?)?;
+    Ok(out.probs.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
+}
+
+/// Relative error of the moving-average refresh (1 and 2 passes, starting from the statistics
+/// left by training) against the exact refresh, at the SWA mean: per layer,
+/// `‖mean_ma − mean_exact‖ / ‖mean_exact‖` and the same for the variances.
+fn fallback_error(sh: &Shared) -> Result<Vec<(usize, String, f64, f64)>> {
+    let main = &sh.runs[0];
+    let model = main.model.replica(sh.device)?;
+    model.params.write_flat(&main.full.mean()?)?;
+    let layers = BatchNormStats::from_varmap(&model.varmap, 0.1)?;
+    let read = |l: &BatchNormStats| -> Result<(Vec<f64>, Vec<f64>)> {
+        let host = |v: &candle_core::Var| -> Result<Vec<f64>> {
+            Ok(v.as_tensor().to_dtype(DType::F64)?.to_vec1()?)
+        };
+        Ok((host(l.running_mean())?, host(l.running_var())?))
+    };
+    let trained: Vec<_> = layers.iter().map(read).collect::<Result<_>>()?;
+    BatchNormRefresh::new(layers.clone(), batches(sh.x_train, BATCH)?).run(&model.net)?;
+    let exact: Vec<_> = layers.iter().map(read).collect::<Result<_>>()?;
+    let rel = |a: &[f64], b: &[f64]| {
+        let num: f64 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum();
+        let den: f64 = b.iter().map(|y| y * y).sum();
+        (num / den).sqrt()
+    };
+    let mut errors = Vec::new();
+    for passes in [1, 2] {
+        for (l, (m, v)) in layers.iter().zip(&trained) {
+            l.running_mean()
+                .set(&Tensor::new(m.as_slice(), sh.device)?.to_dtype(DType::F32)?)?;
+            l.running_var()
+                .set(&Tensor::new(v.as_slice(), sh.device)?.to_dtype(DType::F32)?)?;
+        }
+        BatchNormRefresh::moving_average(batches(sh.x_train, BATCH)?, passes)?.run(&model.net)?;
+        for (l, (em, ev)) in layers.iter().zip(&exact) {
+            let (m, v) = read(l)?;
+            errors.push((passes, l.name().to_string(), rel(&m, em), rel(&v, ev)));
+        }
+    }
+    Ok(errors)
+}
+
+type Job<'a, T> = Box<dyn FnOnce() -> Result<T> + Send + 'a>;
+
+/// Runs `jobs`, at most `threads` at once (0: all), each on a thread of its own; the results
+/// come back in the jobs' order, the first error wins.
+fn run_jobs<T: Send>(threads: usize, jobs: Vec<Job<'_, T>>) -> Result<Vec<T>> {
+    let n = jobs.len();
+    let threads = if threads == 0 { n } else { threads.min(n) };
+    let queue = std::sync::Mutex::new(jobs.into_iter().enumerate().collect::<Vec<_>>());
+    let results = std::sync::Mutex::new((0..n).map(|_| None).collect::<Vec<Option<Result<T>>>>());
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let next = {
+                    let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
+                    if q.is_empty() {
+                        None
+                    } else {
+                        Some(q.remove(0))
+                    }
+                };
+                let Some((i, job)) = next else { break };
+                let r = job();
+                results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r);
+            });
+        }
+    });
+    results
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(Error::invalid("jobs", "a job did not run"))))
+        .collect()
 }
 
 /// Metrics of one (seed, method, set).
@@ -254,6 +453,10 @@ fn run() -> Result<()> {
             "samples/multi-runs/seeds",
             "must each be at least 1",
         ));
+    }
+    if args.jobs != 1 && std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        // Before any thread exists (candle reads it at each op; see the module docs).
+        std::env::set_var("RAYON_NUM_THREADS", "1");
     }
     let device = if args.cpu {
         Device::Cpu
@@ -315,84 +518,78 @@ fn run() -> Result<()> {
         sets.iter().map(|s| ReportBuilder::new(&s.name)).collect();
     let mut timings = Vec::new();
     let mut memory: Vec<(String, usize)> = Vec::new();
+    let mut fallback = Vec::new();
     for seed in args.first_seed..args.first_seed + args.seeds {
         let mut timing = Timing::default();
-        let runs = (0..args.multi_runs)
-            .map(|r| {
-                train_run(
-                    &args,
-                    &x_train,
-                    &y_train,
-                    seed * 1000 + r as u64,
-                    &device,
-                    &mut timing,
-                )
-            })
-            .collect::<Result<Vec<_>>>()?;
         let t = Instant::now();
-        let main = &runs[0];
-        // MultiSWAG: each run's posterior lives on its own net; its samples are written into
-        // run 0's parameters (same layout), so one net and one refresh serve all of them.
-        let multi = MultiSwag::new(runs.iter().map(|r| &r.full).collect::<Vec<_>>())?;
-        let bn = BatchNormStats::from_varmap(&main.varmap, 0.1)?;
-        let refresh = BatchNormRefresh::new(bn, batches(&x_train, BATCH)?);
-        let sample_seed = seed * 7919 + 17;
-        let scale = SampleConfig::with_scale(0.5)?;
-        let diag = scale.with_diag_only(true);
-        let mut methods: Vec<(String, Predictive)> = vec![
-            (
-                "SGD".into(),
-                Predictive::point(&main.params, &main.last_sgd)?.with_refresh(refresh.clone()),
-            ),
-            (
-                "SWA".into(),
-                Predictive::swa(&main.params, &main.full)?.with_refresh(refresh.clone()),
-            ),
-            (
-                "SWAG-diag".into(),
-                Predictive::swag(&main.params, &main.full, diag, args.samples, sample_seed)?
-                    .with_refresh(refresh.clone()),
-            ),
-            (
-                "SWAG".into(),
-                Predictive::swag(&main.params, &main.full, scale, args.samples, sample_seed)?
-                    .with_refresh(refresh.clone()),
-            ),
+        let training: Vec<Job<Run>> = (0..args.multi_runs as u64)
+            .map(|r| {
+                let (args, x, y, device) = (&args, &x_train, &y_train, &device);
+                Box::new(move || train_run(args, x, y, seed * 1000 + r, device)) as Job<Run>
+            })
+            .collect();
+        let runs = run_jobs(args.jobs, training)?;
+        timing.train = t.elapsed().as_secs_f64();
+        timing.collect = runs.iter().map(|r| r.collect_seconds).sum();
+
+        let t = Instant::now();
+        let mut methods = vec![
+            ("SGD".to_string(), Weights::Sgd),
+            ("SWA".into(), Weights::Swa),
+            ("SWAG-diag".into(), Weights::SwagDiag),
+            ("SWAG".into(), Weights::Swag),
         ];
-        if let Some((sub, post)) = &main.partial {
-            methods.push((
-                format!("SWAG ({})", args.swag_prefixes.join(",")),
-                Predictive::swag(sub, post, scale, args.samples, sample_seed)?
-                    .with_refresh(refresh.clone()),
-            ));
+        if runs[0].partial.is_some() {
+            let name = format!("SWAG ({})", args.swag_prefixes.join(","));
+            methods.push((name, Weights::Partial));
         }
         methods.push((
             format!("MultiSWAG ({} runs)", args.multi_runs),
-            Predictive::multi_swag(&main.params, &multi, scale, args.samples, sample_seed)?
-                .with_refresh(refresh.clone()),
+            Weights::MultiSwag,
         ));
+        if args.bn_fallback {
+            methods.push((
+                "SWAG (BN moving average)".into(),
+                Weights::SwagMovingAverageBn,
+            ));
+        }
+        let shared = Shared {
+            args: &args,
+            runs: &runs,
+            x_train: &x_train,
+            x_test: &x_test,
+            device: &device,
+            sample_seed: seed * 7919 + 17,
+        };
+        let jobs: Vec<Job<Vec<f32>>> = methods
+            .iter()
+            .map(|&(_, w)| {
+                let sh = &shared;
+                Box::new(move || predict(w, sh)) as Job<Vec<f32>>
+            })
+            .collect();
+        let all_probs = run_jobs(args.jobs, jobs)?;
+        timing.bma = t.elapsed().as_secs_f64();
+        timings.push(timing);
+        if args.bn_fallback {
+            fallback.push((seed, fallback_error(&shared)?));
+        }
         if seed == args.first_seed {
-            memory.push(("SWAG (all parameters)".into(), main.full.state_bytes()));
-            if let Some((_, post)) = &main.partial {
+            memory.push(("SWAG (all parameters)".into(), runs[0].full.state_bytes()));
+            if let Some(post) = &runs[0].partial {
                 memory.push((
                     format!("SWAG ({})", args.swag_prefixes.join(",")),
                     post.state_bytes(),
                 ));
             }
         }
-        for (name, pred) in &methods {
-            let out = pred.classify(&main.net, batches(&x_test, 100)?)?;
-            let probs: Vec<Vec<f32>> = out.probs.to_dtype(DType::F32)?.to_vec2()?;
+        for ((name, _), probs) in methods.iter().zip(&all_probs) {
             let mut offset = 0;
             for (k, set) in sets.iter().enumerate() {
-                let n = set.images.count;
-                let p: Vec<f32> = probs[offset..offset + n]
-                    .iter()
-                    .flatten()
-                    .copied()
-                    .collect();
+                let n = set.images.count * CLASSES;
+                let p = &probs[offset..offset + n];
                 offset += n;
-                let eval = evaluate_classification(&p, CLASSES, &labels[k], &opts)?;
+                let eval = evaluate_classification(p, CLASSES, &labels[k], &opts)?;
                 let m = eval.metrics;
                 rows.push(Row {
                     seed,
@@ -405,12 +602,10 @@ fn run() -> Result<()> {
                 });
                 if seed == args.first_seed {
                     let b = std::mem::replace(&mut reports[k], ReportBuilder::new(""));
-                    reports[k] = b.classification_method(name, &p, CLASSES, &labels[k])?;
+                    reports[k] = b.classification_method(name, p, CLASSES, &labels[k])?;
                 }
             }
         }
-        timing.bma = t.elapsed().as_secs_f64();
-        timings.push(timing);
     }
     // Reports last, each directory atomically: an error above leaves no half-written output.
     let mut report_dirs = Vec::new();
@@ -424,24 +619,52 @@ fn run() -> Result<()> {
         report.write(&dir)?;
         report_dirs.push(dir);
     }
+    // With --json, stdout holds only the rows; the timings and the fallback go to stderr.
+    let mut notes = String::new();
     if args.json {
         for r in &rows {
             println!("{}", serde_json::to_string(r)?);
         }
-        return Ok(());
+    } else {
+        print_table(&rows, &sets, args.seeds);
     }
-    print_table(&rows, &sets, args.seeds);
-    println!("\nwall time per seed (s): training | SWAG collection | BMA with BN refresh | total");
+    let jobs = match args.jobs {
+        0 => "all jobs at once".to_string(),
+        j => format!("{j} job(s) at once"),
+    };
+    notes += &format!(
+        "\nwall time per seed (s), {jobs}, RAYON_NUM_THREADS={}:\n\
+         training ({} runs, collection included) | of which SWAG collection (summed over runs) | \
+         BMA with BN refresh ({} methods) | total\n",
+        std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "unset".into()),
+        args.multi_runs,
+        rows.iter()
+            .filter(|r| r.seed == args.first_seed && r.set == "clean")
+            .count()
+    );
     for (seed, t) in (args.first_seed..).zip(&timings) {
-        println!(
-            "seed {seed}: {:.1} | {:.2} | {:.1} | {:.1}   ({} training runs)",
+        notes += &format!(
+            "seed {seed}: {:.1} | {:.2} | {:.1} | {:.1}\n",
             t.train,
             t.collect,
             t.bma,
-            t.train + t.collect + t.bma,
-            args.multi_runs
+            t.train + t.bma
         );
     }
+    if !fallback.is_empty() {
+        notes += "\nmoving-average BatchNorm refresh against the exact one, at the SWA mean \
+                  (relative L2 error of the running mean | running variance):\n";
+        for (seed, errors) in &fallback {
+            for (passes, layer, em, ev) in errors {
+                notes += &format!("seed {seed}, {passes} pass(es), {layer}: {em:.2e} | {ev:.2e}\n");
+            }
+        }
+    }
+    if args.json {
+        eprint!("{notes}");
+        return Ok(());
+    }
+    print!("{notes}");
     println!("\nposterior state (seed {}):", args.first_seed);
     for (name, bytes) in &memory {
         println!("  {name}: {:.2} MiB", *bytes as f64 / (1024.0 * 1024.0));

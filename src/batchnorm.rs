@@ -565,8 +565,26 @@ impl BatchNormStats {
 }
 
 /// The batches of a refresh pass, re-created for every pass (one per weight sample).
-type BatchSource<'a> =
-    Rc<dyn Fn() -> Box<dyn Iterator<Item = candle_core::Result<Tensor>> + 'a> + 'a>;
+///
+/// A trait object whose method ties the iterator to `&self` (rather than a boxed closure
+/// returning `Box<dyn Iterator + 'a>`, where `'a` would sit in the trait's parameters): this
+/// keeps [`BatchNormRefresh<'a>`] covariant in `'a`, so a refresh made before the posteriors a
+/// [`crate::predictive::Predictive`] borrows still combines with it.
+trait BatchSource {
+    fn pass(&self) -> Box<dyn Iterator<Item = candle_core::Result<Tensor>> + '_>;
+}
+
+/// A `Clone` iterator of batches, cloned for each pass.
+struct CloneBatches<I>(I);
+
+impl<I> BatchSource for CloneBatches<I>
+where
+    I: Iterator<Item = candle_core::Result<Tensor>> + Clone,
+{
+    fn pass(&self) -> Box<dyn Iterator<Item = candle_core::Result<Tensor>> + '_> {
+        Box::new(self.0.clone())
+    }
+}
 
 /// How the statistics are recomputed.
 #[derive(Clone)]
@@ -605,7 +623,7 @@ enum RefreshRule {
 #[derive(Clone)]
 pub struct BatchNormRefresh<'a> {
     rule: RefreshRule,
-    batches: BatchSource<'a>,
+    batches: Rc<dyn BatchSource + 'a>,
     fraction: Option<f64>,
     passes: usize,
 }
@@ -635,7 +653,7 @@ impl<'a> BatchNormRefresh<'a> {
     {
         Self {
             rule: RefreshRule::Exact(layers),
-            batches: Rc::new(move || Box::new(batches.clone())),
+            batches: Rc::new(CloneBatches(batches)),
             fraction: None,
             passes: 1,
         }
@@ -651,7 +669,7 @@ impl<'a> BatchNormRefresh<'a> {
         }
         Ok(Self {
             rule: RefreshRule::MovingAverage,
-            batches: Rc::new(move || Box::new(batches.clone())),
+            batches: Rc::new(CloneBatches(batches)),
             fraction: None,
             passes,
         })
@@ -694,8 +712,8 @@ impl<'a> BatchNormRefresh<'a> {
         if !self.is_active() {
             return Ok(0);
         }
-        let mut batches: Box<dyn Iterator<Item = candle_core::Result<Tensor>> + 'a> =
-            (self.batches)();
+        let mut batches: Box<dyn Iterator<Item = candle_core::Result<Tensor>> + '_> =
+            self.batches.pass();
         let limit = match self.fraction {
             None => usize::MAX,
             Some(f) => {
@@ -703,7 +721,7 @@ impl<'a> BatchNormRefresh<'a> {
                 let n = if high == Some(low) {
                     low
                 } else {
-                    (self.batches)().count()
+                    self.batches.pass().count()
                 };
                 batches_for_fraction(f, n)
             }
@@ -724,7 +742,7 @@ impl<'a> BatchNormRefresh<'a> {
                     used += 1;
                 }
                 for _ in 1..self.passes {
-                    for batch in (self.batches)().take(limit) {
+                    for batch in self.batches.pass().take(limit) {
                         model.forward_t(&batch?, true)?;
                     }
                 }

@@ -706,8 +706,7 @@ fn moving_average_fallback_follows_the_layer_momentum() {
             1e-5,
         )
         .unwrap();
-        let model =
-            candle_swag::predictive::forward_fn(|xs: &Tensor, t: bool| bn.forward_t(xs, t));
+        let model = candle_swag::predictive::forward_fn(|xs: &Tensor, t: bool| bn.forward_t(xs, t));
         let r = BatchNormRefresh::moving_average(
             candle_swag::predictive::batches(&data, 2).unwrap(),
             passes,
