@@ -613,8 +613,10 @@ enum RefreshRule {
 /// **Moving-average fallback** ([`BatchNormRefresh::moving_average`]), for a model whose layers
 /// cannot be listed (e.g. hidden in a type you do not own): `passes` train-mode passes over the
 /// batches, each layer following its own momentum. The result is an exponential average that
-/// weighs the last `≈ 1/m` batches most; the mnist_cnn example measures its error against the
-/// exact refresh. Layers reachable as [`BatchNormStats`] should always use the exact refresh.
+/// weighs the last `≈ 1/m` batches most, so more passes do not make it closer to the exact
+/// refresh. On the mnist_cnn example (`--bn-fallback`, m = 0.1, 63 batches) its running
+/// statistics are within 0.3–1% (relative L2) of the exact refresh's and SWAG's NLL moves by at
+/// most 0.01. Layers reachable as [`BatchNormStats`] should always use the exact refresh.
 ///
 /// `fraction` ([`BatchNormRefresh::with_fraction`]): `0 < f < 1` uses the first
 /// `ceil(f · num_batches)` batches (at least 1), where a product within `1e-9` relative of an
