@@ -31,18 +31,6 @@ fn fitted(rank: usize, n: usize, dt: DType) -> SwagPosterior {
     p
 }
 
-fn bits(t: &candle_core::Tensor) -> Vec<u32> {
-    t.to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
-        .iter()
-        .map(|x| x.to_bits())
-        .collect()
-}
-
 #[test]
 fn round_trip_is_bit_exact() {
     let dir = tempfile::tempdir().unwrap();
@@ -256,42 +244,62 @@ fn f32_bytes(xs: &[f32]) -> Vec<u8> {
     xs.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-/// Writes a version-1 file as the previous release did: mean, sq_mean, deviations, and a
-/// checksum over those three.
-fn write_v1(path: &std::path::Path, mean: &[f32], sq: &[f32], dev: &[f32], corrupt: bool) {
+/// Writes a file of an earlier format `version` as its release did: `tensors` (f32, in file
+/// order) through `safetensors::serialize`, the metadata `fields` plus the format name, the
+/// version and a checksum over the tensors' bytes in that order (flipped by `corrupt`).
+fn write_legacy(
+    path: &std::path::Path,
+    version: &str,
+    fields: Vec<(&str, String)>,
+    tensors: &[(&str, Vec<usize>, &[u8])],
+    corrupt: bool,
+) {
     use safetensors::tensor::{Dtype, TensorView};
-    let (mb, sb, db) = (f32_bytes(mean), f32_bytes(sq), f32_bytes(dev));
-    let d = mean.len();
-    let mut sum = candle_swag::swag::file::checksum(&[&mb, &sb, &db]);
+    let buffers: Vec<&[u8]> = tensors.iter().map(|(_, _, b)| *b).collect();
+    let mut sum = candle_swag::swag::file::checksum(&buffers);
     if corrupt {
         sum ^= 1;
     }
-    let layout = ParamLayout::new(vec![("w".into(), vec![d])]).unwrap();
     let meta: HashMap<String, String> = [
         ("format", "candle-swag-posterior".to_string()),
-        ("format_version", "1".to_string()),
+        ("format_version", version.to_string()),
+        ("checksum", format!("{sum:016x}")),
+    ]
+    .into_iter()
+    .chain(fields)
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let views: Vec<(&str, TensorView)> = tensors
+        .iter()
+        .map(|(name, shape, b)| {
+            (
+                *name,
+                TensorView::new(Dtype::F32, shape.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    std::fs::write(path, safetensors::serialize(views, Some(meta)).unwrap()).unwrap();
+}
+
+/// Writes a version-1 file as the previous release did: mean, sq_mean, deviations, and a
+/// checksum over those three.
+fn write_v1(path: &std::path::Path, mean: &[f32], sq: &[f32], dev: &[f32], corrupt: bool) {
+    let (mb, sb, db) = (f32_bytes(mean), f32_bytes(sq), f32_bytes(dev));
+    let d = mean.len();
+    let layout = ParamLayout::new(vec![("w".into(), vec![d])]).unwrap();
+    let fields = vec![
         ("layout", serde_json::to_string(layout.entries()).unwrap()),
         ("n_collected", "4".to_string()),
         ("rank", "3".to_string()),
         ("rows", (dev.len() / d).to_string()),
         ("deviation_dtype", "f32".to_string()),
-        ("checksum", format!("{sum:016x}")),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    let views = vec![
-        ("mean", TensorView::new(Dtype::F32, vec![d], &mb).unwrap()),
-        (
-            "sq_mean",
-            TensorView::new(Dtype::F32, vec![d], &sb).unwrap(),
-        ),
-        (
-            "deviations",
-            TensorView::new(Dtype::F32, vec![dev.len() / d, d], &db).unwrap(),
-        ),
     ];
-    std::fs::write(path, safetensors::serialize(views, Some(meta)).unwrap()).unwrap();
+    let tensors = [
+        ("mean", vec![d], mb.as_slice()),
+        ("sq_mean", vec![d], sb.as_slice()),
+        ("deviations", vec![dev.len() / d, d], db.as_slice()),
+    ];
+    write_legacy(path, "1", fields, &tensors, corrupt);
 }
 
 #[test]
@@ -343,11 +351,10 @@ fn version_1_file_with_a_wrong_checksum_is_refused() {
     assert!(msg.contains("v1.safetensors"), "{msg}");
 }
 
-/// Writes a version-2 file as the previous release did: five tensors through
-/// `safetensors::serialize`, deviations oldest first, a checksum over the five buffers in the
-/// order mean, sq_mean, deviations, mean_compensation, m2.
+/// Writes a version-2 file as the previous release did: five tensors, deviations oldest first,
+/// a checksum over the five buffers in the order mean, sq_mean, deviations, mean_compensation,
+/// m2.
 fn write_v2(path: &std::path::Path, p: &SwagPosterior, corrupt: bool) {
-    use safetensors::tensor::{Dtype, TensorView};
     let host =
         |t: candle_core::Tensor| f32_bytes(&t.flatten_all().unwrap().to_vec1::<f32>().unwrap());
     let (mb, sb, db) = (
@@ -356,14 +363,8 @@ fn write_v2(path: &std::path::Path, p: &SwagPosterior, corrupt: bool) {
         host(p.deviations().unwrap()),
     );
     let (cb, m2b) = (host(p.mean_compensation().unwrap()), host(p.m2().unwrap()));
-    let mut sum = candle_swag::swag::file::checksum(&[&mb, &sb, &db, &cb, &m2b]);
-    if corrupt {
-        sum ^= 1;
-    }
     let d = p.numel();
-    let meta: HashMap<String, String> = [
-        ("format", "candle-swag-posterior".to_string()),
-        ("format_version", "2".to_string()),
+    let fields = vec![
         (
             "layout",
             serde_json::to_string(p.layout().entries()).unwrap(),
@@ -373,28 +374,15 @@ fn write_v2(path: &std::path::Path, p: &SwagPosterior, corrupt: bool) {
         ("rows", p.rows().to_string()),
         ("deviation_dtype", "f32".to_string()),
         ("variance", "exact".to_string()),
-        ("checksum", format!("{sum:016x}")),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    let views = vec![
-        ("mean", TensorView::new(Dtype::F32, vec![d], &mb).unwrap()),
-        (
-            "sq_mean",
-            TensorView::new(Dtype::F32, vec![d], &sb).unwrap(),
-        ),
-        (
-            "deviations",
-            TensorView::new(Dtype::F32, vec![p.rows(), d], &db).unwrap(),
-        ),
-        (
-            "mean_compensation",
-            TensorView::new(Dtype::F32, vec![d], &cb).unwrap(),
-        ),
-        ("m2", TensorView::new(Dtype::F32, vec![d], &m2b).unwrap()),
     ];
-    std::fs::write(path, safetensors::serialize(views, Some(meta)).unwrap()).unwrap();
+    let tensors = [
+        ("mean", vec![d], mb.as_slice()),
+        ("sq_mean", vec![d], sb.as_slice()),
+        ("deviations", vec![p.rows(), d], db.as_slice()),
+        ("mean_compensation", vec![d], cb.as_slice()),
+        ("m2", vec![d], m2b.as_slice()),
+    ];
+    write_legacy(path, "2", fields, &tensors, corrupt);
 }
 
 #[test]

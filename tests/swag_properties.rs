@@ -227,22 +227,6 @@ fn log_prob_matches_dense_gaussian() {
     }
 }
 
-fn params_for(d: usize) -> ParamSet {
-    let l = layout(d);
-    ParamSet::from_named_vars(
-        l.entries()
-            .iter()
-            .map(|e| {
-                (
-                    e.name.clone(),
-                    Var::zeros(e.shape.clone(), DType::F32, &Device::Cpu).unwrap(),
-                )
-            })
-            .collect(),
-    )
-    .unwrap()
-}
-
 /// The fused sampler draws exactly the documented noise: it equals the formula applied to
 /// `noise_for_seed`, and is bit-identical with 1 or 2 threads.
 #[test]
@@ -251,7 +235,7 @@ fn fused_sampler_is_the_formula_and_thread_count_independent() {
     let mut rng = StdRng::seed_from_u64(5);
     let snaps = random_snaps(&mut rng, 4, d, &[1.0, 0.1]);
     let p = posterior_from(&snaps, 3, DType::F32);
-    let params = params_for(d);
+    let params = zero_params(&layout(d));
     for opts in [
         SampleConfig::with_scale(0.5).unwrap(),
         SampleConfig::diagonal(0.5).unwrap(),
@@ -280,7 +264,7 @@ fn low_precision_deviations_have_bounded_effect() {
     let mut rng = StdRng::seed_from_u64(9);
     let snaps = random_snaps(&mut rng, 8, d, &[1.0, 0.5, 2.0]);
     let full = posterior_from(&snaps, 5, DType::F32);
-    let params = params_for(d);
+    let params = zero_params(&layout(d));
     let opts = SampleConfig::with_scale(0.5).unwrap();
     let z2: Vec<f32> = full.noise_for_seed(77).unwrap().1.to_vec1().unwrap();
     let dev = to_f64(&full.deviations().unwrap());
@@ -353,7 +337,7 @@ fn non_finite_snapshot_is_refused_and_state_untouched() {
 #[test]
 fn sampling_an_empty_posterior_is_an_error() {
     let p = SwagPosterior::new(layout(4), SwagConfig::with_rank(2), &Device::Cpu).unwrap();
-    let params = params_for(4);
+    let params = zero_params(&layout(4));
     let err = p
         .sample_into_seeded(&params, &SampleConfig::default(), 1)
         .unwrap_err();

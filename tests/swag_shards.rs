@@ -1,6 +1,9 @@
 //! A posterior split by parameter ranges samples exactly what the whole posterior samples, and
 //! a broken shard set is refused with the shard named.
 
+mod common;
+use common::bits;
+
 use candle_core::{DType, Device, Tensor};
 use candle_swag::layout::ParamLayout;
 use candle_swag::swag::{
@@ -24,14 +27,6 @@ fn layout() -> ParamLayout {
 fn snapshot(d: usize, s: usize) -> Vec<f32> {
     (0..d)
         .map(|i| ((i * 31 + s * 17) as f32 * 0.01).sin() + 0.05 * s as f32)
-        .collect()
-}
-
-fn bits(t: &Tensor) -> Vec<u32> {
-    t.to_vec1::<f32>()
-        .unwrap()
-        .iter()
-        .map(|x| x.to_bits())
         .collect()
 }
 

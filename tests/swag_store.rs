@@ -2,8 +2,11 @@
 //! and disk stores agree on moments, columns, samples and log-densities; a disk posterior
 //! saves in place, reopens and goes on collecting; broken disk files are refused.
 
-use candle_core::{DType, Device, Tensor, Var};
-use candle_swag::layout::{ParamLayout, ParamSet};
+mod common;
+use common::{bits, zero_params};
+
+use candle_core::{DType, Device, Tensor};
+use candle_swag::layout::ParamLayout;
 use candle_swag::swag::{DeviationStore, SampleConfig, SwagConfig, SwagPosterior};
 use candle_swag::Error;
 
@@ -28,18 +31,6 @@ fn snapshot(layout: &ParamLayout, s: usize) -> Tensor {
     Tensor::from_vec(v, layout.numel(), &Device::Cpu).unwrap()
 }
 
-fn bits(t: &Tensor) -> Vec<u32> {
-    t.to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
-        .iter()
-        .map(|x| x.to_bits())
-        .collect()
-}
-
 fn collected(store: DeviationStore, dt: DType, rank: usize, n: usize) -> SwagPosterior {
     let layout = layout();
     let cfg = SwagConfig::with_rank(rank)
@@ -51,22 +42,6 @@ fn collected(store: DeviationStore, dt: DType, rank: usize, n: usize) -> SwagPos
         p.collect_flat(&snapshot(&layout, s)).unwrap();
     }
     p
-}
-
-fn params_for(layout: &ParamLayout) -> ParamSet {
-    ParamSet::from_named_vars(
-        layout
-            .entries()
-            .iter()
-            .map(|e| {
-                (
-                    e.name.clone(),
-                    Var::zeros(e.shape.clone(), DType::F32, &Device::Cpu).unwrap(),
-                )
-            })
-            .collect(),
-    )
-    .unwrap()
 }
 
 fn assert_same(a: &SwagPosterior, b: &SwagPosterior, what: &str) {
@@ -83,7 +58,7 @@ fn assert_same(a: &SwagPosterior, b: &SwagPosterior, what: &str) {
         "{what}: deviations"
     );
     assert_eq!(a.deviation_scales(), b.deviation_scales(), "{what}: scales");
-    let params = params_for(a.layout());
+    let params = zero_params(a.layout());
     for opts in [
         SampleConfig::default(),
         SampleConfig::diagonal(0.5).unwrap(),

@@ -1,7 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
+use candle_swag::layout::{ParamLayout, ParamSet};
 use serde_json::Value;
 
 /// Reads a fixture from tests/fixtures.
@@ -65,4 +66,34 @@ pub fn invalid_name<T: std::fmt::Debug>(r: candle_swag::Result<T>) -> String {
         Err(candle_swag::Error::InvalidArgument { name, .. }) => name,
         other => panic!("expected InvalidArgument, got {other:?}"),
     }
+}
+
+/// The f32 bit patterns of a tensor (converted to f32, flattened): "same bits" comparisons.
+pub fn bits(t: &Tensor) -> Vec<u32> {
+    t.to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|x| x.to_bits())
+        .collect()
+}
+
+/// A `ParamSet` of zero-filled f32 CPU `Var`s with `layout`'s names and shapes.
+pub fn zero_params(layout: &ParamLayout) -> ParamSet {
+    ParamSet::from_named_vars(
+        layout
+            .entries()
+            .iter()
+            .map(|e| {
+                (
+                    e.name.clone(),
+                    Var::zeros(e.shape.clone(), DType::F32, &Device::Cpu).unwrap(),
+                )
+            })
+            .collect(),
+    )
+    .unwrap()
 }
