@@ -479,6 +479,23 @@ impl Container {
             .map_err(|_| self.bad(format!("metadata `{key}` is not a non-negative integer")))
     }
 
+    /// The metadata `deviation_dtype`, a dtype name the store knows.
+    fn deviation_dtype(&self) -> Result<DType> {
+        let name = self.get("deviation_dtype")?;
+        dtype_from_name(name).ok_or_else(|| self.bad(format!("unknown deviation_dtype `{name}`")))
+    }
+
+    /// A metadata value that must be one of two words: `false` for `no`, `true` for `yes`.
+    fn parse_either(&self, key: &str, no: &str, yes: &str) -> Result<bool> {
+        match self.get(key)?.as_str() {
+            v if v == no => Ok(false),
+            v if v == yes => Ok(true),
+            other => Err(self.bad(format!(
+                "metadata `{key}` is `{other}`, expected `{no}` or `{yes}`"
+            ))),
+        }
+    }
+
     /// The tensor `name`, checked to have the dtype and shape expected.
     fn info(&self, name: &str, dtype: DType, shape: &[usize]) -> Result<&TensorInfo> {
         let info = self
@@ -518,31 +535,13 @@ impl Container {
 
     /// The header fields of a version-3 file (offsets aside).
     fn header_fields(&mut self) -> Result<HeaderFields> {
-        let dtype_name = self.get("deviation_dtype")?;
-        let dtype = dtype_from_name(dtype_name)
-            .ok_or_else(|| self.bad(format!("unknown deviation_dtype `{dtype_name}`")))?;
+        let dtype = self.deviation_dtype()?;
         let scales: Vec<f32> = serde_json::from_str(self.get("deviation_scales")?)
             .map_err(|e| self.bad(format!("metadata `deviation_scales` is not valid: {e}")))?;
         let checksum = u64::from_str_radix(self.get("checksum")?, 16)
             .map_err(|_| self.bad("metadata `checksum` is not 16 hex digits"))?;
-        let legacy = match self.get("variance")?.as_str() {
-            VARIANCE_EXACT => false,
-            VARIANCE_LEGACY => true,
-            other => {
-                return Err(self.bad(format!(
-                    "metadata `variance` is `{other}`, expected `{VARIANCE_EXACT}` or `{VARIANCE_LEGACY}`"
-                )))
-            }
-        };
-        let collecting = match self.get("state")?.as_str() {
-            STATE_SAVED => false,
-            STATE_COLLECTING => true,
-            other => {
-                return Err(self.bad(format!(
-                "metadata `state` is `{other}`, expected `{STATE_SAVED}` or `{STATE_COLLECTING}`"
-            )))
-            }
-        };
+        let legacy = self.parse_either("variance", VARIANCE_EXACT, VARIANCE_LEGACY)?;
+        let collecting = self.parse_either("state", STATE_SAVED, STATE_COLLECTING)?;
         Ok(HeaderFields {
             layout: self.get("layout")?.clone(),
             n_collected: self.parse_usize("n_collected")? as u64,
@@ -820,23 +819,13 @@ fn load_legacy(
     let n_collected = c.parse_usize("n_collected")?;
     let rank = c.parse_usize("rank")?;
     let rows = c.parse_usize("rows")?;
-    let dt_name = c.get("deviation_dtype")?.clone();
-    let dt = dtype_from_name(&dt_name)
-        .ok_or_else(|| c.bad(format!("unknown deviation_dtype `{dt_name}`")))?;
+    let dt = c.deviation_dtype()?;
     let layout = parse_layout(c, &c.get("layout")?.clone())?;
     check_counts(c, rows, rank, n_collected as u64)?;
     let d = layout.numel();
     let expected = c.get("checksum")?.clone();
-    let legacy = match (v1, c.meta.get("variance").map(String::as_str)) {
-        (true, _) => true,
-        (false, Some(VARIANCE_EXACT)) => false,
-        (false, Some(VARIANCE_LEGACY)) => true,
-        (false, other) => {
-            return Err(c.bad(format!(
-            "metadata `variance` is {other:?}, expected `{VARIANCE_EXACT}` or `{VARIANCE_LEGACY}`"
-        )))
-        }
-    };
+    // Version 1 predates the key: its variance is always the legacy one.
+    let legacy = v1 || c.parse_either("variance", VARIANCE_EXACT, VARIANCE_LEGACY)?;
     let mean = c.read_tensor("mean", DType::F32, &[d])?;
     let sq = c.read_tensor("sq_mean", DType::F32, &[d])?;
     let dev = c.read_tensor("deviations", dt, &[rows, d])?;
