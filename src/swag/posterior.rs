@@ -721,16 +721,19 @@ mod tests {
                     .map(|(x, y)| (x - y).abs())
                     .fold(0.0, f32::max)
             };
+            let same_as_fused = |other: &SwagPosterior| {
+                assert_eq!(
+                    host(fused.moments.copy().unwrap()),
+                    host(other.moments.copy().unwrap())
+                );
+                assert_eq!(
+                    diff(fused.deviations().unwrap(), other.deviations().unwrap()),
+                    0.0
+                );
+                assert_eq!(fused.deviation_scales(), other.deviation_scales());
+            };
             // Same f32 operations in the same order: bit for bit.
-            assert_eq!(
-                host(fused.moments.copy().unwrap()),
-                host(ops.moments.copy().unwrap())
-            );
-            assert_eq!(
-                diff(fused.deviations().unwrap(), ops.deviations().unwrap()),
-                0.0
-            );
-            assert_eq!(fused.deviation_scales(), ops.deviation_scales());
+            same_as_fused(&ops);
             // Host memory (what a GPU model uses): the tensor-op path copies each column to
             // the host and encodes it there; the same bits.
             let cfg = fused.config().clone().with_store(DeviationStore::Host);
@@ -738,14 +741,7 @@ mod tests {
             for t in &thetas {
                 host_ops.collect_with_tensor_ops(t).unwrap();
             }
-            assert_eq!(
-                host(fused.moments.copy().unwrap()),
-                host(host_ops.moments.copy().unwrap())
-            );
-            assert_eq!(
-                diff(fused.deviations().unwrap(), host_ops.deviations().unwrap()),
-                0.0
-            );
+            same_as_fused(&host_ops);
             assert_eq!(fused.rows(), 3);
             assert_eq!(ops.rows(), 3);
         }
