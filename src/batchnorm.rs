@@ -878,3 +878,18 @@ fn qualified(prefix: &str, name: &str) -> String {
         format!("{prefix}.{name}")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::BatchNormRefresh;
+
+    /// Compiles only while `BatchNormRefresh<'a>` is covariant in `'a` (a longer-lived refresh
+    /// passes where a shorter one is expected), which `Predictive::with_refresh` relies on when
+    /// the refresh was made before the posteriors the prediction borrows.
+    #[allow(dead_code)]
+    fn refresh_is_covariant<'long: 'short, 'short>(
+        r: BatchNormRefresh<'long>,
+    ) -> BatchNormRefresh<'short> {
+        r
+    }
+}
