@@ -53,7 +53,12 @@ fn run() -> candle_swag::Result<()> {
     let device = if std::env::args().any(|a| a == "--cpu") {
         Device::Cpu
     } else {
-        Device::cuda_if_available(0)?
+        // A GPU when one is present; otherwise the CPU, with a one-line notice.
+        let chosen = candle_swag::device::select(candle_swag::device::DeviceRequest::Auto)?;
+        if let Some(notice) = &chosen.fallback {
+            eprintln!("{notice}");
+        }
+        chosen.device
     };
     let data = candle_swag::data::bundled::digits(&device)?;
     let (x, y) = (&data.train.features, &data.train.targets);

@@ -41,7 +41,7 @@ fn main() {
     } else {
         candle_core::DType::F32
     };
-    match perf::measure(d, k, repeats, dtype) {
+    match perf::measure(d, k, repeats, dtype, &candle_core::Device::Cpu) {
         Ok((ops, mem)) => {
             println!("| op | d | K | time (ms) | floor (ms) | ratio to floor |");
             println!("|---|---|---|---|---|---|");

@@ -91,6 +91,7 @@
 pub mod atomic;
 #[cfg(not(feature = "cli"))]
 pub(crate) mod atomic;
+pub mod device;
 pub mod error;
 pub mod layout;
 pub mod swag;

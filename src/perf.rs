@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::layout::ParamSet;
-use crate::swag::noise::{fill_normals, stream, NOISE_BLOCK};
+use crate::swag::noise::{fill_normals, NOISE_BLOCK, Z1_STREAM};
 use crate::swag::posterior::MOMENT_ROWS;
 use crate::swag::{SampleConfig, SwagConfig, SwagPosterior};
 
@@ -53,6 +53,8 @@ pub struct OpTiming {
     pub peak_rss_bytes: u64,
     /// Threads in rayon's pool.
     pub threads: usize,
+    /// The device measured (`Cpu`, `Cuda(0)`, ...).
+    pub device: String,
 }
 
 /// Memory cost of the posterior, measured.
@@ -134,7 +136,7 @@ pub fn normals_seconds(d: usize, repeats: usize) -> f64 {
                 || vec![0f32; NOISE_BLOCK],
                 |buf, b| {
                     let len = NOISE_BLOCK.min(d - b * NOISE_BLOCK);
-                    fill_normals(&mut stream(1, 0, b as u64), &mut buf[..len]);
+                    fill_normals(1, Z1_STREAM, 0, (b * NOISE_BLOCK) as u64, &mut buf[..len]);
                     buf[0]
                 },
             )
@@ -145,8 +147,20 @@ pub fn normals_seconds(d: usize, repeats: usize) -> f64 {
     t.unwrap_or(f64::NAN)
 }
 
+/// Median time of a device-to-device copy that moves `bytes` bytes (half read, half written),
+/// into a preallocated buffer, synchronised: the floor of a GPU operation.
+pub fn device_copy_seconds(bytes: usize, repeats: usize, device: &Device) -> Result<f64> {
+    let n = (bytes / 8).max(1);
+    let src = Tensor::ones(n, DType::F32, device)?;
+    let dst = Tensor::zeros(n, DType::F32, device)?;
+    time_median(repeats, || {
+        dst.slice_set(&src, 0, 0)?;
+        Ok(device.synchronize()?)
+    })
+}
+
 /// A model-like parameter set of `d` f32 numbers in three tensors (weights, bias, head).
-fn synthetic_params(d: usize, rng: &mut StdRng) -> Result<ParamSet> {
+fn synthetic_params(d: usize, rng: &mut StdRng, device: &Device) -> Result<ParamSet> {
     if d < 3 {
         return Err(Error::invalid("params", "need at least 3 parameters"));
     }
@@ -154,26 +168,35 @@ fn synthetic_params(d: usize, rng: &mut StdRng) -> Result<ParamSet> {
     let mut named = Vec::new();
     for (i, &n) in sizes.iter().enumerate() {
         let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-        let t = Tensor::from_vec(v, n, &Device::Cpu)?;
+        let t = Tensor::from_vec(v, n, device)?;
         named.push((format!("p{i}"), Var::from_tensor(&t)?));
     }
     ParamSet::from_named_vars(named)
 }
 
 /// Measures collect, low-rank sample, diagonal sample, flatten and write-back at `d`
-/// parameters and rank `k`, each against its floor; `repeats` timed runs per op (median).
+/// parameters and rank `k` on `device`, each against its floor; `repeats` timed runs per op
+/// (median), after one warm-up run each.
+///
+/// Floors: on the CPU, a parallel copy of the same bytes plus, for sampling, drawing the same
+/// normals with the sampler's generator and threads; on a GPU, a device-to-device copy of the
+/// same bytes (the kernels draw their noise in the same pass, so it is not added). Bytes moved:
+/// collect reads θ and the three moment rows and writes the moments and one column
+/// (`(28 + column bytes)·d`); a sample reads the mean, `M2` and the held columns and writes θ.
+/// GPU timings synchronise the device after each run.
 pub fn measure(
     d: usize,
     k: usize,
     repeats: usize,
     dtype: DType,
+    device: &Device,
 ) -> Result<(Vec<OpTiming>, MemoryReport)> {
     if repeats == 0 {
         return Err(Error::invalid("repeats", "must be at least 1"));
     }
     let threads = rayon::current_num_threads();
     let mut rng = StdRng::seed_from_u64(0);
-    let params = synthetic_params(d, &mut rng)?;
+    let params = synthetic_params(d, &mut rng, device)?;
 
     // Two weight vectors to alternate between snapshots, allocated before the baseline so the
     // measurement sees the posterior alone; rayon's pool is started before it too.
@@ -202,8 +225,14 @@ pub fn measure(
 
     let dev_bytes = dtype.size_in_bytes();
     let mut out = Vec::new();
-    let mut record = |op: &str, seconds: f64, bytes: usize, normals: f64| {
-        let copy = copy_seconds(bytes, repeats);
+    let gpu = !device.is_cpu();
+    let mut record = |op: &str, seconds: f64, bytes: usize, normals: f64| -> Result<()> {
+        let copy = if gpu {
+            device_copy_seconds(bytes, repeats, device)?
+        } else {
+            copy_seconds(bytes, repeats)
+        };
+        let normals = if gpu { 0.0 } else { normals };
         let floor = copy + normals;
         out.push(OpTiming {
             op: op.to_string(),
@@ -217,32 +246,50 @@ pub fn measure(
             normals_seconds: normals,
             peak_rss_bytes: peak_rss_bytes(),
             threads,
+            device: format!("{:?}", device.location()),
         });
+        Ok(())
     };
+    let sync = || -> Result<()> { Ok(device.synchronize()?) };
 
-    let t = time_median(repeats, || posterior.collect(&params))?;
-    record("collect", t, (20 + dev_bytes) * d, 0.0);
+    let t = time_median(repeats, || {
+        posterior.collect(&params)?;
+        sync()
+    })?;
+    record("collect", t, (28 + dev_bytes) * d, 0.0)?;
 
-    let normals = normals_seconds(d, repeats);
+    let normals = if gpu { 0.0 } else { normals_seconds(d, repeats) };
     let opts = SampleConfig::default();
-    let t = time_median(repeats, || posterior.sample_into(&params, &opts, &mut rng))?;
+    let t = time_median(repeats, || {
+        posterior.sample_into(&params, &opts, &mut rng)?;
+        sync()
+    })?;
     record(
         "sample_lowrank",
         t,
         12 * d + posterior.rows() * dev_bytes * d,
         normals,
-    );
+    )?;
 
     let opts = SampleConfig::diagonal(0.5)?;
-    let t = time_median(repeats, || posterior.sample_into(&params, &opts, &mut rng))?;
-    record("sample_diag", t, 12 * d, normals);
+    let t = time_median(repeats, || {
+        posterior.sample_into(&params, &opts, &mut rng)?;
+        sync()
+    })?;
+    record("sample_diag", t, 12 * d, normals)?;
 
     let flat = params.flatten()?;
-    let t = time_median(repeats, || params.flatten_into(&flat))?;
-    record("flatten", t, 8 * d, 0.0);
+    let t = time_median(repeats, || {
+        params.flatten_into(&flat)?;
+        sync()
+    })?;
+    record("flatten", t, 8 * d, 0.0)?;
 
-    let t = time_median(repeats, || params.write_flat(&flat))?;
-    record("write_back", t, 8 * d, 0.0);
+    let t = time_median(repeats, || {
+        params.write_flat(&flat)?;
+        sync()
+    })?;
+    record("write_back", t, 8 * d, 0.0)?;
 
     Ok((out, memory))
 }
@@ -324,7 +371,7 @@ pub fn measure_disk(
                 .zip(base.par_chunks(NOISE_BLOCK))
                 .enumerate()
                 .for_each(|(b, (t, x))| {
-                    fill_normals(&mut stream(s as u64, 7, b as u64), t);
+                    fill_normals(s as u64, Z1_STREAM, 7, (b * NOISE_BLOCK) as u64, t);
                     t.iter_mut().zip(x).for_each(|(t, &x)| *t = x + 1e-2 * *t);
                 });
             let path = dir.join(format!("snapshot{s:03}.safetensors"));

@@ -2,7 +2,7 @@
 //!
 //! Each kernel makes one pass over the memory it must touch: `collect` reads theta, updates the
 //! two moments in place and writes the new deviation column; `sample` reads the moments and the
-//! held deviation rows, draws its own noise block by block, and writes theta. No temporary of
+//! held deviation rows, draws its own noise (keyed by coordinate), and writes theta. No temporary of
 //! size `d` is allocated. Work is split over rayon's pool in blocks of [`NOISE_BLOCK`] elements
 //! when a parameter is large enough for threads to pay off.
 //!
@@ -12,7 +12,7 @@
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::noise::{fill_normals, stream, NOISE_BLOCK};
+use super::noise::{fill_normals, NOISE_BLOCK, Z1_STREAM};
 
 /// Parameters shorter than this are processed on the calling thread.
 const PARALLEL_MIN: usize = 1 << 16;
@@ -232,16 +232,16 @@ pub struct SampleCoefficients {
     pub inv_n: f32,
 }
 
-/// Where the sampling kernel draws `z1`: a seed and the parameter's index in the layout.
+/// Where the sampling kernel draws `z1`: a seed, the parameter's index in the whole model's
+/// layout and the coordinate (within the parameter) the slice starts at (see [`super::noise`]).
 #[derive(Debug, Clone, Copy)]
 pub struct NoiseSource {
     /// Base seed of this sample.
     pub seed: u64,
     /// Index of the parameter in the whole model's layout (a shard adds its first index).
-    pub param: u64,
-    /// Index, within the parameter, of the noise block the slice starts at (the slice starts
-    /// on a block boundary: chunked sampling passes `lo / NOISE_BLOCK`).
-    pub first_block: u64,
+    pub param: u32,
+    /// Coordinate, within the parameter, of the slice's first element.
+    pub first: u64,
 }
 
 /// What one parameter's sample reads: its slice of the moments, its held deviation rows (in
@@ -275,7 +275,10 @@ fn sample_block<E: DeviationElem>(
     let (coef, noise) = (src.coef, src.noise);
     let z1 = &mut z1[..len];
     fill_normals(
-        &mut stream(noise.seed, noise.param, noise.first_block + block as u64),
+        noise.seed,
+        Z1_STREAM,
+        noise.param,
+        noise.first + lo as u64,
         z1,
     );
     // Low-rank part, accumulated row by row into `out` while the block sits in cache.
@@ -312,8 +315,8 @@ fn sample_block<E: DeviationElem>(
 /// Draws one SWAG sample for a slice of the flat vector (one parameter) straight into `out`:
 /// `θ = mean + sqrt(scale)·( sqrt(diag_variance(m2))·z1 + Dᵀz2 / sqrt(divisor) )`.
 ///
-/// `z1` is drawn block by block from the [`NoiseSource`] (see [`super::noise`] for the
-/// reproducibility guarantee), so the result does not depend on the number of threads.
+/// `z1` is drawn from the [`NoiseSource`], keyed by coordinate (see [`super::noise`]), so the
+/// result does not depend on the number of threads nor on how the vector is cut.
 pub fn sample<E: DeviationElem>(out: &mut [f32], src: SampleSource<'_, E>) {
     if out.len() < PARALLEL_MIN {
         let mut z1 = vec![0f32; NOISE_BLOCK.min(out.len())];

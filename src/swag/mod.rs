@@ -1,16 +1,19 @@
 //! SWAG: the Gaussian over weights fitted from the SGD trajectory (Maddox et al., 2019).
 //!
 //! - [`SwagPosterior`] collects the moments and the deviation columns ([`posterior`]);
-//! - sampling and its conventions ([`sample`]), log-density ([`log_prob`]);
+//! - sampling and its conventions ([`sample`]), log-density ([`log_prob`]); the sampler's
+//!   counter-based noise, the same bits on every device ([`noise`]);
 //! - a posterior split by parameter ranges across devices or processes ([`shard`]);
 //! - where the deviation columns live and how they are encoded ([`store`]);
 //! - the posterior file format ([`mod@file`]); several posteriors sampled jointly ([`multi`]).
 
 pub mod file;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
 pub(crate) mod kernels;
 pub mod log_prob;
 pub mod multi;
-pub(crate) mod noise;
+pub mod noise;
 pub mod posterior;
 pub mod sample;
 pub mod shard;

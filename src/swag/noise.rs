@@ -1,161 +1,201 @@
-//! Reproducible standard-normal noise in independent streams.
+//! The sampler's standard-normal draws: one counter-based stream, the same bits on every device.
 //!
-//! candle's CPU generator cannot be seeded, so SWAG draws its noise on the host. To draw in
-//! parallel and still be reproducible, the flat vector is cut into fixed blocks of
-//! [`NOISE_BLOCK`] elements *per parameter*, and block `b` of parameter `p` draws from its own
-//! generator seeded from `(seed, p, b)`. The low-rank coefficients `z2` come from one more stream.
+//! # Generator
+//! Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC 2011; the
+//! generator of Random123, cuRAND and JAX's GPU backends), checked against Random123's
+//! published known-answer vectors. It maps a 128-bit counter and a 64-bit key to four 32-bit
+//! words with integer operations only, so it gives the same bits on any CPU and in a CUDA kernel.
 //!
-//! **Guarantee.** For a given seed, layout and crate version, the noise (hence the sample) is
-//! bit-identical whatever the number of threads, on every platform where `rand`'s `SmallRng` is
-//! the same algorithm (Xoshiro256++ on 64-bit targets). On CUDA and Metal the same host noise is
-//! uploaded, so the same seed gives the same `z1`, `z2`; the device arithmetic may then differ
-//! from the CPU result in the last bits.
+//! # Keying
+//! Coordinate `i` (0-based, within its parameter) of parameter `p` (its index in the *whole*
+//! model's layout) under `seed` takes word `i mod 4` of
+//! `philox(counter = [g mod 2³², g div 2³², p, stream], key = [seed mod 2³², seed div 2³²])`,
+//! `g = i div 4`, with `stream` = [`Z1_STREAM`]. The low-rank coefficients `z2` are the
+//! coordinates `0..rows` of parameter 0 in [`Z2_STREAM`]. A draw therefore depends on nothing
+//! but (seed, stream, parameter, coordinate): not on threads, blocks, chunks, devices or shards,
+//! so a posterior sampled shard by shard gives the whole posterior's bits.
+//!
+//! # Normal transform, designed for bit-identity
+//! Transcendental functions (`log`, `exp`, `sin`) are not correctly rounded in libm nor in
+//! CUDA's math library, and differ between them. The transform uses only operations IEEE 754
+//! rounds correctly (f32 `+ − × ÷ √`, integer-to-float conversion, bit manipulation), each with
+//! round-to-nearest-even, in a fixed order and with no fused multiply-add; the CUDA kernels
+//! spell each one with its `__f*_rn` intrinsic, which the compiler never contracts, and are
+//! compiled with `--fmad=false -ftz=false`. So the CPU and a GPU produce the same f32 for the
+//! same 32-bit word.
+//!
+//! It is the inverse normal CDF, Wichura's algorithm AS 241 (PPND7, the single-precision
+//! variant, relative accuracy about 1e-7), on the word `u`:
+//! - the top bit is the sign; the low 31 bits `m` place the draw in the lower half,
+//!   `p = (m + ½)·2⁻³²` ∈ `[2⁻³³, ½)`, so the output is `±Φ⁻¹(p)` (exactly symmetric);
+//! - centre (`½ − p ≤ 0.425`): a rational function of `q = p − ½`, with `q` computed from
+//!   `2³¹ − 1 − m` so that it keeps full resolution near 0;
+//! - tail: a rational function of `√(−ln p)`, with `ln` evaluated by [`portable_ln`] (exponent
+//!   from the bits, `atanh` series on the mantissa), which uses only the operations above.
+//!
+//! Consequences: draws are discretised (31 bits of the word), and `|z| ≤ Φ⁻¹(1 − 2⁻³³) ≈ 6.23`;
+//! the mass cut off beyond is 2⁻³² per draw. A normality test over 10⁷ draws is in this module's
+//! tests and in `tests/noise.rs`.
 
-use rand::rngs::SmallRng;
-use rand::{Rng, RngCore, SeedableRng};
+use rand::Rng;
 
 use crate::layout::ParamLayout;
 
-/// Number of consecutive elements of one parameter drawn from one generator stream.
+/// Number of consecutive coordinates processed as one unit of work by the CPU kernels (rayon
+/// tasks, chunked reads). The noise does not depend on it (see the [module docs](self)).
 pub const NOISE_BLOCK: usize = 1 << 14;
 
-/// Stream identifier reserved for the low-rank coefficients `z2`.
-const Z2_STREAM: u64 = u64::MAX;
+/// The stream of the diagonal noise `z1`.
+pub const Z1_STREAM: u32 = 0;
+/// The stream of the low-rank coefficients `z2`.
+pub const Z2_STREAM: u32 = 1;
 
-fn splitmix64(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = x;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+const PHILOX_M0: u32 = 0xD251_1F53;
+const PHILOX_M1: u32 = 0xCD9E_8D57;
+const PHILOX_W0: u32 = 0x9E37_79B9;
+const PHILOX_W1: u32 = 0xBB67_AE85;
+
+#[inline(always)]
+fn mulhilo(a: u32, b: u32) -> (u32, u32) {
+    let p = u64::from(a) * u64::from(b);
+    ((p >> 32) as u32, p as u32)
 }
 
-/// The generator of block `block` of parameter `param` for a base `seed`.
-pub(crate) fn stream(seed: u64, param: u64, block: u64) -> SmallRng {
-    let key =
-        splitmix64(seed ^ splitmix64(param.wrapping_mul(0x1000_0000_01B3) ^ splitmix64(block)));
-    SmallRng::seed_from_u64(key)
-}
-
-/// Ziggurat tables (Marsaglia and Tsang, 2000) for 128 layers at 24-bit resolution.
-struct Ziggurat {
-    /// Acceptance thresholds on |hz| per layer.
-    k: [u32; 128],
-    /// Scale from the 25-bit signed integer to x per layer.
-    w: [f32; 128],
-    /// Density exp(−x²/2) at the layer edges.
-    f: [f32; 128],
-}
-
-/// Right edge of the base layer.
-const ZIG_R: f64 = 3.442_619_855_899;
-/// Area of each layer.
-const ZIG_V: f64 = 9.912_563_035_262_17e-3;
-
-impl Ziggurat {
-    fn new() -> Self {
-        let m = (1u64 << 24) as f64;
-        let (mut dn, v) = (ZIG_R, ZIG_V);
-        let mut tn = dn;
-        let q = v / (-0.5 * dn * dn).exp();
-        let (mut k, mut w, mut f) = ([0u32; 128], [0f32; 128], [0f32; 128]);
-        k[0] = ((dn / q) * m) as u32;
-        w[0] = (q / m) as f32;
-        w[127] = (dn / m) as f32;
-        f[0] = 1.0;
-        f[127] = (-0.5 * dn * dn).exp() as f32;
-        for i in (1..=126).rev() {
-            dn = (-2.0 * (v / dn + (-0.5 * dn * dn).exp()).ln()).sqrt();
-            k[i + 1] = ((dn / tn) * m) as u32;
-            tn = dn;
-            f[i] = (-0.5 * dn * dn).exp() as f32;
-            w[i] = (dn / m) as f32;
+/// Philox4x32 with 10 rounds: four random words for a 128-bit `counter` and a 64-bit `key`.
+#[inline(always)]
+pub fn philox4x32_10(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {
+    let mut c = counter;
+    let mut k = key;
+    for round in 0..10 {
+        if round > 0 {
+            k[0] = k[0].wrapping_add(PHILOX_W0);
+            k[1] = k[1].wrapping_add(PHILOX_W1);
         }
-        Self { k, w, f }
+        let (hi0, lo0) = mulhilo(PHILOX_M0, c[0]);
+        let (hi1, lo1) = mulhilo(PHILOX_M1, c[2]);
+        c = [hi1 ^ c[1] ^ k[0], lo1, hi0 ^ c[3] ^ k[1], lo0];
     }
+    c
+}
 
-    /// One normal from 32 random bits: 7 choose the layer, 25 are the signed position.
-    #[inline(always)]
-    fn draw(&self, bits: u32, rng: &mut SmallRng) -> f32 {
-        let hz = (bits as i32) >> 7;
-        let iz = (bits & 127) as usize;
-        if hz.unsigned_abs() < self.k[iz] {
-            return hz as f32 * self.w[iz];
-        }
-        self.draw_slow(hz, iz, rng)
+/// The four words of group `g` (coordinates `4g..4g+4`) of parameter `param` in `stream`.
+#[inline(always)]
+fn group_words(seed: u64, stream: u32, param: u32, g: u64) -> [u32; 4] {
+    philox4x32_10(
+        [g as u32, (g >> 32) as u32, param, stream],
+        [seed as u32, (seed >> 32) as u32],
+    )
+}
+
+/// `ln x` for a positive normal f32, with correctly rounded f32 operations only (module docs):
+/// `x = m·2ᵉ` with `m ∈ [√½, √2)`, `ln m = 2·atanh(s)`, `s = (m − 1)/(m + 1)`, by its series to
+/// `s⁹` (`|s| ≤ 0.172`, truncation below 2⁻²⁶ relative), plus `e·ln 2` split in two parts.
+/// About 1 ulp of accuracy; its point is that every device computes the same bits.
+#[inline(always)]
+pub fn portable_ln(x: f32) -> f32 {
+    let bits = x.to_bits();
+    let mut e = ((bits >> 23) & 0xff) as i32 - 127;
+    let mut m = f32::from_bits((bits & 0x007f_ffff) | 0x3f80_0000);
+    if m > std::f32::consts::SQRT_2 {
+        m *= 0.5;
+        e += 1;
     }
+    let f = m - 1.0; // exact (Sterbenz)
+    let s = f / (2.0 + f);
+    let s2 = s * s;
+    // 2s·(1 + s²/3 + s⁴/5 + s⁶/7 + s⁸/9), Horner in s².
+    let poly = (((s2 * LN_C9 + LN_C7) * s2 + LN_C5) * s2 + LN_C3) * s2;
+    let ln_m = (s + s) + (s + s) * poly;
+    let ef = e as f32;
+    ef * LN2_HI + (ef * LN2_LO + ln_m)
+}
 
-    /// The rare case (about 1.5%): the wedge of a layer, or the tail beyond `ZIG_R`.
-    #[cold]
-    fn draw_slow(&self, mut hz: i32, mut iz: usize, rng: &mut SmallRng) -> f32 {
-        let r = ZIG_R as f32;
-        loop {
-            let x = hz as f32 * self.w[iz];
-            if iz == 0 {
-                // Marsaglia's tail method: exact sampling of N(0,1) conditioned on |x| > r.
-                loop {
-                    let e1 = -(1.0 - rng.random::<f32>()).ln() / r;
-                    let e2 = -(1.0 - rng.random::<f32>()).ln();
-                    if e2 + e2 >= e1 * e1 {
-                        return if hz > 0 { r + e1 } else { -r - e1 };
-                    }
-                }
-            }
-            let u: f32 = rng.random();
-            if self.f[iz] + u * (self.f[iz - 1] - self.f[iz]) < (-0.5 * x * x).exp() {
-                return x;
-            }
-            let bits = rng.next_u32();
-            hz = (bits as i32) >> 7;
-            iz = (bits & 127) as usize;
-            if hz.unsigned_abs() < self.k[iz] {
-                return hz as f32 * self.w[iz];
-            }
-        }
+const LN_C3: f32 = 1.0 / 3.0;
+const LN_C5: f32 = 1.0 / 5.0;
+const LN_C7: f32 = 1.0 / 7.0;
+const LN_C9: f32 = 1.0 / 9.0;
+/// ln 2 = LN2_HI + LN2_LO, LN2_HI with 9 significant bits so `e·LN2_HI` is exact.
+const LN2_HI: f32 = 0.693_359_375;
+const LN2_LO: f32 = -2.121_944_4e-4;
+
+// AS 241, PPND7 (Wichura 1988).
+const A0: f32 = 3.387_132_7;
+const A1: f32 = 50.434_273;
+const A2: f32 = 159.291_13;
+const A3: f32 = 59.109_375;
+const B1: f32 = 17.895_17;
+const B2: f32 = 78.757_76;
+const B3: f32 = 67.187_56;
+const C0: f32 = 1.423_437_2;
+const C1: f32 = 2.756_815_4;
+const C2: f32 = 1.306_728_5;
+const C3: f32 = 0.170_238_21;
+const D1: f32 = 0.737_001_6;
+const D2: f32 = 0.120_211_33;
+
+/// One standard normal from a 32-bit word (module docs). The CUDA kernels implement this same
+/// sequence of operations; change both together.
+#[inline(always)]
+pub fn normal_from_bits(u: u32) -> f32 {
+    let m = u & 0x7fff_ffff;
+    // Centre: q = p − ½ = −(2³¹ − 1 − m + ½)·2⁻³², exact in the conversion's rounding.
+    let n = 0x7fff_ffff - m;
+    let q = -((n as f32) * TWO_POW_M32 + TWO_POW_M33);
+    let z = if q >= -0.425 {
+        let r = 0.180_625 - q * q;
+        q * (((A3 * r + A2) * r + A1) * r + A0) / (((B3 * r + B2) * r + B1) * r + 1.0)
+    } else {
+        let p = (m as f32) * TWO_POW_M32 + TWO_POW_M33;
+        let r = (-portable_ln(p)).sqrt() - 1.6;
+        -((((C3 * r + C2) * r + C1) * r + C0) / ((D2 * r + D1) * r + 1.0))
+    };
+    if u >> 31 == 1 {
+        -z
+    } else {
+        z
     }
 }
 
-fn ziggurat() -> &'static Ziggurat {
-    static TABLES: std::sync::OnceLock<Ziggurat> = std::sync::OnceLock::new();
-    TABLES.get_or_init(Ziggurat::new)
-}
+const TWO_POW_M32: f32 = 1.0 / 4_294_967_296.0;
+const TWO_POW_M33: f32 = 1.0 / 8_589_934_592.0;
 
-/// Fills `out` with standard normals from one stream: the ziggurat method (Marsaglia and Tsang,
-/// 2000) with 128 layers in f32 at 24-bit resolution, two draws per 64-bit output of the
-/// generator. About 1.6× faster here than `rand_distr`'s f64 ziggurat, which matters because
-/// drawing the normals is most of the cost of a diagonal sample.
-pub(crate) fn fill_normals(rng: &mut SmallRng, out: &mut [f32]) {
-    let zig = ziggurat();
-    let mut pairs = out.chunks_exact_mut(2);
-    for pair in &mut pairs {
-        let bits = rng.next_u64();
-        pair[0] = zig.draw(bits as u32, rng);
-        pair[1] = zig.draw((bits >> 32) as u32, rng);
-    }
-    for v in pairs.into_remainder() {
-        let bits = rng.next_u32();
-        *v = zig.draw(bits, rng);
+/// Fills `out` with the normals of coordinates `first..first + out.len()` of parameter `param`
+/// in `stream` (module docs).
+pub fn fill_normals(seed: u64, stream: u32, param: u32, first: u64, out: &mut [f32]) {
+    let (mut i, mut k) = (first, 0);
+    while k < out.len() {
+        let lane = (i % 4) as usize;
+        let words = group_words(seed, stream, param, i / 4);
+        let take = (4 - lane).min(out.len() - k);
+        for (o, &w) in out[k..k + take].iter_mut().zip(&words[lane..]) {
+            *o = normal_from_bits(w);
+        }
+        k += take;
+        i += take as u64;
     }
 }
 
 /// The low-rank coefficients `z2` (`rows` standard normals) for `seed`.
 pub fn z2_for_seed(seed: u64, rows: usize) -> Vec<f32> {
-    let mut rng = stream(seed, Z2_STREAM, 0);
     let mut z2 = vec![0f32; rows];
-    fill_normals(&mut rng, &mut z2);
+    fill_normals(seed, Z2_STREAM, 0, 0, &mut z2);
     z2
 }
 
 /// The diagonal noise `z1` (`d` standard normals, flat layout order) for `seed`: exactly the
-/// values the fused sampler draws for the same seed. Parameter `p` of `layout` draws as
-/// parameter `param_base + p` of the whole model (a shard's first index; 0 otherwise).
+/// values the samplers draw for the same seed. Parameter `p` of `layout` draws as parameter
+/// `param_base + p` of the whole model (a shard's first index; 0 otherwise).
 pub fn z1_for_seed(seed: u64, layout: &ParamLayout, param_base: usize) -> Vec<f32> {
+    use rayon::prelude::*;
     let mut z1 = vec![0f32; layout.numel()];
     for (p, e) in layout.entries().iter().enumerate() {
         let part = &mut z1[e.offset..e.offset + e.numel()];
-        for (b, block) in part.chunks_mut(NOISE_BLOCK).enumerate() {
-            fill_normals(&mut stream(seed, (param_base + p) as u64, b as u64), block);
-        }
+        let param = (param_base + p) as u32;
+        part.par_chunks_mut(NOISE_BLOCK)
+            .enumerate()
+            .for_each(|(b, block)| {
+                fill_normals(seed, Z1_STREAM, param, (b * NOISE_BLOCK) as u64, block)
+            });
     }
     z1
 }
@@ -168,59 +208,79 @@ pub fn seed_from(rng: &mut impl Rng) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use statrs::distribution::{ContinuousCDF, Normal};
 
-    /// Kolmogorov–Smirnov against N(0, 1): D ≤ 1.95/√n is the 0.1% critical value, so a
-    /// correct generator fails this with probability 1e-3 per seed (the seed is fixed).
+    /// Random123's kat_vectors for philox4x32 with 10 rounds (counter, key, output).
     #[test]
-    fn normals_pass_kolmogorov_smirnov_and_moments() {
-        let n = 400_000;
-        let mut xs = vec![0f32; n];
-        fill_normals(&mut stream(42, 0, 0), &mut xs);
-        let mean = xs.iter().map(|&x| x as f64).sum::<f64>() / n as f64;
-        let var = xs.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n as f64;
-        assert!(mean.abs() < 5.0 / (n as f64).sqrt(), "mean {mean}");
-        assert!(
-            (var - 1.0).abs() < 5.0 * (2.0 / n as f64).sqrt(),
-            "var {var}"
-        );
-        // The tails (|x| > 3: 0.27%) come from the wedge and tail code paths.
-        let tail = xs.iter().filter(|x| x.abs() > 3.0).count() as f64 / n as f64;
-        let p = 0.002_699_796;
-        assert!(
-            (tail - p).abs() < 5.0 * (p / n as f64).sqrt(),
-            "tail {tail}"
-        );
-        assert!(
-            xs.iter().any(|x| x.abs() > ZIG_R as f32),
-            "tail beyond r never drawn"
-        );
-        let mut sorted: Vec<f64> = xs.iter().map(|&x| x as f64).collect();
-        sorted.sort_by(|a, b| a.total_cmp(b));
-        let normal = Normal::standard();
-        let d = sorted
-            .iter()
-            .enumerate()
-            .map(|(i, &x)| {
-                let c = normal.cdf(x);
-                (c - i as f64 / n as f64)
-                    .abs()
-                    .max(((i + 1) as f64 / n as f64 - c).abs())
-            })
-            .fold(0.0, f64::max);
-        assert!(d < 1.95 / (n as f64).sqrt(), "KS statistic {d}");
+    fn philox_matches_random123_known_answers() {
+        let cases: [([u32; 4], [u32; 2], [u32; 4]); 3] = [
+            ([0; 4], [0; 2], [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]),
+            (
+                [u32::MAX; 4],
+                [u32::MAX; 2],
+                [0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd],
+            ),
+            (
+                [0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344],
+                [0xa4093822, 0x299f31d0],
+                [0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1],
+            ),
+        ];
+        for (ctr, key, want) in cases {
+            assert_eq!(philox4x32_10(ctr, key), want, "counter {ctr:x?} key {key:x?}");
+        }
     }
 
     #[test]
-    fn streams_are_reproducible_and_distinct() {
-        let draw = |seed, param, block| {
-            let mut v = vec![0f32; 64];
-            fill_normals(&mut stream(seed, param, block), &mut v);
-            v
-        };
-        assert_eq!(draw(1, 2, 3), draw(1, 2, 3));
-        assert_ne!(draw(1, 2, 3), draw(1, 2, 4));
-        assert_ne!(draw(1, 2, 3), draw(1, 3, 3));
-        assert_ne!(draw(1, 2, 3), draw(2, 2, 3));
+    fn portable_ln_is_within_two_ulp_of_f64() {
+        let mut x = 2f32.powi(-40);
+        while x < 4.0 {
+            let got = portable_ln(x) as f64;
+            let want = (x as f64).ln();
+            let ulp = (want.abs() as f32).max(f32::MIN_POSITIVE);
+            let ulp = (f32::from_bits(ulp.to_bits() + 1) - ulp) as f64;
+            assert!(
+                (got - want).abs() <= 2.0 * ulp,
+                "ln({x}) = {got}, f64 gives {want}"
+            );
+            x *= 1.000_37;
+        }
+    }
+
+    #[test]
+    fn transform_matches_the_f64_inverse_cdf() {
+        use statrs::distribution::{ContinuousCDF, Normal};
+        let normal = Normal::standard();
+        // Words across the whole range, both signs, both branches and the extremes.
+        let mut words: Vec<u32> = (0..200_000u32).map(|k| k.wrapping_mul(21_473)).collect();
+        words.extend([0, 1, 0x7fff_ffff, 0x8000_0000, u32::MAX, 0x0999_9999]);
+        for u in words {
+            let m = u & 0x7fff_ffff;
+            let p = (m as f64 + 0.5) / 4_294_967_296.0;
+            let want = -normal.inverse_cdf(p) * if u >> 31 == 1 { 1.0 } else { -1.0 };
+            let got = normal_from_bits(u) as f64;
+            assert!(
+                (got - want).abs() <= 2e-6 * want.abs().max(1.0),
+                "word {u:#x}: {got} against {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn draws_depend_only_on_their_key() {
+        // Filling from an unaligned start, or one coordinate at a time, gives the same values.
+        let mut whole = vec![0f32; 37];
+        fill_normals(9, Z1_STREAM, 3, 5, &mut whole);
+        for (k, &v) in whole.iter().enumerate() {
+            let mut one = [0f32];
+            fill_normals(9, Z1_STREAM, 3, 5 + k as u64, &mut one);
+            assert_eq!(one[0].to_bits(), v.to_bits(), "coordinate {}", 5 + k);
+        }
+        let mut other = vec![0f32; 37];
+        fill_normals(9, Z1_STREAM, 4, 5, &mut other);
+        assert_ne!(whole, other);
+        fill_normals(9, Z2_STREAM, 3, 5, &mut other);
+        assert_ne!(whole, other);
+        fill_normals(10, Z1_STREAM, 3, 5, &mut other);
+        assert_ne!(whole, other);
     }
 }

@@ -421,14 +421,32 @@ impl SwagPosterior {
         }
     }
 
-    /// True when the fused CPU kernels can work on `params` in place: the posterior is on the
-    /// CPU and every Var is a contiguous f32 tensor (otherwise the tensor-op path is used).
+    /// True when the fused kernels can work on `params` in place: the posterior is on the CPU
+    /// (or on CUDA, with the `cuda` feature) and every Var is a contiguous f32 tensor
+    /// (otherwise the tensor-op path is used).
     pub(crate) fn can_fuse(&self, params: &ParamSet) -> bool {
-        self.device.is_cpu()
+        (self.device.is_cpu() || (cfg!(feature = "cuda") && self.device.is_cuda()))
             && params
                 .vars()
                 .iter()
                 .all(|v| v.dtype() == DType::F32 && v.as_tensor().is_contiguous())
+    }
+
+    /// Refuses a tensor (`what`) on another device than the posterior's, by name: candle would
+    /// otherwise fail deep inside an op.
+    pub(crate) fn check_device(&self, device: &Device, what: &str) -> Result<()> {
+        if self.device.same_device(device) {
+            return Ok(());
+        }
+        Err(Error::invalid(
+            what,
+            format!(
+                "on {:?}, but the posterior is on {:?}; create the posterior on the model's \
+                 device (SwagPosterior::for_params) or move the tensor",
+                device.location(),
+                self.device.location()
+            ),
+        ))
     }
 
     /// Refuses operations that need at least one collected snapshot.
@@ -444,6 +462,7 @@ impl SwagPosterior {
     /// Collects one snapshot: the current weights of `params`.
     pub fn collect(&mut self, params: &ParamSet) -> Result<()> {
         self.layout.check_same(params.layout())?;
+        self.check_device(params.device(), "params")?;
         if !self.can_fuse(params) {
             return self.collect_flat(&params.flatten()?);
         }
@@ -459,7 +478,8 @@ impl SwagPosterior {
     /// Collects one snapshot given as a flat `[d]` vector (layout order).
     pub fn collect_flat(&mut self, theta: &Tensor) -> Result<()> {
         self.layout.check_flat(theta, "theta")?;
-        if self.device.is_cpu() && theta.device().is_cpu() {
+        let fused = self.device.is_cpu() || (cfg!(feature = "cuda") && self.device.is_cuda());
+        if fused && self.device.same_device(theta.device()) {
             let theta = theta.to_dtype(DType::F32)?.contiguous()?;
             return self.collect_pieces(&[(&theta, 0)]);
         }
@@ -522,8 +542,13 @@ impl SwagPosterior {
         Ok(())
     }
 
-    /// Fused CPU collection over `(tensor, offset)` pieces covering the flat vector.
+    /// Fused collection over `(tensor, offset)` pieces covering the flat vector (contiguous
+    /// f32 tensors on the posterior's device).
     fn collect_pieces(&mut self, pieces: &[(&Tensor, usize)]) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        if self.device.is_cuda() {
+            return self.collect_pieces_cuda(pieces);
+        }
         // 1. Refuse non-finite snapshots before touching the state.
         for (t, offset) in pieces {
             let (storage, layout) = t.storage_and_layout();
@@ -564,6 +589,60 @@ impl SwagPosterior {
         }
         if !scratch.is_empty() {
             self.store_column(slot, &scratch)?;
+        }
+        self.rows = rows;
+        self.oldest = oldest;
+        self.n_collected += 1;
+        Ok(())
+    }
+
+    /// [`Self::collect_pieces`] with the fused CUDA kernels: one check of every piece for
+    /// non-finite values (one read-back), then one pass per piece over θ and the moments that
+    /// writes the new column (f32 or bf16 on the device; otherwise into a `[d]` f32 scratch
+    /// that is encoded and stored as on the CPU).
+    #[cfg(feature = "cuda")]
+    fn collect_pieces_cuda(&mut self, pieces: &[(&Tensor, usize)]) -> Result<()> {
+        use super::cuda;
+        let dev = cuda::cuda_device(&self.device, "posterior")?.clone();
+        let tensors: Vec<&Tensor> = pieces.iter().map(|(t, _)| *t).collect();
+        for ((t, offset), bad) in pieces.iter().zip(cuda::first_non_finite(&dev, &tensors)?) {
+            if let Some(i) = bad {
+                let value = t.flatten_all()?.get(i)?.to_scalar::<f32>()?;
+                return Err(self.layout.non_finite_error(offset + i, value));
+            }
+        }
+        let rank = self.config.rank();
+        let (slot, rows, oldest) = if rank > 0 {
+            self.next_slot()
+        } else {
+            (0, 0, 0)
+        };
+        let d = self.numel();
+        let scratch = if rank > 0 && !self.writes_columns_directly() {
+            Some(Tensor::zeros((1, d), DType::F32, &self.device)?)
+        } else {
+            None
+        };
+        for (t, offset) in pieces {
+            let [mean, comp, m2] = cuda::moment_rows(&self.moments, d, *offset)?;
+            let dev_at = match (&scratch, &self.columns) {
+                _ if rank == 0 => None,
+                (Some(s), _) => Some(cuda::column_at(s, 0, *offset)?),
+                (None, Columns::Memory(buffer)) => Some(cuda::column_at(buffer, slot, *offset)?),
+                (None, Columns::Disk(_)) => {
+                    return Err(Error::invalid("store", "a disk store needs a scratch column"))
+                }
+            };
+            let target = cuda::CollectTarget {
+                mean,
+                comp,
+                m2,
+                dev: dev_at,
+            };
+            cuda::collect(&dev, t, &target, self.n_collected)?;
+        }
+        if let Some(s) = scratch {
+            self.store_column(slot, &s.squeeze(0)?.to_vec1::<f32>()?)?;
         }
         self.rows = rows;
         self.oldest = oldest;

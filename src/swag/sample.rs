@@ -19,17 +19,24 @@
 //! - No `d × d` matrix is ever formed: `Dᵀ z2` is a streaming accumulation over the rows.
 //!
 //! # Noise and reproducibility
-//! candle's CPU generator cannot be seeded, so the noise is drawn on the host: the flat vector
-//! is cut into fixed blocks of 16384 elements per parameter, and block `b` of parameter `p`
-//! draws from its own generator seeded from `(seed, p, b)`; `z2` comes from one more stream.
+//! The noise comes from one counter-based generator (Philox4x32-10) keyed by
+//! (seed, stream, parameter index in the whole model, coordinate), with a normal transform
+//! built from correctly rounded operations only ([`super::noise`]): it is drawn inside the
+//! kernels, on the CPU and on CUDA alike, and the same seed gives the same `z1` and `z2` bits on
+//! every device, whatever the threads, chunks or shards.
 //!
-//! **Guarantee.** For a given seed, layout and crate version, the noise (hence the sample) is
-//! bit-identical whatever the number of threads, on every platform where `rand`'s `SmallRng` is
-//! the same algorithm (Xoshiro256++ on 64-bit targets). On CUDA and Metal the same host noise
-//! is uploaded, so the same seed gives the same `z1` and `z2`; the device arithmetic may then
-//! differ from the CPU result in the last bits. [`SwagPosterior::noise_for_seed`] returns that
-//! noise, and [`SwagPosterior::sample_with_noise`] takes `z1` and `z2` explicitly so the formula
-//! can be checked exactly.
+//! **Guarantee.** For a given seed, layout and crate version:
+//! - the noise is bit-identical on every device;
+//! - on the CPU, a sample is bit-identical whatever the store and the number of threads;
+//! - on CUDA, the fused kernel ([`super::cuda`], device store) performs the CPU kernel's f32
+//!   operations in the same order, without fused multiply-adds, so its sample equals the CPU's
+//!   bit for bit; the host and disk stores on CUDA form the low-rank sum with a matrix product
+//!   (cuBLAS), whose summation order differs: within a few ulp of the CPU's sample.
+//!
+//! [`SwagPosterior::noise_for_seed`] returns that noise, and
+//! [`SwagPosterior::sample_with_noise`] takes `z1` and `z2` explicitly so the formula can be
+//! checked exactly (its tensor-op formula rounds differently from the fused kernels, so expect
+//! a few ulp there too).
 
 use candle_core::{CpuStorage, DType, Device, InplaceOp3, Layout, Tensor};
 use half::{bf16, f16};
@@ -229,26 +236,90 @@ impl SwagPosterior {
     /// (parameter, block of 16384 coordinates), `z2`
     /// by the seed alone.
     pub fn noise_for_seed(&self, seed: u64) -> Result<(Tensor, Tensor)> {
+        let z2 = Tensor::from_vec(noise::z2_for_seed(seed, self.rows), self.rows, &self.device)?;
+        #[cfg(feature = "cuda")]
+        if self.device.is_cuda() {
+            // Drawn on the device: the same bits, without d normals drawn on the host.
+            let dev = super::cuda::cuda_device(&self.device, "posterior")?;
+            let parts = (self.layout.entries().iter().enumerate())
+                .map(|(p, e)| {
+                    let param = (self.param_base + p) as u32;
+                    super::cuda::normals(dev, seed, noise::Z1_STREAM, param, 0, e.numel())
+                })
+                .collect::<Result<Vec<_>>>()?;
+            return Ok((Tensor::cat(&parts, 0)?, z2));
+        }
         let z1 = Tensor::from_vec(
             noise::z1_for_seed(seed, &self.layout, self.param_base),
             self.numel(),
             &self.device,
         )?;
-        let z2 = Tensor::from_vec(noise::z2_for_seed(seed, self.rows), self.rows, &self.device)?;
         Ok((z1, z2))
     }
 
     /// A flat `[d]` sample for a seed (same noise as [`SwagPosterior::sample_into_seeded`]).
-    /// On the CPU it is the fused kernel's result, bit for bit whatever the store; on other
-    /// devices it is [`sample_with_noise`](Self::sample_with_noise) on the seed's noise.
+    /// On the CPU it is the fused kernel's result, bit for bit whatever the store; on CUDA the
+    /// fused CUDA kernel's (module docs); on other devices
+    /// [`sample_with_noise`](Self::sample_with_noise) on the seed's noise.
     pub fn sample_flat_seeded(&self, seed: u64, opts: &SampleConfig) -> Result<Tensor> {
         self.require_snapshots()?;
         if self.device.is_cpu() {
             let flat = self.sample_host(seed, opts)?;
             return Ok(Tensor::from_vec(flat, self.numel(), &Device::Cpu)?);
         }
+        #[cfg(feature = "cuda")]
+        if self.device.is_cuda() {
+            let out = Tensor::zeros(self.numel(), DType::F32, &self.device)?;
+            let views = self
+                .layout
+                .entries()
+                .iter()
+                .map(|e| Ok(out.narrow(0, e.offset, e.numel())?))
+                .collect::<Result<Vec<_>>>()?;
+            self.sample_cuda(&views, seed, opts)?;
+            return Ok(out);
+        }
         let (z1, z2) = self.noise_for_seed(seed)?;
         self.sample_with_noise(&z1, &z2, opts)
+    }
+
+    /// The fused CUDA sample, written into one contiguous f32 tensor per parameter (`targets`,
+    /// layout order: the parameters' Vars or views of a flat output). The device store's
+    /// columns are read by the kernel itself; a host or disk store's low-rank term is formed
+    /// chunk by chunk ([`Self::low_rank_term`]) and added by the kernel.
+    #[cfg(feature = "cuda")]
+    fn sample_cuda(&self, targets: &[Tensor], seed: u64, opts: &SampleConfig) -> Result<()> {
+        use super::cuda;
+        let dev = cuda::cuda_device(&self.device, "posterior")?;
+        let (coef, z2) = self.kernel_inputs(seed, opts);
+        // The kernels take the weights with 1/√divisor folded in, as the CPU kernel forms them.
+        let weights: Vec<f32> = z2.iter().map(|w| w * coef.inv_sqrt_divisor).collect();
+        let on_device = matches!(&self.columns, Columns::Memory(b) if b.device().same_device(&self.device));
+        let (mut rows_t, mut weights_t, mut extra) = (None, None, None);
+        if !weights.is_empty() && on_device {
+            let rows: Vec<u32> = self.physical_rows().iter().map(|&r| r as u32).collect();
+            rows_t = Some(Tensor::from_vec(rows, weights.len(), &self.device)?);
+            weights_t = Some(Tensor::from_slice(&weights, weights.len(), &self.device)?);
+        } else if !weights.is_empty() {
+            extra = Some(self.low_rank_term(&weights)?);
+        }
+        let columns = match (&self.columns, &rows_t, &weights_t) {
+            (Columns::Memory(buffer), Some(r), Some(w)) => Some((buffer, r, w)),
+            _ => None,
+        };
+        let args = cuda::SampleArgs {
+            columns,
+            extra: extra.as_ref(),
+            sqrt_scale: coef.sqrt_scale,
+            var_clamp: coef.var_clamp,
+            inv_n: coef.inv_n,
+            seed,
+        };
+        for (p, (target, entry)) in targets.iter().zip(self.layout.entries()).enumerate() {
+            let param = (self.param_base + p) as u32;
+            cuda::sample(dev, target, &self.moments, self.numel(), entry.offset, param, &args)?;
+        }
+        Ok(())
     }
 
     /// The coefficients and low-rank weights of a seeded sample, as the fused kernel takes
@@ -289,8 +360,8 @@ impl SwagPosterior {
             let range = entry.offset..entry.offset + entry.numel();
             let noise = NoiseSource {
                 seed,
-                param: (self.param_base + p) as u64,
-                first_block: 0,
+                param: (self.param_base + p) as u32,
+                first: 0,
             };
             let param = ParamSlices {
                 out: &mut out[range.clone()],
@@ -345,7 +416,7 @@ impl SwagPosterior {
                                         z2: &z2,
                                         coef,
                                         noise: NoiseSource {
-                                            first_block: b as u64,
+                                            first: (b * block) as u64,
                                             ..noise
                                         },
                                     },
@@ -379,6 +450,12 @@ impl SwagPosterior {
     ) -> Result<()> {
         self.require_snapshots()?;
         self.layout.check_same(params.layout())?;
+        self.check_device(params.device(), "params")?;
+        #[cfg(feature = "cuda")]
+        if self.device.is_cuda() && self.can_fuse(params) {
+            let targets: Vec<Tensor> = params.vars().iter().map(|v| v.as_tensor().clone()).collect();
+            return self.sample_cuda(&targets, seed, opts);
+        }
         let buffer = match &self.columns {
             Columns::Memory(buffer) if self.can_fuse(params) && buffer.device().is_cpu() => buffer,
             _ => return params.write_flat(&self.sample_flat_seeded(seed, opts)?),
@@ -398,8 +475,8 @@ impl SwagPosterior {
                 coef,
                 noise: NoiseSource {
                     seed,
-                    param: (self.param_base + p) as u64,
-                    first_block: 0,
+                    param: (self.param_base + p) as u32,
+                    first: 0,
                 },
             };
             var.as_tensor().inplace_op3(&self.moments, buffer, &op)?;
@@ -411,6 +488,7 @@ impl SwagPosterior {
     pub fn write_mean_into(&self, params: &ParamSet) -> Result<()> {
         self.require_snapshots()?;
         self.layout.check_same(params.layout())?;
+        self.check_device(params.device(), "params")?;
         params.write_flat(&self.moments.get(super::posterior::ROW_MEAN)?)
     }
 }

@@ -34,6 +34,10 @@ pub struct Args {
     /// Print one JSON object per operation instead of a table.
     #[arg(long)]
     json: bool,
+    /// Device to measure: auto (a GPU if present, else the CPU), cpu, cuda, cuda:N, metal.
+    /// On a GPU the floor is a device-to-device copy of the same bytes, timed in the same run.
+    #[arg(long, default_value = "auto")]
+    device: candle_swag::device::DeviceRequest,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -66,7 +70,12 @@ pub fn run(args: Args) -> Result<()> {
         );
         return Ok(());
     }
-    let (ops, memory) = perf::measure(args.params, args.rank, args.repeats, dtype)?;
+    let chosen = candle_swag::device::select(args.device)?;
+    if let Some(notice) = &chosen.fallback {
+        eprintln!("{notice}");
+    }
+    let device = chosen.device;
+    let (ops, memory) = perf::measure(args.params, args.rank, args.repeats, dtype, &device)?;
     if args.json {
         for op in &ops {
             println!("{}", serde_json::to_string(op)?);
@@ -75,8 +84,13 @@ pub fn run(args: Args) -> Result<()> {
         return Ok(());
     }
     println!(
-        "d = {}, K = {}, deviations {:?}, {} threads, median of {} runs",
-        args.params, args.rank, dtype, ops[0].threads, args.repeats
+        "d = {}, K = {}, deviations {:?}, {}, {} threads, median of {} runs",
+        args.params,
+        args.rank,
+        dtype,
+        ops[0].device,
+        ops[0].threads,
+        args.repeats
     );
     println!(
         "{:<16} {:>11} {:>11} {:>11} {:>11} {:>8}",
