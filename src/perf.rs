@@ -147,6 +147,15 @@ pub fn normals_seconds(d: usize, repeats: usize) -> f64 {
     t.unwrap_or(f64::NAN)
 }
 
+/// `cpu`, `cuda:N` or `metal:N`: how [`crate::device::DeviceRequest`] spells the device.
+pub fn device_name(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".to_string(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
 /// Median time of a device-to-device copy that moves `bytes` bytes (half read, half written),
 /// into a preallocated buffer, synchronised: the floor of a GPU operation.
 pub fn device_copy_seconds(bytes: usize, repeats: usize, device: &Device) -> Result<f64> {
@@ -246,7 +255,7 @@ pub fn measure(
             normals_seconds: normals,
             peak_rss_bytes: peak_rss_bytes(),
             threads,
-            device: format!("{:?}", device.location()),
+            device: device_name(device),
         });
         Ok(())
     };

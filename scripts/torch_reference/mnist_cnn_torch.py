@@ -114,10 +114,10 @@ class Swag:
     """Running first and second moments of the flat parameter vector and the last K
     deviations theta - mean (mean after the update), as in Maddox et al.'s collect_model."""
 
-    def __init__(self, dim):
+    def __init__(self, dim, device):
         self.n = 0
-        self.mean = torch.zeros(dim)
-        self.sq_mean = torch.zeros(dim)
+        self.mean = torch.zeros(dim, device=device)
+        self.sq_mean = torch.zeros(dim, device=device)
         self.devs = []
 
     def collect(self, theta):
@@ -133,7 +133,7 @@ class Swag:
         rand = var.sqrt() * torch.randn_like(var)
         if not diag_only:
             d = torch.stack(self.devs)  # [rows, dim]
-            rand = rand + d.t() @ torch.randn(d.shape[0]) / math.sqrt(divisor)
+            rand = rand + d.t() @ torch.randn(d.shape[0], device=d.device) / math.sqrt(divisor)
         return self.mean + math.sqrt(SCALE) * rand
 
 
@@ -163,27 +163,36 @@ def metrics(probs, labels):
 
 # ----------------------------------------------------------------------------- one seed
 
+def sync(device):
+    """Waits for the GPU's queued work, so that wall-clock timings are honest."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def run_seed(args, seed, x_train, y_train, x_test):
+    device = x_train.device
     torch.manual_seed(seed)
-    model = make_model()
+    model = make_model().to(device)
     params = list(model.parameters())
     opt = torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4)
-    swag = Swag(sum(p.numel() for p in params))
+    swag = Swag(sum(p.numel() for p in params), device)
     t_train = t_collect = 0.0
     n = len(x_train)
     for epoch in range(args.epochs):
         t = time.perf_counter()
         model.train()
-        order = torch.randperm(n)
+        order = torch.randperm(n).to(device)
         for i in range(0, n, BATCH):
             idx = order[i:i + BATCH]
             opt.zero_grad()
             F.cross_entropy(model(x_train[idx]), y_train[idx]).backward()
             opt.step()
+        sync(device)
         t_train += time.perf_counter() - t
         if epoch >= args.swag_start:
             t = time.perf_counter()
             swag.collect(parameters_to_vector(params).detach().clone())
+            sync(device)
             t_collect += time.perf_counter() - t
     if swag.n == 0:
         raise SystemExit("no SWAG collection: --swag-start must be < --epochs")
@@ -196,15 +205,16 @@ def run_seed(args, seed, x_train, y_train, x_test):
         refresh_bn(model, x_train)
         probs["SWA"] = predict(model, x_test)
         for name, diag_only in (("SWAG-diag", True), ("SWAG", False)):
-            total = torch.zeros(len(x_test), CLASSES, dtype=torch.float64)
+            total = torch.zeros(len(x_test), CLASSES, dtype=torch.float64, device=device)
             for _ in range(args.samples):
                 vector_to_parameters(swag.sample(diag_only, divisor), params)
                 refresh_bn(model, x_train)
                 total += predict(model, x_test)
             probs[name] = total / args.samples
+    sync(device)
     t_bma = time.perf_counter() - t
     timing = dict(train_s=t_train, collect_s=t_collect, bma_s=t_bma)
-    return {k: v.numpy() for k, v in probs.items()}, timing
+    return {k: v.cpu().numpy() for k, v in probs.items()}, timing
 
 
 # ----------------------------------------------------------------------------- main
@@ -223,7 +233,9 @@ def main():
                          "(candle-swag's default)")
     ap.add_argument("--data", default="data", help="directory of the mnist5k-* IDX files")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N")
     args = ap.parse_args()
+    device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.optim.SGD([torch.zeros(1)], lr=0.1)  # one-off lazy imports (~1-2 s), kept out of timings
 
@@ -235,9 +247,12 @@ def main():
     test_images = read_idx(d / "mnist5k-test-images-idx3-ubyte")
     test_labels = read_idx(d / "mnist5k-test-labels-idx1-ubyte").astype(np.int64)
     sets = [("clean", test_images)] + [(f"rotated {a}°", rotate(test_images, a)) for a in ANGLES]
-    x_train = to_tensor(train_images)
-    y_train = torch.from_numpy(train_labels.astype(np.int64))
-    x_test = torch.cat([to_tensor(images) for _, images in sets])  # one forward per sample
+    x_train = to_tensor(train_images).to(device)
+    y_train = torch.from_numpy(train_labels.astype(np.int64)).to(device)
+    # One forward per sample.
+    x_test = torch.cat([to_tensor(images) for _, images in sets]).to(device)
+    if device.type == "cuda":  # CUDA context and kernels initialised outside the timings
+        F.conv2d(x_test[:1], torch.zeros(1, 1, 3, 3, device=device)).sum().item()
 
     rows, timings = [], []
     for seed in range(args.first_seed, args.first_seed + args.seeds):
@@ -255,7 +270,7 @@ def main():
     if args.json:
         return
     print(f"mean ± std over {args.seeds} seed(s) (std: divisor n−1), torch {torch.__version__}, "
-          f"{args.threads} thread(s)\n")
+          f"{args.threads} thread(s), device {device}\n")
     print("| test set | method | accuracy | NLL | ECE | Brier |\n|---|---|---|---|---|---|")
     for name, _ in sets:
         for method in ("SGD", "SWA", "SWAG-diag", "SWAG"):

@@ -77,17 +77,13 @@ fn address_of(t: &Tensor, what: &str) -> Result<u64> {
     address(&storage, layout, what)
 }
 
-fn function(dev: &CudaDevice, name: &str) -> Result<candle_core::cuda_backend::CudaFunc> {
-    Ok(dev.get_or_load_custom_func(name, MODULE, PTX)?)
-}
-
 /// Index of the first non-finite value of each `(tensor, len)` piece (contiguous f32 CUDA
 /// tensors), in one read-back for all pieces.
 pub(crate) fn first_non_finite(dev: &CudaDevice, pieces: &[&Tensor]) -> Result<Vec<Option<usize>>> {
     let device = Device::Cuda(dev.clone());
-    let flags = Tensor::full(i64::MAX, pieces.len(), &device)?;
+    let flags = Tensor::from_vec(vec![i64::MAX; pieces.len()], pieces.len(), &device)?;
     let flags_at = address_of(&flags, "non-finite flags")?;
-    let func = function(dev, "swag_first_non_finite")?;
+    let func = dev.get_or_load_custom_func("swag_first_non_finite", MODULE, PTX)?;
     for (i, t) in pieces.iter().enumerate() {
         let x = address_of(t, "theta")?;
         let n = t.elem_count() as u64;
@@ -142,7 +138,7 @@ pub(crate) fn collect(dev: &CudaDevice, theta: &Tensor, at: &CollectTarget, n: u
             ))
         }
     };
-    let func = function(dev, name)?;
+    let func = dev.get_or_load_custom_func(name, MODULE, PTX)?;
     let x = address_of(theta, "theta")?;
     let len = theta.elem_count() as u64;
     let inv = super::kernels::inv_count(n + 1);
@@ -164,10 +160,11 @@ pub(crate) fn collect(dev: &CudaDevice, theta: &Tensor, at: &CollectTarget, n: u
 
 /// What a fused sample of one parameter reads besides its moments.
 pub(crate) struct SampleArgs<'a> {
-    /// The deviation buffer (`[K, d]`, f32/bf16/f16) and the held rows, oldest first, with
-    /// their final weights (`z2 · column scale · 1/√divisor`, as the CPU kernel forms them).
-    /// `None` for a diagonal sample.
-    pub columns: Option<(&'a Tensor, &'a [u32], &'a [f32])>,
+    /// The deviation buffer (`[K, d]`, f32/bf16/f16 on the device), the physical rows held,
+    /// oldest first (u32 on the device), and their final weights (f32 on the device:
+    /// `z2 · column scale · 1/√divisor`, as the CPU kernel forms them). `None` for a diagonal
+    /// sample.
+    pub columns: Option<(&'a Tensor, &'a Tensor, &'a Tensor)>,
     /// A precomputed low-rank term (`[d]` f32) to start the sum from instead of the columns.
     pub extra: Option<&'a Tensor>,
     pub sqrt_scale: f32,
@@ -187,31 +184,33 @@ pub(crate) fn sample(
     param: u32,
     args: &SampleArgs<'_>,
 ) -> Result<()> {
-    let device = Device::Cuda(dev.clone());
     let [mean, _, m2] = moment_rows(moments, d, offset)?;
     let out_at = address_of(out, "parameter")?;
     let len = out.elem_count() as u64;
-    let (name, dev_at, stride, rows, weights, nrows) = match args.columns {
-        Some((buffer, rows, w)) if !rows.is_empty() => {
+    let (name, dev_at, stride, rows_at, w_at, nrows) = match args.columns {
+        Some((buffer, rows, w)) if rows.elem_count() > 0 => {
             let name = match buffer.dtype() {
                 DType::F32 => "swag_sample_f32",
                 DType::BF16 => "swag_sample_bf16",
                 _ => "swag_sample_f16",
             };
             let (at, _) = column_at(buffer, 0, offset)?;
-            let rows_t = Tensor::from_slice(rows, rows.len(), &device)?;
-            let w_t = Tensor::from_slice(w, w.len(), &device)?;
-            (name, at, buffer.dim(1)? as u64, Some(rows_t), Some(w_t), rows.len() as u32)
+            (
+                name,
+                at,
+                buffer.dim(1)? as u64,
+                address_of(rows, "rows")?,
+                address_of(w, "weights")?,
+                rows.elem_count() as u32,
+            )
         }
-        _ => ("swag_sample_f32", 0u64, 0u64, None, None, 0u32),
+        _ => ("swag_sample_f32", 0u64, 0u64, 0u64, 0u64, 0u32),
     };
-    let rows_at = rows.as_ref().map_or(Ok(0), |t| address_of(t, "rows"))?;
-    let w_at = weights.as_ref().map_or(Ok(0), |t| address_of(t, "weights"))?;
     let extra_at = match args.extra {
         Some(t) => address_of(t, "low-rank term")? + 4 * offset as u64,
         None => 0,
     };
-    let func = function(dev, name)?;
+    let func = dev.get_or_load_custom_func(name, MODULE, PTX)?;
     let (seed_lo, seed_hi) = (args.seed as u32, (args.seed >> 32) as u32);
     let mut b = func.builder();
     b.arg(&out_at)
@@ -230,11 +229,9 @@ pub(crate) fn sample(
         .arg(&seed_lo)
         .arg(&seed_hi)
         .arg(&param);
-    // SAFETY: the addresses cover the parameter's `len` coordinates of buffers alive until the
-    // launch is ordered on the stream (`rows` and `weights` are freed only after it: candle
-    // frees device memory in stream order).
+    // SAFETY: the addresses cover the parameter's `len` coordinates of buffers (and the
+    // `nrows` rows and weights) that the caller keeps alive past the launch.
     unsafe { b.launch(config(len, u64::from(BLOCK) * 4)) }.w()?;
-    drop((rows, weights));
     Ok(())
 }
 
@@ -254,7 +251,7 @@ pub(crate) fn normals(
         return Ok(out);
     }
     let at = address_of(&out, "normals")?;
-    let func = function(dev, "swag_normals")?;
+    let func = dev.get_or_load_custom_func("swag_normals", MODULE, PTX)?;
     let (seed_lo, seed_hi, n64) = (seed as u32, (seed >> 32) as u32, n as u64);
     let mut b = func.builder();
     b.arg(&at)

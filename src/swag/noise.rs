@@ -94,12 +94,11 @@ fn group_words(seed: u64, stream: u32, param: u32, g: u64) -> [u32; 4] {
 #[inline(always)]
 pub fn portable_ln(x: f32) -> f32 {
     let bits = x.to_bits();
-    let mut e = ((bits >> 23) & 0xff) as i32 - 127;
-    let mut m = f32::from_bits((bits & 0x007f_ffff) | 0x3f80_0000);
-    if m > std::f32::consts::SQRT_2 {
-        m *= 0.5;
-        e += 1;
-    }
+    let m = f32::from_bits((bits & 0x007f_ffff) | 0x3f80_0000);
+    // m > √2: halve it (exact) and count one more power of two; written as a select.
+    let big = m > std::f32::consts::SQRT_2;
+    let e = ((bits >> 23) & 0xff) as i32 - 127 + i32::from(big);
+    let m = if big { m * 0.5 } else { m };
     let f = m - 1.0; // exact (Sterbenz)
     let s = f / (2.0 + f);
     let s2 = s * s;
@@ -161,17 +160,58 @@ const TWO_POW_M33: f32 = 1.0 / 8_589_934_592.0;
 
 /// Fills `out` with the normals of coordinates `first..first + out.len()` of parameter `param`
 /// in `stream` (module docs).
+///
+/// Whole groups are drawn [`LANES`] words at a time and transformed by [`normals_from_words`],
+/// a branch-free form of [`normal_from_bits`] that the compiler vectorises; both perform the
+/// same operations on each word, so the values are the same.
 pub fn fill_normals(seed: u64, stream: u32, param: u32, first: u64, out: &mut [f32]) {
     let (mut i, mut k) = (first, 0);
-    while k < out.len() {
+    let n = out.len();
+    while k < n {
         let lane = (i % 4) as usize;
+        if lane == 0 && n - k >= LANES {
+            let mut words = [0u32; LANES];
+            for (g, w) in words.chunks_exact_mut(4).enumerate() {
+                w.copy_from_slice(&group_words(seed, stream, param, i / 4 + g as u64));
+            }
+            let block: &mut [f32; LANES] = (&mut out[k..k + LANES])
+                .try_into()
+                .expect("a slice of LANES elements");
+            normals_from_words(&words, block);
+            k += LANES;
+            i += LANES as u64;
+            continue;
+        }
         let words = group_words(seed, stream, param, i / 4);
-        let take = (4 - lane).min(out.len() - k);
+        let take = (4 - lane).min(n - k);
         for (o, &w) in out[k..k + take].iter_mut().zip(&words[lane..]) {
             *o = normal_from_bits(w);
         }
         k += take;
         i += take as u64;
+    }
+}
+
+/// Words transformed together by [`normals_from_words`].
+pub const LANES: usize = 64;
+
+/// [`normal_from_bits`] on [`LANES`] words, computing both branches for every word and
+/// selecting, so that the loop has no branch and vectorises. Each word goes through exactly the
+/// operations of [`normal_from_bits`] (the unused branch is computed and dropped).
+#[inline(never)]
+pub fn normals_from_words(words: &[u32; LANES], out: &mut [f32; LANES]) {
+    for (o, &u) in out.iter_mut().zip(words) {
+        let m = u & 0x7fff_ffff;
+        let n = 0x7fff_ffff - m;
+        let q = -((n as f32) * TWO_POW_M32 + TWO_POW_M33);
+        let r = 0.180_625 - q * q;
+        let centre =
+            q * (((A3 * r + A2) * r + A1) * r + A0) / (((B3 * r + B2) * r + B1) * r + 1.0);
+        let p = (m as f32) * TWO_POW_M32 + TWO_POW_M33;
+        let t = (-portable_ln(p)).sqrt() - 1.6;
+        let tail = -((((C3 * t + C2) * t + C1) * t + C0) / ((D2 * t + D1) * t + 1.0));
+        let z = if q >= -0.425 { centre } else { tail };
+        *o = f32::from_bits(z.to_bits() ^ (u & 0x8000_0000));
     }
 }
 
@@ -266,16 +306,32 @@ mod tests {
     }
 
     #[test]
+    fn vectorised_transform_gives_the_scalar_bits() {
+        let mut words = [0u32; LANES];
+        for start in (0..u32::MAX - 4 * LANES as u32).step_by(9_973_777) {
+            for (k, w) in words.iter_mut().enumerate() {
+                *w = start.wrapping_add((k as u32).wrapping_mul(2_654_435_761));
+            }
+            words[0] = [0, 1, 0x7fff_ffff, 0x8000_0000, u32::MAX][start as usize % 5];
+            let mut out = [0f32; LANES];
+            normals_from_words(&words, &mut out);
+            for (w, z) in words.iter().zip(out) {
+                assert_eq!(z.to_bits(), normal_from_bits(*w).to_bits(), "word {w:#x}");
+            }
+        }
+    }
+
+    #[test]
     fn draws_depend_only_on_their_key() {
         // Filling from an unaligned start, or one coordinate at a time, gives the same values.
-        let mut whole = vec![0f32; 37];
+        let mut whole = vec![0f32; 237];
         fill_normals(9, Z1_STREAM, 3, 5, &mut whole);
         for (k, &v) in whole.iter().enumerate() {
             let mut one = [0f32];
             fill_normals(9, Z1_STREAM, 3, 5 + k as u64, &mut one);
             assert_eq!(one[0].to_bits(), v.to_bits(), "coordinate {}", 5 + k);
         }
-        let mut other = vec![0f32; 37];
+        let mut other = vec![0f32; 237];
         fill_normals(9, Z1_STREAM, 4, 5, &mut other);
         assert_ne!(whole, other);
         fill_normals(9, Z2_STREAM, 3, 5, &mut other);
