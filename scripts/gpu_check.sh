@@ -37,8 +37,13 @@ for l in sys.stdin:
   cp "${CARGO_TARGET_DIR:-target}/release/swag" "$test_bin" "$bin/"
   mv "$bin/$(basename "$test_bin")" "$bin/gpu_agreement"
 fi
+unxz_to() { # FILE.xz OUT (python's lzma where xz is missing)
+  if command -v xz >/dev/null; then xz -dc "$1" >"$2"; else
+    python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$1" "$2"
+  fi
+}
 for f in swag gpu_agreement; do
-  if [ -f "$bin/$f.xz" ]; then xz -dc "$bin/$f.xz" >"$out/$f.new"; else cp "$bin/$f" "$out/$f.new"; fi
+  if [ -f "$bin/$f.xz" ]; then unxz_to "$bin/$f.xz" "$out/$f.new"; else cp "$bin/$f" "$out/$f.new"; fi
   chmod +x "$out/$f.new" && mv "$out/$f.new" "$out/$f"
 done
 
