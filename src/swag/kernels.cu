@@ -21,25 +21,28 @@
 #define LN_C9 __uint_as_float(0x3de38e39u)
 #define LN2_HI __uint_as_float(0x3f318000u)
 #define LN2_LO __uint_as_float(0xb95e8083u)
-#define A0 __uint_as_float(0x4058c6c8u)
-#define A1 __uint_as_float(0x4249bcb2u)
-#define A2 __uint_as_float(0x431f4a87u)
-#define A3 __uint_as_float(0x426c7000u)
-#define B1 __uint_as_float(0x418f294fu)
-#define B2 __uint_as_float(0x429d83f9u)
-#define B3 __uint_as_float(0x42866008u)
-#define C0 __uint_as_float(0x3fb63331u)
-#define C1 __uint_as_float(0x40306faau)
-#define C2 __uint_as_float(0x3fa742e1u)
-#define C3 __uint_as_float(0x3e2e52edu)
-#define D1 __uint_as_float(0x3f3cac23u)
-#define D2 __uint_as_float(0x3df6315cu)
+// Giles' erfinv, centre (P0 highest degree) and tail (Q0) polynomials.
+#define P0 __uint_as_float(0x32f16588u)
+#define P1 __uint_as_float(0x34b84b36u)
+#define P2 __uint_as_float(0xb66c7357u)
+#define P3 __uint_as_float(0xb6935ac1u)
+#define P4 __uint_as_float(0x396532dbu)
+#define P5 __uint_as_float(0xbaa45408u)
+#define P6 __uint_as_float(0xbb88e4efu)
+#define P7 __uint_as_float(0x3e7c8f63u)
+#define P8 __uint_as_float(0x3fc02e2fu)
+#define Q0 __uint_as_float(0xb951f09bu)
+#define Q1 __uint_as_float(0x38d3b56bu)
+#define Q2 __uint_as_float(0x3ab0dc72u)
+#define Q3 __uint_as_float(0xbb70bde7u)
+#define Q4 __uint_as_float(0x3bbc127bu)
+#define Q5 __uint_as_float(0xbbf9c5d7u)
+#define Q6 __uint_as_float(0x3c1aa57eu)
+#define Q7 __uint_as_float(0x3f8036dbu)
+#define Q8 __uint_as_float(0x40354f7eu)
 #define SQRT_2 __uint_as_float(0x3fb504f3u)
+#define TWO_POW_M31 __uint_as_float(0x30000000u)
 #define TWO_POW_M32 __uint_as_float(0x2f800000u)
-#define TWO_POW_M33 __uint_as_float(0x2f000000u)
-#define CENTRE __uint_as_float(0xbed9999au)
-#define R_CONST __uint_as_float(0x3e38f5c3u)
-#define TAIL_SHIFT __uint_as_float(0x3fcccccdu)
 #define SPLITTER 4097.0f
 
 #define Z1_STREAM 0u
@@ -78,24 +81,26 @@ __device__ __forceinline__ float portable_ln(float x) {
   return ADD(MUL(ef, LN2_HI), ADD(MUL(ef, LN2_LO), ln_m));
 }
 
+#define HORNER9(c, w)                                                                         \
+  ADD(c##8, MUL(ADD(c##7, MUL(ADD(c##6, MUL(ADD(c##5, MUL(ADD(c##4, MUL(ADD(c##3, MUL(           \
+      ADD(c##2, MUL(ADD(c##1, MUL(c##0, w)), w)), w)), w)), w)), w)), w)), w))
+
 __device__ __forceinline__ float normal_from_bits(uint32_t u) {
   uint32_t m = u & 0x7fffffffu;
   uint32_t n = 0x7fffffffu - m;
-  float q = -ADD(MUL(__uint2float_rn(n), TWO_POW_M32), TWO_POW_M33);
-  float z;
-  if (q >= CENTRE) {
-    float r = SUB(R_CONST, MUL(q, q));
-    float num = ADD(MUL(ADD(MUL(ADD(MUL(A3, r), A2), r), A1), r), A0);
-    float den = ADD(MUL(ADD(MUL(ADD(MUL(B3, r), B2), r), B1), r), 1.0f);
-    z = DIV(MUL(q, num), den);
+  float x = -ADD(MUL(__uint2float_rn(n), TWO_POW_M31), TWO_POW_M32);
+  float two_p = ADD(MUL(__uint2float_rn(m), TWO_POW_M31), TWO_POW_M32);
+  float w = -portable_ln(MUL(SUB(1.0f, x), two_p));
+  float poly;
+  if (w < 5.0f) {
+    float v = SUB(w, 2.5f);
+    poly = HORNER9(P, v);
   } else {
-    float p = ADD(MUL(__uint2float_rn(m), TWO_POW_M32), TWO_POW_M33);
-    float r = SUB(SQRT(-portable_ln(p)), TAIL_SHIFT);
-    float num = ADD(MUL(ADD(MUL(ADD(MUL(C3, r), C2), r), C1), r), C0);
-    float den = ADD(MUL(ADD(MUL(D2, r), D1), r), 1.0f);
-    z = -DIV(num, den);
+    float v = SUB(SQRT(w), 3.0f);
+    poly = HORNER9(Q, v);
   }
-  return (u >> 31) ? -z : z;
+  float z = MUL(MUL(poly, x), SQRT_2);
+  return __uint_as_float(__float_as_uint(z) ^ (u & 0x80000000u));
 }
 
 // Normals of coordinates first..first+n of parameter `param` in `stream` (noise_for_seed and
