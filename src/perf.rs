@@ -160,6 +160,17 @@ pub fn device_name(device: &Device) -> String {
 /// into a preallocated buffer, synchronised: the floor of a GPU operation.
 pub fn device_copy_seconds(bytes: usize, repeats: usize, device: &Device) -> Result<f64> {
     let n = (bytes / 8).max(1);
+    // On CUDA, the driver's own device-to-device copy (cuMemcpyDtoD): the fastest way the GPU
+    // has to move these bytes.
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(dev) = device {
+        let src = dev.alloc_zeros::<f32>(n)?;
+        let mut dst = dev.alloc_zeros::<f32>(n)?;
+        return time_median(repeats, || {
+            dev.memcpy_dtod(&src, &mut dst)?;
+            Ok(device.synchronize()?)
+        });
+    }
     let src = Tensor::ones(n, DType::F32, device)?;
     let dst = Tensor::zeros(n, DType::F32, device)?;
     time_median(repeats, || {

@@ -158,6 +158,30 @@ pub(crate) fn collect(dev: &CudaDevice, theta: &Tensor, at: &CollectTarget, n: u
     Ok(())
 }
 
+/// Encodes the f32 column `col` (`[d]`) as f16 into row `slot` of the `[K, d]` f16 buffer,
+/// multiplied by `inv` (1 / the column's scale): `store::encode_pieces`' arithmetic. Returns
+/// how many nonzero entries became 0.
+pub(crate) fn encode_f16(
+    dev: &CudaDevice,
+    col: &Tensor,
+    buffer: &Tensor,
+    slot: usize,
+    inv: f32,
+) -> Result<u64> {
+    let device = Device::Cuda(dev.clone());
+    let counter = Tensor::from_vec(vec![0i64], 1, &device)?;
+    let (out, _) = column_at(buffer, slot, 0)?;
+    let (src, counter_at) = (address_of(col, "column")?, address_of(&counter, "counter")?);
+    let n = col.elem_count() as u64;
+    let func = dev.get_or_load_custom_func("swag_encode_f16", MODULE, PTX)?;
+    let mut b = func.builder();
+    b.arg(&src).arg(&out).arg(&n).arg(&inv).arg(&counter_at);
+    // SAFETY: `col` holds n f32, row `slot` of `buffer` n f16, `counter` one i64; all outlive
+    // the read-back below, which follows the launch on the same stream.
+    unsafe { b.launch(config(n, u64::from(BLOCK))) }.w()?;
+    Ok(counter.to_vec1::<i64>()?[0] as u64)
+}
+
 /// What a fused sample of one parameter reads besides its moments.
 pub(crate) struct SampleArgs<'a> {
     /// The deviation buffer (`[K, d]`, f32/bf16/f16 on the device), the physical rows held,

@@ -188,6 +188,19 @@ __device__ __forceinline__ float store_f32(float x) { return x; }
 COLLECT_KERNEL(swag_collect_f32, float, store_f32)
 COLLECT_KERNEL(swag_collect_bf16, uint16_t, bf16_from_f32)
 
+// An f16 column (store::encode_pieces): out = f16(col * inv), round to nearest even; counts
+// the nonzero entries stored as zero into *flushed.
+extern "C" __global__ void swag_encode_f16(const float* col, uint16_t* out, uint64_t n, float inv,
+                                           unsigned long long* flushed) {
+  for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n;
+       i += (uint64_t)gridDim.x * blockDim.x) {
+    float x = col[i];
+    uint16_t q = __half_as_ushort(__float2half_rn(MUL(x, inv)));
+    out[i] = q;
+    if ((q & 0x7fffu) == 0 && x != 0.0f) atomicAdd(flushed, 1ull);
+  }
+}
+
 // ---------------------------------------------------------------- sample (kernels::sample)
 
 __device__ __forceinline__ float widen(float x) { return x; }
@@ -201,8 +214,8 @@ __device__ __forceinline__ float widen_f16(uint16_t x) { return __half2float(__u
 // A warp handles 128 consecutive coordinates: lane t draws the Philox group of coordinates
 // 4t..4t+3, and the words are exchanged by shuffles so that each lane then handles the
 // coalesced coordinates t, t+32, t+64, t+96.
-#define SAMPLE_KERNEL(NAME, T, WIDEN)                                                            \
-  extern "C" __global__ void NAME(float* out, const float* mean, const float* m2, const T* dev,  \
+#define SAMPLE_KERNEL(NAME, T, WIDEN)                                                             \
+  extern "C" __global__ void NAME(float* out, const float* mean, const float* m2, const T* dev,   \
                                   uint64_t row_stride, const uint32_t* rows, const float* w,      \
                                   uint32_t nrows, const float* extra, uint64_t len,               \
                                   float sqrt_scale, float var_clamp, float inv_n,                 \
@@ -213,6 +226,17 @@ __device__ __forceinline__ float widen_f16(uint16_t x) { return __half2float(__u
     for (uint64_t wi = blockIdx.x * warps_per_block + (threadIdx.x >> 5); wi < n_warps;           \
          wi += (uint64_t)gridDim.x * warps_per_block) {                                           \
       const uint64_t base = wi * 128;                                                             \
+      /* The loads first, so that memory latency overlaps the noise's arithmetic. */              \
+      uint64_t j[4];                                                                              \
+      bool ok[4];                                                                                 \
+      float acc[4], mu[4], s2[4];                                                                 \
+      _Pragma("unroll") for (int k = 0; k < 4; ++k) {                                             \
+        j[k] = base + 32 * k + lane;                                                              \
+        ok[k] = j[k] < len;                                                                       \
+        acc[k] = (extra && ok[k]) ? extra[j[k]] : 0.0f;                                           \
+        mu[k] = ok[k] ? mean[j[k]] : 0.0f;                                                        \
+        s2[k] = ok[k] ? m2[j[k]] : 0.0f;                                                          \
+      }                                                                                           \
       const uint64_t g = (base >> 2) + lane;                                                      \
       uint4 words = philox4x32_10(                                                                \
           make_uint4((uint32_t)g, (uint32_t)(g >> 32), param, Z1_STREAM), seed_lo, seed_hi);      \
@@ -225,14 +249,6 @@ __device__ __forceinline__ float widen_f16(uint16_t x) { return __half2float(__u
         uint32_t ww = __shfl_sync(0xffffffffu, words.w, src);                                     \
         uint32_t c = lane & 3u;                                                                   \
         z[k] = normal_from_bits(c == 0 ? x : c == 1 ? y : c == 2 ? zz : ww);                      \
-      }                                                                                           \
-      uint64_t j[4];                                                                              \
-      bool ok[4];                                                                                 \
-      float acc[4];                                                                               \
-      _Pragma("unroll") for (int k = 0; k < 4; ++k) {                                             \
-        j[k] = base + 32 * k + lane;                                                              \
-        ok[k] = j[k] < len;                                                                       \
-        acc[k] = (extra && ok[k]) ? extra[j[k]] : 0.0f;                                           \
       }                                                                                           \
       uint32_t r = 0;                                                                             \
       for (; r + 4 <= nrows; r += 4) {                                                            \
@@ -258,8 +274,8 @@ __device__ __forceinline__ float widen_f16(uint16_t x) { return __half2float(__u
       }                                                                                           \
       _Pragma("unroll") for (int k = 0; k < 4; ++k) {                                             \
         if (ok[k]) {                                                                              \
-          float var = fmaxf(MUL(m2[j[k]], inv_n), var_clamp);                                     \
-          out[j[k]] = ADD(mean[j[k]], MUL(sqrt_scale, ADD(MUL(SQRT(var), z[k]), acc[k])));        \
+          float var = fmaxf(MUL(s2[k], inv_n), var_clamp);                                        \
+          out[j[k]] = ADD(mu[k], MUL(sqrt_scale, ADD(MUL(SQRT(var), z[k]), acc[k])));             \
         }                                                                                         \
       }                                                                                           \
     }                                                                                             \

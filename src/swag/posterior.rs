@@ -642,7 +642,19 @@ impl SwagPosterior {
             cuda::collect(&dev, t, &target, self.n_collected)?;
         }
         if let Some(s) = scratch {
-            self.store_column(slot, &s.squeeze(0)?.to_vec1::<f32>()?)?;
+            let col = s.squeeze(0)?;
+            let on_device = matches!(self.config.store(), DeviationStore::Device);
+            match &self.columns {
+                // f16 on the device: the column's scale from a device reduction (a maximum is
+                // exact), then encoded by a kernel; the same numbers as `store::encode_pieces`.
+                Columns::Memory(buffer) if on_device => {
+                    let max_abs = col.abs()?.max(0)?.to_scalar::<f32>()?;
+                    let scale = super::store::f16_column_scale(max_abs);
+                    self.flushed += cuda::encode_f16(&dev, &col, buffer, slot, 1.0 / scale)?;
+                    self.scales[slot] = scale;
+                }
+                _ => self.store_column(slot, &col.to_vec1::<f32>()?)?,
+            }
         }
         self.rows = rows;
         self.oldest = oldest;
