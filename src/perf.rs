@@ -278,7 +278,11 @@ pub fn measure(
     })?;
     record("collect", t, (28 + dev_bytes) * d, 0.0)?;
 
-    let normals = if gpu { 0.0 } else { normals_seconds(d, repeats) };
+    let normals = if gpu {
+        0.0
+    } else {
+        normals_seconds(d, repeats)
+    };
     let opts = SampleConfig::default();
     let t = time_median(repeats, || {
         posterior.sample_into(&params, &opts, &mut rng)?;

@@ -86,8 +86,15 @@ fn assert_same_state(cpu: &SwagPosterior, dev: &SwagPosterior, what: &str) -> Re
         bits(&dev.deviations()?)?,
         "{what}: columns"
     );
-    assert_eq!(cpu.deviation_scales(), dev.deviation_scales(), "{what}: scales");
-    assert_eq!((cpu.rows(), cpu.n_collected()), (dev.rows(), dev.n_collected()));
+    assert_eq!(
+        cpu.deviation_scales(),
+        dev.deviation_scales(),
+        "{what}: scales"
+    );
+    assert_eq!(
+        (cpu.rows(), cpu.n_collected()),
+        (dev.rows(), dev.n_collected())
+    );
     Ok(())
 }
 
@@ -107,7 +114,11 @@ fn device_store_is_bit_equal_to_the_cpu() -> Result<()> {
             for opts in [SampleConfig::default(), SampleConfig::diagonal(0.5)?] {
                 let sc = cpu.sample_flat_seeded(seed, &opts)?;
                 let sg = dev.sample_flat_seeded(seed, &opts)?;
-                assert_eq!(bits(&sc)?, bits(&sg)?, "{what}: sample, seed {seed}, {opts:?}");
+                assert_eq!(
+                    bits(&sc)?,
+                    bits(&sg)?,
+                    "{what}: sample, seed {seed}, {opts:?}"
+                );
                 // Straight into the model's Vars: the same bits as the flat sample.
                 let pg = params_on(dev.device())?;
                 dev.sample_into_seeded(&pg, &opts, seed)?;
@@ -120,7 +131,10 @@ fn device_store_is_bit_equal_to_the_cpu() -> Result<()> {
             cpu.log_prob(&theta, &opts)?,
             dev.log_prob(&theta.to_device(dev.device())?, &opts)?,
         );
-        assert!((lc - lg).abs() <= 1e-12 * lc.abs(), "{what}: log_prob {lc} vs {lg}");
+        assert!(
+            (lc - lg).abs() <= 1e-12 * lc.abs(),
+            "{what}: log_prob {lc} vs {lg}"
+        );
     }
     Ok(())
 }
@@ -152,18 +166,31 @@ fn non_finite_snapshot_is_refused_by_name_and_changes_nothing() -> Result<()> {
     let d = params.layout().numel();
     params.write_flat(&Tensor::from_vec(snapshot(0, d), d, &gpu)?)?;
     post.collect(&params)?;
-    let before = (bits(&post.mean()?)?, bits(&post.m2()?)?, bits(&post.deviations()?)?);
+    let before = (
+        bits(&post.mean()?)?,
+        bits(&post.m2()?)?,
+        bits(&post.deviations()?)?,
+    );
     let mut bad = snapshot(1, d);
     let at = d - 5; // in p3, the large parameter
     bad[at] = f32::NAN;
     bad[at + 2] = f32::INFINITY;
     params.write_flat(&Tensor::from_vec(bad, d, &gpu)?)?;
-    let err = post.collect(&params).expect_err("a NaN snapshot must be refused");
+    let err = post
+        .collect(&params)
+        .expect_err("a NaN snapshot must be refused");
     assert!(matches!(err, Error::NonFinite { .. }), "{err}");
     let msg = err.to_string();
-    assert!(msg.contains("p3") && msg.contains(&(300_001 - 5).to_string()), "{msg}");
+    assert!(
+        msg.contains("p3") && msg.contains(&(300_001 - 5).to_string()),
+        "{msg}"
+    );
     assert_eq!(post.n_collected(), 1);
-    let after = (bits(&post.mean()?)?, bits(&post.m2()?)?, bits(&post.deviations()?)?);
+    let after = (
+        bits(&post.mean()?)?,
+        bits(&post.m2()?)?,
+        bits(&post.deviations()?)?,
+    );
     assert!(before == after, "the state changed");
     Ok(())
 }
@@ -174,7 +201,9 @@ fn devices_that_do_not_match_are_named_errors() -> Result<()> {
     let on_cpu = params_on(&Device::Cpu)?;
     let on_gpu = params_on(&gpu)?;
     let mut post = SwagPosterior::for_params(&on_cpu, SwagConfig::with_rank(2))?;
-    let err = post.collect(&on_gpu).expect_err("GPU params into a CPU posterior");
+    let err = post
+        .collect(&on_gpu)
+        .expect_err("GPU params into a CPU posterior");
     assert!(err.to_string().contains("params"), "{err}");
     post.collect(&on_cpu)?;
     let err = post

@@ -36,7 +36,10 @@ fn ten_million_draws_are_standard_normal() -> Result<()> {
     let (var, m4) = (moment(2), moment(4));
     assert!(mean.abs() < 5.0 / n.sqrt(), "mean {mean}");
     assert!((var - 1.0).abs() < 5.0 * (2.0 / n).sqrt(), "variance {var}");
-    assert!((m4 - 3.0).abs() < 5.0 * (96.0 / n).sqrt(), "fourth moment {m4}");
+    assert!(
+        (m4 - 3.0).abs() < 5.0 * (96.0 / n).sqrt(),
+        "fourth moment {m4}"
+    );
 
     for (c, p) in [(3.0f32, 2.699_796e-3f64), (4.0, 6.334_248e-5)] {
         let tail = z.iter().filter(|x| x.abs() > c).count() as f64 / n;

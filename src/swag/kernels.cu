@@ -161,37 +161,81 @@ __device__ __forceinline__ uint16_t bf16_from_f32(float f) {
   return (uint16_t)(x >> 16);
 }
 
-// The lowest index of a non-finite value of x[0..n] into *first (an atomic minimum).
-extern "C" __global__ void swag_first_non_finite(const float* x, uint64_t n,
-                                                 unsigned long long* first) {
+// The lowest index of a non-finite value of x[0..n] into *first (an atomic minimum); any such
+// value also sets *any_bad to 0 (both start at the i64 maximum).
+extern "C" __global__ void swag_first_non_finite(const float* x, uint64_t n, long long* first,
+                                                 long long* any_bad) {
   for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n;
        i += (uint64_t)gridDim.x * blockDim.x) {
-    if ((__float_as_uint(x[i]) & 0x7f800000u) == 0x7f800000u) atomicMin(first, (unsigned long long)i);
+    if ((__float_as_uint(x[i]) & 0x7f800000u) == 0x7f800000u) {
+      atomicMin(first, (long long)i);
+      atomicMin(any_bad, 0LL);
+    }
   }
 }
 
+// The largest |x| of x[0..n] (finite values) into *out, as bits (an atomic maximum: the bits
+// of non-negative floats order as the floats do). A maximum is exact, so it is the CPU's.
+extern "C" __global__ void swag_max_abs(const float* x, uint64_t n, unsigned int* out) {
+  float m = 0.0f;
+  for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n;
+       i += (uint64_t)gridDim.x * blockDim.x) {
+    m = fmaxf(m, fabsf(x[i]));
+  }
+  for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_down_sync(0xffffffffu, m, o));
+  if ((threadIdx.x & 31u) == 0) atomicMax(out, __float_as_uint(m));
+}
+
+// One Welford pass over a parameter. `dev` (nullable) receives the new column; `max_bits`
+// (nullable) the largest |column entry| as bits (an f16 column's scale needs it).
 #define COLLECT_KERNEL(NAME, T, STORE)                                                           \
   extern "C" __global__ void NAME(float* mean, float* comp, float* m2, const float* theta,       \
-                                  T* dev, uint64_t n, float inv, float count) {                   \
-    for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n;                     \
-         i += (uint64_t)gridDim.x * blockDim.x) {                                                 \
-      float mu = mean[i], c = comp[i], s = m2[i];                                                 \
-      float d2 = welford_step(&mu, &c, &s, theta[i], inv, count);                                 \
-      mean[i] = mu;                                                                               \
-      comp[i] = c;                                                                                \
-      m2[i] = s;                                                                                  \
-      if (dev) dev[i] = STORE(d2);                                                                \
-    }                                                                                             \
+                                  T* dev, uint64_t n, float inv, float count,                    \
+                                  const long long* bad, unsigned int* max_bits) {                \
+    /* A snapshot with a non-finite value anywhere changes nothing. */                           \
+    if (*bad != 0x7fffffffffffffffLL) return;                                                    \
+    float big = 0.0f;                                                                            \
+    for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n;                    \
+         i += (uint64_t)gridDim.x * blockDim.x) {                                                \
+      float mu = mean[i], c = comp[i], s = m2[i];                                                \
+      float d2 = welford_step(&mu, &c, &s, theta[i], inv, count);                                \
+      mean[i] = mu;                                                                              \
+      comp[i] = c;                                                                               \
+      m2[i] = s;                                                                                 \
+      if (dev) dev[i] = STORE(d2);                                                               \
+      if (max_bits) big = fmaxf(big, fabsf(d2));                                                               \
+    }                                                                                            \
+    if (max_bits) {                                                                              \
+      for (int o = 16; o > 0; o >>= 1) big = fmaxf(big, __shfl_down_sync(0xffffffffu, big, o));  \
+      if ((threadIdx.x & 31u) == 0) atomicMax(max_bits, __float_as_uint(big));                   \
+    }                                                                                            \
   }
 
 __device__ __forceinline__ float store_f32(float x) { return x; }
 COLLECT_KERNEL(swag_collect_f32, float, store_f32)
 COLLECT_KERNEL(swag_collect_bf16, uint16_t, bf16_from_f32)
 
-// An f16 column (store::encode_pieces): out = f16(col * inv), round to nearest even; counts
-// the nonzero entries stored as zero into *flushed.
-extern "C" __global__ void swag_encode_f16(const float* col, uint16_t* out, uint64_t n, float inv,
-                                           unsigned long long* flushed) {
+// store::f16_column_scale on the device: a power of two putting the largest |x| in [2^14, 2^15)
+// (1 for a zero column), built from the exponent bits, so it is exact and the CPU's.
+__device__ __forceinline__ float f16_column_scale(float max_abs) {
+  uint32_t bits = __float_as_uint(max_abs);
+  if (!(max_abs > 0.0f) || (bits & 0x7f800000u) == 0x7f800000u) return 1.0f;
+  int e = (int)((bits >> 23) & 0xffu) - 127 - 14;
+  if (e < -126) e = -126;
+  return __uint_as_float((uint32_t)(e + 127) << 23);
+}
+
+// An f16 column (store::encode_pieces): out = f16(col * (1 / scale)), round to nearest even,
+// with the scale from the column's maximum (*max_bits, written by the collection pass) and
+// written to *scale_out; counts the nonzero entries stored as zero into *flushed. Does nothing
+// when the snapshot was refused.
+extern "C" __global__ void swag_encode_f16(const float* col, uint16_t* out, uint64_t n,
+                                           const unsigned int* max_bits, float* scale_out,
+                                           unsigned long long* flushed, const long long* bad) {
+  if (*bad != 0x7fffffffffffffffLL) return;
+  const float scale = f16_column_scale(__uint_as_float(*max_bits));
+  const float inv = DIV(1.0f, scale);
+  if (blockIdx.x == 0 && threadIdx.x == 0) *scale_out = scale;
   for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n;
        i += (uint64_t)gridDim.x * blockDim.x) {
     float x = col[i];
@@ -214,7 +258,7 @@ __device__ __forceinline__ float widen_f16(uint16_t x) { return __half2float(__u
 // A warp handles 128 consecutive coordinates: lane t draws the Philox group of coordinates
 // 4t..4t+3, and the words are exchanged by shuffles so that each lane then handles the
 // coalesced coordinates t, t+32, t+64, t+96.
-#define SAMPLE_KERNEL(NAME, T, WIDEN)                                                             \
+#define SAMPLE_KERNEL(NAME, T, WIDEN, EARLY)                                                      \
   extern "C" __global__ void NAME(float* out, const float* mean, const float* m2, const T* dev,   \
                                   uint64_t row_stride, const uint32_t* rows, const float* w,      \
                                   uint32_t nrows, const float* extra, uint64_t len,               \
@@ -226,16 +270,22 @@ __device__ __forceinline__ float widen_f16(uint16_t x) { return __half2float(__u
     for (uint64_t wi = blockIdx.x * warps_per_block + (threadIdx.x >> 5); wi < n_warps;           \
          wi += (uint64_t)gridDim.x * warps_per_block) {                                           \
       const uint64_t base = wi * 128;                                                             \
-      /* The loads first, so that memory latency overlaps the noise's arithmetic. */              \
       uint64_t j[4];                                                                              \
       bool ok[4];                                                                                 \
       float acc[4], mu[4], s2[4];                                                                 \
       _Pragma("unroll") for (int k = 0; k < 4; ++k) {                                             \
         j[k] = base + 32 * k + lane;                                                              \
         ok[k] = j[k] < len;                                                                       \
-        acc[k] = (extra && ok[k]) ? extra[j[k]] : 0.0f;                                           \
-        mu[k] = ok[k] ? mean[j[k]] : 0.0f;                                                        \
-        s2[k] = ok[k] ? m2[j[k]] : 0.0f;                                                          \
+      }                                                                                           \
+      /* EARLY (the diagonal kernel): load before drawing the noise, so that memory latency       \
+         overlaps its arithmetic; the low-rank kernels have their rows' loads for that, and       \
+         keep the registers. */                                                                   \
+      if (EARLY) {                                                                                \
+        _Pragma("unroll") for (int k = 0; k < 4; ++k) {                                           \
+          acc[k] = (extra && ok[k]) ? extra[j[k]] : 0.0f;                                         \
+          mu[k] = ok[k] ? mean[j[k]] : 0.0f;                                                      \
+          s2[k] = ok[k] ? m2[j[k]] : 0.0f;                                                        \
+        }                                                                                         \
       }                                                                                           \
       const uint64_t g = (base >> 2) + lane;                                                      \
       uint4 words = philox4x32_10(                                                                \
@@ -249,6 +299,13 @@ __device__ __forceinline__ float widen_f16(uint16_t x) { return __half2float(__u
         uint32_t ww = __shfl_sync(0xffffffffu, words.w, src);                                     \
         uint32_t c = lane & 3u;                                                                   \
         z[k] = normal_from_bits(c == 0 ? x : c == 1 ? y : c == 2 ? zz : ww);                      \
+      }                                                                                           \
+      if (!EARLY) {                                                                               \
+        _Pragma("unroll") for (int k = 0; k < 4; ++k) {                                           \
+          acc[k] = (extra && ok[k]) ? extra[j[k]] : 0.0f;                                         \
+          mu[k] = ok[k] ? mean[j[k]] : 0.0f;                                                      \
+          s2[k] = ok[k] ? m2[j[k]] : 0.0f;                                                        \
+        }                                                                                         \
       }                                                                                           \
       uint32_t r = 0;                                                                             \
       for (; r + 4 <= nrows; r += 4) {                                                            \
@@ -281,6 +338,7 @@ __device__ __forceinline__ float widen_f16(uint16_t x) { return __half2float(__u
     }                                                                                             \
   }
 
-SAMPLE_KERNEL(swag_sample_f32, float, widen)
-SAMPLE_KERNEL(swag_sample_bf16, uint16_t, widen_bf16)
-SAMPLE_KERNEL(swag_sample_f16, uint16_t, widen_f16)
+SAMPLE_KERNEL(swag_sample_f32, float, widen, false)
+SAMPLE_KERNEL(swag_sample_bf16, uint16_t, widen_bf16, false)
+SAMPLE_KERNEL(swag_sample_f16, uint16_t, widen_f16, false)
+SAMPLE_KERNEL(swag_sample_diag, float, widen, true)

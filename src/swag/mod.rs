@@ -7,9 +7,9 @@
 //! - where the deviation columns live and how they are encoded ([`store`]);
 //! - the posterior file format ([`mod@file`]); several posteriors sampled jointly ([`multi`]).
 
-pub mod file;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
+pub mod file;
 pub(crate) mod kernels;
 pub mod log_prob;
 pub mod multi;

@@ -117,37 +117,44 @@ pub fn portable_ln(x: f32) -> f32 {
     ef * LN2_HI + (ef * LN2_LO + ln_m)
 }
 
-const LN_C3: f32 = 1.0 / 3.0;
-const LN_C5: f32 = 1.0 / 5.0;
-const LN_C7: f32 = 1.0 / 7.0;
-const LN_C9: f32 = 1.0 / 9.0;
-/// ln 2 = LN2_HI + LN2_LO, LN2_HI with 9 significant bits so `e·LN2_HI` is exact.
-const LN2_HI: f32 = 0.693_359_375;
-const LN2_LO: f32 = -2.121_944_4e-4;
+// 1/3, 1/5, 1/7, 1/9 rounded to f32.
+const LN_C3: f32 = f32::from_bits(0x3eaa_aaab);
+const LN_C5: f32 = f32::from_bits(0x3e4c_cccd);
+const LN_C7: f32 = f32::from_bits(0x3e12_4925);
+const LN_C9: f32 = f32::from_bits(0x3de3_8e39);
+/// ln 2 = LN2_HI + LN2_LO (0.693359375 − 2.1219444e-4), LN2_HI with 9 significant bits so
+/// `e·LN2_HI` is exact.
+const LN2_HI: f32 = f32::from_bits(0x3f31_8000);
+const LN2_LO: f32 = f32::from_bits(0xb95e_8083);
 
-// Giles' erfinv (single precision): the centre polynomial in w − 2.5, highest degree first.
+// Giles' erfinv (single precision), given by their f32 bit patterns: the CUDA kernels
+// (`kernels.cu`) use the same patterns, and a unit test compares the two files.
+// Centre polynomial in w − 2.5, highest degree first: 2.81022636e-8, 3.43273939e-7,
+// −3.5233877e-6, −4.39150654e-6, 2.1858087e-4, −1.25372503e-3, −4.17768164e-3, 0.246640727,
+// 1.50140941.
 const P: [f32; 9] = [
-    2.810_226_4e-8,
-    3.432_739_4e-7,
-    -3.523_387_7e-6,
-    -4.391_506_5e-6,
-    2.185_808_7e-4,
-    -1.253_725_1e-3,
-    -4.177_681_6e-3,
-    0.246_640_73,
-    1.501_409_4,
+    f32::from_bits(0x32f1_6588),
+    f32::from_bits(0x34b8_4b36),
+    f32::from_bits(0xb66c_7357),
+    f32::from_bits(0xb693_5ac1),
+    f32::from_bits(0x3965_32db),
+    f32::from_bits(0xbaa4_5408),
+    f32::from_bits(0xbb88_e4ef),
+    f32::from_bits(0x3e7c_8f63),
+    f32::from_bits(0x3fc0_2e2f),
 ];
-// The tail polynomial in √w − 3.
+// Tail polynomial in √w − 3: −2.00214257e-4, 1.00950558e-4, 1.34934322e-3, −3.67342844e-3,
+// 5.73950773e-3, −7.6224613e-3, 9.43887047e-3, 1.00167406, 2.83297682.
 const Q: [f32; 9] = [
-    -2.002_142_6e-4,
-    1.009_505_6e-4,
-    1.349_343_2e-3,
-    -3.673_428_4e-3,
-    5.739_507_7e-3,
-    -7.622_461_3e-3,
-    9.438_870_5e-3,
-    1.001_674_1,
-    2.832_976_8,
+    f32::from_bits(0xb951_f09b),
+    f32::from_bits(0x38d3_b56b),
+    f32::from_bits(0x3ab0_dc72),
+    f32::from_bits(0xbb70_bde7),
+    f32::from_bits(0x3bbc_127b),
+    f32::from_bits(0xbbf9_c5d7),
+    f32::from_bits(0x3c1a_a57e),
+    f32::from_bits(0x3f80_36db),
+    f32::from_bits(0x4035_4f7e),
 ];
 
 /// Horner's rule, `c + acc·w` at each step (the order the CUDA kernels follow).
@@ -188,8 +195,8 @@ pub fn normal_from_bits(u: u32) -> f32 {
     f32::from_bits(z.to_bits() ^ (u & 0x8000_0000))
 }
 
-const TWO_POW_M31: f32 = 1.0 / 2_147_483_648.0;
-const TWO_POW_M32: f32 = 1.0 / 4_294_967_296.0;
+const TWO_POW_M31: f32 = f32::from_bits(0x3000_0000);
+const TWO_POW_M32: f32 = f32::from_bits(0x2f80_0000);
 
 /// Fills `out` with the normals of coordinates `first..first + out.len()` of parameter `param`
 /// in `stream` (module docs).
@@ -298,7 +305,11 @@ mod tests {
     #[test]
     fn philox_matches_random123_known_answers() {
         let cases: [([u32; 4], [u32; 2], [u32; 4]); 3] = [
-            ([0; 4], [0; 2], [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]),
+            (
+                [0; 4],
+                [0; 2],
+                [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8],
+            ),
             (
                 [u32::MAX; 4],
                 [u32::MAX; 2],
@@ -311,8 +322,47 @@ mod tests {
             ),
         ];
         for (ctr, key, want) in cases {
-            assert_eq!(philox4x32_10(ctr, key), want, "counter {ctr:x?} key {key:x?}");
+            assert_eq!(
+                philox4x32_10(ctr, key),
+                want,
+                "counter {ctr:x?} key {key:x?}"
+            );
         }
+    }
+
+    /// The CUDA kernels spell the same constants as bit patterns; a drift in either file
+    /// would break CPU/GPU bit-identity where no GPU is at hand to notice.
+    #[test]
+    fn cuda_source_uses_the_same_constants() {
+        let cu = include_str!("kernels.cu");
+        let define = |name: &str| -> u32 {
+            let key = format!("#define {name} __uint_as_float(0x");
+            let at = cu
+                .find(&key)
+                .unwrap_or_else(|| panic!("{name} not in kernels.cu"))
+                + key.len();
+            u32::from_str_radix(&cu[at..at + 8], 16).expect("eight hex digits")
+        };
+        for (i, (p, q)) in P.iter().zip(&Q).enumerate() {
+            assert_eq!(define(&format!("P{i}")), p.to_bits(), "P{i}");
+            assert_eq!(define(&format!("Q{i}")), q.to_bits(), "Q{i}");
+        }
+        let named = [
+            ("LN_C3", LN_C3),
+            ("LN_C5", LN_C5),
+            ("LN_C7", LN_C7),
+            ("LN_C9", LN_C9),
+            ("LN2_HI", LN2_HI),
+            ("LN2_LO", LN2_LO),
+            ("TWO_POW_M31", TWO_POW_M31),
+            ("TWO_POW_M32", TWO_POW_M32),
+            ("SQRT_2", std::f32::consts::SQRT_2),
+        ];
+        for (name, value) in named {
+            assert_eq!(define(name), value.to_bits(), "{name}");
+        }
+        assert_eq!(1.0f32 / 3.0, LN_C3);
+        assert_eq!(1.0f32 / 9.0, LN_C9);
     }
 
     #[test]

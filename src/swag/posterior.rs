@@ -596,21 +596,19 @@ impl SwagPosterior {
         Ok(())
     }
 
-    /// [`Self::collect_pieces`] with the fused CUDA kernels: one check of every piece for
-    /// non-finite values (one read-back), then one pass per piece over θ and the moments that
-    /// writes the new column (f32 or bf16 on the device; otherwise into a `[d]` f32 scratch
-    /// that is encoded and stored as on the CPU).
+    /// [`Self::collect_pieces`] with the fused CUDA kernels: a check of every piece for
+    /// non-finite values, then one pass per piece over θ and the moments that writes the new
+    /// column (f32 or bf16 on the device; otherwise into a `[d]` f32 scratch that is encoded on
+    /// the device (f16) or stored as on the CPU (host, disk)). The passes read the check's
+    /// verdict on the device and change nothing if a value is bad; the host reads it once,
+    /// after everything is queued, and only then counts the snapshot.
     #[cfg(feature = "cuda")]
     fn collect_pieces_cuda(&mut self, pieces: &[(&Tensor, usize)]) -> Result<()> {
         use super::cuda;
         let dev = cuda::cuda_device(&self.device, "posterior")?.clone();
         let tensors: Vec<&Tensor> = pieces.iter().map(|(t, _)| *t).collect();
-        for ((t, offset), bad) in pieces.iter().zip(cuda::first_non_finite(&dev, &tensors)?) {
-            if let Some(i) = bad {
-                let value = t.flatten_all()?.get(i)?.to_scalar::<f32>()?;
-                return Err(self.layout.non_finite_error(offset + i, value));
-            }
-        }
+        let check = cuda::FiniteCheck::launch(&dev, &tensors)?;
+        let verdict = check.verdict_address()?;
         let rank = self.config.rank();
         let (slot, rows, oldest) = if rank > 0 {
             self.next_slot()
@@ -623,6 +621,17 @@ impl SwagPosterior {
         } else {
             None
         };
+        // f16 on the device: the collection pass also takes the column's maximum, and a kernel
+        // derives the scale from it and encodes: `store::encode_pieces`' numbers, on the device.
+        let f16_on_device = scratch.is_some()
+            && matches!(self.config.store(), DeviationStore::Device)
+            && matches!(self.columns, Columns::Memory(_));
+        let f16 = if f16_on_device {
+            Some(cuda::F16Column::new(&dev)?)
+        } else {
+            None
+        };
+        let max_at = f16.as_ref().map_or(Ok(0), |f| f.max_address())?;
         for (t, offset) in pieces {
             let [mean, comp, m2] = cuda::moment_rows(&self.moments, d, *offset)?;
             let dev_at = match (&scratch, &self.columns) {
@@ -630,7 +639,10 @@ impl SwagPosterior {
                 (Some(s), _) => Some(cuda::column_at(s, 0, *offset)?),
                 (None, Columns::Memory(buffer)) => Some(cuda::column_at(buffer, slot, *offset)?),
                 (None, Columns::Disk(_)) => {
-                    return Err(Error::invalid("store", "a disk store needs a scratch column"))
+                    return Err(Error::invalid(
+                        "store",
+                        "a disk store needs a scratch column",
+                    ))
                 }
             };
             let target = cuda::CollectTarget {
@@ -639,22 +651,26 @@ impl SwagPosterior {
                 m2,
                 dev: dev_at,
             };
-            cuda::collect(&dev, t, &target, self.n_collected)?;
+            cuda::collect(&dev, t, &target, self.n_collected, verdict, max_at)?;
         }
-        if let Some(s) = scratch {
-            let col = s.squeeze(0)?;
-            let on_device = matches!(self.config.store(), DeviationStore::Device);
-            match &self.columns {
-                // f16 on the device: the column's scale from a device reduction (a maximum is
-                // exact), then encoded by a kernel; the same numbers as `store::encode_pieces`.
-                Columns::Memory(buffer) if on_device => {
-                    let max_abs = col.abs()?.max(0)?.to_scalar::<f32>()?;
-                    let scale = super::store::f16_column_scale(max_abs);
-                    self.flushed += cuda::encode_f16(&dev, &col, buffer, slot, 1.0 / scale)?;
-                    self.scales[slot] = scale;
-                }
-                _ => self.store_column(slot, &col.to_vec1::<f32>()?)?,
+        if let (Some(s), Some(f), Columns::Memory(buffer)) = (&scratch, &f16, &self.columns) {
+            cuda::encode_f16(&dev, &s.squeeze(0)?, buffer, slot, f, verdict)?;
+        }
+        // The kernels left everything untouched if a value was bad: refuse by name.
+        for ((t, offset), bad) in pieces.iter().zip(check.finish()?) {
+            if let Some(i) = bad {
+                let value = t.flatten_all()?.get(i)?.to_scalar::<f32>()?;
+                return Err(self.layout.non_finite_error(offset + i, value));
             }
+        }
+        match (scratch, f16) {
+            (Some(_), Some(f)) => {
+                let (scale, flushed) = f.finish()?;
+                self.scales[slot] = scale;
+                self.flushed += flushed;
+            }
+            (Some(s), None) => self.store_column(slot, &s.squeeze(0)?.to_vec1::<f32>()?)?,
+            _ => {}
         }
         self.rows = rows;
         self.oldest = oldest;

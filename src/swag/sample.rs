@@ -294,7 +294,8 @@ impl SwagPosterior {
         let (coef, z2) = self.kernel_inputs(seed, opts);
         // The kernels take the weights with 1/√divisor folded in, as the CPU kernel forms them.
         let weights: Vec<f32> = z2.iter().map(|w| w * coef.inv_sqrt_divisor).collect();
-        let on_device = matches!(&self.columns, Columns::Memory(b) if b.device().same_device(&self.device));
+        let on_device =
+            matches!(&self.columns, Columns::Memory(b) if b.device().same_device(&self.device));
         let (mut rows_t, mut weights_t, mut extra) = (None, None, None);
         if !weights.is_empty() && on_device {
             let rows: Vec<u32> = self.physical_rows().iter().map(|&r| r as u32).collect();
@@ -317,7 +318,15 @@ impl SwagPosterior {
         };
         for (p, (target, entry)) in targets.iter().zip(self.layout.entries()).enumerate() {
             let param = (self.param_base + p) as u32;
-            cuda::sample(dev, target, &self.moments, self.numel(), entry.offset, param, &args)?;
+            cuda::sample(
+                dev,
+                target,
+                &self.moments,
+                self.numel(),
+                entry.offset,
+                param,
+                &args,
+            )?;
         }
         Ok(())
     }
@@ -453,7 +462,11 @@ impl SwagPosterior {
         self.check_device(params.device(), "params")?;
         #[cfg(feature = "cuda")]
         if self.device.is_cuda() && self.can_fuse(params) {
-            let targets: Vec<Tensor> = params.vars().iter().map(|v| v.as_tensor().clone()).collect();
+            let targets: Vec<Tensor> = params
+                .vars()
+                .iter()
+                .map(|v| v.as_tensor().clone())
+                .collect();
             return self.sample_cuda(&targets, seed, opts);
         }
         let buffer = match &self.columns {

@@ -85,12 +85,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     println!(
         "d = {}, K = {}, deviations {:?}, {}, {} threads, median of {} runs",
-        args.params,
-        args.rank,
-        dtype,
-        ops[0].device,
-        ops[0].threads,
-        args.repeats
+        args.params, args.rank, dtype, ops[0].device, ops[0].threads, args.repeats
     );
     println!(
         "{:<16} {:>11} {:>11} {:>11} {:>11} {:>8}",
