@@ -233,8 +233,8 @@ impl SwagPosterior {
     /// The standard-normal noise `(z1 [d], z2 [rows])` that `seed` draws, on the posterior's
     /// device: [`sample_with_noise`](Self::sample_with_noise) on it gives the seeded sample,
     /// so a sample can be reproduced or audited without the sampler. `z1` is keyed by
-    /// (parameter, block of 16384 coordinates), `z2`
-    /// by the seed alone.
+    /// (parameter index in the whole model, coordinate), `z2` by the seed alone
+    /// ([`super::noise`]). On CUDA, `z1` is drawn on the device (the same bits).
     pub fn noise_for_seed(&self, seed: u64) -> Result<(Tensor, Tensor)> {
         let z2 = Tensor::from_vec(noise::z2_for_seed(seed, self.rows), self.rows, &self.device)?;
         #[cfg(feature = "cuda")]

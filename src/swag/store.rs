@@ -43,7 +43,7 @@ use super::file::{BufferDigest, FileLayout};
 use crate::error::{Error, Result};
 
 /// Largest number of coordinates of one column read at a time when the columns are streamed
-/// (a multiple of the noise block, so chunks never split a block of the sampler's noise).
+/// (a multiple of [`super::noise::NOISE_BLOCK`], the CPU kernels' unit of work).
 pub const CHUNK: usize = super::noise::NOISE_BLOCK * 16;
 
 /// Where a posterior keeps its `[K, d]` deviation columns (see the [module docs](self)).
