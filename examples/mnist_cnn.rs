@@ -326,10 +326,7 @@ fn predict(job: Weights, sh: &Shared) -> Result<Vec<f32>> {
     let train_batches = batches(sh.x_train, BATCH)?;
     let refresh = match job {
         Weights::SwagMovingAverageBn => BatchNormRefresh::moving_average(train_batches, 1)?,
-        _ => BatchNormRefresh::new(
-            BatchNormStats::from_varmap(&model.varmap, 0.1)?,
-            train_batches,
-        ),
+        _ => BatchNormRefresh::new(BatchNormStats::from_varmap(&model.varmap)?, train_batches),
     };
     let scale = SampleConfig::with_scale(0.5)?;
     let (s, seed) = (sh.args.samples, sh.sample_seed);
@@ -371,7 +368,7 @@ fn fallback_error(sh: &Shared) -> Result<Vec<(usize, String, f64, f64)>> {
     let main = &sh.runs[0];
     let model = main.model.replica(sh.device)?;
     model.params.write_flat(&main.full.mean()?)?;
-    let layers = BatchNormStats::from_varmap(&model.varmap, 0.1)?;
+    let layers = BatchNormStats::from_varmap(&model.varmap)?;
     let read = |l: &BatchNormStats| -> Result<(Vec<f64>, Vec<f64>)> {
         let host = |v: &candle_core::Var| -> Result<Vec<f64>> {
             Ok(v.as_tensor().to_dtype(DType::F64)?.to_vec1()?)

@@ -92,8 +92,7 @@ fn run() -> candle_swag::Result<()> {
 
     // SWAG: candle-nn's BatchNorm layers, found by name in the VarMap, refreshed exactly
     // (torch's update_bn) on the training data after each weight sample.
-    let refresh =
-        BatchNormRefresh::new(BatchNormStats::from_varmap(&varmap, 0.1)?, batches(x, 256)?);
+    let refresh = BatchNormRefresh::new(BatchNormStats::from_varmap(&varmap)?, batches(x, 256)?);
     let methods = [
         ("SGD", Predictive::point(&params, &sgd_weights)?),
         (

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Type-checks the CUDA build (`cargo check --no-default-features --features cuda`, the core) on a machine without a GPU, with
+# Type-checks and lints the CUDA build (the core, `--no-default-features --features cuda`) on a machine without a GPU, with
 # nvcc from PyPI (see CANDLE_NOTES: every part pinned to one CUDA release). Linking is not
 # possible without the driver's libcuda, so this checks compilation only.
 set -euo pipefail
@@ -18,5 +18,7 @@ nvcc --version | tail -1
 # The core alone: the CUDA code paths live there (the CLI adds none). The shared target dir
 # reuses the check-mode dependencies clippy built; only the candle crates and their CUDA
 # dependencies are new.
-cargo check --no-default-features --features cuda --lib
+# clippy type-checks and lints the CUDA glue (src/swag/cuda.rs) and the CPU-against-GPU tests;
+# build.rs compiles src/swag/kernels.cu to PTX with this nvcc on the way.
+cargo clippy --no-default-features --features cuda --lib --test gpu_agreement -- -D warnings
 echo "CUDA type-check passed"

@@ -430,26 +430,35 @@ impl BatchNormStats {
     }
 
     /// Every BatchNorm layer of `varmap`: each pair `<prefix>.running_mean` /
-    /// `<prefix>.running_var`, sorted by prefix. `momentum` is the one the layers were built
-    /// with: candle-nn's `BatchNormConfig::default()` and this crate's use 0.1. A wrong momentum
-    /// scales every refreshed statistic by `true/given`, so pass the layers themselves
-    /// ([`BatchNormStats::of_candle_nn`]) when the model was built with other momenta.
+    /// `<prefix>.running_var`, sorted by prefix, with the momentum of the layers that
+    /// `candle_nn::batch_norm` builds by default (`candle_nn::BatchNormConfig::default()`,
+    /// 0.1 in candle-nn 0.11; this crate's [`BatchNormConfig`] uses the same). A VarMap does not
+    /// record the momentum its layers were built with: for layers built with another one, use
+    /// [`BatchNormStats::from_varmap_with_momentum`], or pass the layers themselves
+    /// ([`BatchNormStats::of_candle_nn`], which reads it) — a wrong momentum scales every
+    /// refreshed statistic by `true/given`.
     ///
     /// Returns an empty list for a model without BatchNorm. Errors: a `running_mean` without its
-    /// `running_var` or the reverse (`Error::InvalidArgument` naming the variable), a momentum
-    /// outside (0, 1].
-    pub fn from_varmap(varmap: &VarMap, momentum: f64) -> Result<Vec<Self>> {
+    /// `running_var` or the reverse (`Error::InvalidArgument` naming the variable).
+    pub fn from_varmap(varmap: &VarMap) -> Result<Vec<Self>> {
+        Self::from_varmap_prefixes(varmap, None, candle_nn::BatchNormConfig::default().momentum)
+    }
+
+    /// [`BatchNormStats::from_varmap`] for layers all built with `momentum` (in (0, 1], torch's
+    /// convention, as candle-nn's): errors as `from_varmap`, and a momentum outside (0, 1].
+    pub fn from_varmap_with_momentum(varmap: &VarMap, momentum: f64) -> Result<Vec<Self>> {
         Self::from_varmap_prefixes(varmap, None, momentum)
     }
 
     /// [`BatchNormStats::from_varmap`] restricted to the layers whose prefix is in `prefixes`
-    /// (exact match). Errors name a prefix with no BatchNorm statistics in the VarMap.
-    pub fn from_varmap_named(
-        varmap: &VarMap,
-        prefixes: &[&str],
-        momentum: f64,
-    ) -> Result<Vec<Self>> {
-        Self::from_varmap_prefixes(varmap, Some(prefixes), momentum)
+    /// (exact match), with candle-nn's default momentum. Errors name a prefix with no BatchNorm
+    /// statistics in the VarMap.
+    pub fn from_varmap_named(varmap: &VarMap, prefixes: &[&str]) -> Result<Vec<Self>> {
+        Self::from_varmap_prefixes(
+            varmap,
+            Some(prefixes),
+            candle_nn::BatchNormConfig::default().momentum,
+        )
     }
 
     fn from_varmap_prefixes(

@@ -249,6 +249,9 @@ pub struct ParamSet {
     layout: ParamLayout,
     vars: Vec<Var>,
     device: Device,
+    /// BatchNorm statistics `from_varmap` left out: their presence tells [`crate::Predictive`]
+    /// that a refresh is needed after each weight sample.
+    batchnorm_buffers: Vec<String>,
 }
 
 impl ParamSet {
@@ -264,9 +267,17 @@ impl ParamSet {
             .filter(|(name, _)| !is_buffer_name(name))
             .map(|(name, var)| (name.clone(), var.clone()))
             .collect();
+        let mut buffers: Vec<String> = data
+            .keys()
+            .filter(|name| name.ends_with("running_mean") || name.ends_with("running_var"))
+            .cloned()
+            .collect();
         drop(data);
         named.sort_by(|a, b| a.0.cmp(&b.0));
-        Self::from_named_vars(named)
+        buffers.sort();
+        let mut set = Self::from_named_vars(named)?;
+        set.batchnorm_buffers = buffers;
+        Ok(set)
     }
 
     /// Explicit `(name, Var)` pairs, kept in the order given. All must live on one device.
@@ -300,6 +311,7 @@ impl ParamSet {
             layout,
             vars,
             device,
+            batchnorm_buffers: Vec::new(),
         })
     }
 
@@ -325,7 +337,18 @@ impl ParamSet {
             .filter(|(e, _)| keep(&e.name))
             .map(|(e, v)| (e.name.clone(), v.clone()))
             .collect();
-        Self::from_named_vars(named)
+        // The model's BatchNorm statistics depend on all its weights, selected or not.
+        let mut set = Self::from_named_vars(named)?;
+        set.batchnorm_buffers = self.batchnorm_buffers.clone();
+        Ok(set)
+    }
+
+    /// The BatchNorm statistics (`running_mean` / `running_var` names) of the VarMap this set
+    /// was taken from ([`ParamSet::from_varmap`]); empty for a set built from explicit Vars.
+    /// Their values depend on the weights, so a [`crate::Predictive`] over such a model needs a
+    /// refresh after each sample.
+    pub fn batchnorm_buffers(&self) -> &[String] {
+        &self.batchnorm_buffers
     }
 
     /// The layout (names, shapes, offsets).

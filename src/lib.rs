@@ -55,7 +55,7 @@
 //! }
 //!
 //! // 3. Bayesian model averaging over 10 weight samples, BatchNorm refreshed after each.
-//! let refresh = BatchNormRefresh::new(BatchNormStats::from_varmap(&varmap, 0.1)?, batches(&xs, 25)?);
+//! let refresh = BatchNormRefresh::new(BatchNormStats::from_varmap(&varmap)?, batches(&xs, 25)?);
 //! let swag = Predictive::swag(&params, &posterior, SampleConfig::with_scale(0.5)?, 10, 0)?
 //!     .with_refresh(refresh);
 //! let out = swag.classify(&model, batches(&xs, 50)?)?; // probs [100, 2] on the device

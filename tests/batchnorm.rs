@@ -531,7 +531,7 @@ fn candle_nn_batchnorm_refresh_is_exact() {
         conv_bn
             .forward_t(&(x.narrow(0, 0, 4).unwrap() * 3.0).unwrap(), true)
             .unwrap();
-        let layers = BatchNormStats::from_varmap(&varmap, 0.1).unwrap();
+        let layers = BatchNormStats::from_varmap(&varmap).unwrap();
         assert_eq!(layers.len(), 1);
         assert_eq!(layers[0].name(), "features.bn");
         let model = candle_swag::predictive::forward_fn(|xs: &Tensor, train: bool| {
@@ -589,17 +589,17 @@ fn layers_found_by_name_or_given_by_the_user() {
     let a = candle_nn::batch_norm(2, 1e-5, vb.pp("a")).unwrap();
     let _b = candle_nn::batch_norm(2, 1e-5, vb.pp("b")).unwrap();
     let _fc = candle_nn::linear(2, 2, vb.pp("fc")).unwrap();
-    let all = BatchNormStats::from_varmap(&varmap, 0.1).unwrap();
+    let all = BatchNormStats::from_varmap(&varmap).unwrap();
     let names: Vec<&str> = all.iter().map(|l| l.name()).collect();
     assert_eq!(names, ["a", "b"]);
-    let only = BatchNormStats::from_varmap_named(&varmap, &["b"], 0.1).unwrap();
+    let only = BatchNormStats::from_varmap_named(&varmap, &["b"]).unwrap();
     assert_eq!(only.len(), 1);
     assert_eq!(
-        invalid_name(BatchNormStats::from_varmap_named(&varmap, &["fc"], 0.1)),
+        invalid_name(BatchNormStats::from_varmap_named(&varmap, &["fc"])),
         "prefixes"
     );
     assert_eq!(
-        invalid_name(BatchNormStats::from_varmap(&varmap, 0.0)),
+        invalid_name(BatchNormStats::from_varmap_with_momentum(&varmap, 0.0)),
         "momentum"
     );
     // From the layer itself: its momentum, and the very Vars it updates.
@@ -618,7 +618,7 @@ fn layers_found_by_name_or_given_by_the_user() {
         2,
         VarBuilder::from_varmap(&plain, DType::F32, &Device::Cpu),
     );
-    assert!(BatchNormStats::from_varmap(&plain, 0.1).unwrap().is_empty());
+    assert!(BatchNormStats::from_varmap(&plain).unwrap().is_empty());
 }
 
 /// A candle-nn layer built from tensors that live outside any VarMap (e.g. weights loaded
@@ -730,4 +730,24 @@ fn moving_average_fallback_follows_the_layer_momentum() {
         invalid_name(BatchNormRefresh::moving_average(batches, 0)),
         "passes"
     );
+}
+
+#[test]
+fn from_varmap_takes_the_momentum_candle_nn_builds_layers_with() -> candle_swag::Result<()> {
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let layer = candle_nn::batch_norm(3, 1e-5, vb.pp("bn"))?;
+    let stats = BatchNormStats::from_varmap(&varmap)?;
+    assert_eq!(stats.len(), 1);
+    // The same momentum the layer reports, without the user having to know it.
+    assert_eq!(stats[0].momentum(), layer.momentum());
+    assert_eq!(
+        BatchNormStats::of_candle_nn("bn", &layer)?.momentum(),
+        stats[0].momentum()
+    );
+    // Layers built with another momentum say so explicitly.
+    let other = BatchNormStats::from_varmap_with_momentum(&varmap, 0.25)?;
+    assert_eq!(other[0].momentum(), 0.25);
+    assert!(BatchNormStats::from_varmap_with_momentum(&varmap, 1.5).is_err());
+    Ok(())
 }

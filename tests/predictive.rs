@@ -341,7 +341,7 @@ fn batchnorm_statistics_are_refreshed_per_sample_and_restored_after() {
     model.forward_t(&x, true).unwrap(); // some training-time statistics
     let stats_before = bn.running_mean().to_vec1::<f32>().unwrap();
     let refresh = BatchNormRefresh::new(
-        BatchNormStats::from_varmap(&varmap, 0.1).unwrap(),
+        BatchNormStats::from_varmap(&varmap).unwrap(),
         batches(&x, 4).unwrap(),
     );
     // With one refresh batch holding every row, the eval-mode output of each sample is the
@@ -499,4 +499,89 @@ fn outputs_are_detached_from_the_model_graph() {
             );
         }
     }
+}
+
+#[test]
+fn classification_needs_two_classes() -> candle_swag::Result<()> {
+    let f = fixture(1);
+    let p = Predictive::swag(&f.params, &f.posterior, SampleConfig::default(), 2, 0)?;
+    let err = p
+        .classify(&f.model, batches(&f.x, 4)?)
+        .expect_err("one output is not a classifier");
+    assert!(
+        matches!(&err, Error::InvalidArgument { name, .. } if name == "outputs"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("C = 1"), "{err}");
+    // Regression on the same single output is fine.
+    p.regress(
+        &f.model,
+        batches(&f.x, 4)?,
+        Noise::Homoscedastic { variance: 1.0 },
+    )?;
+    Ok(())
+}
+
+#[test]
+fn a_model_with_batchnorm_needs_a_refresh_or_an_explicit_opt_out() -> candle_swag::Result<()> {
+    let device = Device::Cpu;
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
+    let fc = candle_nn::linear(3, 4, vb.pp("fc"))?;
+    let bn = candle_nn::batch_norm(4, 1e-5, vb.pp("bn"))?;
+    let model = forward_fn(|x: &Tensor, train: bool| bn.forward_t(&fc.forward(x)?, train));
+    let params = ParamSet::from_varmap(&varmap)?;
+    assert_eq!(
+        params.batchnorm_buffers(),
+        ["bn.running_mean", "bn.running_var"]
+    );
+    // A subset keeps the model's buffers: the statistics depend on every weight.
+    assert_eq!(params.select_prefix(&["fc."])?.batchnorm_buffers().len(), 2);
+    let mut posterior = SwagPosterior::for_params(&params, SwagConfig::with_rank(2))?;
+    for k in 0..3 {
+        let theta: Vec<f32> = (0..params.numel()).map(|i| ((i + k) % 5) as f32).collect();
+        params.write_flat(&Tensor::from_vec(theta, params.numel(), &device)?)?;
+        posterior.collect(&params)?;
+    }
+    let x = Tensor::new(&[[1f32, 2.0, 3.0], [0.5, -1.0, 2.0]], &device)?;
+    let noise = Noise::Homoscedastic { variance: 1.0 };
+
+    let err = Predictive::swag(&params, &posterior, SampleConfig::default(), 2, 0)?
+        .regress(&model, batches(&x, 2)?, noise)
+        .expect_err("stale statistics must be refused");
+    assert!(
+        matches!(&err, Error::InvalidArgument { name, .. } if name == "refresh"),
+        "{err}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("bn.running_mean") && msg.contains("without_refresh"),
+        "{msg}"
+    );
+    let err = Predictive::swa(&params, &posterior)?
+        .regress(&model, batches(&x, 2)?, noise)
+        .expect_err("the SWA mean needs its own statistics too");
+    assert!(err.to_string().contains("refresh"), "{err}");
+
+    // An explicit opt-out, a refresh, or a point prediction (the statistics belong to the
+    // weights as trained) all run.
+    Predictive::swag(&params, &posterior, SampleConfig::default(), 2, 0)?
+        .without_refresh()
+        .regress(&model, batches(&x, 2)?, noise)?;
+    let refresh = BatchNormRefresh::new(BatchNormStats::from_varmap(&varmap)?, batches(&x, 2)?);
+    Predictive::swag(&params, &posterior, SampleConfig::default(), 2, 0)?
+        .with_refresh(refresh)
+        .regress(&model, batches(&x, 2)?, noise)?;
+    Predictive::point(&params, &params.flatten()?)?.regress(&model, batches(&x, 2)?, noise)?;
+    Ok(())
+}
+
+#[test]
+fn a_layout_mismatch_says_its_prefix_once() -> candle_swag::Result<()> {
+    let (f, g) = (fixture(3), fixture(2));
+    let err = Predictive::swa(&f.params, &g.posterior).expect_err("other layout");
+    let msg = err.to_string();
+    assert_eq!(msg.matches("parameter layout mismatch").count(), 1, "{msg}");
+    assert!(msg.contains("posterior #0 does not match"), "{msg}");
+    Ok(())
 }

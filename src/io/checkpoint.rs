@@ -16,7 +16,7 @@ use safetensors::tensor::{Dtype, TensorInfo};
 
 use crate::error::{Error, Result};
 use crate::layout::ParamLayout;
-use crate::swag::file::read_safetensors_header;
+use crate::swag::format::read_safetensors_header;
 
 /// Bytes read at a time.
 const PIECE: usize = 1 << 20;

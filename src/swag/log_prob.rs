@@ -137,8 +137,10 @@ impl SwagPosterior {
                     }
                     p
                 })
-                .reduce(|| Partial::zero(r), Partial::merge);
-            total = total.merge(part);
+                .collect::<Vec<_>>();
+            // Merged in block order, not by rayon's reduce (whose grouping follows work
+            // stealing): the same bits whatever the threads and the store.
+            total = part.into_iter().fold(total, Partial::merge);
         }
         if !(total.quad_diag.is_finite() && total.log_det_a.is_finite()) {
             return Err(Error::invalid(

@@ -5,11 +5,13 @@
 //!   counter-based noise, the same bits on every device ([`noise`]);
 //! - a posterior split by parameter ranges across devices or processes ([`shard`]);
 //! - where the deviation columns live and how they are encoded ([`store`]);
-//! - the posterior file format ([`mod@file`]); several posteriors sampled jointly ([`multi`]).
+//! - the posterior file format ([`mod@file`], its bytes in `format`); several posteriors
+//!   sampled jointly ([`multi`]).
 
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
 pub mod file;
+pub(crate) mod format;
 pub(crate) mod kernels;
 pub mod log_prob;
 pub mod multi;

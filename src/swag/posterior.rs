@@ -35,8 +35,9 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, DType, Device, InplaceOp1, InplaceOp2, Layout, Storage, Tensor};
 use half::{bf16, f16};
 
+use super::format::HeaderFields;
 use super::kernels::{self, DeviationElem};
-use super::store::{Columns, DeviationStore};
+use super::store::{Columns, DeviationStore, DiskColumns};
 use crate::error::{Error, Result};
 use crate::layout::{ParamLayout, ParamSet};
 
@@ -188,7 +189,9 @@ impl SwagPosterior {
         };
         let mut posterior = Self::assemble(layout, config, device, columns)?;
         if let DeviationStore::Disk(path) = posterior.config.store().clone() {
-            posterior.columns = Columns::Disk(super::file::create_disk(&posterior, &path)?);
+            let fields = posterior.header_fields(0, 0)?;
+            let dtype = posterior.config.deviation_dtype();
+            posterior.columns = Columns::Disk(DiskColumns::create(&path, fields, d, dtype)?);
         }
         Ok(posterior)
     }
@@ -326,6 +329,24 @@ impl SwagPosterior {
     /// has; snapshots collected afterwards are added exactly.
     pub fn variance_is_legacy(&self) -> bool {
         self.legacy_variance
+    }
+
+    /// The header fields describing this posterior in its file ([`super::file`]), with the
+    /// given oldest stored row and checksum.
+    pub(crate) fn header_fields(&self, oldest: usize, checksum: u64) -> Result<HeaderFields> {
+        Ok(HeaderFields {
+            layout: serde_json::to_string(self.layout.entries())?,
+            n_collected: self.n_collected as u64,
+            rank: self.config.rank(),
+            rows: self.rows,
+            dtype: self.config.deviation_dtype(),
+            scales: Vec::new(),
+            oldest,
+            legacy: self.legacy_variance,
+            collecting: false,
+            param_base: self.param_base,
+            checksum,
+        })
     }
 
     /// Physical buffer rows of the held deviations, oldest first.

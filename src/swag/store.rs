@@ -39,7 +39,7 @@ use candle_core::{DType, Device, Tensor};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::file::{BufferDigest, FileLayout};
+use super::format::{combine, write_header, BufferDigest, FileLayout, HeaderFields};
 use crate::error::{Error, Result};
 
 /// Largest number of coordinates of one column read at a time when the columns are streamed
@@ -272,6 +272,42 @@ pub(crate) struct DiskColumns {
 }
 
 impl DiskColumns {
+    /// Creates the file of a new disk posterior at `path`, described by `fields` (empty, header
+    /// `saved`, no rows), for `d` coordinates stored as `dtype`. The moments' space is left
+    /// sparse until the first save: an empty posterior's moments are zeros, which a sparse file
+    /// already reads as.
+    pub(crate) fn create(
+        path: &Path,
+        mut fields: HeaderFields,
+        d: usize,
+        dtype: DType,
+    ) -> Result<Self> {
+        let fl = FileLayout {
+            data_start: 8 + fields.reserved(d)?,
+            d,
+            dtype,
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        file.set_len(fl.row_offset(0))
+            .map_err(|e| Error::io(path, e))?;
+        let zeros = BufferDigest::zeros(4 * d);
+        fields.checksum = combine(&[&zeros, &zeros, &zeros, &zeros]);
+        write_header(&mut file, path, &fields, &fl)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+            layout: fl,
+            row_digests: Vec::new(),
+            dirty: false,
+        })
+    }
+
     fn io(&self, e: std::io::Error) -> Error {
         Error::io(&self.path, e)
     }
@@ -280,7 +316,7 @@ impl DiskColumns {
     /// [`super::file`]); then positions the file at row `slot`.
     fn begin_row(&mut self, slot: usize) -> Result<()> {
         if !self.dirty {
-            super::file::mark_collecting(&mut self.file, &self.path, &self.layout)?;
+            super::format::mark_collecting(&mut self.file, &self.path, &self.layout)?;
             self.dirty = true;
         }
         let offset = self.layout.row_offset(slot);
@@ -317,7 +353,7 @@ impl DiskColumns {
         }
         self.begin_row(slot)?;
         let mut digest = BufferDigest::empty();
-        let piece = super::file::CHECKSUM_CHUNK / dtype.size_in_bytes();
+        let piece = super::format::CHECKSUM_CHUNK / dtype.size_in_bytes();
         let (path, file) = (&self.path, &mut self.file);
         let result = encode_pieces(col, dtype, piece, |bytes| {
             digest.push(bytes);

@@ -4,9 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::run::Fitted;
+use super::run::{swag_at_scale, Fitted};
 use crate::error::Result;
-use crate::layout::ParamSet;
 use crate::predictive::Predictive;
 use crate::swag::{MultiSwag, SampleConfig, SwagPosterior};
 
@@ -90,21 +89,5 @@ impl Method {
                 seed,
             ),
         }
-    }
-}
-
-/// SWAG samples at `options.scale`, or the SWA mean (one forward pass instead of `samples`
-/// identical ones) when the scale is 0.
-pub fn swag_at_scale<'a>(
-    params: &ParamSet,
-    posterior: &'a SwagPosterior,
-    options: SampleConfig,
-    samples: usize,
-    seed: u64,
-) -> Result<Predictive<'a>> {
-    if options.scale() == 0.0 {
-        Predictive::swa(params, posterior)
-    } else {
-        Predictive::swag(params, posterior, options, samples, seed)
     }
 }

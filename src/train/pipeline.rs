@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
-use super::method::swag_at_scale;
 use super::run::{
-    fit_mlp, mlp_refresh, save_run, training_noise_variance, tune, validation_split, with_refresh,
-    CalibrationRows, FitConfig, LoadedRun, NoiseModel, RunConfig, Tuned, RUN_FORMAT_VERSION,
+    fit_mlp, mlp_refresh, save_run, swag_at_scale, training_noise_variance, tune, validation_split,
+    with_refresh, CalibrationRows, FitConfig, LoadedRun, NoiseModel, RunConfig, Tuned,
+    RUN_FORMAT_VERSION,
 };
 use super::{Collect, Objective, TrainConfig};
 use crate::data::{

@@ -22,7 +22,6 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use super::method::swag_at_scale;
 use super::noise::{best_noise_variance, mean_squared_residual};
 use super::{train, Objective, TrainConfig, TrainHistory};
 use crate::batchnorm::BatchNormRefresh;
@@ -580,5 +579,21 @@ impl std::fmt::Debug for LoadedRun {
         debug_model(f, "LoadedRun", (&self.model, &self.params, &self.posterior))
             .field("config", &self.config)
             .finish_non_exhaustive()
+    }
+}
+
+/// SWAG samples at `options.scale`, or the SWA mean (one forward pass instead of `samples`
+/// identical ones) when the scale is 0.
+pub fn swag_at_scale<'a>(
+    params: &ParamSet,
+    posterior: &'a SwagPosterior,
+    options: SampleConfig,
+    samples: usize,
+    seed: u64,
+) -> Result<Predictive<'a>> {
+    if options.scale() == 0.0 {
+        Predictive::swa(params, posterior)
+    } else {
+        Predictive::swag(params, posterior, options, samples, seed)
     }
 }

@@ -9,9 +9,9 @@ use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
 
-use super::method::{swag_at_scale, Method};
+use super::method::Method;
 use super::pipeline::PREDICT_BATCH_ROWS;
-use super::run::{mlp_refresh, with_refresh, LoadedRun, NoiseModel};
+use super::run::{mlp_refresh, swag_at_scale, with_refresh, LoadedRun, NoiseModel};
 use crate::data::{encode_features, TaskKind};
 use crate::error::{Error, Result};
 use crate::io::CsvTable;
