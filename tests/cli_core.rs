@@ -258,3 +258,44 @@ fn disk_store_collects_and_samples_the_same_bits() {
         );
     }
 }
+
+/// `--store auto` (the default of `sample` and `inspect`) streams a posterior whose columns
+/// exceed the memory budget, without being told, and draws the in-memory sample's bits.
+#[test]
+fn sample_and_inspect_stream_large_posteriors_without_being_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
+    for (i, s) in [0.5f32, -1.0, 2.0].iter().enumerate() {
+        checkpoint(
+            Path::new(&p(&format!("e{i}.safetensors"))),
+            [*s, 2.0, s * s, 4.0, 5.0 - s, 6.0],
+            [*s, 0.0, 1e3 * s],
+        );
+    }
+    let post = p("post.safetensors");
+    let mut args = vec!["collect", "--rank", "2", "--out", &post];
+    let snaps: Vec<String> = (0..3).map(|i| p(&format!("e{i}.safetensors"))).collect();
+    args.extend(snaps.iter().map(String::as_str));
+    let (ok, _, stderr) = swag(&args);
+    assert!(ok, "{stderr}");
+    let mut samples = Vec::new();
+    for budget in ["1024", "0"] {
+        let out = p(&format!("sample-{budget}.safetensors"));
+        let args = ["sample", "--posterior", &post, "--seed", "3", "--out", &out];
+        let (ok, _, stderr) = swag(&[&args[..], &["--memory-budget-mib", budget]].concat());
+        assert!(ok, "{stderr}");
+        samples.push(std::fs::read(&out).unwrap());
+        let (ok, stdout, stderr) = swag(&["inspect", &post, "--memory-budget-mib", budget]);
+        assert!(ok, "{stderr}");
+        let want = if budget == "0" {
+            "columns streamed from the file"
+        } else {
+            "columns in memory"
+        };
+        assert!(stdout.contains(want), "budget {budget}: {stdout}");
+    }
+    assert_eq!(
+        samples[0], samples[1],
+        "streamed and in-memory samples differ"
+    );
+}

@@ -186,6 +186,20 @@ impl SwagPosterior {
         Self::load_with_store(path, device, DeviationStore::Device)
     }
 
+    /// Bytes the deviation columns of the posterior file at `path` take, and whether the file
+    /// can be opened in place (`DeviationStore::Disk`: format version 3), from its header alone
+    /// (no tensor is read): what a tool needs to decide whether to stream the columns.
+    pub fn stored_columns(path: impl AsRef<Path>) -> Result<(u64, bool)> {
+        let c = read_container(path.as_ref())?;
+        let info = c
+            .tensors
+            .get("deviations")
+            .ok_or_else(|| c.bad("no `deviations` tensor"))?;
+        let (lo, hi) = info.data_offsets;
+        let in_place = c.get("format_version")? == &FORMAT_VERSION.to_string();
+        Ok((hi.saturating_sub(lo) as u64, in_place))
+    }
+
     /// Loads a posterior with its columns in `store`: `Device` or `Host` read them into
     /// memory; `Disk(p)` opens the file in place, without reading the columns into memory
     /// (`p` must be `path` itself: a disk posterior goes on collecting into its own file, and

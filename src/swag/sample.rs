@@ -28,9 +28,9 @@
 //! **Guarantee.** For a given seed, layout and crate version:
 //! - the noise is bit-identical on every device;
 //! - on the CPU, a sample is bit-identical whatever the store and the number of threads;
-//! - on CUDA, the fused kernel ([`super::cuda`], device store) performs the CPU kernel's f32
-//!   operations in the same order, without fused multiply-adds, so its sample equals the CPU's
-//!   bit for bit; the host and disk stores on CUDA form the low-rank sum with a matrix product
+//! - on CUDA, the fused kernel (`swag::cuda`, feature `cuda`, device store) performs the CPU
+//!   kernel's f32 operations in the same order, without fused multiply-adds, so its sample
+//!   equals the CPU's bit for bit; the host and disk stores on CUDA form the low-rank sum with a matrix product
 //!   (cuBLAS), whose summation order differs: within a few ulp of the CPU's sample.
 //!
 //! [`SwagPosterior::noise_for_seed`] returns that noise, and

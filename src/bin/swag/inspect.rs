@@ -13,9 +13,13 @@ use crate::store::StoreArg;
 pub struct Args {
     /// Posterior file, or a shard set's JSON index.
     posterior: PathBuf,
-    /// `disk` streams the columns from the file instead of reading them into memory.
-    #[arg(long, value_enum, default_value_t = StoreArg::Device)]
+    /// `disk` streams the columns from the file instead of reading them into memory; `auto`
+    /// streams when they exceed `--memory-budget-mib`.
+    #[arg(long, value_enum, default_value_t = StoreArg::Auto)]
     store: StoreArg,
+    /// With `--store auto`: columns larger than this many MiB are streamed from the file.
+    #[arg(long, default_value_t = crate::store::DEFAULT_BUDGET_MIB)]
+    memory_budget_mib: u64,
 }
 
 fn summary(xs: &[f32]) -> (f64, f64, f64, f64) {
@@ -59,11 +63,11 @@ pub fn run(args: Args) -> Result<()> {
     if args.posterior.extension().is_some_and(|e| e == "json") {
         return inspect_shards(&args);
     }
-    let p = SwagPosterior::load_with_store(
-        &args.posterior,
-        &Device::Cpu,
-        args.store.store(&args.posterior),
-    )?;
+    let store = args
+        .store
+        .store_for_file(&args.posterior, args.memory_budget_mib)?;
+    let streamed = matches!(store, candle_swag::swag::DeviationStore::Disk(_));
+    let p = SwagPosterior::load_with_store(&args.posterior, &Device::Cpu, store)?;
     println!("posterior   {}", args.posterior.display());
     println!(
         "snapshots   {} collected, {} of K = {} deviation columns held ({:?}{})",
@@ -78,10 +82,15 @@ pub fn run(args: Args) -> Result<()> {
         }
     );
     println!(
-        "parameters  {} tensors, d = {} ({:.1} MiB of state)",
+        "parameters  {} tensors, d = {} ({:.1} MiB of state in memory; columns {})",
         p.layout().len(),
         p.numel(),
-        p.state_bytes() as f64 / (1 << 20) as f64
+        p.state_bytes() as f64 / (1 << 20) as f64,
+        if streamed {
+            "streamed from the file"
+        } else {
+            "in memory"
+        }
     );
     let mean = p.mean()?.to_vec1::<f32>()?;
     let var = p.variance(1e-30)?.to_vec1::<f32>()?;

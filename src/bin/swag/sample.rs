@@ -28,20 +28,23 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// `disk` streams the columns from the posterior file instead of reading them into memory
-    /// (for posteriors larger than RAM; the same sample, bit for bit).
-    #[arg(long, value_enum, default_value_t = StoreArg::Device)]
+    /// (for posteriors larger than RAM; the same sample, bit for bit); `auto` streams when they
+    /// exceed `--memory-budget-mib`.
+    #[arg(long, value_enum, default_value_t = StoreArg::Auto)]
     store: StoreArg,
+    /// With `--store auto`: columns larger than this many MiB are streamed from the file.
+    #[arg(long, default_value_t = crate::store::DEFAULT_BUDGET_MIB)]
+    memory_budget_mib: u64,
     /// Output file (safetensors, one tensor per parameter).
     #[arg(long)]
     out: PathBuf,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let posterior = SwagPosterior::load_with_store(
-        &args.posterior,
-        &Device::Cpu,
-        args.store.store(&args.posterior),
-    )?;
+    let store = args
+        .store
+        .store_for_file(&args.posterior, args.memory_budget_mib)?;
+    let posterior = SwagPosterior::load_with_store(&args.posterior, &Device::Cpu, store)?;
     let opts = SampleConfig::with_scale(args.scale)?
         .with_diag_only(args.diag)
         .with_divisor(if args.reference_divisor {

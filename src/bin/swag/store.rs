@@ -3,11 +3,16 @@
 use std::path::Path;
 
 use candle_core::DType;
-use candle_swag::swag::DeviationStore;
+use candle_swag::swag::{DeviationStore, SwagPosterior};
+use candle_swag::Result;
 
 /// Where the deviation columns live while the command runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum StoreArg {
+    /// Reading a posterior file (`sample`, `inspect`): `disk` when its columns exceed
+    /// `--memory-budget-mib` and the file is of the current format (which opens in place),
+    /// `device` otherwise. Creating one (`collect`, `bench`): `device`.
+    Auto,
     /// In memory, beside the moments (on this CPU-only tool, the same as `host`).
     Device,
     /// In host memory.
@@ -16,10 +21,29 @@ pub enum StoreArg {
     Disk,
 }
 
+/// Default of `--memory-budget-mib`: posteriors whose columns take more are streamed.
+pub const DEFAULT_BUDGET_MIB: u64 = 1024;
+
 impl StoreArg {
-    /// The library's store for the posterior file at `path`.
+    /// The store to open the existing posterior file at `path` with: `Auto` reads the file's
+    /// header to compare its columns' bytes with `budget_mib`.
+    pub fn store_for_file(self, path: &Path, budget_mib: u64) -> Result<DeviationStore> {
+        if self != StoreArg::Auto {
+            return Ok(self.store(path));
+        }
+        let (bytes, in_place) = SwagPosterior::stored_columns(path)?;
+        Ok(if in_place && bytes > budget_mib.saturating_mul(1 << 20) {
+            DeviationStore::Disk(path.to_path_buf())
+        } else {
+            DeviationStore::Device
+        })
+    }
+
+    /// The library's store for the posterior file at `path` (`Auto` as `Device`: for a
+    /// posterior being created, whose size is known to the caller).
     pub fn store(self, path: &Path) -> DeviationStore {
         match self {
+            StoreArg::Auto => DeviationStore::Device,
             StoreArg::Device => DeviationStore::Device,
             StoreArg::Host => DeviationStore::Host,
             StoreArg::Disk => DeviationStore::Disk(path.to_path_buf()),
