@@ -64,15 +64,24 @@ where
     let tmp = temp_sibling(path, "part");
     let mut f = fs::File::create(&tmp).map_err(|e| Error::io(path, e))?;
     let result = fill(&mut f).and_then(|()| {
-        f.sync_all()
-            .and_then(|()| fs::rename(&tmp, path))
-            .map_err(|e| Error::io(path, e))
+        f.sync_all().map_err(|e| Error::io(path, e))?;
+        rename_durable(&tmp, path)
     });
     if let Err(e) = result {
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+    Ok(())
+}
+
+/// Renames a complete, synced file `from` over `to` (atomic on POSIX file systems), then syncs
+/// the directory so that the rename itself survives a power loss (failure to open a directory
+/// is not fatal on all systems). A process killed at any moment leaves at `to` the old file or
+/// the new one.
+pub fn rename_durable(from: impl AsRef<Path>, to: impl AsRef<Path>) -> Result<()> {
+    let to = to.as_ref();
+    fs::rename(from, to).map_err(|e| Error::io(to, e))?;
+    if let Some(parent) = to.parent().filter(|p| !p.as_os_str().is_empty()) {
         if let Ok(d) = fs::File::open(parent) {
             let _ = d.sync_all();
         }

@@ -97,8 +97,13 @@ impl SwagPosterior {
     /// Saves the posterior to `path` (see the [module docs](self) for the format).
     ///
     /// From memory, or from a disk posterior to another path, the file is written to a
-    /// temporary sibling and renamed into place (atomic), one row at a time. A disk posterior
-    /// saved to its own path writes only the moments and the header in place, then syncs.
+    /// temporary sibling, one row at a time, `fsync`ed, renamed over `path`, and the directory
+    /// is synced: a process killed at any moment leaves at `path` the previous file or the
+    /// complete new one, never a torn file (`tests/crash_safety.rs` kills `swag collect`, which
+    /// saves this way, at 24 random moments). A disk posterior saved to its own path writes
+    /// the moments and the header in place, then syncs: that file is the posterior being
+    /// collected, so keep it apart from a finished copy as `swag collect --store disk` does
+    /// (it collects into `<out>.partial` and renames it over `--out` once saved).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         if let Columns::Disk(disk) = &self.columns {

@@ -65,8 +65,8 @@ pub fn run(args: Args) -> Result<()> {
                 .map_err(|e| Error::bad_file(path, e.to_string()))?;
         }
         if args.store == StoreArg::Disk {
-            posterior.save(&partial)?;
-            std::fs::rename(&partial, &args.out).map_err(|e| Error::io(&args.out, e))?;
+            posterior.save(&partial)?; // in place, synced
+            candle_swag::atomic::rename_durable(&partial, &args.out)?;
         } else {
             posterior.save(&args.out)?;
         }
