@@ -101,6 +101,7 @@ pub mod batchnorm;
 pub mod optim;
 pub mod predictive;
 pub mod schedule;
+pub mod tune;
 
 pub mod metrics;
 

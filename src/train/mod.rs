@@ -14,7 +14,6 @@
 pub mod demo;
 pub mod loss;
 pub mod method;
-pub mod noise;
 pub mod pipeline;
 pub mod recipes;
 pub mod run;

@@ -22,7 +22,6 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use super::noise::{best_noise_variance, mean_squared_residual};
 use super::{train, Objective, TrainConfig, TrainHistory};
 use crate::batchnorm::BatchNormRefresh;
 use crate::data::{input_names, Dataset, FeatureColumn, Standardizer, TaskKind};
@@ -32,6 +31,7 @@ use crate::models::{Mlp, MlpConfig};
 use crate::predictive::{batches, Noise, Predictive};
 use crate::schedule::{AnnealStrategy, SwaLr};
 use crate::swag::{SampleConfig, SwagConfig, SwagPosterior};
+use crate::tune::{mean_squared_residual, ObservationNoise};
 
 /// Version of the run directory format written by [`save_run`].
 pub const RUN_FORMAT_VERSION: u32 = 1;
@@ -185,36 +185,18 @@ pub fn validation_split(n: usize, fraction: f64, seed: u64) -> Result<(Vec<usize
     Ok((idx, val))
 }
 
-/// The sample scales tried by [`tune`]: 0 (the SWA mean), 0.1, 0.25, 0.5, 1, 2.
-pub const SCALE_GRID: [f64; 6] = [0.0, 0.1, 0.25, 0.5, 1.0, 2.0];
-
-/// One point of the tuning grid.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct TunePoint {
-    /// Sample scale.
-    pub scale: f64,
-    /// Validation-optimal noise variance at this scale (regression; standardised units).
-    pub noise_variance: Option<f64>,
-    /// Validation NLL (mean over rows, in the model's target units).
-    pub nll: f64,
-}
-
-/// The result of [`tune`]: the chosen point and the whole grid.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Tuned {
-    /// The grid point with the lowest validation NLL (the first on ties).
-    pub best: TunePoint,
-    /// Every grid point, in [`SCALE_GRID`] order.
-    pub grid: Vec<TunePoint>,
-}
+// The grid and its points are the core's (`crate::tune`), re-exported for the pipeline.
+pub use crate::tune::{TunePoint, Tuned, SCALE_GRID};
 
 /// Chooses the sample scale (and, for regression, the noise variance) by validation NLL.
 ///
 /// For each scale of [`SCALE_GRID`], a BMA with `samples` samples (the same seed at every scale,
 /// `diag_only` for SWAG-diagonal) is run on `validation`. Classification scores the NLL of the
 /// averaged probabilities (clamped at 1e-12). Regression picks, per scale, the noise variance of
-/// [`super::noise::noise_grid`] minimising the Gaussian NLL of the mixture moments
-/// ([`super::noise::best_noise_variance`]), then keeps the best scale.
+/// [`crate::tune::noise_grid`] minimising the Gaussian NLL of the mixture moments
+/// ([`crate::tune::best_noise_variance`]), then keeps the best scale. The grid search itself is
+/// the core's [`crate::tune::tune_classification`] / [`crate::tune::tune_regression`], which
+/// any model can use.
 pub fn tune(
     fitted: &Fitted,
     train_inputs: &Tensor,
@@ -226,74 +208,42 @@ pub fn tune(
 ) -> Result<Tuned> {
     let refresh = fitted.refresh(train_inputs)?;
     let inputs = batches(&validation.features, validation.len().max(1))?;
-    // Targets, read once for the whole grid.
-    let (labels, targets): (Vec<u32>, Vec<f64>) = match objective {
-        Objective::CrossEntropy => (
-            validation.targets.to_dtype(DType::U32)?.to_vec1()?,
-            Vec::new(),
-        ),
-        _ => (
-            Vec::new(),
-            validation.targets.to_dtype(DType::F64)?.to_vec1()?,
-        ),
-    };
-    let mut grid = Vec::with_capacity(SCALE_GRID.len());
-    for &scale in &SCALE_GRID {
+    let at = |scale: f64| -> Result<Predictive<'_>> {
         let options = SampleConfig::with_scale(scale)?.with_diag_only(diag_only);
-        let predictive = with_refresh(
+        Ok(with_refresh(
             swag_at_scale(&fitted.params, &fitted.posterior, options, samples, seed)?,
             &refresh,
-        );
-        let point = match objective {
-            Objective::CrossEntropy => {
-                let dec = predictive
-                    .classify(&fitted.model, inputs.clone())?
-                    .to_host()?;
-                let c = dec.n_classes;
-                let nll = labels
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &y)| -dec.mean_probs[i * c + y as usize].max(1e-12).ln())
-                    .sum::<f64>()
-                    / labels.len().max(1) as f64;
-                TunePoint {
-                    scale,
-                    noise_variance: None,
-                    nll,
-                }
-            }
-            Objective::GaussianNll | Objective::MeanSquaredError => {
-                let (noise_variance, nll) = regression_validation_nll(
-                    &predictive,
-                    &fitted.model,
-                    inputs.clone(),
-                    objective,
-                    &targets,
-                )?;
-                TunePoint {
-                    scale,
-                    noise_variance,
-                    nll,
-                }
-            }
-        };
-        grid.push(point);
+        ))
+    };
+    match objective {
+        Objective::CrossEntropy => {
+            let labels: Vec<u32> = validation.targets.to_dtype(DType::U32)?.to_vec1()?;
+            crate::tune::tune_classification(at, &fitted.model, inputs, &labels)
+        }
+        _ => {
+            let targets: Vec<f64> = validation.targets.to_dtype(DType::F64)?.to_vec1()?;
+            crate::tune::tune_regression(
+                at,
+                &fitted.model,
+                inputs,
+                &targets,
+                observation_noise(objective),
+            )
+        }
     }
-    let best = grid
-        .iter()
-        .copied()
-        .fold(None::<TunePoint>, |best, p| match best {
-            Some(b) if b.nll <= p.nll => Some(b),
-            _ => Some(p),
-        })
-        .ok_or_else(|| Error::invalid("scale", "empty tuning grid"))?;
-    Ok(Tuned { best, grid })
+}
+
+/// How a regression objective's noise is found: the network's own variance for
+/// [`Objective::GaussianNll`], else one variance searched on the grid.
+fn observation_noise(objective: Objective) -> ObservationNoise {
+    match objective {
+        Objective::GaussianNll => ObservationNoise::FromModel(super::loss::VARIANCE_LINK),
+        _ => ObservationNoise::Searched,
+    }
 }
 
 /// The validation NLL of a regression BMA (mean over rows, standardised units) and the noise
-/// variance it used: for [`Objective::GaussianNll`] the network's own variance (`None`), else
-/// the homoscedastic variance of [`super::noise::noise_grid`] that minimises the NLL of the
-/// mixture moments (the BMA itself runs with variance 0, so that it holds the epistemic part).
+/// variance it used ([`crate::tune::regression_nll`] with the objective's noise).
 pub fn regression_validation_nll<I>(
     predictive: &Predictive,
     model: &Mlp,
@@ -304,25 +254,13 @@ pub fn regression_validation_nll<I>(
 where
     I: Iterator<Item = candle_core::Result<Tensor>> + Clone,
 {
-    if objective == Objective::GaussianNll {
-        let m = predictive
-            .regress(
-                model,
-                inputs,
-                Noise::Heteroscedastic(super::loss::VARIANCE_LINK),
-            )?
-            .to_host()?;
-        Ok((
-            None,
-            crate::metrics::gaussian_nll(&m.mean, &m.std(), targets)?,
-        ))
-    } else {
-        let m = predictive
-            .regress(model, inputs, Noise::Homoscedastic { variance: 0.0 })?
-            .to_host()?;
-        let (v, nll) = best_noise_variance(&m.mean, &m.var_epistemic, targets);
-        Ok((Some(v), nll))
-    }
+    crate::tune::regression_nll(
+        predictive,
+        model,
+        inputs,
+        targets,
+        observation_noise(objective),
+    )
 }
 
 /// The homoscedastic noise variance of the reference recipe: the mean squared residual on the
