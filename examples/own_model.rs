@@ -16,8 +16,8 @@
 //! 0.003. AdamW needs a larger SWA-phase rate than its usual fine-tuning ones for the trajectory
 //! to span a posterior: `--lr 1e-2 --swa-lr 3e-3` (the defaults) gives SWAG NLL 0.074–0.086 and
 //! MI 0.002; `--swa-lr 1e-2` 0.079–0.088 (MI 0.01); `--lr 1e-3 --swa-lr 5e-4` only 0.111–0.123
-//! with MI 0.0006, and `--swa-lr 1e-4` collapses SWAG onto SWA (MI 0.00006). One collection per
-//! epoch in both cases.
+//! with MI 0.0006, and `--lr 1e-3 --swa-lr 1e-4` collapses SWAG onto SWA (MI 0.00006). One
+//! collection per epoch in both cases.
 //!
 //! A hand-written candle model built from candle-nn's layers only (Linear → candle-nn BatchNorm →
 //! ReLU → Linear) on the bundled digits data, trained with a plain loop. The candle-swag lines
