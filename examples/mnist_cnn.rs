@@ -97,6 +97,10 @@ struct Args {
     /// Also measure the moving-average BatchNorm refresh against the exact one.
     #[arg(long)]
     bn_fallback: bool,
+    /// Standard deviation, in units of the pixel range, of the Gaussian noise added to the
+    /// clean test images for the "pixel noise" set (pixels clamped to the range; 0: no set).
+    #[arg(long, default_value_t = 0.5)]
+    pixel_noise: f64,
 }
 
 const BATCH: usize = 64;
@@ -305,6 +309,8 @@ enum Weights {
     MultiSwag,
     /// SWAG with the moving-average BatchNorm refresh instead of the exact one.
     SwagMovingAverageBn,
+    /// SWAG on the posterior of training run R alone (the members of MultiSWAG).
+    SwagRun(usize),
 }
 
 /// What every prediction job reads.
@@ -350,6 +356,7 @@ fn predict(job: Weights, sh: &Shared) -> Result<Vec<f32>> {
                 .ok_or_else(|| Error::invalid("swag-prefix", "no partial posterior"))?;
             Predictive::swag(&sub, post, scale, s, seed)?
         }
+        Weights::SwagRun(r) => Predictive::swag(params, &sh.runs[r].full, scale, s, seed)?,
         Weights::MultiSwag => {
             multi = MultiSwag::new(sh.runs.iter().map(|r| &r.full).collect::<Vec<_>>())?;
             Predictive::multi_swag(params, &multi, scale, s, seed)?
@@ -494,6 +501,15 @@ fn run() -> Result<()> {
             },
         });
     }
+    if args.pixel_noise > 0.0 {
+        sets.push(TestSet {
+            name: format!("pixel noise {}", args.pixel_noise),
+            images: IdxImages {
+                pixels: add_pixel_noise(&test.pixels, args.pixel_noise)?,
+                ..test.clone()
+            },
+        });
+    }
     sets.insert(
         0,
         TestSet {
@@ -552,6 +568,12 @@ fn run() -> Result<()> {
             format!("MultiSWAG ({} runs)", args.multi_runs),
             Weights::MultiSwag,
         ));
+        if args.multi_runs > 1 {
+            // Each member alone: an ensemble should score at least their mean.
+            for r in 0..args.multi_runs {
+                methods.push((format!("SWAG run {r}"), Weights::SwagRun(r)));
+            }
+        }
         if args.bn_fallback {
             methods.push((
                 "SWAG (BN moving average)".into(),
@@ -656,6 +678,7 @@ fn run() -> Result<()> {
             t.train + t.bma
         );
     }
+    notes += &ensemble_check(&rows, &sets, &args);
     if !fallback.is_empty() {
         notes += "\nmoving-average BatchNorm refresh against the exact one, at the SWA mean \
                   (relative L2 error of the running mean | running variance):\n";
@@ -683,6 +706,57 @@ fn run() -> Result<()> {
             .join(", ")
     );
     Ok(())
+}
+
+/// Gaussian noise of standard deviation `sigma` (in units of the 0–255 range) added to every
+/// pixel, rounded and clamped to the range; the same images for every run (fixed seed).
+fn add_pixel_noise(pixels: &[u8], sigma: f64) -> Result<Vec<u8>> {
+    let normal = rand_distr::Normal::new(0.0, sigma * 255.0)
+        .map_err(|e| Error::invalid("pixel-noise", e.to_string()))?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x9e37_79b9);
+    Ok(pixels
+        .iter()
+        .map(|&p| (p as f64 + rng.sample(normal)).round().clamp(0.0, 255.0) as u8)
+        .collect())
+}
+
+/// Per seed and test set: MultiSWAG's accuracy and NLL against the mean of its members' own
+/// SWAG rows (`SWAG run R`). An ensemble's NLL is at most its members' mean NLL when it averages
+/// their predictive probabilities (Jensen); accuracy has no such guarantee but usually follows.
+fn ensemble_check(rows: &[Row], sets: &[TestSet], args: &Args) -> String {
+    if args.multi_runs < 2 {
+        return String::new();
+    }
+    let mut out = String::from(
+        "\nMultiSWAG against the mean of its runs' own SWAG (accuracy, NLL; ok: acc >= mean, NLL <= mean):\n",
+    );
+    for seed in args.first_seed..args.first_seed + args.seeds {
+        for set in sets {
+            let of = |pred: &dyn Fn(&str) -> bool| -> Vec<&Row> {
+                rows.iter()
+                    .filter(|r| r.seed == seed && r.set == set.name && pred(&r.method))
+                    .collect()
+            };
+            let members = of(&|m: &str| m.starts_with("SWAG run "));
+            let multi = of(&|m: &str| m.starts_with("MultiSWAG"));
+            let (Some(multi), false) = (multi.first(), members.is_empty()) else {
+                continue;
+            };
+            let n = members.len() as f64;
+            let acc = members.iter().map(|r| r.acc).sum::<f64>() / n;
+            let nll = members.iter().map(|r| r.nll).sum::<f64>() / n;
+            let verdict = |ok: bool| if ok { "ok" } else { "NOT MET" };
+            out += &format!(
+                "seed {seed}, {}: acc {:.3} vs {acc:.3} ({}), NLL {:.3} vs {nll:.3} ({})\n",
+                set.name,
+                multi.acc,
+                verdict(multi.acc >= acc),
+                multi.nll,
+                verdict(multi.nll <= nll)
+            );
+        }
+    }
+    out
 }
 
 fn mean_std(v: &[f64]) -> (f64, f64) {
