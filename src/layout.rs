@@ -249,8 +249,8 @@ pub struct ParamSet {
     layout: ParamLayout,
     vars: Vec<Var>,
     device: Device,
-    /// BatchNorm statistics `from_varmap` left out: their presence tells [`crate::Predictive`]
-    /// that a refresh is needed after each weight sample.
+    /// BatchNorm buffers ([`is_buffer_name`]) `from_varmap` left out: their presence tells
+    /// [`crate::Predictive`] that a refresh is needed after each weight sample.
     batchnorm_buffers: Vec<String>,
 }
 
@@ -262,17 +262,12 @@ impl ParamSet {
             .data()
             .lock()
             .map_err(|_| Error::invalid("varmap", "the VarMap lock is poisoned"))?;
-        let mut named: Vec<(String, Var)> = data
+        let (buffers, mut named): (Vec<_>, Vec<_>) = data
             .iter()
-            .filter(|(name, _)| !is_buffer_name(name))
             .map(|(name, var)| (name.clone(), var.clone()))
-            .collect();
-        let mut buffers: Vec<String> = data
-            .keys()
-            .filter(|name| name.ends_with("running_mean") || name.ends_with("running_var"))
-            .cloned()
-            .collect();
+            .partition(|(name, _)| is_buffer_name(name));
         drop(data);
+        let mut buffers: Vec<String> = buffers.into_iter().map(|(name, _)| name).collect();
         named.sort_by(|a, b| a.0.cmp(&b.0));
         buffers.sort();
         let mut set = Self::from_named_vars(named)?;
@@ -343,8 +338,8 @@ impl ParamSet {
         Ok(set)
     }
 
-    /// The BatchNorm statistics (`running_mean` / `running_var` names) of the VarMap this set
-    /// was taken from ([`ParamSet::from_varmap`]); empty for a set built from explicit Vars.
+    /// The BatchNorm buffers ([`is_buffer_name`]: `running_mean`, `running_var`, ...) of the
+    /// VarMap this set was taken from ([`ParamSet::from_varmap`]); empty for a set built from explicit Vars.
     /// Their values depend on the weights, so a [`crate::Predictive`] over such a model needs a
     /// refresh after each sample.
     pub fn batchnorm_buffers(&self) -> &[String] {

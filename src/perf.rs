@@ -53,7 +53,7 @@ pub struct OpTiming {
     pub peak_rss_bytes: u64,
     /// Threads in rayon's pool.
     pub threads: usize,
-    /// The device measured (`Cpu`, `Cuda(0)`, ...).
+    /// The device measured: `cpu`, `cuda:N` or `metal:N` ([`device_name`]).
     pub device: String,
 }
 
@@ -252,7 +252,6 @@ pub fn measure(
         } else {
             copy_seconds(bytes, repeats)
         };
-        let normals = if gpu { 0.0 } else { normals };
         let floor = copy + normals;
         out.push(OpTiming {
             op: op.to_string(),

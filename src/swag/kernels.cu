@@ -280,13 +280,14 @@ __device__ __forceinline__ float widen_f16(uint16_t x) { return __half2float(__u
       /* EARLY (the diagonal kernel): load before drawing the noise, so that memory latency       \
          overlaps its arithmetic; the low-rank kernels have their rows' loads for that, and       \
          keep the registers. */                                                                   \
-      if (EARLY) {                                                                                \
+      auto load = [&]() {                                                                         \
         _Pragma("unroll") for (int k = 0; k < 4; ++k) {                                           \
           acc[k] = (extra && ok[k]) ? extra[j[k]] : 0.0f;                                         \
           mu[k] = ok[k] ? mean[j[k]] : 0.0f;                                                      \
           s2[k] = ok[k] ? m2[j[k]] : 0.0f;                                                        \
         }                                                                                         \
-      }                                                                                           \
+      };                                                                                          \
+      if (EARLY) load();                                                                          \
       const uint64_t g = (base >> 2) + lane;                                                      \
       uint4 words = philox4x32_10(                                                                \
           make_uint4((uint32_t)g, (uint32_t)(g >> 32), param, Z1_STREAM), seed_lo, seed_hi);      \
@@ -300,13 +301,7 @@ __device__ __forceinline__ float widen_f16(uint16_t x) { return __half2float(__u
         uint32_t c = lane & 3u;                                                                   \
         z[k] = normal_from_bits(c == 0 ? x : c == 1 ? y : c == 2 ? zz : ww);                      \
       }                                                                                           \
-      if (!EARLY) {                                                                               \
-        _Pragma("unroll") for (int k = 0; k < 4; ++k) {                                           \
-          acc[k] = (extra && ok[k]) ? extra[j[k]] : 0.0f;                                         \
-          mu[k] = ok[k] ? mean[j[k]] : 0.0f;                                                      \
-          s2[k] = ok[k] ? m2[j[k]] : 0.0f;                                                        \
-        }                                                                                         \
-      }                                                                                           \
+      if (!EARLY) load();                                                                         \
       uint32_t r = 0;                                                                             \
       for (; r + 4 <= nrows; r += 4) {                                                            \
         const T* d0 = dev + rows[r] * row_stride;                                                 \

@@ -191,6 +191,12 @@ pub fn normal_from_bits(u: u32) -> f32 {
     } else {
         horner(&Q, w.sqrt() - 3.0)
     };
+    signed_normal(u, x, poly)
+}
+
+/// The shared last step: `±erfinv(x)·√2` from the polynomial, with the word's top bit as sign.
+#[inline(always)]
+fn signed_normal(u: u32, x: f32, poly: f32) -> f32 {
     let z = (poly * x) * std::f32::consts::SQRT_2;
     f32::from_bits(z.to_bits() ^ (u & 0x8000_0000))
 }
@@ -261,9 +267,7 @@ fn normals_from_words_generic(words: &[u32; LANES], out: &mut [f32; LANES]) {
         let (x, w) = erfinv_arguments(u);
         let centre = horner(&P, w - 2.5);
         let tail = horner(&Q, w.sqrt() - 3.0);
-        let poly = if w < 5.0 { centre } else { tail };
-        let z = (poly * x) * std::f32::consts::SQRT_2;
-        *o = f32::from_bits(z.to_bits() ^ (u & 0x8000_0000));
+        *o = signed_normal(u, x, if w < 5.0 { centre } else { tail });
     }
 }
 

@@ -446,11 +446,17 @@ impl SwagPosterior {
     /// (or on CUDA, with the `cuda` feature) and every Var is a contiguous f32 tensor
     /// (otherwise the tensor-op path is used).
     pub(crate) fn can_fuse(&self, params: &ParamSet) -> bool {
-        (self.device.is_cpu() || (cfg!(feature = "cuda") && self.device.is_cuda()))
+        self.has_fused_kernels()
             && params
                 .vars()
                 .iter()
                 .all(|v| v.dtype() == DType::F32 && v.as_tensor().is_contiguous())
+    }
+
+    /// True when this build has fused kernels for the posterior's device: the CPU always, CUDA
+    /// with the `cuda` feature.
+    fn has_fused_kernels(&self) -> bool {
+        self.device.is_cpu() || (cfg!(feature = "cuda") && self.device.is_cuda())
     }
 
     /// Refuses a tensor (`what`) on another device than the posterior's, by name: candle would
@@ -499,8 +505,7 @@ impl SwagPosterior {
     /// Collects one snapshot given as a flat `[d]` vector (layout order).
     pub fn collect_flat(&mut self, theta: &Tensor) -> Result<()> {
         self.layout.check_flat(theta, "theta")?;
-        let fused = self.device.is_cpu() || (cfg!(feature = "cuda") && self.device.is_cuda());
-        if fused && self.device.same_device(theta.device()) {
+        if self.has_fused_kernels() && self.device.same_device(theta.device()) {
             let theta = theta.to_dtype(DType::F32)?.contiguous()?;
             return self.collect_pieces(&[(&theta, 0)]);
         }

@@ -30,8 +30,9 @@
 //! - on the CPU, a sample is bit-identical whatever the store and the number of threads;
 //! - on CUDA, the fused kernel (`swag::cuda`, feature `cuda`, device store) performs the CPU
 //!   kernel's f32 operations in the same order, without fused multiply-adds, so its sample
-//!   equals the CPU's bit for bit; the host and disk stores on CUDA form the low-rank sum with a matrix product
-//!   (cuBLAS), whose summation order differs: within a few ulp of the CPU's sample.
+//!   equals the CPU's bit for bit; the host and disk stores on CUDA form the low-rank sum with
+//!   a matrix product (cuBLAS), whose summation order differs: within a few ulp of the CPU's
+//!   sample.
 //!
 //! [`SwagPosterior::noise_for_seed`] returns that noise, and
 //! [`SwagPosterior::sample_with_noise`] takes `z1` and `z2` explicitly so the formula can be
@@ -294,22 +295,21 @@ impl SwagPosterior {
         let (coef, z2) = self.kernel_inputs(seed, opts);
         // The kernels take the weights with 1/√divisor folded in, as the CPU kernel forms them.
         let weights: Vec<f32> = z2.iter().map(|w| w * coef.inv_sqrt_divisor).collect();
-        let on_device =
-            matches!(&self.columns, Columns::Memory(b) if b.device().same_device(&self.device));
-        let (mut rows_t, mut weights_t, mut extra) = (None, None, None);
-        if !weights.is_empty() && on_device {
-            let rows: Vec<u32> = self.physical_rows().iter().map(|&r| r as u32).collect();
-            rows_t = Some(Tensor::from_vec(rows, weights.len(), &self.device)?);
-            weights_t = Some(Tensor::from_slice(&weights, weights.len(), &self.device)?);
-        } else if !weights.is_empty() {
-            extra = Some(self.low_rank_term(&weights)?);
+        // Device-store columns: their physical rows and weights, for the kernel to read. Other
+        // stores: the low-rank term, formed here and added by the kernel.
+        let (mut device_rows, mut extra) = (None, None);
+        match &self.columns {
+            _ if weights.is_empty() => {}
+            Columns::Memory(buffer) if buffer.device().same_device(&self.device) => {
+                let rows: Vec<u32> = self.physical_rows().iter().map(|&r| r as u32).collect();
+                let rows = Tensor::from_vec(rows, weights.len(), &self.device)?;
+                let w = Tensor::from_slice(&weights, weights.len(), &self.device)?;
+                device_rows = Some((buffer, rows, w));
+            }
+            _ => extra = Some(self.low_rank_term(&weights)?),
         }
-        let columns = match (&self.columns, &rows_t, &weights_t) {
-            (Columns::Memory(buffer), Some(r), Some(w)) => Some((buffer, r, w)),
-            _ => None,
-        };
         let args = cuda::SampleArgs {
-            columns,
+            columns: device_rows.as_ref().map(|(b, r, w)| (*b, r, w)),
             extra: extra.as_ref(),
             sqrt_scale: coef.sqrt_scale,
             var_clamp: coef.var_clamp,

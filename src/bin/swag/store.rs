@@ -43,8 +43,7 @@ impl StoreArg {
     /// posterior being created, whose size is known to the caller).
     pub fn store(self, path: &Path) -> DeviationStore {
         match self {
-            StoreArg::Auto => DeviationStore::Device,
-            StoreArg::Device => DeviationStore::Device,
+            StoreArg::Auto | StoreArg::Device => DeviationStore::Device,
             StoreArg::Host => DeviationStore::Host,
             StoreArg::Disk => DeviationStore::Disk(path.to_path_buf()),
         }
