@@ -10,7 +10,7 @@
 //! ```
 
 use candle_core::Device;
-use candle_swag::train::recipes::{self, RecipeConfig};
+use candle_swag_cli::train::recipes::{self, RecipeConfig};
 use clap::Parser;
 
 /// Diabetes regression with SWAG (BENCHMARKS.md §2).

@@ -9,7 +9,7 @@
 //! ```
 
 use candle_core::Device;
-use candle_swag::train::recipes::{self, RecipeConfig};
+use candle_swag_cli::train::recipes::{self, RecipeConfig};
 use clap::Parser;
 
 /// Digits classification with SWAG (BENCHMARKS.md §1).

@@ -14,16 +14,16 @@
 //! ```
 
 use candle_core::{Device, Tensor};
-use candle_swag::data::{toy, Dataset, Standardizer};
-use candle_swag::models::MlpConfig;
 use candle_swag::optim::SgdConfig;
-use candle_swag::plot::PredictiveBand;
 use candle_swag::predictive::{batches, Noise, Predictive, RegressionPrediction};
-use candle_swag::report::ReportBuilder;
 use candle_swag::swag::{MultiSwag, SampleConfig};
-use candle_swag::train::recipes::run_spec;
-use candle_swag::train::run::{fit_mlp, training_noise_variance, FitConfig};
-use candle_swag::train::{Collect, Objective, TrainConfig};
+use candle_swag_cli::data::{toy, Dataset, Standardizer};
+use candle_swag_cli::models::MlpConfig;
+use candle_swag_cli::train::recipes::run_spec;
+use candle_swag_cli::train::run::{fit_mlp, training_noise_variance, FitConfig};
+use candle_swag_cli::train::{Collect, Objective, TrainConfig};
+use candle_swag_report::plot::PredictiveBand;
+use candle_swag_report::report::ReportBuilder;
 use clap::Parser;
 
 /// Gap regression toy with SWAG.

@@ -64,7 +64,7 @@ fn scaled_columns(p: &SwagPosterior) -> candle_swag::Result<Tensor> {
 fn run() -> candle_swag::Result<()> {
     let (epochs, samples) = (arg("--epochs", 40)?, arg("--samples", 50)?);
     let device = Device::Cpu;
-    let data = candle_swag::data::bundled::digits(&device)?;
+    let data = candle_swag_cli::data::bundled::digits(&device)?;
     let (x, y) = (&data.train.features, &data.train.targets);
     let labels: Vec<u32> = data.test.targets.to_vec1::<u32>()?;
     let varmap = VarMap::new();

@@ -113,7 +113,7 @@ fn run() -> candle_swag::Result<()> {
         }
         chosen.device
     };
-    let data = candle_swag::data::bundled::digits(&device)?;
+    let data = candle_swag_cli::data::bundled::digits(&device)?;
     let (x, y) = (&data.train.features, &data.train.targets);
     let labels: Vec<u32> = data.test.targets.to_vec1::<u32>()?;
 

@@ -8,7 +8,7 @@
 //! the same run) and their ratio; then the posterior's peak extra memory against its
 //! allowance `(K + 3)·4·d + 4·d`. The figures in BENCHMARKS.md come from this example.
 
-use candle_swag::perf;
+use candle_swag_cli::perf;
 
 fn arg(args: &[String], name: &str, default: usize) -> Result<usize, String> {
     match args.iter().position(|a| a == name) {

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Type-checks and lints the CUDA build (the core, `--no-default-features --features cuda`) on a machine without a GPU, with
+# Type-checks and lints the CUDA build (the core and the CLI, `--features cuda`) on a machine without a GPU, with
 # nvcc from PyPI (see CANDLE_NOTES: every part pinned to one CUDA release). Linking is not
 # possible without the driver's libcuda, so this checks compilation only.
 set -euo pipefail
@@ -15,10 +15,11 @@ fi
 CUDA_HOME="$(cd "$venv"/lib/python3*/site-packages/nvidia/cu13 && pwd)"
 export CUDA_HOME PATH="$CUDA_HOME/bin:$PATH" CUDA_COMPUTE_CAP=90
 nvcc --version | tail -1
-# The core alone: the CUDA code paths live there (the CLI adds none). The shared target dir
-# reuses the check-mode dependencies clippy built; only the candle crates and their CUDA
-# dependencies are new.
-# clippy type-checks and lints the CUDA glue (src/swag/cuda.rs) and the CPU-against-GPU tests;
-# build.rs compiles src/swag/kernels.cu to PTX with this nvcc on the way.
-cargo clippy --no-default-features --features cuda --lib --test gpu_agreement -- -D warnings
+# The CUDA code paths live in the core (the CLI adds only the GPU bench's floor). The shared
+# target dir reuses the check-mode dependencies clippy built; only the candle crates and their
+# CUDA dependencies are new.
+# clippy type-checks and lints the CUDA glue (src/swag/cuda.rs), the CPU-against-GPU tests and
+# the CLI's GPU bench; build.rs compiles src/swag/kernels.cu to PTX with this nvcc on the way.
+cargo clippy -p candle-swag --features cuda --lib --test gpu_agreement -- -D warnings
+cargo clippy -p candle-swag-cli --features cuda --lib -- -D warnings
 echo "CUDA type-check passed"

@@ -25,8 +25,8 @@ export LD_LIBRARY_PATH
 
 bin=${1:-}
 if [ -z "$bin" ]; then
-  cargo build --release --features cuda --bin swag
-  test_bin=$(cargo test --release --features cuda --test gpu_agreement --no-run --message-format=json 2>/dev/null |
+  cargo build --release -p candle-swag-cli --features cuda --bin swag
+  test_bin=$(cargo test --release -p candle-swag --features cuda --test gpu_agreement --no-run --message-format=json 2>/dev/null |
     python3 -c 'import json,sys
 for l in sys.stdin:
     m = json.loads(l)

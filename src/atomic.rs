@@ -92,7 +92,6 @@ pub fn rename_durable(from: impl AsRef<Path>, to: impl AsRef<Path>) -> Result<()
 /// Builds a directory atomically: `fill` writes into a fresh temporary directory, which is renamed
 /// to `dir` only when `fill` succeeds. On error the temporary directory is removed and an existing
 /// `dir` is left as it was.
-#[cfg_attr(not(feature = "report"), allow(dead_code))]
 pub fn write_dir_atomic<F>(dir: impl AsRef<Path>, fill: F) -> Result<()>
 where
     F: FnOnce(&Path) -> Result<()>,

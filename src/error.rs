@@ -85,8 +85,7 @@ pub enum Error {
         loss: f64,
     },
 
-    /// Drawing a plot failed (feature `report`).
-    #[cfg(feature = "report")]
+    /// Drawing a plot failed (the `candle-swag-report` crate).
     #[error("plot `{plot}`: {reason}")]
     Plot {
         /// Which plot.
@@ -104,7 +103,7 @@ pub enum Error {
 impl Error {
     /// Edits the file, column or reason of a [`Error::BadData`] in place, so that a caller can
     /// say more about where the data came from; other errors pass unchanged.
-    pub(crate) fn map_bad_data(
+    pub fn map_bad_data(
         mut self,
         edit: impl FnOnce(&mut String, &mut String, &mut String),
     ) -> Self {

@@ -211,7 +211,7 @@ impl ParamLayout {
     /// Refuses a flat `[d]` f32 vector holding NaN or infinity (`Error::NonFinite` naming the
     /// parameter). One reduction on the device; values reach the host only when one is bad.
     pub(crate) fn check_finite(&self, flat: &Tensor) -> Result<()> {
-        match first_non_finite(flat)? {
+        match first_non_finite_in(flat)? {
             Some((i, v)) => Err(self.non_finite_error(i, v)),
             None => Ok(()),
         }
@@ -408,7 +408,7 @@ impl ParamSet {
 /// Refuses a tensor (any shape, f32) holding NaN or infinity: `Error::NonFinite` naming it
 /// `name`, with the row-major index.
 pub(crate) fn check_finite_named(t: &Tensor, name: &str) -> Result<()> {
-    match first_non_finite(&t.flatten_all()?)? {
+    match first_non_finite_in(&t.flatten_all()?)? {
         Some((i, v)) => Err(non_finite(name, i, v)),
         None => Ok(()),
     }
@@ -425,14 +425,11 @@ fn non_finite(parameter: &str, index: usize, value: f32) -> Error {
 /// The first non-finite value of a flat f32 tensor and its index. `x − x` is 0 for finite `x`
 /// and NaN otherwise, so one reduction and one scalar read decide (a sum of large finite
 /// values that overflows is not mistaken for a bad value).
-fn first_non_finite(flat: &Tensor) -> Result<Option<(usize, f32)>> {
+fn first_non_finite_in(flat: &Tensor) -> Result<Option<(usize, f32)>> {
     let probe = flat.sub(flat)?.sum_all()?.to_scalar::<f32>()?;
     if probe == 0.0 {
         return Ok(None);
     }
     let values = flat.to_vec1::<f32>()?;
-    Ok(values
-        .iter()
-        .position(|v| !v.is_finite())
-        .map(|i| (i, values[i])))
+    Ok(crate::swag::kernels::first_non_finite(&values).map(|i| (i, values[i])))
 }

@@ -8,7 +8,7 @@
 //! [`Predictive`] then writes weight samples into the model's `Var`s, refreshes BatchNorm
 //! statistics ([`BatchNormRefresh`], candle-nn's own layers included) and averages the
 //! predictions (Bayesian model averaging, BMA) for any candle `ModuleT`. The metrics
-//! ([`metrics`]) and the report (feature `report`) say whether the resulting uncertainty is
+//! ([`metrics`]) and the report (crate `candle-swag-report`) say whether the resulting uncertainty is
 //! honest.
 //!
 //! ## The whole workflow
@@ -37,7 +37,7 @@
 //!     candle_nn::batch_norm(8, 1e-5, vb.pp("bn"))?,
 //!     candle_nn::linear(8, 2, vb.pp("fc2"))?,
 //! );
-//! let model = candle_swag::predictive::forward_fn(|x: &Tensor, train: bool| {
+//! let model = candle_nn::func_t(|x: &Tensor, train: bool| {
 //!     fc2.forward(&bn.forward_t(&fc1.forward(x)?, train)?.relu()?)
 //! });
 //! let params = ParamSet::from_varmap(&varmap)?; // BatchNorm statistics are left out
@@ -67,10 +67,10 @@
 //! # Ok(()) }
 //! ```
 //!
-//! ## Three layers
-//! The core is always built; it is what a candle user adds to a model's crate:
+//! ## Three crates
+//! This crate is the core, what a candle user adds to a model's crate:
 //! ```toml
-//! candle-swag = { version = "0.1", default-features = false }
+//! candle-swag = "0.1"
 //! ```
 //! - [`layout`]: which weights, in which order ([`ParamSet`]).
 //! - [`swag`]: the posterior, its sampler, log-density, file format and MultiSWAG.
@@ -79,18 +79,15 @@
 //!   exact BatchNorm statistics refresh, SGD with momentum and weight decay.
 //! - [`metrics`]: calibration, uncertainty, OOD, selective and regression metrics, recalibration.
 //!
-//! Feature `report` adds `plot`, `report` and `io`: figures (plotters with a bundled font),
-//! the HTML/Markdown/JSON calibration report, and prediction files from any framework.
-//! Feature `cli` (on by default; turns on `report`) adds the `swag` binary and the pipeline
-//! behind it and the examples: `train`, `models` (the built-in MLP), `data` (CSV reader,
-//! bundled data) and `perf` (the SWAG primitives against the memory-bandwidth floor).
+//! - [`atomic`]: crash-safe file writes (temporary file, fsync, rename), used by every writer.
+//!
+//! Two crates build on it: `candle-swag-report` (figures with a bundled font, the
+//! HTML/Markdown/JSON calibration report, prediction files from any framework) and
+//! `candle-swag-cli` (the `swag` binary and the pipeline behind it and the examples: the CSV
+//! pipeline, the built-in MLP, bundled data, recipes, and the primitives' speed against the
+//! memory-bandwidth floor).
 
-// The core: always built.
-// Atomic file writes: internal to the core, public in the `cli` layer for the binary.
-#[cfg(feature = "cli")]
 pub mod atomic;
-#[cfg(not(feature = "cli"))]
-pub(crate) mod atomic;
 pub mod device;
 pub mod error;
 pub mod layout;
@@ -104,24 +101,6 @@ pub mod schedule;
 pub mod tune;
 
 pub mod metrics;
-
-// Feature `report`: figures, reports, prediction files from any framework.
-#[cfg(feature = "report")]
-pub mod io;
-#[cfg(feature = "report")]
-pub mod plot;
-#[cfg(feature = "report")]
-pub mod report;
-
-// Feature `cli`: the pipeline behind the `swag` binary and the examples.
-#[cfg(feature = "cli")]
-pub mod data;
-#[cfg(feature = "cli")]
-pub mod models;
-#[cfg(feature = "cli")]
-pub mod perf;
-#[cfg(feature = "cli")]
-pub mod train;
 
 pub use averaging::{AveragingRule, ParameterAverage};
 pub use batchnorm::{BatchNormRefresh, BatchNormStats};

@@ -7,7 +7,7 @@
 //! `Var`s, refreshes the BatchNorm statistics when asked, and runs the model over the input
 //! batches in evaluation mode (`forward_t(batch, false)`). The model is any
 //! [`candle_core::ModuleT`]; a model with another forward signature is wrapped with
-//! [`forward_fn`]. Inputs come as a `Clone` iterator of batches (each pass over the samples
+//! [`candle_nn::func_t`] (a closure that may borrow, `Send + Sync`). Inputs come as a `Clone` iterator of batches (each pass over the samples
 //! clones it), so a test set larger than memory streams from disk; [`batches`] cuts an
 //! in-memory tensor. Outputs are candle tensors on the model's device, accumulated in f32 on
 //! that device, one pass over the samples (memory does not grow with `S`).
@@ -751,37 +751,4 @@ pub fn batches(
     Ok((0..n)
         .step_by(batch_size)
         .map(move |start| x.narrow(0, start, batch_size.min(n - start))))
-}
-
-/// A closure `Fn(&Tensor, bool) -> candle_core::Result<Tensor>` (input, train mode) as a
-/// [`ModuleT`], for models whose forward has another signature. Unlike `candle_nn::func_t`
-/// the closure may borrow (no `'static` bound).
-///
-/// ```
-/// # use candle_core::{Device, Tensor};
-/// # use candle_swag::predictive::forward_fn;
-/// use candle_core::ModuleT;
-/// let offset = Tensor::new(&[1f32, 2.0], &Device::Cpu).unwrap();
-/// let model = forward_fn(|xs: &Tensor, _train: bool| xs.broadcast_add(&offset));
-/// let y = model.forward_t(&Tensor::zeros((3, 2), candle_core::DType::F32, &Device::Cpu).unwrap(), false).unwrap();
-/// assert_eq!(y.to_vec2::<f32>().unwrap()[2], vec![1.0, 2.0]);
-/// ```
-pub fn forward_fn<F>(f: F) -> ForwardFn<F>
-where
-    F: Fn(&Tensor, bool) -> candle_core::Result<Tensor>,
-{
-    ForwardFn(f)
-}
-
-/// A closure as a model: see [`forward_fn`].
-#[derive(Debug, Clone, Copy)]
-pub struct ForwardFn<F>(F);
-
-impl<F> ModuleT for ForwardFn<F>
-where
-    F: Fn(&Tensor, bool) -> candle_core::Result<Tensor>,
-{
-    fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        (self.0)(xs, train)
-    }
 }

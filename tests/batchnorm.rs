@@ -503,7 +503,7 @@ fn model_without_batchnorm_pays_nothing() {
     let never = std::iter::from_fn(|| -> Option<candle_core::Result<Tensor>> {
         panic!("the iterator must not be pulled")
     });
-    let identity = candle_swag::predictive::forward_fn(|xs: &Tensor, _| Ok(xs.clone()));
+    let identity = candle_nn::func_t(|xs: &Tensor, _| Ok(xs.clone()));
     let r = BatchNormRefresh::new(Vec::new(), never);
     assert!(!r.is_active());
     assert_eq!(r.run(&identity).unwrap(), 0);
@@ -534,9 +534,7 @@ fn candle_nn_batchnorm_refresh_is_exact() {
         let layers = BatchNormStats::from_varmap(&varmap).unwrap();
         assert_eq!(layers.len(), 1);
         assert_eq!(layers[0].name(), "features.bn");
-        let model = candle_swag::predictive::forward_fn(|xs: &Tensor, train: bool| {
-            conv_bn.forward_t(xs, train)
-        });
+        let model = candle_nn::func_t(|xs: &Tensor, train: bool| conv_bn.forward_t(xs, train));
         let batches = candle_swag::predictive::batches(&x, batch_size).unwrap();
         let used = BatchNormRefresh::new(layers, batches).run(&model).unwrap();
         assert_eq!(used, n.div_ceil(batch_size));
@@ -632,7 +630,7 @@ fn layer_loaded_outside_a_varmap_refreshes_exactly() {
     let bias = Tensor::new(&[0f32, 0.0], &device).unwrap();
     let bn = candle_nn::BatchNorm::new(2, mean, var, weight, bias, 1e-5).unwrap();
     let layers = vec![BatchNormStats::of_candle_nn("bn", &bn).unwrap()];
-    let model = candle_swag::predictive::forward_fn(|xs: &Tensor, t: bool| bn.forward_t(xs, t));
+    let model = candle_nn::func_t(|xs: &Tensor, t: bool| bn.forward_t(xs, t));
     let data = Tensor::new(
         &[[1f32, 10.0], [3.0, 14.0], [-2.0, 0.5], [0.0, 1.5]],
         &device,
@@ -706,7 +704,7 @@ fn moving_average_fallback_follows_the_layer_momentum() {
             1e-5,
         )
         .unwrap();
-        let model = candle_swag::predictive::forward_fn(|xs: &Tensor, t: bool| bn.forward_t(xs, t));
+        let model = candle_nn::func_t(|xs: &Tensor, t: bool| bn.forward_t(xs, t));
         let r = BatchNormRefresh::moving_average(
             candle_swag::predictive::batches(&data, 2).unwrap(),
             passes,

@@ -2,10 +2,11 @@
 //! MultiSWAG's sample assignment.
 
 use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::func_t;
 use candle_nn::{VarBuilder, VarMap};
 use candle_swag::batchnorm::{BatchNorm, BatchNormConfig};
 use candle_swag::layout::{ParamLayout, ParamSet};
-use candle_swag::predictive::{batches, forward_fn, Predictive};
+use candle_swag::predictive::{batches, Predictive};
 use candle_swag::swag::multi::assignment;
 use candle_swag::swag::{MultiSwag, SampleConfig, SwagConfig, SwagPosterior};
 
@@ -107,7 +108,7 @@ fn multiswag_spreads_samples_evenly_and_draws_from_the_chosen_posterior() {
     let params = ParamSet::from_named_vars(vec![("w".into(), w.clone())]).unwrap();
     // A "model" that outputs its weights: sample i of 4 comes from posterior [0, 0, 1, 2][i],
     // whose mean (scale 0) is (v, −v).
-    let model = forward_fn(|_: &Tensor, _| w.as_tensor().unsqueeze(0));
+    let model = func_t(|_: &Tensor, _| w.as_tensor().unsqueeze(0));
     let x = Tensor::zeros((1, 1), DType::F32, &Device::Cpu).unwrap();
     let predictive = Predictive::multi_swag(
         &params,

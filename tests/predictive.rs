@@ -3,8 +3,9 @@
 //! the weights after a prediction, and the errors users meet.
 
 use candle_core::{DType, Device, Module, ModuleT, Tensor};
+use candle_nn::func_t;
 use candle_nn::{VarBuilder, VarMap};
-use candle_swag::predictive::{batches, forward_fn};
+use candle_swag::predictive::batches;
 use candle_swag::{
     BatchNormRefresh, BatchNormStats, Error, MultiSwag, Noise, ParamSet, Predictive, SampleConfig,
     SwagConfig, SwagPosterior, VarianceLink,
@@ -278,10 +279,9 @@ fn weights_are_restored_after_a_prediction_even_on_error() {
     );
 
     // A model that fails on its third call.
-    let calls = std::cell::Cell::new(0);
-    let failing = forward_fn(|x: &Tensor, _| {
-        calls.set(calls.get() + 1);
-        if calls.get() == 3 {
+    let calls = std::sync::atomic::AtomicUsize::new(0);
+    let failing = func_t(|x: &Tensor, _| {
+        if calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 == 3 {
             Err(candle_core::Error::Msg("boom".into()))
         } else {
             f.model.forward(x)
@@ -311,7 +311,7 @@ fn batchnorm_statistics_are_refreshed_per_sample_and_restored_after() {
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
     let fc = candle_nn::linear(3, 4, vb.pp("fc")).unwrap();
     let bn = candle_nn::batch_norm(4, 1e-5, vb.pp("bn")).unwrap();
-    let model = forward_fn(|x: &Tensor, train: bool| bn.forward_t(&fc.forward(x)?, train));
+    let model = func_t(|x: &Tensor, train: bool| bn.forward_t(&fc.forward(x)?, train));
     let params = ParamSet::from_varmap(&varmap).unwrap();
     assert!(params
         .layout()
@@ -529,7 +529,7 @@ fn a_model_with_batchnorm_needs_a_refresh_or_an_explicit_opt_out() -> candle_swa
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
     let fc = candle_nn::linear(3, 4, vb.pp("fc"))?;
     let bn = candle_nn::batch_norm(4, 1e-5, vb.pp("bn"))?;
-    let model = forward_fn(|x: &Tensor, train: bool| bn.forward_t(&fc.forward(x)?, train));
+    let model = func_t(|x: &Tensor, train: bool| bn.forward_t(&fc.forward(x)?, train));
     let params = ParamSet::from_varmap(&varmap)?;
     assert_eq!(
         params.batchnorm_buffers(),

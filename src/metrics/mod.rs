@@ -31,7 +31,7 @@ pub mod recalibration;
 pub mod regression;
 pub mod selective;
 pub mod uncertainty;
-mod validate;
+pub mod validate;
 
 pub(crate) use validate::*;
 

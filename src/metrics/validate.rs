@@ -69,7 +69,7 @@ pub(crate) fn matrix_rows(input: &str, len: usize, n_cols: usize) -> Result<usiz
 
 /// The reason a probability value is refused, or `None` when it is a valid probability.
 #[inline]
-pub(crate) fn probability_problem(p: f64) -> Option<String> {
+pub fn probability_problem(p: f64) -> Option<String> {
     if p.is_nan() {
         Some("value is NaN".to_string())
     } else if p.is_infinite() {
@@ -150,7 +150,7 @@ pub(crate) fn check_std(std: &[f64], n: usize) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn check_gaussian(mean: &[f64], std: &[f64], y: &[f64]) -> Result<()> {
+pub fn check_gaussian(mean: &[f64], std: &[f64], y: &[f64]) -> Result<()> {
     check_mean_targets(mean, y)?;
     check_std(std, mean.len())
 }
@@ -168,20 +168,20 @@ pub(crate) fn check_confidences<T: Probability>(confidence: &[T], correct: &[boo
 }
 
 /// The wording for a value that must be finite.
-pub(crate) fn not_finite_problem(v: f64) -> String {
+pub fn not_finite_problem(v: f64) -> String {
     format!("value {v} is not finite")
 }
 
 /// The reason a row of probabilities summing to `sum` is refused (`|sum − 1|` above
 /// [`ROW_SUM_TOLERANCE`]), or `None`.
-pub(crate) fn row_sum_problem(sum: f64) -> Option<String> {
+pub fn row_sum_problem(sum: f64) -> Option<String> {
     ((sum - 1.0).abs() > ROW_SUM_TOLERANCE)
         .then(|| format!("probabilities sum to {sum}, not 1 (tolerance {ROW_SUM_TOLERANCE:e})"))
 }
 
 /// The reason a standard deviation is refused (not finite, or not strictly positive: a
 /// Gaussian with σ = 0 has no density), or `None`.
-pub(crate) fn std_problem(s: f64) -> Option<String> {
+pub fn std_problem(s: f64) -> Option<String> {
     if !s.is_finite() {
         Some(not_finite_problem(s))
     } else if s <= 0.0 {
@@ -192,9 +192,8 @@ pub(crate) fn std_problem(s: f64) -> Option<String> {
 }
 
 /// The reason a value is refused as a class index in `0..n_classes`, or `None`. Labels read
-/// as numbers (prediction files, tensors) are checked with it, in the `report` layer.
-#[cfg(feature = "report")]
-pub(crate) fn label_problem(v: f64, n_classes: usize) -> Option<String> {
+/// as numbers (prediction files, tensors) are checked with it, in the report crate.
+pub fn label_problem(v: f64, n_classes: usize) -> Option<String> {
     if v.is_nan() || v < 0.0 || v.fract() != 0.0 || v >= n_classes as f64 {
         Some(format!("label {v} is not a class index in 0..{n_classes}"))
     } else {

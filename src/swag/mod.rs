@@ -6,8 +6,10 @@
 //! - a posterior split by parameter ranges across devices or processes ([`shard`]);
 //! - where the deviation columns live and how they are encoded ([`store`]);
 //! - the posterior file format ([`mod@file`], its bytes in `format`); several posteriors
-//!   sampled jointly ([`multi`]).
+//!   sampled jointly ([`multi`]);
+//! - weight checkpoints (safetensors) read and written as one flat vector ([`checkpoint`]).
 
+pub mod checkpoint;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
 pub mod file;

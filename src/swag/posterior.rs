@@ -159,8 +159,10 @@ pub(crate) const ROW_MEAN: usize = 0;
 pub(crate) const ROW_COMP: usize = 1;
 /// Row of the centred second moment `M2`.
 pub(crate) const ROW_M2: usize = 2;
-/// Number of rows of the moments buffer.
-pub(crate) const MOMENT_ROWS: usize = 3;
+/// Number of f32 rows of per-parameter state the posterior keeps besides its columns (mean,
+/// the mean's compensation term, centred second moment): its memory is `(MOMENT_ROWS + K) · 4 · d`
+/// bytes for f32 columns.
+pub const MOMENT_ROWS: usize = 3;
 
 impl SwagPosterior {
     /// An empty posterior for `layout`, with its buffers allocated on `device`.

@@ -1,0 +1,97 @@
+//! `swag collect`: build a posterior offline from weight checkpoints.
+
+use std::path::PathBuf;
+
+use candle_core::{Device, Tensor};
+use candle_swag::layout::ParamLayout;
+use candle_swag::swag::checkpoint::{read_flat, CheckpointHeader};
+use candle_swag::swag::{SwagConfig, SwagPosterior};
+use candle_swag::{Error, Result};
+
+use crate::store::{DtypeArg, StoreArg};
+
+/// Arguments of `swag collect`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// K, the number of deviation columns kept.
+    #[arg(long, default_value_t = 20)]
+    rank: usize,
+    /// Output posterior file (safetensors).
+    #[arg(long)]
+    out: PathBuf,
+    /// Storage dtype of the deviation columns (bf16 and f16 halve the K×d buffer).
+    #[arg(long, value_enum, default_value_t = DtypeArg::F32)]
+    dtype: DtypeArg,
+    /// Where the columns live while collecting: `disk` writes each one straight into --out
+    /// (memory then holds the moments and one snapshot, whatever K).
+    #[arg(long, value_enum, default_value_t = StoreArg::Device)]
+    store: StoreArg,
+    /// Only cover parameters whose name starts with one of these prefixes (repeatable).
+    #[arg(long = "prefix")]
+    prefixes: Vec<String>,
+    /// Checkpoint files of named tensors (e.g. VarMap::save or PyTorch safetensors), in order.
+    #[arg(required = true)]
+    snapshots: Vec<PathBuf>,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let first = CheckpointHeader::read(&args.snapshots[0])?;
+    let shapes: Vec<(String, Vec<usize>)> = first
+        .shapes()
+        .into_iter()
+        .filter(|(n, _)| !candle_swag::layout::is_buffer_name(n))
+        .filter(|(n, _)| args.prefixes.is_empty() || args.prefixes.iter().any(|p| n.starts_with(p)))
+        .collect();
+    if shapes.is_empty() {
+        return Err(Error::bad_file(
+            &args.snapshots[0],
+            "no parameter to cover (empty checkpoint, or no name matches --prefix)",
+        ));
+    }
+    let layout = ParamLayout::new(shapes)?;
+    // A disk posterior collects into a sibling file renamed over --out once saved, so a failed
+    // run never leaves a half-written posterior at --out.
+    let partial = args.out.with_extension("partial");
+    let config = SwagConfig::with_rank(args.rank)
+        .with_deviation_dtype(args.dtype.dtype())?
+        .with_store(args.store.store(&partial));
+    let collected = (|| -> Result<SwagPosterior> {
+        let mut posterior = SwagPosterior::new(layout, config, &Device::Cpu)?;
+        for path in &args.snapshots {
+            let flat = read_flat(path, posterior.layout())?;
+            let d = flat.len();
+            posterior
+                .collect_flat(&Tensor::from_vec(flat, d, &Device::Cpu)?)
+                .map_err(|e| Error::bad_file(path, e.to_string()))?;
+        }
+        if args.store == StoreArg::Disk {
+            posterior.save(&partial)?; // in place, synced
+            candle_swag::atomic::rename_durable(&partial, &args.out)?;
+        } else {
+            posterior.save(&args.out)?;
+        }
+        Ok(posterior)
+    })();
+    let posterior = collected.inspect_err(|_| {
+        if args.store == StoreArg::Disk {
+            let _ = std::fs::remove_file(&partial);
+        }
+    })?;
+    println!(
+        "collected {} snapshots of {} parameters (d = {}, {} deviation columns, {:?}) into {}",
+        posterior.n_collected(),
+        posterior.layout().len(),
+        posterior.numel(),
+        posterior.rows(),
+        args.dtype,
+        args.out.display()
+    );
+    if posterior.flushed_to_zero() > 0 {
+        eprintln!(
+            "warning: {} nonzero deviation entries were too small for {:?} relative to their column's largest and were stored as 0",
+            posterior.flushed_to_zero(),
+            args.dtype
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,65 @@
+//! `swag sample`: draw one weight sample and write it under the original names and shapes.
+
+use std::path::PathBuf;
+
+use candle_core::Device;
+use candle_swag::swag::checkpoint::write_flat;
+use candle_swag::swag::{Divisor, SampleConfig, SwagPosterior};
+use candle_swag::Result;
+
+use crate::store::StoreArg;
+
+/// Arguments of `swag sample`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Posterior file written by `swag collect` or `SwagPosterior::save`.
+    #[arg(long)]
+    posterior: PathBuf,
+    /// Multiplies the covariance (0 gives the SWA mean).
+    #[arg(long, default_value_t = 0.5)]
+    scale: f64,
+    /// Diagonal part only (SWAG-diagonal).
+    #[arg(long)]
+    diag: bool,
+    /// Divide the low-rank term by K − 1 as the reference implementation (default: rows − 1).
+    #[arg(long)]
+    reference_divisor: bool,
+    /// Seed of the noise (a sample is reproducible for a given seed, whatever the store).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// `disk` streams the columns from the posterior file instead of reading them into memory
+    /// (for posteriors larger than RAM; the same sample, bit for bit); `auto` streams when they
+    /// exceed `--memory-budget-mib`.
+    #[arg(long, value_enum, default_value_t = StoreArg::Auto)]
+    store: StoreArg,
+    /// With `--store auto`: columns larger than this many MiB are streamed from the file.
+    #[arg(long, default_value_t = crate::store::DEFAULT_BUDGET_MIB)]
+    memory_budget_mib: u64,
+    /// Output file (safetensors, one tensor per parameter).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let store = args
+        .store
+        .store_for_file(&args.posterior, args.memory_budget_mib)?;
+    let posterior = SwagPosterior::load_with_store(&args.posterior, &Device::Cpu, store)?;
+    let opts = SampleConfig::with_scale(args.scale)?
+        .with_diag_only(args.diag)
+        .with_divisor(if args.reference_divisor {
+            Divisor::RankMinusOne
+        } else {
+            Divisor::RowsMinusOne
+        });
+    let flat: Vec<f32> = posterior.sample_flat_seeded(args.seed, &opts)?.to_vec1()?;
+    write_flat(&args.out, posterior.layout(), &flat)?;
+    println!(
+        "wrote a sample of {} parameters (scale {}, seed {}) to {}",
+        posterior.layout().len(),
+        args.scale,
+        args.seed,
+        args.out.display()
+    );
+    Ok(())
+}

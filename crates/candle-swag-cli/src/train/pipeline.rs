@@ -1,0 +1,564 @@
+//! The user's own CSV data end to end, as `swag fit` and `swag predict` run it: read and
+//! standardise the training rows, train the MLP with SWAG collection, write the run directory;
+//! then read new rows, run the Bayesian model average, and write one prediction row per input
+//! row.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+
+use super::run::{
+    fit_mlp, mlp_refresh, save_run, swag_at_scale, training_noise_variance, tune, validation_split,
+    with_refresh, CalibrationRows, FitConfig, LoadedRun, NoiseModel, RunConfig, Tuned,
+    RUN_FORMAT_VERSION,
+};
+use super::{Collect, Objective, TrainConfig};
+use crate::data::{
+    encode_features, load_csv, prepare, CsvConfig, Dataset, FeatureScaling, TaskKind,
+};
+use crate::models::MlpConfig;
+use candle_swag::error::{Error, Result};
+use candle_swag::metrics::{
+    ConformalClassifier, ConformalConfig, ConformalRegressor, SetScore, MIN_CALIBRATION_ROWS,
+};
+use candle_swag::optim::SgdConfig;
+use candle_swag::predictive::{batches, Noise, Predictive};
+use candle_swag::swag::SampleConfig;
+use candle_swag_report::io::CsvTable;
+
+/// Options of [`fit_csv`] (the flags of `swag fit`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CsvFitConfig {
+    /// The training file.
+    pub data: PathBuf,
+    /// Target column.
+    pub target: String,
+    /// Classification or regression.
+    pub task: TaskKind,
+    /// Optional `train`/`test` column: only `train` rows are used for fitting.
+    pub split_column: Option<String>,
+    /// Columns to drop (identifiers, free text).
+    pub ignore: Vec<String>,
+    /// Text feature columns to one-hot encode (categories: those of the training file).
+    pub categorical: Vec<String>,
+    /// Hidden layer widths.
+    pub hidden: Vec<usize>,
+    /// BatchNorm after each hidden layer.
+    pub batchnorm: bool,
+    /// Epochs.
+    pub epochs: usize,
+    /// First collection epoch; `None` means `epochs / 2`.
+    pub swa_start: Option<usize>,
+    /// Collect every N steps instead of every epoch.
+    pub collect_every_steps: Option<usize>,
+    /// K, deviation columns kept.
+    pub rank: usize,
+    /// Learning rate before `swa_start`.
+    pub lr: f64,
+    /// Learning rate from `swa_start` on.
+    pub swa_lr: f64,
+    /// SGD momentum.
+    pub momentum: f64,
+    /// L2 weight decay.
+    pub weight_decay: f64,
+    /// Mini-batch size.
+    pub batch_size: usize,
+    /// Seed of the initial weights and of the shuffling.
+    pub seed: u64,
+    /// Choose the sample scale (and the noise variance for regression) on a validation split of
+    /// 20% of the training rows, then train the final run on all of them.
+    pub tune_scale: bool,
+    /// Samples per BMA while tuning.
+    pub samples: usize,
+    /// Show progress bars.
+    pub progress: bool,
+    /// Hold this fraction of the training rows out of fitting, for split-conformal
+    /// calibration at predict time (`None`: fit on every training row).
+    pub calibrate_fraction: Option<f64>,
+    /// The regression noise model (regression only; homoscedastic by default).
+    pub noise: NoiseModel,
+}
+
+impl CsvFitConfig {
+    /// Defaults for a file and target: hidden 128,128, no BatchNorm, 50 epochs, collection from
+    /// epoch 25 each epoch, K = 20, lr = swa_lr = 0.05, momentum 0.9, weight decay 5e-4, batch
+    /// 32, seed 0, no tuning (30 samples when tuning), progress bars on, no calibration rows.
+    pub fn new(data: impl Into<PathBuf>, target: impl Into<String>, task: TaskKind) -> Self {
+        Self {
+            data: data.into(),
+            target: target.into(),
+            task,
+            split_column: None,
+            ignore: Vec::new(),
+            categorical: Vec::new(),
+            hidden: vec![128, 128],
+            batchnorm: false,
+            epochs: 50,
+            swa_start: None,
+            collect_every_steps: None,
+            rank: 20,
+            lr: 0.05,
+            swa_lr: 0.05,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            batch_size: 32,
+            seed: 0,
+            tune_scale: false,
+            samples: 30,
+            progress: true,
+            calibrate_fraction: None,
+            noise: NoiseModel::Homoscedastic,
+        }
+    }
+}
+
+/// What [`fit_csv`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FitSummary {
+    /// The run's saved configuration.
+    pub config: RunConfig,
+    /// Training rows used.
+    pub train_rows: usize,
+    /// Snapshots collected.
+    pub collected: usize,
+}
+
+impl FitSummary {
+    /// A few human-readable lines.
+    pub fn describe(&self) -> String {
+        let mut s = String::new();
+        let c = &self.config;
+        let last = c.history.epochs.last();
+        let _ = writeln!(
+            s,
+            "trained MLP {} on {} rows for {} epochs; {} SWAG snapshots (K = {})",
+            c.fit
+                .mlp
+                .widths()
+                .iter()
+                .map(|w| w.to_string())
+                .collect::<Vec<_>>()
+                .join("-"),
+            self.train_rows,
+            c.history.epochs.len(),
+            self.collected,
+            c.fit.rank
+        );
+        if let Some(e) = last {
+            let _ = write!(s, "final training loss {:.4}", e.loss);
+            if let Some(a) = e.accuracy {
+                let _ = write!(s, ", accuracy {a:.4}");
+            }
+            s.push('\n');
+        }
+        if c.task == TaskKind::Regression {
+            let _ = writeln!(s, "noise model: {}", c.noise.name());
+        }
+        let _ = write!(s, "default sample scale {}", c.scale);
+        if let (Some(nv), Some(ts)) = (c.noise_variance, &c.target_scaler) {
+            let _ = write!(s, ", noise std {:.4} (target units)", nv.sqrt() * ts.std[0]);
+        }
+        if c.tuned.is_some() {
+            s.push_str(" (tuned on a validation split)");
+        }
+        s.push('\n');
+        if let Some(cal) = &c.calibration {
+            let _ = writeln!(
+                s,
+                "{} training rows ({}) held out for conformal calibration (swag predict --coverage)",
+                cal.targets.len(),
+                cal.fraction
+            );
+        }
+        s
+    }
+}
+
+/// Trains on a CSV file and writes the run directory `out` atomically.
+///
+/// The noise variance of a regression run is the mean squared training residual of the SWA
+/// mean (the reference recipe), or the validation-optimal one with `tune_scale`.
+pub fn fit_csv(opts: &CsvFitConfig, out: impl AsRef<Path>) -> Result<FitSummary> {
+    let device = Device::Cpu;
+    let data = load_csv(
+        &opts.data,
+        &CsvConfig {
+            target: opts.target.clone(),
+            split_column: opts.split_column.clone(),
+            task: opts.task,
+            ignore: opts.ignore.clone(),
+            categorical: opts.categorical.clone(),
+        },
+    )?;
+    let hetero = opts.noise == NoiseModel::Heteroscedastic;
+    if hetero && opts.task == TaskKind::Classification {
+        return Err(Error::invalid(
+            "noise",
+            "heteroscedastic noise is a regression model; drop --noise for classification",
+        ));
+    }
+    let prepared = prepare(&data, FeatureScaling::Standardize, &device)?;
+    let (train, calibration) = match opts.calibrate_fraction {
+        None => (prepared.train.clone(), None),
+        Some(f) => hold_out_calibration(&prepared.train, f, opts.seed)?,
+    };
+    let objective = if hetero {
+        Objective::GaussianNll
+    } else {
+        FitConfig::objective(opts.task)
+    };
+    let swa_start = opts.swa_start.unwrap_or(opts.epochs / 2);
+    let spec = FitConfig {
+        mlp: MlpConfig::new(
+            train.num_features(),
+            opts.hidden.clone(),
+            if hetero { 2 } else { prepared.output_dim() },
+        )?
+        .with_batchnorm(opts.batchnorm),
+        train: TrainConfig::new(
+            opts.epochs,
+            opts.batch_size,
+            SgdConfig::new(opts.lr, opts.momentum, opts.weight_decay)?,
+        )?
+        .with_collection(
+            Some(swa_start),
+            opts.collect_every_steps
+                .map_or(Collect::EveryEpoch, Collect::EverySteps),
+        )?
+        .with_seed(opts.seed)
+        .with_progress(opts.progress)
+        .with_label("fit"),
+        swa_lr: opts.swa_lr,
+        rank: opts.rank,
+        init_seed: opts.seed,
+    };
+    let tuned: Option<Tuned> = if opts.tune_scale {
+        let (fit_rows, val_rows) = validation_split(train.len(), 0.2, opts.seed)?;
+        let fit_data = train.select(&fit_rows)?;
+        let val = train.select(&val_rows)?;
+        let mut tune_spec = spec.clone();
+        tune_spec.train = tune_spec.train.with_label("tune");
+        let fitted = fit_mlp(&fit_data, objective, &tune_spec)?;
+        Some(tune(
+            &fitted,
+            &fit_data.features,
+            &val,
+            objective,
+            opts.samples,
+            false,
+            opts.seed,
+        )?)
+    } else {
+        None
+    };
+    let fitted = fit_mlp(&train, objective, &spec)?;
+    let noise_variance = match (opts.task, &tuned) {
+        (TaskKind::Classification, _) => None,
+        (TaskKind::Regression, _) if hetero => None,
+        (TaskKind::Regression, Some(t)) => t.best.noise_variance,
+        (TaskKind::Regression, None) => Some(training_noise_variance(
+            &fitted,
+            &train,
+            Predictive::swa(&fitted.params, &fitted.posterior)?,
+        )?),
+    };
+    let config = RunConfig {
+        format_version: RUN_FORMAT_VERSION,
+        task: opts.task,
+        target: opts.target.clone(),
+        feature_names: prepared.feature_names.clone(),
+        feature_columns: data.columns.clone(),
+        class_labels: prepared.class_labels.clone(),
+        feature_scaler: prepared.feature_scaler.clone(),
+        target_scaler: prepared.target_scaler.clone(),
+        fit: spec,
+        noise_variance,
+        scale: tuned.as_ref().map_or(0.5, |t| t.best.scale),
+        tuned,
+        history: fitted.history.clone(),
+        calibration,
+        noise: opts.noise,
+    };
+    save_run(out, &config, &fitted, &train.features)?;
+    Ok(FitSummary {
+        train_rows: train.len(),
+        collected: fitted.history.collected,
+        config,
+    })
+}
+
+/// Splits `fraction` of the training rows off for conformal calibration (seeded shuffle, as
+/// [`validation_split`]); refuses a fraction outside `(0, 1)` or one leaving fewer than
+/// [`MIN_CALIBRATION_ROWS`] calibration rows (or fewer than 2 rows to fit).
+fn hold_out_calibration(
+    train: &Dataset,
+    fraction: f64,
+    seed: u64,
+) -> Result<(Dataset, Option<CalibrationRows>)> {
+    let n = train.len();
+    if !(fraction > 0.0 && fraction < 1.0) {
+        return Err(Error::invalid(
+            "calibrate-fraction",
+            format!("{fraction} is not in (0, 1)"),
+        ));
+    }
+    let n_cal = (fraction * n as f64).round() as usize;
+    if n_cal < MIN_CALIBRATION_ROWS || n_cal + 2 > n {
+        return Err(Error::invalid(
+            "calibrate-fraction",
+            format!(
+                "{fraction} of {n} training rows leaves {n_cal} calibration rows and {} to fit; \
+                 conformal calibration needs at least {MIN_CALIBRATION_ROWS} (and 2 to fit)",
+                n.saturating_sub(n_cal)
+            ),
+        ));
+    }
+    // A different stream from the tuning split's, so the two hold-outs are not the same rows.
+    let (fit_rows, cal_rows) = validation_split(n, fraction, seed ^ 0xC0FF_EE00)?;
+    let cal = train.select(&cal_rows)?;
+    let features: Vec<f32> = cal.features.flatten_all()?.to_vec1()?;
+    let targets: Vec<f64> = cal.targets.to_dtype(candle_core::DType::F64)?.to_vec1()?;
+    Ok((
+        train.select(&fit_rows)?,
+        Some(CalibrationRows {
+            fraction,
+            features,
+            targets,
+        }),
+    ))
+}
+
+/// Options of [`predict_csv`] (the flags of `swag predict`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CsvPredictConfig {
+    /// The run directory written by `swag fit`.
+    pub run: PathBuf,
+    /// The file to predict; it must hold the run's feature columns (any other column, the
+    /// target included, is ignored).
+    pub data: PathBuf,
+    /// S, the number of weight samples.
+    pub samples: usize,
+    /// Sample scale; `None` uses the run's (0.5, or the tuned value).
+    pub scale: Option<f64>,
+    /// Seed of the sample noise.
+    pub seed: u64,
+    /// Target coverage of split-conformal intervals (regression: `lower`, `upper` columns) or
+    /// APS prediction sets (classification: a `set` column); needs a run fitted with a
+    /// calibration fraction.
+    pub coverage: Option<f64>,
+    /// The score of classification prediction sets: [`SetScore::Aps`] by default, or RAPS,
+    /// whose penalty on classes ranked beyond `k_reg` shrinks the sets of a confident model.
+    pub set_score: SetScore,
+    /// The noise model the caller expects the run to have; a run fitted with the other one is
+    /// refused (`None`: use the run's).
+    pub noise: Option<NoiseModel>,
+}
+
+/// Predictions for every row of a file, as written to the predictions CSV.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PredictionTable {
+    /// Column names.
+    pub columns: Vec<String>,
+    /// One row of values per input row, in input order (the `pred` column of a classification
+    /// holds the predicted class label).
+    pub rows: Vec<Vec<String>>,
+}
+
+impl PredictionTable {
+    /// The table as CSV text (header, then one line per row).
+    pub fn to_csv(&self) -> String {
+        let mut s = self.columns.join(",");
+        s.push('\n');
+        for r in &self.rows {
+            s.push_str(&r.join(","));
+            s.push('\n');
+        }
+        s
+    }
+}
+
+/// Rows per forward pass of `swag predict`: bounds the memory of one pass, whatever the file size.
+pub(crate) const PREDICT_BATCH_ROWS: usize = 4096;
+
+/// Runs the BMA of a fitted run on the rows of a CSV file.
+///
+/// Classification columns: `prob_<label>` per class (in the run's class order), `pred` (the
+/// label of the highest averaged probability, first on ties), `entropy` (of the averaged
+/// probabilities), `expected_entropy`, `mutual_info` (nats). Regression columns (target units):
+/// `mean`, `std` = sqrt(epistemic + aleatoric variance), `std_epistemic`, `std_aleatoric`.
+///
+/// With `coverage`, the same BMA is run on the run's calibration rows and split-conformal
+/// ([`candle_swag::metrics::conformal`]) adds, for regression, `lower` and `upper` (target units;
+/// `-inf`/`inf` when the calibration set is too small for the level) and, for classification,
+/// `set`: the class indices of the non-randomised APS set, most probable first, separated by `;`.
+pub fn predict_csv(opts: &CsvPredictConfig) -> Result<PredictionTable> {
+    let conformal = opts
+        .coverage
+        .map(ConformalConfig::with_coverage)
+        .transpose()?;
+    let device = Device::Cpu;
+    let run = LoadedRun::load(&opts.run, &device)?;
+    let table = CsvTable::read(&opts.data)?;
+    let cfg = &run.config;
+    if let Some(want) = opts.noise {
+        if cfg.task == TaskKind::Classification || want != cfg.noise {
+            let has = match cfg.task {
+                TaskKind::Classification => "a classification run",
+                TaskKind::Regression => cfg.noise.name(),
+            };
+            return Err(Error::invalid(
+                "noise",
+                format!(
+                    "{} was asked for, but the run {} was fitted with {has} noise",
+                    want.name(),
+                    opts.run.display()
+                ),
+            ));
+        }
+    }
+    let calibration = match (&conformal, &cfg.calibration) {
+        (None, _) => None,
+        (Some(c), Some(rows)) => {
+            let x = Tensor::from_vec(
+                rows.features.clone(),
+                (rows.targets.len(), cfg.feature_names.len()),
+                &device,
+            )
+            .map_err(|e| {
+                Error::bad_file(
+                    opts.run.join("config.json"),
+                    format!("calibration rows: {e}"),
+                )
+            })?;
+            Some((c, x, rows))
+        }
+        (Some(_), None) => {
+            return Err(Error::invalid(
+                "coverage",
+                format!(
+                    "the run {} has no calibration rows; fit it with --calibrate-fraction",
+                    opts.run.display()
+                ),
+            ))
+        }
+    };
+    let raw = encode_features(&table, &cfg.feature_columns()?)?;
+    let rows: Vec<usize> = (0..table.num_rows()).collect();
+    let x = cfg.feature_scaler.transform_rows(&raw, &rows);
+    let inputs = Tensor::from_vec(x, (rows.len(), cfg.feature_names.len()), &device)?;
+    let scale = opts.scale.unwrap_or(cfg.scale);
+    let refresh = match &run.train_inputs {
+        Some(t) => mlp_refresh(&run.model, t, cfg.fit.train.batch_size())?,
+        None => None,
+    };
+    let predictive = with_refresh(
+        swag_at_scale(
+            &run.params,
+            &run.posterior,
+            SampleConfig::with_scale(scale)?,
+            opts.samples,
+            opts.seed,
+        )?,
+        &refresh,
+    );
+    let inputs = batches(&inputs, PREDICT_BATCH_ROWS)?;
+    let fmt = |v: f64| format!("{v}");
+    match cfg.task {
+        TaskKind::Classification => {
+            let labels = cfg.class_labels.as_ref().ok_or_else(|| {
+                Error::bad_file(&opts.run, "classification run without class labels")
+            })?;
+            let dec = predictive.classify(&run.model, inputs)?.to_host()?;
+            let c = dec.n_classes;
+            let mut columns: Vec<String> = labels.iter().map(|l| format!("prob_{l}")).collect();
+            columns
+                .extend(["pred", "entropy", "expected_entropy", "mutual_info"].map(String::from));
+            let sets = match &calibration {
+                Some((conf, x, rows)) => {
+                    let cal = predictive
+                        .classify(&run.model, batches(x, PREDICT_BATCH_ROWS)?)?
+                        .to_host()?;
+                    let y: Vec<usize> = rows.targets.iter().map(|&t| t as usize).collect();
+                    let m = ConformalClassifier::fit(conf, opts.set_score, &cal.mean_probs, c, &y)?;
+                    columns.push("set".into());
+                    Some(m.sets(&dec.mean_probs)?)
+                }
+                None => None,
+            };
+            let out = (0..dec.n_rows())
+                .map(|i| {
+                    let p = &dec.mean_probs[i * c..(i + 1) * c];
+                    let best = p
+                        .iter()
+                        .enumerate()
+                        .fold(0, |b, (k, v)| if *v > p[b] { k } else { b });
+                    let mut row: Vec<String> = p.iter().map(|v| fmt(*v)).collect();
+                    row.push(labels[best].clone());
+                    row.push(fmt(dec.predictive_entropy[i]));
+                    row.push(fmt(dec.expected_entropy[i]));
+                    row.push(fmt(dec.mutual_information[i]));
+                    if let Some(sets) = &sets {
+                        let s: Vec<String> = sets[i].iter().map(|k| k.to_string()).collect();
+                        row.push(s.join(";"));
+                    }
+                    row
+                })
+                .collect();
+            Ok(PredictionTable { columns, rows: out })
+        }
+        TaskKind::Regression => {
+            let scaler = cfg.target_scaler.as_ref().ok_or_else(|| {
+                Error::bad_file(&opts.run, "regression run without target scaler")
+            })?;
+            let noise = match cfg.noise {
+                NoiseModel::Heteroscedastic => Noise::Heteroscedastic(super::loss::VARIANCE_LINK),
+                NoiseModel::Homoscedastic => Noise::Homoscedastic {
+                    variance: cfg.noise_variance.ok_or_else(|| {
+                        Error::bad_file(&opts.run, "regression run without noise variance")
+                    })?,
+                },
+            };
+            let pred = predictive
+                .regress(&run.model, inputs, noise)?
+                .to_host()?
+                .to_original_units(scaler.mean[0], scaler.std[0]);
+            let std = pred.std();
+            let mut columns = ["mean", "std", "std_epistemic", "std_aleatoric"]
+                .map(String::from)
+                .to_vec();
+            let intervals = match &calibration {
+                Some((conf, x, rows)) => {
+                    let cal = predictive
+                        .regress(&run.model, batches(x, PREDICT_BATCH_ROWS)?, noise)?
+                        .to_host()?
+                        .to_original_units(scaler.mean[0], scaler.std[0]);
+                    let y: Vec<f64> = rows
+                        .targets
+                        .iter()
+                        .map(|t| t * scaler.std[0] + scaler.mean[0])
+                        .collect();
+                    let r = ConformalRegressor::fit(conf, &cal.mean, &cal.std(), &y)?;
+                    columns.extend(["lower", "upper"].map(String::from));
+                    Some(r.intervals(&pred.mean, &std)?)
+                }
+                None => None,
+            };
+            let out = (0..pred.mean.len())
+                .map(|i| {
+                    let mut row = vec![
+                        fmt(pred.mean[i]),
+                        fmt(std[i]),
+                        fmt(pred.var_epistemic[i].sqrt()),
+                        fmt(pred.var_aleatoric[i].sqrt()),
+                    ];
+                    if let Some(iv) = &intervals {
+                        row.extend([fmt(iv[i].0), fmt(iv[i].1)]);
+                    }
+                    row
+                })
+                .collect();
+            Ok(PredictionTable { columns, rows: out })
+        }
+    }
+}

@@ -1,0 +1,520 @@
+//! The UCI regression protocol of the SWAG papers, on any CSV table: `swag bench-uci`.
+//!
+//! Per split (seed `seed + split`):
+//! 1. The rows are shuffled and 10% become the test part, the rest the training part
+//!    ([`UciConfig::test_fraction`]). Inputs and target are standardised with the training
+//!    part's mean and population std only.
+//! 2. A seeded 20% of the training part is held out for validation. For every point of the
+//!    hyper-parameter grid (epochs, learning rate, weight decay; [`UciGrid`]) a one-hidden-layer
+//!    MLP of 50 units is trained on the other 80% with SGD (momentum 0.9, batch 32), collecting
+//!    SWAG (K = 20) every epoch of the second half of training at a constant rate. Each
+//!    method's sample scale (SWAG-diagonal, SWAG) and, for homoscedastic noise, its noise
+//!    variance are chosen on the validation part by [`tune`]; each method keeps the grid point
+//!    with its lowest validation NLL. The test part is never looked at.
+//! 3. Each method is then trained again on the whole training part with its chosen grid point
+//!    and scored on the test part with its chosen scale and noise, `samples` samples for SWAG.
+//!
+//! Noise models: homoscedastic (one output, mean squared error, a noise variance chosen on
+//! validation) and heteroscedastic (two outputs, mean and softplus variance, Gaussian NLL).
+//! Test log-likelihood per point and RMSE are in the target's original units, as the papers
+//! report them: `LL = −mean NLL of N(μ, σ²)` with `μ`, `σ` mapped back through the target
+//! standardisation. The table gives mean ± standard error (`std / sqrt(splits)`, population std)
+//! over splits.
+
+use candle_core::{DType, Device};
+use serde::{Deserialize, Serialize};
+
+use super::loss::VARIANCE_LINK;
+use super::method::Method;
+use super::run::{
+    fit_mlp, regression_validation_nll, tune, validation_split, FitConfig, Fitted, TunePoint,
+};
+use super::{Collect, Objective, TrainConfig};
+use crate::data::{prepare, Dataset, FeatureScaling, Prepared, Split, TabularData, Targets};
+use crate::models::MlpConfig;
+use candle_swag::error::{Error, Result};
+use candle_swag::metrics::{self, ConformalConfig, ConformalRegressor};
+use candle_swag::optim::SgdConfig;
+use candle_swag::predictive::{batches, Noise, Predictive, RegressionPrediction};
+use candle_swag::swag::MultiSwag;
+
+/// The nominal coverage of the intervals the protocol scores: 90%.
+pub const UCI_COVERAGE: f64 = 0.9;
+
+/// The methods of the protocol, in table order.
+pub const UCI_METHODS: [Method; 4] = [Method::Sgd, Method::Swa, Method::SwagDiag, Method::Swag];
+
+/// The hyper-parameters searched on the validation part.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UciGrid {
+    /// Numbers of epochs (SWAG collects during the second half).
+    pub epochs: Vec<usize>,
+    /// Learning rates (constant; the same rate during collection).
+    pub lr: Vec<f64>,
+    /// Weight decays.
+    pub weight_decay: Vec<f64>,
+}
+
+impl UciGrid {
+    /// The full grid: epochs {100, 300}, learning rate {0.003, 0.01}, weight decay
+    /// {1e-4, 1e-3}.
+    pub fn full() -> Self {
+        Self {
+            epochs: vec![100, 300],
+            lr: vec![0.003, 0.01],
+            weight_decay: vec![1e-4, 1e-3],
+        }
+    }
+
+    /// One grid point (40 epochs, lr 0.01, weight decay 1e-3), for a quick smoke run.
+    pub fn quick() -> Self {
+        Self {
+            epochs: vec![40],
+            lr: vec![0.01],
+            weight_decay: vec![1e-3],
+        }
+    }
+
+    fn points(&self) -> Vec<GridPoint> {
+        let mut out = Vec::new();
+        for &epochs in &self.epochs {
+            for &lr in &self.lr {
+                for &weight_decay in &self.weight_decay {
+                    out.push(GridPoint {
+                        epochs,
+                        lr,
+                        weight_decay,
+                    });
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Settings of the protocol, checked when made.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UciConfig {
+    splits: usize,
+    seed: u64,
+    samples: usize,
+    grid: UciGrid,
+    progress: bool,
+}
+
+impl UciConfig {
+    /// `splits` random 90/10 splits (at least 2, for a standard error), seeds `seed + split`;
+    /// 30 samples, the full grid, no progress bars.
+    pub fn new(splits: usize, seed: u64) -> Result<Self> {
+        if splits < 2 {
+            return Err(Error::invalid(
+                "splits",
+                format!("{splits}: at least 2 splits are needed for a standard error"),
+            ));
+        }
+        Ok(Self {
+            splits,
+            seed,
+            samples: 30,
+            grid: UciGrid::full(),
+            progress: false,
+        })
+    }
+
+    /// SWAG samples per prediction (at least 1).
+    pub fn with_samples(mut self, samples: usize) -> Result<Self> {
+        if samples == 0 {
+            return Err(Error::invalid("samples", "must be at least 1"));
+        }
+        self.samples = samples;
+        Ok(self)
+    }
+
+    /// The grid searched on validation; every list must be non-empty, the epochs at least 2,
+    /// the rates and decays valid for [`SgdConfig`].
+    pub fn with_grid(mut self, grid: UciGrid) -> Result<Self> {
+        if grid.epochs.is_empty() || grid.lr.is_empty() || grid.weight_decay.is_empty() {
+            return Err(Error::invalid(
+                "grid",
+                "every list of the grid needs a value",
+            ));
+        }
+        if let Some(e) = grid.epochs.iter().find(|&&e| e < 2) {
+            return Err(Error::invalid(
+                "grid",
+                format!("{e} epochs: at least 2, so that the second half collects"),
+            ));
+        }
+        for &lr in &grid.lr {
+            for &wd in &grid.weight_decay {
+                SgdConfig::new(lr, 0.9, wd)?;
+            }
+        }
+        self.grid = grid;
+        Ok(self)
+    }
+
+    /// Shows training progress bars.
+    pub fn with_progress(mut self, progress: bool) -> Self {
+        self.progress = progress;
+        self
+    }
+
+    /// The fraction of rows in each test part: 10%.
+    pub fn test_fraction(&self) -> f64 {
+        0.1
+    }
+}
+
+/// One point of the grid.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct GridPoint {
+    /// Epochs.
+    pub epochs: usize,
+    /// Learning rate.
+    pub lr: f64,
+    /// Weight decay.
+    pub weight_decay: f64,
+}
+
+/// Homoscedastic or heteroscedastic noise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UciNoise {
+    /// One output; a noise variance chosen on validation.
+    Homoscedastic,
+    /// Two outputs (mean, softplus variance), trained with the Gaussian NLL.
+    Heteroscedastic,
+}
+
+impl UciNoise {
+    /// Both noise models, in table order.
+    pub const ALL: [UciNoise; 2] = [UciNoise::Homoscedastic, UciNoise::Heteroscedastic];
+
+    fn objective(self) -> Objective {
+        match self {
+            UciNoise::Homoscedastic => Objective::MeanSquaredError,
+            UciNoise::Heteroscedastic => Objective::GaussianNll,
+        }
+    }
+
+    /// `homo` or `hetero`.
+    pub fn short(self) -> &'static str {
+        match self {
+            UciNoise::Homoscedastic => "homo",
+            UciNoise::Heteroscedastic => "hetero",
+        }
+    }
+}
+
+/// One method's result on one split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UciOutcome {
+    /// Split index.
+    pub split: usize,
+    /// The method.
+    pub method: Method,
+    /// The noise model.
+    pub noise: UciNoise,
+    /// Test log-likelihood per point, original units.
+    pub test_ll: f64,
+    /// Test RMSE, original units.
+    pub rmse: f64,
+    /// Fraction of test rows inside the split-conformal interval at [`UCI_COVERAGE`]
+    /// (normalised scores `|y − μ|/σ`, calibrated on the validation part with the
+    /// validation-stage model, which also predicts the test rows).
+    pub conformal_coverage: f64,
+    /// Fraction of test rows inside the Gaussian central interval at [`UCI_COVERAGE`] of that
+    /// same validation-stage model (the plain intervals the conformal ones correct).
+    pub gaussian_coverage: f64,
+    /// The grid point chosen on validation.
+    pub chosen: GridPoint,
+    /// The sample scale chosen on validation (0 for SGD and SWA).
+    pub scale: f64,
+    /// The homoscedastic noise variance chosen on validation (original units²).
+    pub noise_variance: Option<f64>,
+}
+
+/// What one method chose on validation for one noise model.
+#[derive(Debug, Clone, Copy)]
+struct Choice {
+    point: GridPoint,
+    scale: f64,
+    /// Homoscedastic noise variance, standardised units.
+    noise: Option<f64>,
+    nll: f64,
+}
+
+/// Runs the protocol on a regression table (its split column, if any, is ignored: every row
+/// is dealt into the random splits). Returns one outcome per (split, noise model, method).
+pub fn run_uci(data: &TabularData, config: &UciConfig, device: &Device) -> Result<Vec<UciOutcome>> {
+    if !matches!(data.targets, Targets::Values(_)) {
+        return Err(Error::invalid(
+            "task",
+            "the UCI protocol is for regression targets",
+        ));
+    }
+    let n = data.num_rows();
+    let n_test = (n as f64 * config.test_fraction()).round() as usize;
+    if n_test < 2 || n - n_test < 20 {
+        return Err(Error::invalid(
+            "data",
+            format!("{n} rows are too few for 90/10 splits with a validation part"),
+        ));
+    }
+    let mut outcomes = Vec::new();
+    for split in 0..config.splits {
+        let seed = config.seed.wrapping_add(split as u64);
+        let (_, test_rows) = validation_split(n, config.test_fraction(), seed)?;
+        let mut table = data.clone();
+        table.splits = vec![Split::Train; n];
+        for &r in &test_rows {
+            table.splits[r] = Split::Test;
+        }
+        let prepared = prepare(&table, FeatureScaling::Standardize, device)?;
+        for noise in UciNoise::ALL {
+            outcomes.extend(run_split(&prepared, noise, split, seed, config)?);
+        }
+    }
+    Ok(outcomes)
+}
+
+/// The fit of one grid point for one noise model.
+fn fit_config(
+    prepared: &Prepared,
+    noise: UciNoise,
+    point: GridPoint,
+    seed: u64,
+    progress: bool,
+) -> Result<FitConfig> {
+    let outputs = match noise {
+        UciNoise::Homoscedastic => 1,
+        UciNoise::Heteroscedastic => 2,
+    };
+    let sgd = SgdConfig::new(point.lr, 0.9, point.weight_decay)?;
+    Ok(FitConfig {
+        mlp: MlpConfig::new(prepared.train.num_features(), vec![50], outputs)?,
+        train: TrainConfig::new(point.epochs, 32, sgd)?
+            .with_collection(Some(point.epochs / 2), Collect::EveryEpoch)?
+            .with_seed(seed)
+            .with_progress(progress)
+            .with_label(format!("uci {} s{seed}", noise.short())),
+        swa_lr: point.lr,
+        rank: 20,
+        init_seed: seed,
+    })
+}
+
+/// Chooses, then scores, every method of one noise model on one split.
+fn run_split(
+    prepared: &Prepared,
+    noise: UciNoise,
+    split: usize,
+    seed: u64,
+    config: &UciConfig,
+) -> Result<Vec<UciOutcome>> {
+    let objective = noise.objective();
+    let train = &prepared.train;
+    let (fit_rows, val_rows) = validation_split(train.len(), 0.2, seed)?;
+    let (fit_part, val) = (train.select(&fit_rows)?, train.select(&val_rows)?);
+    let val_y: Vec<f64> = val.targets.to_dtype(DType::F64)?.to_vec1()?;
+
+    // Validation: every grid point, every method's best scale and noise.
+    let mut best: [Option<Choice>; 4] = [None; 4];
+    let mut validation_fits: Vec<(GridPoint, Fitted)> = Vec::new();
+    for point in config.grid.points() {
+        let spec = fit_config(prepared, noise, point, seed, config.progress)?;
+        let fitted = fit_mlp(&fit_part, objective, &spec)?;
+        let tuned = |diag| {
+            tune(
+                &fitted,
+                &fit_part.features,
+                &val,
+                objective,
+                config.samples,
+                diag,
+                seed,
+            )
+        };
+        let (full, diag) = (tuned(false)?, tuned(true)?);
+        let choice = |p: &TunePoint| Choice {
+            point,
+            scale: p.scale,
+            noise: p.noise_variance,
+            nll: p.nll,
+        };
+        let candidates = [
+            sgd_choice(&fitted, &val, &val_y, objective, point)?,
+            // SWA is the grid's point at scale 0.
+            choice(
+                full.grid
+                    .iter()
+                    .find(|p| p.scale == 0.0)
+                    .ok_or_else(|| Error::invalid("scale", "the tuning grid has no scale 0"))?,
+            ),
+            choice(&diag.best),
+            choice(&full.best),
+        ];
+        for (slot, c) in best.iter_mut().zip(candidates) {
+            if slot.is_none_or(|b| c.nll < b.nll) {
+                *slot = Some(c);
+            }
+        }
+        validation_fits.push((point, fitted));
+    }
+
+    // Test: each method retrained on the whole training part with its choice. Conformal
+    // intervals need a calibration part the model never saw: the validation-stage model of
+    // the chosen grid point, calibrated on the validation part, predicts the test part.
+    let scaler = prepared
+        .target_scaler
+        .as_ref()
+        .ok_or_else(|| Error::invalid("task", "the UCI protocol is for regression targets"))?;
+    let (mean_y, std_y) = (scaler.mean[0], scaler.std[0]);
+    let targets = prepared.targets_in_original_units(&prepared.test)?;
+    let test_z: Vec<f64> = prepared.test.targets.to_dtype(DType::F64)?.to_vec1()?;
+    let conformal = ConformalConfig::with_coverage(UCI_COVERAGE)?;
+    let mut fits: Vec<(GridPoint, Fitted)> = Vec::new();
+    let mut out = Vec::new();
+    for (method, choice) in UCI_METHODS.into_iter().zip(best) {
+        let choice = choice.ok_or_else(|| Error::invalid("grid", "no grid point was tried"))?;
+        let predict = |fitted: &Fitted, data: &Dataset| {
+            predict_with(fitted, method, &choice, noise, data, config, seed)
+        };
+        let val_fit = validation_fits
+            .iter()
+            .find(|(p, _)| *p == choice.point)
+            .map(|(_, f)| f)
+            .ok_or_else(|| Error::invalid("grid", "the chosen fit is missing"))?;
+        let calibration = predict(val_fit, &val)?;
+        let regressor =
+            ConformalRegressor::fit(&conformal, &calibration.mean, &calibration.std(), &val_y)?;
+        let held_out = predict(val_fit, &prepared.test)?;
+        let held_out_std = held_out.std();
+        let conformal_eval = regressor.evaluate(&held_out.mean, &held_out_std, &test_z)?;
+        let gaussian = metrics::prediction_interval_coverage(
+            &held_out.mean,
+            &held_out_std,
+            &test_z,
+            UCI_COVERAGE,
+        )?;
+
+        if !fits.iter().any(|(p, _)| *p == choice.point) {
+            let spec = fit_config(prepared, noise, choice.point, seed, config.progress)?;
+            fits.push((choice.point, fit_mlp(train, objective, &spec)?));
+        }
+        let fitted = fits
+            .iter()
+            .find(|(p, _)| *p == choice.point)
+            .map(|(_, f)| f)
+            .ok_or_else(|| Error::invalid("grid", "the chosen fit is missing"))?;
+        let pred = predict(fitted, &prepared.test)?.to_original_units(mean_y, std_y);
+        let std = pred.std();
+        out.push(UciOutcome {
+            split,
+            method,
+            noise,
+            test_ll: -metrics::gaussian_nll(&pred.mean, &std, &targets)?,
+            rmse: metrics::rmse(&pred.mean, &targets)?,
+            conformal_coverage: conformal_eval.coverage,
+            gaussian_coverage: gaussian.picp,
+            chosen: choice.point,
+            scale: choice.scale,
+            noise_variance: choice.noise.map(|v| v * std_y * std_y),
+        });
+    }
+    Ok(out)
+}
+
+/// The method's prediction (standardised units) on `data` with the scale and noise of
+/// `choice`.
+fn predict_with(
+    fitted: &Fitted,
+    method: Method,
+    choice: &Choice,
+    noise: UciNoise,
+    data: &Dataset,
+    config: &UciConfig,
+    seed: u64,
+) -> Result<RegressionPrediction> {
+    let multi = MultiSwag::new(vec![&fitted.posterior])?;
+    let predictive_noise = match (noise, choice.noise) {
+        (UciNoise::Heteroscedastic, _) => Noise::Heteroscedastic(VARIANCE_LINK),
+        (UciNoise::Homoscedastic, Some(variance)) => Noise::Homoscedastic { variance },
+        (UciNoise::Homoscedastic, None) => {
+            return Err(Error::invalid("noise", "no noise variance was chosen"))
+        }
+    };
+    let prediction = method
+        .predictive(fitted, &multi, choice.scale, config.samples, seed)?
+        .regress(
+            &fitted.model,
+            batches(&data.features, data.len().max(1))?,
+            predictive_noise,
+        )?
+        .to_host()?;
+    Ok(prediction)
+}
+
+/// SGD's validation NLL: the last iterate, with the noise variance chosen on validation
+/// (homoscedastic) or the network's own variance (heteroscedastic).
+fn sgd_choice(
+    fitted: &Fitted,
+    val: &Dataset,
+    val_y: &[f64],
+    objective: Objective,
+    point: GridPoint,
+) -> Result<Choice> {
+    let predictive = Predictive::point(&fitted.params, &fitted.sgd_weights)?;
+    let inputs = batches(&val.features, val.len().max(1))?;
+    let (noise_variance, nll) =
+        regression_validation_nll(&predictive, &fitted.model, inputs, objective, val_y)?;
+    Ok(Choice {
+        point,
+        scale: 0.0,
+        noise: noise_variance,
+        nll,
+    })
+}
+
+/// Mean and standard error (population std / sqrt(n)) of a list of values.
+pub fn mean_and_standard_error(values: &[f64]) -> (f64, f64) {
+    let (mean, std) = super::recipes::mean_std(values);
+    (mean, std / (values.len().max(1) as f64).sqrt())
+}
+
+/// The Markdown table: one row per (method, noise model), test LL and RMSE as mean ± standard
+/// error over splits.
+pub fn uci_table(outcomes: &[UciOutcome]) -> String {
+    let splits = outcomes.iter().map(|o| o.split).max().map_or(0, |s| s + 1);
+    let pct = UCI_COVERAGE * 100.0;
+    let mut out = format!(
+        "| method | noise | test LL ({splits} splits) | RMSE | {pct:.0}% coverage: conformal / Gaussian |\n|---|---|---|---|---|\n"
+    );
+    for noise in UciNoise::ALL {
+        for method in UCI_METHODS {
+            let rows: Vec<&UciOutcome> = outcomes
+                .iter()
+                .filter(|o| o.method == method && o.noise == noise)
+                .collect();
+            if rows.is_empty() {
+                continue;
+            }
+            let (ll, ll_se) =
+                mean_and_standard_error(&rows.iter().map(|o| o.test_ll).collect::<Vec<_>>());
+            let (rmse, rmse_se) =
+                mean_and_standard_error(&rows.iter().map(|o| o.rmse).collect::<Vec<_>>());
+            let mean = |f: fn(&UciOutcome) -> f64| {
+                rows.iter().map(|o| f(o)).sum::<f64>() / rows.len() as f64
+            };
+            out.push_str(&format!(
+                "| {} | {} | {ll:.3} ± {ll_se:.3} | {rmse:.3} ± {rmse_se:.3} | {:.3} / {:.3} |\n",
+                method.display(),
+                noise.short(),
+                mean(|o| o.conformal_coverage),
+                mean(|o| o.gaussian_coverage),
+            ));
+        }
+    }
+    out
+}

@@ -1,0 +1,518 @@
+//! The training pipeline: SGD-momentum against a hand computation, seeded reproducibility,
+//! collection schedules, BMA invariants, and a fit → save → load → predict → report round trip.
+
+mod common;
+use common::invalid_name;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::Optimizer;
+use candle_swag::metrics::UncertaintyDecomposition;
+use candle_swag::optim::{SgdConfig, SgdMomentum};
+use candle_swag::predictive::{batches, Noise, Predictive};
+use candle_swag::swag::SampleConfig;
+use candle_swag_cli::data::{bundled, Dataset};
+use candle_swag_cli::models::{Mlp, MlpConfig};
+use candle_swag_cli::train::run::{
+    fit_mlp, save_run, validation_split, FitConfig, LoadedRun, RunConfig,
+};
+use candle_swag_cli::train::{Collect, Objective, TrainConfig};
+use candle_swag_report::report::ReportBuilder;
+
+/// Two steps of torch's SGD(momentum 0.9, weight_decay 0.01, lr 0.1) on loss = a·θ, whose
+/// gradient is the constant a = (0.5, 1), from θ0 = (1, −2), worked by hand:
+/// step 1: g = a + 0.01·θ0 = (0.51, 0.98); v = g; θ1 = θ0 − 0.1·v = (0.949, −2.098)
+/// step 2: g = a + 0.01·θ1 = (0.50949, 0.97902); v = 0.9·v + g = (0.96849, 1.86102);
+///         θ2 = θ1 − 0.1·v = (0.852151, −2.284102)
+fn check_two_steps(dtype: DType, tol: f64) {
+    let dev = Device::Cpu;
+    let theta = Var::from_tensor(
+        &Tensor::new(&[1.0f64, -2.0], &dev)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap(),
+    )
+    .unwrap();
+    let a = Tensor::new(&[0.5f64, 1.0], &dev)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap();
+    let mut opt =
+        SgdMomentum::new(vec![theta.clone()], SgdConfig::new(0.1, 0.9, 0.01).unwrap()).unwrap();
+    let expected = [[0.949, -2.098], [0.852151, -2.284102]];
+    for want in expected {
+        let loss = theta.as_tensor().mul(&a).unwrap().sum_all().unwrap();
+        opt.backward_step(&loss).unwrap();
+        let got: Vec<f64> = theta.to_dtype(DType::F64).unwrap().to_vec1().unwrap();
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < tol, "{dtype:?}: got {got:?}, want {want:?}");
+        }
+    }
+    let v: Vec<f64> = opt
+        .velocity(0)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert!(
+        (v[0] - 0.96849).abs() < tol && (v[1] - 1.86102).abs() < tol,
+        "{v:?}"
+    );
+}
+
+#[test]
+fn sgd_momentum_matches_hand_computation_fused_f32() {
+    check_two_steps(DType::F32, 1e-6);
+}
+
+#[test]
+fn sgd_momentum_matches_hand_computation_tensor_ops_f64() {
+    // f64 takes the plain tensor-op path (the fused kernel is for contiguous f32 on CPU).
+    check_two_steps(DType::F64, 1e-12);
+}
+
+#[test]
+fn sgd_learning_rate_is_settable() {
+    let dev = Device::Cpu;
+    let theta = Var::new(&[1.0f32], &dev).unwrap();
+    let mut opt =
+        SgdMomentum::new(vec![theta.clone()], SgdConfig::new(0.1, 0.0, 0.0).unwrap()).unwrap();
+    opt.set_learning_rate(0.5);
+    assert_eq!(opt.learning_rate(), 0.5);
+    // loss = 2θ, gradient 2: θ = 1 − 0.5·2 = 0.
+    opt.backward_step(&(theta.as_tensor() * 2.0).unwrap().sum_all().unwrap())
+        .unwrap();
+    assert_eq!(theta.to_vec1::<f32>().unwrap(), vec![0.0]);
+}
+
+/// A small classification set: the first `n` digits training rows.
+fn small_digits(n: usize) -> Dataset {
+    let d = bundled::digits(&Device::Cpu).unwrap();
+    d.train.select(&(0..n).collect::<Vec<_>>()).unwrap()
+}
+
+fn small_spec(epochs: usize, swa_start: usize, collect: Collect, seed: u64) -> FitConfig {
+    FitConfig {
+        mlp: MlpConfig::new(64, vec![16], 10).unwrap(),
+        train: TrainConfig::new(epochs, 8, SgdConfig::new(0.05, 0.9, 5e-4).unwrap())
+            .unwrap()
+            .with_collection(Some(swa_start), collect)
+            .unwrap()
+            .with_seed(seed)
+            .with_progress(false)
+            .with_label("test"),
+        swa_lr: 0.05,
+        rank: 3,
+        init_seed: seed,
+    }
+}
+
+fn flat(t: &Tensor) -> Vec<f32> {
+    t.to_vec1().unwrap()
+}
+
+#[test]
+fn seeded_runs_are_reproducible_and_seeds_matter() {
+    let data = small_digits(40);
+    let spec = small_spec(3, 1, Collect::EveryEpoch, 7);
+    let a = fit_mlp(&data, Objective::CrossEntropy, &spec).unwrap();
+    let b = fit_mlp(&data, Objective::CrossEntropy, &spec).unwrap();
+    assert_eq!(flat(&a.sgd_weights), flat(&b.sgd_weights));
+    assert_eq!(
+        flat(&a.posterior.mean().unwrap()),
+        flat(&b.posterior.mean().unwrap())
+    );
+    assert_eq!(a.history, b.history);
+    let c = fit_mlp(
+        &data,
+        Objective::CrossEntropy,
+        &small_spec(3, 1, Collect::EveryEpoch, 8),
+    )
+    .unwrap();
+    assert_ne!(flat(&a.sgd_weights), flat(&c.sgd_weights));
+}
+
+#[test]
+fn initial_weights_follow_torch_linear_bounds() {
+    // With 0 epochs of training impossible, check the init through a fresh model: every weight
+    // and bias of a layer with fan_in f lies in [-1/sqrt(f), 1/sqrt(f)] and the spread is not
+    // degenerate.
+    let varmap = candle_nn::VarMap::new();
+    let cfg = MlpConfig::new(64, vec![16], 10).unwrap();
+    let _m = candle_swag_cli::models::Mlp::new(&cfg, &varmap, &Device::Cpu, 3).unwrap();
+    let data = varmap.data().lock().unwrap();
+    for (name, fan_in) in [
+        ("fc0.weight", 64.0f32),
+        ("fc0.bias", 64.0),
+        ("fc1.weight", 16.0),
+        ("fc1.bias", 16.0),
+    ] {
+        let v = data[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let bound = 1.0 / fan_in.sqrt();
+        assert!(v.iter().all(|x| x.abs() <= bound), "{name}");
+        let max = v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        assert!(
+            max > 0.5 * bound,
+            "{name}: values do not spread over the bound"
+        );
+    }
+    assert_eq!(data["fc0.weight"].dims(), &[16, 64]);
+}
+
+#[test]
+fn collection_schedules_collect_the_documented_number_of_snapshots() {
+    let data = small_digits(40); // 5 batches of 8 per epoch
+    let every_epoch = fit_mlp(
+        &data,
+        Objective::CrossEntropy,
+        &small_spec(4, 2, Collect::EveryEpoch, 0),
+    )
+    .unwrap();
+    assert_eq!(every_epoch.history.collected, 2);
+    assert_eq!(every_epoch.posterior.n_collected(), 2);
+    assert_eq!(every_epoch.history.steps, 20);
+    // From epoch 2: 10 steps, every 3rd -> steps 3, 6, 9.
+    let every_steps = fit_mlp(
+        &data,
+        Objective::CrossEntropy,
+        &small_spec(4, 2, Collect::EverySteps(3), 0),
+    )
+    .unwrap();
+    assert_eq!(every_steps.posterior.n_collected(), 3);
+    // The SWA mean of a single snapshot is the weights at that moment: collect at the last
+    // epoch only, and the mean equals the last SGD iterate.
+    let last_only = fit_mlp(
+        &data,
+        Objective::CrossEntropy,
+        &small_spec(3, 2, Collect::EveryEpoch, 0),
+    )
+    .unwrap();
+    assert_eq!(
+        flat(&last_only.posterior.mean().unwrap()),
+        flat(&last_only.sgd_weights)
+    );
+}
+
+/// SGD settings are checked when made, each bad value refused by name; a config read back
+/// from JSON goes through the same check.
+#[test]
+fn bad_sgd_settings_are_refused_when_made() {
+    assert_eq!(invalid_name(SgdConfig::new(0.0, 0.9, 0.0)), "lr");
+    assert_eq!(invalid_name(SgdConfig::new(f64::NAN, 0.9, 0.0)), "lr");
+    assert_eq!(invalid_name(SgdConfig::new(0.1, 1.0, 0.0)), "momentum");
+    assert_eq!(invalid_name(SgdConfig::new(0.1, -0.1, 0.0)), "momentum");
+    assert_eq!(
+        invalid_name(SgdConfig::new(0.1, 0.9, -1e-4)),
+        "weight_decay"
+    );
+    let ok = SgdConfig::new(0.1, 0.9, 5e-4).unwrap();
+    let json = serde_json::to_string(&ok).unwrap();
+    assert_eq!(serde_json::from_str::<SgdConfig>(&json).unwrap(), ok);
+    let bad = r#"{"lr": -1.0, "momentum": 0.9, "weight_decay": 0.0}"#;
+    let err = serde_json::from_str::<SgdConfig>(bad)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("lr"), "{err}");
+}
+
+#[test]
+fn bad_training_settings_are_refused_by_name() {
+    let data = small_digits(16);
+    assert_eq!(invalid_name(MlpConfig::new(4, vec![8, 0], 2)), "hidden");
+    assert_eq!(invalid_name(MlpConfig::new(0, vec![], 2)), "hidden");
+    let sgd = SgdConfig::default();
+    assert_eq!(invalid_name(TrainConfig::new(0, 8, sgd)), "epochs");
+    assert_eq!(invalid_name(TrainConfig::new(3, 0, sgd)), "batch_size");
+    let three = TrainConfig::new(3, 8, sgd).unwrap();
+    assert_eq!(
+        invalid_name(three.clone().with_collection(Some(3), Collect::EveryEpoch)),
+        "swa_start"
+    );
+    assert_eq!(
+        invalid_name(
+            three
+                .clone()
+                .with_collection(Some(1), Collect::EverySteps(0))
+        ),
+        "collect"
+    );
+    // A config read back from a run directory goes through the same checks.
+    let mut json = serde_json::to_value(&three).unwrap();
+    json["batch_size"] = 0.into();
+    let err = serde_json::from_value::<TrainConfig>(json).unwrap_err();
+    assert!(err.to_string().contains("batch_size"), "{err}");
+    let mut spec = small_spec(3, 1, Collect::EveryEpoch, 0);
+    spec.mlp = MlpConfig::new(5, vec![16], 10).unwrap();
+    assert!(fit_mlp(&data, Objective::CrossEntropy, &spec)
+        .unwrap_err()
+        .to_string()
+        .contains("input_dim"));
+}
+
+/// Classification BMA of `predictive` over every row of `x` (batches of 7 rows, so that the
+/// batching itself is exercised).
+fn classify(model: &Mlp, predictive: Predictive, x: &Tensor) -> UncertaintyDecomposition {
+    predictive
+        .classify(model, batches(x, 7).unwrap())
+        .unwrap()
+        .to_host()
+        .unwrap()
+}
+
+#[test]
+fn bma_invariants() {
+    let data = small_digits(48);
+    let f = fit_mlp(
+        &data,
+        Objective::CrossEntropy,
+        &small_spec(4, 1, Collect::EveryEpoch, 1),
+    )
+    .unwrap();
+    let x = &data.features;
+    // Scale 0 samples are the SWA mean: the BMA equals the SWA prediction.
+    let zero = Predictive::swag(
+        &f.params,
+        &f.posterior,
+        SampleConfig::with_scale(0.0).unwrap(),
+        3,
+        0,
+    )
+    .unwrap();
+    let a = classify(&f.model, zero, x);
+    let b = classify(
+        &f.model,
+        Predictive::swa(&f.params, &f.posterior).unwrap(),
+        x,
+    );
+    for (p, q) in a.mean_probs.iter().zip(&b.mean_probs) {
+        assert!((p - q).abs() < 1e-6);
+    }
+    assert!(a.mutual_information.iter().all(|&m| m < 1e-6));
+    // Real samples: mutual information = entropy − expected entropy ≥ 0, and the same seed gives
+    // the same BMA.
+    let swag = Predictive::swag(
+        &f.params,
+        &f.posterior,
+        SampleConfig::with_scale(0.5).unwrap(),
+        5,
+        3,
+    )
+    .unwrap();
+    let s1 = classify(&f.model, swag.clone(), x);
+    let s2 = classify(&f.model, swag, x);
+    assert_eq!(s1, s2);
+    for i in 0..s1.n_rows() {
+        let mi = s1.predictive_entropy[i] - s1.expected_entropy[i];
+        assert!((mi.max(0.0) - s1.mutual_information[i]).abs() < 1e-6);
+        assert!(s1.mutual_information[i] >= 0.0);
+    }
+    // The same BMA computed on the host from the per-sample probabilities (f64).
+    let mut per_sample: Vec<f32> = Vec::new();
+    Predictive::swag(
+        &f.params,
+        &f.posterior,
+        SampleConfig::with_scale(0.5).unwrap(),
+        5,
+        3,
+    )
+    .unwrap()
+    .for_each_output(&f.model, batches(x, 48).unwrap(), |_, _, logits| {
+        let p = candle_nn::ops::softmax_last_dim(logits)?;
+        per_sample.extend(p.flatten_all()?.to_vec1::<f32>()?);
+        Ok(())
+    })
+    .unwrap();
+    let host = candle_swag::metrics::decompose_uncertainty(&per_sample, 5, 10).unwrap();
+    for (got, want) in [
+        (&s1.mean_probs, &host.mean_probs),
+        (&s1.predictive_entropy, &host.predictive_entropy),
+        (&s1.expected_entropy, &host.expected_entropy),
+        (&s1.variation_ratio, &host.variation_ratio),
+    ] {
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-5, "{g} vs {w}");
+        }
+    }
+    // After a prediction the model holds the weights it had before (the last SGD iterate).
+    assert_eq!(flat(&f.params.flatten().unwrap()), flat(&f.sgd_weights));
+}
+
+#[test]
+fn regression_bma_point_weights_have_no_epistemic_variance() {
+    let d = bundled::diabetes(&Device::Cpu).unwrap();
+    let train = d.train.select(&(0..64).collect::<Vec<_>>()).unwrap();
+    let mut spec = small_spec(3, 1, Collect::EveryEpoch, 0);
+    spec.mlp = MlpConfig::new(10, vec![8], 1).unwrap();
+    spec.train = TrainConfig::new(3, 8, SgdConfig::new(0.01, 0.9, 5e-4).unwrap())
+        .unwrap()
+        .with_collection(Some(1), Collect::EveryEpoch)
+        .unwrap()
+        .with_progress(false);
+    let f = fit_mlp(&train, Objective::MeanSquaredError, &spec).unwrap();
+    let p = Predictive::point(&f.params, &f.sgd_weights)
+        .unwrap()
+        .regress(
+            &f.model,
+            batches(&train.features, 10).unwrap(),
+            Noise::Homoscedastic { variance: 0.25 },
+        )
+        .unwrap()
+        .to_host()
+        .unwrap();
+    assert!(p.var_epistemic.iter().all(|&v| v == 0.0));
+    assert!(p.std().iter().all(|&s| (s - 0.5).abs() < 1e-7));
+    // The forward pass by hand equals the BMA mean of the point weights.
+    let out: Vec<f32> = candle_core::ModuleT::forward_t(&f.model, &train.features, false)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_eq!(out.len(), p.mean.len());
+    for (a, b) in out.iter().zip(&p.mean) {
+        assert!((*a as f64 - b).abs() < 1e-6);
+    }
+}
+
+#[test]
+fn validation_split_is_seeded_disjoint_and_complete() {
+    let (a, b) = validation_split(10, 0.2, 5).unwrap();
+    assert_eq!(b.len(), 2);
+    let mut all: Vec<usize> = a.iter().chain(&b).copied().collect();
+    all.sort();
+    assert_eq!(all, (0..10).collect::<Vec<_>>());
+    assert_eq!(validation_split(10, 0.2, 5).unwrap(), (a, b));
+    assert!(validation_split(10, 1.0, 5).is_err());
+}
+
+#[test]
+fn fit_save_load_predict_report_round_trip() {
+    let prepared = bundled::digits(&Device::Cpu).unwrap();
+    let train = prepared.train.select(&(0..64).collect::<Vec<_>>()).unwrap();
+    let test = prepared.test.select(&(0..32).collect::<Vec<_>>()).unwrap();
+    let spec = small_spec(3, 1, Collect::EveryEpoch, 2);
+    let fitted = fit_mlp(&train, Objective::CrossEntropy, &spec).unwrap();
+    let swag = |params, posterior| {
+        Predictive::swag(params, posterior, SampleConfig::default(), 4, 9).unwrap()
+    };
+    let before = classify(
+        &fitted.model,
+        swag(&fitted.params, &fitted.posterior),
+        &test.features,
+    );
+    let config = RunConfig {
+        format_version: candle_swag_cli::train::run::RUN_FORMAT_VERSION,
+        task: candle_swag_cli::data::TaskKind::Classification,
+        target: "label".into(),
+        feature_names: prepared.feature_names.clone(),
+        feature_columns: Vec::new(),
+        class_labels: prepared.class_labels.clone(),
+        feature_scaler: prepared.feature_scaler.clone(),
+        target_scaler: None,
+        fit: spec,
+        noise_variance: None,
+        scale: 0.5,
+        tuned: None,
+        history: fitted.history.clone(),
+        calibration: None,
+        noise: Default::default(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    save_run(&run_dir, &config, &fitted, &train.features).unwrap();
+    let loaded = LoadedRun::load(&run_dir, &Device::Cpu).unwrap();
+    assert_eq!(loaded.config, config);
+    assert_eq!(
+        flat(&loaded.params.flatten().unwrap()),
+        flat(&fitted.sgd_weights)
+    );
+    let after = classify(
+        &loaded.model,
+        swag(&loaded.params, &loaded.posterior),
+        &test.features,
+    );
+    assert_eq!(before, after);
+    let labels: Vec<u32> = test.targets.to_vec1().unwrap();
+    let report_dir = dir.path().join("report");
+    ReportBuilder::new("digits subset")
+        .classification_method("SWAG", &after.mean_probs, after.n_classes, &labels)
+        .unwrap()
+        .write(&report_dir)
+        .unwrap();
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(report_dir.join("metrics.json")).unwrap()).unwrap();
+    let acc = labels
+        .iter()
+        .enumerate()
+        .filter(|(i, &y)| {
+            let row = &after.mean_probs[i * 10..(i + 1) * 10];
+            let best = (0..10).fold(0, |b, k| if row[k] > row[b] { k } else { b });
+            best == y as usize
+        })
+        .count() as f64
+        / labels.len() as f64;
+    assert!((metrics["accuracy"].as_f64().unwrap() - acc).abs() < 1e-12);
+    // A corrupted config is refused with the file named.
+    std::fs::write(run_dir.join("config.json"), b"{").unwrap();
+    let err = LoadedRun::load(&run_dir, &Device::Cpu).err().unwrap();
+    assert!(err.to_string().contains("config.json"), "{err}");
+}
+
+#[test]
+fn batchnorm_model_is_refreshed_before_each_bma_forward() {
+    let data = small_digits(40);
+    let mut spec = small_spec(3, 1, Collect::EveryEpoch, 4);
+    spec.mlp = spec.mlp.with_batchnorm(true);
+    // One refresh batch holding every row.
+    spec.train = TrainConfig::new(3, 40, spec.train.sgd())
+        .unwrap()
+        .with_collection(Some(1), Collect::EveryEpoch)
+        .unwrap()
+        .with_seed(4)
+        .with_progress(false);
+    let f = fit_mlp(&data, Objective::CrossEntropy, &spec).unwrap();
+    // BatchNorm buffers are not SWAG parameters.
+    assert!(f
+        .params
+        .layout()
+        .entries()
+        .iter()
+        .all(|e| !e.name.contains("running")));
+    assert!(f.params.layout().get("bn0.weight").is_some());
+    let refresh = f.refresh(&data.features).unwrap().unwrap();
+    let swa = Predictive::swa(&f.params, &f.posterior)
+        .unwrap()
+        .with_refresh(refresh)
+        .leave_swa_mean()
+        .unwrap();
+    classify(&f.model, swa, &data.features);
+    // One refresh batch holding every row: the running mean is the column mean of the first
+    // layer's pre-activations under the SWA mean weights, computed here by hand.
+    let w: Vec<Vec<f32>> = f.varmap.data().lock().unwrap()["fc0.weight"]
+        .to_vec2()
+        .unwrap();
+    let b: Vec<f32> = f.varmap.data().lock().unwrap()["fc0.bias"]
+        .to_vec1()
+        .unwrap();
+    let x: Vec<Vec<f32>> = data.features.to_vec2().unwrap();
+    let bn = &f.model.batchnorm_stats().unwrap()[0];
+    let running: Vec<f32> = bn.running_mean().to_vec1().unwrap();
+    for j in 0..16 {
+        let mean = x
+            .iter()
+            .map(|row| {
+                row.iter()
+                    .zip(&w[j])
+                    .map(|(a, c)| (a * c) as f64)
+                    .sum::<f64>()
+                    + b[j] as f64
+            })
+            .sum::<f64>()
+            / 40.0;
+        assert!(
+            (running[j] as f64 - mean).abs() < 1e-4,
+            "unit {j}: {} vs {mean}",
+            running[j]
+        );
+    }
+}

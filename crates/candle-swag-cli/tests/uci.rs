@@ -1,0 +1,161 @@
+//! The UCI regression protocol (`swag bench-uci`): settings, the table's arithmetic, and the
+//! protocol itself on synthetic data whose noise grows with the input.
+
+mod common;
+use common::invalid_name;
+
+use candle_core::Device;
+use candle_swag_cli::data::{FeatureColumn, Split, TabularData, Targets};
+use candle_swag_cli::train::method::Method;
+use candle_swag_cli::train::uci::{
+    run_uci, uci_table, GridPoint, UciConfig, UciGrid, UciNoise, UciOutcome,
+};
+
+#[test]
+fn bad_settings_are_refused_by_name() {
+    assert_eq!(invalid_name(UciConfig::new(1, 0)), "splits");
+    let ok = UciConfig::new(2, 0).unwrap();
+    assert_eq!(invalid_name(ok.clone().with_samples(0)), "samples");
+    let grid = |epochs: Vec<usize>, lr: Vec<f64>| UciGrid {
+        epochs,
+        lr,
+        weight_decay: vec![1e-4],
+    };
+    assert_eq!(
+        invalid_name(ok.clone().with_grid(grid(vec![], vec![0.01]))),
+        "grid"
+    );
+    assert_eq!(
+        invalid_name(ok.clone().with_grid(grid(vec![1], vec![0.01]))),
+        "grid"
+    );
+    assert_eq!(
+        invalid_name(ok.with_grid(grid(vec![10], vec![-0.01]))),
+        "lr"
+    );
+}
+
+fn outcome(split: usize, method: Method, noise: UciNoise, test_ll: f64, rmse: f64) -> UciOutcome {
+    UciOutcome {
+        split,
+        method,
+        noise,
+        test_ll,
+        rmse,
+        conformal_coverage: 0.9 + 0.1 * (split as f64 - 1.0),
+        gaussian_coverage: 0.8,
+        chosen: GridPoint {
+            epochs: 10,
+            lr: 0.01,
+            weight_decay: 1e-4,
+        },
+        scale: 0.0,
+        noise_variance: None,
+    }
+}
+
+/// Mean ± standard error with the population std: LL −1, −2, −3 gives −2 ± sqrt(2/3)/sqrt(3)
+/// = 0.471; RMSE 1, 1, 4 gives 2 ± sqrt(2)/sqrt(3) = 0.816; coverages are plain means
+/// (0.8, 0.9, 1.0 → 0.9).
+#[test]
+fn table_reports_mean_and_standard_error_over_splits() {
+    let rows: Vec<UciOutcome> = [(-1.0, 1.0), (-2.0, 1.0), (-3.0, 4.0)]
+        .into_iter()
+        .enumerate()
+        .map(|(s, (ll, rmse))| outcome(s, Method::Swag, UciNoise::Heteroscedastic, ll, rmse))
+        .collect();
+    let table = uci_table(&rows);
+    assert!(table.contains("test LL (3 splits)"), "{table}");
+    assert!(
+        table.contains("| SWAG | hetero | -2.000 ± 0.471 | 2.000 ± 0.816 | 0.900 / 0.800 |"),
+        "{table}"
+    );
+    assert_eq!(table.lines().count(), 3, "header, rule, one row: {table}");
+}
+
+/// A table `x → y = x + (0.05 + 0.5|x|)·ε` (ε a fixed pseudo-random normal sequence): the
+/// noise grows tenfold across the inputs, so a network that predicts its own variance must
+/// beat one noise level for every row.
+fn heteroscedastic_table(n: usize) -> TabularData {
+    let mut features = Vec::with_capacity(n);
+    let mut targets = Vec::with_capacity(n);
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut uniform = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    for _ in 0..n {
+        let x = 4.0 * uniform() - 2.0;
+        // Box–Muller.
+        let (u1, u2) = (uniform().max(1e-12), uniform());
+        let eps = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+        features.push(x);
+        targets.push(x + (0.05 + 0.5 * x.abs()) * eps);
+    }
+    TabularData {
+        columns: vec![FeatureColumn::Numeric { name: "x".into() }],
+        feature_names: vec!["x".into()],
+        features,
+        targets: Targets::Values(targets),
+        splits: vec![Split::Train; n],
+    }
+}
+
+#[test]
+fn protocol_scores_every_method_and_noise_model_per_split() {
+    let data = heteroscedastic_table(400);
+    let grid = UciGrid {
+        epochs: vec![60],
+        lr: vec![0.01],
+        weight_decay: vec![1e-4],
+    };
+    let config = UciConfig::new(2, 7)
+        .unwrap()
+        .with_samples(8)
+        .unwrap()
+        .with_grid(grid)
+        .unwrap();
+    let outcomes = run_uci(&data, &config, &Device::Cpu).unwrap();
+    assert_eq!(outcomes.len(), 2 * 2 * 4, "splits × noise models × methods");
+    for o in &outcomes {
+        assert!(o.test_ll.is_finite() && o.rmse.is_finite(), "{o:?}");
+        assert!((0.0..=1.0).contains(&o.conformal_coverage), "{o:?}");
+        assert!((0.0..=1.0).contains(&o.gaussian_coverage), "{o:?}");
+        // SGD and SWA never sample; homoscedastic methods carry a chosen noise variance.
+        if matches!(o.method, Method::Sgd | Method::Swa) {
+            assert_eq!(o.scale, 0.0);
+        }
+        assert_eq!(
+            o.noise_variance.is_some(),
+            o.noise == UciNoise::Homoscedastic,
+            "{o:?}"
+        );
+    }
+    let mean_ll = |method, noise| {
+        let v: Vec<f64> = outcomes
+            .iter()
+            .filter(|o| o.method == method && o.noise == noise)
+            .map(|o| o.test_ll)
+            .collect();
+        v.iter().sum::<f64>() / v.len() as f64
+    };
+    let hetero = mean_ll(Method::Swag, UciNoise::Heteroscedastic);
+    let homo = mean_ll(Method::Swag, UciNoise::Homoscedastic);
+    assert!(
+        hetero > homo + 0.1,
+        "per-row variance should pay off here: hetero {hetero}, homo {homo}"
+    );
+}
+
+#[test]
+fn classification_targets_are_refused() {
+    let mut data = heteroscedastic_table(50);
+    data.targets = Targets::Classes {
+        indices: vec![0; 50],
+        labels: vec!["a".into()],
+    };
+    let config = UciConfig::new(2, 0).unwrap();
+    assert_eq!(invalid_name(run_uci(&data, &config, &Device::Cpu)), "task");
+}
