@@ -174,7 +174,7 @@ toml = [
     "[package]",
     'name = "notebook-check"',
     'version = "0.0.0"',
-    f'edition = {json.dumps(manifest["package"].get("edition", "2021"))}',
+    f'edition = {json.dumps(manifest.get("workspace", {}).get("package", {}).get("edition", "2021"))}',
     "publish = false",
     "autobins = true",
     "",
