@@ -1,5 +1,6 @@
 //! BatchNorm layer and refresh against hand computations in f64.
 
+use anyhow::Result;
 mod common;
 use common::invalid_name;
 
@@ -72,14 +73,13 @@ fn set(varmap: &mut VarMap, name: &str, values: &[f64]) {
 }
 
 #[test]
-fn variables_live_in_the_varmap_under_candle_nn_names() {
+fn variables_live_in_the_varmap_under_candle_nn_names() -> Result<()> {
     let varmap = VarMap::new();
     let bn = BatchNorm::new(
         3,
         BatchNormConfig::default(),
         f64_vb(&varmap).pp("block.bn0"),
-    )
-    .unwrap();
+    )?;
     let mut names: Vec<String> = varmap.data().lock().unwrap().keys().cloned().collect();
     names.sort();
     assert_eq!(
@@ -95,13 +95,13 @@ fn variables_live_in_the_varmap_under_candle_nn_names() {
         bn.buffer_names(),
         ["block.bn0.running_mean", "block.bn0.running_var"]
     );
-    let buffers = BatchNormStats::buffers(&[BatchNormStats::of_layer(&bn).unwrap()]);
+    let buffers = BatchNormStats::buffers(&[BatchNormStats::of_layer(&bn)?]);
     let names: Vec<&str> = buffers.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["block.bn0.running_mean", "block.bn0.running_var"]);
 
     // A train step updates the very Var held by the VarMap.
     let x = tensor(&[vec![1.0, 2.0, 3.0], vec![3.0, 6.0, 9.0]]);
-    bn.forward_t(&x, true).unwrap();
+    bn.forward_t(&x, true)?;
     let in_map = varmap.data().lock().unwrap()["block.bn0.running_mean"].clone();
     assert_all_close(
         &vec1(in_map.as_tensor()),
@@ -113,15 +113,16 @@ fn variables_live_in_the_varmap_under_candle_nn_names() {
     // Without affine there is no weight or bias.
     let varmap2 = VarMap::new();
     let cfg = BatchNormConfig::default().with_affine(false);
-    let plain = BatchNorm::new(2, cfg, f64_vb(&varmap2).pp("bn")).unwrap();
+    let plain = BatchNorm::new(2, cfg, f64_vb(&varmap2).pp("bn"))?;
     assert!(plain.weight_and_bias().is_none());
     assert_eq!(varmap2.data().lock().unwrap().len(), 2);
+    Ok(())
 }
 
 #[test]
-fn train_and_eval_match_hand_computation() {
+fn train_and_eval_match_hand_computation() -> Result<()> {
     let mut varmap = VarMap::new();
-    let bn = BatchNorm::new(2, BatchNormConfig::default(), f64_vb(&varmap).pp("bn")).unwrap();
+    let bn = BatchNorm::new(2, BatchNormConfig::default(), f64_vb(&varmap).pp("bn"))?;
     let w = [2.0, 0.5];
     let b = [1.0, -1.0];
     set(&mut varmap, "bn.weight", &w);
@@ -133,7 +134,7 @@ fn train_and_eval_match_hand_computation() {
         vec![4.0, 3.0],
         vec![-1.0, 7.5],
     ];
-    let y = bn.forward_t(&tensor(&rows), true).unwrap();
+    let y = bn.forward_t(&tensor(&rows), true)?;
     assert_eq!(y.dims(), [4, 2]);
     let want: Vec<f64> = normalise_train(&rows, &w, &b).concat();
     assert_all_close(&vec1(&y), &want, 1e-12, "train output");
@@ -158,7 +159,7 @@ fn train_and_eval_match_hand_computation() {
 
     // Eval uses the running statistics and changes nothing.
     let probe = vec![vec![0.5, 1.0], vec![3.0, -4.0]];
-    let y_eval = bn.forward_t(&tensor(&probe), false).unwrap();
+    let y_eval = bn.forward_t(&tensor(&probe), false)?;
     let want_eval: Vec<f64> = probe
         .iter()
         .flat_map(|r| {
@@ -175,19 +176,20 @@ fn train_and_eval_match_hand_computation() {
         "mean after eval",
     );
     assert_eq!(bn.batches_seen(), 1);
+    Ok(())
 }
 
 #[test]
-fn three_dimensional_input_normalises_over_all_dims_but_one() {
+fn three_dimensional_input_normalises_over_all_dims_but_one() -> Result<()> {
     let varmap = VarMap::new();
-    let bn = BatchNorm::new(2, BatchNormConfig::default(), f64_vb(&varmap).pp("bn")).unwrap();
+    let bn = BatchNorm::new(2, BatchNormConfig::default(), f64_vb(&varmap).pp("bn"))?;
     // x[n][c][l], N = 2, C = 2, L = 3.
     let x: Vec<f64> = vec![
         1.0, 2.0, 3.0, /* n0 c1 */ 10.0, 0.0, -10.0, //
         4.0, 5.0, 9.0, /* n1 c1 */ 1.0, 2.0, 3.0,
     ];
-    let t = Tensor::from_vec(x.clone(), (2, 2, 3), &Device::Cpu).unwrap();
-    let y = vec1(&bn.forward_t(&t, true).unwrap());
+    let t = Tensor::from_vec(x.clone(), (2, 2, 3), &Device::Cpu)?;
+    let y = vec1(&bn.forward_t(&t, true)?);
     // Channel values gathered by hand, one "row" per (n, l).
     let mut rows = Vec::new();
     for n in 0..2 {
@@ -216,18 +218,18 @@ fn three_dimensional_input_normalises_over_all_dims_but_one() {
         1e-12,
         "running_var",
     );
+    Ok(())
 }
 
 #[test]
-fn agrees_with_candle_nn_batchnorm_on_the_same_vars() {
+fn agrees_with_candle_nn_batchnorm_on_the_same_vars() -> Result<()> {
     let mut varmap = VarMap::new();
-    let ours = BatchNorm::new(3, BatchNormConfig::default(), f64_vb(&varmap).pp("bn")).unwrap();
+    let ours = BatchNorm::new(3, BatchNormConfig::default(), f64_vb(&varmap).pp("bn"))?;
     let theirs = candle_nn::batch_norm(
         3,
         candle_nn::BatchNormConfig::default(),
         f64_vb(&varmap).pp("bn"),
-    )
-    .unwrap();
+    )?;
     set(&mut varmap, "bn.weight", &[1.5, -0.5, 2.0]);
     set(&mut varmap, "bn.bias", &[0.1, 0.2, 0.3]);
     let x = tensor(&[
@@ -235,11 +237,11 @@ fn agrees_with_candle_nn_batchnorm_on_the_same_vars() {
         vec![1.3, -1.0, 2.0],
         vec![2.3, 4.0, 0.0],
     ]);
-    let y_ours = vec1(&ours.forward_t(&x, true).unwrap());
+    let y_ours = vec1(&ours.forward_t(&x, true)?);
     let rm_ours = vec1(ours.running_mean().as_tensor());
     let rv_ours = vec1(ours.running_var().as_tensor());
-    ours.reset_running_stats().unwrap();
-    let y_theirs = vec1(&theirs.forward_t(&x, true).unwrap());
+    ours.reset_running_stats()?;
+    let y_theirs = vec1(&theirs.forward_t(&x, true)?);
     assert_all_close(&y_ours, &y_theirs, 1e-12, "train output");
     assert_all_close(
         &rm_ours,
@@ -250,11 +252,12 @@ fn agrees_with_candle_nn_batchnorm_on_the_same_vars() {
     assert_all_close(&rv_ours, &vec1(theirs.running_var()), 1e-12, "running_var");
     let probe = tensor(&[vec![1.0, 2.0, 3.0]]);
     assert_all_close(
-        &vec1(&ours.forward_t(&probe, false).unwrap()),
-        &vec1(&theirs.forward_t(&probe, false).unwrap()),
+        &vec1(&ours.forward_t(&probe, false)?),
+        &vec1(&theirs.forward_t(&probe, false)?),
         1e-12,
         "eval output",
     );
+    Ok(())
 }
 
 /// bn_a → 2·h + 1 → bn_b: two layers, the second fed by the first's train-mode output.
@@ -339,19 +342,17 @@ fn refresh(layers: Vec<BatchNormStats>, batches: &[Vec<Vec<f64>>]) -> BatchNormR
 }
 
 #[test]
-fn refresh_reproduces_exact_mean_of_batch_statistics() {
+fn refresh_reproduces_exact_mean_of_batch_statistics() -> Result<()> {
     let mut varmap = VarMap::new();
     let model = two_bn(&mut varmap);
-    model.bn_b.set_momentum(Some(0.3)).unwrap();
+    model.bn_b.set_momentum(Some(0.3))?;
     // Put stale statistics in place first.
     for _ in 0..3 {
-        model
-            .forward_t(&tensor(&[vec![50.0, -50.0], vec![60.0, 40.0]]), true)
-            .unwrap();
+        model.forward_t(&tensor(&[vec![50.0, -50.0], vec![60.0, 40.0]]), true)?;
     }
 
     let batches = three_batches();
-    let used = refresh(model.stats(), &batches).run(&model).unwrap();
+    let used = refresh(model.stats(), &batches).run(&model)?;
     assert_eq!(used, 3);
 
     let want = expected_refresh(&batches);
@@ -377,10 +378,11 @@ fn refresh_reproduces_exact_mean_of_batch_statistics() {
     // The layers' own update rules are untouched.
     assert_eq!(model.bn_a.momentum(), Some(0.1));
     assert_eq!(model.bn_b.momentum(), Some(0.3));
+    Ok(())
 }
 
 #[test]
-fn refresh_with_fraction_uses_the_documented_number_of_batches() {
+fn refresh_with_fraction_uses_the_documented_number_of_batches() -> Result<()> {
     let mut base = three_batches();
     for i in 0..7 {
         base.push(vec![vec![i as f64, 2.0 * i as f64], vec![-(i as f64), 1.0]]);
@@ -390,10 +392,8 @@ fn refresh_with_fraction_uses_the_documented_number_of_batches() {
         let mut varmap = VarMap::new();
         let model = two_bn(&mut varmap);
         let used = refresh(model.stats(), &base)
-            .with_fraction(fraction)
-            .unwrap()
-            .run(&model)
-            .unwrap();
+            .with_fraction(fraction)?
+            .run(&model)?;
         assert_eq!(used, want_used, "fraction {fraction}");
         let want = expected_refresh(&base[..want_used]);
         assert_all_close(
@@ -407,15 +407,14 @@ fn refresh_with_fraction_uses_the_documented_number_of_batches() {
         let mut varmap2 = VarMap::new();
         let model2 = two_bn(&mut varmap2);
         let inexact = ok_batches(&base).filter(|_| true);
-        let r = BatchNormRefresh::new(model2.stats(), inexact)
-            .with_fraction(fraction)
-            .unwrap();
-        assert_eq!(r.run(&model2).unwrap(), want_used);
+        let r = BatchNormRefresh::new(model2.stats(), inexact).with_fraction(fraction)?;
+        assert_eq!(r.run(&model2)?, want_used);
     }
+    Ok(())
 }
 
 #[test]
-fn invalid_fraction_and_empty_iterator_are_refused() {
+fn invalid_fraction_and_empty_iterator_are_refused() -> Result<()> {
     let mut varmap = VarMap::new();
     let model = two_bn(&mut varmap);
     for f in [0.0, -0.5, 1.5, f64::NAN, f64::INFINITY] {
@@ -424,9 +423,7 @@ fn invalid_fraction_and_empty_iterator_are_refused() {
             "fraction"
         );
     }
-    model
-        .forward_t(&tensor(&[vec![5.0, 6.0], vec![7.0, 9.0]]), true)
-        .unwrap();
+    model.forward_t(&tensor(&[vec![5.0, 6.0], vec![7.0, 9.0]]), true)?;
     let before = vec1(model.bn_a.running_mean().as_tensor());
     assert_eq!(
         invalid_name(refresh(model.stats(), &[]).run(&model)),
@@ -438,20 +435,19 @@ fn invalid_fraction_and_empty_iterator_are_refused() {
         "left unchanged"
     );
     // A layer in cumulative mode cannot be refreshed through its momentum.
-    model.bn_b.set_momentum(None).unwrap();
+    model.bn_b.set_momentum(None)?;
     assert_eq!(
         invalid_name(BatchNormStats::of_layer(&model.bn_b)),
         "momentum"
     );
+    Ok(())
 }
 
 #[test]
-fn statistics_are_restored_after_an_error() {
+fn statistics_are_restored_after_an_error() -> Result<()> {
     let mut varmap = VarMap::new();
     let model = two_bn(&mut varmap);
-    model
-        .forward_t(&tensor(&[vec![5.0, 6.0], vec![7.0, 9.0]]), true)
-        .unwrap();
+    model.forward_t(&tensor(&[vec![5.0, 6.0], vec![7.0, 9.0]]), true)?;
     let before = [
         vec1(model.bn_a.running_mean().as_tensor()),
         vec1(model.bn_b.running_var().as_tensor()),
@@ -476,45 +472,48 @@ fn statistics_are_restored_after_an_error() {
     assert_eq!(after(&model), before);
 
     // The model fails (wrong number of channels).
-    let bad = Tensor::zeros((4, 3), DType::F64, &Device::Cpu).unwrap();
+    let bad = Tensor::zeros((4, 3), DType::F64, &Device::Cpu)?;
     assert!(
         BatchNormRefresh::new(model.stats(), std::iter::once(&bad).map(|t| Ok(t.clone())))
             .run(&model)
             .is_err()
     );
     assert_eq!(after(&model), before);
+    Ok(())
 }
 
 #[test]
-fn a_layer_the_forward_does_not_reach_is_named() {
+fn a_layer_the_forward_does_not_reach_is_named() -> Result<()> {
     let mut varmap = VarMap::new();
     let model = two_bn(&mut varmap);
-    let stray = BatchNorm::new(2, BatchNormConfig::default(), f64_vb(&varmap).pp("stray")).unwrap();
+    let stray = BatchNorm::new(2, BatchNormConfig::default(), f64_vb(&varmap).pp("stray"))?;
     let mut layers = model.stats();
-    layers.push(BatchNormStats::of_layer(&stray).unwrap());
+    layers.push(BatchNormStats::of_layer(&stray)?);
     assert_eq!(
         invalid_name(refresh(layers, &three_batches()).run(&model)),
         "stray"
     );
+    Ok(())
 }
 
 #[test]
-fn model_without_batchnorm_pays_nothing() {
+fn model_without_batchnorm_pays_nothing() -> Result<()> {
     let never = std::iter::from_fn(|| -> Option<candle_core::Result<Tensor>> {
         panic!("the iterator must not be pulled")
     });
     let identity = candle_nn::func_t(|xs: &Tensor, _| Ok(xs.clone()));
     let r = BatchNormRefresh::new(Vec::new(), never);
     assert!(!r.is_active());
-    assert_eq!(r.run(&identity).unwrap(), 0);
-    assert_eq!(r.with_fraction(0.5).unwrap().run(&identity).unwrap(), 0);
+    assert_eq!(r.run(&identity)?, 0);
+    assert_eq!(r.with_fraction(0.5)?.run(&identity)?, 0);
+    Ok(())
 }
 
 /// candle-nn's own BatchNorm, found by name in the VarMap: after the refresh it holds, per
 /// channel, the equal-weight mean over batches of the batch means and of the unbiased batch
 /// variances (torch's `update_bn`), computed here independently in f64.
 #[test]
-fn candle_nn_batchnorm_refresh_is_exact() {
+fn candle_nn_batchnorm_refresh_is_exact() -> Result<()> {
     let device = Device::Cpu;
     let (channels, h, w) = (3usize, 4usize, 5usize);
     // 23 images: batch sizes 8 → 8, 8, 7; 5 → 5·4 + 3; 23 → one batch; 2 → 11·2 + 1.
@@ -522,21 +521,19 @@ fn candle_nn_batchnorm_refresh_is_exact() {
     let values: Vec<f32> = (0..n * channels * h * w)
         .map(|i| ((i * 7919 % 1009) as f32 / 100.0 - 5.0) * (1.0 + (i % 3) as f32))
         .collect();
-    let x = Tensor::from_vec(values.clone(), (n, channels, h, w), &device).unwrap();
+    let x = Tensor::from_vec(values.clone(), (n, channels, h, w), &device)?;
     for batch_size in [8usize, 5, 23, 2] {
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
-        let conv_bn = candle_nn::batch_norm(channels, 1e-5, vb.pp("features.bn")).unwrap();
+        let conv_bn = candle_nn::batch_norm(channels, 1e-5, vb.pp("features.bn"))?;
         // Stale statistics from other data.
-        conv_bn
-            .forward_t(&(x.narrow(0, 0, 4).unwrap() * 3.0).unwrap(), true)
-            .unwrap();
-        let layers = BatchNormStats::from_varmap(&varmap).unwrap();
+        conv_bn.forward_t(&(x.narrow(0, 0, 4)? * 3.0)?, true)?;
+        let layers = BatchNormStats::from_varmap(&varmap)?;
         assert_eq!(layers.len(), 1);
         assert_eq!(layers[0].name(), "features.bn");
         let model = candle_nn::func_t(|xs: &Tensor, train: bool| conv_bn.forward_t(xs, train));
-        let batches = candle_swag::predictive::batches(&x, batch_size).unwrap();
-        let used = BatchNormRefresh::new(layers, batches).run(&model).unwrap();
+        let batches = candle_swag::predictive::batches(&x, batch_size)?;
+        let used = BatchNormRefresh::new(layers, batches).run(&model)?;
         assert_eq!(used, n.div_ceil(batch_size));
 
         // f64 reference: per batch, per channel, mean and unbiased variance.
@@ -575,22 +572,23 @@ fn candle_nn_batchnorm_refresh_is_exact() {
             );
         }
         // The refreshed statistics are what the eval forward uses.
-        let eval = conv_bn.forward_t(&x, false).unwrap();
+        let eval = conv_bn.forward_t(&x, false)?;
         assert_eq!(eval.dims(), x.dims());
     }
+    Ok(())
 }
 
 #[test]
-fn layers_found_by_name_or_given_by_the_user() {
+fn layers_found_by_name_or_given_by_the_user() -> Result<()> {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-    let a = candle_nn::batch_norm(2, 1e-5, vb.pp("a")).unwrap();
-    let _b = candle_nn::batch_norm(2, 1e-5, vb.pp("b")).unwrap();
-    let _fc = candle_nn::linear(2, 2, vb.pp("fc")).unwrap();
-    let all = BatchNormStats::from_varmap(&varmap).unwrap();
+    let a = candle_nn::batch_norm(2, 1e-5, vb.pp("a"))?;
+    let _b = candle_nn::batch_norm(2, 1e-5, vb.pp("b"))?;
+    let _fc = candle_nn::linear(2, 2, vb.pp("fc"))?;
+    let all = BatchNormStats::from_varmap(&varmap)?;
     let names: Vec<&str> = all.iter().map(|l| l.name()).collect();
     assert_eq!(names, ["a", "b"]);
-    let only = BatchNormStats::from_varmap_named(&varmap, &["b"]).unwrap();
+    let only = BatchNormStats::from_varmap_named(&varmap, &["b"])?;
     assert_eq!(only.len(), 1);
     assert_eq!(
         invalid_name(BatchNormStats::from_varmap_named(&varmap, &["fc"])),
@@ -601,13 +599,13 @@ fn layers_found_by_name_or_given_by_the_user() {
         "momentum"
     );
     // From the layer itself: its momentum, and the very Vars it updates.
-    let given = BatchNormStats::of_candle_nn("a", &a).unwrap();
+    let given = BatchNormStats::of_candle_nn("a", &a)?;
     assert_eq!(given.momentum(), 0.1);
-    let x = Tensor::new(&[[1f32, 2.0], [3.0, 5.0]], &Device::Cpu).unwrap();
-    a.forward_t(&x, true).unwrap();
+    let x = Tensor::new(&[[1f32, 2.0], [3.0, 5.0]], &Device::Cpu)?;
+    a.forward_t(&x, true)?;
     assert_eq!(
-        given.running_mean().as_tensor().to_vec1::<f32>().unwrap(),
-        a.running_mean().to_vec1::<f32>().unwrap()
+        given.running_mean().as_tensor().to_vec1::<f32>()?,
+        a.running_mean().to_vec1::<f32>()?
     );
     // A VarMap without BatchNorm gives no layer.
     let plain = VarMap::new();
@@ -616,32 +614,32 @@ fn layers_found_by_name_or_given_by_the_user() {
         2,
         VarBuilder::from_varmap(&plain, DType::F32, &Device::Cpu),
     );
-    assert!(BatchNormStats::from_varmap(&plain).unwrap().is_empty());
+    assert!(BatchNormStats::from_varmap(&plain)?.is_empty());
+    Ok(())
 }
 
 /// A candle-nn layer built from tensors that live outside any VarMap (e.g. weights loaded
 /// read-only) still keeps its statistics in Vars: passed by hand, it refreshes exactly too.
 #[test]
-fn layer_loaded_outside_a_varmap_refreshes_exactly() {
+fn layer_loaded_outside_a_varmap_refreshes_exactly() -> Result<()> {
     let device = Device::Cpu;
-    let mean = Tensor::new(&[9f32, -9.0], &device).unwrap();
-    let var = Tensor::new(&[4f32, 4.0], &device).unwrap();
-    let weight = Tensor::new(&[1f32, 1.0], &device).unwrap();
-    let bias = Tensor::new(&[0f32, 0.0], &device).unwrap();
-    let bn = candle_nn::BatchNorm::new(2, mean, var, weight, bias, 1e-5).unwrap();
-    let layers = vec![BatchNormStats::of_candle_nn("bn", &bn).unwrap()];
+    let mean = Tensor::new(&[9f32, -9.0], &device)?;
+    let var = Tensor::new(&[4f32, 4.0], &device)?;
+    let weight = Tensor::new(&[1f32, 1.0], &device)?;
+    let bias = Tensor::new(&[0f32, 0.0], &device)?;
+    let bn = candle_nn::BatchNorm::new(2, mean, var, weight, bias, 1e-5)?;
+    let layers = vec![BatchNormStats::of_candle_nn("bn", &bn)?];
     let model = candle_nn::func_t(|xs: &Tensor, t: bool| bn.forward_t(xs, t));
     let data = Tensor::new(
         &[[1f32, 10.0], [3.0, 14.0], [-2.0, 0.5], [0.0, 1.5]],
         &device,
-    )
-    .unwrap();
-    let r = BatchNormRefresh::new(layers, candle_swag::predictive::batches(&data, 2).unwrap());
-    r.run(&model).unwrap();
+    )?;
+    let r = BatchNormRefresh::new(layers, candle_swag::predictive::batches(&data, 2)?);
+    r.run(&model)?;
     // Batches {[1,10],[3,14]} and {[-2,0.5],[0,1.5]}: means (2, 12), (−1, 1); unbiased
     // variances (2, 8), (2, 0.5).
-    let m = bn.running_mean().to_vec1::<f32>().unwrap();
-    let v = bn.running_var().to_vec1::<f32>().unwrap();
+    let m = bn.running_mean().to_vec1::<f32>()?;
+    let v = bn.running_var().to_vec1::<f32>()?;
     for (got, want) in m
         .iter()
         .zip([0.5f32, 6.5])
@@ -652,10 +650,11 @@ fn layer_loaded_outside_a_varmap_refreshes_exactly() {
             "{got} vs {want}"
         );
     }
+    Ok(())
 }
 
 #[test]
-fn bad_inputs_and_settings_are_refused() {
+fn bad_inputs_and_settings_are_refused() -> Result<()> {
     let varmap = VarMap::new();
     let vb = f64_vb(&varmap);
     assert_eq!(invalid_name(BatchNormConfig::new(1e-5, 1.5)), "momentum");
@@ -666,18 +665,19 @@ fn bad_inputs_and_settings_are_refused() {
         "num_features"
     );
 
-    let bn = BatchNorm::new(2, BatchNormConfig::default(), vb.pp("bn")).unwrap();
+    let bn = BatchNorm::new(2, BatchNormConfig::default(), vb.pp("bn"))?;
     assert_eq!(invalid_name(bn.set_momentum(Some(-0.1))), "momentum");
     // One value per channel cannot give an unbiased variance.
     assert_eq!(
         invalid_name(bn.forward_train(&tensor(&[vec![1.0, 2.0]]))),
         "xs"
     );
-    let wrong = Tensor::zeros((3, 5), DType::F64, &Device::Cpu).unwrap();
+    let wrong = Tensor::zeros((3, 5), DType::F64, &Device::Cpu)?;
     assert_eq!(invalid_name(bn.forward_eval(&wrong)), "xs");
-    let rank1 = Tensor::zeros(4, DType::F64, &Device::Cpu).unwrap();
+    let rank1 = Tensor::zeros(4, DType::F64, &Device::Cpu)?;
     let err = bn.forward_t(&rank1, true).unwrap_err().to_string();
     assert!(err.contains("xs") && err.contains("[4]"), "{err}");
+    Ok(())
 }
 
 /// The moving-average fallback follows the layer's own rule
@@ -685,32 +685,27 @@ fn bad_inputs_and_settings_are_refused() {
 /// starting from the statistics the layer had: here candle-nn's layer (m = 0.1) with stale
 /// statistics, two batches, one and two passes, against the recursion written out in f64.
 #[test]
-fn moving_average_fallback_follows_the_layer_momentum() {
+fn moving_average_fallback_follows_the_layer_momentum() -> Result<()> {
     let device = Device::Cpu;
     let data = Tensor::new(
         &[[1f32, 10.0], [3.0, 14.0], [-2.0, 0.5], [0.0, 1.5]],
         &device,
-    )
-    .unwrap();
+    )?;
     // Batch means (2, 12), (−1, 1); unbiased variances (2, 8), (2, 0.5).
     let batch_stats = [([2.0, 12.0], [2.0, 8.0]), ([-1.0, 1.0], [2.0, 0.5])];
     for passes in [1usize, 2] {
         let bn = candle_nn::BatchNorm::new(
             2,
-            Tensor::new(&[9f32, -9.0], &device).unwrap(),
-            Tensor::new(&[4f32, 4.0], &device).unwrap(),
-            Tensor::new(&[1f32, 1.0], &device).unwrap(),
-            Tensor::new(&[0f32, 0.0], &device).unwrap(),
+            Tensor::new(&[9f32, -9.0], &device)?,
+            Tensor::new(&[4f32, 4.0], &device)?,
+            Tensor::new(&[1f32, 1.0], &device)?,
+            Tensor::new(&[0f32, 0.0], &device)?,
             1e-5,
-        )
-        .unwrap();
+        )?;
         let model = candle_nn::func_t(|xs: &Tensor, t: bool| bn.forward_t(xs, t));
-        let r = BatchNormRefresh::moving_average(
-            candle_swag::predictive::batches(&data, 2).unwrap(),
-            passes,
-        )
-        .unwrap();
-        assert_eq!(r.run(&model).unwrap(), 2);
+        let r =
+            BatchNormRefresh::moving_average(candle_swag::predictive::batches(&data, 2)?, passes)?;
+        assert_eq!(r.run(&model)?, 2);
         let (mut mean, mut var) = ([9.0f64, -9.0], [4.0f64, 4.0]);
         for _ in 0..passes {
             for (bm, bv) in &batch_stats {
@@ -723,11 +718,12 @@ fn moving_average_fallback_follows_the_layer_momentum() {
         assert_all_close(&vec1(bn.running_mean()), &mean, 1e-6, "moving-average mean");
         assert_all_close(&vec1(bn.running_var()), &var, 1e-6, "moving-average var");
     }
-    let batches = candle_swag::predictive::batches(&data, 2).unwrap();
+    let batches = candle_swag::predictive::batches(&data, 2)?;
     assert_eq!(
         invalid_name(BatchNormRefresh::moving_average(batches, 0)),
         "passes"
     );
+    Ok(())
 }
 
 #[test]

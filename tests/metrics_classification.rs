@@ -1,6 +1,7 @@
 //! Classification metrics: agreement of the one-pass evaluation with slow obvious
 //! implementations, invariance to row order, calibrated synthetic data, input errors.
 
+use anyhow::Result;
 mod common;
 use common::invalid_name;
 
@@ -56,18 +57,18 @@ fn ece_bound(counts: &[usize]) -> f64 {
 }
 
 #[test]
-fn calibrated_confidences_give_small_ece_and_miscalibrated_ones_do_not() {
+fn calibrated_confidences_give_small_ece_and_miscalibrated_ones_do_not() -> Result<()> {
     let mut rng = StdRng::seed_from_u64(7);
     let n = 200_000;
     let conf: Vec<f64> = (0..n).map(|_| rng.random::<f64>()).collect();
     let correct: Vec<bool> = conf.iter().map(|&c| rng.random::<f64>() < c).collect();
-    let bins = calibration_bins(&conf, &correct, 15).unwrap();
+    let bins = calibration_bins(&conf, &correct, 15)?;
     let counts: Vec<usize> = bins.bins.iter().map(|b| b.count).collect();
     let bound = ece_bound(&counts);
     assert!(bins.ece < bound, "ECE {} above bound {bound}", bins.ece);
     // The bound is tight enough to catch a real miscalibration: correct ~ Bernoulli(c²).
     let over: Vec<bool> = conf.iter().map(|&c| rng.random::<f64>() < c * c).collect();
-    let bad = calibration_bins(&conf, &over, 15).unwrap();
+    let bad = calibration_bins(&conf, &over, 15)?;
     assert!(
         bad.ece > 3.0 * bound,
         "miscalibrated ECE {} vs bound {bound}",
@@ -77,14 +78,14 @@ fn calibrated_confidences_give_small_ece_and_miscalibrated_ones_do_not() {
         bad.signed_ece > 0.0,
         "over-confidence must give a positive signed ECE"
     );
+    Ok(())
 }
 
 #[test]
-fn calibrated_probability_matrix_gives_small_top_label_and_classwise_ece() {
+fn calibrated_probability_matrix_gives_small_top_label_and_classwise_ece() -> Result<()> {
     let mut rng = StdRng::seed_from_u64(11);
     let (probs, labels) = calibrated_data(&mut rng, 100_000, 4);
-    let eval =
-        evaluate_classification(&probs, 4, &labels, &ClassificationConfig::default()).unwrap();
+    let eval = evaluate_classification(&probs, 4, &labels, &ClassificationConfig::default())?;
     let counts: Vec<usize> = eval.reliability.bins.iter().map(|b| b.count).collect();
     let bound = ece_bound(&counts);
     assert!(
@@ -98,6 +99,7 @@ fn calibrated_probability_matrix_gives_small_top_label_and_classwise_ece() {
         assert!(cw.ece < bound, "class {k}: ECE {} above {bound}", cw.ece);
     }
     assert!(eval.metrics.l2_debiased <= eval.metrics.l2_plugin);
+    Ok(())
 }
 
 /// Straightforward per-row formulas, one metric at a time.
@@ -130,22 +132,20 @@ fn slow_metrics(probs: &[f64], c: usize, labels: &[usize], nb: usize) -> (f64, f
 }
 
 #[test]
-fn one_pass_matches_slow_formulas_over_several_chunks() {
+fn one_pass_matches_slow_formulas_over_several_chunks() -> Result<()> {
     let mut rng = StdRng::seed_from_u64(3);
     // More rows than one parallel chunk (4096), to exercise the merge.
     let (probs, labels) = calibrated_data(&mut rng, 10_000, 5);
-    let options = ClassificationConfig::default()
-        .with_equal_width_bins(10)
-        .unwrap();
-    let eval = evaluate_classification(&probs, 5, &labels, &options).unwrap();
+    let options = ClassificationConfig::default().with_equal_width_bins(10)?;
+    let eval = evaluate_classification(&probs, 5, &labels, &options)?;
     let (acc, nll, brier, cw) = slow_metrics(&probs, 5, &labels, 10);
     let m = &eval.metrics;
     assert!((m.accuracy - acc).abs() < 1e-12);
     assert!((m.nll - nll).abs() < 1e-10);
     assert!((m.brier - brier).abs() < 1e-10);
     assert!((m.classwise_ece - cw).abs() < 1e-10);
-    let (conf, correct) = top_label(&probs, 5, &labels).unwrap();
-    let simple = calibration_bins(&conf, &correct, 10).unwrap();
+    let (conf, correct) = top_label(&probs, 5, &labels)?;
+    let simple = calibration_bins(&conf, &correct, 10)?;
     assert!((m.ece - simple.ece).abs() < 1e-12);
     assert!((m.mce - simple.mce).abs() < 1e-12);
     assert_eq!(
@@ -156,6 +156,7 @@ fn one_pass_matches_slow_formulas_over_several_chunks() {
             .collect::<Vec<_>>(),
         simple.bins.iter().map(|b| b.count).collect::<Vec<_>>()
     );
+    Ok(())
 }
 
 fn assert_metrics_close(a: &ClassificationMetrics, b: &ClassificationMetrics) {
@@ -231,7 +232,7 @@ fn bad_data(err: Error) -> (String, usize, String, String) {
 }
 
 #[test]
-fn input_errors_name_the_row_and_column() {
+fn input_errors_name_the_row_and_column() -> Result<()> {
     let good = vec![0.2f32, 0.8, 0.5, 0.5, 1.0, 0.0];
     let labels = vec![1u32, 0, 0];
     let opts = ClassificationConfig::default();
@@ -306,10 +307,11 @@ fn input_errors_name_the_row_and_column() {
     let (_, row, column, _) =
         bad_data(classification_metrics(&big, 2, &big_labels, &opts).unwrap_err());
     assert_eq!((row, column.as_str()), (9_001, "class 1"));
+    Ok(())
 }
 
 #[test]
-fn options_are_validated() {
+fn options_are_validated() -> Result<()> {
     let p = [0.5f64, 0.5];
     let y = [0usize];
     let d = ClassificationConfig::default;
@@ -325,29 +327,32 @@ fn options_are_validated() {
         classification_metrics(&p, 0, &y, &ClassificationConfig::default()),
         Err(Error::InvalidArgument { .. })
     ));
+    Ok(())
 }
 
 #[test]
-fn nll_clamps_zero_probabilities_at_eps() {
+fn nll_clamps_zero_probabilities_at_eps() -> Result<()> {
     let p = [1.0f64, 0.0];
-    let m = classification_metrics(&p, 2, &[1usize], &ClassificationConfig::default()).unwrap();
+    let m = classification_metrics(&p, 2, &[1usize], &ClassificationConfig::default())?;
     assert!((m.nll - (-(1e-12f64).ln())).abs() < 1e-12);
     assert_eq!(m.brier, 2.0);
     assert_eq!(m.accuracy, 0.0);
+    Ok(())
 }
 
 #[test]
-fn metrics_json_has_the_report_keys() {
+fn metrics_json_has_the_report_keys() -> Result<()> {
     let p = [0.9f32, 0.1, 0.3, 0.7];
-    let m = classification_metrics(&p, 2, &[0u32, 0], &ClassificationConfig::default()).unwrap();
-    let v = serde_json::to_value(&m).unwrap();
+    let m = classification_metrics(&p, 2, &[0u32, 0], &ClassificationConfig::default())?;
+    let v = serde_json::to_value(&m)?;
     for key in ["accuracy", "nll", "brier", "ece", "mce"] {
         assert!(
             v.get(key).and_then(|x| x.as_f64()).is_some(),
             "missing {key}"
         );
     }
-    let back: ClassificationMetrics = serde_json::from_value(v).unwrap();
+    let back: ClassificationMetrics = serde_json::from_value(v)?;
     assert_eq!(back, m);
     assert_eq!(m.accuracy, 0.5);
+    Ok(())
 }

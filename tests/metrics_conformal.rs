@@ -6,6 +6,7 @@
 //! coverages (a normal approximation; a correct method fails it with probability < 1e-4).
 //! The seeds are fixed, so a run is reproducible.
 
+use anyhow::Result;
 use candle_swag::metrics::{
     conformal_quantile, conformal_rank, normalized_scores, prediction_interval_coverage,
     ConformalClassifier, ConformalConfig, ConformalRegressor, SetScore, MIN_CALIBRATION_ROWS,
@@ -26,7 +27,7 @@ fn mean_and_mc_bound(v: &[f64]) -> (f64, f64) {
 }
 
 #[test]
-fn rank_matches_hand_values() {
+fn rank_matches_hand_values() -> Result<()> {
     // ⌈(n + 1)(1 − α)⌉
     assert_eq!(conformal_rank(19, 0.1), Some(18)); // 20 · 0.9 = 18 exactly
     assert_eq!(conformal_rank(20, 0.1), Some(19)); // ⌈18.9⌉
@@ -36,15 +37,16 @@ fn rank_matches_hand_values() {
     assert_eq!(conformal_rank(39, 0.05), Some(38)); // 40 · 0.95 = 38 exactly
     assert_eq!(conformal_rank(20, 0.01), None); // ⌈20.79⌉ = 21 > 20: infinite
     assert_eq!(conformal_rank(20, 0.5), Some(11)); // ⌈10.5⌉
+    Ok(())
 }
 
 #[test]
-fn quantile_is_the_kth_smallest_score() {
-    let cfg = ConformalConfig::new(0.1).unwrap();
+fn quantile_is_the_kth_smallest_score() -> Result<()> {
+    let cfg = ConformalConfig::new(0.1)?;
     // Scores 1..=20 shuffled: the 19th smallest is 19.
     let mut s: Vec<f64> = (1..=20).map(f64::from).collect();
     s.shuffle(&mut StdRng::seed_from_u64(1));
-    assert_eq!(conformal_quantile(&s, &cfg).unwrap(), 19.0);
+    assert_eq!(conformal_quantile(&s, &cfg)?, 19.0);
     // 19 scores are refused (fewer than 20 rows).
     let e = conformal_quantile(&s[..19], &cfg).unwrap_err();
     assert!(
@@ -53,43 +55,45 @@ fn quantile_is_the_kth_smallest_score() {
     );
     assert!(e.to_string().contains("19 rows"), "{e}");
     // α = 0.01 on 20 scores: rank 21 > 20, so the quantile is infinite.
-    let cfg = ConformalConfig::new(0.01).unwrap();
-    assert_eq!(conformal_quantile(&s, &cfg).unwrap(), f64::INFINITY);
+    let cfg = ConformalConfig::new(0.01)?;
+    assert_eq!(conformal_quantile(&s, &cfg)?, f64::INFINITY);
+    Ok(())
 }
 
 #[test]
-fn config_refuses_levels_outside_the_unit_interval() {
+fn config_refuses_levels_outside_the_unit_interval() -> Result<()> {
     for a in [0.0, 1.0, -0.1, 1.5, f64::NAN] {
         assert!(ConformalConfig::new(a).is_err(), "alpha {a}");
     }
     for c in [0.0, 1.0, 1.2] {
         assert!(ConformalConfig::with_coverage(c).is_err(), "coverage {c}");
     }
-    let c = ConformalConfig::with_coverage(0.9).unwrap();
+    let c = ConformalConfig::with_coverage(0.9)?;
     assert!((c.alpha() - 0.1).abs() < 1e-15);
     assert!(SetScore::raps(-1.0, 1).is_err());
     assert!(SetScore::raps(f64::INFINITY, 1).is_err());
+    Ok(())
 }
 
 #[test]
-fn regressor_intervals_hand_case() {
+fn regressor_intervals_hand_case() -> Result<()> {
     // Calibration scores |y − μ|/σ = 0.1, 0.2, ..., 2.0 (σ = 2, μ = 0, y = 0.2 i).
     let n = 20;
     let mean = vec![0.0; n];
     let std = vec![2.0; n];
     let y: Vec<f64> = (1..=n).map(|i| 0.2 * i as f64).collect();
-    let s = normalized_scores(&mean, &std, &y).unwrap();
+    let s = normalized_scores(&mean, &std, &y)?;
     assert!((s[4] - 0.5).abs() < 1e-12);
-    let cfg = ConformalConfig::new(0.1).unwrap();
-    let r = ConformalRegressor::fit(&cfg, &mean, &std, &y).unwrap();
+    let cfg = ConformalConfig::new(0.1)?;
+    let r = ConformalRegressor::fit(&cfg, &mean, &std, &y)?;
     // Rank 19: q̂ = 1.9.
     assert_eq!(r.rank, Some(19));
     assert!((r.quantile - 1.9).abs() < 1e-12);
-    let iv = r.intervals(&[1.0, -2.0], &[1.0, 0.5]).unwrap();
+    let iv = r.intervals(&[1.0, -2.0], &[1.0, 0.5])?;
     assert!((iv[0].0 + 0.9).abs() < 1e-12 && (iv[0].1 - 2.9).abs() < 1e-12);
     assert!((iv[1].0 + 2.95).abs() < 1e-12 && (iv[1].1 + 1.05).abs() < 1e-12);
     // Coverage and width on two test rows: one inside, one outside.
-    let ev = r.evaluate(&[0.0, 0.0], &[1.0, 1.0], &[1.8, 2.0]).unwrap();
+    let ev = r.evaluate(&[0.0, 0.0], &[1.0, 1.0], &[1.8, 2.0])?;
     assert_eq!(ev.coverage, 0.5);
     assert!((ev.mean_size - 3.8).abs() < 1e-12);
     // Too small a calibration set, bad σ, mismatched lengths: errors, not numbers.
@@ -100,15 +104,15 @@ fn regressor_intervals_hand_case() {
     assert!(matches!(e, Error::BadData { row: 4, .. }), "{e}");
     assert!(r.intervals(&[0.0, 1.0], &[1.0]).is_err());
     // Infinite quantile: infinite intervals, and the JSON round trip keeps it.
-    let r = ConformalRegressor::fit(&ConformalConfig::new(0.01).unwrap(), &mean, &std, &y).unwrap();
+    let r = ConformalRegressor::fit(&ConformalConfig::new(0.01)?, &mean, &std, &y)?;
     assert!(r.infinite());
     assert_eq!(
-        r.intervals(&[0.0], &[1.0]).unwrap(),
+        r.intervals(&[0.0], &[1.0])?,
         vec![(f64::NEG_INFINITY, f64::INFINITY)]
     );
-    let back: ConformalRegressor =
-        serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+    let back: ConformalRegressor = serde_json::from_str(&serde_json::to_string(&r)?)?;
     assert_eq!(back, r);
+    Ok(())
 }
 
 /// y = x + (0.2 + |x|)·ε, ε ~ N(0, 1), x ~ U(−2, 2); the "model" predicts μ = x and a σ that
@@ -133,13 +137,13 @@ fn take(v: &[f64], idx: &[usize]) -> Vec<f64> {
 }
 
 #[test]
-fn regression_coverage_over_random_splits_lies_in_the_finite_sample_band() {
+fn regression_coverage_over_random_splits_lies_in_the_finite_sample_band() -> Result<()> {
     let mut rng = StdRng::seed_from_u64(12);
     let n_cal = 100;
     let n_test = 1000;
     let (mean, std, y) = heteroscedastic_pool(&mut rng, n_cal + n_test);
     for alpha in [0.1, 0.2] {
-        let cfg = ConformalConfig::new(alpha).unwrap();
+        let cfg = ConformalConfig::new(alpha)?;
         let mut idx: Vec<usize> = (0..mean.len()).collect();
         let mut cov = Vec::with_capacity(SPLITS);
         let mut gauss = Vec::with_capacity(SPLITS);
@@ -147,15 +151,10 @@ fn regression_coverage_over_random_splits_lies_in_the_finite_sample_band() {
             idx.shuffle(&mut rng);
             let (cal, test) = idx.split_at(n_cal);
             let r =
-                ConformalRegressor::fit(&cfg, &take(&mean, cal), &take(&std, cal), &take(&y, cal))
-                    .unwrap();
+                ConformalRegressor::fit(&cfg, &take(&mean, cal), &take(&std, cal), &take(&y, cal))?;
             let (tm, ts, ty) = (take(&mean, test), take(&std, test), take(&y, test));
-            cov.push(r.evaluate(&tm, &ts, &ty).unwrap().coverage);
-            gauss.push(
-                prediction_interval_coverage(&tm, &ts, &ty, 1.0 - alpha)
-                    .unwrap()
-                    .picp,
-            );
+            cov.push(r.evaluate(&tm, &ts, &ty)?.coverage);
+            gauss.push(prediction_interval_coverage(&tm, &ts, &ty, 1.0 - alpha)?.picp);
         }
         let (m, mc) = mean_and_mc_bound(&cov);
         let lo = 1.0 - alpha;
@@ -168,6 +167,7 @@ fn regression_coverage_over_random_splits_lies_in_the_finite_sample_band() {
         let (g, _) = mean_and_mc_bound(&gauss);
         assert!(g < lo - 0.1, "alpha {alpha}: Gaussian coverage {g}");
     }
+    Ok(())
 }
 
 /// A calibrated classifier by construction: random probability rows, labels drawn from them.
@@ -196,14 +196,14 @@ fn calibrated_classes(rng: &mut StdRng, n: usize, c: usize) -> (Vec<f64>, Vec<u3
 }
 
 #[test]
-fn aps_and_raps_sets_cover_at_least_the_target() {
+fn aps_and_raps_sets_cover_at_least_the_target() -> Result<()> {
     let mut rng = StdRng::seed_from_u64(7);
     let c = 10;
     let n_cal = 200;
     let n_test = 500;
     let (probs, labels) = calibrated_classes(&mut rng, n_cal + n_test, c);
-    let cfg = ConformalConfig::new(0.1).unwrap();
-    for score in [SetScore::Aps, SetScore::raps(0.05, 2).unwrap()] {
+    let cfg = ConformalConfig::new(0.1)?;
+    for score in [SetScore::Aps, SetScore::raps(0.05, 2)?] {
         let mut idx: Vec<usize> = (0..labels.len()).collect();
         let mut cov = Vec::with_capacity(SPLITS);
         let mut size = 0.0;
@@ -219,8 +219,8 @@ fn aps_and_raps_sets_cover_at_least_the_target() {
             };
             let (cp, cl) = rows(cal);
             let (tp, tl) = rows(test);
-            let m = ConformalClassifier::fit(&cfg, score, &cp, c, &cl).unwrap();
-            let ev = m.evaluate(&tp, &tl).unwrap();
+            let m = ConformalClassifier::fit(&cfg, score, &cp, c, &cl)?;
+            let ev = m.evaluate(&tp, &tl)?;
             cov.push(ev.coverage);
             size += ev.mean_size / SPLITS as f64;
         }
@@ -229,34 +229,33 @@ fn aps_and_raps_sets_cover_at_least_the_target() {
         // Sets are informative: far fewer than all 10 classes on average.
         assert!(size > 1.0 && size < 8.0, "{score:?}: mean set size {size}");
     }
+    Ok(())
 }
 
 #[test]
-fn aps_sets_hand_case() {
+fn aps_sets_hand_case() -> Result<()> {
     // Calibration: 20 rows of [0.5, 0.3, 0.2] with label 0 (score 0.5) or 1 (score 0.8).
     // 18 rows labelled 0, 2 labelled 1: at α = 0.1 the 19th smallest score is 0.8.
     let row = [0.5f64, 0.3, 0.2];
     let probs: Vec<f64> = (0..20).flat_map(|_| row).collect();
     let labels: Vec<u32> = (0..20).map(|i| u32::from(i >= 18)).collect();
-    let cfg = ConformalConfig::new(0.1).unwrap();
-    let m = ConformalClassifier::fit(&cfg, SetScore::Aps, &probs, 3, &labels).unwrap();
+    let cfg = ConformalConfig::new(0.1)?;
+    let m = ConformalClassifier::fit(&cfg, SetScore::Aps, &probs, 3, &labels)?;
     assert!((m.quantile - 0.8).abs() < 1e-12);
     // [0.1, 0.6, 0.3] ranks class 1 (0.6), class 2 (0.9), class 0 (1.0): q̂ = 0.8 keeps class 1.
-    let sets = m
-        .sets(&[0.1f64, 0.6, 0.3, 0.4, 0.35, 0.25, 0.9, 0.05, 0.05])
-        .unwrap();
+    let sets = m.sets(&[0.1f64, 0.6, 0.3, 0.4, 0.35, 0.25, 0.9, 0.05, 0.05])?;
     assert_eq!(sets[0], vec![1]);
     assert_eq!(sets[1], vec![0, 1]); // 0.4, 0.75 ≤ 0.8, then 1.0
     assert_eq!(sets[2], vec![0]); // 0.9 > q̂, but the top class is always kept
                                   // Ties rank by class index: [0.3, 0.4, 0.3] gives class 1 (0.4), class 0 (0.7), class 2.
-    assert_eq!(m.sets(&[0.3f64, 0.4, 0.3]).unwrap(), vec![vec![1, 0]]);
+    assert_eq!(m.sets(&[0.3f64, 0.4, 0.3])?, vec![vec![1, 0]]);
     assert!(m.sets(&[0.25f64, 0.25, 0.25, 0.25]).is_err()); // not whole rows of 3
                                                             // RAPS with λ = 1, k_reg = 1: the second class costs 1 more, so q̂ over the same
                                                             // calibration is 1.8 and [0.4, 0.35, 0.25] keeps classes 0 and 1 (0.4, 1.75), not 2 (3.0).
-    let raps = SetScore::raps(1.0, 1).unwrap();
-    let m = ConformalClassifier::fit(&cfg, raps, &probs, 3, &labels).unwrap();
+    let raps = SetScore::raps(1.0, 1)?;
+    let m = ConformalClassifier::fit(&cfg, raps, &probs, 3, &labels)?;
     assert!((m.quantile - 1.8).abs() < 1e-12);
-    assert_eq!(m.sets(&[0.4f64, 0.35, 0.25]).unwrap(), vec![vec![0, 1]]);
+    assert_eq!(m.sets(&[0.4f64, 0.35, 0.25])?, vec![vec![0, 1]]);
     // Bad rows are refused with their row number.
     let mut bad = probs.clone();
     bad[3 * 5] = 0.9;
@@ -270,4 +269,5 @@ fn aps_sets_hand_case() {
         &labels[..MIN_CALIBRATION_ROWS - 1],
     );
     assert!(few.is_err());
+    Ok(())
 }

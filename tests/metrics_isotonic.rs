@@ -1,6 +1,7 @@
 //! Isotonic regression against an independent brute force, histogram binning and the
 //! Kuleshov et al. (2018) quantile recalibration, on hand examples and random inputs.
 
+use anyhow::Result;
 use candle_swag::metrics::{
     fit_isotonic_confidence, isotonic_regression, HistogramBinning, IsotonicFit,
     QuantileRecalibrator,
@@ -54,25 +55,25 @@ fn slow_adjacent_pooling(y: &[f64], w: &[f64]) -> Vec<f64> {
 }
 
 #[test]
-fn isotonic_hand_examples() {
+fn isotonic_hand_examples() -> Result<()> {
     // Already sorted: unchanged.
     assert_eq!(
-        isotonic_regression(&[1.0, 2.0, 3.0], None).unwrap(),
+        isotonic_regression(&[1.0, 2.0, 3.0], None)?,
         vec![1.0, 2.0, 3.0]
     );
     // One violation: 3, 1 pool to 2.
     assert_eq!(
-        isotonic_regression(&[1.0, 3.0, 1.0, 4.0], None).unwrap(),
+        isotonic_regression(&[1.0, 3.0, 1.0, 4.0], None)?,
         vec![1.0, 2.0, 2.0, 4.0]
     );
     // A cascade: 4, 3, 2, 1 is all one block of mean 2.5.
     assert_eq!(
-        isotonic_regression(&[4.0, 3.0, 2.0, 1.0], None).unwrap(),
+        isotonic_regression(&[4.0, 3.0, 2.0, 1.0], None)?,
         vec![2.5; 4]
     );
     // Weighted: (3, w = 3) and (1, w = 1) pool to (9 + 1)/4 = 2.5.
     assert_eq!(
-        isotonic_regression(&[3.0, 1.0], Some(&[3.0, 1.0])).unwrap(),
+        isotonic_regression(&[3.0, 1.0], Some(&[3.0, 1.0]))?,
         vec![2.5, 2.5]
     );
     // Bad input names what is wrong.
@@ -82,6 +83,7 @@ fn isotonic_hand_examples() {
     assert!(e.to_string().contains("weight"), "{e}");
     assert!(isotonic_regression(&[1.0, 2.0], Some(&[1.0])).is_err());
     assert!(isotonic_regression(&[], None).is_err());
+    Ok(())
 }
 
 proptest! {
@@ -133,9 +135,9 @@ proptest! {
 }
 
 #[test]
-fn predict_and_inverse_interpolate_between_knots() {
+fn predict_and_inverse_interpolate_between_knots() -> Result<()> {
     // Knots (0, 0), (1, 0.5), (2, 0.5), (3, 1) from exact data.
-    let f = IsotonicFit::fit(&[2.0, 0.0, 3.0, 1.0], &[0.5, 0.0, 1.0, 0.5], None).unwrap();
+    let f = IsotonicFit::fit(&[2.0, 0.0, 3.0, 1.0], &[0.5, 0.0, 1.0, 0.5], None)?;
     assert_eq!(f.predict(0.5), 0.25);
     assert_eq!(f.predict(1.5), 0.5);
     assert_eq!(f.predict(2.5), 0.75);
@@ -146,36 +148,38 @@ fn predict_and_inverse_interpolate_between_knots() {
     assert_eq!(f.inverse(0.75), 2.5);
     assert_eq!(f.inverse(-1.0), 0.0);
     assert_eq!(f.inverse(2.0), 3.0);
+    Ok(())
 }
 
 #[test]
-fn isotonic_confidence_and_histogram_binning_hand_case() {
+fn isotonic_confidence_and_histogram_binning_hand_case() -> Result<()> {
     // Confidences 0.6 (correct 1 of 2), 0.7 (0 of 1), 0.9 (2 of 2).
     let conf = [0.6, 0.6, 0.7, 0.9, 0.9];
     let ok = [true, false, false, true, true];
     // Isotonic: means 0.5, 0, 1 at x 0.6, 0.7, 0.9: 0.5 and 0 pool with weights 2, 1 to 1/3.
-    let f = fit_isotonic_confidence(&conf, &ok).unwrap();
+    let f = fit_isotonic_confidence(&conf, &ok)?;
     let (_, ky) = f.knots();
     assert!((ky[0] - 1.0 / 3.0).abs() < 1e-15 && (ky[1] - 1.0 / 3.0).abs() < 1e-15);
     assert_eq!(ky[2], 1.0);
     // Histogram binning with 5 bins (0.2 wide): 0.6 lands in (0.4, 0.6], 0.7 in (0.6, 0.8],
     // 0.9 in (0.8, 1]; the first two bins are empty and keep their midpoints.
-    let h = HistogramBinning::fit(&conf, &ok, 5).unwrap();
+    let h = HistogramBinning::fit(&conf, &ok, 5)?;
     assert_eq!(h.counts, vec![0, 0, 2, 1, 2]);
     assert!((h.values[0] - 0.1).abs() < 1e-15 && (h.values[1] - 0.3).abs() < 1e-15);
     assert_eq!(&h.values[2..], &[0.5, 0.0, 1.0]);
-    assert_eq!(h.apply(&[0.55, 0.61, 1.0]).unwrap(), vec![0.5, 0.0, 1.0]);
+    assert_eq!(h.apply(&[0.55, 0.61, 1.0])?, vec![0.5, 0.0, 1.0]);
     let e = h.apply(&[0.5, 1.5]).unwrap_err();
     assert!(matches!(e, Error::BadData { row: 2, .. }), "{e}");
     assert!(HistogramBinning::fit(&conf, &ok, 0).is_err());
     assert!(fit_isotonic_confidence(&conf, &ok[..4]).is_err());
+    Ok(())
 }
 
 #[test]
-fn quantile_recalibration_repairs_an_overconfident_gaussian() {
+fn quantile_recalibration_repairs_an_overconfident_gaussian() -> Result<()> {
     // Truth y ~ N(μ, 2σ) but the model says σ: its 90% intervals cover about 59%.
     let mut rng = StdRng::seed_from_u64(3);
-    let z = Normal::new(0.0, 1.0).unwrap();
+    let z = Normal::new(0.0, 1.0)?;
     let mut draw = |n: usize| {
         let mut m = Vec::new();
         let mut s = Vec::new();
@@ -191,13 +195,13 @@ fn quantile_recalibration_repairs_an_overconfident_gaussian() {
     };
     let (cm, cs, cy) = draw(2000);
     let (tm, ts, ty) = draw(5000);
-    let r = QuantileRecalibrator::fit(&cm, &cs, &cy).unwrap();
+    let r = QuantileRecalibrator::fit(&cm, &cs, &cy)?;
     assert_eq!(r.n_calibration, 2000);
     let (kx, ky) = r.map.knots();
     assert_eq!((kx[0], ky[0]), (0.0, 0.0));
     assert_eq!((*kx.last().unwrap(), *ky.last().unwrap()), (1.0, 1.0));
     for level in [0.5, 0.9] {
-        let iv = r.intervals(&tm, &ts, level).unwrap();
+        let iv = r.intervals(&tm, &ts, level)?;
         let cov = iv
             .iter()
             .zip(&ty)
@@ -209,14 +213,15 @@ fn quantile_recalibration_repairs_an_overconfident_gaussian() {
         assert!((cov - level).abs() < 0.03, "level {level}: coverage {cov}");
     }
     // Recalibrated CDF levels of the test set are close to uniform: mean ≈ 0.5.
-    let u = r.cdf(&tm, &ts, &ty).unwrap();
+    let u = r.cdf(&tm, &ts, &ty)?;
     let mean_u = u.iter().sum::<f64>() / u.len() as f64;
     assert!((mean_u - 0.5).abs() < 0.02, "{mean_u}");
     // The exact recalibrated quantile: z = Φ⁻¹(R⁻¹(τ)) is the same for every row.
-    let q = r.quantiles(&[0.0, 10.0], &[1.0, 3.0], 0.95).unwrap();
+    let q = r.quantiles(&[0.0, 10.0], &[1.0, 3.0], 0.95)?;
     assert!(((q[1] - 10.0) / 3.0 - q[0]).abs() < 1e-12);
     // Roughly 2 · 1.645: the true 95% quantile of N(0, 2²) in units of the model's σ.
     assert!((q[0] - 2.0 * 1.6449).abs() < 0.25, "{}", q[0]);
     assert!(r.intervals(&tm, &ts, 1.0).is_err());
     assert!(r.quantiles(&tm, &ts, 0.0).is_err());
+    Ok(())
 }

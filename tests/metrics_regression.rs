@@ -1,5 +1,6 @@
 //! Regression metrics and the post-hoc recalibration baselines.
 
+use anyhow::Result;
 use candle_swag::metrics::{
     apply_temperature, calibration_curve, crps_gaussian, crps_samples, fit_sigma_scale,
     fit_temperature, gaussian_nll, linspace, miscalibration_area_from_curve,
@@ -25,15 +26,16 @@ fn gaussian_data(rng: &mut StdRng, n: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
 }
 
 #[test]
-fn linspace_follows_numpy() {
+fn linspace_follows_numpy() -> Result<()> {
     assert_eq!(linspace(0.0, 1.0, 5), vec![0.0, 0.25, 0.5, 0.75, 1.0]);
     let g = linspace(0.01, 0.99, 99);
     assert_eq!((g[0], g[98], g.len()), (0.01, 0.99, 99));
     assert_eq!(linspace(2.0, 3.0, 1), vec![2.0]);
+    Ok(())
 }
 
 #[test]
-fn miscalibration_area_hand_values() {
+fn miscalibration_area_hand_values() -> Result<()> {
     // Above the diagonal on both trapezoids: area of the triangle (0,0)-(0.5,1)-(1,1) minus
     // ... computed piecewise: [0, .5]: heights 0 and .5 -> .125; [.5, 1]: .5 and 0 -> .125.
     let c = CalibrationCurve {
@@ -47,55 +49,58 @@ fn miscalibration_area_hand_values() {
         observed: vec![1.0, 0.0],
     };
     assert!((miscalibration_area_from_curve(&c) - 0.5).abs() < 1e-15);
+    Ok(())
 }
 
 #[test]
-fn calibrated_gaussians_give_near_diagonal_curves_and_nominal_coverage() {
+fn calibrated_gaussians_give_near_diagonal_curves_and_nominal_coverage() -> Result<()> {
     let mut rng = StdRng::seed_from_u64(5);
     let n = 40_000;
     let (m, s, y) = gaussian_data(&mut rng, n);
     // Each observed proportion is a binomial mean: sd ≤ 1/(2 sqrt(n)) = 0.0025; 6 sd = 0.015.
     let bound = 6.0 * 0.5 / (n as f64).sqrt();
     for curve in [
-        calibration_curve(&m, &s, &y, 100, CurveKind::Interval).unwrap(),
-        calibration_curve(&m, &s, &y, 100, CurveKind::Quantile).unwrap(),
+        calibration_curve(&m, &s, &y, 100, CurveKind::Interval)?,
+        calibration_curve(&m, &s, &y, 100, CurveKind::Quantile)?,
     ] {
         for (e, o) in curve.expected.iter().zip(&curve.observed) {
             assert!((e - o).abs() < bound, "expected {e}, observed {o}");
         }
     }
-    let cov = prediction_interval_coverage(&m, &s, &y, 0.95).unwrap();
+    let cov = prediction_interval_coverage(&m, &s, &y, 0.95)?;
     assert!((cov.picp - 0.95).abs() < bound);
     // MPIW = 2 · 1.959964 · mean σ.
     let mean_s = s.iter().sum::<f64>() / n as f64;
     assert!((cov.mpiw - 2.0 * 1.959_963_984_540_054 * mean_s).abs() < 1e-9);
-    let all = regression_metrics(&m, &s, &y, &RegressionConfig::default()).unwrap();
+    let all = regression_metrics(&m, &s, &y, &RegressionConfig::default())?;
     assert!(all.mace < bound && all.miscalibration_area < bound);
     assert_eq!(all.intervals.len(), 5);
     assert_eq!(all.picp_95, cov.picp);
 
     // Over-confident predictions (σ halved) fall clearly below the diagonal.
     let half: Vec<f64> = s.iter().map(|x| x / 2.0).collect();
-    let bad = calibration_curve(&m, &half, &y, 100, CurveKind::Interval).unwrap();
+    let bad = calibration_curve(&m, &half, &y, 100, CurveKind::Interval)?;
     let at_95 = bad.expected.iter().position(|&e| e > 0.949).unwrap();
     assert!(bad.observed[at_95] < 0.75);
+    Ok(())
 }
 
 #[test]
-fn quantile_curve_uses_the_toolbox_sign() {
+fn quantile_curve_uses_the_toolbox_sign() -> Result<()> {
     // Targets far above the means: r = (μ − y)/σ is very negative, so under the toolbox's
     // convention every row counts as "below" every quantile except p = 0.
     let m = [0.0, 0.0];
     let s = [1.0, 1.0];
     let y = [10.0, 10.0];
-    let q = calibration_curve(&m, &s, &y, 5, CurveKind::Quantile).unwrap();
+    let q = calibration_curve(&m, &s, &y, 5, CurveKind::Quantile)?;
     assert_eq!(q.observed, vec![0.0, 1.0, 1.0, 1.0, 1.0]);
+    Ok(())
 }
 
 #[test]
-fn crps_samples_converge_to_the_closed_form() {
+fn crps_samples_converge_to_the_closed_form() -> Result<()> {
     let mut rng = StdRng::seed_from_u64(9);
-    let z = Normal::new(0.0, 1.0).unwrap();
+    let z = Normal::new(0.0, 1.0)?;
     let (n, s) = (50, 4000);
     let mean: Vec<f64> = (0..n).map(|i| i as f64 / 10.0).collect();
     let std: Vec<f64> = (0..n).map(|i| 0.5 + (i % 5) as f64 / 5.0).collect();
@@ -106,17 +111,17 @@ fn crps_samples_converge_to_the_closed_form() {
             samples[k * n + i] = mean[i] + std[i] * z.sample(&mut rng);
         }
     }
-    let closed = crps_gaussian(&mean, &std, &y).unwrap();
-    let fair = crps_samples(&samples, s, &y, CrpsEstimator::Fair).unwrap();
-    let plug = crps_samples(&samples, s, &y, CrpsEstimator::PlugIn).unwrap();
+    let closed = crps_gaussian(&mean, &std, &y)?;
+    let fair = crps_samples(&samples, s, &y, CrpsEstimator::Fair)?;
+    let plug = crps_samples(&samples, s, &y, CrpsEstimator::PlugIn)?;
     // Monte-Carlo error of a mean over 50 rows × 4000 samples is well below 1%.
     assert!((fair - closed).abs() < 0.01 * closed, "{fair} vs {closed}");
     // The plug-in estimator is biased upwards by (mean spread)/(2M(M−1))·... i.e. > fair.
     assert!(plug > fair);
-    let (sm, ss) = sample_moments(&samples, s).unwrap();
+    let (sm, ss) = sample_moments(&samples, s)?;
     assert!((sm[10] - mean[10]).abs() < 0.1 && (ss[10] - std[10]).abs() < 0.05);
     let from_samples =
-        regression_metrics_from_samples(&samples, s, &y, &RegressionConfig::default()).unwrap();
+        regression_metrics_from_samples(&samples, s, &y, &RegressionConfig::default())?;
     assert_eq!(from_samples.crps_samples, Some(fair));
     // Sample CRPS against a slow O(M²) computation on a tiny case.
     let tiny = [0.0, 1.0, 3.0, 0.5, 2.0, -1.0]; // [S = 3, N = 2]
@@ -133,12 +138,13 @@ fn crps_samples_converge_to_the_closed_form() {
         }
         want += a - b / (2.0 * 3.0 * 2.0);
     }
-    let got = crps_samples(&tiny, 3, &yt, CrpsEstimator::Fair).unwrap();
+    let got = crps_samples(&tiny, 3, &yt, CrpsEstimator::Fair)?;
     assert!((got - want / 2.0).abs() < 1e-12);
+    Ok(())
 }
 
 #[test]
-fn regression_input_errors_name_the_row() {
+fn regression_input_errors_name_the_row() -> Result<()> {
     let m = [1.0, 2.0, 3.0];
     match gaussian_nll(&m, &[1.0, 0.0, 1.0], &[1.0, 2.0, 3.0]).unwrap_err() {
         Error::BadData { file, row, .. } => assert_eq!((file.as_str(), row), ("std", 2)),
@@ -151,29 +157,31 @@ fn regression_input_errors_name_the_row() {
     assert!(gaussian_nll(&m, &[1.0; 2], &[1.0; 3]).is_err());
     assert!(gaussian_nll(&[], &[], &[]).is_err());
     assert!(crps_samples(&[1.0, 2.0], 1, &[1.0, 2.0], CrpsEstimator::Fair).is_err());
+    Ok(())
 }
 
 #[test]
-fn sigma_scale_recovers_a_known_factor_and_is_the_nll_minimum() {
+fn sigma_scale_recovers_a_known_factor_and_is_the_nll_minimum() -> Result<()> {
     let mut rng = StdRng::seed_from_u64(21);
     let (m, s, y) = gaussian_data(&mut rng, 50_000);
     let third: Vec<f64> = s.iter().map(|x| x / 3.0).collect();
-    let fit = fit_sigma_scale(&m, &third, &y).unwrap();
+    let fit = fit_sigma_scale(&m, &third, &y)?;
     assert!((fit.scale - 3.0).abs() < 0.05, "scale {}", fit.scale);
     assert!(fit.nll_after < fit.nll_before);
     // Closed form: no nearby scale does better.
     for f in [0.98, 1.02] {
         let other: Vec<f64> = third.iter().map(|x| x * fit.scale * f).collect();
-        assert!(gaussian_nll(&m, &other, &y).unwrap() > fit.nll_after);
+        assert!(gaussian_nll(&m, &other, &y)? > fit.nll_after);
     }
     assert_eq!(fit.apply(&[1.0])[0], fit.scale);
+    Ok(())
 }
 
 #[test]
-fn temperature_scaling_recovers_a_known_temperature() {
+fn temperature_scaling_recovers_a_known_temperature() -> Result<()> {
     let mut rng = StdRng::seed_from_u64(17);
     let (n, c) = (20_000, 5);
-    let z = Normal::new(0.0, 1.5).unwrap();
+    let z = Normal::new(0.0, 1.5)?;
     let true_t = 2.5;
     let mut logits = Vec::with_capacity(n * c);
     let mut labels = Vec::with_capacity(n);
@@ -196,7 +204,7 @@ fn temperature_scaling_recovers_a_known_temperature() {
         logits.extend(l.iter().map(|x| (x * true_t) as f32));
         labels.push(y as u32);
     }
-    let fit = fit_temperature(&logits, c, &labels).unwrap();
+    let fit = fit_temperature(&logits, c, &labels)?;
     assert!(
         (fit.temperature - true_t).abs() < 0.1,
         "T = {}",
@@ -219,7 +227,7 @@ fn temperature_scaling_recovers_a_known_temperature() {
     assert!(nll_at(fit.temperature / 1.05) > best);
 
     // Separable data: the NLL keeps falling as T → 0, the fit stops at the documented bound.
-    let sep = fit_temperature(&[5.0f32, 0.0, 0.0, 5.0], 2, &[0u32, 1]).unwrap();
+    let sep = fit_temperature(&[5.0f32, 0.0, 0.0, 5.0], 2, &[0u32, 1])?;
     assert!(sep.at_bound && (sep.temperature - 1e-3).abs() < 1e-12);
     match fit_temperature(&[0.0f32, f32::NAN], 2, &[0u32]).unwrap_err() {
         Error::BadData {
@@ -232,4 +240,5 @@ fn temperature_scaling_recovers_a_known_temperature() {
         }
         e => panic!("unexpected {e}"),
     }
+    Ok(())
 }

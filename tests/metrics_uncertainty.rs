@@ -1,6 +1,7 @@
 //! Uncertainty decomposition, OOD detection and selective prediction, checked against hand
 //! values and slow obvious implementations.
 
+use anyhow::Result;
 use candle_core::{Device, Tensor};
 use candle_swag::metrics::{
     auroc, average_precision, decompose_uncertainty, decompose_uncertainty_tensor, entropy_rows,
@@ -14,13 +15,13 @@ fn ln(x: f64) -> f64 {
 }
 
 #[test]
-fn decomposition_hand_values() {
+fn decomposition_hand_values() -> Result<()> {
     // S = 2 samples, N = 2 rows, C = 2 classes.
     // Row 0: samples [1, 0] and [0, 1] -> mean [.5, .5]: H = ln 2, E[H] = 0, MI = ln 2,
     //        votes 1 and 1 -> variation ratio 1 − 1/2.
     // Row 1: samples [.5, .5] twice -> H = ln 2, E[H] = ln 2, MI = 0, variation ratio 0.
     let s: Vec<f32> = vec![1.0, 0.0, 0.5, 0.5, 0.0, 1.0, 0.5, 0.5];
-    let d = decompose_uncertainty(&s, 2, 2).unwrap();
+    let d = decompose_uncertainty(&s, 2, 2)?;
     let l2 = ln(2.0);
     assert!((d.predictive_entropy[0] - l2).abs() < 1e-12);
     assert!(d.expected_entropy[0].abs() < 1e-12);
@@ -34,14 +35,15 @@ fn decomposition_hand_values() {
     let summary = d.summary();
     assert!((summary.mutual_information - l2 / 2.0).abs() < 1e-12);
 
-    let t = Tensor::from_vec(s.clone(), (2, 2, 2), &Device::Cpu).unwrap();
-    assert_eq!(decompose_uncertainty_tensor(&t).unwrap(), d);
-    let h = entropy_rows(&[0.25f64, 0.25, 0.5], 3).unwrap();
+    let t = Tensor::from_vec(s.clone(), (2, 2, 2), &Device::Cpu)?;
+    assert_eq!(decompose_uncertainty_tensor(&t)?, d);
+    let h = entropy_rows(&[0.25f64, 0.25, 0.5], 3)?;
     assert!((h[0] - (-(2.0 * 0.25 * ln(0.25)) - 0.5 * ln(0.5))).abs() < 1e-12);
+    Ok(())
 }
 
 #[test]
-fn decomposition_names_the_bad_sample_row() {
+fn decomposition_names_the_bad_sample_row() -> Result<()> {
     let s: Vec<f32> = vec![1.0, 0.0, 0.5, 0.5, 0.0, 1.0, 0.5, 0.6];
     match decompose_uncertainty(&s, 2, 2).unwrap_err() {
         Error::BadData { row, column, .. } => {
@@ -51,6 +53,7 @@ fn decomposition_names_the_bad_sample_row() {
         e => panic!("unexpected {e}"),
     }
     assert!(decompose_uncertainty(&s[..7], 2, 2).is_err());
+    Ok(())
 }
 
 fn samples_strategy() -> impl Strategy<Value = (Vec<f64>, usize, usize)> {
@@ -164,23 +167,24 @@ proptest! {
 }
 
 #[test]
-fn tied_confidences_enter_with_their_mean_error_rate() {
+fn tied_confidences_enter_with_their_mean_error_rate() -> Result<()> {
     // Two rows tied at 0.9 (one error), one at 0.5 (correct).
-    let curve = risk_coverage(&[0.9, 0.9, 0.5], &[true, false, false]).unwrap();
+    let curve = risk_coverage(&[0.9, 0.9, 0.5], &[true, false, false])?;
     assert_eq!(curve.risk, vec![0.5, 0.5, 1.0 / 3.0]);
     assert_eq!(curve.coverage, vec![1.0 / 3.0, 2.0 / 3.0, 1.0]);
+    Ok(())
 }
 
 #[test]
-fn ood_edge_cases() {
+fn ood_edge_cases() -> Result<()> {
     // Perfect separation.
     assert_eq!(
-        auroc(&[0.1, 0.2, 0.8, 0.9], &[false, false, true, true]).unwrap(),
+        auroc(&[0.1, 0.2, 0.8, 0.9], &[false, false, true, true])?,
         1.0
     );
     // Everything tied: chance.
-    assert_eq!(auroc(&[1.0; 4], &[false, true, false, true]).unwrap(), 0.5);
-    let m = ood_metrics_in_out(&[0.1, 0.2], &[0.8, 0.9]).unwrap();
+    assert_eq!(auroc(&[1.0; 4], &[false, true, false, true])?, 0.5);
+    let m = ood_metrics_in_out(&[0.1, 0.2], &[0.8, 0.9])?;
     assert_eq!(
         (m.auroc, m.average_precision, m.fpr_at_95_tpr),
         (1.0, 1.0, 0.0)
@@ -194,4 +198,5 @@ fn ood_edge_cases() {
         e => panic!("unexpected {e}"),
     }
     assert!(fpr_at_tpr(&[0.1, 0.2], &[true, false], 1.5).is_err());
+    Ok(())
 }

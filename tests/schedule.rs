@@ -1,6 +1,7 @@
 //! Learning-rate schedules against hand-computed values and against a step-by-step
 //! re-implementation of torch's SWALR recursion.
 
+use anyhow::Result;
 mod common;
 use common::invalid_name;
 
@@ -15,9 +16,9 @@ fn assert_close(got: f64, want: f64, what: &str) {
 }
 
 #[test]
-fn swag_paper_schedule_matches_hand_values() {
+fn swag_paper_schedule_matches_hand_values() -> Result<()> {
     // lr_init 0.1, swa_lr 0.01, swa_start 100: r = 0.1.
-    let s = SwagPaperLr::new(0.1, 0.01, 100.0).unwrap();
+    let s = SwagPaperLr::new(0.1, 0.01, 100.0)?;
     let cases = [
         (0.0, 0.1),
         (-3.0, 0.1),     // negative epochs read as 0
@@ -34,20 +35,22 @@ fn swag_paper_schedule_matches_hand_values() {
     for (epoch, want) in cases {
         assert_close(s.lr(epoch), want, &format!("epoch {epoch}"));
     }
+    Ok(())
 }
 
 #[test]
-fn swag_paper_sgd_baseline_uses_epochs_and_ratio_one_hundredth() {
-    let s = SwagPaperLr::sgd_baseline(0.05, 10).unwrap();
+fn swag_paper_sgd_baseline_uses_epochs_and_ratio_one_hundredth() -> Result<()> {
+    let s = SwagPaperLr::sgd_baseline(0.05, 10)?;
     assert_close(s.lr(5.0), 0.05, "epoch 5");
     // t = 0.7: factor = 1 - 0.99 * 0.2 / 0.4 = 0.505
     assert_close(s.lr(7.0), 0.02525, "epoch 7");
     assert_close(s.lr(9.0), 0.0005, "epoch 9");
+    Ok(())
 }
 
 #[test]
-fn swa_lr_cosine_and_linear_match_hand_values() {
-    let cos = SwaLr::new(0.1, 0.02, 4, AnnealStrategy::Cos).unwrap();
+fn swa_lr_cosine_and_linear_match_hand_values() -> Result<()> {
+    let cos = SwaLr::new(0.1, 0.02, 4, AnnealStrategy::Cos)?;
     let half_sqrt2 = std::f64::consts::FRAC_1_SQRT_2;
     let cases = [
         (0.0, 0.1),
@@ -62,7 +65,7 @@ fn swa_lr_cosine_and_linear_match_hand_values() {
     }
     assert_close(cos.lr(1.0), 0.088284271247461, "cos epoch 1 decimal");
 
-    let lin = SwaLr::new(0.1, 0.02, 4, AnnealStrategy::Linear).unwrap();
+    let lin = SwaLr::new(0.1, 0.02, 4, AnnealStrategy::Linear)?;
     for (epoch, want) in [
         (0.0, 0.1),
         (1.0, 0.08),
@@ -75,30 +78,30 @@ fn swa_lr_cosine_and_linear_match_hand_values() {
     }
     // Fractional epoch: a quarter of the way through the first annealing epoch.
     assert_close(lin.lr(0.5), 0.09, "linear epoch 0.5");
+    Ok(())
 }
 
 #[test]
-fn swa_lr_with_zero_anneal_epochs_jumps_to_swa_lr() {
-    let s = SwaLr::new(0.1, 0.02, 0, AnnealStrategy::Cos).unwrap();
+fn swa_lr_with_zero_anneal_epochs_jumps_to_swa_lr() -> Result<()> {
+    let s = SwaLr::new(0.1, 0.02, 0, AnnealStrategy::Cos)?;
     for epoch in [0.0, 0.5, 1.0, 7.0] {
         assert_eq!(s.lr(epoch), 0.02, "epoch {epoch}");
     }
-    let delayed = s.starting_at(3.0).unwrap();
+    let delayed = s.starting_at(3.0)?;
     assert_eq!(delayed.lr(2.0), 0.1);
     assert_eq!(delayed.lr(3.0), 0.02);
+    Ok(())
 }
 
 #[test]
-fn swa_lr_starting_at_keeps_initial_rate_before_start() {
-    let s = SwaLr::new(0.1, 0.02, 4, AnnealStrategy::Cos)
-        .unwrap()
-        .starting_at(5.0)
-        .unwrap();
+fn swa_lr_starting_at_keeps_initial_rate_before_start() -> Result<()> {
+    let s = SwaLr::new(0.1, 0.02, 4, AnnealStrategy::Cos)?.starting_at(5.0)?;
     assert_close(s.lr(0.0), 0.1, "epoch 0");
     assert_close(s.lr(4.0), 0.1, "epoch 4");
     assert_close(s.lr(5.0), 0.1, "epoch 5 (k = 0)");
     assert_close(s.lr(7.0), 0.06, "epoch 7 (k = 2)");
     assert_close(s.lr(9.0), 0.02, "epoch 9 (k = 4)");
+    Ok(())
 }
 
 /// torch's SWALR, step by step: the optimizer rate is mutated each step and the starting rate
@@ -144,11 +147,11 @@ fn torch_swalr_sequence(
 }
 
 #[test]
-fn swa_lr_matches_torch_recursion() {
+fn swa_lr_matches_torch_recursion() -> Result<()> {
     for anneal_epochs in [0usize, 1, 3, 5] {
         for (cos, strategy) in [(true, AnnealStrategy::Cos), (false, AnnealStrategy::Linear)] {
             let torch = torch_swalr_sequence(0.2, 0.05, anneal_epochs, cos, 10);
-            let ours = SwaLr::new(0.2, 0.05, anneal_epochs, strategy).unwrap();
+            let ours = SwaLr::new(0.2, 0.05, anneal_epochs, strategy)?;
             for (k, want) in torch.iter().enumerate() {
                 let got = ours.lr(k as f64);
                 assert!(
@@ -158,16 +161,17 @@ fn swa_lr_matches_torch_recursion() {
             }
         }
     }
+    Ok(())
 }
 
 #[test]
-fn constant_and_apply_lr_set_the_optimizer_rate() {
-    let c = ConstantLr::new(0.3).unwrap();
+fn constant_and_apply_lr_set_the_optimizer_rate() -> Result<()> {
+    let c = ConstantLr::new(0.3)?;
     assert_eq!(c.lr(0.0), 0.3);
     assert_eq!(c.lr(1e6), 0.3);
 
-    let mut sgd = candle_nn::SGD::new(vec![], 1.0).unwrap();
-    let s = SwagPaperLr::new(0.1, 0.01, 100.0).unwrap();
+    let mut sgd = candle_nn::SGD::new(vec![], 1.0)?;
+    let s = SwagPaperLr::new(0.1, 0.01, 100.0)?;
     let lr = apply_lr(&mut sgd, &s, 70.0);
     assert_close(lr, 0.055, "returned rate");
     assert_close(sgd.learning_rate(), 0.055, "optimizer rate");
@@ -176,10 +180,11 @@ fn constant_and_apply_lr_set_the_optimizer_rate() {
     let boxed: Box<dyn LrSchedule> = Box::new(c);
     apply_lr(&mut sgd, boxed.as_ref(), 3.0);
     assert_eq!(sgd.learning_rate(), 0.3);
+    Ok(())
 }
 
 #[test]
-fn invalid_parameters_are_named() {
+fn invalid_parameters_are_named() -> Result<()> {
     assert_eq!(invalid_name(ConstantLr::new(-0.1)), "lr");
     assert_eq!(invalid_name(ConstantLr::new(f64::INFINITY)), "lr");
     assert_eq!(
@@ -190,7 +195,7 @@ fn invalid_parameters_are_named() {
         invalid_name(SwaLr::new(0.1, f64::NAN, 3, AnnealStrategy::Cos)),
         "swa_lr"
     );
-    let s = SwaLr::new(0.1, 0.01, 3, AnnealStrategy::Linear).unwrap();
+    let s = SwaLr::new(0.1, 0.01, 3, AnnealStrategy::Linear)?;
     assert_eq!(invalid_name(s.starting_at(-2.0)), "start_epoch");
     assert_eq!(invalid_name(SwagPaperLr::new(0.0, 0.01, 10.0)), "lr_init");
     assert_eq!(invalid_name(SwagPaperLr::new(-0.1, 0.01, 10.0)), "lr_init");
@@ -201,4 +206,5 @@ fn invalid_parameters_are_named() {
         "swa_start"
     );
     assert_eq!(invalid_name(SwagPaperLr::sgd_baseline(0.1, 0)), "epochs");
+    Ok(())
 }

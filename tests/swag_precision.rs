@@ -2,6 +2,7 @@
 //! streaming, compensated Welford moments against a two-pass f64 reference over the very same
 //! f32 snapshots, and diagonal samples whose variance is the snapshots' own.
 
+use anyhow::Result;
 mod common;
 
 use candle_core::{Device, Tensor, Var};
@@ -64,7 +65,7 @@ fn fitted(snaps: &[Vec<f32>], rank: usize) -> SwagPosterior {
 }
 
 #[test]
-fn variance_is_exact_at_every_fluctuation_level() {
+fn variance_is_exact_at_every_fluctuation_level() -> Result<()> {
     let (d, n) = (100_000, 30);
     let clamp = SampleConfig::default().var_clamp();
     for (level, std) in [1e-6f32, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
@@ -74,8 +75,8 @@ fn variance_is_exact_at_every_fluctuation_level() {
         let snaps = snapshots(level as u64, d, n, 10.0, std);
         let (mean_ref, var_ref) = two_pass(&snaps);
         let p = fitted(&snaps, 2);
-        let var = to_f64(&p.variance(clamp).unwrap());
-        let mean = to_f64(&p.mean().unwrap());
+        let var = to_f64(&p.variance(clamp)?);
+        let mean = to_f64(&p.mean()?);
         let mut rel = Vec::with_capacity(d);
         for i in 0..d {
             // No coordinate is clamped unless its true variance is below the clamp.
@@ -105,16 +106,18 @@ fn variance_is_exact_at_every_fluctuation_level() {
             "std {std}: relative variance error median {med:e}, p99 {p99:e}"
         );
     }
+    Ok(())
 }
 
 #[test]
-fn constant_coordinates_have_zero_variance() {
+fn constant_coordinates_have_zero_variance() -> Result<()> {
     // A weight that never moves has variance exactly 0 (then the clamp), at any magnitude.
     let snaps: Vec<Vec<f32>> = (0..30).map(|_| vec![9.731_f32, -0.1, 1e-20, 0.0]).collect();
     let p = fitted(&snaps, 3);
-    let var = to_f64(&p.variance(0.0).unwrap());
+    let var = to_f64(&p.variance(0.0)?);
     assert_eq!(var, vec![0.0; 4]);
-    assert_eq!(to_f64(&p.deviations().unwrap()), vec![0.0; 12]);
+    assert_eq!(to_f64(&p.deviations()?), vec![0.0; 12]);
+    Ok(())
 }
 
 /// Per-coordinate variance (divisor S) of S f32 samples, two-pass in f64.
@@ -123,7 +126,7 @@ fn sample_variance(samples: &[Vec<f32>]) -> Vec<f64> {
 }
 
 #[test]
-fn diagonal_samples_have_the_snapshots_variance() {
+fn diagonal_samples_have_the_snapshots_variance() -> Result<()> {
     // The target: fluctuation 1e-4 around |w| <= 1, 30 snapshots, 200 diagonal samples;
     // median ratio of the samples' variance to the snapshots' within 5% of 1, fewer than 0.5%
     // of coordinates outside [0.5, 2]. Before the fix, 76% were outside.
@@ -131,7 +134,7 @@ fn diagonal_samples_have_the_snapshots_variance() {
     let snaps = snapshots(42, d, n, 1.0, 1e-4);
     let (_, var_ref) = two_pass(&snaps);
     let p = fitted(&snaps, 5);
-    let opts = SampleConfig::diagonal(1.0).unwrap();
+    let opts = SampleConfig::diagonal(1.0)?;
 
     // The fused CPU sampler (into Vars) and the tensor-op sampler (flat) are both checked.
     let lay = layout(d);
@@ -143,18 +146,13 @@ fn diagonal_samples_have_the_snapshots_variance() {
             (e.name.clone(), v)
         })
         .collect();
-    let params = ParamSet::from_named_vars(vars).unwrap();
+    let params = ParamSet::from_named_vars(vars)?;
     let mut fused = Vec::with_capacity(s);
     let mut flat = Vec::with_capacity(s);
     for seed in 0..s as u64 {
-        p.sample_into_seeded(&params, &opts, seed).unwrap();
-        fused.push(params.flatten().unwrap().to_vec1::<f32>().unwrap());
-        flat.push(
-            p.sample_flat_seeded(seed, &opts)
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap(),
-        );
+        p.sample_into_seeded(&params, &opts, seed)?;
+        fused.push(params.flatten()?.to_vec1::<f32>()?);
+        flat.push(p.sample_flat_seeded(seed, &opts)?.to_vec1::<f32>()?);
     }
     for (name, samples) in [("fused", &fused), ("flat", &flat)] {
         let var = sample_variance(samples);
@@ -168,4 +166,5 @@ fn diagonal_samples_have_the_snapshots_variance() {
             "{name}: {outside} of {d} coordinates outside [0.5, 2]"
         );
     }
+    Ok(())
 }

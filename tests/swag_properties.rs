@@ -2,6 +2,7 @@
 //! float64 two-pass computation, the covariance of many draws, log_prob against a dense
 //! Gaussian, the fused sampler against the noise-given formula, and low-precision deviations.
 
+use anyhow::Result;
 mod common;
 
 use candle_core::{DType, Device, Var};
@@ -79,18 +80,18 @@ proptest! {
 /// Empirical covariance of many draws against scale·(diag + DDᵀ/(rows−1)), with a bound that
 /// the historical bug "z times the variance instead of the standard deviation" fails.
 #[test]
-fn sample_covariance_matches_swag_covariance() {
+fn sample_covariance_matches_swag_covariance() -> Result<()> {
     let d = 4;
     let mut rng = StdRng::seed_from_u64(7);
     // Coordinates with variances far from 1 (0.3² and 3²-ish) so var ≠ std.
     let snaps = random_snaps(&mut rng, 6, d, &[3.0, 0.3, 2.0, 0.5]);
     let p = posterior_from(&snaps, 4, DType::F32);
     let scale = 0.5;
-    let var = to_f64(&p.variance(1e-30).unwrap());
-    let dev = to_f64(&p.deviations().unwrap());
+    let var = to_f64(&p.variance(1e-30)?);
+    let dev = to_f64(&p.deviations()?);
     let rows = p.rows();
     let div = (rows as f64 - 1.0).max(1.0);
-    let mean = to_f64(&p.mean().unwrap());
+    let mean = to_f64(&p.mean()?);
     let true_cov = |i: usize, j: usize, diag_power: f64| -> f64 {
         let lr: f64 = (0..rows)
             .map(|k| dev[k * d + i] * dev[k * d + j])
@@ -99,28 +100,17 @@ fn sample_covariance_matches_swag_covariance() {
         scale * (if i == j { var[i].powf(diag_power) } else { 0.0 } + lr)
     };
     let vars: Vec<(String, Var)> = vec![
-        (
-            "a".into(),
-            Var::zeros(d / 2, DType::F32, &Device::Cpu).unwrap(),
-        ),
-        (
-            "b".into(),
-            Var::zeros(d - d / 2, DType::F32, &Device::Cpu).unwrap(),
-        ),
+        ("a".into(), Var::zeros(d / 2, DType::F32, &Device::Cpu)?),
+        ("b".into(), Var::zeros(d - d / 2, DType::F32, &Device::Cpu)?),
     ];
-    let params = ParamSet::from_named_vars(vars).unwrap();
+    let params = ParamSet::from_named_vars(vars)?;
     let n = 40_000;
     let mut sum = vec![0.0; d];
     let mut outer = vec![0.0; d * d];
     let mut draw_rng = StdRng::seed_from_u64(11);
     for _ in 0..n {
-        p.sample_into(
-            &params,
-            &SampleConfig::with_scale(scale).unwrap(),
-            &mut draw_rng,
-        )
-        .unwrap();
-        let x = to_f64(&params.flatten().unwrap());
+        p.sample_into(&params, &SampleConfig::with_scale(scale)?, &mut draw_rng)?;
+        let x = to_f64(&params.flatten()?);
         for i in 0..d {
             sum[i] += x[i];
             for j in 0..d {
@@ -151,6 +141,7 @@ fn sample_covariance_matches_swag_covariance() {
             }
         }
     }
+    Ok(())
 }
 
 /// Dense reference: log N(x; m, Σ) with Σ built in full and factorised by Cholesky.
@@ -180,7 +171,7 @@ fn dense_log_prob(x: &[f64], m: &[f64], cov: &[f64], d: usize) -> f64 {
 }
 
 #[test]
-fn log_prob_matches_dense_gaussian() {
+fn log_prob_matches_dense_gaussian() -> Result<()> {
     let d = 6;
     let mut rng = StdRng::seed_from_u64(3);
     let snaps = random_snaps(&mut rng, 5, d, &[1.0, 0.2, 3.0]);
@@ -191,15 +182,13 @@ fn log_prob_matches_dense_gaussian() {
         (3, Divisor::RowsMinusOne, true, 2.0),
     ] {
         let p = posterior_from(&snaps, rank, DType::F32);
-        let opts = SampleConfig::with_scale(scale)
-            .unwrap()
+        let opts = SampleConfig::with_scale(scale)?
             .with_divisor(divisor)
             .with_diag_only(diag_only)
-            .with_var_clamp(1e-30)
-            .unwrap();
+            .with_var_clamp(1e-30)?;
         // log_prob uses the sampler's variance: the f32 numbers of `variance` (documented).
-        let var = to_f64(&p.variance(1e-30).unwrap());
-        let dev = to_f64(&p.deviations().unwrap());
+        let var = to_f64(&p.variance(1e-30)?);
+        let dev = to_f64(&p.deviations()?);
         let rows = if diag_only { 0 } else { p.rows() };
         let div = p.divisor_value(divisor);
         let mut cov = vec![0.0; d * d];
@@ -212,37 +201,35 @@ fn log_prob_matches_dense_gaussian() {
                 cov[i * d + j] = scale * (if i == j { var[i] } else { 0.0 } + lr);
             }
         }
-        let mean = to_f64(&p.mean().unwrap());
+        let mean = to_f64(&p.mean()?);
         let x: Vec<f64> = mean
             .iter()
             .map(|m| m + rng.random_range(-0.5..0.5))
             .collect();
         let x32: Vec<f64> = x.iter().map(|&v| v as f32 as f64).collect();
         let want = dense_log_prob(&x32, &mean, &cov, d);
-        let got = p.log_prob(&tensor_f32(&x32), &opts).unwrap();
+        let got = p.log_prob(&tensor_f32(&x32), &opts)?;
         assert!(
             (got - want).abs() < 1e-9 * want.abs().max(1.0),
             "rank {rank}: {got} vs {want}"
         );
     }
+    Ok(())
 }
 
 /// The fused sampler draws exactly the documented noise: it equals the formula applied to
 /// `noise_for_seed`, and is bit-identical with 1 or 2 threads.
 #[test]
-fn fused_sampler_is_the_formula_and_thread_count_independent() {
+fn fused_sampler_is_the_formula_and_thread_count_independent() -> Result<()> {
     let d = 150_001; // large enough for the parallel path, parameters split unevenly
     let mut rng = StdRng::seed_from_u64(5);
     let snaps = random_snaps(&mut rng, 4, d, &[1.0, 0.1]);
     let p = posterior_from(&snaps, 3, DType::F32);
     let params = zero_params(&layout(d));
-    for opts in [
-        SampleConfig::with_scale(0.5).unwrap(),
-        SampleConfig::diagonal(0.5).unwrap(),
-    ] {
+    for opts in [SampleConfig::with_scale(0.5)?, SampleConfig::diagonal(0.5)?] {
         let seed = 1234;
-        let (z1, z2) = p.noise_for_seed(seed).unwrap();
-        let want = to_f64(&p.sample_with_noise(&z1, &z2, &opts).unwrap());
+        let (z1, z2) = p.noise_for_seed(seed)?;
+        let want = to_f64(&p.sample_with_noise(&z1, &z2, &opts)?);
         let run = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
@@ -256,24 +243,25 @@ fn fused_sampler_is_the_formula_and_thread_count_independent() {
         assert_eq!(one, two, "thread count changed the sample");
         assert_close("fused vs formula", &one, &want, 1e-6, 1e-6);
     }
+    Ok(())
 }
 
 #[test]
-fn low_precision_deviations_have_bounded_effect() {
+fn low_precision_deviations_have_bounded_effect() -> Result<()> {
     let d = 64;
     let mut rng = StdRng::seed_from_u64(9);
     let snaps = random_snaps(&mut rng, 8, d, &[1.0, 0.5, 2.0]);
     let full = posterior_from(&snaps, 5, DType::F32);
     let params = zero_params(&layout(d));
-    let opts = SampleConfig::with_scale(0.5).unwrap();
-    let z2: Vec<f32> = full.noise_for_seed(77).unwrap().1.to_vec1().unwrap();
-    let dev = to_f64(&full.deviations().unwrap());
+    let opts = SampleConfig::with_scale(0.5)?;
+    let z2: Vec<f32> = full.noise_for_seed(77)?.1.to_vec1()?;
+    let dev = to_f64(&full.deviations()?);
     for (dt, unit_roundoff) in [(DType::BF16, 2f64.powi(-8)), (DType::F16, 2f64.powi(-11))] {
         let low = posterior_from(&snaps, 5, dt);
-        full.sample_into_seeded(&params, &opts, 77).unwrap();
-        let a = to_f64(&params.flatten().unwrap());
-        low.sample_into_seeded(&params, &opts, 77).unwrap();
-        let b = to_f64(&params.flatten().unwrap());
+        full.sample_into_seeded(&params, &opts, 77)?;
+        let a = to_f64(&params.flatten()?);
+        low.sample_into_seeded(&params, &opts, 77)?;
+        let b = to_f64(&params.flatten()?);
         // |Δθ_i| ≤ sqrt(scale/div)·Σ_k |z2_k|·|D_ki|·u (rounding each stored deviation), plus f32 slack.
         let c = (opts.scale() / full.divisor_value(opts.divisor())).sqrt();
         for i in 0..d {
@@ -288,8 +276,8 @@ fn low_precision_deviations_have_bounded_effect() {
             );
         }
         let x = tensor_f32(&a);
-        let lp_full = full.log_prob(&x, &opts).unwrap();
-        let lp_low = low.log_prob(&x, &opts).unwrap();
+        let lp_full = full.log_prob(&x, &opts)?;
+        let lp_low = low.log_prob(&x, &opts)?;
         assert!(
             (lp_full - lp_low).abs() < 50.0 * unit_roundoff * lp_full.abs().max(d as f64),
             "{dt:?} log_prob {lp_full} vs {lp_low}"
@@ -297,18 +285,19 @@ fn low_precision_deviations_have_bounded_effect() {
         // Moments: mean, its compensation and M2 (f32 each); columns in 16 bits.
         assert_eq!(low.state_bytes(), 3 * 4 * d + 5 * d * 2);
     }
+    Ok(())
 }
 
 #[test]
-fn non_finite_snapshot_is_refused_and_state_untouched() {
+fn non_finite_snapshot_is_refused_and_state_untouched() -> Result<()> {
     let mut p = posterior_from(
         &[vec![1.0, 2.0, 3.0, 4.0], vec![2.0, 2.0, 2.0, 2.0]],
         3,
         DType::F32,
     );
     let before = (
-        to_f64(&p.mean().unwrap()),
-        to_f64(&p.deviations().unwrap()),
+        to_f64(&p.mean()?),
+        to_f64(&p.deviations()?),
         p.n_collected(),
     );
     for bad in [f64::NAN, f64::INFINITY] {
@@ -327,26 +316,28 @@ fn non_finite_snapshot_is_refused_and_state_untouched() {
         assert!(err.to_string().contains("`b`"));
     }
     let after = (
-        to_f64(&p.mean().unwrap()),
-        to_f64(&p.deviations().unwrap()),
+        to_f64(&p.mean()?),
+        to_f64(&p.deviations()?),
         p.n_collected(),
     );
     assert_eq!(before, after);
+    Ok(())
 }
 
 #[test]
-fn sampling_an_empty_posterior_is_an_error() {
-    let p = SwagPosterior::new(layout(4), SwagConfig::with_rank(2), &Device::Cpu).unwrap();
+fn sampling_an_empty_posterior_is_an_error() -> Result<()> {
+    let p = SwagPosterior::new(layout(4), SwagConfig::with_rank(2), &Device::Cpu)?;
     let params = zero_params(&layout(4));
     let err = p
         .sample_into_seeded(&params, &SampleConfig::default(), 1)
         .unwrap_err();
     assert!(matches!(err, Error::NotEnoughSnapshots(_)));
+    Ok(())
 }
 
 /// Sample settings are checked once, when made: each bad value is refused by name.
 #[test]
-fn bad_sample_settings_are_refused_when_made() {
+fn bad_sample_settings_are_refused_when_made() -> Result<()> {
     assert_eq!(invalid_name(SampleConfig::with_scale(-1.0)), "scale");
     assert_eq!(invalid_name(SampleConfig::with_scale(f64::NAN)), "scale");
     assert_eq!(invalid_name(SampleConfig::diagonal(f64::INFINITY)), "scale");
@@ -358,6 +349,7 @@ fn bad_sample_settings_are_refused_when_made() {
     assert!(
         matches!(dtype, Err(Error::InvalidArgument { ref name, .. }) if name == "deviation_dtype")
     );
-    let ok = SampleConfig::diagonal(0.0).unwrap();
+    let ok = SampleConfig::diagonal(0.0)?;
     assert_eq!((ok.scale(), ok.diag_only()), (0.0, true));
+    Ok(())
 }

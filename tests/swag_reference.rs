@@ -1,6 +1,7 @@
 //! SWAG moments, deviations and samples against the original PyTorch implementation's numbers
 //! (tests/fixtures/swag_reference.json, three snapshot sequences).
 
+use anyhow::Result;
 mod common;
 
 use candle_core::{Device, Tensor, Var};
@@ -55,7 +56,7 @@ fn cases() -> Vec<Value> {
 }
 
 #[test]
-fn moments_and_deviations_match_reference() {
+fn moments_and_deviations_match_reference() -> Result<()> {
     for (ci, case) in cases().iter().enumerate() {
         let p = fitted(case);
         let exp = &case["expected"];
@@ -65,21 +66,21 @@ fn moments_and_deviations_match_reference() {
         );
         assert_close(
             &format!("case {ci} mean"),
-            &to_f64(&p.mean().unwrap()),
+            &to_f64(&p.mean()?),
             &flat_f64(&exp["mean"]),
             RTOL,
             ATOL,
         );
         assert_close(
             &format!("case {ci} sq_mean"),
-            &to_f64(&p.sq_mean().unwrap()),
+            &to_f64(&p.sq_mean()?),
             &flat_f64(&exp["sq_mean"]),
             RTOL,
             ATOL,
         );
         assert_close(
             &format!("case {ci} variance"),
-            &to_f64(&p.variance(1e-30).unwrap()),
+            &to_f64(&p.variance(1e-30)?),
             &flat_f64(&exp["variance"]),
             RTOL,
             ATOL,
@@ -88,17 +89,18 @@ fn moments_and_deviations_match_reference() {
         assert_eq!(p.rows(), devs.len(), "case {ci}: rows held");
         assert_close(
             &format!("case {ci} deviations"),
-            &to_f64(&p.deviations().unwrap()),
+            &to_f64(&p.deviations()?),
             &flat_f64(&exp["deviations_oldest_first"]),
             RTOL,
             ATOL,
         );
     }
+    Ok(())
 }
 
 /// The same snapshots fed through named Vars (the training-time path) give the same state.
 #[test]
-fn collecting_from_vars_matches_flat_collection() {
+fn collecting_from_vars_matches_flat_collection() -> Result<()> {
     for case in cases() {
         let layout = layout_of(&case);
         let vars: Vec<(String, Var)> = layout
@@ -111,26 +113,22 @@ fn collecting_from_vars_matches_flat_collection() {
                 )
             })
             .collect();
-        let params = ParamSet::from_named_vars(vars).unwrap();
+        let params = ParamSet::from_named_vars(vars)?;
         let rank = case["rank_k"].as_u64().unwrap() as usize;
-        let mut p = SwagPosterior::for_params(&params, SwagConfig::with_rank(rank)).unwrap();
+        let mut p = SwagPosterior::for_params(&params, SwagConfig::with_rank(rank))?;
         for snap in case["snapshots"].as_array().unwrap() {
-            params
-                .write_flat(&tensor_f32(&flat_snapshot(&case, snap)))
-                .unwrap();
-            p.collect(&params).unwrap();
+            params.write_flat(&tensor_f32(&flat_snapshot(&case, snap)))?;
+            p.collect(&params)?;
         }
         let q = fitted(&case);
-        assert_eq!(to_f64(&p.mean().unwrap()), to_f64(&q.mean().unwrap()));
-        assert_eq!(
-            to_f64(&p.deviations().unwrap()),
-            to_f64(&q.deviations().unwrap())
-        );
+        assert_eq!(to_f64(&p.mean()?), to_f64(&q.mean()?));
+        assert_eq!(to_f64(&p.deviations()?), to_f64(&q.deviations()?));
     }
+    Ok(())
 }
 
 #[test]
-fn samples_with_given_noise_match_reference() {
+fn samples_with_given_noise_match_reference() -> Result<()> {
     for (ci, case) in cases().iter().enumerate() {
         let p = fitted(case);
         let z1 = tensor_f32(&flat_f64(&case["noise"]["z1"]));
@@ -140,8 +138,8 @@ fn samples_with_given_noise_match_reference() {
             (Divisor::RowsMinusOne, "divisor_rows_minus_1"),
             (Divisor::RankMinusOne, "divisor_k_minus_1"),
         ] {
-            let opts = SampleConfig::with_scale(0.5).unwrap().with_divisor(divisor);
-            let got = p.sample_with_noise(&z1, &z2, &opts).unwrap();
+            let opts = SampleConfig::with_scale(0.5)?.with_divisor(divisor);
+            let got = p.sample_with_noise(&z1, &z2, &opts)?;
             assert_close(
                 &format!("case {ci} {key}"),
                 &to_f64(&got),
@@ -150,9 +148,7 @@ fn samples_with_given_noise_match_reference() {
                 ATOL,
             );
         }
-        let got = p
-            .sample_with_noise(&z1, &z2, &SampleConfig::diagonal(0.5).unwrap())
-            .unwrap();
+        let got = p.sample_with_noise(&z1, &z2, &SampleConfig::diagonal(0.5)?)?;
         assert_close(
             &format!("case {ci} diag"),
             &to_f64(&got),
@@ -161,11 +157,12 @@ fn samples_with_given_noise_match_reference() {
             ATOL,
         );
     }
+    Ok(())
 }
 
 /// Fewer snapshots than K: the two divisors differ, and in the documented direction.
 #[test]
-fn divisors_differ_only_while_fewer_than_k_columns() {
+fn divisors_differ_only_while_fewer_than_k_columns() -> Result<()> {
     for case in cases() {
         let p = fitted(&case);
         let rows = p.rows() as f64;
@@ -176,17 +173,17 @@ fn divisors_differ_only_while_fewer_than_k_columns() {
         );
         assert_eq!(p.divisor_value(Divisor::RankMinusOne), (k - 1.0).max(1.0));
     }
+    Ok(())
 }
 
 #[test]
-fn scale_zero_gives_the_mean_exactly() {
+fn scale_zero_gives_the_mean_exactly() -> Result<()> {
     let case = &cases()[0];
     let p = fitted(case);
     let z1 = tensor_f32(&flat_f64(&case["noise"]["z1"]));
     let z2 = tensor_f32(&flat_f64(&case["noise"]["z2"]));
-    let got = p
-        .sample_with_noise(&z1, &z2, &SampleConfig::with_scale(0.0).unwrap())
-        .unwrap();
-    assert_eq!(to_f64(&got), to_f64(&p.mean().unwrap()));
+    let got = p.sample_with_noise(&z1, &z2, &SampleConfig::with_scale(0.0)?)?;
+    assert_eq!(to_f64(&got), to_f64(&p.mean()?));
     let _ = Tensor::zeros(1, candle_core::DType::F32, &Device::Cpu);
+    Ok(())
 }

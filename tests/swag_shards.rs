@@ -1,6 +1,7 @@
 //! A posterior split by parameter ranges samples exactly what the whole posterior samples, and
 //! a broken shard set is refused with the shard named.
 
+use anyhow::Result;
 mod common;
 use common::bits;
 
@@ -84,25 +85,22 @@ fn whole_and_shards(
 }
 
 #[test]
-fn sharded_samples_equal_the_whole_posteriors_bit_for_bit() {
+fn sharded_samples_equal_the_whole_posteriors_bit_for_bit() -> Result<()> {
     // One shard (the whole layout), two and three of uneven sizes.
     #[allow(clippy::single_range_in_vec_init)]
     let splits: [&[std::ops::Range<usize>]; 3] = [&[0..6], &[0..1, 1..6], &[0..3, 3..4, 4..6]];
     for (n, cuts) in splits.iter().enumerate() {
         for dt in [DType::F32, DType::F16] {
-            let dir = tempfile::tempdir().unwrap();
+            let dir = tempfile::tempdir()?;
             let (whole, index) = whole_and_shards(cuts, dt, dir.path());
-            let set = ShardSet::load(&index, &Device::Cpu).unwrap();
+            let set = ShardSet::load(&index, &Device::Cpu)?;
             assert_eq!(set.shards().len(), n + 1);
             assert!(whole.rows() > 0);
-            for opts in [
-                SampleConfig::default(),
-                SampleConfig::diagonal(0.3).unwrap(),
-            ] {
+            for opts in [SampleConfig::default(), SampleConfig::diagonal(0.3)?] {
                 for seed in [0u64, 12345] {
                     assert_eq!(
-                        bits(&set.sample_flat_seeded(seed, &opts).unwrap()),
-                        bits(&whole.sample_flat_seeded(seed, &opts).unwrap()),
+                        bits(&set.sample_flat_seeded(seed, &opts)?),
+                        bits(&whole.sample_flat_seeded(seed, &opts)?),
                         "{} shards, {dt:?}, seed {seed}",
                         n + 1
                     );
@@ -110,6 +108,7 @@ fn sharded_samples_equal_the_whole_posteriors_bit_for_bit() {
             }
         }
     }
+    Ok(())
 }
 
 fn rewrite(index: &std::path::Path, edit: impl Fn(&mut serde_json::Value)) {
@@ -120,10 +119,10 @@ fn rewrite(index: &std::path::Path, edit: impl Fn(&mut serde_json::Value)) {
 }
 
 #[test]
-fn missing_overlapping_and_foreign_shards_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
+fn missing_overlapping_and_foreign_shards_are_refused() -> Result<()> {
+    let dir = tempfile::tempdir()?;
     let (_, index) = whole_and_shards(&[0..3, 3..4, 4..6], DType::F32, dir.path());
-    let original = std::fs::read_to_string(&index).unwrap();
+    let original = std::fs::read_to_string(&index)?;
     let load_err = || {
         ShardSet::load(&index, &Device::Cpu)
             .unwrap_err()
@@ -141,14 +140,14 @@ fn missing_overlapping_and_foreign_shards_are_refused() {
     );
 
     // Two shards claiming parameter 2.
-    std::fs::write(&index, &original).unwrap();
+    std::fs::write(&index, &original)?;
     rewrite(&index, |v| v["shards"][1]["first_param"] = 2.into());
     let err = load_err();
     assert!(err.contains("overlaps") && err.contains("shard1"), "{err}");
 
     // A shard file that is not there.
-    std::fs::write(&index, &original).unwrap();
-    std::fs::remove_file(dir.path().join("shard2.safetensors")).unwrap();
+    std::fs::write(&index, &original)?;
+    std::fs::remove_file(dir.path().join("shard2.safetensors"))?;
     let err = ShardSet::load(&index, &Device::Cpu).unwrap_err();
     assert!(
         matches!(err, Error::Io { .. }) && err.to_string().contains("shard2"),
@@ -156,7 +155,7 @@ fn missing_overlapping_and_foreign_shards_are_refused() {
     );
 
     // The index pointing a range at another shard's file.
-    std::fs::write(&index, &original).unwrap();
+    std::fs::write(&index, &original)?;
     rewrite(&index, |v| {
         v["shards"][0]["file"] = "shard1.safetensors".into()
     });
@@ -165,4 +164,5 @@ fn missing_overlapping_and_foreign_shards_are_refused() {
         err.contains("shard1") && err.contains("not the shard"),
         "{err}"
     );
+    Ok(())
 }

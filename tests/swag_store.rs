@@ -2,6 +2,7 @@
 //! and disk stores agree on moments, columns, samples and log-densities; a disk posterior
 //! saves in place, reopens and goes on collecting; broken disk files are refused.
 
+use anyhow::Result;
 mod common;
 use common::{bits, zero_params};
 
@@ -81,8 +82,8 @@ fn assert_same(a: &SwagPosterior, b: &SwagPosterior, what: &str) {
 }
 
 #[test]
-fn every_store_gives_the_same_bits() {
-    let dir = tempfile::tempdir().unwrap();
+fn every_store_gives_the_same_bits() -> Result<()> {
+    let dir = tempfile::tempdir()?;
     // n > K: the ring has wrapped, so the disk file's rows start mid-ring.
     for (dt, rank, n) in [(DType::F32, 4, 6), (DType::BF16, 3, 3), (DType::F16, 4, 7)] {
         let device = collected(DeviationStore::Device, dt, rank, n);
@@ -94,30 +95,32 @@ fn every_store_gives_the_same_bits() {
         // The columns are not in memory.
         assert_eq!(disk.state_bytes(), 3 * 4 * device.numel());
         // Saved in place, the file loads (into memory, or again on disk) with the same bits.
-        disk.save(&path).unwrap();
-        let loaded = SwagPosterior::load(&path, &Device::Cpu).unwrap();
+        disk.save(&path)?;
+        let loaded = SwagPosterior::load(&path, &Device::Cpu)?;
         assert_same(&device, &loaded, &format!("loaded {dt:?}"));
-        let reopened =
-            SwagPosterior::load_with_store(&path, &Device::Cpu, DeviationStore::Disk(path.clone()))
-                .unwrap();
+        let reopened = SwagPosterior::load_with_store(
+            &path,
+            &Device::Cpu,
+            DeviationStore::Disk(path.clone()),
+        )?;
         assert_same(&device, &reopened, &format!("reopened {dt:?}"));
     }
+    Ok(())
 }
 
 #[test]
-fn a_disk_posterior_goes_on_collecting_after_a_save() {
-    let dir = tempfile::tempdir().unwrap();
+fn a_disk_posterior_goes_on_collecting_after_a_save() -> Result<()> {
+    let dir = tempfile::tempdir()?;
     let path = dir.path().join("p.safetensors");
     let lay = layout();
     let whole = collected(DeviationStore::Device, DType::F32, 3, 8);
     let disk = collected(DeviationStore::Disk(path.clone()), DType::F32, 3, 2);
-    disk.save(&path).unwrap();
+    disk.save(&path)?;
     drop(disk);
     let mut disk =
-        SwagPosterior::load_with_store(&path, &Device::Cpu, DeviationStore::Disk(path.clone()))
-            .unwrap();
+        SwagPosterior::load_with_store(&path, &Device::Cpu, DeviationStore::Disk(path.clone()))?;
     for s in 2..8 {
-        disk.collect_flat(&snapshot(&lay, s)).unwrap();
+        disk.collect_flat(&snapshot(&lay, s))?;
     }
     // Mid-collection the file says so, and is refused rather than read half-updated.
     let err = SwagPosterior::load(&path, &Device::Cpu)
@@ -127,30 +130,27 @@ fn a_disk_posterior_goes_on_collecting_after_a_save() {
         err.contains("collecting") && err.contains("p.safetensors"),
         "{err}"
     );
-    disk.save(&path).unwrap();
+    disk.save(&path)?;
     assert_same(&whole, &disk, "continued");
-    let loaded = SwagPosterior::load(&path, &Device::Cpu).unwrap();
+    let loaded = SwagPosterior::load(&path, &Device::Cpu)?;
     assert_same(&whole, &loaded, "continued, loaded");
     // Saving elsewhere writes a complete, independent copy.
     let copy = dir.path().join("copy.safetensors");
-    disk.save(&copy).unwrap();
-    assert_same(
-        &whole,
-        &SwagPosterior::load(&copy, &Device::Cpu).unwrap(),
-        "copy",
-    );
+    disk.save(&copy)?;
+    assert_same(&whole, &SwagPosterior::load(&copy, &Device::Cpu)?, "copy");
+    Ok(())
 }
 
 #[test]
-fn broken_disk_files_are_refused_with_the_file_named() {
-    let dir = tempfile::tempdir().unwrap();
+fn broken_disk_files_are_refused_with_the_file_named() -> Result<()> {
+    let dir = tempfile::tempdir()?;
     let path = dir.path().join("p.safetensors");
     let disk = collected(DeviationStore::Disk(path.clone()), DType::F32, 3, 4);
-    disk.save(&path).unwrap();
+    disk.save(&path)?;
     drop(disk);
-    let len = std::fs::metadata(&path).unwrap().len();
-    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-    f.set_len(len - 4096).unwrap();
+    let len = std::fs::metadata(&path)?.len();
+    let f = std::fs::OpenOptions::new().write(true).open(&path)?;
+    f.set_len(len - 4096)?;
     for store in [DeviationStore::Device, DeviationStore::Disk(path.clone())] {
         let err = SwagPosterior::load_with_store(&path, &Device::Cpu, store).unwrap_err();
         assert!(matches!(err, Error::BadFile { .. }), "{err}");
@@ -165,30 +165,29 @@ fn broken_disk_files_are_refused_with_the_file_named() {
     let err = SwagPosterior::load_with_store(&path, &Device::Cpu, DeviationStore::Disk(other))
         .unwrap_err();
     assert!(matches!(err, Error::InvalidArgument { ref name, .. } if name == "store"));
+    Ok(())
 }
 
 #[test]
-fn f16_columns_never_overflow_and_count_what_they_flush() {
+fn f16_columns_never_overflow_and_count_what_they_flush() -> Result<()> {
     // Deviations of ±2²⁰ (f16's max is 65504) and, beside them, one of 5e-7: below the
     // flush threshold 2⁻²⁵·s of a column whose scale is s = 2⁶.
-    let lay = ParamLayout::new(vec![("w".into(), vec![4])]).unwrap();
-    let cfg = SwagConfig::with_rank(2)
-        .with_deviation_dtype(DType::F16)
-        .unwrap();
-    let mut p = SwagPosterior::new(lay, cfg, &Device::Cpu).unwrap();
+    let lay = ParamLayout::new(vec![("w".into(), vec![4])])?;
+    let cfg = SwagConfig::with_rank(2).with_deviation_dtype(DType::F16)?;
+    let mut p = SwagPosterior::new(lay, cfg, &Device::Cpu)?;
     let big = 2f32.powi(21);
     for s in [0f32, 1.0] {
         let v = vec![big * s, -big * s, 1e-6 * s, 0.0];
-        p.collect_flat(&Tensor::from_vec(v, 4, &Device::Cpu).unwrap())
-            .unwrap();
+        p.collect_flat(&Tensor::from_vec(v, 4, &Device::Cpu)?)?;
     }
-    let dev = p.deviations().unwrap().to_dtype(DType::F32).unwrap();
+    let dev = p.deviations()?.to_dtype(DType::F32)?;
     let scales = p.deviation_scales();
     assert_eq!(scales[1], 64.0);
-    let row: Vec<f32> = dev.get(1).unwrap().to_vec1().unwrap();
+    let row: Vec<f32> = dev.get(1)?.to_vec1()?;
     let got: Vec<f32> = row.iter().map(|q| q * scales[1]).collect();
     assert_eq!(got, vec![big / 2.0, -big / 2.0, 0.0, 0.0]);
     assert_eq!(p.flushed_to_zero(), 1);
-    let s = p.sample_flat_seeded(1, &SampleConfig::default()).unwrap();
-    assert!(s.to_vec1::<f32>().unwrap().iter().all(|x| x.is_finite()));
+    let s = p.sample_flat_seeded(1, &SampleConfig::default())?;
+    assert!(s.to_vec1::<f32>()?.iter().all(|x| x.is_finite()));
+    Ok(())
 }

@@ -1,5 +1,6 @@
 //! `swag collect`, `swag sample` and `swag inspect` end to end through the built binary.
 
+use anyhow::Result;
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
@@ -46,8 +47,8 @@ fn assert_one_line_error(stderr: &str, needle: &str) {
 }
 
 #[test]
-fn collect_sample_inspect_round_trip() {
-    let dir = tempfile::tempdir().unwrap();
+fn collect_sample_inspect_round_trip() -> Result<()> {
+    let dir = tempfile::tempdir()?;
     let p = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
     checkpoint(
         Path::new(&p("e1.safetensors")),
@@ -88,18 +89,14 @@ fn collect_sample_inspect_round_trip() {
         &p("mean.safetensors"),
     ]);
     assert!(ok, "{stderr}");
-    let mean = candle_core::safetensors::load(p("mean.safetensors"), &Device::Cpu).unwrap();
+    let mean = candle_core::safetensors::load(p("mean.safetensors"), &Device::Cpu)?;
     assert_eq!(mean.len(), 2);
     assert_eq!(mean["fc.weight"].dims(), &[3, 2]);
     assert_eq!(
-        mean["fc.weight"]
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap(),
+        mean["fc.weight"].flatten_all()?.to_vec1::<f32>()?,
         vec![2., 2., 2., 2., 4., 16. / 3.]
     );
-    assert_eq!(mean["fc.bias"].to_vec1::<f32>().unwrap(), vec![1., 1., 2.]);
+    assert_eq!(mean["fc.bias"].to_vec1::<f32>()?, vec![1., 1., 2.]);
 
     // Same seed, same sample; another seed, another sample.
     let draw = |seed: &str, out: &str| {
@@ -128,11 +125,12 @@ fn collect_sample_inspect_round_trip() {
         stdout.contains("fc.weight") && stdout.contains("[3, 2]") && stdout.contains("3 collected"),
         "{stdout}"
     );
+    Ok(())
 }
 
 #[test]
-fn bad_inputs_give_one_line_errors() {
-    let dir = tempfile::tempdir().unwrap();
+fn bad_inputs_give_one_line_errors() -> Result<()> {
+    let dir = tempfile::tempdir()?;
     let p = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
     checkpoint(Path::new(&p("e1.safetensors")), [1.; 6], [1.; 3]);
     checkpoint(
@@ -143,14 +141,14 @@ fn bad_inputs_give_one_line_errors() {
     let mut m = HashMap::new();
     m.insert(
         "fc.weight".to_string(),
-        Tensor::zeros((2, 3), candle_core::DType::F32, &Device::Cpu).unwrap(),
+        Tensor::zeros((2, 3), candle_core::DType::F32, &Device::Cpu)?,
     );
     m.insert(
         "fc.bias".to_string(),
-        Tensor::zeros(3, candle_core::DType::F32, &Device::Cpu).unwrap(),
+        Tensor::zeros(3, candle_core::DType::F32, &Device::Cpu)?,
     );
-    candle_core::safetensors::save(&m, p("shape.safetensors")).unwrap();
-    std::fs::write(p("junk.safetensors"), b"not a safetensors file").unwrap();
+    candle_core::safetensors::save(&m, p("shape.safetensors"))?;
+    std::fs::write(p("junk.safetensors"), b"not a safetensors file")?;
 
     let out = p("post.safetensors");
     let (ok, _, stderr) = swag(&[
@@ -199,23 +197,25 @@ fn bad_inputs_give_one_line_errors() {
     ]);
     assert!(!ok);
     assert_one_line_error(&stderr, "scale");
+    Ok(())
 }
 
 #[test]
-fn argument_errors_are_one_line() {
+fn argument_errors_are_one_line() -> Result<()> {
     let (ok, _, stderr) = swag(&["sample", "--posterior"]);
     assert!(!ok);
     assert_one_line_error(&stderr, "--posterior");
     let (ok, _, stderr) = swag(&["collect", "--rank", "many", "--out", "x", "y"]);
     assert!(!ok);
     assert_one_line_error(&stderr, "many");
+    Ok(())
 }
 
 /// `--store disk` collects into the posterior file itself and samples by streaming it: the
 /// same file and the same sample, bit for bit, as the in-memory store, for each dtype.
 #[test]
-fn disk_store_collects_and_samples_the_same_bits() {
-    let dir = tempfile::tempdir().unwrap();
+fn disk_store_collects_and_samples_the_same_bits() -> Result<()> {
+    let dir = tempfile::tempdir()?;
     let p = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
     for (i, s) in [0.5f32, -1.0, 2.0, 0.25].iter().enumerate() {
         checkpoint(
@@ -248,7 +248,7 @@ fn disk_store_collects_and_samples_the_same_bits() {
                 &sample,
             ]);
             assert!(ok, "{stderr}");
-            samples.push(std::fs::read(&sample).unwrap());
+            samples.push(std::fs::read(&sample)?);
             let (ok, stdout, stderr) = swag(&["inspect", &out, "--store", store]);
             assert!(ok && stdout.contains("3 of K = 3"), "{stdout}{stderr}");
         }
@@ -257,13 +257,14 @@ fn disk_store_collects_and_samples_the_same_bits() {
             "{dtype}: disk and memory samples differ"
         );
     }
+    Ok(())
 }
 
 /// `--store auto` (the default of `sample` and `inspect`) streams a posterior whose columns
 /// exceed the memory budget, without being told, and draws the in-memory sample's bits.
 #[test]
-fn sample_and_inspect_stream_large_posteriors_without_being_told() {
-    let dir = tempfile::tempdir().unwrap();
+fn sample_and_inspect_stream_large_posteriors_without_being_told() -> Result<()> {
+    let dir = tempfile::tempdir()?;
     let p = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
     for (i, s) in [0.5f32, -1.0, 2.0].iter().enumerate() {
         checkpoint(
@@ -284,7 +285,7 @@ fn sample_and_inspect_stream_large_posteriors_without_being_told() {
         let args = ["sample", "--posterior", &post, "--seed", "3", "--out", &out];
         let (ok, _, stderr) = swag(&[&args[..], &["--memory-budget-mib", budget]].concat());
         assert!(ok, "{stderr}");
-        samples.push(std::fs::read(&out).unwrap());
+        samples.push(std::fs::read(&out)?);
         let (ok, stdout, stderr) = swag(&["inspect", &post, "--memory-budget-mib", budget]);
         assert!(ok, "{stderr}");
         let want = if budget == "0" {
@@ -298,4 +299,5 @@ fn sample_and_inspect_stream_large_posteriors_without_being_told() {
         samples[0], samples[1],
         "streamed and in-memory samples differ"
     );
+    Ok(())
 }

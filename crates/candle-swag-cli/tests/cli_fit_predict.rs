@@ -2,6 +2,7 @@
 //! the real binary: the predictions file has one row per input row and the documented columns,
 //! its numbers are consistent with each other, and bad input gives a one-line error.
 
+use anyhow::Result;
 use std::path::Path;
 use std::process::Command;
 
@@ -48,8 +49,8 @@ fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
 }
 
 #[test]
-fn classification_fit_predict_columns_and_consistency() {
-    let dir = tempfile::tempdir().unwrap();
+fn classification_fit_predict_columns_and_consistency() -> Result<()> {
+    let dir = tempfile::tempdir()?;
     let data = dir.path().join("digits.csv");
     subset("data/digits.csv", 150, &data);
     let run = dir.path().join("run");
@@ -109,14 +110,14 @@ fn classification_fit_predict_columns_and_consistency() {
             .filter(|&&x| x > 0.0)
             .map(|x| x * x.ln())
             .sum::<f64>();
-        let entropy: f64 = row[11].parse().unwrap();
-        let expected_entropy: f64 = row[12].parse().unwrap();
-        let mi: f64 = row[13].parse().unwrap();
+        let entropy: f64 = row[11].parse()?;
+        let expected_entropy: f64 = row[12].parse()?;
+        let mi: f64 = row[13].parse()?;
         assert!((h - entropy).abs() < 1e-9, "{h} vs {entropy}");
         assert!(mi >= 0.0 && (mi - (entropy - expected_entropy).max(0.0)).abs() < 1e-12);
     }
     // Same seed, same predictions; the file is rewritten in place.
-    let before = std::fs::read(&preds).unwrap();
+    let before = std::fs::read(&preds)?;
     ok(&[
         "predict",
         "--run",
@@ -128,12 +129,13 @@ fn classification_fit_predict_columns_and_consistency() {
         "--out",
         preds.to_str().unwrap(),
     ]);
-    assert_eq!(before, std::fs::read(&preds).unwrap());
+    assert_eq!(before, std::fs::read(&preds)?);
+    Ok(())
 }
 
 #[test]
-fn regression_fit_predict_report_round_trip() {
-    let dir = tempfile::tempdir().unwrap();
+fn regression_fit_predict_report_round_trip() -> Result<()> {
+    let dir = tempfile::tempdir()?;
     let data = dir.path().join("diabetes.csv");
     subset("data/diabetes.csv", 120, &data);
     let d = data.to_str().unwrap();
@@ -180,7 +182,7 @@ fn regression_fit_predict_report_round_trip() {
             .join(",")
             + "\n");
     }
-    std::fs::write(&features_only, text).unwrap();
+    std::fs::write(&features_only, text)?;
     let preds = dir.path().join("preds.csv");
     ok(&[
         "predict",
@@ -221,7 +223,7 @@ fn regression_fit_predict_report_round_trip() {
         report.to_str().unwrap(),
     ]);
     let metrics: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(report.join("metrics.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(report.join("metrics.json"))?)?;
     let ty = header.iter().position(|h| h == "target").unwrap();
     let mse = prows
         .iter()
@@ -243,13 +245,14 @@ fn regression_fit_predict_report_round_trip() {
         mse.sqrt()
     );
     assert!(report.join("report.html").exists());
+    Ok(())
 }
 
 #[test]
-fn bad_input_gives_one_line_errors() {
-    let dir = tempfile::tempdir().unwrap();
+fn bad_input_gives_one_line_errors() -> Result<()> {
+    let dir = tempfile::tempdir()?;
     let data = dir.path().join("d.csv");
-    std::fs::write(&data, "a,b,y\n1,2,0\n3,oops,1\n4,5,0\n").unwrap();
+    std::fs::write(&data, "a,b,y\n1,2,0\n3,oops,1\n4,5,0\n")?;
     let d = data.to_str().unwrap();
     let run = dir.path().join("run");
     let out = swag(&[
@@ -289,7 +292,7 @@ fn bad_input_gives_one_line_errors() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("`label`"));
 
     // A good run, then a prediction file lacking a feature column.
-    std::fs::write(&data, "a,b,y\n1,2,0\n3,4,1\n4,5,0\n6,1,1\n").unwrap();
+    std::fs::write(&data, "a,b,y\n1,2,0\n3,4,1\n4,5,0\n6,1,1\n")?;
     ok(&[
         "fit",
         "--data",
@@ -306,7 +309,7 @@ fn bad_input_gives_one_line_errors() {
         run.to_str().unwrap(),
     ]);
     let x = dir.path().join("x.csv");
-    std::fs::write(&x, "a\n1\n").unwrap();
+    std::fs::write(&x, "a\n1\n")?;
     let preds = dir.path().join("p.csv");
     let out = swag(&[
         "predict",
@@ -321,13 +324,14 @@ fn bad_input_gives_one_line_errors() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("`b`") && err.contains("x.csv"), "{err}");
     assert!(!preds.exists());
+    Ok(())
 }
 
 /// `swag fit --calibrate-fraction` then `swag predict --coverage`: split-conformal intervals
 /// are `mean ± q̂·std` with one `q̂` for every row, and cover the held-out test rows.
 #[test]
-fn conformal_intervals_from_calibration_rows() {
-    let dir = tempfile::tempdir().unwrap();
+fn conformal_intervals_from_calibration_rows() -> Result<()> {
+    let dir = tempfile::tempdir()?;
     let data = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("data/diabetes.csv");
     let d = data.to_str().unwrap();
     let run = dir.path().join("run");
@@ -400,7 +404,7 @@ fn conformal_intervals_from_calibration_rows() {
     let (mut n, mut hit) = (0, 0);
     for (dr, pr) in drows.iter().zip(&rows) {
         if dr[js] == "test" {
-            let y: f64 = dr[jt].parse().unwrap();
+            let y: f64 = dr[jt].parse()?;
             n += 1;
             hit += usize::from(num(pr, 4) <= y && y <= num(pr, 5));
         }
@@ -408,12 +412,13 @@ fn conformal_intervals_from_calibration_rows() {
     assert_eq!(n, 88);
     let coverage = hit as f64 / n as f64;
     assert!(coverage >= 0.78, "test coverage {coverage}");
+    Ok(())
 }
 
 /// Classification sets: non-empty, most probable class first, and nested across levels.
 #[test]
-fn conformal_sets_are_nested_and_start_with_the_prediction() {
-    let dir = tempfile::tempdir().unwrap();
+fn conformal_sets_are_nested_and_start_with_the_prediction() -> Result<()> {
+    let dir = tempfile::tempdir()?;
     let data = dir.path().join("digits.csv");
     subset("data/digits.csv", 300, &data);
     let d = data.to_str().unwrap();
@@ -510,7 +515,7 @@ fn conformal_sets_are_nested_and_start_with_the_prediction() {
         let first = r.last().unwrap().split(';').next().unwrap();
         assert_eq!(first, r[jp], "{r:?}");
     }
-    std::fs::remove_file(&preds).unwrap();
+    std::fs::remove_file(&preds)?;
     for (extra, needle) in [
         (&["--coverage", "0.9", "--raps-lambda=-1"][..], "lambda"),
         (&["--raps-lambda", "0.1"][..], "--coverage"),
@@ -524,11 +529,12 @@ fn conformal_sets_are_nested_and_start_with_the_prediction() {
         );
         assert!(!preds.exists());
     }
+    Ok(())
 }
 
 #[test]
-fn conformal_bad_input_gives_one_line_errors_and_writes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+fn conformal_bad_input_gives_one_line_errors_and_writes_nothing() -> Result<()> {
+    let dir = tempfile::tempdir()?;
     let data = dir.path().join("diabetes.csv");
     subset("data/diabetes.csv", 120, &data);
     let d = data.to_str().unwrap();
@@ -608,13 +614,14 @@ fn conformal_bad_input_gives_one_line_errors_and_writes_nothing() {
     }
     one_line(&predict("0.9"), "--calibrate-fraction");
     assert!(!preds.exists());
+    Ok(())
 }
 
 /// `--noise heteroscedastic`: recorded in the run, an aleatoric std per row, and a predict
 /// that expects the other noise model (either way) is refused with one line, writing nothing.
 #[test]
-fn heteroscedastic_noise_is_recorded_and_checked_at_predict() {
-    let dir = tempfile::tempdir().unwrap();
+fn heteroscedastic_noise_is_recorded_and_checked_at_predict() -> Result<()> {
+    let dir = tempfile::tempdir()?;
     let data = dir.path().join("diabetes.csv");
     subset("data/diabetes.csv", 150, &data);
     let d = data.to_str().unwrap();
@@ -651,7 +658,7 @@ fn heteroscedastic_noise_is_recorded_and_checked_at_predict() {
     assert!(fit("homoscedastic", "regression", "target", &homo)
         .status
         .success());
-    let config = std::fs::read_to_string(hetero.join("config.json")).unwrap();
+    let config = std::fs::read_to_string(hetero.join("config.json"))?;
     assert!(
         config.contains("\"noise\": \"heteroscedastic\""),
         "{config}"
@@ -680,7 +687,7 @@ fn heteroscedastic_noise_is_recorded_and_checked_at_predict() {
         lo > 0.0 && hi > lo * 1.01,
         "aleatoric std should vary per row: {lo}..{hi}"
     );
-    std::fs::remove_file(&preds).unwrap();
+    std::fs::remove_file(&preds)?;
     for (run, want) in [(&hetero, "homoscedastic"), (&homo, "heteroscedastic")] {
         let out = swag(&[
             "predict",
@@ -705,14 +712,15 @@ fn heteroscedastic_noise_is_recorded_and_checked_at_predict() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("`noise`"));
     assert!(!cls.exists());
+    Ok(())
 }
 
 /// A table with an identifier and a text column: `--ignore` drops one, `--categorical`
 /// one-hot encodes the other, and `swag predict` refuses a category the fit never saw,
 /// naming file, row and column, and writes nothing.
 #[test]
-fn text_columns_are_ignored_or_one_hot_and_unknown_categories_refused() {
-    let dir = tempfile::tempdir().unwrap();
+fn text_columns_are_ignored_or_one_hot_and_unknown_categories_refused() -> Result<()> {
+    let dir = tempfile::tempdir()?;
     let data = dir.path().join("cars.csv");
     let mut text = String::from("name,origin,weight,mpg\n");
     for i in 0..40 {
@@ -723,7 +731,7 @@ fn text_columns_are_ignored_or_one_hot_and_unknown_categories_refused() {
             40.0 - 8.0 * w
         ));
     }
-    std::fs::write(&data, text).unwrap();
+    std::fs::write(&data, text)?;
     let run = dir.path().join("run");
     let fit = |extra: &[&str]| {
         let args = [
@@ -760,13 +768,13 @@ fn text_columns_are_ignored_or_one_hot_and_unknown_categories_refused() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let config = std::fs::read_to_string(run.join("config.json")).unwrap();
+    let config = std::fs::read_to_string(run.join("config.json"))?;
     for name in ["origin=europe", "origin=japan", "origin=usa", "weight"] {
         assert!(config.contains(name), "{name} missing from config.json");
     }
 
     let x = dir.path().join("x.csv");
-    std::fs::write(&x, "origin,weight\njapan,2.5\nmars,3\n").unwrap();
+    std::fs::write(&x, "origin,weight\njapan,2.5\nmars,3\n")?;
     let preds = dir.path().join("p.csv");
     let predict = || {
         swag(&[
@@ -793,7 +801,7 @@ fn text_columns_are_ignored_or_one_hot_and_unknown_categories_refused() {
         "{err}"
     );
     assert!(!preds.exists());
-    std::fs::write(&x, "origin,weight\njapan,2.5\nusa,3\n").unwrap();
+    std::fs::write(&x, "origin,weight\njapan,2.5\nusa,3\n")?;
     let out = predict();
     assert!(
         out.status.success(),
@@ -802,6 +810,7 @@ fn text_columns_are_ignored_or_one_hot_and_unknown_categories_refused() {
     );
     let (_, rows) = read_csv(&preds);
     assert_eq!(rows.len(), 2);
+    Ok(())
 }
 
 /// `swag fit --calibrate-fraction` then `swag report --run`: the report's conformal numbers
@@ -809,18 +818,18 @@ fn text_columns_are_ignored_or_one_hot_and_unknown_categories_refused() {
 /// same calibration rows); a run without calibration rows gives a report without them; a bad
 /// coverage is refused, naming it, and writes nothing.
 #[test]
-fn report_from_a_run_shows_the_conformal_numbers_of_predict() {
-    let dir = tempfile::tempdir().unwrap();
+fn report_from_a_run_shows_the_conformal_numbers_of_predict() -> Result<()> {
+    let dir = tempfile::tempdir()?;
     let data = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")).join("data/diabetes.csv");
     let d = data.to_str().unwrap();
     // The 88 test rows alone, for `swag predict` (which predicts every row of its file).
-    let text = std::fs::read_to_string(&data).unwrap();
+    let text = std::fs::read_to_string(&data)?;
     let mut lines = text.lines();
     let header = lines.next().unwrap();
     let test_rows: Vec<&str> = lines.filter(|l| l.starts_with("test,")).collect();
     assert_eq!(test_rows.len(), 88);
     let test_csv = dir.path().join("test.csv");
-    std::fs::write(&test_csv, format!("{header}\n{}\n", test_rows.join("\n"))).unwrap();
+    std::fs::write(&test_csv, format!("{header}\n{}\n", test_rows.join("\n")))?;
     let targets: Vec<f64> = test_rows
         .iter()
         .map(|l| l.rsplit(',').next().unwrap().parse().unwrap())
@@ -890,7 +899,7 @@ fn report_from_a_run_shows_the_conformal_numbers_of_predict() {
         String::from_utf8_lossy(&out.stderr)
     );
     let m: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(rep.join("metrics.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(rep.join("metrics.json"))?)?;
     let swag_m = &m["SWAG"];
     let get = |k: &str| {
         swag_m[k]
@@ -924,7 +933,7 @@ fn report_from_a_run_shows_the_conformal_numbers_of_predict() {
     for method in ["SGD", "SWA", "SWAG"] {
         assert!(m[method]["conformal_coverage"].is_number(), "{method}");
     }
-    let md = std::fs::read_to_string(rep.join("report.md")).unwrap();
+    let md = std::fs::read_to_string(rep.join("report.md"))?;
     assert!(
         md.contains("fitted on the 20% calibration hold-out of the run's training rows, 71 rows"),
         "{md}"
@@ -932,7 +941,7 @@ fn report_from_a_run_shows_the_conformal_numbers_of_predict() {
     assert!(rep.join("conditional_coverage.png").exists());
 
     // A bad coverage is named, in one line, and the previous report stays as it was.
-    let before = std::fs::read_to_string(rep.join("metrics.json")).unwrap();
+    let before = std::fs::read_to_string(rep.join("metrics.json"))?;
     for bad in ["1.5", "0", "-0.2"] {
         let out = report(&run, &[&format!("--coverage={bad}")]);
         let err = String::from_utf8_lossy(&out.stderr);
@@ -941,10 +950,7 @@ fn report_from_a_run_shows_the_conformal_numbers_of_predict() {
             err.contains("coverage") && err.trim().lines().count() == 1,
             "{err}"
         );
-        assert_eq!(
-            std::fs::read_to_string(rep.join("metrics.json")).unwrap(),
-            before
-        );
+        assert_eq!(std::fs::read_to_string(rep.join("metrics.json"))?, before);
     }
 
     // A run without calibration rows: the same report without any calibration section.
@@ -956,12 +962,13 @@ fn report_from_a_run_shows_the_conformal_numbers_of_predict() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let md = std::fs::read_to_string(rep.join("report.md")).unwrap();
-    let json = std::fs::read_to_string(rep.join("metrics.json")).unwrap();
+    let md = std::fs::read_to_string(rep.join("report.md"))?;
+    let json = std::fs::read_to_string(rep.join("metrics.json"))?;
     assert!(
         !md.contains("onformal") && !md.contains("ecalibration"),
         "{md}"
     );
     assert!(!json.contains("conformal") && !json.contains("n_calibration"));
     assert!(!rep.join("conditional_coverage.png").exists());
+    Ok(())
 }

@@ -1,6 +1,7 @@
 //! The heteroscedastic Gaussian NLL against a direct f64 computation of its value, and its
 //! autograd gradient against central finite differences of that f64 computation.
 
+use anyhow::Result;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_swag_cli::train::loss::{gaussian_nll, softplus_variance, VARIANCE_FLOOR};
 
@@ -32,7 +33,7 @@ fn data() -> (Vec<f64>, Vec<f64>) {
 }
 
 #[test]
-fn value_and_gradient_match_direct_f64_computation() {
+fn value_and_gradient_match_direct_f64_computation() -> Result<()> {
     let (out, y) = data();
     let n = y.len();
     let expected = nll_f64(&out, &y);
@@ -51,38 +52,21 @@ fn value_and_gradient_match_direct_f64_computation() {
     for dtype in [DType::F64, DType::F32] {
         // f32 holds 7 digits; f64 should agree to rounding.
         let tol = if dtype == DType::F64 { 1e-8 } else { 2e-5 };
-        let o = Var::from_tensor(
-            &Tensor::from_vec(out.clone(), (n, 2), &dev)
-                .unwrap()
-                .to_dtype(dtype)
-                .unwrap(),
-        )
-        .unwrap();
-        let t = Tensor::from_vec(y.clone(), n, &dev)
-            .unwrap()
-            .to_dtype(dtype)
-            .unwrap();
-        let loss = gaussian_nll(o.as_tensor(), &t).unwrap();
-        let v = loss
-            .to_dtype(DType::F64)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap();
+        let o = Var::from_tensor(&Tensor::from_vec(out.clone(), (n, 2), &dev)?.to_dtype(dtype)?)?;
+        let t = Tensor::from_vec(y.clone(), n, &dev)?.to_dtype(dtype)?;
+        let loss = gaussian_nll(o.as_tensor(), &t)?;
+        let v = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         assert!(
             (v - expected).abs() < tol * expected.abs().max(1.0),
             "{dtype:?}: {v} vs {expected}"
         );
         let g: Vec<f64> = loss
-            .backward()
-            .unwrap()
+            .backward()?
             .get(&o)
             .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+            .to_dtype(DType::F64)?
+            .flatten_all()?
+            .to_vec1()?;
         for (i, (a, b)) in g.iter().zip(&fd).enumerate() {
             assert!(
                 (a - b).abs() < tol.max(1e-6) * b.abs().max(1.0),
@@ -90,22 +74,20 @@ fn value_and_gradient_match_direct_f64_computation() {
             );
         }
         // Targets as a column [n, 1] give the same loss.
-        let col = t.reshape((n, 1)).unwrap();
-        let v2 = gaussian_nll(o.as_tensor(), &col)
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap();
+        let col = t.reshape((n, 1))?;
+        let v2 = gaussian_nll(o.as_tensor(), &col)?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?;
         assert_eq!(v, v2);
     }
+    Ok(())
 }
 
 #[test]
-fn softplus_is_stable_and_floored() {
+fn softplus_is_stable_and_floored() -> Result<()> {
     let dev = Device::Cpu;
-    let r = Tensor::new(&[-1000f64, -30.0, 0.0, 30.0, 1000.0], &dev).unwrap();
-    let v: Vec<f64> = softplus_variance(&r).unwrap().to_vec1().unwrap();
+    let r = Tensor::new(&[-1000f64, -30.0, 0.0, 30.0, 1000.0], &dev)?;
+    let v: Vec<f64> = softplus_variance(&r)?.to_vec1()?;
     // softplus(−1000) underflows to 0: the floor is what is left.
     assert_eq!(v[0], VARIANCE_FLOOR);
     assert!((v[1] - ((-30f64).exp() + VARIANCE_FLOOR)).abs() < 1e-20);
@@ -113,31 +95,29 @@ fn softplus_is_stable_and_floored() {
     assert!((v[3] - (30.0 + (-30f64).exp() + VARIANCE_FLOOR)).abs() < 1e-12);
     assert_eq!(v[4], 1000.0 + VARIANCE_FLOOR); // no overflow
                                                // The gradient is the sigmoid, also far out in the tails.
-    let r = Var::new(&[-40f64, 0.0, 40.0], &dev).unwrap();
-    let g: Vec<f64> = softplus_variance(r.as_tensor())
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap()
+    let r = Var::new(&[-40f64, 0.0, 40.0], &dev)?;
+    let g: Vec<f64> = softplus_variance(r.as_tensor())?
+        .sum_all()?
+        .backward()?
         .get(&r)
         .unwrap()
-        .to_vec1()
-        .unwrap();
+        .to_vec1()?;
     let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
     for (a, x) in g.iter().zip([-40.0, 0.0, 40.0]) {
         assert!((a - sig(x)).abs() <= 1e-12 * sig(x), "{a} vs {}", sig(x));
     }
+    Ok(())
 }
 
 #[test]
-fn wrong_shapes_are_refused() {
+fn wrong_shapes_are_refused() -> Result<()> {
     let dev = Device::Cpu;
-    let y = Tensor::new(&[1f32, 2.0], &dev).unwrap();
-    let one_col = Tensor::new(&[[1f32], [2.0]], &dev).unwrap();
+    let y = Tensor::new(&[1f32, 2.0], &dev)?;
+    let one_col = Tensor::new(&[[1f32], [2.0]], &dev)?;
     assert!(gaussian_nll(&one_col, &y).is_err());
-    let out = Tensor::new(&[[1f32, 0.0], [2.0, 0.0]], &dev).unwrap();
-    let three = Tensor::new(&[1f32, 2.0, 3.0], &dev).unwrap();
+    let out = Tensor::new(&[[1f32, 0.0], [2.0, 0.0]], &dev)?;
+    let three = Tensor::new(&[1f32, 2.0, 3.0], &dev)?;
     let e = gaussian_nll(&out, &three).unwrap_err();
     assert!(e.to_string().contains("3 targets for 2 rows"), "{e}");
+    Ok(())
 }

@@ -1,6 +1,7 @@
 //! The training pipeline: SGD-momentum against a hand computation, seeded reproducibility,
 //! collection schedules, BMA invariants, and a fit → save → load → predict → report round trip.
 
+use anyhow::Result;
 mod common;
 use common::invalid_name;
 
@@ -61,28 +62,29 @@ fn check_two_steps(dtype: DType, tol: f64) {
 }
 
 #[test]
-fn sgd_momentum_matches_hand_computation_fused_f32() {
+fn sgd_momentum_matches_hand_computation_fused_f32() -> Result<()> {
     check_two_steps(DType::F32, 1e-6);
+    Ok(())
 }
 
 #[test]
-fn sgd_momentum_matches_hand_computation_tensor_ops_f64() {
+fn sgd_momentum_matches_hand_computation_tensor_ops_f64() -> Result<()> {
     // f64 takes the plain tensor-op path (the fused kernel is for contiguous f32 on CPU).
     check_two_steps(DType::F64, 1e-12);
+    Ok(())
 }
 
 #[test]
-fn sgd_learning_rate_is_settable() {
+fn sgd_learning_rate_is_settable() -> Result<()> {
     let dev = Device::Cpu;
-    let theta = Var::new(&[1.0f32], &dev).unwrap();
-    let mut opt =
-        SgdMomentum::new(vec![theta.clone()], SgdConfig::new(0.1, 0.0, 0.0).unwrap()).unwrap();
+    let theta = Var::new(&[1.0f32], &dev)?;
+    let mut opt = SgdMomentum::new(vec![theta.clone()], SgdConfig::new(0.1, 0.0, 0.0)?)?;
     opt.set_learning_rate(0.5);
     assert_eq!(opt.learning_rate(), 0.5);
     // loss = 2θ, gradient 2: θ = 1 − 0.5·2 = 0.
-    opt.backward_step(&(theta.as_tensor() * 2.0).unwrap().sum_all().unwrap())
-        .unwrap();
-    assert_eq!(theta.to_vec1::<f32>().unwrap(), vec![0.0]);
+    opt.backward_step(&(theta.as_tensor() * 2.0)?.sum_all()?)?;
+    assert_eq!(theta.to_vec1::<f32>()?, vec![0.0]);
+    Ok(())
 }
 
 /// A small classification set: the first `n` digits training rows.
@@ -112,34 +114,31 @@ fn flat(t: &Tensor) -> Vec<f32> {
 }
 
 #[test]
-fn seeded_runs_are_reproducible_and_seeds_matter() {
+fn seeded_runs_are_reproducible_and_seeds_matter() -> Result<()> {
     let data = small_digits(40);
     let spec = small_spec(3, 1, Collect::EveryEpoch, 7);
-    let a = fit_mlp(&data, Objective::CrossEntropy, &spec).unwrap();
-    let b = fit_mlp(&data, Objective::CrossEntropy, &spec).unwrap();
+    let a = fit_mlp(&data, Objective::CrossEntropy, &spec)?;
+    let b = fit_mlp(&data, Objective::CrossEntropy, &spec)?;
     assert_eq!(flat(&a.sgd_weights), flat(&b.sgd_weights));
-    assert_eq!(
-        flat(&a.posterior.mean().unwrap()),
-        flat(&b.posterior.mean().unwrap())
-    );
+    assert_eq!(flat(&a.posterior.mean()?), flat(&b.posterior.mean()?));
     assert_eq!(a.history, b.history);
     let c = fit_mlp(
         &data,
         Objective::CrossEntropy,
         &small_spec(3, 1, Collect::EveryEpoch, 8),
-    )
-    .unwrap();
+    )?;
     assert_ne!(flat(&a.sgd_weights), flat(&c.sgd_weights));
+    Ok(())
 }
 
 #[test]
-fn initial_weights_follow_torch_linear_bounds() {
+fn initial_weights_follow_torch_linear_bounds() -> Result<()> {
     // With 0 epochs of training impossible, check the init through a fresh model: every weight
     // and bias of a layer with fan_in f lies in [-1/sqrt(f), 1/sqrt(f)] and the spread is not
     // degenerate.
     let varmap = candle_nn::VarMap::new();
-    let cfg = MlpConfig::new(64, vec![16], 10).unwrap();
-    let _m = candle_swag_cli::models::Mlp::new(&cfg, &varmap, &Device::Cpu, 3).unwrap();
+    let cfg = MlpConfig::new(64, vec![16], 10)?;
+    let _m = candle_swag_cli::models::Mlp::new(&cfg, &varmap, &Device::Cpu, 3)?;
     let data = varmap.data().lock().unwrap();
     for (name, fan_in) in [
         ("fc0.weight", 64.0f32),
@@ -147,7 +146,7 @@ fn initial_weights_follow_torch_linear_bounds() {
         ("fc1.weight", 16.0),
         ("fc1.bias", 16.0),
     ] {
-        let v = data[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let v = data[name].flatten_all()?.to_vec1::<f32>()?;
         let bound = 1.0 / fan_in.sqrt();
         assert!(v.iter().all(|x| x.abs() <= bound), "{name}");
         let max = v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
@@ -157,17 +156,17 @@ fn initial_weights_follow_torch_linear_bounds() {
         );
     }
     assert_eq!(data["fc0.weight"].dims(), &[16, 64]);
+    Ok(())
 }
 
 #[test]
-fn collection_schedules_collect_the_documented_number_of_snapshots() {
+fn collection_schedules_collect_the_documented_number_of_snapshots() -> Result<()> {
     let data = small_digits(40); // 5 batches of 8 per epoch
     let every_epoch = fit_mlp(
         &data,
         Objective::CrossEntropy,
         &small_spec(4, 2, Collect::EveryEpoch, 0),
-    )
-    .unwrap();
+    )?;
     assert_eq!(every_epoch.history.collected, 2);
     assert_eq!(every_epoch.posterior.n_collected(), 2);
     assert_eq!(every_epoch.history.steps, 20);
@@ -176,8 +175,7 @@ fn collection_schedules_collect_the_documented_number_of_snapshots() {
         &data,
         Objective::CrossEntropy,
         &small_spec(4, 2, Collect::EverySteps(3), 0),
-    )
-    .unwrap();
+    )?;
     assert_eq!(every_steps.posterior.n_collected(), 3);
     // The SWA mean of a single snapshot is the weights at that moment: collect at the last
     // epoch only, and the mean equals the last SGD iterate.
@@ -185,18 +183,18 @@ fn collection_schedules_collect_the_documented_number_of_snapshots() {
         &data,
         Objective::CrossEntropy,
         &small_spec(3, 2, Collect::EveryEpoch, 0),
-    )
-    .unwrap();
+    )?;
     assert_eq!(
-        flat(&last_only.posterior.mean().unwrap()),
+        flat(&last_only.posterior.mean()?),
         flat(&last_only.sgd_weights)
     );
+    Ok(())
 }
 
 /// SGD settings are checked when made, each bad value refused by name; a config read back
 /// from JSON goes through the same check.
 #[test]
-fn bad_sgd_settings_are_refused_when_made() {
+fn bad_sgd_settings_are_refused_when_made() -> Result<()> {
     assert_eq!(invalid_name(SgdConfig::new(0.0, 0.9, 0.0)), "lr");
     assert_eq!(invalid_name(SgdConfig::new(f64::NAN, 0.9, 0.0)), "lr");
     assert_eq!(invalid_name(SgdConfig::new(0.1, 1.0, 0.0)), "momentum");
@@ -205,25 +203,26 @@ fn bad_sgd_settings_are_refused_when_made() {
         invalid_name(SgdConfig::new(0.1, 0.9, -1e-4)),
         "weight_decay"
     );
-    let ok = SgdConfig::new(0.1, 0.9, 5e-4).unwrap();
-    let json = serde_json::to_string(&ok).unwrap();
-    assert_eq!(serde_json::from_str::<SgdConfig>(&json).unwrap(), ok);
+    let ok = SgdConfig::new(0.1, 0.9, 5e-4)?;
+    let json = serde_json::to_string(&ok)?;
+    assert_eq!(serde_json::from_str::<SgdConfig>(&json)?, ok);
     let bad = r#"{"lr": -1.0, "momentum": 0.9, "weight_decay": 0.0}"#;
     let err = serde_json::from_str::<SgdConfig>(bad)
         .unwrap_err()
         .to_string();
     assert!(err.contains("lr"), "{err}");
+    Ok(())
 }
 
 #[test]
-fn bad_training_settings_are_refused_by_name() {
+fn bad_training_settings_are_refused_by_name() -> Result<()> {
     let data = small_digits(16);
     assert_eq!(invalid_name(MlpConfig::new(4, vec![8, 0], 2)), "hidden");
     assert_eq!(invalid_name(MlpConfig::new(0, vec![], 2)), "hidden");
     let sgd = SgdConfig::default();
     assert_eq!(invalid_name(TrainConfig::new(0, 8, sgd)), "epochs");
     assert_eq!(invalid_name(TrainConfig::new(3, 0, sgd)), "batch_size");
-    let three = TrainConfig::new(3, 8, sgd).unwrap();
+    let three = TrainConfig::new(3, 8, sgd)?;
     assert_eq!(
         invalid_name(three.clone().with_collection(Some(3), Collect::EveryEpoch)),
         "swa_start"
@@ -237,16 +236,17 @@ fn bad_training_settings_are_refused_by_name() {
         "collect"
     );
     // A config read back from a run directory goes through the same checks.
-    let mut json = serde_json::to_value(&three).unwrap();
+    let mut json = serde_json::to_value(&three)?;
     json["batch_size"] = 0.into();
     let err = serde_json::from_value::<TrainConfig>(json).unwrap_err();
     assert!(err.to_string().contains("batch_size"), "{err}");
     let mut spec = small_spec(3, 1, Collect::EveryEpoch, 0);
-    spec.mlp = MlpConfig::new(5, vec![16], 10).unwrap();
+    spec.mlp = MlpConfig::new(5, vec![16], 10)?;
     assert!(fit_mlp(&data, Objective::CrossEntropy, &spec)
         .unwrap_err()
         .to_string()
         .contains("input_dim"));
+    Ok(())
 }
 
 /// Classification BMA of `predictive` over every row of `x` (batches of 7 rows, so that the
@@ -260,30 +260,24 @@ fn classify(model: &Mlp, predictive: Predictive, x: &Tensor) -> UncertaintyDecom
 }
 
 #[test]
-fn bma_invariants() {
+fn bma_invariants() -> Result<()> {
     let data = small_digits(48);
     let f = fit_mlp(
         &data,
         Objective::CrossEntropy,
         &small_spec(4, 1, Collect::EveryEpoch, 1),
-    )
-    .unwrap();
+    )?;
     let x = &data.features;
     // Scale 0 samples are the SWA mean: the BMA equals the SWA prediction.
     let zero = Predictive::swag(
         &f.params,
         &f.posterior,
-        SampleConfig::with_scale(0.0).unwrap(),
+        SampleConfig::with_scale(0.0)?,
         3,
         0,
-    )
-    .unwrap();
+    )?;
     let a = classify(&f.model, zero, x);
-    let b = classify(
-        &f.model,
-        Predictive::swa(&f.params, &f.posterior).unwrap(),
-        x,
-    );
+    let b = classify(&f.model, Predictive::swa(&f.params, &f.posterior)?, x);
     for (p, q) in a.mean_probs.iter().zip(&b.mean_probs) {
         assert!((p - q).abs() < 1e-6);
     }
@@ -293,11 +287,10 @@ fn bma_invariants() {
     let swag = Predictive::swag(
         &f.params,
         &f.posterior,
-        SampleConfig::with_scale(0.5).unwrap(),
+        SampleConfig::with_scale(0.5)?,
         5,
         3,
-    )
-    .unwrap();
+    )?;
     let s1 = classify(&f.model, swag.clone(), x);
     let s2 = classify(&f.model, swag, x);
     assert_eq!(s1, s2);
@@ -311,18 +304,16 @@ fn bma_invariants() {
     Predictive::swag(
         &f.params,
         &f.posterior,
-        SampleConfig::with_scale(0.5).unwrap(),
+        SampleConfig::with_scale(0.5)?,
         5,
         3,
-    )
-    .unwrap()
-    .for_each_output(&f.model, batches(x, 48).unwrap(), |_, _, logits| {
+    )?
+    .for_each_output(&f.model, batches(x, 48)?, |_, _, logits| {
         let p = candle_nn::ops::softmax_last_dim(logits)?;
         per_sample.extend(p.flatten_all()?.to_vec1::<f32>()?);
         Ok(())
-    })
-    .unwrap();
-    let host = candle_swag::metrics::decompose_uncertainty(&per_sample, 5, 10).unwrap();
+    })?;
+    let host = candle_swag::metrics::decompose_uncertainty(&per_sample, 5, 10)?;
     for (got, want) in [
         (&s1.mean_probs, &host.mean_probs),
         (&s1.predictive_entropy, &host.predictive_entropy),
@@ -334,64 +325,59 @@ fn bma_invariants() {
         }
     }
     // After a prediction the model holds the weights it had before (the last SGD iterate).
-    assert_eq!(flat(&f.params.flatten().unwrap()), flat(&f.sgd_weights));
+    assert_eq!(flat(&f.params.flatten()?), flat(&f.sgd_weights));
+    Ok(())
 }
 
 #[test]
-fn regression_bma_point_weights_have_no_epistemic_variance() {
-    let d = bundled::diabetes(&Device::Cpu).unwrap();
-    let train = d.train.select(&(0..64).collect::<Vec<_>>()).unwrap();
+fn regression_bma_point_weights_have_no_epistemic_variance() -> Result<()> {
+    let d = bundled::diabetes(&Device::Cpu)?;
+    let train = d.train.select(&(0..64).collect::<Vec<_>>())?;
     let mut spec = small_spec(3, 1, Collect::EveryEpoch, 0);
-    spec.mlp = MlpConfig::new(10, vec![8], 1).unwrap();
-    spec.train = TrainConfig::new(3, 8, SgdConfig::new(0.01, 0.9, 5e-4).unwrap())
-        .unwrap()
-        .with_collection(Some(1), Collect::EveryEpoch)
-        .unwrap()
+    spec.mlp = MlpConfig::new(10, vec![8], 1)?;
+    spec.train = TrainConfig::new(3, 8, SgdConfig::new(0.01, 0.9, 5e-4)?)?
+        .with_collection(Some(1), Collect::EveryEpoch)?
         .with_progress(false);
-    let f = fit_mlp(&train, Objective::MeanSquaredError, &spec).unwrap();
-    let p = Predictive::point(&f.params, &f.sgd_weights)
-        .unwrap()
+    let f = fit_mlp(&train, Objective::MeanSquaredError, &spec)?;
+    let p = Predictive::point(&f.params, &f.sgd_weights)?
         .regress(
             &f.model,
-            batches(&train.features, 10).unwrap(),
+            batches(&train.features, 10)?,
             Noise::Homoscedastic { variance: 0.25 },
-        )
-        .unwrap()
-        .to_host()
-        .unwrap();
+        )?
+        .to_host()?;
     assert!(p.var_epistemic.iter().all(|&v| v == 0.0));
     assert!(p.std().iter().all(|&s| (s - 0.5).abs() < 1e-7));
     // The forward pass by hand equals the BMA mean of the point weights.
-    let out: Vec<f32> = candle_core::ModuleT::forward_t(&f.model, &train.features, false)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
+    let out: Vec<f32> = candle_core::ModuleT::forward_t(&f.model, &train.features, false)?
+        .flatten_all()?
+        .to_vec1()?;
     assert_eq!(out.len(), p.mean.len());
     for (a, b) in out.iter().zip(&p.mean) {
         assert!((*a as f64 - b).abs() < 1e-6);
     }
+    Ok(())
 }
 
 #[test]
-fn validation_split_is_seeded_disjoint_and_complete() {
-    let (a, b) = validation_split(10, 0.2, 5).unwrap();
+fn validation_split_is_seeded_disjoint_and_complete() -> Result<()> {
+    let (a, b) = validation_split(10, 0.2, 5)?;
     assert_eq!(b.len(), 2);
     let mut all: Vec<usize> = a.iter().chain(&b).copied().collect();
     all.sort();
     assert_eq!(all, (0..10).collect::<Vec<_>>());
-    assert_eq!(validation_split(10, 0.2, 5).unwrap(), (a, b));
+    assert_eq!(validation_split(10, 0.2, 5)?, (a, b));
     assert!(validation_split(10, 1.0, 5).is_err());
+    Ok(())
 }
 
 #[test]
-fn fit_save_load_predict_report_round_trip() {
-    let prepared = bundled::digits(&Device::Cpu).unwrap();
-    let train = prepared.train.select(&(0..64).collect::<Vec<_>>()).unwrap();
-    let test = prepared.test.select(&(0..32).collect::<Vec<_>>()).unwrap();
+fn fit_save_load_predict_report_round_trip() -> Result<()> {
+    let prepared = bundled::digits(&Device::Cpu)?;
+    let train = prepared.train.select(&(0..64).collect::<Vec<_>>())?;
+    let test = prepared.test.select(&(0..32).collect::<Vec<_>>())?;
     let spec = small_spec(3, 1, Collect::EveryEpoch, 2);
-    let fitted = fit_mlp(&train, Objective::CrossEntropy, &spec).unwrap();
+    let fitted = fit_mlp(&train, Objective::CrossEntropy, &spec)?;
     let swag = |params, posterior| {
         Predictive::swag(params, posterior, SampleConfig::default(), 4, 9).unwrap()
     };
@@ -417,30 +403,25 @@ fn fit_save_load_predict_report_round_trip() {
         calibration: None,
         noise: Default::default(),
     };
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir()?;
     let run_dir = dir.path().join("run");
-    save_run(&run_dir, &config, &fitted, &train.features).unwrap();
-    let loaded = LoadedRun::load(&run_dir, &Device::Cpu).unwrap();
+    save_run(&run_dir, &config, &fitted, &train.features)?;
+    let loaded = LoadedRun::load(&run_dir, &Device::Cpu)?;
     assert_eq!(loaded.config, config);
-    assert_eq!(
-        flat(&loaded.params.flatten().unwrap()),
-        flat(&fitted.sgd_weights)
-    );
+    assert_eq!(flat(&loaded.params.flatten()?), flat(&fitted.sgd_weights));
     let after = classify(
         &loaded.model,
         swag(&loaded.params, &loaded.posterior),
         &test.features,
     );
     assert_eq!(before, after);
-    let labels: Vec<u32> = test.targets.to_vec1().unwrap();
+    let labels: Vec<u32> = test.targets.to_vec1()?;
     let report_dir = dir.path().join("report");
     ReportBuilder::new("digits subset")
-        .classification_method("SWAG", &after.mean_probs, after.n_classes, &labels)
-        .unwrap()
-        .write(&report_dir)
-        .unwrap();
+        .classification_method("SWAG", &after.mean_probs, after.n_classes, &labels)?
+        .write(&report_dir)?;
     let metrics: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(report_dir.join("metrics.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(report_dir.join("metrics.json"))?)?;
     let acc = labels
         .iter()
         .enumerate()
@@ -453,24 +434,23 @@ fn fit_save_load_predict_report_round_trip() {
         / labels.len() as f64;
     assert!((metrics["accuracy"].as_f64().unwrap() - acc).abs() < 1e-12);
     // A corrupted config is refused with the file named.
-    std::fs::write(run_dir.join("config.json"), b"{").unwrap();
+    std::fs::write(run_dir.join("config.json"), b"{")?;
     let err = LoadedRun::load(&run_dir, &Device::Cpu).err().unwrap();
     assert!(err.to_string().contains("config.json"), "{err}");
+    Ok(())
 }
 
 #[test]
-fn batchnorm_model_is_refreshed_before_each_bma_forward() {
+fn batchnorm_model_is_refreshed_before_each_bma_forward() -> Result<()> {
     let data = small_digits(40);
     let mut spec = small_spec(3, 1, Collect::EveryEpoch, 4);
     spec.mlp = spec.mlp.with_batchnorm(true);
     // One refresh batch holding every row.
-    spec.train = TrainConfig::new(3, 40, spec.train.sgd())
-        .unwrap()
-        .with_collection(Some(1), Collect::EveryEpoch)
-        .unwrap()
+    spec.train = TrainConfig::new(3, 40, spec.train.sgd())?
+        .with_collection(Some(1), Collect::EveryEpoch)?
         .with_seed(4)
         .with_progress(false);
-    let f = fit_mlp(&data, Objective::CrossEntropy, &spec).unwrap();
+    let f = fit_mlp(&data, Objective::CrossEntropy, &spec)?;
     // BatchNorm buffers are not SWAG parameters.
     assert!(f
         .params
@@ -479,24 +459,18 @@ fn batchnorm_model_is_refreshed_before_each_bma_forward() {
         .iter()
         .all(|e| !e.name.contains("running")));
     assert!(f.params.layout().get("bn0.weight").is_some());
-    let refresh = f.refresh(&data.features).unwrap().unwrap();
-    let swa = Predictive::swa(&f.params, &f.posterior)
-        .unwrap()
+    let refresh = f.refresh(&data.features)?.unwrap();
+    let swa = Predictive::swa(&f.params, &f.posterior)?
         .with_refresh(refresh)
-        .leave_swa_mean()
-        .unwrap();
+        .leave_swa_mean()?;
     classify(&f.model, swa, &data.features);
     // One refresh batch holding every row: the running mean is the column mean of the first
     // layer's pre-activations under the SWA mean weights, computed here by hand.
-    let w: Vec<Vec<f32>> = f.varmap.data().lock().unwrap()["fc0.weight"]
-        .to_vec2()
-        .unwrap();
-    let b: Vec<f32> = f.varmap.data().lock().unwrap()["fc0.bias"]
-        .to_vec1()
-        .unwrap();
-    let x: Vec<Vec<f32>> = data.features.to_vec2().unwrap();
-    let bn = &f.model.batchnorm_stats().unwrap()[0];
-    let running: Vec<f32> = bn.running_mean().to_vec1().unwrap();
+    let w: Vec<Vec<f32>> = f.varmap.data().lock().unwrap()["fc0.weight"].to_vec2()?;
+    let b: Vec<f32> = f.varmap.data().lock().unwrap()["fc0.bias"].to_vec1()?;
+    let x: Vec<Vec<f32>> = data.features.to_vec2()?;
+    let bn = &f.model.batchnorm_stats()?[0];
+    let running: Vec<f32> = bn.running_mean().to_vec1()?;
     for j in 0..16 {
         let mean = x
             .iter()
@@ -515,4 +489,5 @@ fn batchnorm_model_is_refreshed_before_each_bma_forward() {
             running[j]
         );
     }
+    Ok(())
 }

@@ -2,6 +2,7 @@
 //! metrics checked against hand-computed values; every documented bad input gives a one-line
 //! error naming the file, row and column, and leaves no output directory.
 
+use anyhow::Result;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -74,8 +75,8 @@ fn metrics(dir: &Path) -> Value {
 }
 
 #[test]
-fn npy_round_trip_single_method() {
-    let t = tempfile::tempdir().unwrap();
+fn npy_round_trip_single_method() -> Result<()> {
+    let t = tempfile::tempdir()?;
     let probs = t.path().join("probs.npy");
     let labels = t.path().join("labels.npy");
     npy_f64(&probs, &[4, 2], &PROBS);
@@ -109,24 +110,24 @@ fn npy_round_trip_single_method() {
     ] {
         assert!(out.join(f).exists(), "{f}");
     }
+    Ok(())
 }
 
 #[test]
-fn several_methods_from_npz_safetensors_and_csv() {
+fn several_methods_from_npz_safetensors_and_csv() -> Result<()> {
     use candle_core::{Device, Tensor};
-    let t = tempfile::tempdir().unwrap();
+    let t = tempfile::tempdir()?;
     let dev = Device::Cpu;
-    let a = Tensor::from_vec(PROBS.to_vec(), (4, 2), &dev).unwrap();
+    let a = Tensor::from_vec(PROBS.to_vec(), (4, 2), &dev)?;
     // Method B: confidences 0.6, 0.6, 0.55, 0.55 -> with --bins 10, ECE 0.075.
     let b_values = vec![0.6f32, 0.4, 0.4, 0.6, 0.55, 0.45, 0.45, 0.55];
-    let b = Tensor::from_vec(b_values, (4, 2), &dev).unwrap();
+    let b = Tensor::from_vec(b_values, (4, 2), &dev)?;
     let npz = t.path().join("preds.npz");
-    Tensor::write_npz(&[("other", &b), ("probs", &a)], &npz).unwrap();
+    Tensor::write_npz(&[("other", &b), ("probs", &a)], &npz)?;
     let st = t.path().join("preds.safetensors");
-    candle_core::safetensors::save(&std::collections::HashMap::from([("swag", b.clone())]), &st)
-        .unwrap();
+    candle_core::safetensors::save(&std::collections::HashMap::from([("swag", b.clone())]), &st)?;
     let labels = t.path().join("labels.csv");
-    std::fs::write(&labels, "id,label\n10,0\n11,1\n12,1\n13,0\n").unwrap();
+    std::fs::write(&labels, "id,label\n10,0\n11,1\n12,1\n13,0\n")?;
     let out = t.path().join("report");
     let o = swag(&[
         "--probs",
@@ -154,22 +155,22 @@ fn several_methods_from_npz_safetensors_and_csv() {
     assert!((m["SWAG"]["ece"].as_f64().unwrap() - 0.075).abs() < 1e-6);
     assert_eq!(m["SWAG"]["n_bins"], 10);
     assert!(out.join("reliability_overlay.svg").exists());
+    Ok(())
 }
 
 #[test]
-fn logits_and_regression_from_csv() {
-    let t = tempfile::tempdir().unwrap();
+fn logits_and_regression_from_csv() -> Result<()> {
+    let t = tempfile::tempdir()?;
     // Logits [0, ln 4] -> probabilities [0.2, 0.8]; [ln 3, 0] -> [0.75, 0.25].
     let logits = t.path().join("logits.csv");
     std::fs::write(
         &logits,
         format!("{},{}\n{},{}\n", 0.0, 4f64.ln(), 3f64.ln(), 0.0),
-    )
-    .unwrap();
+    )?;
     let labels = t.path().join("y.csv");
-    std::fs::write(&labels, "1\n1\n").unwrap();
+    std::fs::write(&labels, "1\n1\n")?;
     let preds = t.path().join("reg.csv");
-    std::fs::write(&preds, "mean,std,target\n0,1,0.5\n1,1,1\n2,2,1\n3,0.5,4\n").unwrap();
+    std::fs::write(&preds, "mean,std,target\n0,1,0.5\n1,1,1\n2,2,1\n3,0.5,4\n")?;
     let out = t.path().join("report");
     let o = swag(&[
         "--probs",
@@ -196,6 +197,7 @@ fn logits_and_regression_from_csv() {
     assert!(close(&m["regression"]["mae"], 0.625));
     assert!(out.join("calibration_curve.png").exists());
     assert!(out.join("sharpness.svg").exists());
+    Ok(())
 }
 
 /// Runs a command expected to fail; checks the one-line error holds every `needle`, and that
@@ -227,8 +229,8 @@ fn listing(dir: &Path) -> Vec<PathBuf> {
 }
 
 #[test]
-fn bad_inputs_give_located_errors_and_no_directory() {
-    let t = tempfile::tempdir().unwrap();
+fn bad_inputs_give_located_errors_and_no_directory() -> Result<()> {
+    let t = tempfile::tempdir()?;
     let d = t.path();
     let labels = d.join("labels.npy");
     npy_i64(&labels, &LABELS);
@@ -246,7 +248,7 @@ fn bad_inputs_give_located_errors_and_no_directory() {
 
     // Row not summing to 1 (CSV with header: row 3, the row sum).
     let f = d.join("sum.csv");
-    std::fs::write(&f, "p0,p1\n0.9,0.1\n0.2,0.8\n0.5,0.6\n0.3,0.7\n").unwrap();
+    std::fs::write(&f, "p0,p1\n0.9,0.1\n0.2,0.8\n0.5,0.6\n0.3,0.7\n")?;
     assert_fails(
         d,
         &["--probs", p(&f), "--labels", p(&labels)],
@@ -255,11 +257,11 @@ fn bad_inputs_give_located_errors_and_no_directory() {
 
     // Within ±1e-4 is accepted (f32 rounding), beyond is not.
     let f = d.join("nearly.csv");
-    std::fs::write(&f, "0.9,0.10005\n0.2,0.8\n0.6,0.4\n0.3,0.7\n").unwrap();
+    std::fs::write(&f, "0.9,0.10005\n0.2,0.8\n0.6,0.4\n0.3,0.7\n")?;
     let out = d.join("ok");
     let o = swag(&["--probs", p(&f), "--labels", p(&labels), "--out", p(&out)]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    std::fs::remove_dir_all(&out).unwrap();
+    std::fs::remove_dir_all(&out)?;
 
     // NaN (row 2, column 1), and infinity in a regression input.
     let f = d.join("nan.npy");
@@ -270,7 +272,7 @@ fn bad_inputs_give_located_errors_and_no_directory() {
         &["nan.npy", "row 2", "column `1`", "NaN"],
     );
     let f = d.join("reg.csv");
-    std::fs::write(&f, "mean,std,target\n0,1,0\n1,inf,1\n").unwrap();
+    std::fs::write(&f, "mean,std,target\n0,1,0\n1,inf,1\n")?;
     let (m, s, y) = (
         format!("{}:mean", p(&f)),
         format!("{}:std", p(&f)),
@@ -282,7 +284,7 @@ fn bad_inputs_give_located_errors_and_no_directory() {
         &["reg.csv", "row 2", "column `std`", "not finite"],
     );
     // A standard deviation of zero.
-    std::fs::write(&f, "mean,std,target\n0,1,0\n1,0,1\n").unwrap();
+    std::fs::write(&f, "mean,std,target\n0,1,0\n1,0,1\n")?;
     assert_fails(
         d,
         &["--mean", &m, "--std", &s, "--targets", &y],
@@ -303,7 +305,7 @@ fn bad_inputs_give_located_errors_and_no_directory() {
         ],
     );
     let frac = d.join("frac.csv");
-    std::fs::write(&frac, "y\n0\n1\n0.5\n0\n").unwrap();
+    std::fs::write(&frac, "y\n0\n1\n0.5\n0\n")?;
     assert_fails(
         d,
         &["--probs", p(&good), "--labels", p(&frac)],
@@ -321,7 +323,7 @@ fn bad_inputs_give_located_errors_and_no_directory() {
 
     // Empty input: a CSV with a header only, and a zero-row npy.
     let empty = d.join("empty.csv");
-    std::fs::write(&empty, "p0,p1\n").unwrap();
+    std::fs::write(&empty, "p0,p1\n")?;
     assert_fails(
         d,
         &["--probs", p(&empty), "--labels", p(&labels)],
@@ -343,21 +345,21 @@ fn bad_inputs_give_located_errors_and_no_directory() {
         &["missing.npy"],
     );
     let garbage = d.join("garbage.npy");
-    std::fs::write(&garbage, b"not numpy at all").unwrap();
+    std::fs::write(&garbage, b"not numpy at all")?;
     assert_fails(
         d,
         &["--probs", p(&garbage), "--labels", p(&labels)],
         &["garbage.npy", "not a readable .npy file"],
     );
     let text = d.join("text.csv");
-    std::fs::write(&text, "p0,p1\n0.9,0.1\n0.2,abc\n").unwrap();
+    std::fs::write(&text, "p0,p1\n0.9,0.1\n0.2,abc\n")?;
     assert_fails(
         d,
         &["--probs", p(&text), "--labels", p(&labels)],
         &["text.csv", "row 2", "column `p1`", "`abc` is not a number"],
     );
     let ragged = d.join("ragged.csv");
-    std::fs::write(&ragged, "0.9,0.1\n0.2\n").unwrap();
+    std::fs::write(&ragged, "0.9,0.1\n0.2\n")?;
     assert_fails(
         d,
         &["--probs", p(&ragged), "--labels", p(&labels)],
@@ -375,11 +377,12 @@ fn bad_inputs_give_located_errors_and_no_directory() {
         &["--probs", p(&good), "--labels", p(&labels), "--bins", "0"],
         &["--bins"],
     );
+    Ok(())
 }
 
 #[test]
-fn failed_run_keeps_a_previous_report() {
-    let t = tempfile::tempdir().unwrap();
+fn failed_run_keeps_a_previous_report() -> Result<()> {
+    let t = tempfile::tempdir()?;
     let d = t.path();
     let labels = d.join("labels.npy");
     npy_i64(&labels, &LABELS);
@@ -395,10 +398,11 @@ fn failed_run_keeps_a_previous_report() {
         p(&out),
     ]);
     assert!(o.status.success());
-    let before = std::fs::read(out.join("metrics.json")).unwrap();
+    let before = std::fs::read(out.join("metrics.json"))?;
     let bad = d.join("bad.npy");
     npy_f64(&bad, &[4, 2], &[0.9, 0.1, 0.2, 0.8, 0.6, 0.4, 0.3, 7.0]);
     let o = swag(&["--probs", p(&bad), "--labels", p(&labels), "--out", p(&out)]);
     assert!(!o.status.success());
-    assert_eq!(std::fs::read(out.join("metrics.json")).unwrap(), before);
+    assert_eq!(std::fs::read(out.join("metrics.json"))?, before);
+    Ok(())
 }

@@ -1,6 +1,7 @@
 //! The UCI regression protocol (`swag bench-uci`): settings, the table's arithmetic, and the
 //! protocol itself on synthetic data whose noise grows with the input.
 
+use anyhow::Result;
 mod common;
 use common::invalid_name;
 
@@ -12,9 +13,9 @@ use candle_swag_cli::train::uci::{
 };
 
 #[test]
-fn bad_settings_are_refused_by_name() {
+fn bad_settings_are_refused_by_name() -> Result<()> {
     assert_eq!(invalid_name(UciConfig::new(1, 0)), "splits");
-    let ok = UciConfig::new(2, 0).unwrap();
+    let ok = UciConfig::new(2, 0)?;
     assert_eq!(invalid_name(ok.clone().with_samples(0)), "samples");
     let grid = |epochs: Vec<usize>, lr: Vec<f64>| UciGrid {
         epochs,
@@ -33,6 +34,7 @@ fn bad_settings_are_refused_by_name() {
         invalid_name(ok.with_grid(grid(vec![10], vec![-0.01]))),
         "lr"
     );
+    Ok(())
 }
 
 fn outcome(split: usize, method: Method, noise: UciNoise, test_ll: f64, rmse: f64) -> UciOutcome {
@@ -58,7 +60,7 @@ fn outcome(split: usize, method: Method, noise: UciNoise, test_ll: f64, rmse: f6
 /// = 0.471; RMSE 1, 1, 4 gives 2 ± sqrt(2)/sqrt(3) = 0.816; coverages are plain means
 /// (0.8, 0.9, 1.0 → 0.9).
 #[test]
-fn table_reports_mean_and_standard_error_over_splits() {
+fn table_reports_mean_and_standard_error_over_splits() -> Result<()> {
     let rows: Vec<UciOutcome> = [(-1.0, 1.0), (-2.0, 1.0), (-3.0, 4.0)]
         .into_iter()
         .enumerate()
@@ -71,6 +73,7 @@ fn table_reports_mean_and_standard_error_over_splits() {
         "{table}"
     );
     assert_eq!(table.lines().count(), 3, "header, rule, one row: {table}");
+    Ok(())
 }
 
 /// A table `x → y = x + (0.05 + 0.5|x|)·ε` (ε a fixed pseudo-random normal sequence): the
@@ -104,20 +107,15 @@ fn heteroscedastic_table(n: usize) -> TabularData {
 }
 
 #[test]
-fn protocol_scores_every_method_and_noise_model_per_split() {
+fn protocol_scores_every_method_and_noise_model_per_split() -> Result<()> {
     let data = heteroscedastic_table(400);
     let grid = UciGrid {
         epochs: vec![60],
         lr: vec![0.01],
         weight_decay: vec![1e-4],
     };
-    let config = UciConfig::new(2, 7)
-        .unwrap()
-        .with_samples(8)
-        .unwrap()
-        .with_grid(grid)
-        .unwrap();
-    let outcomes = run_uci(&data, &config, &Device::Cpu).unwrap();
+    let config = UciConfig::new(2, 7)?.with_samples(8)?.with_grid(grid)?;
+    let outcomes = run_uci(&data, &config, &Device::Cpu)?;
     assert_eq!(outcomes.len(), 2 * 2 * 4, "splits × noise models × methods");
     for o in &outcomes {
         assert!(o.test_ll.is_finite() && o.rmse.is_finite(), "{o:?}");
@@ -147,15 +145,17 @@ fn protocol_scores_every_method_and_noise_model_per_split() {
         hetero > homo + 0.1,
         "per-row variance should pay off here: hetero {hetero}, homo {homo}"
     );
+    Ok(())
 }
 
 #[test]
-fn classification_targets_are_refused() {
+fn classification_targets_are_refused() -> Result<()> {
     let mut data = heteroscedastic_table(50);
     data.targets = Targets::Classes {
         indices: vec![0; 50],
         labels: vec!["a".into()],
     };
-    let config = UciConfig::new(2, 0).unwrap();
+    let config = UciConfig::new(2, 0)?;
     assert_eq!(invalid_name(run_uci(&data, &config, &Device::Cpu)), "task");
+    Ok(())
 }

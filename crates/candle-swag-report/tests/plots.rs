@@ -2,6 +2,7 @@
 //! bundled font) and SVG (well-formed tags, text elements), and bad data gives an error that
 //! writes nothing.
 
+use anyhow::Result;
 use std::path::Path;
 
 use candle_swag::metrics::{
@@ -121,11 +122,11 @@ fn bins(ece: f64) -> CalibrationBins {
 }
 
 #[test]
-fn reliability_plots_are_valid_png_and_svg() {
-    let dir = tempfile::tempdir().unwrap();
+fn reliability_plots_are_valid_png_and_svg() -> Result<()> {
+    let dir = tempfile::tempdir()?;
     let a = bins(0.4321);
     let b = bins(0.1234);
-    let single = plot::reliability_diagram(dir.path(), "rel", "SWAG", &a).unwrap();
+    let single = plot::reliability_diagram(dir.path(), "rel", "SWAG", &a)?;
     assert_eq!(single.png, dir.path().join("rel.png"));
     assert_eq!(single.svg, dir.path().join("rel.svg"));
     let svg = check_plot(&single, (900, 860));
@@ -141,25 +142,26 @@ fn reliability_plots_are_valid_png_and_svg() {
     }
 
     let methods = [("SGD", &a), ("SWA", &b), ("SWAG", &a)];
-    let grid = plot::reliability_grid(dir.path(), "grid", &methods).unwrap();
+    let grid = plot::reliability_grid(dir.path(), "grid", &methods)?;
     let svg = check_plot(&grid, (3 * 640, 700));
     for m in ["SGD", "SWA", "SWAG"] {
         assert!(svg.contains(&format!(">\n{m}\n</text>")), "panel title {m}");
     }
-    let overlay = plot::reliability_overlay(dir.path(), "overlay", &methods).unwrap();
+    let overlay = plot::reliability_overlay(dir.path(), "overlay", &methods)?;
     let svg = check_plot(&overlay, (900, 650));
     assert!(svg.contains("SWA (ECE 0.1234)"), "legend with stored ECE");
+    Ok(())
 }
 
 #[test]
-fn selective_and_ood_plots_are_valid() {
-    let dir = tempfile::tempdir().unwrap();
+fn selective_and_ood_plots_are_valid() -> Result<()> {
+    let dir = tempfile::tempdir()?;
     let rc = RiskCoverage {
         coverage: (1..=50).map(|k| k as f64 / 50.0).collect(),
         risk: (1..=50).map(|k| 0.2 * k as f64 / 50.0).collect(),
         aurc: 0.5555,
     };
-    let files = plot::risk_coverage_plot(dir.path(), "rc", &[("SWAG", &rc), ("SGD", &rc)]).unwrap();
+    let files = plot::risk_coverage_plot(dir.path(), "rc", &[("SWAG", &rc), ("SGD", &rc)])?;
     let svg = check_plot(&files, (900, 650));
     assert!(svg.contains("SWAG (AURC 0.5555)"));
     assert!(svg.contains("Coverage"));
@@ -173,8 +175,7 @@ fn selective_and_ood_plots_are_valid() {
         &scores_in,
         &scores_out,
         20,
-    )
-    .unwrap();
+    )?;
     let svg = check_plot(&files, (900, 650));
     assert!(svg.contains("In-distribution (n = 100)"));
     assert!(svg.contains("Out-of-distribution (n = 60)"));
@@ -185,15 +186,16 @@ fn selective_and_ood_plots_are_valid() {
         thresholds: vec![f64::MAX, 0.9, 0.5, 0.1],
         auroc: 0.8765,
     };
-    let files = plot::roc_plot(dir.path(), "roc", &[("SWAG", &roc)]).unwrap();
+    let files = plot::roc_plot(dir.path(), "roc", &[("SWAG", &roc)])?;
     let svg = check_plot(&files, (760, 700));
     assert!(svg.contains("SWAG (AUROC 0.8765)"));
     assert!(svg.contains("False-positive rate"));
+    Ok(())
 }
 
 #[test]
-fn regression_plots_are_valid() {
-    let dir = tempfile::tempdir().unwrap();
+fn regression_plots_are_valid() -> Result<()> {
+    let dir = tempfile::tempdir()?;
     let expected: Vec<f64> = (0..=10).map(|i| i as f64 / 10.0).collect();
     let observed: Vec<f64> = expected.iter().map(|p| p * p).collect();
     let curve = CalibrationCurve { expected, observed };
@@ -202,7 +204,7 @@ fn regression_plots_are_valid() {
         curve: &curve,
         miscalibration_area: 0.1667,
     }];
-    let files = plot::calibration_curve_plot(dir.path(), "cal", "central", &series).unwrap();
+    let files = plot::calibration_curve_plot(dir.path(), "cal", "central", &series)?;
     let svg = check_plot(&files, (760, 700));
     assert!(svg.contains("SWAG miscalibration area 0.1667"));
     assert!(
@@ -222,8 +224,7 @@ fn regression_plots_are_valid() {
         .enumerate()
         .map(|(i, (m, s))| m + s * if i % 7 == 0 { 2.5 } else { 0.5 })
         .collect();
-    let files =
-        plot::ordered_intervals(dir.path(), "intervals", "SWAG", &mean, &std, &y, 0.95).unwrap();
+    let files = plot::ordered_intervals(dir.path(), "intervals", "SWAG", &mean, &std, &y, 0.95)?;
     let svg = check_plot(&files, (1000, 620));
     assert!(svg.contains("200 of 250 rows shown"), "thinning stated");
     assert!(svg.contains("Observed target, outside"));
@@ -235,7 +236,7 @@ fn regression_plots_are_valid() {
         data_x: x.clone(),
         data_y: y.clone(),
     };
-    let files = plot::predictive_band(dir.path(), "band", "SWAG", &band).unwrap();
+    let files = plot::predictive_band(dir.path(), "band", "SWAG", &band)?;
     let svg = check_plot(&files, (1000, 620));
     assert!(svg.contains("Mean ± 2σ"));
 
@@ -252,15 +253,16 @@ fn regression_plots_are_valid() {
             sharpness: 0.4444,
         },
     ];
-    let files = plot::sharpness_histogram(dir.path(), "sharp", &sharp).unwrap();
+    let files = plot::sharpness_histogram(dir.path(), "sharp", &sharp)?;
     let svg = check_plot(&files, (900, 650));
     assert!(svg.contains("SWAG (sharpness 0.4444)"));
     assert!(svg.contains("Predictive std σ (target units)"));
+    Ok(())
 }
 
 #[test]
-fn bad_data_is_an_error_and_writes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+fn bad_data_is_an_error_and_writes_nothing() -> Result<()> {
+    let dir = tempfile::tempdir()?;
     let d = dir.path();
     let is_plot_error = |e: Error| matches!(e, Error::Plot { .. });
 
@@ -321,5 +323,6 @@ fn bad_data_is_an_error_and_writes_nothing() {
     // A name that is not a plain file stem is refused.
     assert!(plot::reliability_diagram(d, "../escape", "m", &bins(0.1)).is_err());
 
-    assert_eq!(std::fs::read_dir(d).unwrap().count(), 0, "nothing written");
+    assert_eq!(std::fs::read_dir(d)?.count(), 0, "nothing written");
+    Ok(())
 }

@@ -1,6 +1,7 @@
 //! The report library: metrics.json layouts and hand-computed values, the Markdown and HTML
 //! files (best values marked, plots inline, conventions), and atomic writing.
 
+use anyhow::Result;
 use candle_swag::metrics::{ClassificationConfig, RegressionConfig};
 use candle_swag_report::plot::PredictiveBand;
 use candle_swag_report::report::{Report, ReportBuilder};
@@ -37,14 +38,12 @@ fn read_json(path: &std::path::Path) -> Value {
 }
 
 #[test]
-fn single_classification_method_has_top_level_metrics() {
-    let root = tempfile::tempdir().unwrap();
+fn single_classification_method_has_top_level_metrics() -> Result<()> {
+    let root = tempfile::tempdir()?;
     let dir = root.path().join("rep");
     let files = ReportBuilder::new("toy")
-        .classification_method("SWAG", &PROBS, 2, &LABELS)
-        .unwrap()
-        .write(&dir)
-        .unwrap();
+        .classification_method("SWAG", &PROBS, 2, &LABELS)?
+        .write(&dir)?;
     let m = read_json(&files.metrics_json);
     let get = |k: &str| m[k].as_f64().unwrap_or_else(|| panic!("key {k}"));
     assert!(close(get("accuracy"), 0.5));
@@ -71,35 +70,31 @@ fn single_classification_method_has_top_level_metrics() {
         assert_eq!(p.files.png.parent().unwrap(), dir);
     }
     // report.json round-trips into a Report.
-    let report: Report =
-        serde_json::from_str(&std::fs::read_to_string(&files.report_json).unwrap()).unwrap();
+    let report: Report = serde_json::from_str(&std::fs::read_to_string(&files.report_json)?)?;
     assert_eq!(report.dataset, "toy");
     assert_eq!(report.classification.len(), 1);
     assert_eq!(report.classification[0].reliability.bins.len(), 15);
     // Nothing but the report directory was created next to it.
-    assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 1);
+    assert_eq!(std::fs::read_dir(root.path())?.count(), 1);
+    Ok(())
 }
 
 #[test]
-fn several_methods_are_keyed_and_best_values_marked() {
-    let root = tempfile::tempdir().unwrap();
+fn several_methods_are_keyed_and_best_values_marked() -> Result<()> {
+    let root = tempfile::tempdir()?;
     let dir = root.path().join("rep");
     let mean = [0.0, 1.0, 2.0, 3.0];
     let std = [1.0, 1.0, 2.0, 0.5];
     let y = [0.5, 1.0, 1.0, 4.0];
     let files = ReportBuilder::with_config(
         "toy <data>",
-        ClassificationConfig::with_bins(10).unwrap(),
+        ClassificationConfig::with_bins(10)?,
         RegressionConfig::default(),
     )
-    .classification_method("SGD", &PROBS, 2, &LABELS)
-    .unwrap()
-    .classification_method("SWAG", &PROBS_B, 2, &LABELS)
-    .unwrap()
-    .regression_method("SWAG", &mean, &std, &y)
-    .unwrap()
-    .write(&dir)
-    .unwrap();
+    .classification_method("SGD", &PROBS, 2, &LABELS)?
+    .classification_method("SWAG", &PROBS_B, 2, &LABELS)?
+    .regression_method("SWAG", &mean, &std, &y)?
+    .write(&dir)?;
     let m = read_json(&files.metrics_json);
     let cls = &m["classification"];
     assert!(close(cls["SGD"]["ece"].as_f64().unwrap(), 0.4));
@@ -111,7 +106,7 @@ fn several_methods_are_keyed_and_best_values_marked() {
     assert!(close(m["regression"]["rmse"].as_f64().unwrap(), 0.75));
     assert_eq!(m["regression"]["method"], "SWAG");
 
-    let html = std::fs::read_to_string(&files.html).unwrap();
+    let html = std::fs::read_to_string(&files.html)?;
     // Self-contained: every plot inline as SVG, nothing loaded from elsewhere.
     assert_eq!(html.matches("<svg").count(), files.plots.len());
     assert!(files.plots.len() >= 6);
@@ -133,7 +128,7 @@ fn several_methods_are_keyed_and_best_values_marked() {
     assert!(html.contains("id=\"conventions\""));
     assert!(html.contains("right-closed"));
 
-    let md = std::fs::read_to_string(&files.markdown).unwrap();
+    let md = std::fs::read_to_string(&files.markdown)?;
     assert!(md.contains("| **0.0750** |"));
     assert!(md.contains("| 0.4000 |"));
     assert!(md.contains("![reliability](reliability.png)"));
@@ -141,21 +136,20 @@ fn several_methods_are_keyed_and_best_values_marked() {
     // Both the side-by-side and the overlaid reliability plots exist for several methods.
     assert!(dir.join("reliability_overlay.svg").exists());
     assert!(dir.join("intervals_swag.png").exists());
+    Ok(())
 }
 
 #[test]
-fn ood_and_band_plots_and_tensor_inputs() {
+fn ood_and_band_plots_and_tensor_inputs() -> Result<()> {
     use candle_core::{Device, Tensor};
-    let root = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir()?;
     let dir = root.path().join("rep");
-    let probs = Tensor::from_vec(PROBS.map(|p| p as f32).to_vec(), (4, 2), &Device::Cpu).unwrap();
-    let labels = Tensor::from_vec(vec![0i64, 1, 1, 0], 4, &Device::Cpu).unwrap();
+    let probs = Tensor::from_vec(PROBS.map(|p| p as f32).to_vec(), (4, 2), &Device::Cpu)?;
+    let labels = Tensor::from_vec(vec![0i64, 1, 1, 0], 4, &Device::Cpu)?;
     let x = [0.0, 0.5, 1.0];
     let files = ReportBuilder::new("toy")
-        .classification_tensor("SWAG", &probs, &labels)
-        .unwrap()
-        .ood_method("SWAG", "Entropy (nats)", &[0.1, 0.2, 0.3], &[0.25, 0.4])
-        .unwrap()
+        .classification_tensor("SWAG", &probs, &labels)?
+        .ood_method("SWAG", "Entropy (nats)", &[0.1, 0.2, 0.3], &[0.25, 0.4])?
         .predictive_band(
             "SWAG",
             PredictiveBand {
@@ -165,10 +159,8 @@ fn ood_and_band_plots_and_tensor_inputs() {
                 data_x: x.to_vec(),
                 data_y: x.to_vec(),
             },
-        )
-        .unwrap()
-        .write(&dir)
-        .unwrap();
+        )?
+        .write(&dir)?;
     let m = read_json(&files.metrics_json);
     // In a single-method report the OOD results join the method's metrics.
     assert!(close(m["accuracy"].as_f64().unwrap(), 0.5));
@@ -177,19 +169,18 @@ fn ood_and_band_plots_and_tensor_inputs() {
     for name in ["ood_scores_swag", "roc", "band_swag"] {
         assert!(dir.join(format!("{name}.png")).exists(), "{name}");
     }
+    Ok(())
 }
 
 #[test]
-fn errors_leave_nothing_behind() {
-    let root = tempfile::tempdir().unwrap();
+fn errors_leave_nothing_behind() -> Result<()> {
+    let root = tempfile::tempdir()?;
     let dir = root.path().join("rep");
     // No methods: nothing to write.
     assert!(ReportBuilder::new("x").write(&dir).is_err());
     assert!(!dir.exists());
     // Duplicate names and bad predictions are refused when added.
-    let b = ReportBuilder::new("x")
-        .classification_method("A", &PROBS, 2, &LABELS)
-        .unwrap();
+    let b = ReportBuilder::new("x").classification_method("A", &PROBS, 2, &LABELS)?;
     assert!(b.classification_method("A", &PROBS, 2, &LABELS).is_err());
     let bad = [0.9, 0.2, 0.5, 0.5];
     let err = ReportBuilder::new("x")
@@ -219,12 +210,11 @@ fn errors_leave_nothing_behind() {
 
     // An existing report is replaced only by a complete one.
     ReportBuilder::new("x")
-        .classification_method("A", &PROBS, 2, &LABELS)
-        .unwrap()
-        .write(&dir)
-        .unwrap();
-    let before = std::fs::read(dir.join("metrics.json")).unwrap();
+        .classification_method("A", &PROBS, 2, &LABELS)?
+        .write(&dir)?;
+    let before = std::fs::read(dir.join("metrics.json"))?;
     assert!(ReportBuilder::new("x").write(&dir).is_err());
-    assert_eq!(std::fs::read(dir.join("metrics.json")).unwrap(), before);
-    assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 1);
+    assert_eq!(std::fs::read(dir.join("metrics.json"))?, before);
+    assert_eq!(std::fs::read_dir(root.path())?.count(), 1);
+    Ok(())
 }

@@ -3,6 +3,7 @@
 //! computed directly (by another path where one exists) on the same predictions; no section
 //! without calibration data; bad calibration input refused with the parameter named.
 
+use anyhow::Result;
 use candle_swag::metrics::{
     self, calibration_bins, conditional_coverage, fit_isotonic_confidence, fit_sigma_scale,
     fit_temperature, prediction_interval_coverage, ClassificationConfig, ConformalClassifier,
@@ -74,7 +75,7 @@ fn close(a: f64, b: f64) -> bool {
 }
 
 #[test]
-fn conditional_coverage_matches_a_hand_computed_example() {
+fn conditional_coverage_matches_a_hand_computed_example() -> Result<()> {
     // σ = 3, 1, 2, 1, 5; covered: yes, no, yes, yes, no (closed intervals: row 2 on its edge).
     let std = [3.0, 1.0, 2.0, 1.0, 5.0];
     let y = [0.0, 5.0, 1.0, 0.5, -9.0];
@@ -85,7 +86,7 @@ fn conditional_coverage_matches_a_hand_computed_example() {
         (0.0, 4.0),
         (-2.0, 6.0),
     ];
-    let c = conditional_coverage(&std, &intervals, &y, 2).unwrap();
+    let c = conditional_coverage(&std, &intervals, &y, 2)?;
     assert_eq!(c.n, 5);
     // Sorted by σ, ties in row order: rows 1, 3 (σ 1), 2 (σ 2) | 0 (σ 3), 4 (σ 5); sizes 3, 2
     // (numpy.array_split: the larger bin first).
@@ -103,9 +104,9 @@ fn conditional_coverage_matches_a_hand_computed_example() {
     assert!(close(b1.mean_width, (2.0 + 8.0) / 2.0));
 
     // One bin is the overall coverage; one bin per row is each row's own.
-    let one = conditional_coverage(&std, &intervals, &y, 1).unwrap();
+    let one = conditional_coverage(&std, &intervals, &y, 1)?;
     assert!(close(one.bins[0].coverage, 0.6));
-    let five = conditional_coverage(&std, &intervals, &y, 5).unwrap();
+    let five = conditional_coverage(&std, &intervals, &y, 5)?;
     let per_row: Vec<f64> = five.bins.iter().map(|b| b.coverage).collect();
     assert_eq!(per_row, vec![0.0, 1.0, 1.0, 1.0, 0.0]);
 
@@ -118,6 +119,7 @@ fn conditional_coverage_matches_a_hand_computed_example() {
     assert!(e.to_string().contains("targets"), "{e}");
     let e = conditional_coverage(&std, &[(1.0, 0.0); 5], &y, 2).unwrap_err();
     assert!(e.to_string().contains("intervals"), "{e}");
+    Ok(())
 }
 
 /// Report with one regression method fitted on calibration predictions.
@@ -143,7 +145,7 @@ fn regression_report(level: f64) -> (ReportBuilder, [Vec<f64>; 6]) {
 }
 
 #[test]
-fn regression_numbers_equal_the_metrics_computed_directly() {
+fn regression_numbers_equal_the_metrics_computed_directly() -> Result<()> {
     let level = 0.9;
     let (builder, [mean, std, y, cm, cs, cy]) = regression_report(level);
     let report = builder.report();
@@ -151,7 +153,7 @@ fn regression_numbers_equal_the_metrics_computed_directly() {
     assert_eq!(c.n_calibration, 80);
 
     // Gaussian intervals: PICP at the level, by the regression metrics' own path.
-    let g = prediction_interval_coverage(&mean, &std, &y, level).unwrap();
+    let g = prediction_interval_coverage(&mean, &std, &y, level)?;
     assert!(close(c.gaussian.picp, g.picp) && close(c.gaussian.mpiw, g.mpiw));
 
     // Conformal: q̂ as the ⌈(n+1)(1−α)⌉-th smallest calibration score, counted by hand.
@@ -170,25 +172,18 @@ fn regression_numbers_equal_the_metrics_computed_directly() {
     ));
     let width = std.iter().map(|s| 2.0 * q * s).sum::<f64>() / 150.0;
     assert!(close(c.conformal_evaluation.mean_size, width));
-    let direct = ConformalRegressor::fit(
-        &ConformalConfig::with_coverage(level).unwrap(),
-        &cm,
-        &cs,
-        &cy,
-    )
-    .unwrap()
-    .evaluate(&mean, &std, &y)
-    .unwrap();
+    let direct = ConformalRegressor::fit(&ConformalConfig::with_coverage(level)?, &cm, &cs, &cy)?
+        .evaluate(&mean, &std, &y)?;
     assert_eq!(c.conformal_evaluation, direct);
 
     // σ scaling fitted on the calibration rows only, scored by PICP and MACE on the test rows.
-    let s = fit_sigma_scale(&cm, &cs, &cy).unwrap();
+    let s = fit_sigma_scale(&cm, &cs, &cy)?;
     assert_eq!(c.sigma_scaling, s);
     let scaled: Vec<f64> = std.iter().map(|v| v * s.scale).collect();
-    let sg = prediction_interval_coverage(&mean, &scaled, &y, level).unwrap();
+    let sg = prediction_interval_coverage(&mean, &scaled, &y, level)?;
     assert!(close(c.sigma_scaled.picp, sg.picp) && close(c.sigma_scaled.mpiw, sg.mpiw));
     let opts = RegressionConfig::default();
-    let m_scaled = metrics::regression_metrics(&mean, &scaled, &y, &opts).unwrap();
+    let m_scaled = metrics::regression_metrics(&mean, &scaled, &y, &opts)?;
     assert!(close(c.mace_sigma_scaled, m_scaled.mace));
     assert!(close(c.mace, report.regression[0].metrics.mace));
     // The calibration data is under-dispersed by 1.6: σ scaling finds about that, and moves
@@ -197,15 +192,13 @@ fn regression_numbers_equal_the_metrics_computed_directly() {
     assert!((c.sigma_scaled.picp - level).abs() < (c.gaussian.picp - level).abs());
 
     // Isotonic quantile recalibration: coverage of its intervals counted here.
-    let r = QuantileRecalibrator::fit(&cm, &cs, &cy).unwrap();
-    let iv = r.intervals(&mean, &std, level).unwrap();
+    let r = QuantileRecalibrator::fit(&cm, &cs, &cy)?;
+    let iv = r.intervals(&mean, &std, level)?;
     let inside = (0..150)
         .filter(|&i| iv[i].0 <= y[i] && y[i] <= iv[i].1)
         .count();
     assert!(close(c.isotonic.picp, inside as f64 / 150.0));
-    let curve = r
-        .calibration_curve(&mean, &std, &y, opts.calibration_points())
-        .unwrap();
+    let curve = r.calibration_curve(&mean, &std, &y, opts.calibration_points())?;
     assert!(close(
         c.mace_isotonic,
         metrics::mean_absolute_calibration_error(&curve)
@@ -231,18 +224,18 @@ fn regression_numbers_equal_the_metrics_computed_directly() {
             hits as f64 / 30.0
         ));
     }
+    Ok(())
 }
 
 #[test]
-fn regression_sections_are_written_with_what_they_were_fitted_on() {
+fn regression_sections_are_written_with_what_they_were_fitted_on() -> Result<()> {
     let (builder, _) = regression_report(0.8);
-    let root = tempfile::tempdir().unwrap();
-    let files = builder.write(root.path().join("rep")).unwrap();
-    let report: Report =
-        serde_json::from_str(&std::fs::read_to_string(&files.report_json).unwrap()).unwrap();
+    let root = tempfile::tempdir()?;
+    let files = builder.write(root.path().join("rep"))?;
+    let report: Report = serde_json::from_str(&std::fs::read_to_string(&files.report_json)?)?;
     let c = &report.regression_calibration[0];
-    let md = std::fs::read_to_string(&files.markdown).unwrap();
-    let html = std::fs::read_to_string(&files.html).unwrap();
+    let md = std::fs::read_to_string(&files.markdown)?;
+    let html = std::fs::read_to_string(&files.html)?;
     for text in [&md, &html] {
         assert!(text.contains("Conformal and Gaussian intervals at 80%"));
         assert!(text.contains("Recalibration of regression quantiles"));
@@ -256,8 +249,7 @@ fn regression_sections_are_written_with_what_they_were_fitted_on() {
         .iter()
         .any(|p| p.files.name == "conditional_coverage" && p.files.png.exists()));
     // metrics.json: the same numbers under the columns' keys.
-    let m: Value =
-        serde_json::from_str(&std::fs::read_to_string(&files.metrics_json).unwrap()).unwrap();
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(&files.metrics_json)?)?;
     assert_eq!(
         m["conformal_coverage"].as_f64().unwrap(),
         c.conformal_evaluation.coverage
@@ -270,32 +262,29 @@ fn regression_sections_are_written_with_what_they_were_fitted_on() {
     );
     assert_eq!(m["n_calibration"], 80);
     assert_eq!(m["target_coverage"].as_f64().unwrap(), 0.8);
+    Ok(())
 }
 
 #[test]
-fn classification_numbers_equal_the_metrics_computed_directly() {
+fn classification_numbers_equal_the_metrics_computed_directly() -> Result<()> {
     let (probs, labels) = classification_data(300, 3);
     let (cp, cl) = classification_data(200, 4);
-    let setup = CalibrationSetup::new(0.9, "the toy hold-out")
-        .unwrap()
-        .with_set_score(SetScore::raps(0.05, 1).unwrap())
-        .unwrap();
-    let opts = ClassificationConfig::with_bins(10).unwrap();
+    let setup =
+        CalibrationSetup::new(0.9, "the toy hold-out")?.with_set_score(SetScore::raps(0.05, 1)?)?;
+    let opts = ClassificationConfig::with_bins(10)?;
     let report = ReportBuilder::with_config("toy", opts.clone(), RegressionConfig::default())
-        .with_calibration(setup)
-        .unwrap()
-        .classification_method_calibrated("SWAG", &probs, 3, &labels, &cp, &cl)
-        .unwrap()
+        .with_calibration(setup)?
+        .classification_method_calibrated("SWAG", &probs, 3, &labels, &cp, &cl)?
         .report();
     let c = &report.classification_calibration[0];
     assert_eq!(c.n_calibration, 200);
 
     // Sets, fitted on the calibration rows only.
-    let config = ConformalConfig::with_coverage(0.9).unwrap();
-    let score = SetScore::raps(0.05, 1).unwrap();
-    let sets = ConformalClassifier::fit(&config, score, &cp, 3, &cl).unwrap();
+    let config = ConformalConfig::with_coverage(0.9)?;
+    let score = SetScore::raps(0.05, 1)?;
+    let sets = ConformalClassifier::fit(&config, score, &cp, 3, &cl)?;
     assert_eq!(c.sets, sets);
-    let predicted = sets.sets(&probs).unwrap();
+    let predicted = sets.sets(&probs)?;
     let covered = (0..300)
         .filter(|&i| predicted[i].contains(&(labels[i] as usize)))
         .count();
@@ -308,10 +297,10 @@ fn classification_numbers_equal_the_metrics_computed_directly() {
 
     // Temperature on ln p of the calibration rows; its ECE through the classification metrics.
     let logits = |p: &[f64]| -> Vec<f64> { p.iter().map(|v| v.max(opts.nll_eps()).ln()).collect() };
-    let t = fit_temperature(&logits(&cp), 3, &cl).unwrap();
+    let t = fit_temperature(&logits(&cp), 3, &cl)?;
     assert_eq!(c.temperature, t);
-    let scaled = metrics::apply_temperature(&logits(&probs), 3, t.temperature).unwrap();
-    let m = metrics::classification_metrics(&scaled, 3, &labels, &opts).unwrap();
+    let scaled = metrics::apply_temperature(&logits(&probs), 3, t.temperature)?;
+    let m = metrics::classification_metrics(&scaled, 3, &labels, &opts)?;
     assert!(
         close(c.ece_temperature, m.ece),
         "{} {}",
@@ -323,41 +312,32 @@ fn classification_numbers_equal_the_metrics_computed_directly() {
     assert!(c.ece_temperature < c.ece);
 
     // Isotonic and histogram binning of the top-label confidence.
-    let (cal_conf, cal_ok) = metrics::top_label(&cp, 3, &cl).unwrap();
-    let (conf, ok) = metrics::top_label(&probs, 3, &labels).unwrap();
-    let iso = fit_isotonic_confidence(&cal_conf, &cal_ok).unwrap();
+    let (cal_conf, cal_ok) = metrics::top_label(&cp, 3, &cl)?;
+    let (conf, ok) = metrics::top_label(&probs, 3, &labels)?;
+    let iso = fit_isotonic_confidence(&cal_conf, &cal_ok)?;
     let iso_conf: Vec<f64> = conf.iter().map(|&v| iso.predict(v)).collect();
     assert!(close(
         c.ece_isotonic,
-        calibration_bins(&iso_conf, &ok, 10).unwrap().ece
+        calibration_bins(&iso_conf, &ok, 10)?.ece
     ));
-    let hist = HistogramBinning::fit(&cal_conf, &cal_ok, 10).unwrap();
-    let hist_conf = hist.apply(&conf).unwrap();
+    let hist = HistogramBinning::fit(&cal_conf, &cal_ok, 10)?;
+    let hist_conf = hist.apply(&conf)?;
     assert!(close(
         c.ece_histogram,
-        calibration_bins(&hist_conf, &ok, 10).unwrap().ece
+        calibration_bins(&hist_conf, &ok, 10)?.ece
     ));
 
     // Written: the two classification sections, with what they were fitted on.
-    let root = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir()?;
     let files = ReportBuilder::with_config("toy", opts, RegressionConfig::default())
-        .with_calibration(
-            CalibrationSetup::new(0.9, "the toy hold-out")
-                .unwrap()
-                .with_set_score(score)
-                .unwrap(),
-        )
-        .unwrap()
-        .classification_method_calibrated("SWAG", &probs, 3, &labels, &cp, &cl)
-        .unwrap()
-        .write(root.path().join("rep"))
-        .unwrap();
-    let md = std::fs::read_to_string(&files.markdown).unwrap();
+        .with_calibration(CalibrationSetup::new(0.9, "the toy hold-out")?.with_set_score(score)?)?
+        .classification_method_calibrated("SWAG", &probs, 3, &labels, &cp, &cl)?
+        .write(root.path().join("rep"))?;
+    let md = std::fs::read_to_string(&files.markdown)?;
     assert!(md.contains("Conformal prediction sets at 90% (RAPS, λ = 0.05, k_reg = 1)"));
     assert!(md.contains("Recalibration of confidence"));
     assert!(md.contains("fitted on the toy hold-out, 200 rows"));
-    let m: Value =
-        serde_json::from_str(&std::fs::read_to_string(&files.metrics_json).unwrap()).unwrap();
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(&files.metrics_json)?)?;
     assert_eq!(
         m["set_coverage"].as_f64().unwrap(),
         c.set_evaluation.coverage
@@ -368,38 +348,33 @@ fn classification_numbers_equal_the_metrics_computed_directly() {
         .plots
         .iter()
         .all(|p| p.files.name != "conditional_coverage"));
+    Ok(())
 }
 
 #[test]
-fn without_calibration_data_the_report_says_nothing_about_it() {
+fn without_calibration_data_the_report_says_nothing_about_it() -> Result<()> {
     let (mean, std, y) = regression_data(50, 5);
     let (probs, labels) = classification_data(50, 6);
-    let root = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir()?;
     // A setup alone (no calibration predictions) adds nothing either.
     for with_setup in [false, true] {
         let mut b = ReportBuilder::new("toy");
         if with_setup {
-            b = b
-                .with_calibration(CalibrationSetup::new(0.9, "unused").unwrap())
-                .unwrap();
+            b = b.with_calibration(CalibrationSetup::new(0.9, "unused")?)?;
         }
         let dir = root.path().join(format!("rep{with_setup}"));
         let files = b
-            .regression_method("SWAG", &mean, &std, &y)
-            .unwrap()
-            .classification_method("SWAG", &probs, 3, &labels)
-            .unwrap()
-            .write(&dir)
-            .unwrap();
-        let report: Report =
-            serde_json::from_str(&std::fs::read_to_string(&files.report_json).unwrap()).unwrap();
+            .regression_method("SWAG", &mean, &std, &y)?
+            .classification_method("SWAG", &probs, 3, &labels)?
+            .write(&dir)?;
+        let report: Report = serde_json::from_str(&std::fs::read_to_string(&files.report_json)?)?;
         assert!(report.calibration.is_none());
         assert!(report.regression_calibration.is_empty());
         assert!(report.classification_calibration.is_empty());
-        let md = std::fs::read_to_string(&files.markdown).unwrap();
-        let html = std::fs::read_to_string(&files.html).unwrap();
-        let json = std::fs::read_to_string(&files.metrics_json).unwrap()
-            + &std::fs::read_to_string(&files.report_json).unwrap();
+        let md = std::fs::read_to_string(&files.markdown)?;
+        let html = std::fs::read_to_string(&files.html)?;
+        let json = std::fs::read_to_string(&files.metrics_json)?
+            + &std::fs::read_to_string(&files.report_json)?;
         for text in [&md, &html, &json] {
             for word in [
                 "onformal",
@@ -418,23 +393,22 @@ fn without_calibration_data_the_report_says_nothing_about_it() {
             .iter()
             .all(|p| p.files.name != "conditional_coverage"));
     }
+    Ok(())
 }
 
 #[test]
-fn bad_calibration_input_names_the_parameter() {
+fn bad_calibration_input_names_the_parameter() -> Result<()> {
     for level in [0.0, 1.0, 1.5, -0.1, f64::NAN] {
         let e = CalibrationSetup::new(level, "hold-out").unwrap_err();
         assert!(e.to_string().contains("coverage"), "{e}");
     }
     let e = CalibrationSetup::new(0.9, " ").unwrap_err();
     assert!(e.to_string().contains("calibration part"), "{e}");
-    let e = CalibrationSetup::new(0.9, "x")
-        .unwrap()
+    let e = CalibrationSetup::new(0.9, "x")?
         .with_sigma_bins(0)
         .unwrap_err();
     assert!(e.to_string().contains("sigma_bins"), "{e}");
-    let e = CalibrationSetup::new(0.9, "x")
-        .unwrap()
+    let e = CalibrationSetup::new(0.9, "x")?
         .with_set_score(SetScore::Raps {
             lambda: -1.0,
             k_reg: 1,
@@ -444,7 +418,7 @@ fn bad_calibration_input_names_the_parameter() {
 
     let (mean, std, y) = regression_data(60, 7);
     let (cm, cs, cy) = regression_data(40, 8);
-    let setup = CalibrationSetup::new(0.9, "hold-out").unwrap();
+    let setup = CalibrationSetup::new(0.9, "hold-out")?;
     let calibrated = |cal: GaussianPredictions| {
         ReportBuilder::new("toy")
             .with_calibration(setup.clone())
@@ -478,16 +452,14 @@ fn bad_calibration_input_names_the_parameter() {
     let (probs, labels) = classification_data(60, 9);
     let (cp, cl) = classification_data(40, 10);
     let e = ReportBuilder::new("toy")
-        .with_calibration(setup.clone())
-        .unwrap()
+        .with_calibration(setup.clone())?
         .classification_method_calibrated("SWAG", &probs, 3, &labels, &cp[..119], &cl)
         .err()
         .unwrap()
         .to_string();
     assert!(e.contains("calibration probabilities"), "{e}");
     let e = ReportBuilder::new("toy")
-        .with_calibration(setup.clone())
-        .unwrap()
+        .with_calibration(setup.clone())?
         .classification_method_calibrated("SWAG", &probs, 3, &labels, &cp, &cl[..39])
         .err()
         .unwrap()
@@ -502,11 +474,11 @@ fn bad_calibration_input_names_the_parameter() {
         .to_string();
     assert!(e.contains("calibration"), "{e}");
     let e = ReportBuilder::new("toy")
-        .regression_method("SGD", &mean, &std, &y)
-        .unwrap()
+        .regression_method("SGD", &mean, &std, &y)?
         .with_calibration(setup)
         .err()
         .unwrap()
         .to_string();
     assert!(e.contains("calibration"), "{e}");
+    Ok(())
 }
