@@ -132,27 +132,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn failed_fill_leaves_previous_directory_intact() {
-        let root = tempfile::tempdir().unwrap();
+    fn failed_fill_leaves_previous_directory_intact() -> anyhow::Result<()> {
+        let root = tempfile::tempdir()?;
         let dir = root.path().join("run");
-        write_dir_atomic(&dir, |d| write_file_atomic(d.join("a.txt"), b"first")).unwrap();
+        write_dir_atomic(&dir, |d| write_file_atomic(d.join("a.txt"), b"first"))?;
         let err = write_dir_atomic(&dir, |d| {
             write_file_atomic(d.join("a.txt"), b"second")?;
             Err(Error::invalid("test", "interrupted"))
         });
         assert!(err.is_err());
-        assert_eq!(fs::read(dir.join("a.txt")).unwrap(), b"first");
+        assert_eq!(fs::read(dir.join("a.txt"))?, b"first");
         // No temporary directories are left behind.
-        let leftovers: Vec<_> = fs::read_dir(root.path()).unwrap().collect();
+        let leftovers: Vec<_> = fs::read_dir(root.path())?.collect();
         assert_eq!(leftovers.len(), 1);
+        Ok(())
     }
 
     #[test]
-    fn file_write_replaces_content() {
-        let root = tempfile::tempdir().unwrap();
+    fn file_write_replaces_content() -> anyhow::Result<()> {
+        let root = tempfile::tempdir()?;
         let f = root.path().join("x.bin");
-        write_file_atomic(&f, b"one").unwrap();
-        write_file_atomic(&f, b"two").unwrap();
-        assert_eq!(fs::read(&f).unwrap(), b"two");
+        write_file_atomic(&f, b"one")?;
+        write_file_atomic(&f, b"two")?;
+        assert_eq!(fs::read(&f)?, b"two");
+        Ok(())
     }
 }

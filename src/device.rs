@@ -151,7 +151,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn requests_parse_and_print_back() {
+    fn requests_parse_and_print_back() -> anyhow::Result<()> {
         for (s, want) in [
             ("auto", DeviceRequest::Auto),
             ("cpu", DeviceRequest::Cpu),
@@ -167,17 +167,19 @@ mod tests {
             let err = bad.parse::<DeviceRequest>().expect_err(bad).to_string();
             assert!(err.contains("device"), "{bad}: {err}");
         }
+        Ok(())
     }
 
     #[test]
-    fn auto_on_a_cpu_build_is_the_cpu_without_notice() {
+    fn auto_on_a_cpu_build_is_the_cpu_without_notice() -> anyhow::Result<()> {
         if cfg!(any(feature = "cuda", feature = "metal")) {
-            return;
+            return Ok(());
         }
         let s = select(DeviceRequest::Auto).expect("the CPU always opens");
         assert!(s.device.is_cpu());
         assert!(s.fallback.is_none());
         let err = select(DeviceRequest::Cuda(1)).expect_err("no CUDA in this build");
         assert!(err.to_string().contains("cuda:1"), "{err}");
+        Ok(())
     }
 }

@@ -158,12 +158,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn candle_errors_display_without_backtrace() {
+    fn candle_errors_display_without_backtrace() -> anyhow::Result<()> {
         let inner = candle_core::Error::Msg("shape mismatch".into());
         let e = Error::from(candle_core::Error::WithBacktrace {
             inner: Box::new(inner),
             backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
         });
         assert_eq!(e.to_string(), "candle: shape mismatch");
+        Ok(())
     }
 }

@@ -296,12 +296,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn best_noise_matches_residual_variance_without_epistemic_part() {
+    fn best_noise_matches_residual_variance_without_epistemic_part() -> anyhow::Result<()> {
         // With zero epistemic variance the NLL-optimal noise is the mean squared residual.
         let mean = vec![0.0; 4];
         let y = vec![1.0, -1.0, 2.0, -2.0]; // mean squared residual 2.5
         let (s2, _) = best_noise_variance(&mean, &[0.0; 4], &y);
         assert!((s2 / 2.5 - 1.0).abs() < 0.012, "{s2}");
         assert_eq!(mean_squared_residual(&mean, &y).expect("same lengths"), 2.5);
+        Ok(())
     }
 }

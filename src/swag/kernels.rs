@@ -336,7 +336,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn collect_matches_hand_computed_welford() {
+    fn collect_matches_hand_computed_welford() -> anyhow::Result<()> {
         // Two snapshots 1 and 3 (then -2 and 4, 3 and 5): mean 2, M2 = 2, deviation 3 − 2 = 1.
         let mut mean = [0f32; 3];
         let mut comp = [0f32; 3];
@@ -356,10 +356,11 @@ mod tests {
         assert_eq!(comp, [0.0; 3]);
         assert_eq!(m2, [2.0, 18.0, 2.0]);
         assert_eq!(dev, [1.0, 3.0, 1.0]);
+        Ok(())
     }
 
     #[test]
-    fn compensated_mean_keeps_what_f32_rounds_away() {
+    fn compensated_mean_keeps_what_f32_rounds_away() -> anyhow::Result<()> {
         // Mean of 1 and 1 + 2⁻²³ is 1 + 2⁻²⁴, not representable in f32: the compensation
         // holds the 2⁻²⁴, and M2 = 2·(2⁻²⁴)² exactly.
         let eps = f32::EPSILON; // 2⁻²³
@@ -369,15 +370,17 @@ mod tests {
         assert_eq!(st.mean as f64 + st.mean_comp as f64, 1.0 + eps as f64 / 2.0);
         assert_eq!(dev as f64, eps as f64 / 2.0);
         assert_eq!(st.m2 as f64, 2.0 * (eps as f64 / 2.0).powi(2));
+        Ok(())
     }
 
     #[test]
-    fn non_finite_is_located() {
+    fn non_finite_is_located() -> anyhow::Result<()> {
         let mut xs = vec![1.0f32; 10_000];
         assert_eq!(first_non_finite(&xs), None);
         xs[7777] = f32::NEG_INFINITY;
         assert_eq!(first_non_finite(&xs), Some(7777));
         xs[5] = f32::NAN;
         assert_eq!(first_non_finite(&xs), Some(5));
+        Ok(())
     }
 }

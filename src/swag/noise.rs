@@ -307,7 +307,7 @@ mod tests {
 
     /// Random123's kat_vectors for philox4x32 with 10 rounds (counter, key, output).
     #[test]
-    fn philox_matches_random123_known_answers() {
+    fn philox_matches_random123_known_answers() -> anyhow::Result<()> {
         let cases: [([u32; 4], [u32; 2], [u32; 4]); 3] = [
             (
                 [0; 4],
@@ -332,12 +332,13 @@ mod tests {
                 "counter {ctr:x?} key {key:x?}"
             );
         }
+        Ok(())
     }
 
     /// The CUDA kernels spell the same constants as bit patterns; a drift in either file
     /// would break CPU/GPU bit-identity where no GPU is at hand to notice.
     #[test]
-    fn cuda_source_uses_the_same_constants() {
+    fn cuda_source_uses_the_same_constants() -> anyhow::Result<()> {
         let cu = include_str!("kernels.cu");
         let define = |name: &str| -> u32 {
             let key = format!("#define {name} __uint_as_float(0x");
@@ -367,10 +368,11 @@ mod tests {
         }
         assert_eq!(1.0f32 / 3.0, LN_C3);
         assert_eq!(1.0f32 / 9.0, LN_C9);
+        Ok(())
     }
 
     #[test]
-    fn portable_ln_is_within_two_ulp_of_f64() {
+    fn portable_ln_is_within_two_ulp_of_f64() -> anyhow::Result<()> {
         let mut x = 2f32.powi(-40);
         while x < 4.0 {
             let got = portable_ln(x) as f64;
@@ -383,10 +385,11 @@ mod tests {
             );
             x *= 1.000_37;
         }
+        Ok(())
     }
 
     #[test]
-    fn transform_matches_the_f64_inverse_cdf() {
+    fn transform_matches_the_f64_inverse_cdf() -> anyhow::Result<()> {
         use statrs::distribution::{ContinuousCDF, Normal};
         let normal = Normal::standard();
         // Words across the whole range, both signs, both branches, the far tail and the extremes.
@@ -405,10 +408,11 @@ mod tests {
                 "word {u:#x}: {got} against {want}"
             );
         }
+        Ok(())
     }
 
     #[test]
-    fn vectorised_transform_gives_the_scalar_bits() {
+    fn vectorised_transform_gives_the_scalar_bits() -> anyhow::Result<()> {
         let mut words = [0u32; LANES];
         for start in (0..u32::MAX - 4 * LANES as u32).step_by(9_973_777) {
             for (k, w) in words.iter_mut().enumerate() {
@@ -421,10 +425,11 @@ mod tests {
                 assert_eq!(z.to_bits(), normal_from_bits(*w).to_bits(), "word {w:#x}");
             }
         }
+        Ok(())
     }
 
     #[test]
-    fn draws_depend_only_on_their_key() {
+    fn draws_depend_only_on_their_key() -> anyhow::Result<()> {
         // Filling from an unaligned start, or one coordinate at a time, gives the same values.
         let mut whole = vec![0f32; 237];
         fill_normals(9, Z1_STREAM, 3, 5, &mut whole);
@@ -440,5 +445,6 @@ mod tests {
         assert_ne!(whole, other);
         fill_normals(10, Z1_STREAM, 3, 5, &mut other);
         assert_ne!(whole, other);
+        Ok(())
     }
 }

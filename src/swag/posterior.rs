@@ -830,20 +830,19 @@ mod tests {
     }
 
     #[test]
-    fn fused_and_tensor_op_paths_agree() {
-        let layout =
-            ParamLayout::new(vec![("a".into(), vec![7]), ("b".into(), vec![2, 3])]).unwrap();
+    fn fused_and_tensor_op_paths_agree() -> anyhow::Result<()> {
+        let layout = ParamLayout::new(vec![("a".into(), vec![7]), ("b".into(), vec![2, 3])])?;
         // The snapshots are computed once and fed to every posterior: `sin` may round
         // differently where the compiler inlines or vectorises it, which would make the
         // posteriors' inputs, not their arithmetic, differ.
         let thetas: Vec<Tensor> = (0..5).map(|s| theta(s, 13)).collect();
         for dt in [DType::F32, DType::BF16, DType::F16] {
-            let cfg = SwagConfig::with_rank(3).with_deviation_dtype(dt).unwrap();
-            let mut fused = SwagPosterior::new(layout.clone(), cfg.clone(), &Device::Cpu).unwrap();
-            let mut ops = SwagPosterior::new(layout.clone(), cfg, &Device::Cpu).unwrap();
+            let cfg = SwagConfig::with_rank(3).with_deviation_dtype(dt)?;
+            let mut fused = SwagPosterior::new(layout.clone(), cfg.clone(), &Device::Cpu)?;
+            let mut ops = SwagPosterior::new(layout.clone(), cfg, &Device::Cpu)?;
             for t in &thetas {
-                fused.collect_flat(t).unwrap();
-                ops.collect_with_tensor_ops(t).unwrap();
+                fused.collect_flat(t)?;
+                ops.collect_with_tensor_ops(t)?;
             }
             let host = |t: Tensor| -> Vec<f32> {
                 let t = t.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
@@ -872,13 +871,14 @@ mod tests {
             // Host memory (what a GPU model uses): the tensor-op path copies each column to
             // the host and encodes it there; the same bits.
             let cfg = fused.config().clone().with_store(DeviationStore::Host);
-            let mut host_ops = SwagPosterior::new(layout.clone(), cfg, &Device::Cpu).unwrap();
+            let mut host_ops = SwagPosterior::new(layout.clone(), cfg, &Device::Cpu)?;
             for t in &thetas {
-                host_ops.collect_with_tensor_ops(t).unwrap();
+                host_ops.collect_with_tensor_ops(t)?;
             }
             same_as_fused(&host_ops);
             assert_eq!(fused.rows(), 3);
             assert_eq!(ops.rows(), 3);
         }
+        Ok(())
     }
 }

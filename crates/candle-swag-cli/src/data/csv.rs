@@ -403,10 +403,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn labels_sort_numerically_when_numeric() {
+    fn labels_sort_numerically_when_numeric() -> anyhow::Result<()> {
         let l = sorted_labels(["10", "9", "2", "9"].into_iter());
         assert_eq!(l, vec!["2", "9", "10"]);
         let l = sorted_labels(["b", "a", "10"].into_iter());
         assert_eq!(l, vec!["10", "a", "b"]);
+        Ok(())
     }
 }

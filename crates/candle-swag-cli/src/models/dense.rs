@@ -216,14 +216,14 @@ mod tests {
     }
 
     #[test]
-    fn fused_matches_candle_ops_values_and_gradients() {
+    fn fused_matches_candle_ops_values_and_gradients() -> anyhow::Result<()> {
         let dev = Device::Cpu;
         let vals = |n: usize, s: f32| -> Vec<f32> {
             (0..n).map(|i| ((i * 37 % 23) as f32 - 11.0) * s).collect()
         };
-        let x = Var::from_vec(vals(5 * 7, 0.1), (5, 7), &dev).unwrap();
-        let w = Var::from_vec(vals(4 * 7, 0.05), (4, 7), &dev).unwrap();
-        let b = Var::from_vec(vals(4, 0.2), 4, &dev).unwrap();
+        let x = Var::from_vec(vals(5 * 7, 0.1), (5, 7), &dev)?;
+        let w = Var::from_vec(vals(4 * 7, 0.05), (4, 7), &dev)?;
+        let b = Var::from_vec(vals(4, 0.2), 4, &dev)?;
         for relu in [false, true] {
             let layer = Dense::new(w.as_tensor().clone(), b.as_tensor().clone(), relu);
             let (y1, g1) = grads_of(&layer, x.as_tensor(), true);
@@ -241,18 +241,19 @@ mod tests {
                 assert!(y1.contains(&0.0) && y1.iter().any(|v| *v > 0.0));
             }
         }
+        Ok(())
     }
 
     #[test]
-    fn input_without_gradient_gets_none() {
+    fn input_without_gradient_gets_none() -> anyhow::Result<()> {
         let dev = Device::Cpu;
-        let x = Tensor::ones((2, 3), DType::F32, &dev).unwrap();
-        let w = Var::ones((2, 3), DType::F32, &dev).unwrap();
-        let b = Var::zeros(2, DType::F32, &dev).unwrap();
+        let x = Tensor::ones((2, 3), DType::F32, &dev)?;
+        let w = Var::ones((2, 3), DType::F32, &dev)?;
+        let b = Var::zeros(2, DType::F32, &dev)?;
         let layer = Dense::new(w.as_tensor().clone(), b.as_tensor().clone(), false);
-        let y = layer.forward(&x).unwrap();
-        assert_eq!(y.to_vec2::<f32>().unwrap(), vec![vec![3.0, 3.0]; 2]);
-        let grads = y.sum_all().unwrap().backward().unwrap();
+        let y = layer.forward(&x)?;
+        assert_eq!(y.to_vec2::<f32>()?, vec![vec![3.0, 3.0]; 2]);
+        let grads = y.sum_all()?.backward()?;
         assert!(grads.get(&x).is_none());
         // d(sum y)/dW = column sums of x = 2 for every weight; d/db = n = 2.
         assert_eq!(
@@ -263,5 +264,6 @@ mod tests {
             grads.get(&b).unwrap().to_vec1::<f32>().unwrap(),
             vec![2.0; 2]
         );
+        Ok(())
     }
 }

@@ -228,14 +228,14 @@ mod tests {
     use candle_core::{Device, Var};
 
     #[test]
-    fn matches_candle_nn_value_and_gradient() {
+    fn matches_candle_nn_value_and_gradient() -> anyhow::Result<()> {
         let dev = Device::Cpu;
         let vals: Vec<f32> = (0..15).map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.7).collect();
-        let z = Var::from_vec(vals, (5, 3), &dev).unwrap();
-        let y = Tensor::new(&[0u32, 2, 1, 1, 0], &dev).unwrap();
-        let a = cross_entropy(z.as_tensor(), &y).unwrap();
-        let b = candle_nn::loss::cross_entropy(z.as_tensor(), &y).unwrap();
-        let (va, vb) = (a.to_scalar::<f32>().unwrap(), b.to_scalar::<f32>().unwrap());
+        let z = Var::from_vec(vals, (5, 3), &dev)?;
+        let y = Tensor::new(&[0u32, 2, 1, 1, 0], &dev)?;
+        let a = cross_entropy(z.as_tensor(), &y)?;
+        let b = candle_nn::loss::cross_entropy(z.as_tensor(), &y)?;
+        let (va, vb) = (a.to_scalar::<f32>()?, b.to_scalar::<f32>()?);
         assert!((va - vb).abs() < 1e-6, "{va} vs {vb}");
         let grad = |loss: &Tensor| -> Vec<f32> {
             let g = loss.backward().unwrap();
@@ -245,17 +245,19 @@ mod tests {
         for (p, q) in ga.iter().zip(&gb) {
             assert!((p - q).abs() < 1e-6, "{p} vs {q}");
         }
+        Ok(())
     }
 
     #[test]
-    fn large_logits_do_not_overflow_and_bad_labels_are_refused() {
+    fn large_logits_do_not_overflow_and_bad_labels_are_refused() -> anyhow::Result<()> {
         let dev = Device::Cpu;
         // Row (1000, 0): loss of label 0 is ln(1 + e^-1000) ≈ 0; of label 1 it is 1000.
-        let z = Tensor::new(&[[1000f32, 0.0], [1000.0, 0.0]], &dev).unwrap();
-        let y = Tensor::new(&[0u32, 1], &dev).unwrap();
-        let l = cross_entropy(&z, &y).unwrap().to_scalar::<f32>().unwrap();
+        let z = Tensor::new(&[[1000f32, 0.0], [1000.0, 0.0]], &dev)?;
+        let y = Tensor::new(&[0u32, 1], &dev)?;
+        let l = cross_entropy(&z, &y)?.to_scalar::<f32>()?;
         assert!((l - 500.0).abs() < 1e-3, "{l}");
-        let bad = Tensor::new(&[0u32, 2], &dev).unwrap();
+        let bad = Tensor::new(&[0u32, 2], &dev)?;
         assert!(cross_entropy(&z, &bad).is_err());
+        Ok(())
     }
 }

@@ -264,22 +264,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cells_split_with_quotes() {
+    fn cells_split_with_quotes() -> anyhow::Result<()> {
         assert_eq!(split_line(r#"1, "a,b" ,"x""y""#), vec!["1", "a,b", "x\"y"]);
         assert_eq!(split_line("a,b\r"), vec!["a", "b"]);
         assert_eq!(split_line(r#"5 "in",x"#), vec![r#"5 "in""#, "x"]);
         assert_eq!(split_line(",,"), vec!["", "", ""]);
+        Ok(())
     }
 
     #[test]
-    fn header_detection_and_bom() {
-        let t = CsvTable::parse_with("\u{feff}0.5,0.5\n1,0\n", "p.csv", Header::Detect).unwrap();
+    fn header_detection_and_bom() -> anyhow::Result<()> {
+        let t = CsvTable::parse_with("\u{feff}0.5,0.5\n1,0\n", "p.csv", Header::Detect)?;
         assert!(!t.has_header());
         assert_eq!(t.header(), ["0", "1"]);
         assert_eq!(t.num_rows(), 2);
-        let t = CsvTable::parse_with("\u{feff}p0,p1\n1,0\n", "p.csv", Header::Detect).unwrap();
+        let t = CsvTable::parse_with("\u{feff}p0,p1\n1,0\n", "p.csv", Header::Detect)?;
         assert!(t.has_header());
         assert_eq!(t.header(), ["p0", "p1"]);
-        assert_eq!(t.numeric_column("p1").unwrap(), vec![0.0]);
+        assert_eq!(t.numeric_column("p1")?, vec![0.0]);
+        Ok(())
     }
 }

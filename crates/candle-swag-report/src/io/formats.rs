@@ -171,31 +171,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn csv_header_detected_and_prob_columns_selected() {
-        let dir = tempfile::tempdir().unwrap();
+    fn csv_header_detected_and_prob_columns_selected() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
         let p = dir.path().join("preds.csv");
-        std::fs::write(&p, "prob_0,prob_1,pred\n0.25,0.75,1\n0.5,0.5,0\n").unwrap();
-        let a = read_input(&InputSource::new(&p), Role::Probabilities).unwrap();
+        std::fs::write(&p, "prob_0,prob_1,pred\n0.25,0.75,1\n0.5,0.5,0\n")?;
+        let a = read_input(&InputSource::new(&p), Role::Probabilities)?;
         assert_eq!((a.rows, a.cols), (2, 2));
         assert_eq!(a.values, vec![0.25, 0.75, 0.5, 0.5]);
         assert_eq!(a.column_name(1), "prob_1");
         let pred = read_input(
             &InputSource::parse(&format!("{}:pred", p.display())),
             Role::Labels,
-        )
-        .unwrap();
+        )?;
         assert_eq!(pred.values, vec![1.0, 0.0]);
+        Ok(())
     }
 
     #[test]
-    fn csv_bad_cell_names_row_and_column() {
-        let dir = tempfile::tempdir().unwrap();
+    fn csv_bad_cell_names_row_and_column() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
         let p = dir.path().join("y.csv");
-        std::fs::write(&p, "a,b\n1,2\n3,oops\n").unwrap();
+        std::fs::write(&p, "a,b\n1,2\n3,oops\n")?;
         let e = read_input(&InputSource::new(&p), Role::Probabilities).unwrap_err();
         match e {
             Error::BadData { row, column, .. } => assert_eq!((row, column.as_str()), (2, "b")),
             other => panic!("unexpected {other}"),
         }
+        Ok(())
     }
 }

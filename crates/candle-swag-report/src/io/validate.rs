@@ -179,34 +179,37 @@ mod tests {
     }
 
     #[test]
-    fn softmax_matches_hand_values() {
+    fn softmax_matches_hand_values() -> anyhow::Result<()> {
         // softmax([0, ln 3]) = [1/4, 3/4]
-        let s = probabilities_from_logits(&arr(1, 2, &[0.0, 3f64.ln()])).unwrap();
+        let s = probabilities_from_logits(&arr(1, 2, &[0.0, 3f64.ln()]))?;
         assert!((s.values[0] - 0.25).abs() < 1e-7 && (s.values[1] - 0.75).abs() < 1e-7);
         // Large logits do not overflow.
-        let s = probabilities_from_logits(&arr(1, 2, &[1000.0, 1000.0])).unwrap();
+        let s = probabilities_from_logits(&arr(1, 2, &[1000.0, 1000.0]))?;
         assert_eq!(s.values, vec![0.5, 0.5]);
         // One column: sigmoid.
-        let s = probabilities_from_logits(&arr(1, 1, &[0.0])).unwrap();
+        let s = probabilities_from_logits(&arr(1, 1, &[0.0]))?;
         assert_eq!(s.values, vec![0.5, 0.5]);
+        Ok(())
     }
 
     #[test]
-    fn row_sum_error_names_row() {
+    fn row_sum_error_names_row() -> anyhow::Result<()> {
         let e = check_probabilities(&arr(2, 2, &[0.5, 0.5, 0.5, 0.6])).unwrap_err();
         assert!(matches!(e, Error::BadData { row: 2, ref column, .. } if column == "sum"));
         // Within tolerance passes.
-        check_probabilities(&arr(1, 2, &[0.5, 0.50005])).unwrap();
+        check_probabilities(&arr(1, 2, &[0.5, 0.50005]))?;
+        Ok(())
     }
 
     #[test]
-    fn label_checks() {
+    fn label_checks() -> anyhow::Result<()> {
         assert_eq!(
-            labels_to_classes(&arr(3, 1, &[0.0, 2.0, 1.0]), 3).unwrap(),
+            labels_to_classes(&arr(3, 1, &[0.0, 2.0, 1.0]), 3)?,
             vec![0, 2, 1]
         );
         let e = labels_to_classes(&arr(3, 1, &[0.0, 3.0, 1.0]), 3).unwrap_err();
         assert!(matches!(e, Error::BadData { row: 2, .. }));
         assert!(labels_to_classes(&arr(1, 1, &[0.5]), 3).is_err());
+        Ok(())
     }
 }

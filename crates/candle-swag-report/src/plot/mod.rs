@@ -73,12 +73,13 @@ mod tests {
     use super::thin_indices;
 
     #[test]
-    fn thinning_keeps_ends_and_count() {
+    fn thinning_keeps_ends_and_count() -> anyhow::Result<()> {
         assert_eq!(thin_indices(5, 10), vec![0, 1, 2, 3, 4]);
         assert_eq!(thin_indices(11, 3), vec![0, 5, 10]);
         let t = thin_indices(100_000, 2000);
         assert_eq!(t.len(), 2000);
         assert_eq!((t[0], t[1999]), (0, 99_999));
         assert!(t.windows(2).all(|w| w[0] < w[1]));
+        Ok(())
     }
 }

@@ -201,15 +201,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn escapes_markup() {
+    fn escapes_markup() -> anyhow::Result<()> {
         assert_eq!(esc("<a & \"b\">"), "&lt;a &amp; &quot;b&quot;&gt;");
+        Ok(())
     }
 
     #[test]
-    fn attributes_split_respecting_quotes() {
+    fn attributes_split_respecting_quotes() -> anyhow::Result<()> {
         assert_eq!(
             split_attributes(r#" width="10" viewBox="0 0 10 20" xmlns="x""#),
             vec![r#"width="10""#, r#"viewBox="0 0 10 20""#, r#"xmlns="x""#]
         );
+        Ok(())
     }
 }

@@ -451,7 +451,7 @@ mod tests {
     use super::Direction::*;
 
     #[test]
-    fn best_follows_direction() {
+    fn best_follows_direction() -> anyhow::Result<()> {
         let v = [0.3, 0.1, 0.5];
         assert_eq!(HigherIsBetter.best(&v), vec![2]);
         assert_eq!(LowerIsBetter.best(&v), vec![1]);
@@ -461,5 +461,6 @@ mod tests {
         assert!(LowerIsBetter.best(&[0.2]).is_empty());
         // NaN never wins; ties are all best.
         assert_eq!(LowerIsBetter.best(&[f64::NAN, 0.2, 0.2]), vec![1, 2]);
+        Ok(())
     }
 }
