@@ -297,7 +297,8 @@ fn bma_invariants() -> Result<()> {
     for i in 0..s1.n_rows() {
         let mi = s1.predictive_entropy[i] - s1.expected_entropy[i];
         assert!((mi.max(0.0) - s1.mutual_information[i]).abs() < 1e-6);
-        assert!(s1.mutual_information[i] >= 0.0);
+        // Concavity of entropy, tested on the unclamped difference (f32 BMA: rounding only).
+        assert!(mi >= -1e-6, "row {i}: H(mean) − mean H = {mi}");
     }
     // The same BMA computed on the host from the per-sample probabilities (f64).
     let mut per_sample: Vec<f32> = Vec::new();
