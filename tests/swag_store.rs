@@ -191,3 +191,110 @@ fn f16_columns_never_overflow_and_count_what_they_flush() -> Result<()> {
     assert!(s.to_vec1::<f32>()?.iter().all(|x| x.is_finite()));
     Ok(())
 }
+
+/// A layout of 600,027 coordinates: rows of f32 (2¹⁸ per checksum chunk) and of 16-bit
+/// columns (2¹⁹) both span several checksum windows, and a window boundary falls inside `big`.
+fn wide_layout() -> Result<ParamLayout> {
+    Ok(ParamLayout::new(vec![
+        ("a".into(), vec![3]),
+        ("big".into(), vec![600_001]),
+        ("w".into(), vec![7, 3]),
+        ("b".into(), vec![2]),
+    ])?)
+}
+
+fn saved_wide(path: &std::path::Path, dt: DType, rank: usize, n: usize) -> Result<()> {
+    let layout = wide_layout()?;
+    let cfg = SwagConfig::with_rank(rank).with_deviation_dtype(dt)?;
+    let mut p = SwagPosterior::new(layout.clone(), cfg, &Device::Cpu)?;
+    for s in 0..n {
+        p.collect_flat(&snapshot(&layout, s))?;
+    }
+    p.save(path)?;
+    Ok(())
+}
+
+#[test]
+fn a_file_opened_on_disk_is_sampled_in_one_verifying_pass_with_the_same_bits() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    for (dt, rank, n) in [(DType::F32, 4, 6), (DType::BF16, 3, 3), (DType::F16, 4, 5)] {
+        let path = dir.path().join(format!("wide_{dt:?}.safetensors"));
+        saved_wide(&path, dt, rank, n)?;
+        let memory = SwagPosterior::load(&path, &Device::Cpu)?;
+        let opts = SampleConfig::default();
+        let expected = bits(&memory.sample_flat_seeded(5, &opts)?);
+        // First sample: the streaming pass that also completes the checksum.
+        let disk = SwagPosterior::load_with_store(
+            &path,
+            &Device::Cpu,
+            DeviationStore::Disk(path.clone()),
+        )?;
+        assert_eq!(
+            bits(&disk.sample_flat_seeded(5, &opts)?),
+            expected,
+            "{dt:?} first"
+        );
+        // Verified now: later samples take the ordinary path, with the same bits.
+        assert_eq!(
+            bits(&disk.sample_flat_seeded(5, &opts)?),
+            expected,
+            "{dt:?} second"
+        );
+        disk.verify_columns()?;
+        // A diagonal sample of a fresh opening verifies before it samples.
+        let diag = SampleConfig::diagonal(0.5)?;
+        let fresh = SwagPosterior::load_with_store(
+            &path,
+            &Device::Cpu,
+            DeviationStore::Disk(path.clone()),
+        )?;
+        assert_eq!(
+            bits(&fresh.sample_flat_seeded(2, &diag)?),
+            bits(&memory.sample_flat_seeded(2, &diag)?),
+            "{dt:?} diagonal"
+        );
+        // The digests the first sample recorded serve an in-place save: the file reloads.
+        disk.save(&path)?;
+        let reloaded = SwagPosterior::load(&path, &Device::Cpu)?;
+        assert_eq!(bits(&reloaded.sample_flat_seeded(5, &opts)?), expected);
+    }
+    Ok(())
+}
+
+#[test]
+fn a_corrupted_column_of_a_file_opened_on_disk_fails_its_first_use() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("wide.safetensors");
+    saved_wide(&path, DType::F32, 3, 4)?;
+    // Flip one byte of the last deviation row, past the moments (the file ends with the rows).
+    let mut bytes = std::fs::read(&path)?;
+    let at = bytes.len() - 1_000;
+    bytes[at] ^= 0x10;
+    std::fs::write(&path, &bytes)?;
+    // In memory, the load itself refuses the file.
+    let err = SwagPosterior::load(&path, &Device::Cpu).unwrap_err();
+    assert!(err.to_string().contains("checksum mismatch"), "{err}");
+    // On disk, the open succeeds (header and moments are sound) and the first use fails, by
+    // name, whichever use it is; the failure sticks.
+    let open =
+        || SwagPosterior::load_with_store(&path, &Device::Cpu, DeviationStore::Disk(path.clone()));
+    let p = open()?;
+    let opts = SampleConfig::default();
+    for _ in 0..2 {
+        let err = p.sample_flat_seeded(1, &opts).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("checksum mismatch") && msg.contains("wide.safetensors"),
+            "{msg}"
+        );
+    }
+    let err = open()?.verify_columns().unwrap_err();
+    assert!(err.to_string().contains("checksum mismatch"), "{err}");
+    let err = open()?.deviations().unwrap_err();
+    assert!(err.to_string().contains("checksum mismatch"), "{err}");
+    let err = open()?
+        .sample_flat_seeded(1, &SampleConfig::diagonal(0.5)?)
+        .unwrap_err();
+    assert!(err.to_string().contains("checksum mismatch"), "{err}");
+    Ok(())
+}

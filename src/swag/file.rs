@@ -51,6 +51,7 @@
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
+use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
@@ -58,7 +59,7 @@ use rayon::prelude::*;
 use super::format::*;
 pub use super::format::{checksum, FORMAT_NAME, FORMAT_VERSION};
 use super::posterior::{SwagConfig, SwagPosterior, ROW_COMP, ROW_M2, ROW_MEAN};
-use super::store::{Columns, DeviationStore, DiskColumns};
+use super::store::{Columns, DeviationStore, DiskColumns, PendingChecksum};
 use crate::error::{Error, Result};
 use crate::layout::{ParamEntry, ParamLayout, ParamSet};
 
@@ -162,15 +163,12 @@ impl SwagPosterior {
             moment_digests
                 .push(self.write_moment(i, |b| file.write_all(b).map_err(|e| Error::io(path, e)))?);
         }
+        let rows = disk.row_digests(self.rows)?;
         let mut digests: Vec<&BufferDigest> = moment_digests.iter().collect();
-        for r in 0..self.rows {
-            let dg = disk
-                .row_digests
-                .get(r)
-                .and_then(Option::as_ref)
-                .ok_or_else(|| {
-                    Error::bad_file(path, format!("deviation row {r} was never written"))
-                })?;
+        for (r, dg) in rows.iter().enumerate() {
+            let dg = dg.as_ref().ok_or_else(|| {
+                Error::bad_file(path, format!("deviation row {r} was never written"))
+            })?;
             digests.push(dg);
         }
         let mut fields = self.header_fields(self.oldest, combine(&digests))?;
@@ -191,6 +189,16 @@ impl SwagPosterior {
         Self::load_with_store(path, device, DeviationStore::Device)
     }
 
+    /// Verifies now the checksum of columns opened on disk and not yet verified (see
+    /// [`load_with_store`](Self::load_with_store)): one read of the columns. Nothing to do for
+    /// columns in memory, which are verified as they are loaded.
+    pub fn verify_columns(&self) -> Result<()> {
+        match &self.columns {
+            Columns::Disk(disk) => disk.verify(),
+            Columns::Memory(_) => Ok(()),
+        }
+    }
+
     /// Bytes the deviation columns of the posterior file at `path` take, and whether the file
     /// can be opened in place (`DeviationStore::Disk`: format version 3), from its header alone
     /// (no tensor is read): what a tool needs to decide whether to stream the columns.
@@ -209,6 +217,12 @@ impl SwagPosterior {
     /// memory; `Disk(p)` opens the file in place, without reading the columns into memory
     /// (`p` must be `path` itself: a disk posterior goes on collecting into its own file, and
     /// [`save`](Self::save) to that path rewrites only the moments and the header).
+    ///
+    /// Opened on disk, the header and the moments are checked at once, and the columns'
+    /// share of the checksum when they are first used: the first full sample digests each
+    /// column as it streams it (so sampling a large file reads it once, not twice) and fails
+    /// if the checksum does not match; anything else that reads or writes a column verifies
+    /// them first. [`verify_columns`](Self::verify_columns) checks them now.
     pub fn load_with_store(
         path: impl AsRef<Path>,
         device: &Device,
@@ -447,7 +461,8 @@ fn load_v3(mut c: Container, device: &Device, store: DeviationStore) -> Result<S
             path,
             file,
             layout: fl.clone(),
-            row_digests: Vec::new(),
+            row_digests: Mutex::new(Vec::new()),
+            unverified: Mutex::new(None),
             dirty: false,
         };
         SwagPosterior::assemble(layout, config, device, Columns::Disk(disk))?
@@ -469,20 +484,28 @@ fn load_v3(mut c: Container, device: &Device, store: DeviationStore) -> Result<S
         let t = Tensor::from_raw_buffer(&bytes, DType::F32, &[1, d], device)?;
         p.moments.slice_set(&t, 0, row)?;
     }
-    let row_bytes = fl.row_bytes() as usize;
-    let mut row_digests = Vec::with_capacity(fields.rows);
-    for r in 0..fields.rows {
-        let bytes = c.read((dev_start + r * row_bytes) as u64, row_bytes)?;
-        let dg = BufferDigest::of(&bytes);
-        digests.push(dg.clone());
-        row_digests.push(Some(dg));
-        if !in_place {
+    if let Columns::Disk(disk) = &mut p.columns {
+        // The rows stay in the file: their checksum is verified by the first full sample, which
+        // streams them anyway, or before anything else reads them (one pass, not two).
+        *disk
+            .unverified
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(PendingChecksum {
+            expected: fields.checksum,
+            moments: digests,
+            rows: fields.rows,
+        });
+    } else {
+        let row_bytes = fl.row_bytes() as usize;
+        for r in 0..fields.rows {
+            let bytes = c.read((dev_start + r * row_bytes) as u64, row_bytes)?;
+            digests.push(BufferDigest::of(&bytes));
             p.columns.write_row(r, &bytes, dt)?;
         }
-    }
-    let actual = combine(&digests.iter().collect::<Vec<_>>());
-    if actual != fields.checksum {
-        return Err(checksum_error(&c, fields.checksum, actual, "3"));
+        let actual = combine(&digests.iter().collect::<Vec<_>>());
+        if actual != fields.checksum {
+            return Err(checksum_error(&c, fields.checksum, actual, "3"));
+        }
     }
     p.legacy_variance = fields.legacy;
     p.n_collected = fields.n_collected as usize;
@@ -491,8 +514,5 @@ fn load_v3(mut c: Container, device: &Device, store: DeviationStore) -> Result<S
     p.param_base = fields.param_base;
     p.scales = fields.scales.clone();
     p.scales.resize(fields.rank, 1.0);
-    if let Columns::Disk(disk) = &mut p.columns {
-        disk.row_digests = row_digests;
-    }
     Ok(p)
 }

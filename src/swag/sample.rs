@@ -44,10 +44,11 @@ use half::{bf16, f16};
 use rand::Rng;
 use rayon::prelude::*;
 
+use super::format::{BufferDigest, CHECKSUM_CHUNK};
 use super::kernels::{self, DeviationElem, NoiseSource, SampleCoefficients};
 use super::noise;
 use super::posterior::SwagPosterior;
-use super::store::{Columns, CHUNK};
+use super::store::{decode_into, Columns, DiskColumns, CHUNK};
 use crate::error::{Error, Result};
 use crate::layout::ParamSet;
 
@@ -365,6 +366,24 @@ impl SwagPosterior {
         let (m_storage, m_layout) = self.moments.storage_and_layout();
         let moments = super::posterior::cpu_f32_slice(&m_storage, m_layout)?;
         let m2_row = &moments[super::posterior::ROW_M2 * d..(super::posterior::ROW_M2 + 1) * d];
+        if let Columns::Disk(disk) = &self.columns {
+            if disk.is_unverified() && rows.len() == self.rows && self.rows > 0 {
+                let args = KernelArgs {
+                    rows: &rows,
+                    z2: &z2,
+                    coef,
+                    noise: NoiseSource {
+                        seed,
+                        param: 0,
+                        first: 0,
+                    },
+                };
+                let mean = &moments[..d];
+                self.sample_disk_verifying(disk, &mut out, mean, m2_row, args)?;
+                return Ok(out);
+            }
+            disk.verify()?;
+        }
         for (p, entry) in self.layout.entries().iter().enumerate() {
             let range = entry.offset..entry.offset + entry.numel();
             let noise = NoiseSource {
@@ -437,6 +456,89 @@ impl SwagPosterior {
             }
         }
         Ok(out)
+    }
+
+    /// The first full sample of columns opened on disk: the file is walked in windows of one
+    /// checksum chunk of every row (1 MiB of each row's bytes, in parallel over windows), each
+    /// window's rows are digested and decoded, and the kernel samples the window's coordinates,
+    /// parameter by parameter (the noise is keyed by parameter and coordinate, and each
+    /// coordinate's arithmetic is that of every other path, so the bits are the same). The
+    /// digests complete the file's checksum; on a mismatch the sample is discarded.
+    fn sample_disk_verifying(
+        &self,
+        disk: &DiskColumns,
+        out: &mut [f32],
+        mean: &[f32],
+        m2: &[f32],
+        args: KernelArgs<'_>,
+    ) -> Result<()> {
+        let dtype = self.config.deviation_dtype();
+        let es = dtype.size_in_bytes();
+        let width = CHECKSUM_CHUNK / es;
+        let entries = self.layout.entries();
+        let window_digests: Vec<Vec<u64>> = out
+            .par_chunks_mut(width)
+            .enumerate()
+            .map_init(
+                || (Vec::new(), Vec::new()),
+                |(bytes, dev): &mut (Vec<u8>, Vec<f32>), (w, out)| -> Result<Vec<u64>> {
+                    let (lo, len) = (w * width, out.len());
+                    let mut digests = Vec::with_capacity(self.rows);
+                    if dtype == DType::F32 && cfg!(target_endian = "little") {
+                        // Stored f32 are the host's own: read straight into the rows.
+                        dev.resize(self.rows * len, 0.0);
+                        for (r, row) in dev.chunks_exact_mut(len).enumerate() {
+                            let row: &mut [u8] = bytemuck::cast_slice_mut(row);
+                            digests.push(disk.read_window(r, lo, row)?);
+                        }
+                    } else {
+                        bytes.resize(len * es, 0);
+                        dev.clear();
+                        for r in 0..self.rows {
+                            digests.push(disk.read_window(r, lo, bytes)?);
+                            decode_into(bytes, dtype, dev);
+                        }
+                    }
+                    let physical: Vec<&[f32]> = dev.chunks(len).collect();
+                    let first = entries.partition_point(|e| e.offset + e.numel() <= lo);
+                    for (p, entry) in entries.iter().enumerate().skip(first) {
+                        if entry.offset >= lo + len {
+                            break;
+                        }
+                        let a = entry.offset.max(lo);
+                        let b = (entry.offset + entry.numel()).min(lo + len);
+                        let dev_rows: Vec<&[f32]> = args
+                            .rows
+                            .iter()
+                            .map(|&r| &physical[r][a - lo..b - lo])
+                            .collect();
+                        kernels::sample(
+                            &mut out[a - lo..b - lo],
+                            kernels::SampleSource {
+                                mean: &mean[a..b],
+                                m2: &m2[a..b],
+                                dev_rows: &dev_rows,
+                                z2: args.z2,
+                                coef: args.coef,
+                                noise: NoiseSource {
+                                    seed: args.noise.seed,
+                                    param: (self.param_base + p) as u32,
+                                    first: (a - entry.offset) as u64,
+                                },
+                            },
+                        );
+                    }
+                    Ok(digests)
+                },
+            )
+            .collect::<Result<_>>()?;
+        let row_digests = (0..self.rows)
+            .map(|r| BufferDigest {
+                len: self.numel() * es,
+                chunks: window_digests.iter().map(|w| w[r]).collect(),
+            })
+            .collect();
+        disk.verify_with(row_digests)
     }
 
     /// Draws one weight sample and writes it straight into `params` (no flat copy on CPU).

@@ -34,12 +34,13 @@ use std::fs::File;
 use std::io::Read;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
 use candle_core::{DType, Device, Tensor};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::format::{combine, write_header, BufferDigest, FileLayout, HeaderFields};
+use super::format::{chunk_digest, combine, write_header, BufferDigest, FileLayout, HeaderFields};
 use crate::error::{Error, Result};
 
 /// Largest number of coordinates of one column read at a time when the columns are streamed
@@ -260,15 +261,35 @@ fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()
 }
 
 /// Deviation columns kept as rows of the posterior file (the `Disk` store).
+///
+/// A file opened on disk has its rows' checksum verified lazily ([`PendingChecksum`]): by the
+/// first full sample, which digests each row as it streams it (one read of the file), or by
+/// [`DiskColumns::verify`] before anything else reads or writes a row.
 #[derive(Debug)]
 pub(crate) struct DiskColumns {
     pub(crate) path: PathBuf,
     pub(crate) file: File,
     pub(crate) layout: FileLayout,
     /// Digest of each physical row's bytes, as written (for the file's checksum).
-    pub(crate) row_digests: Vec<Option<BufferDigest>>,
+    pub(crate) row_digests: Mutex<Vec<Option<BufferDigest>>>,
+    /// What remains to check of the file this was opened from; `None` once checked.
+    pub(crate) unverified: Mutex<Option<PendingChecksum>>,
     /// True once a row was written since the header was last made consistent.
     pub(crate) dirty: bool,
+}
+
+/// The part of an opened file's checksum still to verify: the header's value, the digests of
+/// the moments (read at opening) and how many rows follow them.
+#[derive(Debug)]
+pub(crate) struct PendingChecksum {
+    pub(crate) expected: u64,
+    pub(crate) moments: Vec<BufferDigest>,
+    pub(crate) rows: usize,
+}
+
+/// Locks a mutex whose data stays valid if a holder panicked (digests are replaced whole).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl DiskColumns {
@@ -303,7 +324,8 @@ impl DiskColumns {
             path: path.to_path_buf(),
             file,
             layout: fl,
-            row_digests: Vec::new(),
+            row_digests: Mutex::new(Vec::new()),
+            unverified: Mutex::new(None),
             dirty: false,
         })
     }
@@ -327,10 +349,98 @@ impl DiskColumns {
     }
 
     fn finish_row(&mut self, slot: usize, digest: BufferDigest) {
-        if self.row_digests.len() <= slot {
-            self.row_digests.resize(slot + 1, None);
+        let digests = self
+            .row_digests
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if digests.len() <= slot {
+            digests.resize(slot + 1, None);
         }
-        self.row_digests[slot] = Some(digest);
+        digests[slot] = Some(digest);
+    }
+
+    /// Whether the opened file's rows still await their checksum check.
+    pub(crate) fn is_unverified(&self) -> bool {
+        lock(&self.unverified).is_some()
+    }
+
+    /// Verifies the opened file's checksum if that is still pending, reading every row once
+    /// (one row in memory at a time). A mismatch is an error now and at every later call.
+    pub(crate) fn verify(&self) -> Result<()> {
+        let mut pending = lock(&self.unverified);
+        let Some(rows) = pending.as_ref().map(|p| p.rows) else {
+            return Ok(());
+        };
+        let digests = (0..rows)
+            .map(|r| Ok(BufferDigest::of(&self.read_row_unverified(r)?)))
+            .collect::<Result<Vec<_>>>()?;
+        self.settle(&mut pending, digests)
+    }
+
+    /// Completes a pending check with the digests of every row, computed by a caller that
+    /// streamed the rows anyway (the sampler): compares the file's checksum and, when it
+    /// matches, records the digests for later in-place saves.
+    pub(crate) fn verify_with(&self, row_digests: Vec<BufferDigest>) -> Result<()> {
+        let mut pending = lock(&self.unverified);
+        if pending.is_none() {
+            return Ok(());
+        }
+        self.settle(&mut pending, row_digests)
+    }
+
+    fn settle(
+        &self,
+        pending: &mut Option<PendingChecksum>,
+        row_digests: Vec<BufferDigest>,
+    ) -> Result<()> {
+        let Some(p) = pending.as_ref() else {
+            return Ok(());
+        };
+        if row_digests.len() != p.rows {
+            return Err(Error::bad_file(
+                &self.path,
+                format!("{} row digests for {} rows", row_digests.len(), p.rows),
+            ));
+        }
+        let all: Vec<&BufferDigest> = p.moments.iter().chain(&row_digests).collect();
+        let actual = combine(&all);
+        if actual != p.expected {
+            return Err(Error::bad_file(
+                &self.path,
+                format!(
+                    "checksum mismatch (file says {:016x}, data gives {actual:016x}): the version-3 file is corrupted",
+                    p.expected
+                ),
+            ));
+        }
+        *lock(&self.row_digests) = row_digests.into_iter().map(Some).collect();
+        *pending = None;
+        Ok(())
+    }
+
+    /// The digests of rows `0..rows`, for an in-place save; `None` for a row never written.
+    pub(crate) fn row_digests(&self, rows: usize) -> Result<Vec<Option<BufferDigest>>> {
+        self.verify()?;
+        let digests = lock(&self.row_digests);
+        Ok((0..rows)
+            .map(|r| digests.get(r).cloned().flatten())
+            .collect())
+    }
+
+    /// Reads coordinates `lo..lo + bytes.len() / element size` of physical row `r` into
+    /// `bytes` and returns their digest as one checksum chunk (the caller aligns `lo` to
+    /// [`super::format::CHECKSUM_CHUNK`] bytes of the row). Unverified: for the sampler's
+    /// verifying pass.
+    pub(crate) fn read_window(&self, r: usize, lo: usize, bytes: &mut [u8]) -> Result<u64> {
+        let es = self.layout.dtype.size_in_bytes();
+        let offset = self.layout.row_offset(r) + (lo * es) as u64;
+        read_exact_at(&self.file, bytes, offset).map_err(|e| {
+            Error::bad_file(
+                &self.path,
+                format!("cannot read deviation row {r} (truncated file?): {e}"),
+            )
+        })?;
+        Ok(chunk_digest(bytes))
     }
 
     /// Encodes an f32 column and writes it at row `slot`, one checksum chunk (1 MiB) at a
@@ -351,6 +461,7 @@ impl DiskColumns {
                 ),
             ));
         }
+        self.verify()?;
         self.begin_row(slot)?;
         let mut digest = BufferDigest::empty();
         let piece = super::format::CHECKSUM_CHUNK / dtype.size_in_bytes();
@@ -372,13 +483,14 @@ impl DiskColumns {
         len: usize,
         dtype: DType,
     ) -> Result<Vec<f32>> {
+        self.verify()?;
         let (mut bytes, mut out) = (Vec::new(), Vec::new());
         self.read_chunk_into(rows, lo, len, dtype, &mut bytes, &mut out)?;
         Ok(out)
     }
 
     /// [`Self::read_chunk`] into reusable buffers, with positioned reads (`&self`: callable
-    /// from several threads at once).
+    /// from several threads at once). The caller has called [`Self::verify`] once before.
     pub(crate) fn read_chunk_into(
         &self,
         rows: &[usize],
@@ -404,8 +516,13 @@ impl DiskColumns {
         Ok(())
     }
 
-    /// The stored bytes of physical row `r`.
+    /// The stored bytes of physical row `r`, once the file's checksum is verified.
     pub(crate) fn read_row(&self, r: usize) -> Result<Vec<u8>> {
+        self.verify()?;
+        self.read_row_unverified(r)
+    }
+
+    fn read_row_unverified(&self, r: usize) -> Result<Vec<u8>> {
         let mut buf = vec![0u8; self.layout.row_bytes() as usize];
         read_exact_at(&self.file, &mut buf, self.layout.row_offset(r)).map_err(|e| {
             Error::bad_file(

@@ -68,6 +68,8 @@ pub fn run(args: Args) -> Result<()> {
         .store_for_file(&args.posterior, args.memory_budget_mib)?;
     let streamed = matches!(store, candle_swag::swag::DeviationStore::Disk(_));
     let p = SwagPosterior::load_with_store(&args.posterior, &Device::Cpu, store)?;
+    // The whole file is checked, columns included (one read when they stay on disk).
+    p.verify_columns()?;
     println!("posterior   {}", args.posterior.display());
     println!(
         "snapshots   {} collected, {} of K = {} deviation columns held ({:?}{})",
