@@ -61,8 +61,8 @@ impl BaseModel {
             return Err(Error::bad_file(&config_path, "expected a JSON object"));
         }
         let bytes = std::fs::read(&weights_path).map_err(|e| Error::io(&weights_path, e))?;
-        let digest = digest_safetensors(&bytes)
-            .map_err(|reason| Error::bad_file(&weights_path, reason))?;
+        let digest =
+            digest_safetensors(&bytes).map_err(|reason| Error::bad_file(&weights_path, reason))?;
         let tensors = candle_core::safetensors::load_buffer(&bytes, device)
             .map_err(|e| Error::bad_file(&weights_path, e.to_string()))?
             .into_iter()
@@ -78,7 +78,10 @@ impl BaseModel {
 
     /// Builds a base model from tensors already in memory (tests, models built in code). The
     /// digest is computed over the tensors as [`digest_tensors`] defines it.
-    pub fn from_tensors(config: serde_json::Value, tensors: HashMap<String, Tensor>) -> Result<Self> {
+    pub fn from_tensors(
+        config: serde_json::Value,
+        tensors: HashMap<String, Tensor>,
+    ) -> Result<Self> {
         let digest = digest_tensors(&tensors)?;
         let tensors = tensors.into_iter().map(|(n, t)| (n, t.detach())).collect();
         Ok(Self {
@@ -137,7 +140,13 @@ pub fn digest_tensors(tensors: &HashMap<String, Tensor>) -> Result<String> {
     let mut h = Sha256::new();
     for name in names {
         let (dtype, data) = crate::lora::tensor_bytes(&tensors[name])?;
-        hash_entry(&mut h, name, &format!("{dtype:?}"), tensors[name].dims(), &data);
+        hash_entry(
+            &mut h,
+            name,
+            &format!("{dtype:?}"),
+            tensors[name].dims(),
+            &data,
+        );
     }
     Ok(format!("sha256:{:x}", h.finalize()))
 }

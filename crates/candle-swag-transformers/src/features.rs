@@ -48,13 +48,18 @@ where
         .map(|b| Ok(trunk.forward_t(&b?, false)?.detach()))
         .collect::<Result<Vec<_>>>()?;
     if out.is_empty() {
-        return Err(Error::invalid("inputs", "the input iterator yielded no batch"));
+        return Err(Error::invalid(
+            "inputs",
+            "the input iterator yielded no batch",
+        ));
     }
     Ok(out)
 }
 
 /// Cached feature batches as the `Clone` input iterator `Predictive` takes (cheap clones of
 /// the tensors' handles, no copy of their data).
-pub fn cached(features: &[Tensor]) -> impl Iterator<Item = candle_core::Result<Tensor>> + Clone + '_ {
+pub fn cached(
+    features: &[Tensor],
+) -> impl Iterator<Item = candle_core::Result<Tensor>> + Clone + '_ {
     features.iter().map(|t| Ok(t.clone()))
 }

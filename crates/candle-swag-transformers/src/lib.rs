@@ -48,4 +48,4 @@ pub mod tiny;
 pub use base::BaseModel;
 pub use config::Arch;
 pub use lora::{Lora, LoraConfig};
-pub use model::LoraModel;
+pub use model::{params_without_gradient, LoraModel};

@@ -136,7 +136,10 @@ impl std::fmt::Debug for Lora {
 /// The `A` and `B` names of an adapted weight (see the [module docs](self)).
 pub fn adapter_names(weight: &str) -> (String, String) {
     let stem = weight.strip_suffix(".weight").unwrap_or(weight);
-    (format!("{stem}.lora_A.weight"), format!("{stem}.lora_B.weight"))
+    (
+        format!("{stem}.lora_A.weight"),
+        format!("{stem}.lora_B.weight"),
+    )
 }
 
 impl Lora {
@@ -150,7 +153,10 @@ impl Lora {
             return Err(Error::invalid("rank", "must be at least 1"));
         }
         if !config.alpha.is_finite() {
-            return Err(Error::invalid("alpha", format!("must be finite, got {}", config.alpha)));
+            return Err(Error::invalid(
+                "alpha",
+                format!("must be finite, got {}", config.alpha),
+            ));
         }
         let mut names: Vec<&String> = base.tensors().keys().collect();
         names.sort();
@@ -335,7 +341,10 @@ impl Lora {
         let c = &self.inner.config;
         HashMap::from([
             ("format".to_string(), ADAPTER_FORMAT.to_string()),
-            ("base_digest".to_string(), self.inner.base.digest().to_string()),
+            (
+                "base_digest".to_string(),
+                self.inner.base.digest().to_string(),
+            ),
             ("rank".to_string(), c.rank.to_string()),
             ("alpha".to_string(), c.alpha.to_string()),
             (
@@ -371,7 +380,10 @@ impl Lora {
         if get("format") != ADAPTER_FORMAT {
             return Err(Error::bad_file(
                 path,
-                format!("not a LoRA adapter file (format `{}`, expected `{ADAPTER_FORMAT}`)", get("format")),
+                format!(
+                    "not a LoRA adapter file (format `{}`, expected `{ADAPTER_FORMAT}`)",
+                    get("format")
+                ),
             ));
         }
         let ours = self.inner.base.digest();
@@ -401,13 +413,17 @@ impl Lora {
             .map_err(|e| Error::bad_file(path, e.to_string()))?;
         let data = self.lock_varmap()?;
         for (name, var) in data.iter() {
-            let t = loaded.get(name).ok_or_else(|| {
-                Error::bad_file(path, format!("weight `{name}` is missing"))
-            })?;
+            let t = loaded
+                .get(name)
+                .ok_or_else(|| Error::bad_file(path, format!("weight `{name}` is missing")))?;
             if t.dims() != var.dims() {
                 return Err(Error::bad_file(
                     path,
-                    format!("weight `{name}` has shape {:?}, expected {:?}", t.dims(), var.dims()),
+                    format!(
+                        "weight `{name}` has shape {:?}, expected {:?}",
+                        t.dims(),
+                        var.dims()
+                    ),
                 ));
             }
         }
@@ -448,7 +464,12 @@ impl Inner {
                 .map_err(|_| Error::invalid("varmap", "the VarMap lock is poisoned"))?;
             if let Some(v) = data.get(name) {
                 v.as_tensor().clone()
-            } else if self.config.new_weights.iter().any(|p| name.starts_with(p.as_str())) {
+            } else if self
+                .config
+                .new_weights
+                .iter()
+                .any(|p| name.starts_with(p.as_str()))
+            {
                 let Some(shape) = shape else {
                     return Err(Error::invalid(
                         "weight",
@@ -480,7 +501,12 @@ impl Inner {
         Ok(t)
     }
 
-    fn serve_recorded(&self, name: &str, shape: Option<&Shape>, init: Init) -> candle_core::Result<Tensor> {
+    fn serve_recorded(
+        &self,
+        name: &str,
+        shape: Option<&Shape>,
+        init: Init,
+    ) -> candle_core::Result<Tensor> {
         self.serve(name, shape, init).map_err(|e| {
             let msg = e.to_string();
             if let Ok(mut last) = self.last_error.lock() {
@@ -500,7 +526,14 @@ struct LoraBackend {
 }
 
 impl SimpleBackend for LoraBackend {
-    fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        h: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         self.inner
             .serve_recorded(name, Some(&s), h)?
             .to_device(dev)?
@@ -602,7 +635,11 @@ pub fn closest_names(pattern: &str, names: &[&String], k: usize) -> Vec<String> 
         })
         .collect();
     scored.sort();
-    scored.into_iter().take(k).map(|(_, f)| format!("`{f}`")).collect()
+    scored
+        .into_iter()
+        .take(k)
+        .map(|(_, f)| format!("`{f}`"))
+        .collect()
 }
 
 /// `encoder.layer.11.attention` → `encoder.layer.*.attention`.
@@ -644,8 +681,14 @@ pub fn tensor_bytes(t: &Tensor) -> Result<(safetensors::Dtype, Vec<u8>)> {
     Ok(match t.dtype() {
         DType::F32 => (S::F32, le(flat.to_vec1::<f32>()?, f32::to_le_bytes)),
         DType::F64 => (S::F64, le(flat.to_vec1::<f64>()?, f64::to_le_bytes)),
-        DType::F16 => (S::F16, le(flat.to_vec1::<half::f16>()?, half::f16::to_le_bytes)),
-        DType::BF16 => (S::BF16, le(flat.to_vec1::<half::bf16>()?, half::bf16::to_le_bytes)),
+        DType::F16 => (
+            S::F16,
+            le(flat.to_vec1::<half::f16>()?, half::f16::to_le_bytes),
+        ),
+        DType::BF16 => (
+            S::BF16,
+            le(flat.to_vec1::<half::bf16>()?, half::bf16::to_le_bytes),
+        ),
         DType::U32 => (S::U32, le(flat.to_vec1::<u32>()?, u32::to_le_bytes)),
         DType::I64 => (S::I64, le(flat.to_vec1::<i64>()?, i64::to_le_bytes)),
         DType::U8 => (S::U8, flat.to_vec1::<u8>()?),

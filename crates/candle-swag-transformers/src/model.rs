@@ -23,7 +23,18 @@
 //! (`examples/lora_swag.rs`) measures it against one forward pass.
 //!
 //! In training, call [`LoraModel::model`] at every step (after the optimizer step it rebuilds,
-//! so the next loss is computed with the updated adapters and its gradients reach them).
+//! so the next loss is computed with the updated adapters).
+//!
+//! # Known limit (candle 0.11.1): gradients stop at fused norms
+//! candle-nn's fused `ops::layer_norm` (used by `LayerNorm` with a bias on a contiguous input),
+//! `ops::rms_norm` and `ops::softmax_last_dim` have no backward pass, and candle drops a missing
+//! gradient silently. candle-transformers' BERT, ViT and Llama all put such a norm between every
+//! adapter and the loss, so **no gradient reaches the adapters**: fine-tuning trains only
+//! weights after the last fused norm (a classifier head), and the adapters stay at init.
+//! Serving, merging, saving, loading and SWAG sampling of adapters are unaffected (adapters
+//! trained elsewhere, e.g. PEFT, load with [`Lora::load_adapters`] after a rename).
+//! [`params_without_gradient`] detects the situation; the tests pin it, so that a candle release
+//! that adds the backward passes shows up as a failing test.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -198,6 +209,37 @@ impl<M: ModuleT + 'static> ModuleT for LoraModel<M> {
         let model = self.model().map_err(into_candle)?;
         model.forward_t(xs, train)
     }
+}
+
+/// The names of the parameters a backward pass gave no gradient (or an all-zero one).
+///
+/// Why this exists: candle-nn's fused `ops::rms_norm`, `ops::softmax_last_dim` and
+/// `rotary_emb::rope` have no backward pass in candle 0.11.1, and candle drops a missing
+/// gradient *silently*. candle-transformers' Llama uses all three (its final `RmsNorm` sits
+/// between every adapter and the loss), so LoRA training through it does not move the adapters
+/// at all. BERT and ViT use differentiable ops and train. Check the first step with this and
+/// stop (or warn) when every adapter is listed.
+pub fn params_without_gradient(
+    params: &ParamSet,
+    grads: &candle_core::backprop::GradStore,
+) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for (e, v) in params.layout().entries().iter().zip(params.vars()) {
+        let moved = match grads.get(v.as_tensor()) {
+            Some(g) => {
+                g.abs()?
+                    .sum_all()?
+                    .to_dtype(DType::F32)?
+                    .to_scalar::<f32>()?
+                    > 0.0
+            }
+            None => false,
+        };
+        if !moved {
+            out.push(e.name.clone());
+        }
+    }
+    Ok(out)
 }
 
 /// A candle-swag error as a candle error (the `ModuleT` signature), keeping candle's own.

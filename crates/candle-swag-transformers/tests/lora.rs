@@ -15,7 +15,9 @@ fn tiny_dir(arch: Arch, seed: u64) -> Result<tempfile::TempDir> {
 }
 
 fn byte_ids(n: usize, len: usize, dev: &Device) -> Result<Tensor> {
-    let ids: Vec<u32> = (0..n * len).map(|i| 97 + ((i * 7 + i / len) % 26) as u32).collect();
+    let ids: Vec<u32> = (0..n * len)
+        .map(|i| 97 + ((i * 7 + i / len) % 26) as u32)
+        .collect();
     Ok(Tensor::from_vec(ids, (n, len), dev)?)
 }
 
@@ -43,8 +45,11 @@ fn with_b_zero_the_adapted_bert_equals_the_base_bert_exactly() -> Result<()> {
     let cfg = config::bert(base.config(), &dir.path().join("config.json"))?;
     let lora = Lora::new(
         &base,
-        &LoraConfig::new(&["*.attention.self.query.weight", "*.output.dense.weight"], 4)
-            .with_new_weights(&[arch::HEAD]),
+        &LoraConfig::new(
+            &["*.attention.self.query.weight", "*.output.dense.weight"],
+            4,
+        )
+        .with_new_weights(&[arch::HEAD]),
         &dev,
     )?;
     let model = LoraModel::new(&lora, DType::F32, arch::bert_classifier(cfg.clone(), 2))?;
@@ -55,7 +60,10 @@ fn with_b_zero_the_adapted_bert_equals_the_base_bert_exactly() -> Result<()> {
         VarBuilder::from_tensors(base.tensors().clone(), DType::F32, &dev),
         &cfg,
     )?;
-    let reference = plain.forward(&x, &x.zeros_like()?, None)?.narrow(1, 0, 1)?.squeeze(1)?;
+    let reference = plain
+        .forward(&x, &x.zeros_like()?, None)?
+        .narrow(1, 0, 1)?
+        .squeeze(1)?;
     assert_eq!(ours.to_vec2::<f32>()?, reference.to_vec2::<f32>()?);
     Ok(())
 }
@@ -67,7 +75,11 @@ fn with_b_zero_the_adapted_llama_equals_the_base_llama_exactly() -> Result<()> {
     let base = BaseModel::load(dir.path(), &dev)?;
     let cfg = config::llama(base.config(), &dir.path().join("config.json"))?;
     assert!(cfg.tie_word_embeddings && cfg.num_key_value_heads < cfg.num_attention_heads);
-    let lora = Lora::new(&base, &LoraConfig::new(&["*.q_proj.weight", "*.v_proj.weight"], 2), &dev)?;
+    let lora = Lora::new(
+        &base,
+        &LoraConfig::new(&["*.q_proj.weight", "*.v_proj.weight"], 2),
+        &dev,
+    )?;
     let model = LoraModel::new(&lora, DType::F32, arch::llama_next_token(cfg.clone()))?;
     let x = byte_ids(2, 9, &dev)?;
     let ours = model.forward_t(&x, false)?;
@@ -76,7 +88,10 @@ fn with_b_zero_the_adapted_llama_equals_the_base_llama_exactly() -> Result<()> {
         DType::F32,
         &dev,
     ))?;
-    assert_eq!(ours.to_vec2::<f32>()?, plain.forward_t(&x, false)?.to_vec2::<f32>()?);
+    assert_eq!(
+        ours.to_vec2::<f32>()?,
+        plain.forward_t(&x, false)?.to_vec2::<f32>()?
+    );
     // A non-zero B changes the output, and the model sees it without an explicit rebuild.
     perturb_b(&lora)?;
     let changed = model.forward_t(&x, false)?;
@@ -104,9 +119,15 @@ fn merged_weight_is_w0_plus_scaled_b_times_a_by_hand() -> Result<()> {
     let scale = 3.0 / 2.0;
     for i in 0..3 {
         for j in 0..4 {
-            let ba: f64 = (0..2).map(|k| b[i * 2 + k] as f64 * a[k * 4 + j] as f64).sum();
+            let ba: f64 = (0..2)
+                .map(|k| b[i * 2 + k] as f64 * a[k * 4 + j] as f64)
+                .sum();
             let want = w0[i * 4 + j] as f64 + scale * ba;
-            assert!((merged[i][j] as f64 - want).abs() < 1e-6, "({i},{j}): {} vs {want}", merged[i][j]);
+            assert!(
+                (merged[i][j] as f64 - want).abs() < 1e-6,
+                "({i},{j}): {} vs {want}",
+                merged[i][j]
+            );
         }
     }
     Ok(())
@@ -123,7 +144,12 @@ fn a_is_kaiming_uniform_and_b_zero_at_init() -> Result<()> {
         let bound = 1.0 / (inp as f32).sqrt();
         let a = ad.a.flatten_all()?.to_vec1::<f32>()?;
         assert!(a.iter().all(|v| v.abs() <= bound) && a.iter().any(|v| *v != 0.0));
-        assert!(ad.b.flatten_all()?.to_vec1::<f32>()?.iter().all(|v| *v == 0.0));
+        assert!(ad
+            .b
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .all(|v| *v == 0.0));
     }
     Ok(())
 }
@@ -134,7 +160,11 @@ fn the_merged_file_reloads_to_the_same_outputs() -> Result<()> {
     let dir = tiny_dir(Arch::Llama, 4)?;
     let base = BaseModel::load(dir.path(), &dev)?;
     let cfg = config::llama(base.config(), &dir.path().join("config.json"))?;
-    let lora = Lora::new(&base, &LoraConfig::new(&["*.q_proj.weight", "*.down_proj.weight"], 2), &dev)?;
+    let lora = Lora::new(
+        &base,
+        &LoraConfig::new(&["*.q_proj.weight", "*.down_proj.weight"], 2),
+        &dev,
+    )?;
     let model = LoraModel::new(&lora, DType::F32, arch::llama_next_token(cfg.clone()))?;
     perturb_b(&lora)?;
     let x = byte_ids(2, 7, &dev)?;
@@ -153,7 +183,8 @@ fn the_merged_file_reloads_to_the_same_outputs() -> Result<()> {
 fn adapters_round_trip_and_are_refused_on_another_base() -> Result<()> {
     let dev = Device::Cpu;
     let dir = tiny_dir(Arch::Bert, 5)?;
-    let targets = LoraConfig::new(&["*.attention.self.value.weight"], 2).with_new_weights(&[arch::HEAD]);
+    let targets =
+        LoraConfig::new(&["*.attention.self.value.weight"], 2).with_new_weights(&[arch::HEAD]);
     let base = BaseModel::load(dir.path(), &dev)?;
     let cfg = config::bert(base.config(), &dir.path().join("config.json"))?;
     let lora = Lora::new(&base, &targets, &dev)?;
@@ -169,7 +200,10 @@ fn adapters_round_trip_and_are_refused_on_another_base() -> Result<()> {
     let model2 = LoraModel::new(&lora2, DType::F32, arch::bert_classifier(cfg, 3))?;
     assert!(max_abs_diff(&before, &model2.forward_t(&x, false)?)? > 1e-5);
     lora2.load_adapters(&file)?;
-    assert_eq!(before.to_vec2::<f32>()?, model2.forward_t(&x, false)?.to_vec2::<f32>()?);
+    assert_eq!(
+        before.to_vec2::<f32>()?,
+        model2.forward_t(&x, false)?.to_vec2::<f32>()?
+    );
 
     // Another base model (other weights): refused, naming both digests, nothing changed.
     let other_dir = tiny_dir(Arch::Bert, 6)?;
@@ -177,9 +211,17 @@ fn adapters_round_trip_and_are_refused_on_another_base() -> Result<()> {
     assert_ne!(other.digest(), base.digest());
     let lora3 = Lora::new(&other, &targets, &dev)?;
     let err = lora3.load_adapters(&file).unwrap_err().to_string();
-    assert!(err.contains("trained on base model") && err.contains(base.digest()), "{err}");
+    assert!(
+        err.contains("trained on base model") && err.contains(base.digest()),
+        "{err}"
+    );
     assert!(err.contains(other.digest()), "{err}");
-    assert!(lora3.adapters().values().all(|ad| ad.b.sum_all().and_then(|s| s.to_scalar::<f32>()).ok() == Some(0.0)));
+    assert!(lora3.adapters().values().all(|ad| ad
+        .b
+        .sum_all()
+        .and_then(|s| s.to_scalar::<f32>())
+        .ok()
+        == Some(0.0)));
     Ok(())
 }
 
@@ -208,12 +250,19 @@ fn bad_targets_name_the_closest_weights_and_bad_ranks_the_weight() -> Result<()>
         .unwrap_err()
         .to_string();
     assert!(err.contains("`*.q_proj.weight` matches no weight"), "{err}");
-    assert!(err.contains("encoder.layer.*.attention.self.query.weight"), "{err}");
+    assert!(
+        err.contains("encoder.layer.*.attention.self.query.weight"),
+        "{err}"
+    );
     assert_eq!(err.lines().count(), 1);
 
-    let err = Lora::new(&base, &LoraConfig::new(&["*.attention.self.key.weight"], 65), &dev)
-        .unwrap_err()
-        .to_string();
+    let err = Lora::new(
+        &base,
+        &LoraConfig::new(&["*.attention.self.key.weight"], 65),
+        &dev,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("rank 65 is larger than weight `encoder.layer.0.attention.self.key.weight`'s dimensions [64, 64]"), "{err}");
 
     let err = Lora::new(&base, &LoraConfig::new(&["*.LayerNorm.weight"], 1), &dev)
@@ -238,12 +287,18 @@ fn bad_model_directories_and_configs_are_named() -> Result<()> {
     let mut ill_typed = good.clone();
     ill_typed["num_attention_heads"] = serde_json::json!("four");
     let err = config::llama(&ill_typed, &path).unwrap_err().to_string();
-    assert!(err.contains("field `num_attention_heads` must be a non-negative integer"), "{err}");
+    assert!(
+        err.contains("field `num_attention_heads` must be a non-negative integer"),
+        "{err}"
+    );
 
     let mut ill_typed = tiny::tiny_config(Arch::Vit);
     ill_typed["qkv_bias"] = serde_json::json!(1);
     let err = config::vit(&ill_typed, &path).unwrap_err().to_string();
-    assert!(err.contains("field `qkv_bias` must be true or false"), "{err}");
+    assert!(
+        err.contains("field `qkv_bias` must be true or false"),
+        "{err}"
+    );
 
     std::fs::remove_file(dir.path().join("model.safetensors"))
         .map_err(|e| candle_swag::Error::io("rm", e))?;
@@ -264,7 +319,10 @@ fn a_config_that_disagrees_with_the_weights_is_an_error_not_a_panic() -> Result<
     let err = LoraModel::new(&lora, DType::F32, arch::llama_next_token(cfg))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("gate_proj.weight") && err.contains("[128, 64]"), "{err}");
+    assert!(
+        err.contains("gate_proj.weight") && err.contains("[128, 64]"),
+        "{err}"
+    );
     let _: llama::Config;
     Ok(())
 }
