@@ -1,0 +1,51 @@
+//! # candle-swag-transformers
+//!
+//! LoRA adapters on candle-transformers models (BERT, Llama, ViT) without editing the models'
+//! source, SWAG posteriors over the adapters, and frozen-trunk head posteriors with a feature
+//! cache.
+//!
+//! - [`base`]: a model directory in Hugging Face layout and the digest of its weights.
+//! - [`config`]: `config.json` per architecture, every field checked by name.
+//! - [`lora`]: the adapters, served through a `VarBuilder` backend as `W0 + (alpha/r)·B·A`;
+//!   adapter files tied to their base model; the merged model as a plain safetensors file.
+//! - [`model`]: [`LoraModel`], a model rebuilt when its adapters change (after an optimizer
+//!   step, or a SWAG sample written by `candle_swag::Predictive`).
+//! - [`arch`]: build closures for BERT and ViT sequence classifiers and Llama next-token
+//!   prediction.
+//! - [`features`]: trunk features computed once, reused by every head sample.
+//! - [`tiny`]: tiny random-weight models for tests and the smoke example.
+//!
+//! ```
+//! use candle_core::{DType, Device};
+//! use candle_swag_transformers::{arch, config, tiny, BaseModel, Lora, LoraConfig, LoraModel};
+//!
+//! # fn main() -> candle_swag::Result<()> {
+//! let dir = std::env::temp_dir().join(format!("lora-doc-{}", std::process::id()));
+//! tiny::write_random_model(config::Arch::Bert, &dir, 0)?;
+//! let base = BaseModel::load(&dir, &Device::Cpu)?;
+//! let cfg = config::bert(base.config(), &dir.join("config.json"))?;
+//! let lora = Lora::new(
+//!     &base,
+//!     &LoraConfig::new(&["*.attention.self.query.weight", "*.attention.self.value.weight"], 4)
+//!         .with_new_weights(&[arch::HEAD]),
+//!     &Device::Cpu,
+//! )?;
+//! let model = LoraModel::new(&lora, DType::F32, arch::bert_classifier(cfg, 2))?;
+//! let params = model.params()?; // A, B of 4 weights and the head: the posterior's parameters
+//! assert_eq!(params.vars().len(), 2 * 4 + 2);
+//! # std::fs::remove_dir_all(&dir).ok();
+//! # Ok(()) }
+//! ```
+
+pub mod arch;
+pub mod base;
+pub mod config;
+pub mod features;
+pub mod lora;
+pub mod model;
+pub mod tiny;
+
+pub use base::BaseModel;
+pub use config::Arch;
+pub use lora::{Lora, LoraConfig};
+pub use model::{params_without_gradient, LoraModel};
