@@ -56,9 +56,10 @@ use std::sync::Mutex;
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
+use super::config::SwagConfig;
 use super::format::*;
 pub use super::format::{checksum, FORMAT_NAME, FORMAT_VERSION};
-use super::posterior::{SwagConfig, SwagPosterior, ROW_COMP, ROW_M2, ROW_MEAN};
+use super::posterior::{SwagPosterior, ROW_COMP, ROW_M2, ROW_MEAN};
 use super::store::{Columns, DeviationStore, DiskColumns, PendingChecksum};
 use crate::error::{Error, Result};
 use crate::layout::{ParamEntry, ParamLayout, ParamSet};

@@ -10,6 +10,8 @@
 //! - weight checkpoints (safetensors) read and written as one flat vector ([`checkpoint`]).
 
 pub mod checkpoint;
+mod collect;
+pub mod config;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
 pub mod file;
@@ -23,8 +25,9 @@ pub mod sample;
 pub mod shard;
 pub mod store;
 
+pub use config::SwagConfig;
 pub use multi::MultiSwag;
-pub use posterior::{SwagConfig, SwagPosterior};
+pub use posterior::SwagPosterior;
 pub use sample::{Divisor, SampleConfig};
 pub use shard::{ShardEntry, ShardIndex, ShardSet};
 pub use store::DeviationStore;

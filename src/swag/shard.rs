@@ -29,7 +29,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::posterior::{SwagConfig, SwagPosterior};
+use super::config::SwagConfig;
+use super::posterior::SwagPosterior;
 use super::sample::SampleConfig;
 use crate::error::{Error, Result};
 use crate::layout::{ParamEntry, ParamLayout};
