@@ -21,9 +21,10 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 /// Name suffixes of non-trainable buffers that SWAG never covers.
-pub const BUFFER_SUFFIXES: [&str; 3] = ["running_mean", "running_var", "num_batches_tracked"];
+pub(crate) const BUFFER_SUFFIXES: [&str; 3] =
+    ["running_mean", "running_var", "num_batches_tracked"];
 
-/// True when `name` is a BatchNorm statistics buffer (see [`BUFFER_SUFFIXES`]).
+/// True when `name` is a BatchNorm statistics buffer (its name ends in `running_mean`, `running_var` or `num_batches_tracked`).
 pub fn is_buffer_name(name: &str) -> bool {
     BUFFER_SUFFIXES.iter().any(|s| name.ends_with(s))
 }

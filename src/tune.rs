@@ -102,7 +102,7 @@ pub fn mean_squared_residual(mean: &[f64], targets: &[f64]) -> Result<f64> {
 
 /// Mean Gaussian negative log-likelihood `(1/n) Σ ½ ln(2π σ²_i) + (y_i − μ_i)² / (2σ²_i)`, with
 /// `σ²_i = var_epistemic_i + noise`.
-pub fn gaussian_nll_with_noise(
+pub(crate) fn gaussian_nll_with_noise(
     mean: &[f64],
     var_epistemic: &[f64],
     noise: f64,
@@ -149,7 +149,7 @@ pub fn best_noise_variance(mean: &[f64], var_epistemic: &[f64], targets: &[f64])
 }
 
 /// The validation NLL of a classification BMA (module docs).
-pub fn classification_nll<M, I>(
+pub(crate) fn classification_nll<M, I>(
     predictive: &Predictive,
     model: &M,
     inputs: I,

@@ -3,12 +3,12 @@
 
 use anyhow::Result;
 use candle_swag::metrics::{
-    aurc_trapezoid, auroc, average_precision, calibration_bins, calibration_bins_equal_mass,
+    auroc, average_precision, calibration_bins, calibration_bins_equal_mass,
     calibration_bins_positive_class, calibration_bins_top_label_binary, calibration_curve,
     check_score, crps_gaussian, crps_samples, evaluate_classification, fpr_at_tpr, gaussian_nll,
-    interval_score, mean_absolute_calibration_error, miscalibration_area_from_curve, ood_metrics,
-    regression_metrics, risk_coverage, root_mean_squared_calibration_error, sharpness,
-    ClassificationConfig, CrpsEstimator, CurveKind, RegressionConfig,
+    interval_score, mean_absolute_calibration_error, ood_metrics, regression_metrics,
+    risk_coverage, root_mean_squared_calibration_error, sharpness, ClassificationConfig,
+    CrpsEstimator, CurveKind, RegressionConfig,
 };
 use serde_json::Value;
 
@@ -262,7 +262,7 @@ fn selective_values() -> Result<()> {
         "aurc",
     );
     close(
-        aurc_trapezoid(&curve),
+        curve.aurc_trapezoid(),
         sel["aurc_trapezoid_over_1_minus_1_over_n"]
             .as_f64()
             .unwrap(),
@@ -313,7 +313,7 @@ fn uncertainty_toolbox_gaussian_values() -> Result<()> {
         "rmsce",
     );
     close(
-        miscalibration_area_from_curve(&curve),
+        curve.miscalibration_area(),
         want("miscalibration_area_interval"),
         TOOLBOX_TOL,
         "area",

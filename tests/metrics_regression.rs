@@ -3,9 +3,9 @@
 use anyhow::Result;
 use candle_swag::metrics::{
     apply_temperature, calibration_curve, crps_gaussian, crps_samples, fit_sigma_scale,
-    fit_temperature, gaussian_nll, linspace, miscalibration_area_from_curve,
-    prediction_interval_coverage, regression_metrics, regression_metrics_from_samples,
-    sample_moments, CalibrationCurve, CrpsEstimator, CurveKind, RegressionConfig,
+    fit_temperature, gaussian_nll, linspace, prediction_interval_coverage, regression_metrics,
+    regression_metrics_from_samples, sample_moments, CalibrationCurve, CrpsEstimator, CurveKind,
+    RegressionConfig,
 };
 use candle_swag::Error;
 use rand::rngs::StdRng;
@@ -42,13 +42,13 @@ fn miscalibration_area_hand_values() -> Result<()> {
         expected: vec![0.0, 0.5, 1.0],
         observed: vec![0.0, 1.0, 1.0],
     };
-    assert!((miscalibration_area_from_curve(&c) - 0.25).abs() < 1e-15);
+    assert!((c.miscalibration_area() - 0.25).abs() < 1e-15);
     // Crossing in the middle: two triangles of base ½ and height 1.
     let c = CalibrationCurve {
         expected: vec![0.0, 1.0],
         observed: vec![1.0, 0.0],
     };
-    assert!((miscalibration_area_from_curve(&c) - 0.5).abs() < 1e-15);
+    assert!((c.miscalibration_area() - 0.5).abs() < 1e-15);
     Ok(())
 }
 

@@ -4,8 +4,8 @@
 use anyhow::Result;
 use candle_core::{Device, Tensor};
 use candle_swag::metrics::{
-    auroc, average_precision, decompose_uncertainty, decompose_uncertainty_tensor, entropy_rows,
-    fpr_at_tpr, ood_metrics_in_out, risk_coverage, roc_curve,
+    auroc, average_precision, decompose_uncertainty, decompose_uncertainty_tensor, fpr_at_tpr,
+    ood_metrics_in_out, risk_coverage, roc_curve,
 };
 use candle_swag::Error;
 use proptest::prelude::*;
@@ -37,7 +37,8 @@ fn decomposition_hand_values() -> Result<()> {
 
     let t = Tensor::from_vec(s.clone(), (2, 2, 2), &Device::Cpu)?;
     assert_eq!(decompose_uncertainty_tensor(&t)?, d);
-    let h = entropy_rows(&[0.25f64, 0.25, 0.5], 3)?;
+    // One sample: the predictive entropy is that distribution's own entropy.
+    let h = decompose_uncertainty(&[0.25f64, 0.25, 0.5], 1, 3)?.predictive_entropy;
     assert!((h[0] - (-(2.0 * 0.25 * ln(0.25)) - 0.5 * ln(0.5))).abs() < 1e-12);
     Ok(())
 }

@@ -157,7 +157,7 @@ impl CalibrationBins {
 /// outside `[0, 1]` (and NaN) are clamped into the first or last bin (callers validate
 /// beforehand).
 #[inline(always)]
-pub fn equal_width_bin_index<T: Probability>(c: T, edges: &[T]) -> usize {
+pub(crate) fn equal_width_bin_index<T: Probability>(c: T, edges: &[T]) -> usize {
     let nb = edges.len() - 1;
     // `nb ≤ MAX_BINS` (checked by every caller), so it fits an `i32`.
     let k = (c.ceil_scaled(T::from_count(nb)).clamp(1, nb as i32) as usize).min(nb);
@@ -181,7 +181,7 @@ pub(crate) fn equal_width_bounds(n_bins: usize) -> Vec<(f64, f64)> {
 }
 
 /// Largest number of bins accepted (finer bins than `f32` resolution mean nothing).
-pub const MAX_BINS: usize = 1 << 20;
+pub(crate) const MAX_BINS: usize = 1 << 20;
 
 pub(crate) fn check_bins(n_bins: usize) -> Result<()> {
     if n_bins == 0 || n_bins > MAX_BINS {

@@ -520,14 +520,3 @@ pub fn calibration_bins_top_label_binary<T: Probability, L: ClassLabel>(
     }
     super::binning::calibration_bins(&conf, &correct, n_bins)
 }
-
-/// Binary `P(y = 1)` as a row-major `[N, 2]` matrix `[1 − p, p]`, for the full metrics.
-pub fn binary_to_two_class<T: Probability>(p_positive: &[T]) -> Vec<f64> {
-    p_positive
-        .iter()
-        .flat_map(|p| {
-            let p = p.to_f64();
-            [1.0 - p, p]
-        })
-        .collect()
-}

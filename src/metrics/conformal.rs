@@ -98,7 +98,7 @@ pub fn conformal_rank(n: usize, alpha: f64) -> Option<usize> {
 }
 
 /// Refuses a calibration set smaller than [`MIN_CALIBRATION_ROWS`].
-pub fn check_calibration_size(n: usize) -> Result<()> {
+pub(crate) fn check_calibration_size(n: usize) -> Result<()> {
     if n < MIN_CALIBRATION_ROWS {
         return Err(Error::invalid(
             "calibration set",

@@ -17,7 +17,7 @@
 //!   beyond the first and last knot (scikit-learn's `out_of_bounds="clip"`).
 //! * **[`HistogramBinning`]** (Zadrozny & Elkan 2001): `B` equal-width bins of the top-label
 //!   confidence, the same bins and edges as the reliability diagram
-//!   ([`super::equal_width_bin_index`]: bin `b` is `(b/B, (b+1)/B]`, the first one closed); the
+//!   (`equal_width_bin_index`: bin `b` is `(b/B, (b+1)/B]`, the first one closed); the
 //!   calibrated confidence is the bin's accuracy on the calibration set; an empty bin keeps the
 //!   identity map's value there, the bin's midpoint.
 //! * **[`QuantileRecalibrator`]**: with predicted CDF levels `p_i = Φ((y_i − μ_i)/σ_i)` on the

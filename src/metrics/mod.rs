@@ -36,18 +36,17 @@ pub mod validate;
 pub(crate) use validate::*;
 
 pub use binning::{
-    calibration_bins, calibration_bins_equal_mass, equal_width_bin_index, BinStats, BinningScheme,
-    CalibrationBins, DEFAULT_BINS,
+    calibration_bins, calibration_bins_equal_mass, BinStats, BinningScheme, CalibrationBins,
+    DEFAULT_BINS,
 };
 pub use classification::{
-    binary_to_two_class, calibration_bins_positive_class, calibration_bins_top_label_binary,
-    classification_metrics, evaluate_classification, top_label, ClassificationConfig,
-    ClassificationEvaluation, ClassificationMetrics, DEFAULT_NLL_EPS,
+    calibration_bins_positive_class, calibration_bins_top_label_binary, classification_metrics,
+    evaluate_classification, top_label, ClassificationConfig, ClassificationEvaluation,
+    ClassificationMetrics, DEFAULT_NLL_EPS,
 };
 pub use conformal::{
-    check_calibration_size, conformal_quantile, conformal_rank, normalized_scores,
-    ConformalClassifier, ConformalConfig, ConformalEvaluation, ConformalRegressor, SetScore,
-    MIN_CALIBRATION_ROWS,
+    conformal_quantile, conformal_rank, normalized_scores, ConformalClassifier, ConformalConfig,
+    ConformalEvaluation, ConformalRegressor, SetScore, MIN_CALIBRATION_ROWS,
 };
 pub use coverage::{
     conditional_coverage, coverage_of_intervals, gaussian_intervals, ConditionalCoverage,
@@ -68,14 +67,13 @@ pub use recalibration::{
 pub use regression::{
     calibration_curve, check_score, crps_gaussian, crps_samples, gaussian_nll, interval_score,
     linspace, mae, mean_absolute_calibration_error, miscalibration_area,
-    miscalibration_area_from_curve, prediction_interval_coverage, regression_metrics,
-    regression_metrics_from_samples, rmse, root_mean_squared_calibration_error, sample_moments,
-    sharpness, CalibrationCurve, CrpsEstimator, CurveKind, IntervalCoverage, RegressionConfig,
-    RegressionMetrics,
+    prediction_interval_coverage, regression_metrics, regression_metrics_from_samples, rmse,
+    root_mean_squared_calibration_error, sample_moments, sharpness, CalibrationCurve,
+    CrpsEstimator, CurveKind, IntervalCoverage, RegressionConfig, RegressionMetrics,
 };
-pub use selective::{aurc_trapezoid, risk_coverage, RiskCoverage};
+pub use selective::{risk_coverage, RiskCoverage};
 pub use uncertainty::{
-    decompose_uncertainty, decompose_uncertainty_tensor, entropy_rows, UncertaintyDecomposition,
+    decompose_uncertainty, decompose_uncertainty_tensor, UncertaintyDecomposition,
     UncertaintySummary,
 };
 
@@ -97,7 +95,7 @@ pub trait Probability: Copy + PartialOrd + Send + Sync + 'static {
     /// `n` in this type.
     fn from_count(n: usize) -> Self;
     /// `ceil(self * n)` computed in this type, saturating into `i32` (a first guess of the
-    /// 1-based bin number that [`equal_width_bin_index`] then corrects by at most one).
+    /// 1-based bin number that `equal_width_bin_index` then corrects by at most one).
     /// Truncation plus a compare: `ceil` is a libm call on baseline x86-64.
     fn ceil_scaled(self, n: Self) -> i32;
 }

@@ -351,30 +351,33 @@ pub fn root_mean_squared_calibration_error(curve: &CalibrationCurve) -> f64 {
         .sqrt()
 }
 
-/// Area between a calibration curve and the diagonal (module docs).
-pub fn miscalibration_area_from_curve(curve: &CalibrationCurve) -> f64 {
-    let x = &curve.expected;
-    let o = &curve.observed;
-    (1..x.len().min(o.len()))
-        .map(|i| {
-            let (xl, xr) = (x[i - 1], x[i]);
-            let dl = o[i - 1] - xl;
-            let dr = o[i] - xr;
-            if dl * dr < 0.0 {
-                // The curve crosses the diagonal inside the segment: two triangles.
-                let xi = xl + (xr - xl) * dl / (dl - dr);
-                0.5 * dl.abs() * (xi - xl) + 0.5 * dr.abs() * (xr - xi)
-            } else {
-                ((xr - xl) * 0.5 * (dl + dr)).abs()
-            }
-        })
-        .sum()
+impl CalibrationCurve {
+    /// Area between the curve and the diagonal (module docs).
+    pub fn miscalibration_area(&self) -> f64 {
+        let curve = self;
+        let x = &curve.expected;
+        let o = &curve.observed;
+        (1..x.len().min(o.len()))
+            .map(|i| {
+                let (xl, xr) = (x[i - 1], x[i]);
+                let dl = o[i - 1] - xl;
+                let dr = o[i] - xr;
+                if dl * dr < 0.0 {
+                    // The curve crosses the diagonal inside the segment: two triangles.
+                    let xi = xl + (xr - xl) * dl / (dl - dr);
+                    0.5 * dl.abs() * (xi - xl) + 0.5 * dr.abs() * (xr - xi)
+                } else {
+                    ((xr - xl) * 0.5 * (dl + dr)).abs()
+                }
+            })
+            .sum()
+    }
 }
 
 /// Miscalibration area of the interval calibration curve with `n_points` points.
 pub fn miscalibration_area(mean: &[f64], std: &[f64], y: &[f64], n_points: usize) -> Result<f64> {
     let curve = calibration_curve(mean, std, y, n_points, CurveKind::Interval)?;
-    Ok(miscalibration_area_from_curve(&curve))
+    Ok(curve.miscalibration_area())
 }
 
 fn check_levels(start: f64, end: f64, levels: usize) -> Result<()> {
@@ -514,10 +517,10 @@ pub fn regression_metrics(
         sharpness: sharpness(std)?,
         mace: mean_absolute_calibration_error(&interval),
         rmsce: root_mean_squared_calibration_error(&interval),
-        miscalibration_area: miscalibration_area_from_curve(&interval),
+        miscalibration_area: interval.miscalibration_area(),
         mace_quantile: mean_absolute_calibration_error(&quantile),
         rmsce_quantile: root_mean_squared_calibration_error(&quantile),
-        miscalibration_area_quantile: miscalibration_area_from_curve(&quantile),
+        miscalibration_area_quantile: quantile.miscalibration_area(),
         check_score: check_score(mean, std, y, options)?,
         interval_score: interval_score(mean, std, y, options)?,
         picp_95: at_95.picp,

@@ -4,7 +4,7 @@
 //! gives coverage `k/N` and risk `errors among them / k`.
 //!
 //! * **AURC, mean-risk convention** (Geifman et al. 2019): `(1/N) Σ_{k=1..N} risk_k`.
-//! * **Trapezoid variant** ([`aurc_trapezoid`]): the trapezoidal area under the curve from
+//! * **Trapezoid variant** ([`RiskCoverage::aurc_trapezoid`]): the trapezoidal area under the curve from
 //!   coverage `1/N` to 1, divided by the covered width `1 − 1/N`, so both conventions are
 //!   averages of the risk. For `N = 1` it is `risk_1`.
 //!
@@ -73,17 +73,20 @@ pub fn risk_coverage(confidence: &[f64], error: &[bool]) -> Result<RiskCoverage>
     })
 }
 
-/// Trapezoidal area under the curve over `[1/N, 1]`, divided by `1 − 1/N` (module docs).
-pub fn aurc_trapezoid(curve: &RiskCoverage) -> f64 {
-    let n = curve.risk.len();
-    if n < 2 {
-        return curve.risk.first().copied().unwrap_or(0.0);
+impl RiskCoverage {
+    /// Trapezoidal area under the curve over `[1/N, 1]`, divided by `1 − 1/N` (module docs).
+    pub fn aurc_trapezoid(&self) -> f64 {
+        let curve = self;
+        let n = curve.risk.len();
+        if n < 2 {
+            return curve.risk.first().copied().unwrap_or(0.0);
+        }
+        let area: f64 = curve
+            .coverage
+            .windows(2)
+            .zip(curve.risk.windows(2))
+            .map(|(c, r)| (c[1] - c[0]) * 0.5 * (r[0] + r[1]))
+            .sum();
+        area / (1.0 - 1.0 / n as f64)
     }
-    let area: f64 = curve
-        .coverage
-        .windows(2)
-        .zip(curve.risk.windows(2))
-        .map(|(c, r)| (c[1] - c[0]) * 0.5 * (r[0] + r[1]))
-        .sum();
-    area / (1.0 - 1.0 / n as f64)
 }

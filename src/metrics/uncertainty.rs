@@ -77,17 +77,6 @@ pub(crate) fn entropy<I: IntoIterator<Item = f64>>(p: I) -> f64 {
         .sum::<f64>()
 }
 
-/// Entropy (nats) of every row of a validated row-major `[N, C]` probability matrix.
-pub fn entropy_rows<T: Probability>(probs: &[T], n_classes: usize) -> Result<Vec<f64>> {
-    let n = super::matrix_rows("probabilities", probs.len(), n_classes)?;
-    let mut out = Vec::with_capacity(n);
-    for (i, row) in probs.chunks_exact(n_classes).enumerate() {
-        check_probability_row(i, row)?;
-        out.push(entropy(row.iter().map(|p| p.to_f64())));
-    }
-    Ok(out)
-}
-
 /// Decomposes the uncertainty of `S` sample predictions, row-major `[S, N, C]`.
 pub fn decompose_uncertainty<T: Probability>(
     samples: &[T],

@@ -57,8 +57,8 @@ use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
 use super::config::SwagConfig;
+pub use super::format::checksum;
 use super::format::*;
-pub use super::format::{checksum, FORMAT_NAME, FORMAT_VERSION};
 use super::posterior::{SwagPosterior, ROW_COMP, ROW_M2, ROW_MEAN};
 use super::store::{Columns, DeviationStore, DiskColumns, PendingChecksum};
 use crate::error::{Error, Result};

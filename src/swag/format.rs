@@ -15,9 +15,9 @@ use safetensors::tensor::{Dtype as StDtype, TensorInfo};
 use crate::error::{Error, Result};
 
 /// Value of the `format` metadata key.
-pub const FORMAT_NAME: &str = "candle-swag-posterior";
+pub(crate) const FORMAT_NAME: &str = "candle-swag-posterior";
 /// The format version this build writes (it also reads versions 1 and 2).
-pub const FORMAT_VERSION: u32 = 3;
+pub(crate) const FORMAT_VERSION: u32 = 3;
 /// Value of the `variance` metadata key for exact (Welford) moments.
 pub(crate) const VARIANCE_EXACT: &str = "exact";
 /// Value of the `variance` metadata key for moments converted from version 1.

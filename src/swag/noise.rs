@@ -11,7 +11,7 @@
 //! model's layout) under `seed` takes word `i mod 4` of
 //! `philox(counter = [g mod 2³², g div 2³², p, stream], key = [seed mod 2³², seed div 2³²])`,
 //! `g = i div 4`, with `stream` = [`Z1_STREAM`]. The low-rank coefficients `z2` are the
-//! coordinates `0..rows` of parameter 0 in [`Z2_STREAM`]. A draw therefore depends on nothing
+//! coordinates `0..rows` of parameter 0 in stream `Z2_STREAM`. A draw therefore depends on nothing
 //! but (seed, stream, parameter, coordinate): not on threads, blocks, chunks, devices or shards,
 //! so a posterior sampled shard by shard gives the whole posterior's bits.
 //!
@@ -32,7 +32,7 @@
 //!   lower half, `p = (m + ½)·2⁻³²` ∈ `[2⁻³³, ½)`, so the output is `±Φ⁻¹(p)` (exactly
 //!   symmetric); `x = 2p − 1` is formed from `2³¹ − 1 − m`, so it keeps full resolution near 0,
 //!   and `1 − x² = (1 − x)(2p)` with `2p` from `m`, so the tail keeps it too;
-//! - `w = −ln(1 − x²)` by [`portable_ln`] (exponent from the bits, `atanh` series on the
+//! - `w = −ln(1 − x²)` by `portable_ln` (exponent from the bits, `atanh` series on the
 //!   mantissa), which uses only the operations above;
 //! - `w < 5`: a degree-8 polynomial in `w − 2.5`; otherwise one in `√w − 3`; times `x·√2`.
 //!
@@ -56,7 +56,7 @@ pub const NOISE_BLOCK: usize = 1 << 14;
 /// The stream of the diagonal noise `z1`.
 pub const Z1_STREAM: u32 = 0;
 /// The stream of the low-rank coefficients `z2`.
-pub const Z2_STREAM: u32 = 1;
+pub(crate) const Z2_STREAM: u32 = 1;
 
 const PHILOX_M0: u32 = 0xD251_1F53;
 const PHILOX_M1: u32 = 0xCD9E_8D57;
@@ -71,7 +71,7 @@ fn mulhilo(a: u32, b: u32) -> (u32, u32) {
 
 /// Philox4x32 with 10 rounds: four random words for a 128-bit `counter` and a 64-bit `key`.
 #[inline(always)]
-pub fn philox4x32_10(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {
+pub(crate) fn philox4x32_10(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {
     let mut c = counter;
     let mut k = key;
     for round in 0..10 {
@@ -100,7 +100,7 @@ fn group_words(seed: u64, stream: u32, param: u32, g: u64) -> [u32; 4] {
 /// `s⁹` (`|s| ≤ 0.172`, truncation below 2⁻²⁶ relative), plus `e·ln 2` split in two parts.
 /// About 1 ulp of accuracy; its point is that every device computes the same bits.
 #[inline(always)]
-pub fn portable_ln(x: f32) -> f32 {
+pub(crate) fn portable_ln(x: f32) -> f32 {
     let bits = x.to_bits();
     let m = f32::from_bits((bits & 0x007f_ffff) | 0x3f80_0000);
     // m > √2: halve it (exact) and count one more power of two; written as a select.
@@ -184,7 +184,7 @@ fn erfinv_arguments(u: u32) -> (f32, f32) {
 /// One standard normal from a 32-bit word (module docs). The CUDA kernels implement this same
 /// sequence of operations; change both together.
 #[inline(always)]
-pub fn normal_from_bits(u: u32) -> f32 {
+pub(crate) fn normal_from_bits(u: u32) -> f32 {
     let (x, w) = erfinv_arguments(u);
     let poly = if w < 5.0 {
         horner(&P, w - 2.5)
@@ -207,8 +207,8 @@ const TWO_POW_M32: f32 = f32::from_bits(0x2f80_0000);
 /// Fills `out` with the normals of coordinates `first..first + out.len()` of parameter `param`
 /// in `stream` (module docs).
 ///
-/// Whole groups are drawn [`LANES`] words at a time and transformed by [`normals_from_words`],
-/// a branch-free form of [`normal_from_bits`] that the compiler vectorises; both perform the
+/// Whole groups are drawn `LANES` words at a time and transformed by `normals_from_words`,
+/// a branch-free form of `normal_from_bits` that the compiler vectorises; both perform the
 /// same operations on each word, so the values are the same.
 pub fn fill_normals(seed: u64, stream: u32, param: u32, first: u64, out: &mut [f32]) {
     let (mut i, mut k) = (first, 0);
@@ -239,13 +239,13 @@ pub fn fill_normals(seed: u64, stream: u32, param: u32, first: u64, out: &mut [f
 }
 
 /// Words transformed together by [`normals_from_words`].
-pub const LANES: usize = 64;
+pub(crate) const LANES: usize = 64;
 
 /// [`normal_from_bits`] on [`LANES`] words, computing both branches for every word and
 /// selecting, so that the loop has no branch and vectorises. Each word goes through exactly the
 /// operations of [`normal_from_bits`] (the unused branch is computed and dropped). On x86-64
 /// CPUs with AVX2 the same code runs 8 lanes wide (no FMA is enabled, so the bits are the same).
-pub fn normals_from_words(words: &[u32; LANES], out: &mut [f32; LANES]) {
+pub(crate) fn normals_from_words(words: &[u32; LANES], out: &mut [f32; LANES]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU supports AVX2, checked just above.
@@ -272,7 +272,7 @@ fn normals_from_words_generic(words: &[u32; LANES], out: &mut [f32; LANES]) {
 }
 
 /// The low-rank coefficients `z2` (`rows` standard normals) for `seed`.
-pub fn z2_for_seed(seed: u64, rows: usize) -> Vec<f32> {
+pub(crate) fn z2_for_seed(seed: u64, rows: usize) -> Vec<f32> {
     let mut z2 = vec![0f32; rows];
     fill_normals(seed, Z2_STREAM, 0, 0, &mut z2);
     z2
@@ -297,7 +297,7 @@ pub fn z1_for_seed(seed: u64, layout: &ParamLayout, param_base: usize) -> Vec<f3
 }
 
 /// Draws a fresh base seed from a user's generator: one `u64`.
-pub fn seed_from(rng: &mut impl Rng) -> u64 {
+pub(crate) fn seed_from(rng: &mut impl Rng) -> u64 {
     rng.random::<u64>()
 }
 

@@ -92,7 +92,7 @@ pub(crate) const ROW_M2: usize = 2;
 /// Number of f32 rows of per-parameter state the posterior keeps besides its columns (mean,
 /// the mean's compensation term, centred second moment): its memory is `(MOMENT_ROWS + K) · 4 · d`
 /// bytes for f32 columns.
-pub const MOMENT_ROWS: usize = 3;
+pub(crate) const MOMENT_ROWS: usize = 3;
 
 impl SwagPosterior {
     /// An empty posterior for `layout`, with its buffers allocated on `device`.

@@ -36,10 +36,10 @@ use crate::error::{Error, Result};
 use crate::layout::{ParamEntry, ParamLayout};
 
 /// Value of the index's `format` field.
-pub const INDEX_FORMAT: &str = "candle-swag-shards";
+pub(crate) const INDEX_FORMAT: &str = "candle-swag-shards";
 
 /// The parameters `range` of `layout`, as a layout of their own (offsets from 0).
-pub fn sub_layout(layout: &ParamLayout, range: Range<usize>) -> Result<ParamLayout> {
+pub(crate) fn sub_layout(layout: &ParamLayout, range: Range<usize>) -> Result<ParamLayout> {
     if range.start >= range.end || range.end > layout.len() {
         return Err(Error::invalid(
             "params",
@@ -96,7 +96,7 @@ pub struct ShardEntry {
 /// The JSON index of a shard set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShardIndex {
-    /// [`INDEX_FORMAT`].
+    /// `INDEX_FORMAT`.
     pub format: String,
     /// Format version (1).
     pub version: u32,

@@ -4,12 +4,12 @@
 //! - `Device` (default): one `[K, d]` tensor on the posterior's device, beside the moments.
 //! - `Host`: the same tensor in host memory (the CPU), for a model on a GPU whose memory cannot
 //!   hold `K·d` more numbers. Each collected column is copied to the host once; sampling reads
-//!   the columns in chunks of at most [`CHUNK`] coordinates and uploads their low-rank sum.
+//!   the columns in chunks of at most `CHUNK` coordinates and uploads their low-rank sum.
 //! - `Disk(path)`: the columns are written, as they are collected, straight into the posterior
 //!   file at `path` (see [`super::file`]): that file *is* the posterior, and
 //!   [`SwagPosterior::save`](super::SwagPosterior::save) to the same path only writes the moments
 //!   and the header, never the columns again. Sampling and `log_prob` stream the columns in
-//!   chunks of [`CHUNK`] coordinates (`K · CHUNK` numbers in memory), so memory does not grow
+//!   chunks of `CHUNK` coordinates (`K · CHUNK` numbers in memory), so memory does not grow
 //!   with `K·d`.
 //!
 //! The moments (`3·d` f32) always stay on the posterior's device. All stores give the same
@@ -45,7 +45,7 @@ use crate::error::{Error, Result};
 
 /// Largest number of coordinates of one column read at a time when the columns are streamed
 /// (a multiple of [`super::noise::NOISE_BLOCK`], the CPU kernels' unit of work).
-pub const CHUNK: usize = super::noise::NOISE_BLOCK * 16;
+pub(crate) const CHUNK: usize = super::noise::NOISE_BLOCK * 16;
 
 /// Where a posterior keeps its `[K, d]` deviation columns (see the [module docs](self)).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -62,7 +62,7 @@ pub enum DeviationStore {
 /// The scale `s` of an f16 column whose largest magnitude is `max_abs` (module docs): a power
 /// of two with `max_abs / s` in `[2¹⁴, 2¹⁵)`, kept within f32's normal range; 1 for a zero
 /// column.
-pub fn f16_column_scale(max_abs: f32) -> f32 {
+pub(crate) fn f16_column_scale(max_abs: f32) -> f32 {
     if !(max_abs.is_finite() && max_abs > 0.0) {
         return 1.0;
     }

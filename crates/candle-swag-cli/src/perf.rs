@@ -24,7 +24,6 @@ use serde::{Deserialize, Serialize};
 use candle_swag::error::{Error, Result};
 use candle_swag::layout::ParamSet;
 use candle_swag::swag::noise::{fill_normals, NOISE_BLOCK, Z1_STREAM};
-use candle_swag::swag::posterior::MOMENT_ROWS;
 use candle_swag::swag::{SampleConfig, SwagConfig, SwagPosterior};
 
 /// One measured operation.
@@ -240,7 +239,8 @@ pub fn measure(
         params: d,
         rank: k,
         posterior_peak_extra_bytes: peak_rss_bytes().saturating_sub(rss_before),
-        allowance_bytes: ((k + MOMENT_ROWS) * 4 * d + 4 * d) as u64,
+        // The posterior's own state (moments and K f32 columns) plus one f32 vector.
+        allowance_bytes: (posterior.state_bytes() + 4 * d) as u64,
     };
 
     let dev_bytes = dtype.size_in_bytes();

@@ -34,5 +34,5 @@ pub use csv::{CsvTable, Header};
 pub use formats::read_input;
 pub use validate::{
     check_finite, check_has_rows, check_positive, check_probabilities, check_same_rows,
-    labels_to_classes, probabilities_from_logits, ROW_SUM_TOLERANCE,
+    labels_to_classes, probabilities_from_logits,
 };

@@ -12,11 +12,6 @@ use candle_swag::metrics::validate::{
 /// Appended to a probability error: the usual cause is scores passed as probabilities.
 const LOGITS_HINT: &str = "; pass --logits if these are scores";
 
-/// How far a row of probabilities may sum from 1 and still be accepted: `|Σ_k p_k − 1| ≤ 1e-4`,
-/// the metrics' own tolerance. Loose enough for `f32` outputs of a softmax over many classes,
-/// tight enough to catch logits or unnormalised scores passed by mistake.
-pub use candle_swag::metrics::ROW_SUM_TOLERANCE;
-
 fn bad(a: &Array, row: usize, column: impl Into<String>, reason: impl Into<String>) -> Error {
     Error::BadData {
         file: a.source.clone(),
@@ -48,7 +43,7 @@ pub fn check_finite(a: &Array) -> Result<()> {
 }
 
 /// Checks class probabilities: non-empty, finite, every value in `[0, 1]`, and, when there are
-/// several columns, every row summing to 1 within [`ROW_SUM_TOLERANCE`]. A single column is a
+/// several columns, every row summing to 1 within [`ROW_SUM_TOLERANCE`](candle_swag::metrics::ROW_SUM_TOLERANCE). A single column is a
 /// binary task's P(y = 1) and needs no sum check.
 pub fn check_probabilities(a: &Array) -> Result<()> {
     check_has_rows(a)?;
