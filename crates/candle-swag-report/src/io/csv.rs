@@ -1,14 +1,16 @@
 //! The crate's one CSV reader, for data tables (`swag fit`, the bundled data) and prediction
 //! files (`swag report`) alike.
 //!
-//! Rules: UTF-8 text (a leading byte-order mark is skipped); lines end with `\n` or `\r\n`;
-//! blank lines are skipped; cells are separated by commas and trimmed of surrounding
-//! whitespace; a cell in double quotes may hold commas, with `""` for a literal quote (a quoted
-//! cell cannot span lines, and quotes inside an unquoted cell are kept as text); every row has
-//! as many cells as the header. Errors name the file, the 1-based data row (the header is not
-//! counted) and the column.
+//! Parsing is the `csv` crate's (RFC 4180), read record by record from the file: UTF-8 text (a
+//! leading byte-order mark is skipped); records end with `\n` or `\r\n`; empty and blank lines
+//! are skipped; cells are separated by commas and trimmed of surrounding whitespace; a cell in
+//! double quotes may hold commas and line breaks, with `""` for a literal quote (a quote opens a
+//! quoted cell only as the cell's first character; elsewhere it is text); every row has as many
+//! cells as the header. Errors name the file, the 1-based data row (the header is not counted)
+//! and the column.
 
 use std::collections::HashSet;
+use std::io::Read;
 use std::path::Path;
 
 use candle_swag::error::{Error, Result};
@@ -42,10 +44,12 @@ impl CsvTable {
     /// Reads a CSV file with the given header rule.
     pub fn read_with(path: impl AsRef<Path>, header: Header) -> Result<Self> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let text = String::from_utf8(bytes)
-            .map_err(|_| Error::bad_file(path, "not a UTF-8 text (CSV) file"))?;
-        Self::parse_with(&text, &path.display().to_string(), header)
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        Self::from_reader(
+            std::io::BufReader::new(file),
+            &path.display().to_string(),
+            header,
+        )
     }
 
     /// Parses CSV text whose first line is a header; `source` names the input in error
@@ -59,15 +63,51 @@ impl CsvTable {
 
     /// Parses CSV text with the given header rule (errors as for [`parse`](Self::parse)).
     pub fn parse_with(text: &str, source: &str, header_rule: Header) -> Result<Self> {
-        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-        let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-        let first_line = lines.next().ok_or_else(|| Error::BadData {
+        Self::from_reader(text.as_bytes(), source, header_rule)
+    }
+
+    /// Reads CSV records from `reader` one at a time (errors as for [`parse`](Self::parse)).
+    fn from_reader(reader: impl Read, source: &str, header_rule: Header) -> Result<Self> {
+        let bad = |row: usize, column: String, reason: String| Error::BadData {
             file: source.to_string(),
-            row: 0,
-            column: "-".to_string(),
-            reason: "the file is empty (no header, no rows)".to_string(),
-        })?;
-        let first = split_line(first_line);
+            row,
+            column,
+            reason,
+        };
+        let mut records = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .trim(csv::Trim::All)
+            .from_reader(reader)
+            .into_records()
+            .filter(|r| !matches!(r, Ok(rec) if rec.iter().all(str::is_empty)));
+        // The position of a record counts data rows from 1 once the header is known.
+        let cells_of = |r: std::result::Result<csv::StringRecord, csv::Error>, row: usize| {
+            r.map(|rec| rec.iter().map(str::to_string).collect::<Vec<_>>())
+                .map_err(|e| match e.kind() {
+                    csv::ErrorKind::Utf8 { .. } => bad(
+                        row,
+                        "-".to_string(),
+                        "not UTF-8 text (a CSV file must be UTF-8)".to_string(),
+                    ),
+                    _ => bad(row, "-".to_string(), format!("unreadable CSV: {e}")),
+                })
+        };
+        let mut first = match records.next() {
+            Some(r) => cells_of(r, 1)?,
+            None => {
+                return Err(bad(
+                    0,
+                    "-".to_string(),
+                    "the file is empty (no header, no rows)".to_string(),
+                ))
+            }
+        };
+        if let Some(c) = first.first_mut() {
+            if let Some(rest) = c.strip_prefix('\u{feff}') {
+                *c = rest.trim_start().to_string();
+            }
+        }
         let has_header = match header_rule {
             Header::Required => true,
             Header::Detect => first.iter().any(|c| c.parse::<f64>().is_err()),
@@ -83,52 +123,48 @@ impl CsvTable {
         let mut seen = HashSet::new();
         for (i, name) in header.iter().enumerate() {
             if name.is_empty() {
-                return Err(Error::BadData {
-                    file: source.to_string(),
-                    row: 0,
-                    column: format!("#{}", i + 1),
-                    reason: "empty column name in the header".to_string(),
-                });
+                return Err(bad(
+                    0,
+                    format!("#{}", i + 1),
+                    "empty column name in the header".to_string(),
+                ));
             }
             if !seen.insert(name.as_str()) {
-                return Err(Error::BadData {
-                    file: source.to_string(),
-                    row: 0,
-                    column: name.clone(),
-                    reason: "column name appears twice in the header".to_string(),
-                });
+                return Err(bad(
+                    0,
+                    name.clone(),
+                    "column name appears twice in the header".to_string(),
+                ));
             }
         }
-        for line in lines {
-            let data_row = rows.len();
-            let cells = split_line(line);
+        for record in records {
+            let data_row = rows.len() + 1;
+            let cells = cells_of(record, data_row)?;
             if cells.len() != header.len() {
                 let column = if cells.len() > header.len() {
                     format!("#{} (beyond the header)", header.len() + 1)
                 } else {
                     header[cells.len()].clone()
                 };
-                return Err(Error::BadData {
-                    file: source.to_string(),
-                    row: data_row + 1,
+                return Err(bad(
+                    data_row,
                     column,
-                    reason: format!(
+                    format!(
                         "ragged row: {} cells where the {} has {}",
                         cells.len(),
                         if has_header { "header" } else { "first row" },
                         header.len()
                     ),
-                });
+                ));
             }
             rows.push(cells);
         }
         if rows.is_empty() {
-            return Err(Error::BadData {
-                file: source.to_string(),
-                row: 0,
-                column: "-".to_string(),
-                reason: "the file is empty: a header but no data rows".to_string(),
-            });
+            return Err(bad(
+                0,
+                "-".to_string(),
+                "the file is empty: a header but no data rows".to_string(),
+            ));
         }
         Ok(Self {
             source: source.to_string(),
@@ -208,35 +244,6 @@ impl CsvTable {
     }
 }
 
-/// Splits one line into trimmed cells at the commas outside double quotes (module docs).
-fn split_line(line: &str) -> Vec<String> {
-    let line = line.trim_end_matches('\r');
-    let mut cells = Vec::new();
-    let mut cell = String::new();
-    let mut quoted = false;
-    let mut at_cell_start = true;
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' if quoted && chars.peek() == Some(&'"') => {
-                cell.push('"');
-                chars.next();
-            }
-            '"' if quoted => quoted = false,
-            '"' if at_cell_start || cell.trim().is_empty() => quoted = true,
-            ',' if !quoted => {
-                cells.push(std::mem::take(&mut cell).trim().to_string());
-                at_cell_start = true;
-                continue;
-            }
-            _ => cell.push(c),
-        }
-        at_cell_start = false;
-    }
-    cells.push(cell.trim().to_string());
-    cells
-}
-
 fn parse_number(cell: &str, file: &str, row: usize, column: &str) -> Result<f64> {
     match cell.parse::<f64>() {
         Ok(v) if v.is_finite() => Ok(v),
@@ -263,12 +270,39 @@ fn parse_number(cell: &str, file: &str, row: usize, column: &str) -> Result<f64>
 mod tests {
     use super::*;
 
+    fn cells(text: &str) -> anyhow::Result<Vec<Vec<String>>> {
+        let t = CsvTable::parse_with(text, "t.csv", Header::Required)?;
+        Ok(t.rows)
+    }
+
     #[test]
-    fn cells_split_with_quotes() -> anyhow::Result<()> {
-        assert_eq!(split_line(r#"1, "a,b" ,"x""y""#), vec!["1", "a,b", "x\"y"]);
-        assert_eq!(split_line("a,b\r"), vec!["a", "b"]);
-        assert_eq!(split_line(r#"5 "in",x"#), vec![r#"5 "in""#, "x"]);
-        assert_eq!(split_line(",,"), vec!["", "", ""]);
+    fn cells_split_with_quotes_as_rfc_4180_says() -> anyhow::Result<()> {
+        let text = "a,b,c\n1,\"x,y\",\"q\"\"r\"\r\n2 , 5 \"in\" ,\n";
+        assert_eq!(
+            cells(text)?,
+            vec![vec!["1", "x,y", "q\"r"], vec!["2", "5 \"in\"", ""]]
+        );
+        // A quoted cell spans lines; blank lines between records are skipped.
+        let text = "a,b\n\"line 1\nline 2\",3\n\n   \n4,5\n";
+        assert_eq!(
+            cells(text)?,
+            vec![vec!["line 1\nline 2", "3"], vec!["4", "5"]]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn invalid_utf8_is_named_with_its_row() -> anyhow::Result<()> {
+        let bytes: &[u8] = b"a,b\n1,2\n3,\xff\n";
+        match CsvTable::from_reader(bytes, "u.csv", Header::Required).unwrap_err() {
+            Error::BadData {
+                file, row, reason, ..
+            } => {
+                assert_eq!((file.as_str(), row), ("u.csv", 2));
+                assert!(reason.contains("UTF-8"), "{reason}");
+            }
+            other => panic!("expected BadData, got {other:?}"),
+        }
         Ok(())
     }
 
