@@ -161,7 +161,14 @@ impl ShardIndex {
                     index.layout[s.first_param.min(n.saturating_sub(1))].name
                 )));
             }
-            next = s.first_param + s.params;
+            next = s.first_param.checked_add(s.params).ok_or_else(|| {
+                bad(format!(
+                    "shard `{}` claims {} parameters from parameter {}: past any layout",
+                    s.file.display(),
+                    s.params,
+                    s.first_param
+                ))
+            })?;
         }
         if next != n {
             return Err(bad(if next < n {
