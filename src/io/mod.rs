@@ -28,6 +28,7 @@ mod array;
 pub mod checkpoint;
 mod csv;
 mod formats;
+mod npy;
 mod validate;
 
 pub use array::{Array, InputSource, Precision, Role};
