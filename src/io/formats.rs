@@ -1,4 +1,5 @@
-//! File format readers: `.npy`, `.npz`, `.safetensors` (through candle) and CSV (through `CsvTable`).
+//! File format readers: `.npy` and `.npz` (bounded readers in `npy.rs`), `.safetensors` (through
+//! candle) and CSV (through `CsvTable`).
 
 use candle_core::{DType, Tensor};
 
