@@ -23,8 +23,11 @@ use candle_swag::train::run::LoadedRun;
 /// Separates the files of a multi-file input (shard set, run directory).
 pub const PART_SEPARATOR: &[u8] = b"\x00--swag-fuzz-part--\x00";
 
-/// Every target's name, as its directories under `fuzz/corpus` and `fuzz/regressions`.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+/// A target body.
+pub type Target = fn(&[u8]);
+
+/// Every target, by its name (its directories under `fuzz/corpus` and `fuzz/regressions`).
+pub const TARGETS: &[(&str, Target)] = &[
     ("posterior_file", posterior_file),
     ("shard_index", shard_index),
     ("checkpoint", checkpoint),
@@ -69,9 +72,9 @@ fn check_size(size: usize) {
         use std::io::Write;
         let mut buf = [0u8; 96];
         let mut cursor = std::io::Cursor::new(&mut buf[..]);
-        let _ = write!(
+        let _ = writeln!(
             cursor,
-            "==malloc-limit== one allocation of {size} bytes exceeds the limit\n"
+            "==malloc-limit== one allocation of {size} bytes exceeds the limit"
         );
         let n = cursor.position() as usize;
         let _ = std::io::stderr().write_all(&buf[..n]);
