@@ -149,3 +149,27 @@ fn run_config_with_widths_the_weights_cannot_hold_is_refused() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn shard_starting_past_the_layout_or_overlapping_in_an_empty_one_is_refused() -> Result<()> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        &dir,
+        "past.json",
+        &regression("shard_index", "shard_past_the_layout"),
+    );
+    assert_bad_file(
+        ShardIndex::load(&path),
+        "shard `shard1.safetensors` starts at parameter 5, past the layout's 1 parameters",
+    );
+    let path = write(
+        &dir,
+        "empty.json",
+        &regression("shard_index", "overlap_in_empty_layout"),
+    );
+    assert_bad_file(
+        ShardIndex::load(&path),
+        "shard `shard1.safetensors` overlaps the one before it at parameter 0",
+    );
+    Ok(())
+}
