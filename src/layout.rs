@@ -78,12 +78,22 @@ impl ParamLayout {
                     "parameter `{name}` appears twice"
                 )));
             }
+            // Checked here, so that `ParamEntry::numel` of a layout cannot overflow (a
+            // layout read from a file may claim any shape).
+            let numel = shape
+                .iter()
+                .try_fold(1usize, |n, &s| n.checked_mul(s))
+                .ok_or_else(|| {
+                    Error::LayoutMismatch(format!(
+                        "parameter `{name}` has shape {shape:?}, whose element count overflows usize"
+                    ))
+                })?;
             let entry = ParamEntry {
                 name,
                 shape,
                 offset,
             };
-            offset = offset.checked_add(entry.numel()).ok_or_else(|| {
+            offset = offset.checked_add(numel).ok_or_else(|| {
                 Error::LayoutMismatch("total parameter count overflows usize".into())
             })?;
             entries.push(entry);

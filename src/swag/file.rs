@@ -304,10 +304,20 @@ fn parse_layout(c: &Container, json: &str) -> Result<ParamLayout> {
     Ok(layout)
 }
 
+/// Most deviation columns a file may leave empty (rank K minus its stored rows): loading
+/// allocates all K columns, so an unchecked K in a small file could claim any amount of memory.
+pub const MAX_EMPTY_COLUMNS: usize = 4096;
+
 fn check_counts(c: &Container, rows: usize, rank: usize, n: u64) -> Result<()> {
     if rows > rank || rows as u64 > n {
         return Err(c.bad(format!(
             "inconsistent counts: rows {rows}, rank {rank}, n_collected {n}"
+        )));
+    }
+    if rank - rows > MAX_EMPTY_COLUMNS {
+        return Err(c.bad(format!(
+            "rank K = {rank} with only {rows} columns stored: a posterior file may leave at most \
+             {MAX_EMPTY_COLUMNS} of its K columns empty (refused before allocating them)"
         )));
     }
     Ok(())

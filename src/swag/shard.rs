@@ -149,20 +149,39 @@ impl ShardIndex {
                 )));
             }
             if s.first_param > next {
-                return Err(bad(format!(
-                    "no shard covers parameters {next}..{} (`{}` onwards): a shard is missing",
-                    s.first_param, index.layout[next].name
-                )));
+                // `next` may already be past the layout (the shards before covered it all).
+                return Err(bad(match index.layout.get(next) {
+                    Some(e) => format!(
+                        "no shard covers parameters {next}..{} (`{}` onwards): a shard is missing",
+                        s.first_param, e.name
+                    ),
+                    None => format!(
+                        "shard `{}` starts at parameter {}, past the layout's {n} parameters",
+                        s.file.display(),
+                        s.first_param
+                    ),
+                }));
             }
             if s.first_param < next {
+                let name = index
+                    .layout
+                    .get(s.first_param)
+                    .map(|e| format!(" (`{}`)", e.name))
+                    .unwrap_or_default();
                 return Err(bad(format!(
-                    "shard `{}` overlaps the one before it at parameter {} (`{}`)",
+                    "shard `{}` overlaps the one before it at parameter {}{name}",
                     s.file.display(),
                     s.first_param,
-                    index.layout[s.first_param.min(n.saturating_sub(1))].name
                 )));
             }
-            next = s.first_param + s.params;
+            next = s.first_param.checked_add(s.params).ok_or_else(|| {
+                bad(format!(
+                    "shard `{}` claims {} parameters from parameter {}: past any layout",
+                    s.file.display(),
+                    s.params,
+                    s.first_param
+                ))
+            })?;
         }
         if next != n {
             return Err(bad(if next < n {

@@ -457,12 +457,37 @@ impl LoadedRun {
                 ),
             ));
         }
-        let mut varmap = VarMap::new();
-        let model = Mlp::new(&config.fit.mlp, &varmap, device, 0)?;
         let weights = dir.join(files::WEIGHTS);
         if !weights.exists() {
             return Err(Error::bad_file(&weights, "missing from the run directory"));
         }
+        // The network is allocated from the config's widths before its weights are read:
+        // widths the weights file cannot hold (one byte per weight at the very least) are
+        // refused first, so that an edited config cannot claim any amount of memory.
+        let weights_len = std::fs::metadata(&weights)
+            .map_err(|e| Error::io(&weights, e))?
+            .len();
+        let widths = config.fit.mlp.widths();
+        let claimed = widths
+            .windows(2)
+            .try_fold(0u64, |n, w| {
+                (w[0] as u64)
+                    .checked_mul(w[1] as u64)
+                    .and_then(|m| n.checked_add(m))
+            })
+            .unwrap_or(u64::MAX);
+        if claimed > weights_len {
+            return Err(Error::bad_file(
+                &config_path,
+                format!(
+                    "the network it describes (widths {widths:?}) has {} weights, but {} holds only {weights_len} bytes",
+                    if claimed == u64::MAX { "too many".to_string() } else { claimed.to_string() },
+                    weights.display()
+                ),
+            ));
+        }
+        let mut varmap = VarMap::new();
+        let model = Mlp::new(&config.fit.mlp, &varmap, device, 0)?;
         varmap
             .load(&weights)
             .map_err(|e| Error::bad_file(&weights, e.to_string()))?;

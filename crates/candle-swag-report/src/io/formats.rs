@@ -1,4 +1,5 @@
-//! File format readers: `.npy`, `.npz`, `.safetensors` (through candle) and CSV (through `CsvTable`).
+//! File format readers: `.npy` and `.npz` (bounded readers in `npy.rs`), `.safetensors` (through
+//! candle) and CSV (through `CsvTable`).
 
 use candle_core::{DType, Tensor};
 
@@ -27,13 +28,11 @@ pub fn read_input(spec: &InputSource, role: Role) -> Result<Array> {
                     format!("a .npy file holds one unnamed array; cannot select `{key}`"),
                 ));
             }
-            let t = Tensor::read_npy(path)
-                .map_err(|e| Error::bad_file(path, format!("not a readable .npy file: {e}")))?;
+            let t = super::npy::read_npy(path)?;
             tensor_to_array(spec.to_string(), &t)
         }
         "npz" => {
-            let named = Tensor::read_npz(path)
-                .map_err(|e| Error::bad_file(path, format!("not a readable .npz file: {e}")))?;
+            let named = super::npy::read_npz(path)?;
             pick_named(spec, role, named)
         }
         "safetensors" => {

@@ -27,6 +27,7 @@
 mod array;
 mod csv;
 mod formats;
+mod npy;
 mod validate;
 
 pub use array::{Array, InputSource, Precision, Role};
