@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 
 use super::targets::join_parts;
 use candle_core::{DType, Device, Tensor};
-use candle_swag_cli::data::csv::TaskKind;
-use candle_swag::swag::checkpoint::write_flat;
 use candle_swag::layout::ParamLayout;
+use candle_swag::swag::checkpoint::write_flat;
 use candle_swag::swag::{ShardEntry, ShardIndex, SwagConfig, SwagPosterior};
+use candle_swag_cli::data::csv::TaskKind;
 use candle_swag_cli::train::pipeline::{fit_csv, CsvFitConfig};
 
 type Res<T> = std::result::Result<T, Box<dyn std::error::Error>>;

@@ -5,11 +5,11 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use candle_swag_report::io::{read_input, InputSource, Role};
 use candle_swag::layout::ParamLayout;
 use candle_swag::swag::{DeviationStore, ShardIndex, SwagPosterior};
-use candle_swag_cli::train::run::LoadedRun;
 use candle_swag::{Error, Result};
+use candle_swag_cli::train::run::LoadedRun;
+use candle_swag_report::io::{read_input, InputSource, Role};
 
 /// The separator of multi-file fuzz inputs (`fuzz/src/targets.rs`).
 const PART_SEPARATOR: &[u8] = b"\x00--swag-fuzz-part--\x00";

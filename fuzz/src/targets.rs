@@ -12,13 +12,13 @@ use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
+use candle_swag::layout::ParamLayout;
+use candle_swag::swag::checkpoint::{read_flat, CheckpointHeader};
+use candle_swag::swag::{DeviationStore, ShardIndex, ShardSet, SwagPosterior};
 use candle_swag_cli::data::csv::{load_csv, load_table, CsvConfig, TaskKind};
 use candle_swag_cli::data::idx::{parse_images, parse_labels, read_image_csv};
-use candle_swag::swag::checkpoint::{read_flat, CheckpointHeader};
-use candle_swag_report::io::{read_input, CsvTable, Header, InputSource, Role};
-use candle_swag::layout::ParamLayout;
-use candle_swag::swag::{DeviationStore, ShardIndex, ShardSet, SwagPosterior};
 use candle_swag_cli::train::run::LoadedRun;
+use candle_swag_report::io::{read_input, CsvTable, Header, InputSource, Role};
 
 /// Separates the files of a multi-file input (shard set, run directory).
 pub const PART_SEPARATOR: &[u8] = b"\x00--swag-fuzz-part--\x00";
