@@ -432,6 +432,12 @@ impl DiskColumns {
     /// [`super::format::CHECKSUM_CHUNK`] bytes of the row). Unverified: for the sampler's
     /// verifying pass.
     pub(crate) fn read_window(&self, r: usize, lo: usize, bytes: &mut [u8]) -> Result<u64> {
+        self.read_at(r, lo, bytes)?;
+        Ok(chunk_digest(bytes))
+    }
+
+    /// Reads coordinates from `lo` of physical row `r` into `bytes`, as stored.
+    fn read_at(&self, r: usize, lo: usize, bytes: &mut [u8]) -> Result<()> {
         let es = self.layout.dtype.size_in_bytes();
         let offset = self.layout.row_offset(r) + (lo * es) as u64;
         read_exact_at(&self.file, bytes, offset).map_err(|e| {
@@ -439,8 +445,7 @@ impl DiskColumns {
                 &self.path,
                 format!("cannot read deviation row {r} (truncated file?): {e}"),
             )
-        })?;
-        Ok(chunk_digest(bytes))
+        })
     }
 
     /// Encodes an f32 column and writes it at row `slot`, one checksum chunk (1 MiB) at a
@@ -504,13 +509,7 @@ impl DiskColumns {
         bytes.resize(len * es, 0);
         out.clear();
         for &r in rows {
-            let offset = self.layout.row_offset(r) + (lo * es) as u64;
-            read_exact_at(&self.file, bytes, offset).map_err(|e| {
-                Error::bad_file(
-                    &self.path,
-                    format!("cannot read deviation row {r} (truncated file?): {e}"),
-                )
-            })?;
+            self.read_at(r, lo, bytes)?;
             decode_into(bytes, dtype, out);
         }
         Ok(())
@@ -524,12 +523,7 @@ impl DiskColumns {
 
     fn read_row_unverified(&self, r: usize) -> Result<Vec<u8>> {
         let mut buf = vec![0u8; self.layout.row_bytes() as usize];
-        read_exact_at(&self.file, &mut buf, self.layout.row_offset(r)).map_err(|e| {
-            Error::bad_file(
-                &self.path,
-                format!("cannot read deviation row {r} (truncated file?): {e}"),
-            )
-        })?;
+        self.read_at(r, 0, &mut buf)?;
         Ok(buf)
     }
 
