@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_swag::{Error, Result};
 use sha2::{Digest, Sha256};
 
@@ -139,7 +139,7 @@ pub fn digest_tensors(tensors: &HashMap<String, Tensor>) -> Result<String> {
     names.sort();
     let mut h = Sha256::new();
     for name in names {
-        let (dtype, data) = crate::lora::tensor_bytes(&tensors[name])?;
+        let (dtype, data) = tensor_bytes(&tensors[name])?;
         hash_entry(
             &mut h,
             name,
@@ -162,4 +162,34 @@ fn hash_entry(h: &mut Sha256, name: &str, dtype: &str, shape: &[usize], data: &[
     }
     h.update((data.len() as u64).to_le_bytes());
     h.update(data);
+}
+
+/// A tensor's safetensors dtype and raw little-endian bytes (row-major).
+pub fn tensor_bytes(t: &Tensor) -> Result<(safetensors::Dtype, Vec<u8>)> {
+    use safetensors::Dtype as S;
+    let flat = t.flatten_all()?;
+    fn le<T: Copy, const N: usize>(v: Vec<T>, f: fn(T) -> [u8; N]) -> Vec<u8> {
+        v.into_iter().flat_map(f).collect()
+    }
+    Ok(match t.dtype() {
+        DType::F32 => (S::F32, le(flat.to_vec1::<f32>()?, f32::to_le_bytes)),
+        DType::F64 => (S::F64, le(flat.to_vec1::<f64>()?, f64::to_le_bytes)),
+        DType::F16 => (
+            S::F16,
+            le(flat.to_vec1::<half::f16>()?, half::f16::to_le_bytes),
+        ),
+        DType::BF16 => (
+            S::BF16,
+            le(flat.to_vec1::<half::bf16>()?, half::bf16::to_le_bytes),
+        ),
+        DType::U32 => (S::U32, le(flat.to_vec1::<u32>()?, u32::to_le_bytes)),
+        DType::I64 => (S::I64, le(flat.to_vec1::<i64>()?, i64::to_le_bytes)),
+        DType::U8 => (S::U8, flat.to_vec1::<u8>()?),
+        other => {
+            return Err(Error::invalid(
+                "dtype",
+                format!("writing {other:?} tensors to safetensors is not supported"),
+            ))
+        }
+    })
 }

@@ -35,7 +35,7 @@ use candle_nn::{Init, VarBuilder, VarMap};
 use candle_swag::{Error, Result};
 use rand::{Rng, SeedableRng};
 
-use crate::base::BaseModel;
+use crate::base::{tensor_bytes, BaseModel};
 
 /// The adapter file format tag (metadata key `format`).
 pub const ADAPTER_FORMAT: &str = "candle-swag-lora/1";
@@ -669,36 +669,6 @@ fn levenshtein(a: &str, b: &str) -> usize {
         }
     }
     row[b.len()]
-}
-
-/// A tensor's safetensors dtype and raw little-endian bytes (row-major).
-pub fn tensor_bytes(t: &Tensor) -> Result<(safetensors::Dtype, Vec<u8>)> {
-    use safetensors::Dtype as S;
-    let flat = t.flatten_all()?;
-    fn le<T: Copy, const N: usize>(v: Vec<T>, f: fn(T) -> [u8; N]) -> Vec<u8> {
-        v.into_iter().flat_map(f).collect()
-    }
-    Ok(match t.dtype() {
-        DType::F32 => (S::F32, le(flat.to_vec1::<f32>()?, f32::to_le_bytes)),
-        DType::F64 => (S::F64, le(flat.to_vec1::<f64>()?, f64::to_le_bytes)),
-        DType::F16 => (
-            S::F16,
-            le(flat.to_vec1::<half::f16>()?, half::f16::to_le_bytes),
-        ),
-        DType::BF16 => (
-            S::BF16,
-            le(flat.to_vec1::<half::bf16>()?, half::bf16::to_le_bytes),
-        ),
-        DType::U32 => (S::U32, le(flat.to_vec1::<u32>()?, u32::to_le_bytes)),
-        DType::I64 => (S::I64, le(flat.to_vec1::<i64>()?, i64::to_le_bytes)),
-        DType::U8 => (S::U8, flat.to_vec1::<u8>()?),
-        other => {
-            return Err(Error::invalid(
-                "dtype",
-                format!("writing {other:?} tensors to safetensors is not supported"),
-            ))
-        }
-    })
 }
 
 /// Writes named tensors and string metadata as a safetensors file, atomically

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use candle_core::{DType, Tensor};
 
-use super::figures::{ClassificationPlotData, OodPlotData, RegressionPlotData};
+use super::figures::{ClassificationPlotData, OodPlotData, PlotInputs, RegressionPlotData};
 use super::*;
 use crate::plot::{self, PlotFiles};
 use candle_swag::atomic::{write_dir_atomic, write_file_atomic};
@@ -29,11 +29,6 @@ pub struct ReportBuilder {
     pub(super) classification_calibration: Vec<ClassificationCalibration>,
     pub(super) regression_calibration: Vec<RegressionCalibration>,
 }
-
-/// Bins of the OOD score histograms.
-pub(super) const OOD_HISTOGRAM_BINS: usize = 30;
-/// Level of the ordered prediction-interval plots.
-pub(super) const INTERVAL_PLOT_LEVEL: f64 = 0.95;
 
 fn check_method_name<'a>(
     task: &str,
@@ -370,7 +365,16 @@ impl ReportBuilder {
         let report = self.report();
         let mut plots = Vec::new();
         write_dir_atomic(dir, |tmp| {
-            let tmp_plots = self.write_plots(tmp)?;
+            let tmp_plots = PlotInputs {
+                classification: &self.classification,
+                classification_options: &self.classification_options,
+                regression: &self.regression,
+                ood: &self.ood,
+                bands: &self.bands,
+                calibration: &self.calibration,
+                regression_calibration: &self.regression_calibration,
+            }
+            .write_plots(tmp)?;
             let json = serde_json::to_string_pretty(&metrics_json(&report))?;
             write_file_atomic(tmp.join("metrics.json"), json.as_bytes())?;
             let full = serde_json::to_string_pretty(&report)?;

@@ -3,8 +3,6 @@
 
 use std::path::Path;
 
-use super::builder::ReportBuilder;
-use super::builder::{INTERVAL_PLOT_LEVEL, OOD_HISTOGRAM_BINS};
 use super::*;
 use crate::plot::style::percent;
 use crate::plot::{self, CalibrationSeries, PlotFiles, SharpnessSeries};
@@ -28,7 +26,23 @@ pub(super) struct OodPlotData {
     pub(super) roc: RocCurve,
 }
 
-impl ReportBuilder {
+/// Bins of the OOD score histograms.
+const OOD_HISTOGRAM_BINS: usize = 30;
+/// Level of the ordered prediction-interval plots.
+const INTERVAL_PLOT_LEVEL: f64 = 0.95;
+
+/// What the figures are drawn from: the builder's methods, their plot data and settings.
+pub(super) struct PlotInputs<'a> {
+    pub(super) classification: &'a Vec<(ClassificationEntry, ClassificationPlotData)>,
+    pub(super) classification_options: &'a ClassificationConfig,
+    pub(super) regression: &'a Vec<(RegressionEntry, RegressionPlotData)>,
+    pub(super) ood: &'a Vec<(OodEntry, OodPlotData)>,
+    pub(super) bands: &'a Vec<(String, plot::PredictiveBand)>,
+    pub(super) calibration: &'a Option<CalibrationSetup>,
+    pub(super) regression_calibration: &'a Vec<RegressionCalibration>,
+}
+
+impl PlotInputs<'_> {
     /// Draws every plot of the report into `dir`.
     pub(super) fn write_plots(&self, dir: &Path) -> Result<Vec<ReportPlot>> {
         let mut out = Vec::new();
@@ -84,7 +98,7 @@ impl ReportBuilder {
                 plot::calibration_curve_plot(dir, "calibration_curve", "central", &series)?,
                 "Regression calibration: observed against expected proportion of targets inside central Gaussian intervals; shaded: miscalibration area.".into(),
             );
-            for (e, d) in &self.regression {
+            for (e, d) in self.regression {
                 let name = names.slug("intervals", &e.method);
                 push(
                     plot::ordered_intervals(
@@ -138,7 +152,7 @@ impl ReportBuilder {
             );
         }
 
-        for (method, band) in &self.bands {
+        for (method, band) in self.bands {
             let name = names.slug("band", method);
             push(
                 plot::predictive_band(dir, &name, method, band)?,
@@ -147,7 +161,7 @@ impl ReportBuilder {
         }
 
         if !self.ood.is_empty() {
-            for (e, d) in &self.ood {
+            for (e, d) in self.ood {
                 let name = names.slug("ood_scores", &e.method);
                 push(
                     plot::ood_score_histogram(
