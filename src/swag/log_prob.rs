@@ -18,8 +18,8 @@
 use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 
+use super::config::SampleConfig;
 use super::posterior::SwagPosterior;
-use super::sample::SampleConfig;
 use super::store::CHUNK;
 use crate::error::{Error, Result};
 

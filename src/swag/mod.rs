@@ -22,12 +22,12 @@ pub mod multi;
 pub mod noise;
 pub mod posterior;
 pub mod sample;
+mod sample_host;
 pub mod shard;
 pub mod store;
 
-pub use config::SwagConfig;
+pub use config::{Divisor, SampleConfig, SwagConfig};
 pub use multi::MultiSwag;
 pub use posterior::SwagPosterior;
-pub use sample::{Divisor, SampleConfig};
 pub use shard::{ShardEntry, ShardIndex, ShardSet};
 pub use store::DeviationStore;

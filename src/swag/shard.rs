@@ -29,9 +29,9 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::config::SampleConfig;
 use super::config::SwagConfig;
 use super::posterior::SwagPosterior;
-use super::sample::SampleConfig;
 use crate::error::{Error, Result};
 use crate::layout::{ParamEntry, ParamLayout};
 
