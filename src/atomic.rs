@@ -106,8 +106,15 @@ where
         let _ = fs::remove_dir_all(&tmp);
         return Err(e);
     }
-    let old = temp_sibling(dir, "old");
     let had_old = dir.exists();
+    // Linux swaps the two directories in one step: no moment without a report at `dir`.
+    if had_old && exchange(&tmp, dir).is_ok() {
+        let _ = fs::remove_dir_all(&tmp);
+        return Ok(());
+    }
+    // Elsewhere (or on a file system without the exchange), two renames: a kill between them
+    // leaves the previous directory under its temporary `.old` name beside `dir`.
+    let old = temp_sibling(dir, "old");
     if had_old {
         fs::rename(dir, &old).map_err(|e| {
             let _ = fs::remove_dir_all(&tmp);
@@ -125,6 +132,40 @@ where
         let _ = fs::remove_dir_all(&old);
     }
     Ok(())
+}
+
+/// Atomically exchanges two paths (`renameat2` with `RENAME_EXCHANGE`, Linux ≥ 3.15).
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let cstr = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+    };
+    let (a, b) = (cstr(a)?, cstr(b)?);
+    // SAFETY: both pointers are NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// No atomic exchange here: the caller falls back to two renames.
+#[cfg(not(target_os = "linux"))]
+fn exchange(_a: &Path, _b: &Path) -> std::io::Result<()> {
+    Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
 }
 
 #[cfg(test)]
@@ -145,6 +186,18 @@ mod tests {
         // No temporary directories are left behind.
         let leftovers: Vec<_> = fs::read_dir(root.path())?.collect();
         assert_eq!(leftovers.len(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn a_directory_is_replaced_whole_with_nothing_left_beside_it() -> anyhow::Result<()> {
+        let root = tempfile::tempdir()?;
+        let dir = root.path().join("report");
+        write_dir_atomic(&dir, |d| write_file_atomic(d.join("old.txt"), b"old"))?;
+        write_dir_atomic(&dir, |d| write_file_atomic(d.join("new.txt"), b"new"))?;
+        assert_eq!(fs::read(dir.join("new.txt"))?, b"new");
+        assert!(!dir.join("old.txt").exists());
+        assert_eq!(fs::read_dir(root.path())?.count(), 1);
         Ok(())
     }
 

@@ -119,3 +119,122 @@ fn a_killed_collect_leaves_the_old_or_the_new_posterior() -> Result<(), Box<dyn 
     }
     Ok(())
 }
+
+/// Every file of a report directory, by name, with its bytes (`None`: the directory is absent).
+fn dir_contents(dir: &Path) -> std::io::Result<Option<Vec<(String, Vec<u8>)>>> {
+    if !dir.exists() {
+        return Ok(None);
+    }
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        files.push((
+            e.file_name().to_string_lossy().into_owned(),
+            std::fs::read(e.path())?,
+        ));
+    }
+    files.sort();
+    Ok(Some(files))
+}
+
+/// `swag report` builds the report in a temporary sibling directory and renames it over `--out`
+/// (the previous report is moved aside first and removed after): a kill at any moment leaves
+/// the previous complete report or the complete new one, file for file and byte for byte.
+#[test]
+fn a_killed_report_leaves_the_old_or_the_new_report() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let p = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
+    // 60k rows of 10-class probabilities: long enough to kill in every phase.
+    let (rows, classes) = (60_000, 10);
+    let mut probs = (0..classes)
+        .map(|k| format!("prob_{k}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut labels = String::from("label\n");
+    probs.push('\n');
+    for i in 0..rows {
+        let w: Vec<f64> = (0..classes)
+            .map(|k| 1.0 + ((i * 31 + k * 17) % 97) as f64)
+            .collect();
+        let s: f64 = w.iter().sum();
+        let row: Vec<String> = w.iter().map(|x| format!("{:.6}", x / s)).collect();
+        probs.push_str(&row.join(","));
+        probs.push('\n');
+        labels.push_str(&format!("{}\n", (i * 7) % classes));
+    }
+    std::fs::write(p("p.csv"), probs)?;
+    std::fs::write(p("y.csv"), labels)?;
+    let report = |method: &'static str, out: String| {
+        vec![
+            "report".to_string(),
+            "--probs".to_string(),
+            p("p.csv"),
+            "--method".to_string(),
+            method.to_string(),
+            "--labels".to_string(),
+            p("y.csv"),
+            "--out".to_string(),
+            out,
+        ]
+    };
+    let as_str = |v: &[String]| {
+        v.iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join("\u{0}")
+    };
+    let run = |args: Vec<String>| run_to_end(&as_str(&args).split('\u{0}').collect::<Vec<_>>());
+    run(report("OLD", p("old")))?;
+    let full = run(report("NEW", p("new")))?;
+    let old = dir_contents(Path::new(&p("old")))?.ok_or("old report missing")?;
+    let new = dir_contents(Path::new(&p("new")))?.ok_or("new report missing")?;
+    assert_ne!(old, new);
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let out = p("out");
+    let (mut saw_old, mut saw_new) = (0, 0);
+    for kill in 0..KILLS {
+        let _ = std::fs::remove_dir_all(&out);
+        run(report("OLD", out.clone()))?;
+        let at = match kill {
+            0 => Duration::ZERO,
+            k if k + 1 == KILLS => full * 20,
+            _ => Duration::from_micros(next() % (full.as_micros() as u64 * 3 / 2 + 1)),
+        };
+        let mut child = Command::new(env!("CARGO_BIN_EXE_swag"))
+            .args(report("NEW", out.clone()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let started = Instant::now();
+        while started.elapsed() < at && child.try_wait()?.is_none() {
+            std::thread::sleep(Duration::from_micros(200).min(at));
+        }
+        let _ = child.kill();
+        child.wait()?;
+        match dir_contents(Path::new(&out))? {
+            Some(now) if now == old => saw_old += 1,
+            Some(now) if now == new => saw_new += 1,
+            Some(now) => {
+                return Err(format!(
+                "kill {kill} at {at:?}: the report is neither the old nor the new one ({} files)",
+                now.len()
+            )
+                .into())
+            }
+            None => {
+                return Err(
+                    format!("kill {kill} at {at:?}: the report directory is missing").into(),
+                )
+            }
+        }
+    }
+    eprintln!("report: {saw_old} kills left the old report, {saw_new} the new one");
+    assert!(saw_old > 0 && saw_new > 0, "old {saw_old}, new {saw_new}");
+    Ok(())
+}
