@@ -972,3 +972,131 @@ fn report_from_a_run_shows_the_conformal_numbers_of_predict() -> Result<()> {
     assert!(!rep.join("conditional_coverage.png").exists());
     Ok(())
 }
+
+/// `swag fit` tunes by default and says what it chose, in its summary and in config.json;
+/// `--tune-scale` is a no-op alias of the default (the same run, byte for byte), `--no-tune`
+/// keeps scale 0.5 and the training residual, `--noise auto` records both validation NLLs and
+/// keeps the lower, and `--noise auto --no-tune` is refused with one line naming `noise`.
+#[test]
+fn default_fit_tunes_and_says_what_it_chose() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("diabetes.csv");
+    subset("data/diabetes.csv", 150, &data);
+    let d = data.to_str().unwrap();
+    let fit = |out: &Path, extra: &[&str]| {
+        swag_with(
+            &[
+                "fit",
+                "--data",
+                d,
+                "--target",
+                "target",
+                "--task",
+                "regression",
+                "--split-column",
+                "split",
+                "--hidden",
+                "8",
+                "--epochs",
+                "6",
+                "--rank",
+                "3",
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            extra,
+        )
+    };
+    let config = |run: &Path| -> Result<serde_json::Value> {
+        Ok(serde_json::from_slice(&std::fs::read(
+            run.join("config.json"),
+        )?)?)
+    };
+    let default = dir.path().join("default");
+    let out = fit(&default, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // 120 training rows of the first 150 (every fifth row is test); 20% are validation.
+    assert!(
+        stdout.contains("tuned on a validation split of 24 training rows"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("noise model: homoscedastic\n"), "{stdout}");
+    let c = config(&default)?;
+    assert_eq!(c["validation_rows"], 24);
+    assert_eq!(c["noise"], "homoscedastic");
+    assert_eq!(
+        c["fit"]["train"]["sgd"]["lr"], 0.01,
+        "regression's default lr"
+    );
+    let best = &c["tuned"]["best"];
+    assert_eq!(c["scale"], best["scale"]);
+    assert_eq!(c["noise_variance"], best["noise_variance"]);
+    let scale = best["scale"].as_f64().unwrap_or(f64::NAN);
+    assert!(
+        stdout.contains(&format!("default sample scale {scale},")),
+        "{stdout}"
+    );
+
+    let alias = dir.path().join("alias");
+    assert!(fit(&alias, &["--tune-scale"]).status.success());
+    assert_eq!(
+        std::fs::read(default.join("config.json"))?,
+        std::fs::read(alias.join("config.json"))?
+    );
+
+    let untuned = dir.path().join("untuned");
+    let out = fit(&untuned, &["--no-tune"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("(not tuned: --no-tune)"));
+    let c = config(&untuned)?;
+    assert_eq!(c["scale"], 0.5);
+    assert!(
+        c["tuned"].is_null() && c.get("validation_rows").is_none(),
+        "{c}"
+    );
+    assert!(c["noise_variance"].as_f64().is_some_and(|v| v > 0.0));
+
+    let auto = dir.path().join("auto");
+    let out = fit(&auto, &["--noise", "auto"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("chosen by --noise auto"));
+    let c = config(&auto)?;
+    let sel = &c["noise_selection"];
+    let (homo, hetero) = (
+        sel["homoscedastic_nll"].as_f64().unwrap(),
+        sel["heteroscedastic_nll"].as_f64().unwrap(),
+    );
+    let want = if hetero < homo {
+        "heteroscedastic"
+    } else {
+        "homoscedastic"
+    };
+    assert_eq!(c["noise"], want, "{sel}");
+    assert_eq!(c["tuned"]["best"]["nll"].as_f64(), Some(homo.min(hetero)));
+
+    let refused = dir.path().join("refused");
+    let out = fit(&refused, &["--noise", "auto", "--no-tune"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("`noise`") && err.contains("--no-tune"),
+        "{err}"
+    );
+    assert!(!refused.exists());
+    // The opt-out and the old opt-in contradict each other: clap refuses the pair.
+    assert_eq!(
+        fit(&refused, &["--no-tune", "--tune-scale"]).status.code(),
+        Some(2)
+    );
+    Ok(())
+}

@@ -403,6 +403,8 @@ fn fit_save_load_predict_report_round_trip() -> Result<()> {
         history: fitted.history.clone(),
         calibration: None,
         noise: Default::default(),
+        noise_selection: None,
+        validation_rows: None,
     };
     let dir = tempfile::tempdir()?;
     let run_dir = dir.path().join("run");

@@ -6,10 +6,14 @@ mod common;
 use common::invalid_name;
 
 use candle_core::Device;
+use candle_swag_cli::data::TaskKind;
 use candle_swag_cli::data::{FeatureColumn, Split, TabularData, Targets};
 use candle_swag_cli::train::method::Method;
+use candle_swag_cli::train::pipeline::{CsvFitConfig, NoiseChoice};
+use candle_swag_cli::train::run::NoiseModel;
 use candle_swag_cli::train::uci::{
-    run_uci, uci_table, GridPoint, UciConfig, UciGrid, UciNoise, UciOutcome,
+    auto_noise_outcomes, run_uci, run_uci_fit, uci_fit_table, uci_table, GridPoint, UciConfig,
+    UciGrid, UciNoise, UciOutcome,
 };
 
 #[test]
@@ -53,7 +57,48 @@ fn outcome(split: usize, method: Method, noise: UciNoise, test_ll: f64, rmse: f6
         },
         scale: 0.0,
         noise_variance: None,
+        validation_nll: 0.0,
     }
+}
+
+/// `auto` keeps, per split and method, the noise model with the lower validation NLL
+/// (homoscedastic on a tie), and the table gives it a row counting the choices.
+#[test]
+fn auto_rows_keep_the_lower_validation_nll() -> Result<()> {
+    let mut rows = Vec::new();
+    // Split 0: hetero validates better; split 1: a tie (homo kept); split 2: homo better.
+    for (split, (homo_val, hetero_val)) in
+        [(1.0, 0.5), (0.7, 0.7), (0.2, 0.9)].into_iter().enumerate()
+    {
+        let mut homo = outcome(split, Method::Swag, UciNoise::Homoscedastic, -1.0, 1.0);
+        homo.validation_nll = homo_val;
+        let mut hetero = outcome(split, Method::Swag, UciNoise::Heteroscedastic, -3.0, 2.0);
+        hetero.validation_nll = hetero_val;
+        rows.extend([homo, hetero]);
+    }
+    let auto = auto_noise_outcomes(&rows);
+    let chosen: Vec<UciNoise> = auto.iter().map(|o| o.noise).collect();
+    assert_eq!(
+        chosen,
+        [
+            UciNoise::Heteroscedastic,
+            UciNoise::Homoscedastic,
+            UciNoise::Homoscedastic
+        ]
+    );
+    let table = uci_table(&rows);
+    // LL −3, −1, −1: mean −5/3, population std 0.943, standard error 0.544.
+    assert!(
+        table.contains("| SWAG | auto (2/1) | -1.667 ± 0.544 |"),
+        "{table}"
+    );
+    // Without heteroscedastic outcomes there is nothing to choose: no auto rows.
+    let homo_only: Vec<UciOutcome> = rows
+        .into_iter()
+        .filter(|o| o.noise == UciNoise::Homoscedastic)
+        .collect();
+    assert!(!uci_table(&homo_only).contains("auto"));
+    Ok(())
 }
 
 /// Mean ± standard error with the population std: LL −1, −2, −3 gives −2 ± sqrt(2/3)/sqrt(3)
@@ -157,5 +202,52 @@ fn classification_targets_are_refused() -> Result<()> {
     };
     let config = UciConfig::new(2, 0)?;
     assert_eq!(invalid_name(run_uci(&data, &config, &Device::Cpu)), "task");
+    Ok(())
+}
+
+/// `swag bench-uci --fit`: `swag fit`'s own pipeline per split. Tuned homoscedastic SWAG
+/// covers near 90% of the test rows; `--noise auto` prefers the per-row variance on data whose
+/// noise grows tenfold, and untuned (scale 0.5, training-residual noise) it records scale 0.5.
+#[test]
+fn fit_recipe_scores_swag_fit_per_split() -> Result<()> {
+    let data = heteroscedastic_table(300);
+    let config = UciConfig::new(2, 3)?.with_samples(8)?;
+    let mut fit = CsvFitConfig::new("unused.csv", "y", TaskKind::Regression);
+    fit.hidden = vec![16];
+    fit.epochs = 30;
+    fit.rank = 5;
+    fit.samples = 8;
+    fit.progress = false;
+    let homo = run_uci_fit(&data, &config, &fit, &Device::Cpu)?;
+    assert_eq!(homo.len(), 2);
+    for o in &homo {
+        assert_eq!(o.noise, NoiseModel::Homoscedastic);
+        assert!(o.noise_variance.is_some_and(|v| v > 0.0), "{o:?}");
+        assert!(
+            (0.75..=1.0).contains(&o.gaussian_coverage),
+            "tuned intervals should cover near 90%: {o:?}"
+        );
+    }
+    let table = uci_fit_table("tuned", &homo);
+    assert!(table.contains("| tuned | 2/0 |"), "{table}");
+
+    fit.noise = NoiseChoice::Auto;
+    let auto = run_uci_fit(&data, &config, &fit, &Device::Cpu)?;
+    assert!(
+        auto.iter()
+            .all(|o| o.noise == NoiseModel::Heteroscedastic && o.noise_variance.is_none()),
+        "the per-row variance should win on validation here: {auto:?}"
+    );
+
+    fit.noise = NoiseChoice::Fixed(NoiseModel::Homoscedastic);
+    fit.tune = false;
+    let untuned = run_uci_fit(&data, &config, &fit, &Device::Cpu)?;
+    assert!(untuned.iter().all(|o| o.scale == 0.5), "{untuned:?}");
+    // Auto needs the validation split that --no-tune skips.
+    fit.noise = NoiseChoice::Auto;
+    assert_eq!(
+        invalid_name(run_uci_fit(&data, &config, &fit, &Device::Cpu)),
+        "noise"
+    );
     Ok(())
 }

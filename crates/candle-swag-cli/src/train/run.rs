@@ -311,7 +311,7 @@ pub struct RunConfig {
     pub noise_variance: Option<f64>,
     /// Default sample scale for `swag predict` (0.5, or the tuned value).
     pub scale: f64,
-    /// The tuning result, when `--tune-scale` was used.
+    /// The tuning result (absent for runs fitted with `--no-tune`).
     pub tuned: Option<Tuned>,
     /// Training statistics per epoch.
     pub history: TrainHistory,
@@ -322,6 +322,22 @@ pub struct RunConfig {
     /// The regression noise model (runs written before it existed are homoscedastic).
     #[serde(default)]
     pub noise: NoiseModel,
+    /// Both noise models' validation NLLs when `swag fit --noise auto` chose `noise`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise_selection: Option<NoiseSelection>,
+    /// The number of training rows `tuned` was chosen on (absent without tuning).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_rows: Option<usize>,
+}
+
+/// How `swag fit --noise auto` chose the noise model: each model's best tuned validation NLL
+/// (mean per row, standardised target units); the lower one is the run's `noise`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct NoiseSelection {
+    /// The homoscedastic model's validation NLL.
+    pub homoscedastic_nll: f64,
+    /// The heteroscedastic model's validation NLL.
+    pub heteroscedastic_nll: f64,
 }
 
 impl RunConfig {

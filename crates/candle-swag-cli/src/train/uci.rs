@@ -26,8 +26,10 @@ use serde::{Deserialize, Serialize};
 
 use super::loss::VARIANCE_LINK;
 use super::method::Method;
+use super::pipeline::{fit_dataset, CsvFitConfig};
 use super::run::{
-    fit_mlp, regression_validation_nll, tune, validation_split, FitConfig, Fitted, TunePoint,
+    fit_mlp, regression_validation_nll, tune, validation_split, FitConfig, Fitted, NoiseModel,
+    TunePoint,
 };
 use super::{Collect, Objective, TrainConfig};
 use crate::data::{prepare, Dataset, FeatureScaling, Prepared, Split, TabularData, Targets};
@@ -233,6 +235,10 @@ pub struct UciOutcome {
     pub scale: f64,
     /// The homoscedastic noise variance chosen on validation (original units²).
     pub noise_variance: Option<f64>,
+    /// The validation NLL of the choice (standardised units), which the table's `auto` rows
+    /// compare across noise models.
+    #[serde(default)]
+    pub validation_nll: f64,
 }
 
 /// What one method chose on validation for one noise model.
@@ -421,6 +427,7 @@ fn run_split(
             chosen: choice.point,
             scale: choice.scale,
             noise_variance: choice.noise.map(|v| v * std_y * std_y),
+            validation_nll: choice.nll,
         });
     }
     Ok(out)
@@ -483,8 +490,28 @@ pub fn mean_and_standard_error(values: &[f64]) -> (f64, f64) {
     (mean, std / (values.len().max(1) as f64).sqrt())
 }
 
+/// Per (split, method), the outcome of the noise model with the lower validation NLL
+/// (homoscedastic on a tie): what `--noise auto` would have chosen in the protocol.
+pub fn auto_noise_outcomes(outcomes: &[UciOutcome]) -> Vec<UciOutcome> {
+    let mut out: Vec<UciOutcome> = Vec::new();
+    for o in outcomes
+        .iter()
+        .filter(|o| o.noise == UciNoise::Homoscedastic)
+    {
+        let other = outcomes.iter().find(|h| {
+            h.noise == UciNoise::Heteroscedastic && h.split == o.split && h.method == o.method
+        });
+        out.push(match other {
+            Some(h) if h.validation_nll < o.validation_nll => h.clone(),
+            _ => o.clone(),
+        });
+    }
+    out
+}
+
 /// The Markdown table: one row per (method, noise model), test LL and RMSE as mean ± standard
-/// error over splits.
+/// error over splits, then `auto` rows ([`auto_noise_outcomes`]; their noise column counts how
+/// many splits used each model).
 pub fn uci_table(outcomes: &[UciOutcome]) -> String {
     let splits = outcomes.iter().map(|o| o.split).max().map_or(0, |s| s + 1);
     let pct = UCI_COVERAGE * 100.0;
@@ -516,5 +543,153 @@ pub fn uci_table(outcomes: &[UciOutcome]) -> String {
             ));
         }
     }
+    // `auto` rows only when both noise models were run.
+    let auto = if outcomes
+        .iter()
+        .any(|o| o.noise == UciNoise::Heteroscedastic)
+    {
+        auto_noise_outcomes(outcomes)
+    } else {
+        Vec::new()
+    };
+    for method in UCI_METHODS {
+        let rows: Vec<&UciOutcome> = auto.iter().filter(|o| o.method == method).collect();
+        let hetero = rows
+            .iter()
+            .filter(|o| o.noise == UciNoise::Heteroscedastic)
+            .count();
+        if rows.is_empty() {
+            continue;
+        }
+        let (ll, ll_se) =
+            mean_and_standard_error(&rows.iter().map(|o| o.test_ll).collect::<Vec<_>>());
+        let (rmse, rmse_se) =
+            mean_and_standard_error(&rows.iter().map(|o| o.rmse).collect::<Vec<_>>());
+        let mean =
+            |f: fn(&UciOutcome) -> f64| rows.iter().map(|o| f(o)).sum::<f64>() / rows.len() as f64;
+        out.push_str(&format!(
+            "| {} | auto ({}/{hetero}) | {ll:.3} ± {ll_se:.3} | {rmse:.3} ± {rmse_se:.3} | {:.3} / {:.3} |\n",
+            method.display(),
+            rows.len() - hetero,
+            mean(|o| o.conformal_coverage),
+            mean(|o| o.gaussian_coverage),
+        ));
+    }
     out
+}
+
+/// One split of [`run_uci_fit`]: the `swag fit` model scored on the test part.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FitOutcome {
+    /// Split index.
+    pub split: usize,
+    /// The noise model the fit trained with (chosen on validation with `--noise auto`).
+    pub noise: NoiseModel,
+    /// Test log-likelihood per point, original units.
+    pub test_ll: f64,
+    /// Test RMSE, original units.
+    pub rmse: f64,
+    /// Fraction of test rows inside the Gaussian central interval at [`UCI_COVERAGE`].
+    pub gaussian_coverage: f64,
+    /// The sample scale the fit chose (0.5 without tuning).
+    pub scale: f64,
+    /// Its homoscedastic noise variance (original units²).
+    pub noise_variance: Option<f64>,
+}
+
+/// The splits of [`run_uci`] (same seeds, same test parts), each fitted by `swag fit`'s
+/// [`fit_dataset`] with the settings of `fit` (its file and column fields are not read; its
+/// seed is replaced by the split's) on the whole training part, then the SWAG BMA at the
+/// fit's own scale and noise (`config`'s samples) scored on the test part. This measures what
+/// `swag fit` gives with its defaults, where [`run_uci`] measures the papers' protocol.
+pub fn run_uci_fit(
+    data: &TabularData,
+    config: &UciConfig,
+    fit: &CsvFitConfig,
+    device: &Device,
+) -> Result<Vec<FitOutcome>> {
+    if !matches!(data.targets, Targets::Values(_)) {
+        return Err(Error::invalid(
+            "task",
+            "the UCI protocol is for regression targets",
+        ));
+    }
+    let n = data.num_rows();
+    let n_test = (n as f64 * config.test_fraction()).round() as usize;
+    if n_test < 2 || n - n_test < 20 {
+        return Err(Error::invalid(
+            "data",
+            format!("{n} rows are too few for 90/10 splits with a validation part"),
+        ));
+    }
+    let mut out = Vec::new();
+    for split in 0..config.splits {
+        let seed = config.seed.wrapping_add(split as u64);
+        let (_, test_rows) = validation_split(n, config.test_fraction(), seed)?;
+        let mut table = data.clone();
+        table.splits = vec![Split::Train; n];
+        for &r in &test_rows {
+            table.splits[r] = Split::Test;
+        }
+        let prepared = prepare(&table, FeatureScaling::Standardize, device)?;
+        let mut opts = fit.clone();
+        opts.seed = seed;
+        opts.progress = config.progress;
+        let fitted = fit_dataset(&opts, &prepared.train, 1)?;
+        let scaler = prepared
+            .target_scaler
+            .as_ref()
+            .ok_or_else(|| Error::invalid("task", "the UCI protocol is for regression targets"))?;
+        let (mean_y, std_y) = (scaler.mean[0], scaler.std[0]);
+        let pred = fitted
+            .regress(
+                &prepared.test,
+                &prepared.train.features,
+                config.samples,
+                seed,
+            )?
+            .to_original_units(mean_y, std_y);
+        let targets = prepared.targets_in_original_units(&prepared.test)?;
+        let std = pred.std();
+        let coverage =
+            metrics::prediction_interval_coverage(&pred.mean, &std, &targets, UCI_COVERAGE)?;
+        out.push(FitOutcome {
+            split,
+            noise: fitted.noise,
+            test_ll: -metrics::gaussian_nll(&pred.mean, &std, &targets)?,
+            rmse: metrics::rmse(&pred.mean, &targets)?,
+            gaussian_coverage: coverage.picp,
+            scale: fitted.scale,
+            noise_variance: fitted.noise_variance.map(|v| v * std_y * std_y),
+        });
+    }
+    Ok(out)
+}
+
+/// The Markdown table of [`run_uci_fit`]: one row, test LL and RMSE as mean ± standard error
+/// over splits, the mean Gaussian coverage, and how often each noise model was used.
+pub fn uci_fit_table(label: &str, outcomes: &[FitOutcome]) -> String {
+    let pct = UCI_COVERAGE * 100.0;
+    let n = outcomes.len();
+    let (ll, ll_se) =
+        mean_and_standard_error(&outcomes.iter().map(|o| o.test_ll).collect::<Vec<_>>());
+    let (rmse, rmse_se) =
+        mean_and_standard_error(&outcomes.iter().map(|o| o.rmse).collect::<Vec<_>>());
+    let (cov, cov_se) = mean_and_standard_error(
+        &outcomes
+            .iter()
+            .map(|o| o.gaussian_coverage)
+            .collect::<Vec<_>>(),
+    );
+    let homo = outcomes
+        .iter()
+        .filter(|o| o.noise == NoiseModel::Homoscedastic)
+        .count();
+    let (scale, _) = mean_and_standard_error(&outcomes.iter().map(|o| o.scale).collect::<Vec<_>>());
+    format!(
+        "| swag fit | noise used (homo/hetero) | test LL ({n} splits) | RMSE | Gaussian {pct:.0}% coverage | mean scale |\n\
+         |---|---|---|---|---|---|\n\
+         | {label} | {homo}/{} | {ll:.3} ± {ll_se:.3} | {rmse:.3} ± {rmse_se:.3} | {cov:.3} ± {cov_se:.3} | {scale:.2} |\n",
+        n - homo
+    )
 }

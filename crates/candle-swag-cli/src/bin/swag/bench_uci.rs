@@ -6,7 +6,12 @@ use candle_core::Device;
 use candle_swag::atomic::write_file_atomic;
 use candle_swag::{Error, Result};
 use candle_swag_cli::data::{load_csv, CsvConfig, TaskKind};
-use candle_swag_cli::train::uci::{run_uci, uci_table, UciConfig, UciGrid};
+use candle_swag_cli::train::pipeline::{CsvFitConfig, NoiseChoice};
+use candle_swag_cli::train::uci::{
+    run_uci, run_uci_fit, uci_fit_table, uci_table, UciConfig, UciGrid,
+};
+
+use crate::fit::NoiseArg;
 
 use crate::table::TableArgs;
 
@@ -29,6 +34,23 @@ pub struct Args {
     /// One grid point instead of the full grid (a quick smoke run).
     #[arg(long)]
     quick: bool,
+    /// Instead of the papers' protocol, fit each split's training part as `swag fit` does with
+    /// its defaults (128-128 network, 50 epochs, lr 0.01, tuning, homoscedastic) and score that SWAG
+    /// model on the test part: the coverage a default `swag fit` gives.
+    #[arg(long)]
+    fit: bool,
+    /// With --fit: the noise model (as `swag fit --noise`).
+    #[arg(long, value_enum, requires = "fit", default_value = "homoscedastic")]
+    noise: NoiseArg,
+    /// With --fit: skip tuning (scale 0.5, training-residual noise variance).
+    #[arg(long, requires = "fit")]
+    no_tune: bool,
+    /// With --fit: epochs [default: swag fit's, 50].
+    #[arg(long, requires = "fit")]
+    epochs: Option<usize>,
+    /// With --fit: the learning rate, before and during collection [default: swag fit's].
+    #[arg(long, requires = "fit")]
+    lr: Option<f64>,
     /// Directory for `uci.md` and `uci.json` (written atomically); the table is printed too.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -57,8 +79,39 @@ pub fn run(args: Args) -> Result<()> {
         .with_grid(grid)?
         .with_progress(true);
     let start = std::time::Instant::now();
-    let outcomes = run_uci(&data, &config, &Device::Cpu)?;
-    let table = uci_table(&outcomes);
+    let (table, json) = if args.fit {
+        let mut fit = CsvFitConfig::new(&path, spec.target.clone(), TaskKind::Regression);
+        fit.tune = !args.no_tune;
+        fit.noise = args.noise.into();
+        if let Some(e) = args.epochs {
+            fit.epochs = e;
+        }
+        if let Some(lr) = args.lr {
+            fit.lr = lr;
+            fit.swa_lr = lr;
+        }
+        let label = format!(
+            "{} epochs, lr {}, {}, noise {}",
+            fit.epochs,
+            fit.lr,
+            if fit.tune { "tuned" } else { "--no-tune" },
+            match fit.noise {
+                NoiseChoice::Auto => "auto",
+                NoiseChoice::Fixed(m) => m.name(),
+            }
+        );
+        let outcomes = run_uci_fit(&data, &config, &fit, &Device::Cpu)?;
+        (
+            uci_fit_table(&label, &outcomes),
+            serde_json::to_string_pretty(&outcomes),
+        )
+    } else {
+        let outcomes = run_uci(&data, &config, &Device::Cpu)?;
+        (
+            uci_table(&outcomes),
+            serde_json::to_string_pretty(&outcomes),
+        )
+    };
     print!("{table}");
     println!(
         "({} rows of {}, {:.1} s)",
@@ -68,8 +121,7 @@ pub fn run(args: Args) -> Result<()> {
     );
     if let Some(dir) = &args.out {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let json = serde_json::to_string_pretty(&outcomes)
-            .map_err(|e| Error::invalid("outcomes", e.to_string()))?;
+        let json = json.map_err(|e| Error::invalid("outcomes", e.to_string()))?;
         write_file_atomic(dir.join("uci.md"), table.as_bytes())?;
         write_file_atomic(dir.join("uci.json"), json.as_bytes())?;
     }

@@ -18,8 +18,8 @@ pub struct Args {
     /// Number of SWAG weight samples averaged.
     #[arg(long, default_value_t = 30)]
     samples: usize,
-    /// Sample scale (multiplies the covariance; 0 = the SWA mean) [default: the run's, 0.5
-    /// unless fitted with --tune-scale].
+    /// Sample scale (multiplies the covariance; 0 = the SWA mean) [default: the run's: chosen
+    /// on validation, or 0.5 for a run fitted with --no-tune].
     #[arg(long)]
     scale: Option<f64>,
     /// Seed of the sample noise.
@@ -40,7 +40,7 @@ pub struct Args {
     /// The noise model expected of the run (homoscedastic or heteroscedastic); a run fitted
     /// with the other one is refused [default: the run's].
     #[arg(long, value_enum)]
-    noise: Option<crate::fit::NoiseArg>,
+    noise: Option<crate::fit::NoiseModelArg>,
     /// Output CSV: one row per input row, in order (written atomically).
     #[arg(long)]
     out: PathBuf,
