@@ -238,7 +238,7 @@ impl SwagPosterior {
                 (Some(s), _) => Some(cuda::column_at(s, 0, *offset)?),
                 (None, Columns::Memory(buffer)) => Some(cuda::column_at(buffer, slot, *offset)?),
                 (None, Columns::Disk(_)) => {
-                    return Err(Error::invalid(
+                    return Err(crate::error::Error::invalid(
                         "store",
                         "a disk store needs a scratch column",
                     ))

@@ -120,8 +120,11 @@ fn a_killed_collect_leaves_the_old_or_the_new_posterior() -> Result<(), Box<dyn 
     Ok(())
 }
 
-/// Every file of a report directory, by name, with its bytes (`None`: the directory is absent).
-fn dir_contents(dir: &Path) -> std::io::Result<Option<Vec<(String, Vec<u8>)>>> {
+/// A directory's files, by name, with their bytes.
+type DirContents = Vec<(String, Vec<u8>)>;
+
+/// Every file of a report directory (`None`: the directory is absent).
+fn dir_contents(dir: &Path) -> std::io::Result<Option<DirContents>> {
     if !dir.exists() {
         return Ok(None);
     }

@@ -349,9 +349,9 @@ impl DatasetFit {
             )?,
             &refresh,
         );
-        Ok(predictive
+        predictive
             .regress(&f.model, batches(&data.features, data.len().max(1))?, noise)?
-            .to_host()?)
+            .to_host()
     }
 }
 
