@@ -5,7 +5,7 @@
 
 use candle_core::{Device, Tensor, Var};
 use candle_swag::layout::ParamSet;
-use candle_swag::swag::{SampleConfig, SwagConfig, SwagPosterior};
+use candle_swag::swag::{SampleConfig, SampleParams, SwagParams, SwagPosterior};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -23,8 +23,16 @@ fn params(rng: &mut StdRng) -> ParamSet {
 fn bench(c: &mut Criterion) {
     let mut rng = StdRng::seed_from_u64(0);
     let params = params(&mut rng);
-    let mut posterior =
-        SwagPosterior::for_params(&params, SwagConfig::with_rank(K)).expect("posterior");
+    let mut posterior = SwagPosterior::for_params(
+        &params,
+        SwagParams {
+            rank: K,
+            ..Default::default()
+        }
+        .check()
+        .expect("config"),
+    )
+    .expect("posterior");
     for _ in 0..=K {
         posterior.collect(&params).expect("collect");
     }
@@ -51,7 +59,13 @@ fn bench(c: &mut Criterion) {
                 .expect("sample")
         })
     });
-    let diag = SampleConfig::diagonal(0.5).unwrap();
+    let diag = SampleParams {
+        scale: 0.5,
+        diag_only: true,
+        ..Default::default()
+    }
+    .check()
+    .unwrap();
     g.throughput(Throughput::Bytes((12 * D) as u64));
     g.bench_function("sample_diag", |b| {
         b.iter(|| {

@@ -14,14 +14,14 @@
 //! ```
 
 use candle_core::{Device, Tensor};
-use candle_swag::optim::SgdConfig;
-use candle_swag::predictive::{batches, Noise, Predictive, RegressionPrediction};
-use candle_swag::swag::{MultiSwag, SampleConfig};
+use candle_swag::optim::SgdParams;
+use candle_swag::predictive::{batches, BmaParams, Noise, Predictive, RegressionPrediction};
+use candle_swag::swag::{MultiSwag, SampleParams};
 use candle_swag_cli::data::{toy, Dataset, Standardizer};
-use candle_swag_cli::models::MlpConfig;
+use candle_swag_cli::models::MlpParams;
 use candle_swag_cli::train::recipes::run_spec;
 use candle_swag_cli::train::run::{fit_mlp, training_noise_variance, FitConfig};
-use candle_swag_cli::train::{Collect, Objective, TrainConfig};
+use candle_swag_cli::train::{Collect, Objective, TrainParams};
 use candle_swag_report::plot::PredictiveBand;
 use candle_swag_report::report::ReportBuilder;
 use clap::Parser;
@@ -88,25 +88,36 @@ fn run(args: Args) -> candle_swag::Result<()> {
     let y = y_scaler.transform_rows(&points.y, &all_rows);
     let train = Dataset::regression(x, 1, y, &device)?;
     let spec = FitConfig {
-        mlp: MlpConfig::new(1, args.hidden.clone(), 1)?,
-        train: TrainConfig::new(
-            args.epochs,
-            32,
-            SgdConfig::new(args.lr, 0.9, args.weight_decay)?,
-        )?
-        .with_collection(
-            Some(args.epochs / 2),
-            args.collect_every
+        mlp: MlpParams {
+            input_dim: 1,
+            hidden: args.hidden.clone(),
+            output_dim: 1,
+            batchnorm: false,
+        }
+        .check()?,
+        train: TrainParams {
+            epochs: args.epochs,
+            batch_size: 32,
+            sgd: SgdParams {
+                lr: args.lr,
+                momentum: 0.9,
+                weight_decay: args.weight_decay,
+            },
+            swa_start: Some(args.epochs / 2),
+            collect: args
+                .collect_every
                 .map_or(Collect::EveryEpoch, Collect::EverySteps),
-        )?
-        .with_seed(args.seed)
-        .with_label("gap toy"),
+            seed: args.seed,
+            label: "gap toy".to_string(),
+            ..Default::default()
+        }
+        .check()?,
         swa_lr: args.swa_lr,
         rank: 20,
         init_seed: args.seed,
     };
     let runs = (0..args.runs.max(1))
-        .map(|r| fit_mlp(&train, Objective::MeanSquaredError, &run_spec(&spec, r)))
+        .map(|r| fit_mlp(&train, Objective::MeanSquaredError, &run_spec(&spec, r)?))
         .collect::<candle_swag::Result<Vec<_>>>()?;
     let fitted = &runs[0];
     let swag_only = MultiSwag::new(vec![&fitted.posterior])?;
@@ -127,9 +138,15 @@ fn run(args: Args) -> candle_swag::Result<()> {
         let p = Predictive::multi_swag(
             &fitted.params,
             pool,
-            SampleConfig::with_scale(args.scale)?,
-            args.samples,
-            args.seed,
+            BmaParams {
+                sample: SampleParams {
+                    scale: args.scale,
+                    ..Default::default()
+                },
+                samples: args.samples,
+                seed: args.seed,
+            }
+            .check()?,
         )?
         .regress(
             &fitted.model,

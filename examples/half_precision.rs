@@ -18,8 +18,8 @@
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{linear, Linear, Optimizer, VarBuilder, VarMap};
 use candle_swag::metrics::{classification_metrics, ClassificationConfig};
-use candle_swag::predictive::{batches, Predictive};
-use candle_swag::{ParamSet, SampleConfig, SgdConfig, SgdMomentum, SwagConfig, SwagPosterior};
+use candle_swag::predictive::{batches, BmaParams, Predictive};
+use candle_swag::{ParamSet, SampleConfig, SgdMomentum, SgdParams, SwagParams, SwagPosterior};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -74,12 +74,28 @@ fn run() -> candle_swag::Result<()> {
         fc2: linear(128, 10, vb.pp("fc2"))?,
     };
     let params = ParamSet::from_varmap(&varmap)?;
-    let mut opt = SgdMomentum::new(params.vars().to_vec(), SgdConfig::new(0.05, 0.9, 5e-4)?)?;
+    let mut opt = SgdMomentum::new(
+        params.vars().to_vec(),
+        SgdParams {
+            lr: 0.05,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+        }
+        .check()?,
+    )?;
     let dtypes = [DType::F32, DType::BF16, DType::F16];
     let mut posteriors = dtypes
         .iter()
         .map(|&dt| {
-            SwagPosterior::for_params(&params, SwagConfig::with_rank(20).with_deviation_dtype(dt)?)
+            SwagPosterior::for_params(
+                &params,
+                SwagParams {
+                    rank: 20,
+                    deviation_dtype: dt,
+                    ..Default::default()
+                }
+                .check()?,
+            )
         })
         .collect::<candle_swag::Result<Vec<_>>>()?;
     let swa_start = epochs / 2;
@@ -135,9 +151,18 @@ fn run() -> candle_swag::Result<()> {
         }
         let mean_of = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
         let max_of = |v: &[f64]| v.iter().cloned().fold(0.0, f64::max);
-        let out = Predictive::swag(&params, p, opts, 30, 0)?
-            .classify(&model, batches(&data.test.features, 512)?)?
-            .to_host()?;
+        let out = Predictive::swag(
+            &params,
+            p,
+            BmaParams {
+                sample: opts.into(),
+                samples: 30,
+                seed: 0,
+            }
+            .check()?,
+        )?
+        .classify(&model, batches(&data.test.features, 512)?)?
+        .to_host()?;
         let nll = classification_metrics(
             &out.mean_probs,
             10,

@@ -35,10 +35,10 @@ use candle_core::{DType, Device, ModuleT, Tensor};
 use candle_nn::{BatchNorm, Conv2d, Conv2dConfig, Linear, Optimizer, VarBuilder, VarMap};
 use candle_swag::batchnorm::{BatchNormRefresh, BatchNormStats};
 use candle_swag::metrics::classification::{evaluate_classification, ClassificationConfig};
-use candle_swag::optim::{SgdConfig, SgdMomentum};
-use candle_swag::predictive::{batches, Predictive};
+use candle_swag::optim::{SgdMomentum, SgdParams};
+use candle_swag::predictive::{batches, BmaParams, Predictive};
 use candle_swag::swag::MultiSwag;
-use candle_swag::{Error, ParamSet, Result, SampleConfig, SwagConfig, SwagPosterior};
+use candle_swag::{Error, ParamSet, Result, SampleParams, SwagParams, SwagPosterior};
 use candle_swag_cli::data::idx::{read_idx, read_image_csv, IdxImages};
 use candle_swag_cli::data::image::rotate_all;
 use candle_swag_report::report::ReportBuilder;
@@ -237,13 +237,35 @@ fn train_run(args: &Args, x: &Tensor, y: &Tensor, seed: u64, device: &Device) ->
     let model = Model::new(device)?;
     let params = &model.params;
     init_weights(params, seed)?;
-    let mut full = SwagPosterior::for_params(params, SwagConfig::with_rank(20))?;
+    let mut full = SwagPosterior::for_params(
+        params,
+        SwagParams {
+            rank: 20,
+            ..Default::default()
+        }
+        .check()?,
+    )?;
     let sub = partial_params(args, params)?;
     let mut partial = match &sub {
-        Some(sub) => Some(SwagPosterior::for_params(sub, SwagConfig::with_rank(20))?),
+        Some(sub) => Some(SwagPosterior::for_params(
+            sub,
+            SwagParams {
+                rank: 20,
+                ..Default::default()
+            }
+            .check()?,
+        )?),
         None => None,
     };
-    let mut opt = SgdMomentum::new(params.vars().to_vec(), SgdConfig::new(0.05, 0.9, 5e-4)?)?;
+    let mut opt = SgdMomentum::new(
+        params.vars().to_vec(),
+        SgdParams {
+            lr: 0.05,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+        }
+        .check()?,
+    )?;
     let n = x.dims()[0];
     let mut order: Vec<u32> = (0..n as u32).collect();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed_5eed);
@@ -334,19 +356,40 @@ fn predict(job: Weights, sh: &Shared) -> Result<Vec<f32>> {
         Weights::SwagMovingAverageBn => BatchNormRefresh::moving_average(train_batches, 1)?,
         _ => BatchNormRefresh::new(BatchNormStats::from_varmap(&model.varmap)?, train_batches),
     };
-    let scale = SampleConfig::with_scale(0.5)?;
+    let scale = SampleParams {
+        scale: 0.5,
+        ..Default::default()
+    }
+    .check()?;
     let (s, seed) = (sh.args.samples, sh.sample_seed);
     let sub;
     let multi;
     let predictive = match job {
         Weights::Sgd => Predictive::point(params, &main.last_sgd)?,
         Weights::Swa => Predictive::swa(params, &main.full)?,
-        Weights::SwagDiag => {
-            Predictive::swag(params, &main.full, scale.with_diag_only(true), s, seed)?
-        }
-        Weights::Swag | Weights::SwagMovingAverageBn => {
-            Predictive::swag(params, &main.full, scale, s, seed)?
-        }
+        Weights::SwagDiag => Predictive::swag(
+            params,
+            &main.full,
+            BmaParams {
+                sample: SampleParams {
+                    diag_only: true,
+                    ..scale.into()
+                },
+                samples: s,
+                seed,
+            }
+            .check()?,
+        )?,
+        Weights::Swag | Weights::SwagMovingAverageBn => Predictive::swag(
+            params,
+            &main.full,
+            BmaParams {
+                sample: scale.into(),
+                samples: s,
+                seed,
+            }
+            .check()?,
+        )?,
         Weights::Partial => {
             sub = partial_params(sh.args, params)?
                 .ok_or_else(|| Error::invalid("swag-prefix", "no prefix given"))?;
@@ -354,12 +397,39 @@ fn predict(job: Weights, sh: &Shared) -> Result<Vec<f32>> {
                 .partial
                 .as_ref()
                 .ok_or_else(|| Error::invalid("swag-prefix", "no partial posterior"))?;
-            Predictive::swag(&sub, post, scale, s, seed)?
+            Predictive::swag(
+                &sub,
+                post,
+                BmaParams {
+                    sample: scale.into(),
+                    samples: s,
+                    seed,
+                }
+                .check()?,
+            )?
         }
-        Weights::SwagRun(r) => Predictive::swag(params, &sh.runs[r].full, scale, s, seed)?,
+        Weights::SwagRun(r) => Predictive::swag(
+            params,
+            &sh.runs[r].full,
+            BmaParams {
+                sample: scale.into(),
+                samples: s,
+                seed,
+            }
+            .check()?,
+        )?,
         Weights::MultiSwag => {
             multi = MultiSwag::new(sh.runs.iter().map(|r| &r.full).collect::<Vec<_>>())?;
-            Predictive::multi_swag(params, &multi, scale, s, seed)?
+            Predictive::multi_swag(
+                params,
+                &multi,
+                BmaParams {
+                    sample: scale.into(),
+                    samples: s,
+                    seed,
+                }
+                .check()?,
+            )?
         }
     };
     let out = predictive

@@ -29,10 +29,10 @@
 use candle_core::{DType, Device, ModuleT, Tensor};
 use candle_nn::{batch_norm, linear, BatchNorm, Linear, Module, Optimizer, VarBuilder, VarMap};
 use candle_swag::metrics::{classification_metrics, ClassificationConfig};
-use candle_swag::predictive::{batches, Predictive};
+use candle_swag::predictive::{batches, BmaParams, Predictive};
 use candle_swag::schedule::{apply_lr, AnnealStrategy, ConstantLr, LrSchedule, SwaLr};
 use candle_swag::{
-    BatchNormRefresh, BatchNormStats, ParamSet, SampleConfig, SgdConfig, SgdMomentum, SwagConfig,
+    BatchNormRefresh, BatchNormStats, ParamSet, SampleParams, SgdMomentum, SgdParams, SwagParams,
     SwagPosterior,
 };
 use rand::rngs::StdRng;
@@ -121,7 +121,14 @@ fn run() -> candle_swag::Result<()> {
     let model = Net::new(VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
     // SWAG: the weights to cover (BatchNorm running statistics are left out automatically).
     let params = ParamSet::from_varmap(&varmap)?;
-    let mut posterior = SwagPosterior::for_params(&params, SwagConfig::with_rank(20))?;
+    let mut posterior = SwagPosterior::for_params(
+        &params,
+        SwagParams {
+            rank: 20,
+            ..Default::default()
+        }
+        .check()?,
+    )?;
     let (epochs, swa_start) = (40, 20);
     let args: Vec<String> = std::env::args().collect();
     let value = |name: &str, default: f64| -> candle_swag::Result<f64> {
@@ -153,7 +160,15 @@ fn run() -> candle_swag::Result<()> {
         println!("AdamW, lr {lr} annealed to {swa_lr} by epoch {swa_start}, weight decay 0.01");
         train.run(&mut opt, &schedule, &mut posterior)?;
     } else {
-        let mut opt = SgdMomentum::new(params.vars().to_vec(), SgdConfig::new(0.05, 0.9, 5e-4)?)?;
+        let mut opt = SgdMomentum::new(
+            params.vars().to_vec(),
+            SgdParams {
+                lr: 0.05,
+                momentum: 0.9,
+                weight_decay: 5e-4,
+            }
+            .check()?,
+        )?;
         println!("SGD with momentum 0.9, lr 0.05, weight decay 5e-4");
         train.run(&mut opt, &ConstantLr::new(0.05)?, &mut posterior)?;
     }
@@ -170,8 +185,20 @@ fn run() -> candle_swag::Result<()> {
         ),
         (
             "SWAG",
-            Predictive::swag(&params, &posterior, SampleConfig::with_scale(0.5)?, 30, 0)?
-                .with_refresh(refresh),
+            Predictive::swag(
+                &params,
+                &posterior,
+                BmaParams {
+                    sample: SampleParams {
+                        scale: 0.5,
+                        ..Default::default()
+                    },
+                    samples: 30,
+                    seed: 0,
+                }
+                .check()?,
+            )?
+            .with_refresh(refresh),
         ),
     ];
     println!(

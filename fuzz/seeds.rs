@@ -9,7 +9,7 @@ use super::targets::join_parts;
 use candle_core::{DType, Device, Tensor};
 use candle_swag::layout::ParamLayout;
 use candle_swag::swag::checkpoint::write_flat;
-use candle_swag::swag::{ShardEntry, ShardIndex, SwagConfig, SwagPosterior};
+use candle_swag::swag::{ShardEntry, ShardIndex, SwagParams, SwagPosterior};
 use candle_swag_cli::data::csv::TaskKind;
 use candle_swag_cli::train::pipeline::{fit_csv, CsvFitConfig};
 
@@ -29,9 +29,13 @@ fn theta(s: usize, d: usize) -> Tensor {
 }
 
 fn posterior(rank: usize, n: usize, dt: DType) -> SwagPosterior {
-    let config = SwagConfig::with_rank(rank)
-        .with_deviation_dtype(dt)
-        .unwrap();
+    let config = SwagParams {
+        rank,
+        deviation_dtype: dt,
+        ..Default::default()
+    }
+    .check()
+    .unwrap();
     let mut p = SwagPosterior::new(layout(), config, &Device::Cpu).unwrap();
     for s in 0..n {
         p.collect_flat(&theta(s, 9)).unwrap();
@@ -139,7 +143,11 @@ fn posterior_seeds(s: &Seeds) -> Res<()> {
 
 fn shard_seeds(s: &Seeds) -> Res<()> {
     let whole = layout();
-    let config = SwagConfig::with_rank(2);
+    let config = SwagParams {
+        rank: 2,
+        ..Default::default()
+    }
+    .check()?;
     let mut entries = Vec::new();
     let mut files = Vec::new();
     for (i, range) in [0..1, 1..2].into_iter().enumerate() {

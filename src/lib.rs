@@ -18,8 +18,8 @@
 //! use candle_swag::metrics::{classification_metrics, ClassificationConfig};
 //! use candle_swag::predictive::batches;
 //! use candle_swag::{
-//!     BatchNormRefresh, BatchNormStats, ParamSet, Predictive, SampleConfig, SgdConfig,
-//!     SgdMomentum, SwagConfig, SwagPosterior,
+//!     BatchNormRefresh, BatchNormStats, ParamSet, Predictive, SampleParams, SgdConfig,
+//!     SgdMomentum, SwagParams, SwagPosterior,
 //! };
 //!
 //! # fn main() -> candle_swag::Result<()> {
@@ -41,11 +41,11 @@
 //!     fc2.forward(&bn.forward_t(&fc1.forward(x)?, train)?.relu()?)
 //! });
 //! let params = ParamSet::from_varmap(&varmap)?; // BatchNorm statistics are left out
-//! let config = SgdConfig::new(0.1, 0.9, 0.0)?;
+//! let config = SgdParams { lr: 0.1, momentum: 0.9, weight_decay: 0.0 }.check()?;
 //! let mut sgd = SgdMomentum::new(params.vars().to_vec(), config)?;
 //!
 //! // 2. Train; collect SWAG moments once per epoch after the SWA start.
-//! let mut posterior = SwagPosterior::for_params(&params, SwagConfig::with_rank(5))?;
+//! let mut posterior = SwagPosterior::for_params(&params, SwagParams { rank: 5, ..Default::default() }.check()?)?;
 //! for epoch in 0..30 {
 //!     let loss = candle_nn::loss::cross_entropy(&model.forward_t(&xs, true)?, &ys)?;
 //!     sgd.backward_step(&loss)?;
@@ -56,7 +56,7 @@
 //!
 //! // 3. Bayesian model averaging over 10 weight samples, BatchNorm refreshed after each.
 //! let refresh = BatchNormRefresh::new(BatchNormStats::from_varmap(&varmap)?, batches(&xs, 25)?);
-//! let swag = Predictive::swag(&params, &posterior, SampleConfig::with_scale(0.5)?, 10, 0)?
+//! let swag = Predictive::swag(&params, &posterior, BmaParams { sample: SampleParams { scale: 0.5, ..Default::default() }, samples: 10, seed: 0 }.check()?)?
 //!     .with_refresh(refresh);
 //! let out = swag.classify(&model, batches(&xs, 50)?)?; // probs [100, 2] on the device
 //!
@@ -106,11 +106,14 @@ pub use averaging::{AveragingRule, ParameterAverage};
 pub use batchnorm::{BatchNormRefresh, BatchNormStats};
 pub use error::{Error, Result};
 pub use layout::{ParamLayout, ParamSet};
-pub use optim::{SgdConfig, SgdMomentum};
+pub use optim::{SgdConfig, SgdMomentum, SgdParams};
 pub use predictive::{
-    ClassificationOutput, Noise, Predictive, RegressionOutput, RegressionPrediction, VarianceLink,
+    BmaConfig, BmaParams, ClassificationOutput, Noise, Predictive, RegressionOutput,
+    RegressionPrediction, VarianceLink,
 };
-pub use swag::{Divisor, MultiSwag, SampleConfig, SwagConfig, SwagPosterior};
+pub use swag::{
+    Divisor, MultiSwag, SampleConfig, SampleParams, SwagConfig, SwagParams, SwagPosterior,
+};
 
 /// The README's Rust example is compiled as a doctest, so it cannot drift from the API.
 #[cfg(doctest)]

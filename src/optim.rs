@@ -19,45 +19,39 @@ use candle_nn::Optimizer;
 
 use crate::error::{Error, Result};
 
-/// Hyper-parameters of [`SgdMomentum`], checked when made (like
-/// [`SampleConfig`](crate::SampleConfig)): a learning rate finite and `> 0`, a momentum in
-/// `[0, 1)`, a weight decay finite and `>= 0`.
+/// The hyper-parameters of [`SgdMomentum`], unchecked (the crate's config shape: see
+/// [`crate::swag::config`]); also how an [`SgdConfig`] is written to and read from a file.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(try_from = "SgdFields")]
-pub struct SgdConfig(SgdFields);
-
-/// The numbers of an [`SgdConfig`], unchecked: how it is written to and read from a file
-/// (a config read back goes through `SgdConfig::new`).
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-struct SgdFields {
-    lr: f64,
-    momentum: f64,
-    weight_decay: f64,
+pub struct SgdParams {
+    /// Learning rate: finite and `> 0` (0.01 by default). A schedule changes it between epochs
+    /// through `set_learning_rate`.
+    pub lr: f64,
+    /// Momentum `μ` in `[0, 1)` (0.9 by default; 0 disables it).
+    pub momentum: f64,
+    /// L2 weight decay `wd`, finite and `>= 0` (0 by default), added to the gradient as
+    /// `wd · θ`.
+    pub weight_decay: f64,
 }
 
-impl TryFrom<SgdFields> for SgdConfig {
-    type Error = Error;
-    fn try_from(f: SgdFields) -> Result<Self> {
-        Self::new(f.lr, f.momentum, f.weight_decay)
-    }
-}
-
-impl Default for SgdConfig {
+impl Default for SgdParams {
     /// lr 0.01, momentum 0.9, weight decay 0.
     fn default() -> Self {
-        Self(SgdFields {
+        Self {
             lr: 0.01,
             momentum: 0.9,
             weight_decay: 0.0,
-        })
+        }
     }
 }
 
-impl SgdConfig {
-    /// Learning rate `lr` (changed between epochs by a schedule through
-    /// `set_learning_rate`), momentum `μ` (0 disables it) and L2 weight decay `wd`, added to
-    /// the gradient as `wd · θ`. Errors name the parameter that is out of range.
-    pub fn new(lr: f64, momentum: f64, weight_decay: f64) -> Result<Self> {
+impl SgdParams {
+    /// The checked config; the error names the field.
+    pub fn check(&self) -> Result<SgdConfig> {
+        let Self {
+            lr,
+            momentum,
+            weight_decay,
+        } = *self;
         if !(lr.is_finite() && lr > 0.0) {
             return Err(Error::invalid(
                 "lr",
@@ -76,13 +70,30 @@ impl SgdConfig {
                 format!("must be finite and >= 0, got {weight_decay}"),
             ));
         }
-        Ok(Self(SgdFields {
-            lr,
-            momentum,
-            weight_decay,
-        }))
+        Ok(SgdConfig(*self))
     }
+}
 
+/// Checked hyper-parameters of [`SgdMomentum`] (from [`SgdParams::check`]; a config read from
+/// a file is checked the same way).
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "SgdParams", into = "SgdParams")]
+pub struct SgdConfig(SgdParams);
+
+impl TryFrom<SgdParams> for SgdConfig {
+    type Error = Error;
+    fn try_from(params: SgdParams) -> Result<Self> {
+        params.check()
+    }
+}
+
+impl From<SgdConfig> for SgdParams {
+    fn from(config: SgdConfig) -> Self {
+        config.0
+    }
+}
+
+impl SgdConfig {
     /// The learning rate.
     pub fn lr(&self) -> f64 {
         self.0.lr
@@ -123,7 +134,7 @@ impl SgdMomentum {
     }
 
     fn step_one(&self, var: &Var, velocity: &Tensor, grad: &Tensor) -> candle_core::Result<()> {
-        let SgdFields {
+        let SgdParams {
             lr,
             momentum,
             weight_decay,

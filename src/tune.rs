@@ -7,13 +7,13 @@
 //! use candle_nn::{VarBuilder, VarMap};
 //! use candle_swag::predictive::batches;
 //! use candle_swag::tune::{tune_regression, ObservationNoise};
-//! use candle_swag::{ParamSet, Predictive, SampleConfig, SwagConfig, SwagPosterior};
+//! use candle_swag::{ParamSet, Predictive, BmaParams, SampleParams, SwagParams, SwagPosterior};
 //!
 //! let device = Device::Cpu;
 //! let varmap = VarMap::new();
 //! let model = candle_nn::linear(2, 1, VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
 //! let params = ParamSet::from_varmap(&varmap)?;
-//! let mut posterior = SwagPosterior::for_params(&params, SwagConfig::with_rank(3))?;
+//! let mut posterior = SwagPosterior::for_params(&params, SwagParams { rank: 3, ..Default::default() }.check()?)?;
 //! for k in 0..4 {
 //!     let theta = Tensor::new(&[0.5f32 + 0.1 * k as f32, -1.0, 0.2], &device)?;
 //!     params.write_flat(&theta)?;
@@ -22,7 +22,7 @@
 //! let x_val = Tensor::new(&[[1f32, 0.0], [0.0, 1.0], [1.0, 1.0]], &device)?;
 //! let y_val = [0.6, -0.8, -0.1];
 //! let chosen = tune_regression(
-//!     |scale| Predictive::swag(&params, &posterior, SampleConfig::with_scale(scale)?, 8, 0),
+//!     |scale| Predictive::swag(&params, &posterior, BmaParams { sample: SampleParams { scale, ..Default::default() }, samples: 8, seed: 0 }.check()?),
 //!     &model,
 //!     batches(&x_val, 3)?,
 //!     &y_val,

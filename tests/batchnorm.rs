@@ -6,7 +6,9 @@ use common::invalid_name;
 
 use candle_core::{DType, Device, ModuleT, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use candle_swag::batchnorm::{BatchNorm, BatchNormConfig, BatchNormRefresh, BatchNormStats};
+use candle_swag::batchnorm::{
+    BatchNorm, BatchNormConfig, BatchNormParams, BatchNormRefresh, BatchNormStats,
+};
 
 const EPS: f64 = 1e-5;
 
@@ -112,7 +114,11 @@ fn variables_live_in_the_varmap_under_candle_nn_names() -> Result<()> {
 
     // Without affine there is no weight or bias.
     let varmap2 = VarMap::new();
-    let cfg = BatchNormConfig::default().with_affine(false);
+    let cfg = BatchNormParams {
+        affine: false,
+        ..Default::default()
+    }
+    .check()?;
     let plain = BatchNorm::new(2, cfg, f64_vb(&varmap2).pp("bn"))?;
     assert!(plain.weight_and_bias().is_none());
     assert_eq!(varmap2.data().lock().unwrap().len(), 2);
@@ -657,9 +663,36 @@ fn layer_loaded_outside_a_varmap_refreshes_exactly() -> Result<()> {
 fn bad_inputs_and_settings_are_refused() -> Result<()> {
     let varmap = VarMap::new();
     let vb = f64_vb(&varmap);
-    assert_eq!(invalid_name(BatchNormConfig::new(1e-5, 1.5)), "momentum");
-    assert_eq!(invalid_name(BatchNormConfig::new(-1.0, 0.1)), "eps");
-    assert_eq!(invalid_name(BatchNormConfig::new(f64::NAN, 0.1)), "eps");
+    assert_eq!(
+        invalid_name(
+            BatchNormParams {
+                momentum: 1.5,
+                ..Default::default()
+            }
+            .check()
+        ),
+        "momentum"
+    );
+    assert_eq!(
+        invalid_name(
+            BatchNormParams {
+                eps: -1.0,
+                ..Default::default()
+            }
+            .check()
+        ),
+        "eps"
+    );
+    assert_eq!(
+        invalid_name(
+            BatchNormParams {
+                eps: f64::NAN,
+                ..Default::default()
+            }
+            .check()
+        ),
+        "eps"
+    );
     assert_eq!(
         invalid_name(BatchNorm::new(0, BatchNormConfig::default(), vb.pp("z"))),
         "num_features"

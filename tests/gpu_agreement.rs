@@ -17,7 +17,9 @@
 use candle_core::{DType, Device, Tensor, Var};
 use candle_swag::device::{select, DeviceRequest};
 use candle_swag::swag::DeviationStore;
-use candle_swag::{Error, ParamSet, Result, SampleConfig, SwagConfig, SwagPosterior};
+use candle_swag::{
+    Error, ParamSet, Result, SampleConfig, SampleParams, SwagConfig, SwagParams, SwagPosterior,
+};
 
 fn gpu() -> Result<Device> {
     Ok(select(DeviceRequest::Cuda(0))?.device)
@@ -102,7 +104,12 @@ fn assert_same_state(cpu: &SwagPosterior, dev: &SwagPosterior, what: &str) -> Re
 fn device_store_is_bit_equal_to_the_cpu() -> Result<()> {
     for dt in [DType::F32, DType::BF16, DType::F16] {
         // 7 snapshots at K = 5: the ring wraps.
-        let cfg = SwagConfig::with_rank(5).with_deviation_dtype(dt)?;
+        let cfg = SwagParams {
+            rank: 5,
+            deviation_dtype: dt,
+            ..Default::default()
+        }
+        .check()?;
         let (cpu, dev) = collect_both(cfg, 7)?;
         let what = format!("{dt:?}");
         assert_same_state(&cpu, &dev, &what)?;
@@ -111,7 +118,15 @@ fn device_store_is_bit_equal_to_the_cpu() -> Result<()> {
             let (z1g, z2g) = dev.noise_for_seed(seed)?;
             assert_eq!(bits(&z1c)?, bits(&z1g)?, "{what}: z1, seed {seed}");
             assert_eq!(bits(&z2c)?, bits(&z2g)?, "{what}: z2, seed {seed}");
-            for opts in [SampleConfig::default(), SampleConfig::diagonal(0.5)?] {
+            for opts in [
+                SampleConfig::default(),
+                SampleParams {
+                    scale: 0.5,
+                    diag_only: true,
+                    ..Default::default()
+                }
+                .check()?,
+            ] {
                 let sc = cpu.sample_flat_seeded(seed, &opts)?;
                 let sg = dev.sample_flat_seeded(seed, &opts)?;
                 assert_eq!(
@@ -141,7 +156,12 @@ fn device_store_is_bit_equal_to_the_cpu() -> Result<()> {
 
 #[test]
 fn host_store_on_the_gpu_agrees_with_the_cpu() -> Result<()> {
-    let cfg = SwagConfig::with_rank(4).with_store(DeviationStore::Host);
+    let cfg = SwagParams {
+        rank: 4,
+        store: DeviationStore::Host,
+        ..Default::default()
+    }
+    .check()?;
     let (cpu, dev) = collect_both(cfg, 6)?;
     assert_same_state(&cpu, &dev, "host store")?;
     let opts = SampleConfig::default();
@@ -162,7 +182,14 @@ fn host_store_on_the_gpu_agrees_with_the_cpu() -> Result<()> {
 fn non_finite_snapshot_is_refused_by_name_and_changes_nothing() -> Result<()> {
     let gpu = gpu()?;
     let params = params_on(&gpu)?;
-    let mut post = SwagPosterior::for_params(&params, SwagConfig::with_rank(3))?;
+    let mut post = SwagPosterior::for_params(
+        &params,
+        SwagParams {
+            rank: 3,
+            ..Default::default()
+        }
+        .check()?,
+    )?;
     let d = params.layout().numel();
     params.write_flat(&Tensor::from_vec(snapshot(0, d), d, &gpu)?)?;
     post.collect(&params)?;
@@ -200,7 +227,14 @@ fn devices_that_do_not_match_are_named_errors() -> Result<()> {
     let gpu = gpu()?;
     let on_cpu = params_on(&Device::Cpu)?;
     let on_gpu = params_on(&gpu)?;
-    let mut post = SwagPosterior::for_params(&on_cpu, SwagConfig::with_rank(2))?;
+    let mut post = SwagPosterior::for_params(
+        &on_cpu,
+        SwagParams {
+            rank: 2,
+            ..Default::default()
+        }
+        .check()?,
+    )?;
     let err = post
         .collect(&on_gpu)
         .expect_err("GPU params into a CPU posterior");

@@ -7,9 +7,9 @@ use candle_nn::func_t;
 use candle_nn::{VarBuilder, VarMap};
 use candle_swag::batchnorm::{BatchNorm, BatchNormConfig};
 use candle_swag::layout::{ParamLayout, ParamSet};
-use candle_swag::predictive::{batches, Predictive};
+use candle_swag::predictive::{batches, BmaParams, Predictive};
 use candle_swag::swag::multi::assignment;
-use candle_swag::swag::{MultiSwag, SampleConfig, SwagConfig, SwagPosterior};
+use candle_swag::swag::{MultiSwag, SampleParams, SwagParams, SwagPosterior};
 
 fn model_varmap() -> VarMap {
     let varmap = VarMap::new();
@@ -92,21 +92,36 @@ fn multiswag_spreads_samples_evenly_and_draws_from_the_chosen_posterior() -> Res
     assert_eq!(assignment(2, 0), Vec::<usize>::new());
 
     let layout = ParamLayout::new(vec![("w".into(), vec![2])])?;
-    let posterior = |v: f32| {
-        let mut p =
-            SwagPosterior::new(layout.clone(), SwagConfig::with_rank(2), &Device::Cpu).unwrap();
-        p.collect_flat(&Tensor::new(&[v, -v], &Device::Cpu).unwrap())
-            .unwrap();
-        p
+    let posterior = |v: f32| -> Result<SwagPosterior> {
+        let config = SwagParams {
+            rank: 2,
+            ..Default::default()
+        }
+        .check()?;
+        let mut p = SwagPosterior::new(layout.clone(), config, &Device::Cpu)?;
+        p.collect_flat(&Tensor::new(&[v, -v], &Device::Cpu)?)?;
+        Ok(p)
     };
-    let multi = MultiSwag::new(vec![posterior(1.0), posterior(2.0), posterior(3.0)])?;
+    let multi = MultiSwag::new(vec![posterior(1.0)?, posterior(2.0)?, posterior(3.0)?])?;
     let w = Var::zeros(2, DType::F32, &Device::Cpu)?;
     let params = ParamSet::from_named_vars(vec![("w".into(), w.clone())])?;
     // A "model" that outputs its weights: sample i of 4 comes from posterior [0, 0, 1, 2][i],
     // whose mean (scale 0) is (v, −v).
     let model = func_t(|_: &Tensor, _| w.as_tensor().unsqueeze(0));
     let x = Tensor::zeros((1, 1), DType::F32, &Device::Cpu)?;
-    let predictive = Predictive::multi_swag(&params, &multi, SampleConfig::with_scale(0.0)?, 4, 0)?;
+    let predictive = Predictive::multi_swag(
+        &params,
+        &multi,
+        BmaParams {
+            sample: SampleParams {
+                scale: 0.0,
+                ..Default::default()
+            },
+            samples: 4,
+            seed: 0,
+        }
+        .check()?,
+    )?;
     let mut seen = Vec::new();
     predictive.for_each_output(&model, batches(&x, 1)?, |s, b, out| {
         assert_eq!(b, 0);
@@ -124,10 +139,14 @@ fn multiswag_spreads_samples_evenly_and_draws_from_the_chosen_posterior() -> Res
 
     let other = SwagPosterior::new(
         ParamLayout::new(vec![("v".into(), vec![2])])?,
-        SwagConfig::with_rank(2),
+        SwagParams {
+            rank: 2,
+            ..Default::default()
+        }
+        .check()?,
         &Device::Cpu,
     )?;
-    let err = MultiSwag::new(vec![posterior(1.0), other])
+    let err = MultiSwag::new(vec![posterior(1.0)?, other])
         .unwrap_err()
         .to_string();
     assert!(err.contains("posterior #1"), "{err}");

@@ -7,7 +7,7 @@ use common::invalid_name;
 
 use candle_swag::metrics::{
     calibration_bins, classification_metrics, evaluate_classification, top_label,
-    ClassificationConfig, ClassificationMetrics,
+    ClassificationConfig, ClassificationMetrics, ClassificationParams,
 };
 use candle_swag::Error;
 use proptest::prelude::*;
@@ -136,7 +136,11 @@ fn one_pass_matches_slow_formulas_over_several_chunks() -> Result<()> {
     let mut rng = StdRng::seed_from_u64(3);
     // More rows than one parallel chunk (4096), to exercise the merge.
     let (probs, labels) = calibrated_data(&mut rng, 10_000, 5);
-    let options = ClassificationConfig::default().with_equal_width_bins(10)?;
+    let options = ClassificationParams {
+        n_bins: 10,
+        ..Default::default()
+    }
+    .check()?;
     let eval = evaluate_classification(&probs, 5, &labels, &options)?;
     let (acc, nll, brier, cw) = slow_metrics(&probs, 5, &labels, 10);
     let m = &eval.metrics;
@@ -207,7 +211,7 @@ proptest! {
         }
         let p2: Vec<f64> = order.iter().flat_map(|&i| probs[i * c..(i + 1) * c].to_vec()).collect();
         let y2: Vec<usize> = order.iter().map(|&i| labels[i]).collect();
-        let options = ClassificationConfig::default().with_equal_width_bins(7).unwrap().with_equal_mass_bins(4).unwrap();
+        let options = ClassificationParams { n_bins: 7, n_bins_equal_mass: 4, ..Default::default() }.check().unwrap();
         let a = evaluate_classification(&probs, c, &labels, &options).unwrap();
         let b = evaluate_classification(&p2, c, &y2, &options).unwrap();
         assert_metrics_close(&a.metrics, &b.metrics);
@@ -314,15 +318,23 @@ fn input_errors_name_the_row_and_column() -> Result<()> {
 fn options_are_validated() -> Result<()> {
     let p = [0.5f64, 0.5];
     let y = [0usize];
-    let d = ClassificationConfig::default;
-    assert_eq!(invalid_name(d().with_equal_width_bins(0)), "n_bins");
+    let d = ClassificationParams::default;
+    let with = |f: fn(&mut ClassificationParams)| {
+        let mut p = d();
+        f(&mut p);
+        p.check()
+    };
+    assert_eq!(invalid_name(with(|p| p.n_bins = 0)), "n_bins");
     assert_eq!(
-        invalid_name(d().with_equal_mass_bins(0)),
+        invalid_name(with(|p| p.n_bins_equal_mass = 0)),
         "n_bins_equal_mass"
     );
-    assert_eq!(invalid_name(d().with_nll_eps(0.0)), "nll_eps");
-    assert_eq!(invalid_name(d().with_nll_eps(f64::NAN)), "nll_eps");
-    assert_eq!(invalid_name(ClassificationConfig::with_bins(0)), "n_bins");
+    assert_eq!(invalid_name(with(|p| p.nll_eps = 0.0)), "nll_eps");
+    assert_eq!(invalid_name(with(|p| p.nll_eps = f64::NAN)), "nll_eps");
+    assert_eq!(
+        invalid_name(ClassificationParams::with_bins(0).check()),
+        "n_bins"
+    );
     assert!(matches!(
         classification_metrics(&p, 0, &y, &ClassificationConfig::default()),
         Err(Error::InvalidArgument { .. })

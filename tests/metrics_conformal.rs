@@ -9,7 +9,7 @@
 use anyhow::Result;
 use candle_swag::metrics::{
     conformal_quantile, conformal_rank, normalized_scores, prediction_interval_coverage,
-    ConformalClassifier, ConformalConfig, ConformalRegressor, SetScore, MIN_CALIBRATION_ROWS,
+    ConformalClassifier, ConformalParams, ConformalRegressor, SetScore, MIN_CALIBRATION_ROWS,
 };
 use candle_swag::Error;
 use rand::rngs::StdRng;
@@ -42,7 +42,7 @@ fn rank_matches_hand_values() -> Result<()> {
 
 #[test]
 fn quantile_is_the_kth_smallest_score() -> Result<()> {
-    let cfg = ConformalConfig::new(0.1)?;
+    let cfg = ConformalParams { alpha: 0.1 }.check()?;
     // Scores 1..=20 shuffled: the 19th smallest is 19.
     let mut s: Vec<f64> = (1..=20).map(f64::from).collect();
     s.shuffle(&mut StdRng::seed_from_u64(1));
@@ -55,7 +55,7 @@ fn quantile_is_the_kth_smallest_score() -> Result<()> {
     );
     assert!(e.to_string().contains("19 rows"), "{e}");
     // α = 0.01 on 20 scores: rank 21 > 20, so the quantile is infinite.
-    let cfg = ConformalConfig::new(0.01)?;
+    let cfg = ConformalParams { alpha: 0.01 }.check()?;
     assert_eq!(conformal_quantile(&s, &cfg)?, f64::INFINITY);
     Ok(())
 }
@@ -63,12 +63,15 @@ fn quantile_is_the_kth_smallest_score() -> Result<()> {
 #[test]
 fn config_refuses_levels_outside_the_unit_interval() -> Result<()> {
     for a in [0.0, 1.0, -0.1, 1.5, f64::NAN] {
-        assert!(ConformalConfig::new(a).is_err(), "alpha {a}");
+        assert!(ConformalParams { alpha: a }.check().is_err(), "alpha {a}");
     }
     for c in [0.0, 1.0, 1.2] {
-        assert!(ConformalConfig::with_coverage(c).is_err(), "coverage {c}");
+        assert!(
+            ConformalParams::with_coverage(c).check().is_err(),
+            "coverage {c}"
+        );
     }
-    let c = ConformalConfig::with_coverage(0.9)?;
+    let c = ConformalParams::with_coverage(0.9).check()?;
     assert!((c.alpha() - 0.1).abs() < 1e-15);
     assert!(SetScore::raps(-1.0, 1).is_err());
     assert!(SetScore::raps(f64::INFINITY, 1).is_err());
@@ -84,7 +87,7 @@ fn regressor_intervals_hand_case() -> Result<()> {
     let y: Vec<f64> = (1..=n).map(|i| 0.2 * i as f64).collect();
     let s = normalized_scores(&mean, &std, &y)?;
     assert!((s[4] - 0.5).abs() < 1e-12);
-    let cfg = ConformalConfig::new(0.1)?;
+    let cfg = ConformalParams { alpha: 0.1 }.check()?;
     let r = ConformalRegressor::fit(&cfg, &mean, &std, &y)?;
     // Rank 19: q̂ = 1.9.
     assert_eq!(r.rank, Some(19));
@@ -104,7 +107,7 @@ fn regressor_intervals_hand_case() -> Result<()> {
     assert!(matches!(e, Error::BadData { row: 4, .. }), "{e}");
     assert!(r.intervals(&[0.0, 1.0], &[1.0]).is_err());
     // Infinite quantile: infinite intervals, and the JSON round trip keeps it.
-    let r = ConformalRegressor::fit(&ConformalConfig::new(0.01)?, &mean, &std, &y)?;
+    let r = ConformalRegressor::fit(&ConformalParams { alpha: 0.01 }.check()?, &mean, &std, &y)?;
     assert!(r.infinite());
     assert_eq!(
         r.intervals(&[0.0], &[1.0])?,
@@ -143,7 +146,7 @@ fn regression_coverage_over_random_splits_lies_in_the_finite_sample_band() -> Re
     let n_test = 1000;
     let (mean, std, y) = heteroscedastic_pool(&mut rng, n_cal + n_test);
     for alpha in [0.1, 0.2] {
-        let cfg = ConformalConfig::new(alpha)?;
+        let cfg = ConformalParams { alpha }.check()?;
         let mut idx: Vec<usize> = (0..mean.len()).collect();
         let mut cov = Vec::with_capacity(SPLITS);
         let mut gauss = Vec::with_capacity(SPLITS);
@@ -202,7 +205,7 @@ fn aps_and_raps_sets_cover_at_least_the_target() -> Result<()> {
     let n_cal = 200;
     let n_test = 500;
     let (probs, labels) = calibrated_classes(&mut rng, n_cal + n_test, c);
-    let cfg = ConformalConfig::new(0.1)?;
+    let cfg = ConformalParams { alpha: 0.1 }.check()?;
     for score in [SetScore::Aps, SetScore::raps(0.05, 2)?] {
         let mut idx: Vec<usize> = (0..labels.len()).collect();
         let mut cov = Vec::with_capacity(SPLITS);
@@ -239,7 +242,7 @@ fn aps_sets_hand_case() -> Result<()> {
     let row = [0.5f64, 0.3, 0.2];
     let probs: Vec<f64> = (0..20).flat_map(|_| row).collect();
     let labels: Vec<u32> = (0..20).map(|i| u32::from(i >= 18)).collect();
-    let cfg = ConformalConfig::new(0.1)?;
+    let cfg = ConformalParams { alpha: 0.1 }.check()?;
     let m = ConformalClassifier::fit(&cfg, SetScore::Aps, &probs, 3, &labels)?;
     assert!((m.quantile - 0.8).abs() < 1e-12);
     // [0.1, 0.6, 0.3] ranks class 1 (0.6), class 2 (0.9), class 0 (1.0): q̂ = 0.8 keeps class 1.

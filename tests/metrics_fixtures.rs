@@ -7,7 +7,7 @@ use candle_swag::metrics::{
     calibration_bins_positive_class, calibration_bins_top_label_binary, calibration_curve,
     check_score, crps_gaussian, crps_samples, evaluate_classification, fpr_at_tpr, gaussian_nll,
     interval_score, mean_absolute_calibration_error, ood_metrics, regression_metrics,
-    risk_coverage, root_mean_squared_calibration_error, sharpness, ClassificationConfig,
+    risk_coverage, root_mean_squared_calibration_error, sharpness, ClassificationParams,
     CrpsEstimator, CurveKind, RegressionConfig,
 };
 use serde_json::Value;
@@ -119,7 +119,11 @@ fn bin_edges_as_probability_matrix() -> Result<()> {
         .flat_map(f64s)
         .collect();
     let labels = usizes(&c["as_probabilities"]["labels"]);
-    let options = ClassificationConfig::default().with_equal_width_bins(4)?;
+    let options = ClassificationParams {
+        n_bins: 4,
+        ..Default::default()
+    }
+    .check()?;
     let eval = evaluate_classification(&rows, 3, &labels, &options)?;
     close(
         eval.metrics.ece,

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Var};
 use candle_swag::layout::{ParamLayout, ParamSet};
-use candle_swag::swag::{SwagConfig, SwagPosterior};
+use candle_swag::swag::{SwagParams, SwagPosterior};
 use candle_swag::Error;
 use common::*;
 
@@ -19,9 +19,13 @@ fn fitted(rank: usize, n: usize, dt: DType) -> SwagPosterior {
     .unwrap();
     let mut p = SwagPosterior::new(
         layout,
-        SwagConfig::with_rank(rank)
-            .with_deviation_dtype(dt)
-            .unwrap(),
+        SwagParams {
+            rank,
+            deviation_dtype: dt,
+            ..Default::default()
+        }
+        .check()
+        .unwrap(),
         &Device::Cpu,
     )
     .unwrap();

@@ -8,8 +8,8 @@ use candle_nn::func_t;
 use candle_nn::{VarBuilder, VarMap};
 use candle_swag::predictive::batches;
 use candle_swag::{
-    BatchNormRefresh, BatchNormStats, Error, MultiSwag, Noise, ParamSet, Predictive, SampleConfig,
-    SwagConfig, SwagPosterior, VarianceLink,
+    BatchNormRefresh, BatchNormStats, BmaParams, Error, MultiSwag, Noise, ParamSet, Predictive,
+    SampleParams, SwagParams, SwagPosterior, VarianceLink,
 };
 
 /// A linear model `[n, 3] → [n, k]` with a posterior collected from 6 perturbed snapshots.
@@ -32,7 +32,16 @@ fn fixture(outputs: usize) -> Fixture {
     .unwrap();
     let params = ParamSet::from_varmap(&varmap).unwrap();
     let d = params.numel();
-    let mut posterior = SwagPosterior::for_params(&params, SwagConfig::with_rank(4)).unwrap();
+    let mut posterior = SwagPosterior::for_params(
+        &params,
+        SwagParams {
+            rank: 4,
+            ..Default::default()
+        }
+        .check()
+        .expect("a valid config"),
+    )
+    .unwrap();
     for k in 0..6 {
         let theta: Vec<f32> = (0..d)
             .map(|i| ((i * 13 + k * 7) % 11) as f32 / 11.0 - 0.5 + 0.3 * (k as f32).sin())
@@ -94,9 +103,15 @@ fn classification_averages_probabilities_and_splits_the_entropy() -> Result<()> 
     let p = Predictive::swag(
         &f.params,
         &f.posterior,
-        SampleConfig::with_scale(1.0)?,
-        9,
-        5,
+        BmaParams {
+            sample: SampleParams {
+                scale: 1.0,
+                ..Default::default()
+            },
+            samples: 9,
+            seed: 5,
+        }
+        .check()?,
     )?;
     let logits = per_sample_outputs(&f, &p);
     // Uneven batches (17 rows in batches of 5): the same numbers as one pass.
@@ -159,9 +174,15 @@ fn homoscedastic_regression_is_the_mixture_of_the_sampled_means() -> Result<()> 
     let p = Predictive::swag(
         &f.params,
         &f.posterior,
-        SampleConfig::with_scale(0.5)?,
-        7,
-        1,
+        BmaParams {
+            sample: SampleParams {
+                scale: 0.5,
+                ..Default::default()
+            },
+            samples: 7,
+            seed: 1,
+        }
+        .check()?,
     )?;
     let outs = per_sample_outputs(&f, &p);
     let r = p
@@ -189,9 +210,15 @@ fn heteroscedastic_regression_mixes_means_and_variances() -> Result<()> {
     let p = Predictive::swag(
         &f.params,
         &f.posterior,
-        SampleConfig::with_scale(1.0)?,
-        6,
-        2,
+        BmaParams {
+            sample: SampleParams {
+                scale: 1.0,
+                ..Default::default()
+            },
+            samples: 6,
+            seed: 2,
+        }
+        .check()?,
     )?;
     let outs = per_sample_outputs(&f, &p);
     for (link, to_var) in [
@@ -259,9 +286,15 @@ fn weights_are_restored_after_a_prediction_even_on_error() -> Result<()> {
     let p = Predictive::swag(
         &f.params,
         &f.posterior,
-        SampleConfig::with_scale(0.5)?,
-        4,
-        0,
+        BmaParams {
+            sample: SampleParams {
+                scale: 0.5,
+                ..Default::default()
+            },
+            samples: 4,
+            seed: 0,
+        }
+        .check()?,
     )?;
     p.classify(&f.model, batches(&f.x, 8)?)?;
     assert_eq!(f.params.flatten()?.to_vec1::<f32>()?, before);
@@ -304,7 +337,14 @@ fn batchnorm_statistics_are_refreshed_per_sample_and_restored_after() -> Result<
         .entries()
         .iter()
         .all(|e| !e.name.contains("running")));
-    let mut posterior = SwagPosterior::for_params(&params, SwagConfig::with_rank(2))?;
+    let mut posterior = SwagPosterior::for_params(
+        &params,
+        SwagParams {
+            rank: 2,
+            ..Default::default()
+        }
+        .check()?,
+    )?;
     let x = Tensor::new(
         &[
             [1f32, 2.0, 3.0],
@@ -326,8 +366,20 @@ fn batchnorm_statistics_are_refreshed_per_sample_and_restored_after() -> Result<
     let refresh = BatchNormRefresh::new(BatchNormStats::from_varmap(&varmap)?, batches(&x, 4)?);
     // With one refresh batch holding every row, the eval-mode output of each sample is the
     // normalisation of that sample's pre-activations: per column, its mean is the sampled bias.
-    let p = Predictive::swag(&params, &posterior, SampleConfig::with_scale(1.0)?, 3, 0)?
-        .with_refresh(refresh);
+    let p = Predictive::swag(
+        &params,
+        &posterior,
+        BmaParams {
+            sample: SampleParams {
+                scale: 1.0,
+                ..Default::default()
+            },
+            samples: 3,
+            seed: 0,
+        }
+        .check()?,
+    )?
+    .with_refresh(refresh);
     p.for_each_output(&model, batches(&x, 4)?, |_, _, out| {
         let cols = out.t()?.to_vec2::<f32>()?;
         let bias = varmap.data().lock().unwrap()["bn.bias"]
@@ -360,7 +412,16 @@ fn mismatched_layouts_and_bad_arguments_are_named() -> Result<()> {
     assert!(err.to_string().contains("posterior #0"), "{err}");
     let multi = MultiSwag::new(vec![&f.posterior])?;
     assert!(matches!(
-        Predictive::multi_swag(&g.params, &multi, SampleConfig::default(), 3, 0),
+        Predictive::multi_swag(
+            &g.params,
+            &multi,
+            BmaParams {
+                samples: 3,
+                seed: 0,
+                ..Default::default()
+            }
+            .check()?
+        ),
         Err(Error::LayoutMismatch(_))
     ));
     let name = |e: Error| match e {
@@ -368,7 +429,14 @@ fn mismatched_layouts_and_bad_arguments_are_named() -> Result<()> {
         other => panic!("{other:?}"),
     };
     assert_eq!(
-        name(Predictive::swag(&f.params, &f.posterior, SampleConfig::default(), 0, 0).unwrap_err()),
+        name(
+            BmaParams {
+                samples: 0,
+                ..Default::default()
+            }
+            .check()
+            .unwrap_err()
+        ),
         "samples"
     );
     let p = Predictive::swa(&f.params, &f.posterior)?;
@@ -401,8 +469,33 @@ fn sgd_swa_and_swag_share_one_interface() -> Result<()> {
     let methods = [
         Predictive::point(&f.params, &sgd_weights)?,
         Predictive::swa(&f.params, &f.posterior)?,
-        Predictive::swag(&f.params, &f.posterior, SampleConfig::diagonal(0.5)?, 5, 0)?,
-        Predictive::multi_swag(&f.params, &multi, SampleConfig::with_scale(0.5)?, 5, 0)?,
+        Predictive::swag(
+            &f.params,
+            &f.posterior,
+            BmaParams {
+                sample: SampleParams {
+                    scale: 0.5,
+                    diag_only: true,
+                    ..Default::default()
+                },
+                samples: 5,
+                seed: 0,
+            }
+            .check()?,
+        )?,
+        Predictive::multi_swag(
+            &f.params,
+            &multi,
+            BmaParams {
+                sample: SampleParams {
+                    scale: 0.5,
+                    ..Default::default()
+                },
+                samples: 5,
+                seed: 0,
+            }
+            .check()?,
+        )?,
     ];
     let samples: Vec<usize> = methods.iter().map(|m| m.num_samples()).collect();
     assert_eq!(samples, [1, 1, 5, 5]);
@@ -429,9 +522,15 @@ fn outputs_are_detached_from_the_model_graph() -> Result<()> {
     let p = Predictive::swag(
         &f.params,
         &f.posterior,
-        SampleConfig::with_scale(0.5)?,
-        3,
-        0,
+        BmaParams {
+            sample: SampleParams {
+                scale: 0.5,
+                ..Default::default()
+            },
+            samples: 3,
+            seed: 0,
+        }
+        .check()?,
     )?;
     let cls = p.classify(&f.model, batches(&f.x, 2)?)?;
     let reg = p.regress(
@@ -463,7 +562,16 @@ fn outputs_are_detached_from_the_model_graph() -> Result<()> {
 #[test]
 fn classification_needs_two_classes() -> candle_swag::Result<()> {
     let f = fixture(1);
-    let p = Predictive::swag(&f.params, &f.posterior, SampleConfig::default(), 2, 0)?;
+    let p = Predictive::swag(
+        &f.params,
+        &f.posterior,
+        BmaParams {
+            samples: 2,
+            seed: 0,
+            ..Default::default()
+        }
+        .check()?,
+    )?;
     let err = p
         .classify(&f.model, batches(&f.x, 4)?)
         .expect_err("one output is not a classifier");
@@ -496,7 +604,14 @@ fn a_model_with_batchnorm_needs_a_refresh_or_an_explicit_opt_out() -> candle_swa
     );
     // A subset keeps the model's buffers: the statistics depend on every weight.
     assert_eq!(params.select_prefix(&["fc."])?.batchnorm_buffers().len(), 2);
-    let mut posterior = SwagPosterior::for_params(&params, SwagConfig::with_rank(2))?;
+    let mut posterior = SwagPosterior::for_params(
+        &params,
+        SwagParams {
+            rank: 2,
+            ..Default::default()
+        }
+        .check()?,
+    )?;
     for k in 0..3 {
         let theta: Vec<f32> = (0..params.numel()).map(|i| ((i + k) % 5) as f32).collect();
         params.write_flat(&Tensor::from_vec(theta, params.numel(), &device)?)?;
@@ -505,9 +620,18 @@ fn a_model_with_batchnorm_needs_a_refresh_or_an_explicit_opt_out() -> candle_swa
     let x = Tensor::new(&[[1f32, 2.0, 3.0], [0.5, -1.0, 2.0]], &device)?;
     let noise = Noise::Homoscedastic { variance: 1.0 };
 
-    let err = Predictive::swag(&params, &posterior, SampleConfig::default(), 2, 0)?
-        .regress(&model, batches(&x, 2)?, noise)
-        .expect_err("stale statistics must be refused");
+    let err = Predictive::swag(
+        &params,
+        &posterior,
+        BmaParams {
+            samples: 2,
+            seed: 0,
+            ..Default::default()
+        }
+        .check()?,
+    )?
+    .regress(&model, batches(&x, 2)?, noise)
+    .expect_err("stale statistics must be refused");
     assert!(
         matches!(&err, Error::InvalidArgument { name, .. } if name == "refresh"),
         "{err}"
@@ -524,13 +648,31 @@ fn a_model_with_batchnorm_needs_a_refresh_or_an_explicit_opt_out() -> candle_swa
 
     // An explicit opt-out, a refresh, or a point prediction (the statistics belong to the
     // weights as trained) all run.
-    Predictive::swag(&params, &posterior, SampleConfig::default(), 2, 0)?
-        .without_refresh()
-        .regress(&model, batches(&x, 2)?, noise)?;
+    Predictive::swag(
+        &params,
+        &posterior,
+        BmaParams {
+            samples: 2,
+            seed: 0,
+            ..Default::default()
+        }
+        .check()?,
+    )?
+    .without_refresh()
+    .regress(&model, batches(&x, 2)?, noise)?;
     let refresh = BatchNormRefresh::new(BatchNormStats::from_varmap(&varmap)?, batches(&x, 2)?);
-    Predictive::swag(&params, &posterior, SampleConfig::default(), 2, 0)?
-        .with_refresh(refresh)
-        .regress(&model, batches(&x, 2)?, noise)?;
+    Predictive::swag(
+        &params,
+        &posterior,
+        BmaParams {
+            samples: 2,
+            seed: 0,
+            ..Default::default()
+        }
+        .check()?,
+    )?
+    .with_refresh(refresh)
+    .regress(&model, batches(&x, 2)?, noise)?;
     Predictive::point(&params, &params.flatten()?)?.regress(&model, batches(&x, 2)?, noise)?;
     Ok(())
 }

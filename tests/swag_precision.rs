@@ -7,7 +7,7 @@ mod common;
 
 use candle_core::{Device, Tensor, Var};
 use candle_swag::layout::{ParamLayout, ParamSet};
-use candle_swag::swag::{SampleConfig, SwagConfig, SwagPosterior};
+use candle_swag::swag::{SampleConfig, SampleParams, SwagParams, SwagPosterior};
 use common::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -56,7 +56,17 @@ fn layout(d: usize) -> ParamLayout {
 
 fn fitted(snaps: &[Vec<f32>], rank: usize) -> SwagPosterior {
     let d = snaps[0].len();
-    let mut p = SwagPosterior::new(layout(d), SwagConfig::with_rank(rank), &Device::Cpu).unwrap();
+    let mut p = SwagPosterior::new(
+        layout(d),
+        SwagParams {
+            rank,
+            ..Default::default()
+        }
+        .check()
+        .expect("a valid config"),
+        &Device::Cpu,
+    )
+    .unwrap();
     for s in snaps {
         p.collect_flat(&Tensor::from_slice(s, d, &Device::Cpu).unwrap())
             .unwrap();
@@ -134,7 +144,12 @@ fn diagonal_samples_have_the_snapshots_variance() -> Result<()> {
     let snaps = snapshots(42, d, n, 1.0, 1e-4);
     let (_, var_ref) = two_pass(&snaps);
     let p = fitted(&snaps, 5);
-    let opts = SampleConfig::diagonal(1.0)?;
+    let opts = SampleParams {
+        scale: 1.0,
+        diag_only: true,
+        ..Default::default()
+    }
+    .check()?;
 
     // The fused CPU sampler (into Vars) and the tensor-op sampler (flat) are both checked.
     let lay = layout(d);

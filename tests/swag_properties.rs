@@ -7,7 +7,7 @@ mod common;
 
 use candle_core::{DType, Device, Var};
 use candle_swag::layout::{ParamLayout, ParamSet};
-use candle_swag::swag::{Divisor, SampleConfig, SwagConfig, SwagPosterior};
+use candle_swag::swag::{Divisor, SampleConfig, SampleParams, SwagParams, SwagPosterior};
 use candle_swag::Error;
 use common::*;
 use proptest::prelude::*;
@@ -24,9 +24,13 @@ fn posterior_from(snaps: &[Vec<f64>], rank: usize, dt: DType) -> SwagPosterior {
     let d = snaps[0].len();
     let mut p = SwagPosterior::new(
         layout(d),
-        SwagConfig::with_rank(rank)
-            .with_deviation_dtype(dt)
-            .unwrap(),
+        SwagParams {
+            rank,
+            deviation_dtype: dt,
+            ..Default::default()
+        }
+        .check()
+        .unwrap(),
         &Device::Cpu,
     )
     .unwrap();
@@ -109,7 +113,15 @@ fn sample_covariance_matches_swag_covariance() -> Result<()> {
     let mut outer = vec![0.0; d * d];
     let mut draw_rng = StdRng::seed_from_u64(11);
     for _ in 0..n {
-        p.sample_into(&params, &SampleConfig::with_scale(scale)?, &mut draw_rng)?;
+        p.sample_into(
+            &params,
+            &SampleParams {
+                scale,
+                ..Default::default()
+            }
+            .check()?,
+            &mut draw_rng,
+        )?;
         let x = to_f64(&params.flatten()?);
         for i in 0..d {
             sum[i] += x[i];
@@ -182,10 +194,14 @@ fn log_prob_matches_dense_gaussian() -> Result<()> {
         (3, Divisor::RowsMinusOne, true, 2.0),
     ] {
         let p = posterior_from(&snaps, rank, DType::F32);
-        let opts = SampleConfig::with_scale(scale)?
-            .with_divisor(divisor)
-            .with_diag_only(diag_only)
-            .with_var_clamp(1e-30)?;
+        let opts = SampleParams {
+            scale,
+            divisor,
+            diag_only,
+            var_clamp: 1e-30,
+            ..Default::default()
+        }
+        .check()?;
         // log_prob uses the sampler's variance: the f32 numbers of `variance` (documented).
         let var = to_f64(&p.variance(1e-30)?);
         let dev = to_f64(&p.deviations()?);
@@ -226,7 +242,19 @@ fn fused_sampler_is_the_formula_and_thread_count_independent() -> Result<()> {
     let snaps = random_snaps(&mut rng, 4, d, &[1.0, 0.1]);
     let p = posterior_from(&snaps, 3, DType::F32);
     let params = zero_params(&layout(d));
-    for opts in [SampleConfig::with_scale(0.5)?, SampleConfig::diagonal(0.5)?] {
+    for opts in [
+        SampleParams {
+            scale: 0.5,
+            ..Default::default()
+        }
+        .check()?,
+        SampleParams {
+            scale: 0.5,
+            diag_only: true,
+            ..Default::default()
+        }
+        .check()?,
+    ] {
         let seed = 1234;
         let (z1, z2) = p.noise_for_seed(seed)?;
         let want = to_f64(&p.sample_with_noise(&z1, &z2, &opts)?);
@@ -253,7 +281,11 @@ fn low_precision_deviations_have_bounded_effect() -> Result<()> {
     let snaps = random_snaps(&mut rng, 8, d, &[1.0, 0.5, 2.0]);
     let full = posterior_from(&snaps, 5, DType::F32);
     let params = zero_params(&layout(d));
-    let opts = SampleConfig::with_scale(0.5)?;
+    let opts = SampleParams {
+        scale: 0.5,
+        ..Default::default()
+    }
+    .check()?;
     let z2: Vec<f32> = full.noise_for_seed(77)?.1.to_vec1()?;
     let dev = to_f64(&full.deviations()?);
     for (dt, unit_roundoff) in [(DType::BF16, 2f64.powi(-8)), (DType::F16, 2f64.powi(-11))] {
@@ -326,7 +358,15 @@ fn non_finite_snapshot_is_refused_and_state_untouched() -> Result<()> {
 
 #[test]
 fn sampling_an_empty_posterior_is_an_error() -> Result<()> {
-    let p = SwagPosterior::new(layout(4), SwagConfig::with_rank(2), &Device::Cpu)?;
+    let p = SwagPosterior::new(
+        layout(4),
+        SwagParams {
+            rank: 2,
+            ..Default::default()
+        }
+        .check()?,
+        &Device::Cpu,
+    )?;
     let params = zero_params(&layout(4));
     let err = p
         .sample_into_seeded(&params, &SampleConfig::default(), 1)
@@ -338,18 +378,62 @@ fn sampling_an_empty_posterior_is_an_error() -> Result<()> {
 /// Sample settings are checked once, when made: each bad value is refused by name.
 #[test]
 fn bad_sample_settings_are_refused_when_made() -> Result<()> {
-    assert_eq!(invalid_name(SampleConfig::with_scale(-1.0)), "scale");
-    assert_eq!(invalid_name(SampleConfig::with_scale(f64::NAN)), "scale");
-    assert_eq!(invalid_name(SampleConfig::diagonal(f64::INFINITY)), "scale");
     assert_eq!(
-        invalid_name(SampleConfig::default().with_var_clamp(-1e-3)),
+        invalid_name(
+            SampleParams {
+                scale: -1.0,
+                ..Default::default()
+            }
+            .check()
+        ),
+        "scale"
+    );
+    assert_eq!(
+        invalid_name(
+            SampleParams {
+                scale: f64::NAN,
+                ..Default::default()
+            }
+            .check()
+        ),
+        "scale"
+    );
+    assert_eq!(
+        invalid_name(
+            SampleParams {
+                scale: f64::INFINITY,
+                diag_only: true,
+                ..Default::default()
+            }
+            .check()
+        ),
+        "scale"
+    );
+    assert_eq!(
+        invalid_name(
+            SampleParams {
+                var_clamp: -1e-3,
+                ..Default::default()
+            }
+            .check()
+        ),
         "var_clamp"
     );
-    let dtype = SwagConfig::with_rank(2).with_deviation_dtype(DType::F64);
+    let dtype = SwagParams {
+        rank: 2,
+        deviation_dtype: DType::F64,
+        ..Default::default()
+    }
+    .check();
     assert!(
         matches!(dtype, Err(Error::InvalidArgument { ref name, .. }) if name == "deviation_dtype")
     );
-    let ok = SampleConfig::diagonal(0.0)?;
+    let ok = SampleParams {
+        scale: 0.0,
+        diag_only: true,
+        ..Default::default()
+    }
+    .check()?;
     assert_eq!((ok.scale(), ok.diag_only()), (0.0, true));
     Ok(())
 }

@@ -6,7 +6,7 @@ mod common;
 
 use candle_core::{Device, Tensor, Var};
 use candle_swag::layout::{ParamLayout, ParamSet};
-use candle_swag::swag::{Divisor, SampleConfig, SwagConfig, SwagPosterior};
+use candle_swag::swag::{Divisor, SampleParams, SwagParams, SwagPosterior};
 use common::*;
 use serde_json::Value;
 
@@ -39,8 +39,17 @@ fn flat_snapshot(case: &Value, snap: &Value) -> Vec<f64> {
 
 fn fitted(case: &Value) -> SwagPosterior {
     let rank = case["rank_k"].as_u64().unwrap() as usize;
-    let mut p =
-        SwagPosterior::new(layout_of(case), SwagConfig::with_rank(rank), &Device::Cpu).unwrap();
+    let mut p = SwagPosterior::new(
+        layout_of(case),
+        SwagParams {
+            rank,
+            ..Default::default()
+        }
+        .check()
+        .expect("a valid config"),
+        &Device::Cpu,
+    )
+    .unwrap();
     for snap in case["snapshots"].as_array().unwrap() {
         p.collect_flat(&tensor_f32(&flat_snapshot(case, snap)))
             .unwrap();
@@ -115,7 +124,14 @@ fn collecting_from_vars_matches_flat_collection() -> Result<()> {
             .collect();
         let params = ParamSet::from_named_vars(vars)?;
         let rank = case["rank_k"].as_u64().unwrap() as usize;
-        let mut p = SwagPosterior::for_params(&params, SwagConfig::with_rank(rank))?;
+        let mut p = SwagPosterior::for_params(
+            &params,
+            SwagParams {
+                rank,
+                ..Default::default()
+            }
+            .check()?,
+        )?;
         for snap in case["snapshots"].as_array().unwrap() {
             params.write_flat(&tensor_f32(&flat_snapshot(&case, snap)))?;
             p.collect(&params)?;
@@ -138,7 +154,12 @@ fn samples_with_given_noise_match_reference() -> Result<()> {
             (Divisor::RowsMinusOne, "divisor_rows_minus_1"),
             (Divisor::RankMinusOne, "divisor_k_minus_1"),
         ] {
-            let opts = SampleConfig::with_scale(0.5)?.with_divisor(divisor);
+            let opts = SampleParams {
+                scale: 0.5,
+                divisor,
+                ..Default::default()
+            }
+            .check()?;
             let got = p.sample_with_noise(&z1, &z2, &opts)?;
             assert_close(
                 &format!("case {ci} {key}"),
@@ -148,7 +169,16 @@ fn samples_with_given_noise_match_reference() -> Result<()> {
                 ATOL,
             );
         }
-        let got = p.sample_with_noise(&z1, &z2, &SampleConfig::diagonal(0.5)?)?;
+        let got = p.sample_with_noise(
+            &z1,
+            &z2,
+            &SampleParams {
+                scale: 0.5,
+                diag_only: true,
+                ..Default::default()
+            }
+            .check()?,
+        )?;
         assert_close(
             &format!("case {ci} diag"),
             &to_f64(&got),
@@ -182,7 +212,15 @@ fn scale_zero_gives_the_mean_exactly() -> Result<()> {
     let p = fitted(case);
     let z1 = tensor_f32(&flat_f64(&case["noise"]["z1"]));
     let z2 = tensor_f32(&flat_f64(&case["noise"]["z2"]));
-    let got = p.sample_with_noise(&z1, &z2, &SampleConfig::with_scale(0.0)?)?;
+    let got = p.sample_with_noise(
+        &z1,
+        &z2,
+        &SampleParams {
+            scale: 0.0,
+            ..Default::default()
+        }
+        .check()?,
+    )?;
     assert_eq!(to_f64(&got), to_f64(&p.mean()?));
     let _ = Tensor::zeros(1, candle_core::DType::F32, &Device::Cpu);
     Ok(())

@@ -8,7 +8,8 @@ use common::bits;
 use candle_core::{DType, Device, Tensor};
 use candle_swag::layout::ParamLayout;
 use candle_swag::swag::{
-    DeviationStore, SampleConfig, ShardEntry, ShardIndex, ShardSet, SwagConfig, SwagPosterior,
+    DeviationStore, SampleConfig, SampleParams, ShardEntry, ShardIndex, ShardSet, SwagParams,
+    SwagPosterior,
 };
 use candle_swag::Error;
 
@@ -39,7 +40,13 @@ fn whole_and_shards(
     dir: &std::path::Path,
 ) -> (SwagPosterior, std::path::PathBuf) {
     let lay = layout();
-    let cfg = SwagConfig::with_rank(4).with_deviation_dtype(dt).unwrap();
+    let cfg = SwagParams {
+        rank: 4,
+        deviation_dtype: dt,
+        ..Default::default()
+    }
+    .check()
+    .unwrap();
     let mut whole = SwagPosterior::new(lay.clone(), cfg.clone(), &Device::Cpu).unwrap();
     let mut shards: Vec<SwagPosterior> = cuts
         .iter()
@@ -47,9 +54,12 @@ fn whole_and_shards(
         .map(|(i, r)| {
             // One shard keeps its columns on disk: stores do not change the bits.
             let c = if i == 1 {
-                cfg.clone().with_store(DeviationStore::Disk(
-                    dir.join(format!("shard{i}.safetensors")),
-                ))
+                SwagParams {
+                    store: DeviationStore::Disk(dir.join(format!("shard{i}.safetensors"))),
+                    ..cfg.clone().into()
+                }
+                .check()
+                .unwrap()
             } else {
                 cfg.clone()
             };
@@ -96,7 +106,15 @@ fn sharded_samples_equal_the_whole_posteriors_bit_for_bit() -> Result<()> {
             let set = ShardSet::load(&index, &Device::Cpu)?;
             assert_eq!(set.shards().len(), n + 1);
             assert!(whole.rows() > 0);
-            for opts in [SampleConfig::default(), SampleConfig::diagonal(0.3)?] {
+            for opts in [
+                SampleConfig::default(),
+                SampleParams {
+                    scale: 0.3,
+                    diag_only: true,
+                    ..Default::default()
+                }
+                .check()?,
+            ] {
                 for seed in [0u64, 12345] {
                     assert_eq!(
                         bits(&set.sample_flat_seeded(seed, &opts)?),

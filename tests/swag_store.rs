@@ -8,7 +8,7 @@ use common::{bits, zero_params};
 
 use candle_core::{DType, Device, Tensor};
 use candle_swag::layout::ParamLayout;
-use candle_swag::swag::{DeviationStore, SampleConfig, SwagConfig, SwagPosterior};
+use candle_swag::swag::{DeviationStore, SampleConfig, SampleParams, SwagParams, SwagPosterior};
 use candle_swag::Error;
 
 /// A layout with one parameter longer than the streaming chunk (2¹⁸ coordinates), so chunk
@@ -34,10 +34,13 @@ fn snapshot(layout: &ParamLayout, s: usize) -> Tensor {
 
 fn collected(store: DeviationStore, dt: DType, rank: usize, n: usize) -> SwagPosterior {
     let layout = layout();
-    let cfg = SwagConfig::with_rank(rank)
-        .with_deviation_dtype(dt)
-        .unwrap()
-        .with_store(store);
+    let cfg = SwagParams {
+        rank,
+        deviation_dtype: dt,
+        store,
+    }
+    .check()
+    .unwrap();
     let mut p = SwagPosterior::new(layout.clone(), cfg, &Device::Cpu).unwrap();
     for s in 0..n {
         p.collect_flat(&snapshot(&layout, s)).unwrap();
@@ -62,7 +65,13 @@ fn assert_same(a: &SwagPosterior, b: &SwagPosterior, what: &str) {
     let params = zero_params(a.layout());
     for opts in [
         SampleConfig::default(),
-        SampleConfig::diagonal(0.5).unwrap(),
+        SampleParams {
+            scale: 0.5,
+            diag_only: true,
+            ..Default::default()
+        }
+        .check()
+        .unwrap(),
     ] {
         let sa = a.sample_flat_seeded(11, &opts).unwrap();
         assert_eq!(
@@ -173,7 +182,12 @@ fn f16_columns_never_overflow_and_count_what_they_flush() -> Result<()> {
     // Deviations of ±2²⁰ (f16's max is 65504) and, beside them, one of 5e-7: below the
     // flush threshold 2⁻²⁵·s of a column whose scale is s = 2⁶.
     let lay = ParamLayout::new(vec![("w".into(), vec![4])])?;
-    let cfg = SwagConfig::with_rank(2).with_deviation_dtype(DType::F16)?;
+    let cfg = SwagParams {
+        rank: 2,
+        deviation_dtype: DType::F16,
+        ..Default::default()
+    }
+    .check()?;
     let mut p = SwagPosterior::new(lay, cfg, &Device::Cpu)?;
     let big = 2f32.powi(21);
     for s in [0f32, 1.0] {
@@ -205,7 +219,12 @@ fn wide_layout() -> Result<ParamLayout> {
 
 fn saved_wide(path: &std::path::Path, dt: DType, rank: usize, n: usize) -> Result<()> {
     let layout = wide_layout()?;
-    let cfg = SwagConfig::with_rank(rank).with_deviation_dtype(dt)?;
+    let cfg = SwagParams {
+        rank,
+        deviation_dtype: dt,
+        ..Default::default()
+    }
+    .check()?;
     let mut p = SwagPosterior::new(layout.clone(), cfg, &Device::Cpu)?;
     for s in 0..n {
         p.collect_flat(&snapshot(&layout, s))?;
@@ -242,7 +261,12 @@ fn a_file_opened_on_disk_is_sampled_in_one_verifying_pass_with_the_same_bits() -
         );
         disk.verify_columns()?;
         // A diagonal sample of a fresh opening verifies before it samples.
-        let diag = SampleConfig::diagonal(0.5)?;
+        let diag = SampleParams {
+            scale: 0.5,
+            diag_only: true,
+            ..Default::default()
+        }
+        .check()?;
         let fresh = SwagPosterior::load_with_store(
             &path,
             &Device::Cpu,
@@ -293,7 +317,15 @@ fn a_corrupted_column_of_a_file_opened_on_disk_fails_its_first_use() -> Result<(
     let err = open()?.deviations().unwrap_err();
     assert!(err.to_string().contains("checksum mismatch"), "{err}");
     let err = open()?
-        .sample_flat_seeded(1, &SampleConfig::diagonal(0.5)?)
+        .sample_flat_seeded(
+            1,
+            &SampleParams {
+                scale: 0.5,
+                diag_only: true,
+                ..Default::default()
+            }
+            .check()?,
+        )
         .unwrap_err();
     assert!(err.to_string().contains("checksum mismatch"), "{err}");
     Ok(())

@@ -9,7 +9,9 @@ use candle_swag::tune::{
     mean_squared_residual, noise_grid, tune_classification, tune_regression, ObservationNoise,
     SCALE_GRID,
 };
-use candle_swag::{Error, ParamSet, Predictive, Result, SampleConfig, SwagConfig, SwagPosterior};
+use candle_swag::{
+    BmaParams, Error, ParamSet, Predictive, Result, SampleParams, SwagParams, SwagPosterior,
+};
 
 struct Fixture {
     model: candle_nn::Linear,
@@ -25,7 +27,14 @@ fn fixture(outputs: usize) -> Result<Fixture> {
     let model = candle_nn::linear(3, outputs, vb)?;
     let params = ParamSet::from_varmap(&varmap)?;
     let d = params.numel();
-    let mut posterior = SwagPosterior::for_params(&params, SwagConfig::with_rank(4))?;
+    let mut posterior = SwagPosterior::for_params(
+        &params,
+        SwagParams {
+            rank: 4,
+            ..Default::default()
+        }
+        .check()?,
+    )?;
     for k in 0..6 {
         let theta: Vec<f32> = (0..d)
             .map(|i| ((i * 5 + k * 3) % 7) as f32 / 7.0 - 0.4 + 0.2 * (k as f32).cos())
@@ -54,9 +63,15 @@ fn at<'a>(f: &'a Fixture) -> impl FnMut(f64) -> Result<Predictive<'a>> + 'a {
             Predictive::swag(
                 &f.params,
                 &f.posterior,
-                SampleConfig::with_scale(scale)?,
-                6,
-                1,
+                BmaParams {
+                    sample: SampleParams {
+                        scale,
+                        ..Default::default()
+                    },
+                    samples: 6,
+                    seed: 1,
+                }
+                .check()?,
             )
         }
     }

@@ -9,16 +9,22 @@ use candle_nn::{Init, VarBuilder};
 use super::*;
 use crate::{Error, Result};
 
-/// Settings of a [`BatchNorm`] layer, checked when made (like
-/// [`SampleConfig`](crate::SampleConfig)).
+/// The settings of a [`BatchNorm`] layer, unchecked (the crate's config shape: see
+/// [`crate::swag::config`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BatchNormConfig {
-    eps: f64,
-    momentum: f64,
-    affine: bool,
+pub struct BatchNormParams {
+    /// Added to the variance before the square root: finite and `>= 0` (torch's `1e-5` by
+    /// default).
+    pub eps: f64,
+    /// The weight of the new batch in the running statistics, in torch's convention
+    /// `running = (1 − momentum) · running + momentum · batch`: in `[0, 1]` (0.1 by default).
+    pub momentum: f64,
+    /// Whether the layer has a learnable per-channel scale (`weight`, init 1) and shift
+    /// (`bias`, init 0); `true` by default.
+    pub affine: bool,
 }
 
-impl Default for BatchNormConfig {
+impl Default for BatchNormParams {
     /// eps `1e-5` and momentum 0.1 (torch's), affine.
     fn default() -> Self {
         Self {
@@ -29,45 +35,44 @@ impl Default for BatchNormConfig {
     }
 }
 
-impl BatchNormConfig {
-    /// `eps`, added to the variance before the square root (finite and `>= 0`), and
-    /// `momentum`, the weight of the new batch in the running statistics in torch's convention
-    /// `running = (1 − momentum) · running + momentum · batch` (in `[0, 1]`); affine.
-    pub fn new(eps: f64, momentum: f64) -> Result<Self> {
-        if !(eps.is_finite() && eps >= 0.0) {
+impl BatchNormParams {
+    /// The checked config; the error names the field.
+    pub fn check(&self) -> Result<BatchNormConfig> {
+        if !(self.eps.is_finite() && self.eps >= 0.0) {
             return Err(Error::invalid(
                 "eps",
-                format!("must be finite and >= 0, got {eps}"),
+                format!("must be finite and >= 0, got {}", self.eps),
             ));
         }
-        check_momentum(momentum)?;
-        Ok(Self {
-            eps,
-            momentum,
-            affine: true,
-        })
+        check_momentum(self.momentum)?;
+        Ok(BatchNormConfig(*self))
     }
+}
 
-    /// Whether the layer has a learnable per-channel scale (`weight`, init 1) and shift
-    /// (`bias`, init 0).
-    pub fn with_affine(mut self, affine: bool) -> Self {
-        self.affine = affine;
-        self
+/// Settings of a [`BatchNorm`] layer (from [`BatchNormParams::check`]).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct BatchNormConfig(BatchNormParams);
+
+impl From<BatchNormConfig> for BatchNormParams {
+    fn from(config: BatchNormConfig) -> Self {
+        config.0
     }
+}
 
+impl BatchNormConfig {
     /// Added to the variance before the square root.
     pub fn eps(&self) -> f64 {
-        self.eps
+        self.0.eps
     }
 
     /// Weight of the new batch in the running statistics.
     pub fn momentum(&self) -> f64 {
-        self.momentum
+        self.0.momentum
     }
 
     /// Whether the layer has `weight` and `bias`.
     pub fn affine(&self) -> bool {
-        self.affine
+        self.0.affine
     }
 }
 
@@ -115,7 +120,7 @@ impl BatchNorm {
         }
         let running_mean = vb.get_with_hints(num_features, "running_mean", Init::Const(0.0))?;
         let running_var = vb.get_with_hints(num_features, "running_var", Init::Const(1.0))?;
-        let weight_and_bias = if config.affine {
+        let weight_and_bias = if config.affine() {
             let weight = vb.get_with_hints(num_features, "weight", Init::Const(1.0))?;
             let bias = vb.get_with_hints(num_features, "bias", Init::Const(0.0))?;
             Some((weight, bias))
@@ -126,14 +131,14 @@ impl BatchNorm {
             inner: Arc::new(Inner {
                 prefix: vb.prefix(),
                 num_features,
-                eps: config.eps,
+                eps: config.eps(),
                 weight_and_bias,
                 // A tensor from a VarMap-backed builder is already a variable: `from_tensor`
                 // then shares its storage, so updates land in the user's VarMap.
                 running_mean: Var::from_tensor(&running_mean)?,
                 running_var: Var::from_tensor(&running_var)?,
                 state: Mutex::new(RunningState {
-                    momentum: Some(config.momentum),
+                    momentum: Some(config.momentum()),
                     batches_seen: 0,
                 }),
             }),

@@ -31,7 +31,7 @@ mod layer;
 mod refresh;
 mod stats;
 
-pub use layer::{BatchNorm, BatchNormConfig};
+pub use layer::{BatchNorm, BatchNormConfig, BatchNormParams};
 pub use refresh::BatchNormRefresh;
 pub use stats::BatchNormStats;
 

@@ -37,19 +37,25 @@ use crate::{Error, Result};
 /// costs about 27.6 nats instead of infinity.
 pub const DEFAULT_NLL_EPS: f64 = 1e-12;
 
-/// Settings of the classification metrics, checked when made (like
-/// [`SampleConfig`](crate::SampleConfig)).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ClassificationConfig {
-    n_bins: usize,
-    n_bins_equal_mass: usize,
-    nll_eps: f64,
+/// The settings of the classification metrics, unchecked (the crate's config shape: see
+/// [`crate::swag::config`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassificationParams {
+    /// Equal-width bins for ECE, MCE, signed and classwise ECE, in `1..=MAX_BINS` (15 by
+    /// default).
+    pub n_bins: usize,
+    /// Equal-mass bins for the adaptive ECE and the L2 errors, in `1..=MAX_BINS` (15 by
+    /// default).
+    pub n_bins_equal_mass: usize,
+    /// Probability clamp inside the NLL, in `(0, 1)`: `−ln(max(p_y, nll_eps))` (default
+    /// [`DEFAULT_NLL_EPS`]).
+    pub nll_eps: f64,
 }
 
-impl Default for ClassificationConfig {
+impl Default for ClassificationParams {
     /// 15 equal-width and 15 equal-mass bins, NLL clamp [`DEFAULT_NLL_EPS`].
     fn default() -> Self {
-        ClassificationConfig {
+        Self {
             n_bins: DEFAULT_BINS,
             n_bins_equal_mass: DEFAULT_BINS,
             nll_eps: DEFAULT_NLL_EPS,
@@ -57,57 +63,58 @@ impl Default for ClassificationConfig {
     }
 }
 
-impl ClassificationConfig {
-    /// The same number of equal-width bins (ECE, MCE, signed and classwise ECE) and
-    /// equal-mass bins (adaptive ECE, L2 errors), in `1..=MAX_BINS`.
-    pub fn with_bins(n_bins: usize) -> Result<Self> {
-        Self::default()
-            .with_equal_width_bins(n_bins)?
-            .with_equal_mass_bins(n_bins)
+impl ClassificationParams {
+    /// Default settings with `n_bins` equal-width and equal-mass bins (unchecked).
+    pub fn with_bins(n_bins: usize) -> Self {
+        Self {
+            n_bins,
+            n_bins_equal_mass: n_bins,
+            ..Self::default()
+        }
     }
 
-    /// Equal-width bins for ECE, MCE, signed and classwise ECE.
-    pub fn with_equal_width_bins(mut self, n_bins: usize) -> Result<Self> {
-        check_bins(n_bins)?;
-        self.n_bins = n_bins;
-        Ok(self)
-    }
-
-    /// Equal-mass bins for the adaptive ECE and the L2 errors.
-    pub fn with_equal_mass_bins(mut self, n_bins: usize) -> Result<Self> {
-        check_bins(n_bins).map_err(|e| match e {
+    /// The checked config; the error names the field.
+    pub fn check(&self) -> Result<ClassificationConfig> {
+        check_bins(self.n_bins)?;
+        check_bins(self.n_bins_equal_mass).map_err(|e| match e {
             Error::InvalidArgument { reason, .. } => Error::invalid("n_bins_equal_mass", reason),
             other => other,
         })?;
-        self.n_bins_equal_mass = n_bins;
-        Ok(self)
-    }
-
-    /// Probability clamp inside the NLL, in `(0, 1)`: `−ln(max(p_y, nll_eps))`.
-    pub fn with_nll_eps(mut self, nll_eps: f64) -> Result<Self> {
-        if !(nll_eps > 0.0 && nll_eps < 1.0) {
+        if !(self.nll_eps > 0.0 && self.nll_eps < 1.0) {
             return Err(Error::invalid(
                 "nll_eps",
-                format!("{nll_eps} is not in (0, 1)"),
+                format!("{} is not in (0, 1)", self.nll_eps),
             ));
         }
-        self.nll_eps = nll_eps;
-        Ok(self)
+        Ok(ClassificationConfig(self.clone()))
     }
+}
 
-    /// Equal-width bins (default 15).
+/// Settings of the classification metrics (from [`ClassificationParams::check`]).
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+#[serde(into = "ClassificationParams")]
+pub struct ClassificationConfig(ClassificationParams);
+
+impl From<ClassificationConfig> for ClassificationParams {
+    fn from(config: ClassificationConfig) -> Self {
+        config.0
+    }
+}
+
+impl ClassificationConfig {
+    /// Equal-width bins.
     pub fn n_bins(&self) -> usize {
-        self.n_bins
+        self.0.n_bins
     }
 
-    /// Equal-mass bins (default 15).
+    /// Equal-mass bins.
     pub fn n_bins_equal_mass(&self) -> usize {
-        self.n_bins_equal_mass
+        self.0.n_bins_equal_mass
     }
 
-    /// Probability clamp inside the NLL (default [`DEFAULT_NLL_EPS`]).
+    /// Probability clamp inside the NLL.
     pub fn nll_eps(&self) -> f64 {
-        self.nll_eps
+        self.0.nll_eps
     }
 }
 
@@ -244,13 +251,13 @@ pub fn evaluate_classification<T: Probability, L: ClassLabel>(
     labels: &[L],
     options: &ClassificationConfig,
 ) -> Result<ClassificationEvaluation> {
-    let n_bins = options.n_bins;
+    let n_bins = options.n_bins();
     let n = matrix_rows("probabilities", probs.len(), n_classes)?;
     check_non_empty("labels", labels.len())?;
     check_same_len("probabilities", n, "labels", labels.len())?;
     let labels = label_indices(labels, n_classes)?;
     let edges = edges_in::<T>(n_bins);
-    let eps = options.nll_eps;
+    let eps = options.nll_eps();
     let c = n_classes;
 
     // One sort key per row (top-label confidence and correctness) for the equal-mass bins.
@@ -309,7 +316,7 @@ pub fn evaluate_classification<T: Probability, L: ClassLabel>(
         })
         .collect();
     let classwise_ece = classwise.iter().map(|b| b.ece).sum::<f64>() / c as f64;
-    let reliability_equal_mass = equal_mass_from_keys(&mut keys, options.n_bins_equal_mass);
+    let reliability_equal_mass = equal_mass_from_keys(&mut keys, options.n_bins_equal_mass());
     let nf = n as f64;
     let metrics = ClassificationMetrics {
         accuracy: acc.correct as f64 / nf,
@@ -325,7 +332,7 @@ pub fn evaluate_classification<T: Probability, L: ClassLabel>(
         n,
         n_classes: c,
         n_bins,
-        n_bins_equal_mass: options.n_bins_equal_mass,
+        n_bins_equal_mass: options.n_bins_equal_mass(),
         nll_eps: eps,
     };
     Ok(ClassificationEvaluation {

@@ -53,38 +53,68 @@ pub const MIN_CALIBRATION_ROWS: usize = 20;
 /// Slack subtracted before the ceiling in [`conformal_rank`] (see the module docs).
 const RANK_SLACK: f64 = 1e-9;
 
-/// The miscoverage level `α` of a conformal method, validated when made.
+/// The settings of a conformal method, unchecked (the crate's config shape: see
+/// [`crate::swag::config`]).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct ConformalConfig {
-    alpha: f64,
+pub struct ConformalParams {
+    /// The miscoverage level `α` in `(0, 1)`: the target coverage is `1 − α` (0.1 by default).
+    pub alpha: f64,
 }
 
-impl ConformalConfig {
-    /// A config with miscoverage `alpha` in `(0, 1)` (target coverage `1 − alpha`).
-    pub fn new(alpha: f64) -> Result<Self> {
+impl Default for ConformalParams {
+    /// `α = 0.1` (90% coverage).
+    fn default() -> Self {
+        Self { alpha: 0.1 }
+    }
+}
+
+impl ConformalParams {
+    /// The params for target coverage `coverage`, i.e. `alpha = 1 − coverage` (unchecked).
+    pub fn with_coverage(coverage: f64) -> Self {
+        Self {
+            alpha: 1.0 - coverage,
+        }
+    }
+
+    /// The checked config; the error names the field.
+    pub fn check(&self) -> Result<ConformalConfig> {
+        let alpha = self.alpha;
         if !(alpha > 0.0 && alpha < 1.0) {
             return Err(Error::invalid(
                 "alpha",
-                format!("{alpha} is not in (0, 1) (coverage 1 − alpha must be in (0, 1))"),
+                format!(
+                    "{alpha} is not in (0, 1) (coverage 1 − alpha = {} must be in (0, 1))",
+                    1.0 - alpha
+                ),
             ));
         }
-        Ok(ConformalConfig { alpha })
+        Ok(ConformalConfig(*self))
     }
+}
 
-    /// A config for target coverage `coverage` in `(0, 1)`, i.e. `alpha = 1 − coverage`.
-    pub fn with_coverage(coverage: f64) -> Result<Self> {
-        if !(coverage > 0.0 && coverage < 1.0) {
-            return Err(Error::invalid(
-                "coverage",
-                format!("{coverage} is not in (0, 1)"),
-            ));
-        }
-        Self::new(1.0 - coverage)
+/// The miscoverage level `α` of a conformal method (from [`ConformalParams::check`]; a config
+/// read from a file is checked the same way).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(try_from = "ConformalParams", into = "ConformalParams")]
+pub struct ConformalConfig(ConformalParams);
+
+impl TryFrom<ConformalParams> for ConformalConfig {
+    type Error = Error;
+    fn try_from(params: ConformalParams) -> Result<Self> {
+        params.check()
     }
+}
 
+impl From<ConformalConfig> for ConformalParams {
+    fn from(config: ConformalConfig) -> Self {
+        config.0
+    }
+}
+
+impl ConformalConfig {
     /// The miscoverage level `α`.
     pub fn alpha(&self) -> f64 {
-        self.alpha
+        self.0.alpha
     }
 }
 
@@ -115,7 +145,7 @@ pub fn conformal_quantile(scores: &[f64], config: &ConformalConfig) -> Result<f6
     if let Some(i) = scores.iter().position(|s| s.is_nan()) {
         return Err(super::bad_data("scores", i, "score", "score is NaN"));
     }
-    Ok(match conformal_rank(scores.len(), config.alpha) {
+    Ok(match conformal_rank(scores.len(), config.alpha()) {
         Some(k) => {
             let mut s = scores.to_vec();
             let (_, kth, _) = s.select_nth_unstable_by(k - 1, f64::total_cmp);
@@ -176,9 +206,9 @@ impl ConformalRegressor {
         let scores = normalized_scores(mean, std, y)?;
         let quantile = conformal_quantile(&scores, config)?;
         Ok(ConformalRegressor {
-            alpha: config.alpha,
+            alpha: config.alpha(),
             n_calibration: scores.len(),
-            rank: conformal_rank(scores.len(), config.alpha),
+            rank: conformal_rank(scores.len(), config.alpha()),
             quantile,
         })
     }
@@ -328,11 +358,11 @@ impl ConformalClassifier {
         }
         let quantile = conformal_quantile(&scores, config)?;
         Ok(ConformalClassifier {
-            alpha: config.alpha,
+            alpha: config.alpha(),
             score,
             n_classes,
             n_calibration: n,
-            rank: conformal_rank(n, config.alpha),
+            rank: conformal_rank(n, config.alpha()),
             quantile,
         })
     }

@@ -42,11 +42,11 @@ pub use binning::{
 pub use classification::{
     calibration_bins_positive_class, calibration_bins_top_label_binary, classification_metrics,
     evaluate_classification, top_label, ClassificationConfig, ClassificationEvaluation,
-    ClassificationMetrics, DEFAULT_NLL_EPS,
+    ClassificationMetrics, ClassificationParams, DEFAULT_NLL_EPS,
 };
 pub use conformal::{
     conformal_quantile, conformal_rank, normalized_scores, ConformalClassifier, ConformalConfig,
-    ConformalEvaluation, ConformalRegressor, SetScore, MIN_CALIBRATION_ROWS,
+    ConformalEvaluation, ConformalParams, ConformalRegressor, SetScore, MIN_CALIBRATION_ROWS,
 };
 pub use coverage::{
     conditional_coverage, coverage_of_intervals, gaussian_intervals, ConditionalCoverage,
@@ -70,6 +70,7 @@ pub use regression::{
     prediction_interval_coverage, regression_metrics, regression_metrics_from_samples, rmse,
     root_mean_squared_calibration_error, sample_moments, sharpness, CalibrationCurve,
     CrpsEstimator, CurveKind, IntervalCoverage, RegressionConfig, RegressionMetrics,
+    RegressionParams,
 };
 pub use selective::{risk_coverage, RiskCoverage};
 pub use uncertainty::{

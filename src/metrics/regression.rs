@@ -56,22 +56,30 @@ pub struct IntervalCoverage {
     pub mpiw: f64,
 }
 
-/// Settings of [`regression_metrics`], checked when made (like
-/// [`SampleConfig`](crate::SampleConfig)).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct RegressionConfig {
-    calibration_points: usize,
-    score_start: f64,
-    score_end: f64,
-    score_levels: usize,
-    interval_levels: Vec<f64>,
+/// The settings of [`regression_metrics`], unchecked (the crate's config shape: see
+/// [`crate::swag::config`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegressionParams {
+    /// Points of the calibration curves, at least 2 (the toolbox's `num_bins`; 100 by
+    /// default).
+    pub calibration_points: usize,
+    /// First level of the check and interval scores, `linspace(score_start, score_end,
+    /// score_levels)` with `0 < start ≤ end < 1` (0.01 by default).
+    pub score_start: f64,
+    /// Last level of the scores (0.99 by default).
+    pub score_end: f64,
+    /// Number of score levels, at least 1 (99 by default).
+    pub score_levels: usize,
+    /// Nominal levels reported as PICP/MPIW, each in `(0, 1)` (0.5, 0.8, 0.9, 0.95 and 0.99 by
+    /// default).
+    pub interval_levels: Vec<f64>,
 }
 
-impl Default for RegressionConfig {
+impl Default for RegressionParams {
     /// 100 calibration points, score levels `linspace(0.01, 0.99, 99)`, PICP/MPIW at 0.5, 0.8,
     /// 0.9, 0.95 and 0.99.
     fn default() -> Self {
-        RegressionConfig {
+        Self {
             calibration_points: 100,
             score_start: 0.01,
             score_end: 0.99,
@@ -81,47 +89,50 @@ impl Default for RegressionConfig {
     }
 }
 
-impl RegressionConfig {
-    /// Points of the calibration curves, at least 2 (the toolbox's `num_bins`).
-    pub fn with_calibration_points(mut self, n_points: usize) -> Result<Self> {
-        check_points(n_points)?;
-        self.calibration_points = n_points;
-        Ok(self)
-    }
-
-    /// Levels of the check and interval scores, `linspace(start, end, levels)`, with
-    /// `0 < start ≤ end < 1` and at least one level.
-    pub fn with_score_levels(mut self, start: f64, end: f64, levels: usize) -> Result<Self> {
-        check_levels(start, end, levels)?;
-        (self.score_start, self.score_end, self.score_levels) = (start, end, levels);
-        Ok(self)
-    }
-
-    /// Nominal levels reported as PICP/MPIW, each in `(0, 1)`.
-    pub fn with_interval_levels(mut self, levels: Vec<f64>) -> Result<Self> {
-        if let Some(l) = levels.iter().find(|l| !(**l > 0.0 && **l < 1.0)) {
+impl RegressionParams {
+    /// The checked config; the error names the field.
+    pub fn check(&self) -> Result<RegressionConfig> {
+        check_points(self.calibration_points)?;
+        check_levels(self.score_start, self.score_end, self.score_levels)?;
+        if let Some(l) = self
+            .interval_levels
+            .iter()
+            .find(|l| !(**l > 0.0 && **l < 1.0))
+        {
             return Err(Error::invalid(
                 "interval_levels",
                 format!("{l} is not in (0, 1)"),
             ));
         }
-        self.interval_levels = levels;
-        Ok(self)
+        Ok(RegressionConfig(self.clone()))
     }
+}
 
+/// Settings of [`regression_metrics`] (from [`RegressionParams::check`]).
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+#[serde(into = "RegressionParams")]
+pub struct RegressionConfig(RegressionParams);
+
+impl From<RegressionConfig> for RegressionParams {
+    fn from(config: RegressionConfig) -> Self {
+        config.0
+    }
+}
+
+impl RegressionConfig {
     /// Points of the calibration curves.
     pub fn calibration_points(&self) -> usize {
-        self.calibration_points
+        self.0.calibration_points
     }
 
     /// `(start, end, levels)` of the check and interval scores.
     pub fn score_levels(&self) -> (f64, f64, usize) {
-        (self.score_start, self.score_end, self.score_levels)
+        (self.0.score_start, self.0.score_end, self.0.score_levels)
     }
 
     /// Nominal levels reported as PICP/MPIW.
     pub fn interval_levels(&self) -> &[f64] {
-        &self.interval_levels
+        &self.0.interval_levels
     }
 }
 
@@ -498,12 +509,12 @@ pub fn regression_metrics(
     options: &RegressionConfig,
 ) -> Result<RegressionMetrics> {
     check_gaussian(mean, std, y)?;
-    let points = options.calibration_points;
+    let points = options.calibration_points();
     let interval = calibration_curve(mean, std, y, points, CurveKind::Interval)?;
     let quantile = calibration_curve(mean, std, y, points, CurveKind::Quantile)?;
     let at_95 = prediction_interval_coverage(mean, std, y, 0.95)?;
     let intervals = options
-        .interval_levels
+        .interval_levels()
         .iter()
         .map(|&l| prediction_interval_coverage(mean, std, y, l))
         .collect::<Result<Vec<_>>>()?;

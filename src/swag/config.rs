@@ -1,22 +1,45 @@
-//! The settings of a posterior ([`SwagConfig`]: fixed when it is created) and of each sample
-//! drawn from it ([`SampleConfig`], [`Divisor`]; their meaning is in [`super::sample`]).
+//! The settings of a posterior ([`SwagParams`] → [`SwagConfig`]: fixed when it is created) and
+//! of each sample drawn from it ([`SampleParams`] → [`SampleConfig`], [`Divisor`]; their
+//! meaning is in [`super::sample`]).
+//!
+//! Every config of the crate has this shape (linfa's checked params): a plain `…Params` struct
+//! with public fields and `Default`, and one `check()` into the `…Config` that functions take.
+//! A `…Config` that exists is valid, so nothing checks it again; `From<…Config>` gives its
+//! params back to change a field.
+//!
+//! ```
+//! use candle_swag::{Divisor, SampleParams};
+//! let options = SampleParams { scale: 0.3, divisor: Divisor::RankMinusOne, ..Default::default() }
+//!     .check()?;
+//! assert_eq!((options.scale(), options.diag_only()), (0.3, false));
+//! let err = SampleParams { scale: -1.0, ..Default::default() }.check().unwrap_err();
+//! assert!(err.to_string().contains("scale"));
+//! # Ok::<(), candle_swag::Error>(())
+//! ```
 
 use candle_core::DType;
 
 use super::store::DeviationStore;
 use crate::error::{Error, Result};
 
-/// Settings fixed when a posterior is created: the rank K and the storage dtype of the
-/// deviation columns. Checked when made, like [`SampleConfig`].
+/// The settings of a [`SwagConfig`], unchecked.
 #[derive(Debug, Clone, PartialEq)]
-pub struct SwagConfig {
-    rank: usize,
-    deviation_dtype: DType,
-    store: DeviationStore,
+pub struct SwagParams {
+    /// K, the maximum number of deviation columns kept (the paper's 20 by default). 0 means
+    /// SWAG-diagonal only: no columns are stored.
+    pub rank: usize,
+    /// Storage dtype of the deviation columns: `F32` (default), or `BF16` / `F16` to halve the
+    /// `K·d` buffer (their encodings and errors: [`super::store`]); any other dtype is refused.
+    /// Moments are always f32 (compensated, see [`super::posterior`]); the kernels compute in
+    /// f32.
+    pub deviation_dtype: DType,
+    /// Where the deviation columns live ([`DeviationStore`]; the device by default).
+    /// `Disk(path)` creates the posterior file at `path` when the posterior is created.
+    pub store: DeviationStore,
 }
 
-impl Default for SwagConfig {
-    /// K = 20 (the paper's), f32 deviations.
+impl Default for SwagParams {
+    /// K = 20, f32 deviations on the device.
     fn default() -> Self {
         Self {
             rank: 20,
@@ -26,55 +49,51 @@ impl Default for SwagConfig {
     }
 }
 
-impl SwagConfig {
-    /// Rank `K`, the maximum number of deviation columns kept, with f32 deviations. 0 means
-    /// SWAG-diagonal only: no columns are stored.
-    pub fn with_rank(rank: usize) -> Self {
-        Self {
-            rank,
-            ..Self::default()
-        }
-    }
-
-    /// Storage dtype of the deviation columns: `F32` (default), or `BF16` / `F16` to halve the
-    /// `K·d` buffer (their encodings and errors: [`super::store`]); any other dtype is refused.
-    /// Moments are always f32 (compensated, see the [module docs](self)); the kernels compute
-    /// in f32.
-    pub fn with_deviation_dtype(mut self, dtype: DType) -> Result<Self> {
-        if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
+impl SwagParams {
+    /// The checked config; the error names the field.
+    pub fn check(&self) -> Result<SwagConfig> {
+        if !matches!(self.deviation_dtype, DType::F32 | DType::BF16 | DType::F16) {
             return Err(Error::invalid(
                 "deviation_dtype",
-                format!("{dtype:?} is not supported; use F32, BF16 or F16"),
+                format!(
+                    "{:?} is not supported; use F32, BF16 or F16",
+                    self.deviation_dtype
+                ),
             ));
         }
-        self.deviation_dtype = dtype;
-        Ok(self)
+        Ok(SwagConfig(self.clone()))
     }
+}
 
-    /// Where the deviation columns live ([`DeviationStore`]; the device by default).
-    /// `Disk(path)` creates the posterior file at `path` when the posterior is created.
-    pub fn with_store(mut self, store: DeviationStore) -> Self {
-        self.store = store;
-        self
+/// Settings fixed when a posterior is created (from [`SwagParams::check`]): the rank K, the
+/// storage dtype of the deviation columns and their store.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SwagConfig(SwagParams);
+
+impl From<SwagConfig> for SwagParams {
+    fn from(config: SwagConfig) -> Self {
+        config.0
     }
+}
 
+impl SwagConfig {
     /// K, the maximum number of deviation columns kept.
     pub fn rank(&self) -> usize {
-        self.rank
+        self.0.rank
     }
 
     /// Where the deviation columns live.
     pub fn store(&self) -> &DeviationStore {
-        &self.store
+        &self.0.store
     }
 
     /// Storage dtype of the deviation columns.
     pub fn deviation_dtype(&self) -> DType {
-        self.deviation_dtype
+        self.0.deviation_dtype
     }
 }
 
-/// The divisor of the low-rank term (see the [module docs](self)).
+/// The divisor of the low-rank term (see [`super::sample`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Divisor {
     /// `max(rows − 1, 1)`, rows = columns held (default).
@@ -84,29 +103,24 @@ pub enum Divisor {
     RankMinusOne,
 }
 
-/// How a SWAG sample is drawn: scale, diagonal or full, divisor and variance clamp.
-///
-/// Checked when made (linfa's checked-params pattern): every constructor and `with_*` setter
-/// that takes a number returns `Result`, so a `SampleConfig` that exists is valid and the
-/// sampler, `log_prob` and [`crate::Predictive`] never check it again.
-///
-/// ```
-/// use candle_swag::{Divisor, SampleConfig};
-/// let opts = SampleConfig::with_scale(0.5)?.with_divisor(Divisor::RankMinusOne);
-/// assert_eq!((opts.scale(), opts.diag_only()), (0.5, false));
-/// assert!(SampleConfig::with_scale(-1.0).is_err());
-/// # Ok::<(), candle_swag::Error>(())
-/// ```
+/// The settings of a [`SampleConfig`], unchecked: how a SWAG sample is drawn.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct SampleConfig {
-    scale: f64,
-    diag_only: bool,
-    divisor: Divisor,
-    var_clamp: f64,
+pub struct SampleParams {
+    /// Multiplies the covariance: finite and `>= 0` (0 gives the SWA mean; 0.5 by default,
+    /// the paper's).
+    pub scale: f64,
+    /// Drops (`true`) or keeps (default) the low-rank term: SWAG-diagonal.
+    pub diag_only: bool,
+    /// The divisor of the low-rank term.
+    pub divisor: Divisor,
+    /// Lower clamp of the diagonal variance `M2 / n`: finite and `>= 0` (1e-30 by default, as
+    /// the reference). It is applied in f32, so values below f32's range act as 0 and leave
+    /// the variance as is.
+    pub var_clamp: f64,
 }
 
-impl Default for SampleConfig {
-    /// Scale 0.5 (the paper's), full covariance, [`Divisor::RowsMinusOne`], clamp 1e-30.
+impl Default for SampleParams {
+    /// Scale 0.5, full covariance, [`Divisor::RowsMinusOne`], clamp 1e-30.
     fn default() -> Self {
         Self {
             scale: 0.5,
@@ -117,69 +131,54 @@ impl Default for SampleConfig {
     }
 }
 
-impl SampleConfig {
-    /// Default settings with the given scale, which multiplies the covariance: finite and
-    /// `>= 0` (0 gives the SWA mean).
-    pub fn with_scale(scale: f64) -> Result<Self> {
-        if !(scale.is_finite() && scale >= 0.0) {
+impl SampleParams {
+    /// The checked config; the error names the field.
+    pub fn check(&self) -> Result<SampleConfig> {
+        if !(self.scale.is_finite() && self.scale >= 0.0) {
             return Err(Error::invalid(
                 "scale",
-                format!("must be finite and >= 0, got {scale}"),
+                format!("must be finite and >= 0, got {}", self.scale),
             ));
         }
-        Ok(Self {
-            scale,
-            ..Self::default()
-        })
-    }
-
-    /// Default settings with the given scale, diagonal only (SWAG-diagonal).
-    pub fn diagonal(scale: f64) -> Result<Self> {
-        Ok(Self::with_scale(scale)?.with_diag_only(true))
-    }
-
-    /// Drops (`true`) or keeps the low-rank term.
-    pub fn with_diag_only(mut self, diag_only: bool) -> Self {
-        self.diag_only = diag_only;
-        self
-    }
-
-    /// The divisor of the low-rank term (module docs).
-    pub fn with_divisor(mut self, divisor: Divisor) -> Self {
-        self.divisor = divisor;
-        self
-    }
-
-    /// Lower clamp of the diagonal variance `M2 / n`: finite and `>= 0`. It is applied in f32,
-    /// so values below f32's range act as 0 and leave the variance as is.
-    pub fn with_var_clamp(mut self, var_clamp: f64) -> Result<Self> {
-        if !(var_clamp.is_finite() && var_clamp >= 0.0) {
+        if !(self.var_clamp.is_finite() && self.var_clamp >= 0.0) {
             return Err(Error::invalid(
                 "var_clamp",
-                format!("must be finite and >= 0, got {var_clamp}"),
+                format!("must be finite and >= 0, got {}", self.var_clamp),
             ));
         }
-        self.var_clamp = var_clamp;
-        Ok(self)
+        Ok(SampleConfig(*self))
     }
+}
 
-    /// Multiplies the covariance (0.5 by default).
+/// How a SWAG sample is drawn (from [`SampleParams::check`]): scale, diagonal or full, divisor
+/// and variance clamp. The sampler, `log_prob` and [`crate::Predictive`] take it as valid.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct SampleConfig(SampleParams);
+
+impl From<SampleConfig> for SampleParams {
+    fn from(config: SampleConfig) -> Self {
+        config.0
+    }
+}
+
+impl SampleConfig {
+    /// Multiplies the covariance.
     pub fn scale(&self) -> f64 {
-        self.scale
+        self.0.scale
     }
 
     /// Whether the low-rank term is dropped (SWAG-diagonal).
     pub fn diag_only(&self) -> bool {
-        self.diag_only
+        self.0.diag_only
     }
 
     /// The divisor of the low-rank term.
     pub fn divisor(&self) -> Divisor {
-        self.divisor
+        self.0.divisor
     }
 
-    /// Lower clamp of the diagonal variance (1e-30 by default, as the reference).
+    /// Lower clamp of the diagonal variance.
     pub fn var_clamp(&self) -> f64 {
-        self.var_clamp
+        self.0.var_clamp
     }
 }

@@ -56,7 +56,7 @@ use std::sync::Mutex;
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
-use super::config::SwagConfig;
+use super::config::SwagParams;
 pub use super::format::checksum;
 use super::format::*;
 use super::posterior::{SwagPosterior, ROW_COMP, ROW_M2, ROW_MEAN};
@@ -378,9 +378,13 @@ fn load_legacy(
             "checksum mismatch (file says {expected}, data gives {actual}): the version-{version} file is corrupted"
         )));
     }
-    let config = SwagConfig::with_rank(rank)
-        .with_deviation_dtype(dt)?
-        .with_store(store);
+    let config = SwagParams {
+        rank,
+        deviation_dtype: dt,
+        store,
+        ..Default::default()
+    }
+    .check()?;
     let mut p = SwagPosterior::new(layout, config, device)?;
     let (comp_t, m2_t) = match &exact {
         Some((comp, m2)) => (
@@ -456,9 +460,13 @@ fn load_v3(mut c: Container, device: &Device, store: DeviationStore) -> Result<S
             "the file's tensors are not in the order this build writes; load it and save it again before opening it on disk",
         ));
     }
-    let config = SwagConfig::with_rank(fields.rank)
-        .with_deviation_dtype(dt)?
-        .with_store(store.clone());
+    let config = SwagParams {
+        rank: fields.rank,
+        deviation_dtype: dt,
+        store: store.clone(),
+        ..Default::default()
+    }
+    .check()?;
     let mut p = if in_place {
         let path = c.path.clone();
         // Read-only files can still be sampled from; writing to them fails by name.

@@ -26,7 +26,7 @@ mod sample_host;
 pub mod shard;
 pub mod store;
 
-pub use config::{Divisor, SampleConfig, SwagConfig};
+pub use config::{Divisor, SampleConfig, SampleParams, SwagConfig, SwagParams};
 pub use multi::MultiSwag;
 pub use posterior::SwagPosterior;
 pub use shard::{ShardEntry, ShardIndex, ShardSet};

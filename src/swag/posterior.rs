@@ -52,7 +52,7 @@ use crate::layout::{ParamLayout, ParamSet};
 /// let _ = candle_nn::linear(2, 1, vb.pp("fc")).unwrap();
 /// let params = ParamSet::from_varmap(&varmap).unwrap();
 /// let mut posterior =
-///     SwagPosterior::new(params.layout().clone(), SwagConfig::with_rank(5), &Device::Cpu).unwrap();
+///     SwagPosterior::new(params.layout().clone(), SwagParams { rank: 5, ..Default::default() }.check()?, &Device::Cpu).unwrap();
 /// posterior.collect(&params).unwrap(); // once per epoch during training
 /// assert_eq!(posterior.n_collected(), 1);
 /// assert_eq!(posterior.rows(), 1);
@@ -398,13 +398,19 @@ mod tests {
 
     #[test]
     fn fused_and_tensor_op_paths_agree() -> anyhow::Result<()> {
+        use crate::SwagParams;
         let layout = ParamLayout::new(vec![("a".into(), vec![7]), ("b".into(), vec![2, 3])])?;
         // The snapshots are computed once and fed to every posterior: `sin` may round
         // differently where the compiler inlines or vectorises it, which would make the
         // posteriors' inputs, not their arithmetic, differ.
         let thetas: Vec<Tensor> = (0..5).map(|s| theta(s, 13)).collect();
         for dt in [DType::F32, DType::BF16, DType::F16] {
-            let cfg = SwagConfig::with_rank(3).with_deviation_dtype(dt)?;
+            let cfg = SwagParams {
+                rank: 3,
+                deviation_dtype: dt,
+                ..Default::default()
+            }
+            .check()?;
             let mut fused = SwagPosterior::new(layout.clone(), cfg.clone(), &Device::Cpu)?;
             let mut ops = SwagPosterior::new(layout.clone(), cfg, &Device::Cpu)?;
             for t in &thetas {
@@ -437,7 +443,11 @@ mod tests {
             same_as_fused(&ops);
             // Host memory (what a GPU model uses): the tensor-op path copies each column to
             // the host and encodes it there; the same bits.
-            let cfg = fused.config().clone().with_store(DeviationStore::Host);
+            let cfg = SwagParams {
+                store: DeviationStore::Host,
+                ..fused.config().clone().into()
+            }
+            .check()?;
             let mut host_ops = SwagPosterior::new(layout.clone(), cfg, &Device::Cpu)?;
             for t in &thetas {
                 host_ops.collect_with_tensor_ops(t)?;

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use candle_swag::error::{Error, Result};
 use candle_swag::layout::ParamSet;
 use candle_swag::swag::noise::{fill_normals, NOISE_BLOCK, Z1_STREAM};
-use candle_swag::swag::{SampleConfig, SwagConfig, SwagPosterior};
+use candle_swag::swag::{SampleConfig, SampleParams, SwagParams, SwagPosterior};
 
 /// One measured operation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -227,14 +227,28 @@ pub fn measure(
     let rss_before = rss_bytes();
     let mut posterior = SwagPosterior::for_params(
         &params,
-        SwagConfig::with_rank(k).with_deviation_dtype(dtype)?,
+        SwagParams {
+            rank: k,
+            deviation_dtype: dtype,
+            ..Default::default()
+        }
+        .check()?,
     )?;
     for i in 0..=k {
         params.write_flat(if i % 2 == 0 { &theta_a } else { &theta_b })?;
         posterior.collect(&params)?;
     }
     posterior.sample_into(&params, &SampleConfig::default(), &mut rng)?;
-    posterior.sample_into(&params, &SampleConfig::diagonal(0.5)?, &mut rng)?;
+    posterior.sample_into(
+        &params,
+        &SampleParams {
+            scale: 0.5,
+            diag_only: true,
+            ..Default::default()
+        }
+        .check()?,
+        &mut rng,
+    )?;
     let memory = MemoryReport {
         params: d,
         rank: k,
@@ -294,7 +308,12 @@ pub fn measure(
         normals,
     )?;
 
-    let opts = SampleConfig::diagonal(0.5)?;
+    let opts = SampleParams {
+        scale: 0.5,
+        diag_only: true,
+        ..Default::default()
+    }
+    .check()?;
     let t = time_median(repeats, || {
         posterior.sample_into(&params, &opts, &mut rng)?;
         sync()
@@ -407,9 +426,13 @@ pub fn measure_disk(
     reset_peak_rss();
     let t = Instant::now();
     {
-        let config = SwagConfig::with_rank(k)
-            .with_deviation_dtype(dtype)?
-            .with_store(DeviationStore::Disk(posterior_path.clone()));
+        let config = SwagParams {
+            rank: k,
+            deviation_dtype: dtype,
+            store: DeviationStore::Disk(posterior_path.clone()),
+            ..Default::default()
+        }
+        .check()?;
         let mut posterior = SwagPosterior::new(layout.clone(), config, &Device::Cpu)?;
         for path in &snapshots {
             let flat = read_flat(path, &layout)?;

@@ -8,15 +8,15 @@ use common::invalid_name;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::Optimizer;
 use candle_swag::metrics::UncertaintyDecomposition;
-use candle_swag::optim::{SgdConfig, SgdMomentum};
-use candle_swag::predictive::{batches, Noise, Predictive};
-use candle_swag::swag::SampleConfig;
+use candle_swag::optim::{SgdConfig, SgdMomentum, SgdParams};
+use candle_swag::predictive::{batches, BmaParams, Noise, Predictive};
+use candle_swag::swag::SampleParams;
 use candle_swag_cli::data::{bundled, Dataset};
-use candle_swag_cli::models::{Mlp, MlpConfig};
+use candle_swag_cli::models::{Mlp, MlpParams};
 use candle_swag_cli::train::run::{
     fit_mlp, save_run, validation_split, FitConfig, LoadedRun, RunConfig,
 };
-use candle_swag_cli::train::{Collect, Objective, TrainConfig};
+use candle_swag_cli::train::{Collect, Objective, TrainConfig, TrainParams};
 use candle_swag_report::report::ReportBuilder;
 
 /// Two steps of torch's SGD(momentum 0.9, weight_decay 0.01, lr 0.1) on loss = a·θ, whose
@@ -37,8 +37,17 @@ fn check_two_steps(dtype: DType, tol: f64) {
         .unwrap()
         .to_dtype(dtype)
         .unwrap();
-    let mut opt =
-        SgdMomentum::new(vec![theta.clone()], SgdConfig::new(0.1, 0.9, 0.01).unwrap()).unwrap();
+    let mut opt = SgdMomentum::new(
+        vec![theta.clone()],
+        SgdParams {
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 0.01,
+        }
+        .check()
+        .unwrap(),
+    )
+    .unwrap();
     let expected = [[0.949, -2.098], [0.852151, -2.284102]];
     for want in expected {
         let loss = theta.as_tensor().mul(&a).unwrap().sum_all().unwrap();
@@ -78,7 +87,15 @@ fn sgd_momentum_matches_hand_computation_tensor_ops_f64() -> Result<()> {
 fn sgd_learning_rate_is_settable() -> Result<()> {
     let dev = Device::Cpu;
     let theta = Var::new(&[1.0f32], &dev)?;
-    let mut opt = SgdMomentum::new(vec![theta.clone()], SgdConfig::new(0.1, 0.0, 0.0)?)?;
+    let mut opt = SgdMomentum::new(
+        vec![theta.clone()],
+        SgdParams {
+            lr: 0.1,
+            momentum: 0.0,
+            weight_decay: 0.0,
+        }
+        .check()?,
+    )?;
     opt.set_learning_rate(0.5);
     assert_eq!(opt.learning_rate(), 0.5);
     // loss = 2θ, gradient 2: θ = 1 − 0.5·2 = 0.
@@ -95,14 +112,30 @@ fn small_digits(n: usize) -> Dataset {
 
 fn small_spec(epochs: usize, swa_start: usize, collect: Collect, seed: u64) -> FitConfig {
     FitConfig {
-        mlp: MlpConfig::new(64, vec![16], 10).unwrap(),
-        train: TrainConfig::new(epochs, 8, SgdConfig::new(0.05, 0.9, 5e-4).unwrap())
-            .unwrap()
-            .with_collection(Some(swa_start), collect)
-            .unwrap()
-            .with_seed(seed)
-            .with_progress(false)
-            .with_label("test"),
+        mlp: MlpParams {
+            input_dim: 64,
+            hidden: vec![16],
+            output_dim: 10,
+            batchnorm: false,
+        }
+        .check()
+        .unwrap(),
+        train: TrainParams {
+            epochs,
+            batch_size: 8,
+            sgd: SgdParams {
+                lr: 0.05,
+                momentum: 0.9,
+                weight_decay: 5e-4,
+            },
+            swa_start: Some(swa_start),
+            collect,
+            seed,
+            progress: false,
+            label: "test".into(),
+        }
+        .check()
+        .unwrap(),
         swa_lr: 0.05,
         rank: 3,
         init_seed: seed,
@@ -137,7 +170,13 @@ fn initial_weights_follow_torch_linear_bounds() -> Result<()> {
     // and bias of a layer with fan_in f lies in [-1/sqrt(f), 1/sqrt(f)] and the spread is not
     // degenerate.
     let varmap = candle_nn::VarMap::new();
-    let cfg = MlpConfig::new(64, vec![16], 10)?;
+    let cfg = MlpParams {
+        input_dim: 64,
+        hidden: vec![16],
+        output_dim: 10,
+        batchnorm: false,
+    }
+    .check()?;
     let _m = candle_swag_cli::models::Mlp::new(&cfg, &varmap, &Device::Cpu, 3)?;
     let data = varmap.data().lock().unwrap();
     for (name, fan_in) in [
@@ -195,15 +234,67 @@ fn collection_schedules_collect_the_documented_number_of_snapshots() -> Result<(
 /// from JSON goes through the same check.
 #[test]
 fn bad_sgd_settings_are_refused_when_made() -> Result<()> {
-    assert_eq!(invalid_name(SgdConfig::new(0.0, 0.9, 0.0)), "lr");
-    assert_eq!(invalid_name(SgdConfig::new(f64::NAN, 0.9, 0.0)), "lr");
-    assert_eq!(invalid_name(SgdConfig::new(0.1, 1.0, 0.0)), "momentum");
-    assert_eq!(invalid_name(SgdConfig::new(0.1, -0.1, 0.0)), "momentum");
     assert_eq!(
-        invalid_name(SgdConfig::new(0.1, 0.9, -1e-4)),
+        invalid_name(
+            SgdParams {
+                lr: 0.0,
+                momentum: 0.9,
+                weight_decay: 0.0
+            }
+            .check()
+        ),
+        "lr"
+    );
+    assert_eq!(
+        invalid_name(
+            SgdParams {
+                lr: f64::NAN,
+                momentum: 0.9,
+                weight_decay: 0.0
+            }
+            .check()
+        ),
+        "lr"
+    );
+    assert_eq!(
+        invalid_name(
+            SgdParams {
+                lr: 0.1,
+                momentum: 1.0,
+                weight_decay: 0.0
+            }
+            .check()
+        ),
+        "momentum"
+    );
+    assert_eq!(
+        invalid_name(
+            SgdParams {
+                lr: 0.1,
+                momentum: -0.1,
+                weight_decay: 0.0
+            }
+            .check()
+        ),
+        "momentum"
+    );
+    assert_eq!(
+        invalid_name(
+            SgdParams {
+                lr: 0.1,
+                momentum: 0.9,
+                weight_decay: -1e-4
+            }
+            .check()
+        ),
         "weight_decay"
     );
-    let ok = SgdConfig::new(0.1, 0.9, 5e-4)?;
+    let ok = SgdParams {
+        lr: 0.1,
+        momentum: 0.9,
+        weight_decay: 5e-4,
+    }
+    .check()?;
     let json = serde_json::to_string(&ok)?;
     assert_eq!(serde_json::from_str::<SgdConfig>(&json)?, ok);
     let bad = r#"{"lr": -1.0, "momentum": 0.9, "weight_decay": 0.0}"#;
@@ -217,31 +308,96 @@ fn bad_sgd_settings_are_refused_when_made() -> Result<()> {
 #[test]
 fn bad_training_settings_are_refused_by_name() -> Result<()> {
     let data = small_digits(16);
-    assert_eq!(invalid_name(MlpConfig::new(4, vec![8, 0], 2)), "hidden");
-    assert_eq!(invalid_name(MlpConfig::new(0, vec![], 2)), "hidden");
-    let sgd = SgdConfig::default();
-    assert_eq!(invalid_name(TrainConfig::new(0, 8, sgd)), "epochs");
-    assert_eq!(invalid_name(TrainConfig::new(3, 0, sgd)), "batch_size");
-    let three = TrainConfig::new(3, 8, sgd)?;
     assert_eq!(
-        invalid_name(three.clone().with_collection(Some(3), Collect::EveryEpoch)),
+        invalid_name(
+            MlpParams {
+                input_dim: 4,
+                hidden: vec![8, 0],
+                output_dim: 2,
+                batchnorm: false
+            }
+            .check()
+        ),
+        "hidden"
+    );
+    assert_eq!(
+        invalid_name(
+            MlpParams {
+                input_dim: 0,
+                hidden: vec![],
+                output_dim: 2,
+                batchnorm: false
+            }
+            .check()
+        ),
+        "hidden"
+    );
+    let sgd = SgdConfig::default();
+    assert_eq!(
+        invalid_name(
+            TrainParams {
+                epochs: 0,
+                batch_size: 8,
+                sgd: sgd.into(),
+                ..Default::default()
+            }
+            .check()
+        ),
+        "epochs"
+    );
+    assert_eq!(
+        invalid_name(
+            TrainParams {
+                epochs: 3,
+                batch_size: 0,
+                sgd: sgd.into(),
+                ..Default::default()
+            }
+            .check()
+        ),
+        "batch_size"
+    );
+    let three = TrainParams {
+        epochs: 3,
+        batch_size: 8,
+        sgd: sgd.into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        invalid_name(
+            TrainParams {
+                swa_start: Some(3),
+                ..three.clone()
+            }
+            .check()
+        ),
         "swa_start"
     );
     assert_eq!(
         invalid_name(
-            three
-                .clone()
-                .with_collection(Some(1), Collect::EverySteps(0))
+            TrainParams {
+                swa_start: Some(1),
+                collect: Collect::EverySteps(0),
+                ..three.clone()
+            }
+            .check()
         ),
         "collect"
     );
+    let three = three.check()?;
     // A config read back from a run directory goes through the same checks.
     let mut json = serde_json::to_value(&three)?;
     json["batch_size"] = 0.into();
     let err = serde_json::from_value::<TrainConfig>(json).unwrap_err();
     assert!(err.to_string().contains("batch_size"), "{err}");
     let mut spec = small_spec(3, 1, Collect::EveryEpoch, 0);
-    spec.mlp = MlpConfig::new(5, vec![16], 10)?;
+    spec.mlp = MlpParams {
+        input_dim: 5,
+        hidden: vec![16],
+        output_dim: 10,
+        batchnorm: false,
+    }
+    .check()?;
     assert!(fit_mlp(&data, Objective::CrossEntropy, &spec)
         .unwrap_err()
         .to_string()
@@ -272,9 +428,15 @@ fn bma_invariants() -> Result<()> {
     let zero = Predictive::swag(
         &f.params,
         &f.posterior,
-        SampleConfig::with_scale(0.0)?,
-        3,
-        0,
+        BmaParams {
+            sample: SampleParams {
+                scale: 0.0,
+                ..Default::default()
+            },
+            samples: 3,
+            seed: 0,
+        }
+        .check()?,
     )?;
     let a = classify(&f.model, zero, x);
     let b = classify(&f.model, Predictive::swa(&f.params, &f.posterior)?, x);
@@ -287,9 +449,15 @@ fn bma_invariants() -> Result<()> {
     let swag = Predictive::swag(
         &f.params,
         &f.posterior,
-        SampleConfig::with_scale(0.5)?,
-        5,
-        3,
+        BmaParams {
+            sample: SampleParams {
+                scale: 0.5,
+                ..Default::default()
+            },
+            samples: 5,
+            seed: 3,
+        }
+        .check()?,
     )?;
     let s1 = classify(&f.model, swag.clone(), x);
     let s2 = classify(&f.model, swag, x);
@@ -305,9 +473,15 @@ fn bma_invariants() -> Result<()> {
     Predictive::swag(
         &f.params,
         &f.posterior,
-        SampleConfig::with_scale(0.5)?,
-        5,
-        3,
+        BmaParams {
+            sample: SampleParams {
+                scale: 0.5,
+                ..Default::default()
+            },
+            samples: 5,
+            seed: 3,
+        }
+        .check()?,
     )?
     .for_each_output(&f.model, batches(x, 48)?, |_, _, logits| {
         let p = candle_nn::ops::softmax_last_dim(logits)?;
@@ -335,10 +509,27 @@ fn regression_bma_point_weights_have_no_epistemic_variance() -> Result<()> {
     let d = bundled::diabetes(&Device::Cpu)?;
     let train = d.train.select(&(0..64).collect::<Vec<_>>())?;
     let mut spec = small_spec(3, 1, Collect::EveryEpoch, 0);
-    spec.mlp = MlpConfig::new(10, vec![8], 1)?;
-    spec.train = TrainConfig::new(3, 8, SgdConfig::new(0.01, 0.9, 5e-4)?)?
-        .with_collection(Some(1), Collect::EveryEpoch)?
-        .with_progress(false);
+    spec.mlp = MlpParams {
+        input_dim: 10,
+        hidden: vec![8],
+        output_dim: 1,
+        batchnorm: false,
+    }
+    .check()?;
+    spec.train = TrainParams {
+        epochs: 3,
+        batch_size: 8,
+        sgd: SgdParams {
+            lr: 0.01,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+        },
+        swa_start: Some(1),
+        collect: Collect::EveryEpoch,
+        progress: false,
+        ..Default::default()
+    }
+    .check()?;
     let f = fit_mlp(&train, Objective::MeanSquaredError, &spec)?;
     let p = Predictive::point(&f.params, &f.sgd_weights)?
         .regress(
@@ -380,7 +571,18 @@ fn fit_save_load_predict_report_round_trip() -> Result<()> {
     let spec = small_spec(3, 1, Collect::EveryEpoch, 2);
     let fitted = fit_mlp(&train, Objective::CrossEntropy, &spec)?;
     let swag = |params, posterior| {
-        Predictive::swag(params, posterior, SampleConfig::default(), 4, 9).unwrap()
+        Predictive::swag(
+            params,
+            posterior,
+            BmaParams {
+                samples: 4,
+                seed: 9,
+                ..Default::default()
+            }
+            .check()
+            .expect("a valid config"),
+        )
+        .unwrap()
     };
     let before = classify(
         &fitted.model,
@@ -447,12 +649,23 @@ fn fit_save_load_predict_report_round_trip() -> Result<()> {
 fn batchnorm_model_is_refreshed_before_each_bma_forward() -> Result<()> {
     let data = small_digits(40);
     let mut spec = small_spec(3, 1, Collect::EveryEpoch, 4);
-    spec.mlp = spec.mlp.with_batchnorm(true);
+    spec.mlp = MlpParams {
+        batchnorm: true,
+        ..spec.mlp.into()
+    }
+    .check()?;
     // One refresh batch holding every row.
-    spec.train = TrainConfig::new(3, 40, spec.train.sgd())?
-        .with_collection(Some(1), Collect::EveryEpoch)?
-        .with_seed(4)
-        .with_progress(false);
+    spec.train = TrainParams {
+        epochs: 3,
+        batch_size: 40,
+        sgd: spec.train.sgd().into(),
+        swa_start: Some(1),
+        collect: Collect::EveryEpoch,
+        seed: 4,
+        progress: false,
+        ..Default::default()
+    }
+    .check()?;
     let f = fit_mlp(&data, Objective::CrossEntropy, &spec)?;
     // BatchNorm buffers are not SWAG parameters.
     assert!(f

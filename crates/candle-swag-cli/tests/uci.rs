@@ -12,30 +12,48 @@ use candle_swag_cli::train::method::Method;
 use candle_swag_cli::train::pipeline::{CsvFitConfig, NoiseChoice};
 use candle_swag_cli::train::run::NoiseModel;
 use candle_swag_cli::train::uci::{
-    auto_noise_outcomes, run_uci, run_uci_fit, uci_fit_table, uci_table, GridPoint, UciConfig,
-    UciGrid, UciNoise, UciOutcome,
+    auto_noise_outcomes, run_uci, run_uci_fit, uci_fit_table, uci_table, GridPoint, UciGrid,
+    UciNoise, UciOutcome, UciParams,
 };
 
 #[test]
 fn bad_settings_are_refused_by_name() -> Result<()> {
-    assert_eq!(invalid_name(UciConfig::new(1, 0)), "splits");
-    let ok = UciConfig::new(2, 0)?;
-    assert_eq!(invalid_name(ok.clone().with_samples(0)), "samples");
+    assert_eq!(
+        invalid_name(
+            UciParams {
+                splits: 1,
+                ..Default::default()
+            }
+            .check()
+        ),
+        "splits"
+    );
+    let ok = UciParams {
+        splits: 2,
+        ..Default::default()
+    };
+    ok.check()?;
+    let with = |f: &dyn Fn(&mut UciParams)| {
+        let mut p = ok.clone();
+        f(&mut p);
+        p.check()
+    };
+    assert_eq!(invalid_name(with(&|p| p.samples = 0)), "samples");
     let grid = |epochs: Vec<usize>, lr: Vec<f64>| UciGrid {
         epochs,
         lr,
         weight_decay: vec![1e-4],
     };
     assert_eq!(
-        invalid_name(ok.clone().with_grid(grid(vec![], vec![0.01]))),
+        invalid_name(with(&|p| p.grid = grid(vec![], vec![0.01]))),
         "grid"
     );
     assert_eq!(
-        invalid_name(ok.clone().with_grid(grid(vec![1], vec![0.01]))),
+        invalid_name(with(&|p| p.grid = grid(vec![1], vec![0.01]))),
         "grid"
     );
     assert_eq!(
-        invalid_name(ok.with_grid(grid(vec![10], vec![-0.01]))),
+        invalid_name(with(&|p| p.grid = grid(vec![10], vec![-0.01]))),
         "lr"
     );
     Ok(())
@@ -159,7 +177,14 @@ fn protocol_scores_every_method_and_noise_model_per_split() -> Result<()> {
         lr: vec![0.01],
         weight_decay: vec![1e-4],
     };
-    let config = UciConfig::new(2, 7)?.with_samples(8)?.with_grid(grid)?;
+    let config = UciParams {
+        splits: 2,
+        seed: 7,
+        samples: 8,
+        grid,
+        ..Default::default()
+    }
+    .check()?;
     let outcomes = run_uci(&data, &config, &Device::Cpu)?;
     assert_eq!(outcomes.len(), 2 * 2 * 4, "splits × noise models × methods");
     for o in &outcomes {
@@ -200,7 +225,12 @@ fn classification_targets_are_refused() -> Result<()> {
         indices: vec![0; 50],
         labels: vec!["a".into()],
     };
-    let config = UciConfig::new(2, 0)?;
+    let config = UciParams {
+        splits: 2,
+        seed: 0,
+        ..Default::default()
+    }
+    .check()?;
     assert_eq!(invalid_name(run_uci(&data, &config, &Device::Cpu)), "task");
     Ok(())
 }
@@ -211,7 +241,13 @@ fn classification_targets_are_refused() -> Result<()> {
 #[test]
 fn fit_recipe_scores_swag_fit_per_split() -> Result<()> {
     let data = heteroscedastic_table(300);
-    let config = UciConfig::new(2, 3)?.with_samples(8)?;
+    let config = UciParams {
+        splits: 2,
+        seed: 3,
+        samples: 8,
+        ..Default::default()
+    }
+    .check()?;
     let mut fit = CsvFitConfig::new("unused.csv", "y", TaskKind::Regression);
     fit.hidden = vec![16];
     fit.epochs = 30;

@@ -2,7 +2,7 @@
 //! files (best values marked, plots inline, conventions), and atomic writing.
 
 use anyhow::Result;
-use candle_swag::metrics::{ClassificationConfig, RegressionConfig};
+use candle_swag::metrics::{ClassificationParams, RegressionConfig};
 use candle_swag_report::plot::PredictiveBand;
 use candle_swag_report::report::{Report, ReportBuilder};
 use serde_json::Value;
@@ -88,7 +88,7 @@ fn several_methods_are_keyed_and_best_values_marked() -> Result<()> {
     let y = [0.5, 1.0, 1.0, 4.0];
     let files = ReportBuilder::with_config(
         "toy <data>",
-        ClassificationConfig::with_bins(10)?,
+        ClassificationParams::with_bins(10).check()?,
         RegressionConfig::default(),
     )
     .classification_method("SGD", &PROBS, 2, &LABELS)?

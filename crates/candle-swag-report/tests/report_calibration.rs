@@ -6,8 +6,8 @@
 use anyhow::Result;
 use candle_swag::metrics::{
     self, calibration_bins, conditional_coverage, fit_isotonic_confidence, fit_sigma_scale,
-    fit_temperature, prediction_interval_coverage, ClassificationConfig, ConformalClassifier,
-    ConformalConfig, ConformalRegressor, HistogramBinning, QuantileRecalibrator, RegressionConfig,
+    fit_temperature, prediction_interval_coverage, ClassificationParams, ConformalClassifier,
+    ConformalParams, ConformalRegressor, HistogramBinning, QuantileRecalibrator, RegressionConfig,
     SetScore,
 };
 use candle_swag_report::report::{CalibrationSetup, GaussianPredictions, Report, ReportBuilder};
@@ -172,8 +172,13 @@ fn regression_numbers_equal_the_metrics_computed_directly() -> Result<()> {
     ));
     let width = std.iter().map(|s| 2.0 * q * s).sum::<f64>() / 150.0;
     assert!(close(c.conformal_evaluation.mean_size, width));
-    let direct = ConformalRegressor::fit(&ConformalConfig::with_coverage(level)?, &cm, &cs, &cy)?
-        .evaluate(&mean, &std, &y)?;
+    let direct = ConformalRegressor::fit(
+        &ConformalParams::with_coverage(level).check()?,
+        &cm,
+        &cs,
+        &cy,
+    )?
+    .evaluate(&mean, &std, &y)?;
     assert_eq!(c.conformal_evaluation, direct);
 
     // σ scaling fitted on the calibration rows only, scored by PICP and MACE on the test rows.
@@ -271,7 +276,7 @@ fn classification_numbers_equal_the_metrics_computed_directly() -> Result<()> {
     let (cp, cl) = classification_data(200, 4);
     let setup =
         CalibrationSetup::new(0.9, "the toy hold-out")?.with_set_score(SetScore::raps(0.05, 1)?)?;
-    let opts = ClassificationConfig::with_bins(10)?;
+    let opts = ClassificationParams::with_bins(10).check()?;
     let report = ReportBuilder::with_config("toy", opts.clone(), RegressionConfig::default())
         .with_calibration(setup)?
         .classification_method_calibrated("SWAG", &probs, 3, &labels, &cp, &cl)?
@@ -280,7 +285,7 @@ fn classification_numbers_equal_the_metrics_computed_directly() -> Result<()> {
     assert_eq!(c.n_calibration, 200);
 
     // Sets, fitted on the calibration rows only.
-    let config = ConformalConfig::with_coverage(0.9)?;
+    let config = ConformalParams::with_coverage(0.9).check()?;
     let score = SetScore::raps(0.05, 1)?;
     let sets = ConformalClassifier::fit(&config, score, &cp, 3, &cl)?;
     assert_eq!(c.sets, sets);

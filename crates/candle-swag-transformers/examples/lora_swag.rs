@@ -17,10 +17,10 @@ use std::time::Instant;
 use candle_core::{DType, Device, ModuleT, Tensor};
 use candle_nn::Optimizer;
 use candle_swag::metrics::{classification_metrics, ClassificationConfig};
-use candle_swag::predictive::{batches, Predictive};
+use candle_swag::predictive::{batches, BmaParams, Predictive};
 use candle_swag::{
-    ClassificationOutput, Error, ParamSet, Result, SampleConfig, SgdConfig, SgdMomentum,
-    SwagConfig, SwagPosterior,
+    ClassificationOutput, Error, ParamSet, Result, SampleParams, SgdMomentum, SgdParams,
+    SwagParams, SwagPosterior,
 };
 use candle_swag_transformers::features::{cache_features, cached};
 use candle_swag_transformers::{
@@ -231,7 +231,14 @@ fn lora_swag<M: ModuleT + 'static>(
             ..Default::default()
         },
     )?;
-    let mut posterior = SwagPosterior::for_params(&params, SwagConfig::with_rank(10))?;
+    let mut posterior = SwagPosterior::for_params(
+        &params,
+        SwagParams {
+            rank: 10,
+            ..Default::default()
+        }
+        .check()?,
+    )?;
     let start = args.steps / 2;
     for step in 0..args.steps {
         // Mini-batches of 64; the model rebuilds itself after each optimizer step.
@@ -295,9 +302,15 @@ fn lora_swag<M: ModuleT + 'static>(
     let swag = Predictive::swag(
         &params,
         &posterior,
-        SampleConfig::with_scale(0.5)?,
-        args.samples,
-        0,
+        BmaParams {
+            sample: SampleParams {
+                scale: 0.5,
+                ..Default::default()
+            },
+            samples: args.samples,
+            seed: 0,
+        }
+        .check()?,
     )?;
     let out = swag.classify(model, batches(&task.x_test, 64)?)?;
     report(args.json, "SWAG-LoRA", &out, task)?;
@@ -320,9 +333,21 @@ fn last_layer_cached(
     let head_params = params.select_prefix(&[arch::HEAD])?;
     let mut sgd = SgdMomentum::new(
         head_params.vars().to_vec(),
-        SgdConfig::new(0.05, 0.9, 1e-4)?,
+        SgdParams {
+            lr: 0.05,
+            momentum: 0.9,
+            weight_decay: 1e-4,
+        }
+        .check()?,
     )?;
-    let mut posterior = SwagPosterior::for_params(&head_params, SwagConfig::with_rank(10))?;
+    let mut posterior = SwagPosterior::for_params(
+        &head_params,
+        SwagParams {
+            rank: 10,
+            ..Default::default()
+        }
+        .check()?,
+    )?;
     let epochs = 30;
     for epoch in 0..epochs {
         for (b, f) in train_feats.iter().enumerate() {
@@ -346,9 +371,15 @@ fn last_layer_cached(
     let out = Predictive::swag(
         &head_params,
         &posterior,
-        SampleConfig::with_scale(0.5)?,
-        args.samples,
-        0,
+        BmaParams {
+            sample: SampleParams {
+                scale: 0.5,
+                ..Default::default()
+            },
+            samples: args.samples,
+            seed: 0,
+        }
+        .check()?,
     )?
     .classify(&head, cached(&test_feats))?;
     let cached_ms = ms(t);

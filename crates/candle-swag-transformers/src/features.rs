@@ -9,8 +9,8 @@
 //! ```
 //! use candle_core::{DType, Device, Tensor};
 //! use candle_nn::{VarBuilder, VarMap};
-//! use candle_swag::predictive::{batches, Predictive};
-//! use candle_swag::{ParamSet, SampleConfig, SwagConfig, SwagPosterior};
+//! use candle_swag::predictive::{batches, Predictive, BmaParams};
+//! use candle_swag::{ParamSet, SampleParams, SwagParams, SwagPosterior};
 //! use candle_swag_transformers::features::{cache_features, cached};
 //!
 //! # fn main() -> candle_swag::Result<()> {
@@ -20,13 +20,13 @@
 //! let varmap = VarMap::new();
 //! let head = candle_nn::linear(3, 2, VarBuilder::from_varmap(&varmap, DType::F32, &dev))?;
 //! let params = ParamSet::from_varmap(&varmap)?;
-//! let mut posterior = SwagPosterior::for_params(&params, SwagConfig::with_rank(2))?;
+//! let mut posterior = SwagPosterior::for_params(&params, SwagParams { rank: 2, ..Default::default() }.check()?)?;
 //! for _ in 0..3 {
 //!     posterior.collect(&params)?;
 //! }
 //! let x = Tensor::ones((8, 3), DType::F32, &dev)?;
 //! let features = cache_features(&trunk, batches(&x, 4)?)?; // the trunk runs once
-//! let bma = Predictive::swag(&params, &posterior, SampleConfig::with_scale(0.5)?, 30, 0)?
+//! let bma = Predictive::swag(&params, &posterior, BmaParams { sample: SampleParams { scale: 0.5, ..Default::default() }, samples: 30, seed: 0 }.check()?)?
 //!     .classify(&head, cached(&features))?;
 //! assert_eq!(bma.probs.dims(), &[8, 2]);
 //! # Ok(()) }

@@ -2,8 +2,8 @@
 
 use candle_core::{DType, Device, ModuleT, Tensor, D};
 use candle_nn::Optimizer;
-use candle_swag::predictive::{batches, Predictive};
-use candle_swag::{Result, SampleConfig, SwagConfig, SwagPosterior};
+use candle_swag::predictive::{batches, BmaParams, Predictive};
+use candle_swag::{Result, SampleParams, SwagParams, SwagPosterior};
 use candle_swag_transformers::features::{cache_features, cached};
 use candle_swag_transformers::{arch, config, tiny, Arch, BaseModel, Lora, LoraConfig, LoraModel};
 
@@ -47,7 +47,14 @@ fn train_and_collect(model: &Classifier, x: &Tensor, y: &Tensor) -> Result<SwagP
             ..Default::default()
         },
     )?;
-    let mut posterior = SwagPosterior::for_params(&params, SwagConfig::with_rank(3))?;
+    let mut posterior = SwagPosterior::for_params(
+        &params,
+        SwagParams {
+            rank: 3,
+            ..Default::default()
+        }
+        .check()?,
+    )?;
     for step in 0..8 {
         let logits = model.model()?.forward_t(x, true)?;
         opt.backward_step(&candle_nn::loss::cross_entropy(&logits, y)?)?;
@@ -66,8 +73,20 @@ fn bma_at_scale_zero_equals_the_swa_mean_model() -> Result<()> {
     let params = model.params()?;
     let before = params.flatten()?;
 
-    let bma = Predictive::swag(&params, &posterior, SampleConfig::with_scale(0.0)?, 3, 7)?
-        .classify(&model, batches(&x, 10)?)?;
+    let bma = Predictive::swag(
+        &params,
+        &posterior,
+        BmaParams {
+            sample: SampleParams {
+                scale: 0.0,
+                ..Default::default()
+            },
+            samples: 3,
+            seed: 7,
+        }
+        .check()?,
+    )?
+    .classify(&model, batches(&x, 10)?)?;
     // Predictive restored the trained weights; the model follows them.
     assert_eq!(
         params.flatten()?.to_vec1::<f32>()?,
@@ -103,8 +122,20 @@ fn swag_samples_reach_the_model_through_rebuilds() -> Result<()> {
     let posterior = train_and_collect(&model, &x, &y)?;
     let params = model.params()?;
     let rebuilds = model.rebuild_count();
-    let bma = Predictive::swag(&params, &posterior, SampleConfig::with_scale(1.0)?, 4, 1)?
-        .classify(&model, batches(&x, 8)?)?;
+    let bma = Predictive::swag(
+        &params,
+        &posterior,
+        BmaParams {
+            sample: SampleParams {
+                scale: 1.0,
+                ..Default::default()
+            },
+            samples: 4,
+            seed: 1,
+        }
+        .check()?,
+    )?
+    .classify(&model, batches(&x, 8)?)?;
     // One rebuild per sample (3 batches per sample share it), then the next call after the
     // restore rebuilds for the trained weights.
     assert_eq!(model.rebuild_count() - rebuilds, 4);
@@ -124,7 +155,14 @@ fn cached_feature_bma_equals_uncached_bma() -> Result<()> {
     // A posterior over the head only, the trunk (adapters included) frozen.
     let head_params = model.params()?.select_prefix(&[arch::HEAD])?;
     assert_eq!(head_params.vars().len(), 2);
-    let mut posterior = SwagPosterior::for_params(&head_params, SwagConfig::with_rank(2))?;
+    let mut posterior = SwagPosterior::for_params(
+        &head_params,
+        SwagParams {
+            rank: 2,
+            ..Default::default()
+        }
+        .check()?,
+    )?;
     for k in 0..4 {
         let w = (head_params.flatten()? + (k as f64) * 0.05)?;
         head_params.write_flat(&w)?;
@@ -133,9 +171,15 @@ fn cached_feature_bma_equals_uncached_bma() -> Result<()> {
     let predictive = Predictive::swag(
         &head_params,
         &posterior,
-        SampleConfig::with_scale(0.5)?,
-        6,
-        3,
+        BmaParams {
+            sample: SampleParams {
+                scale: 0.5,
+                ..Default::default()
+            },
+            samples: 6,
+            seed: 3,
+        }
+        .check()?,
     )?;
     let full = predictive.classify(&model, batches(&x, 10)?)?;
 

@@ -21,40 +21,26 @@ use crate::models::dense::Dense;
 use candle_swag::batchnorm::{BatchNorm, BatchNormConfig, BatchNormStats};
 use candle_swag::error::{Error, Result};
 
-/// Shape of an [`Mlp`], checked when made (like [`candle_swag::SampleConfig`]).
+/// The shape of an [`Mlp`], unchecked (the crate's config shape, see
+/// [`candle_swag::swag::config`]); also how an [`MlpConfig`] is written to and read from a
+/// run directory. Every field is the user's to give: there is no default network.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "MlpFields")]
-pub struct MlpConfig(MlpFields);
-
-/// The shape of an [`MlpConfig`], unchecked: how it is written to and read from a file (a
-/// config read back goes through `MlpConfig::new`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct MlpFields {
-    input_dim: usize,
-    hidden: Vec<usize>,
-    output_dim: usize,
+pub struct MlpParams {
+    /// Number of input features, at least 1.
+    pub input_dim: usize,
+    /// One hidden layer per entry, each width at least 1 (may be empty: a linear model).
+    pub hidden: Vec<usize>,
+    /// Outputs, at least 1 (classes for classification, 1 or 2 for regression).
+    pub output_dim: usize,
+    /// Whether a BatchNorm follows each hidden linear layer (before the ReLU).
     #[serde(default)]
-    batchnorm: bool,
+    pub batchnorm: bool,
 }
 
-impl TryFrom<MlpFields> for MlpConfig {
-    type Error = Error;
-    fn try_from(f: MlpFields) -> Result<Self> {
-        Ok(MlpConfig::new(f.input_dim, f.hidden, f.output_dim)?.with_batchnorm(f.batchnorm))
-    }
-}
-
-impl MlpConfig {
-    /// `input_dim` features, one hidden layer per entry of `hidden` (may be empty: a linear
-    /// model) and `output_dim` outputs (classes for classification, 1 for regression); every
-    /// width must be positive. No BatchNorm.
-    pub fn new(input_dim: usize, hidden: Vec<usize>, output_dim: usize) -> Result<Self> {
-        let config = Self(MlpFields {
-            input_dim,
-            hidden,
-            output_dim,
-            batchnorm: false,
-        });
+impl MlpParams {
+    /// The checked config; the error names the field.
+    pub fn check(&self) -> Result<MlpConfig> {
+        let config = MlpConfig(self.clone());
         if config.widths().contains(&0) {
             return Err(Error::invalid(
                 "hidden",
@@ -66,13 +52,28 @@ impl MlpConfig {
         }
         Ok(config)
     }
+}
 
-    /// Whether a BatchNorm follows each hidden linear layer (before the ReLU).
-    pub fn with_batchnorm(mut self, batchnorm: bool) -> Self {
-        self.0.batchnorm = batchnorm;
-        self
+/// Shape of an [`Mlp`] (from [`MlpParams::check`]; a config read from a file is checked the
+/// same way).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "MlpParams", into = "MlpParams")]
+pub struct MlpConfig(MlpParams);
+
+impl TryFrom<MlpParams> for MlpConfig {
+    type Error = Error;
+    fn try_from(params: MlpParams) -> Result<Self> {
+        params.check()
     }
+}
 
+impl From<MlpConfig> for MlpParams {
+    fn from(config: MlpConfig) -> Self {
+        config.0
+    }
+}
+
+impl MlpConfig {
     /// Number of input features.
     pub fn input_dim(&self) -> usize {
         self.0.input_dim

@@ -4,4 +4,4 @@ pub mod dense;
 pub mod mlp;
 
 pub use dense::Dense;
-pub use mlp::{Mlp, MlpConfig};
+pub use mlp::{Mlp, MlpConfig, MlpParams};

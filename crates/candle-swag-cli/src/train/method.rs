@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use super::run::{swag_at_scale, Fitted};
 use candle_swag::error::Result;
-use candle_swag::predictive::Predictive;
-use candle_swag::swag::{MultiSwag, SampleConfig, SwagPosterior};
+use candle_swag::predictive::{BmaConfig, BmaParams, Predictive};
+use candle_swag::swag::{MultiSwag, SampleParams, SwagPosterior};
 
 /// The five methods compared by the examples, the demo and the report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,36 +58,32 @@ impl Method {
     }
 
     /// The predictive of this method: SGD and SWA from run 0 (`multi`'s first posterior is run
-    /// 0's), SWAG and SWAG-diagonal from run 0's posterior at `scale`, MultiSWAG over every
-    /// posterior of `multi`. A scale of 0 makes SWAG and SWAG-diagonal the SWA mean (one pass);
-    /// MultiSWAG at scale 0 is the ensemble of the runs' SWA means.
+    /// 0's), SWAG and SWAG-diagonal (`bma` with `diag_only` set) from run 0's posterior,
+    /// MultiSWAG over every posterior of `multi`. A scale of 0 makes SWAG and SWAG-diagonal the
+    /// SWA mean (one pass); MultiSWAG at scale 0 is the ensemble of the runs' SWA means.
     pub fn predictive<'a>(
         &self,
         run0: &'a Fitted,
         multi: &'a MultiSwag<&'a SwagPosterior>,
-        scale: f64,
-        samples: usize,
-        seed: u64,
+        bma: BmaConfig,
     ) -> Result<Predictive<'a>> {
         let params = &run0.params;
         match self {
             Method::Sgd => Predictive::point(params, &run0.sgd_weights),
             Method::Swa => Predictive::swa(params, &run0.posterior),
-            Method::SwagDiag | Method::Swag => {
-                let options = if *self == Method::SwagDiag {
-                    SampleConfig::diagonal(scale)?
-                } else {
-                    SampleConfig::with_scale(scale)?
-                };
-                swag_at_scale(params, &run0.posterior, options, samples, seed)
+            Method::Swag => swag_at_scale(params, &run0.posterior, bma),
+            Method::SwagDiag => {
+                let diag = BmaParams {
+                    sample: SampleParams {
+                        diag_only: true,
+                        ..bma.sample().into()
+                    },
+                    ..bma.into()
+                }
+                .check()?;
+                swag_at_scale(params, &run0.posterior, diag)
             }
-            Method::MultiSwag => Predictive::multi_swag(
-                params,
-                multi,
-                SampleConfig::with_scale(scale)?,
-                samples,
-                seed,
-            ),
+            Method::MultiSwag => Predictive::multi_swag(params, multi, bma),
         }
     }
 }

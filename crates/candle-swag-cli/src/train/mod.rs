@@ -31,7 +31,7 @@ use rand::SeedableRng;
 use crate::data::Dataset;
 use candle_swag::error::{Error, Result};
 use candle_swag::layout::ParamSet;
-use candle_swag::optim::{SgdConfig, SgdMomentum};
+use candle_swag::optim::{SgdConfig, SgdMomentum, SgdParams};
 use candle_swag::schedule::LrSchedule;
 use candle_swag::swag::SwagPosterior;
 
@@ -73,140 +73,140 @@ pub enum Collect {
     EverySteps(usize),
 }
 
-/// Settings of one training run, checked when made (like [`candle_swag::SampleConfig`]): the
-/// constructor and the `with_*` setters that can fail return `Result`, so [`train`] never
-/// checks them again. A config read from a run directory goes through the same checks.
+/// The settings of one training run, unchecked (the crate's config shape, see
+/// [`candle_swag::swag::config`]); also how a [`TrainConfig`] is written to and read from a
+/// run directory.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(try_from = "TrainFields")]
-pub struct TrainConfig(TrainFields);
-
-/// The settings of a [`TrainConfig`], unchecked: how it is written to and read from a file
-/// (a config read back goes through the constructors).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-struct TrainFields {
-    epochs: usize,
-    batch_size: usize,
-    sgd: SgdConfig,
-    swa_start: Option<usize>,
-    collect: Collect,
-    seed: u64,
-    progress: bool,
-    label: String,
+pub struct TrainParams {
+    /// Number of epochs, at least 1 (50 by default).
+    pub epochs: usize,
+    /// Rows per mini-batch, at least 1 (32 by default); the last batch of an epoch may be
+    /// smaller.
+    pub batch_size: usize,
+    /// SGD settings; the learning rate is used only before the first epoch: the schedule sets
+    /// the rate of each epoch.
+    pub sgd: SgdParams,
+    /// First epoch (0-based) at which snapshots are collected, below `epochs` so that
+    /// something is collected; `None` (the default) disables collection.
+    pub swa_start: Option<usize>,
+    /// How often snapshots are collected from `swa_start` on (every epoch by default).
+    pub collect: Collect,
+    /// Seed of the shuffling generator (0 by default).
+    pub seed: u64,
+    /// Shows an indicatif progress bar on stderr (on by default; hidden anyway when stderr is
+    /// not a terminal).
+    pub progress: bool,
+    /// Prefix of the progress bar, e.g. the dataset and run (`train` by default).
+    pub label: String,
 }
 
-impl TryFrom<TrainFields> for TrainConfig {
-    type Error = Error;
-    fn try_from(f: TrainFields) -> Result<Self> {
-        Ok(TrainConfig::new(f.epochs, f.batch_size, f.sgd)?
-            .with_collection(f.swa_start, f.collect)?
-            .with_seed(f.seed)
-            .with_progress(f.progress)
-            .with_label(f.label))
-    }
-}
-
-impl TrainConfig {
-    /// `epochs` (at least 1) of mini-batches of `batch_size` rows (at least 1; the last batch
-    /// of an epoch may be smaller), with SGD settings `sgd` (its learning rate is used only
-    /// before the first epoch: the schedule sets the rate of each epoch). No collection, seed
-    /// 0, progress bar on, label `train`.
-    pub fn new(epochs: usize, batch_size: usize, sgd: SgdConfig) -> Result<Self> {
-        if epochs == 0 {
-            return Err(Error::invalid("epochs", "must be at least 1"));
-        }
-        if batch_size == 0 {
-            return Err(Error::invalid("batch_size", "must be at least 1"));
-        }
-        Ok(Self(TrainFields {
-            epochs,
-            batch_size,
-            sgd,
+impl Default for TrainParams {
+    fn default() -> Self {
+        Self {
+            epochs: 50,
+            batch_size: 32,
+            sgd: SgdParams::default(),
             swa_start: None,
             collect: Collect::EveryEpoch,
             seed: 0,
             progress: true,
             label: "train".to_string(),
-        }))
+        }
     }
+}
 
-    /// Collects snapshots from epoch `swa_start` (0-based, below `epochs` so that something is
-    /// collected) on, as often as `collect` says; `None` disables collection.
-    pub fn with_collection(mut self, swa_start: Option<usize>, collect: Collect) -> Result<Self> {
-        if let Some(s) = swa_start {
-            if s >= self.0.epochs {
+impl TrainParams {
+    /// The checked config; the error names the field.
+    pub fn check(&self) -> Result<TrainConfig> {
+        if self.epochs == 0 {
+            return Err(Error::invalid("epochs", "must be at least 1"));
+        }
+        if self.batch_size == 0 {
+            return Err(Error::invalid("batch_size", "must be at least 1"));
+        }
+        let sgd = self.sgd.check()?;
+        if let Some(s) = self.swa_start {
+            if s >= self.epochs {
                 return Err(Error::invalid(
                     "swa_start",
                     format!(
                         "{s} must be below the number of epochs ({}) so that something is collected",
-                        self.0.epochs
+                        self.epochs
                     ),
                 ));
             }
         }
-        if collect == Collect::EverySteps(0) {
+        if self.collect == Collect::EverySteps(0) {
             return Err(Error::invalid("collect", "every 0 steps is not a schedule"));
         }
-        (self.0.swa_start, self.0.collect) = (swa_start, collect);
-        Ok(self)
+        Ok(TrainConfig {
+            params: self.clone(),
+            sgd,
+        })
     }
+}
 
-    /// Seed of the shuffling generator.
-    pub fn with_seed(mut self, seed: u64) -> Self {
-        self.0.seed = seed;
-        self
+/// Settings of one training run (from [`TrainParams::check`]; a config read from a run
+/// directory is checked the same way), so [`train`] never checks them again.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "TrainParams", into = "TrainParams")]
+pub struct TrainConfig {
+    params: TrainParams,
+    sgd: SgdConfig,
+}
+
+impl TryFrom<TrainParams> for TrainConfig {
+    type Error = Error;
+    fn try_from(params: TrainParams) -> Result<Self> {
+        params.check()
     }
+}
 
-    /// Shows an indicatif progress bar on stderr (hidden anyway when stderr is not a
-    /// terminal).
-    pub fn with_progress(mut self, progress: bool) -> Self {
-        self.0.progress = progress;
-        self
+impl From<TrainConfig> for TrainParams {
+    fn from(config: TrainConfig) -> Self {
+        config.params
     }
+}
 
-    /// Prefix of the progress bar (e.g. the dataset and run).
-    pub fn with_label(mut self, label: impl Into<String>) -> Self {
-        self.0.label = label.into();
-        self
-    }
-
+impl TrainConfig {
     /// Number of epochs.
     pub fn epochs(&self) -> usize {
-        self.0.epochs
+        self.params.epochs
     }
 
     /// Mini-batch size.
     pub fn batch_size(&self) -> usize {
-        self.0.batch_size
+        self.params.batch_size
     }
 
     /// SGD settings (initial learning rate, momentum, weight decay).
     pub fn sgd(&self) -> SgdConfig {
-        self.0.sgd
+        self.sgd
     }
 
     /// First epoch at which snapshots are collected, if any.
     pub fn swa_start(&self) -> Option<usize> {
-        self.0.swa_start
+        self.params.swa_start
     }
 
     /// How often snapshots are collected from `swa_start` on.
     pub fn collect(&self) -> Collect {
-        self.0.collect
+        self.params.collect
     }
 
     /// Seed of the shuffling generator.
     pub fn seed(&self) -> u64 {
-        self.0.seed
+        self.params.seed
     }
 
     /// Whether a progress bar is shown.
     pub fn progress(&self) -> bool {
-        self.0.progress
+        self.params.progress
     }
 
     /// Prefix of the progress bar.
     pub fn label(&self) -> &str {
-        &self.0.label
+        &self.params.label
     }
 }
 

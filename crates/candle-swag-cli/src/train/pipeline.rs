@@ -13,18 +13,19 @@ use super::run::{
     with_refresh, CalibrationRows, FitConfig, Fitted, LoadedRun, NoiseModel, NoiseSelection,
     RunConfig, Tuned, RUN_FORMAT_VERSION,
 };
-use super::{Collect, Objective, TrainConfig};
+use super::{Collect, Objective, TrainParams};
 use crate::data::{
     encode_features, load_csv, prepare, CsvConfig, Dataset, FeatureScaling, TaskKind,
 };
-use crate::models::MlpConfig;
+use crate::models::MlpParams;
 use candle_swag::error::{Error, Result};
 use candle_swag::metrics::{
-    ConformalClassifier, ConformalConfig, ConformalRegressor, SetScore, MIN_CALIBRATION_ROWS,
+    ConformalClassifier, ConformalParams, ConformalRegressor, SetScore, MIN_CALIBRATION_ROWS,
 };
-use candle_swag::optim::SgdConfig;
+use candle_swag::optim::SgdParams;
+use candle_swag::predictive::BmaParams;
 use candle_swag::predictive::{batches, Noise, Predictive, RegressionPrediction};
-use candle_swag::swag::SampleConfig;
+use candle_swag::swag::SampleParams;
 use candle_swag_report::io::CsvTable;
 
 /// Options of [`fit_csv`] (the flags of `swag fit`).
@@ -343,9 +344,15 @@ impl DatasetFit {
             swag_at_scale(
                 &f.params,
                 &f.posterior,
-                SampleConfig::with_scale(self.scale)?,
-                samples,
-                seed,
+                BmaParams {
+                    sample: SampleParams {
+                        scale: self.scale,
+                        ..Default::default()
+                    },
+                    samples,
+                    seed,
+                }
+                .check()?,
             )?,
             &refresh,
         );
@@ -382,21 +389,31 @@ pub fn fit_dataset(opts: &CsvFitConfig, train: &Dataset, output_dim: usize) -> R
             NoiseModel::Homoscedastic => output_dim,
         };
         Ok(FitConfig {
-            mlp: MlpConfig::new(train.num_features(), opts.hidden.clone(), outputs)?
-                .with_batchnorm(opts.batchnorm),
-            train: TrainConfig::new(
-                opts.epochs,
-                opts.batch_size,
-                SgdConfig::new(opts.lr, opts.momentum, opts.weight_decay)?,
-            )?
-            .with_collection(
-                Some(opts.swa_start.unwrap_or(opts.epochs / 2)),
-                opts.collect_every_steps
+            mlp: MlpParams {
+                input_dim: train.num_features(),
+                hidden: opts.hidden.clone(),
+                output_dim: outputs,
+                batchnorm: opts.batchnorm,
+            }
+            .check()?,
+            train: TrainParams {
+                epochs: opts.epochs,
+                batch_size: opts.batch_size,
+                sgd: SgdParams {
+                    lr: opts.lr,
+                    momentum: opts.momentum,
+                    weight_decay: opts.weight_decay,
+                },
+                swa_start: Some(opts.swa_start.unwrap_or(opts.epochs / 2)),
+                collect: opts
+                    .collect_every_steps
                     .map_or(Collect::EveryEpoch, Collect::EverySteps),
-            )?
-            .with_seed(opts.seed)
-            .with_progress(opts.progress)
-            .with_label("fit"),
+                seed: opts.seed,
+                progress: opts.progress,
+                label: "fit".to_string(),
+                ..Default::default()
+            }
+            .check()?,
             swa_lr: opts.swa_lr,
             rank: opts.rank,
             init_seed: opts.seed,
@@ -412,9 +429,11 @@ pub fn fit_dataset(opts: &CsvFitConfig, train: &Dataset, output_dim: usize) -> R
         let mut results: Vec<(NoiseModel, Tuned)> = Vec::new();
         for &candidate in &candidates {
             let mut tune_spec = spec(candidate)?;
-            tune_spec.train = tune_spec
-                .train
-                .with_label(format!("tune {}", candidate.name()));
+            tune_spec.train = TrainParams {
+                label: format!("tune {}", candidate.name()),
+                ..tune_spec.train.into()
+            }
+            .check()?;
             let fitted = fit_mlp(&fit_data, objective(candidate), &tune_spec)?;
             let t = tune(
                 &fitted,
@@ -570,7 +589,7 @@ pub(crate) const PREDICT_BATCH_ROWS: usize = 4096;
 pub fn predict_csv(opts: &CsvPredictConfig) -> Result<PredictionTable> {
     let conformal = opts
         .coverage
-        .map(ConformalConfig::with_coverage)
+        .map(|c| ConformalParams::with_coverage(c).check())
         .transpose()?;
     let device = Device::Cpu;
     let run = LoadedRun::load(&opts.run, &device)?;
@@ -631,9 +650,15 @@ pub fn predict_csv(opts: &CsvPredictConfig) -> Result<PredictionTable> {
         swag_at_scale(
             &run.params,
             &run.posterior,
-            SampleConfig::with_scale(scale)?,
-            opts.samples,
-            opts.seed,
+            BmaParams {
+                sample: SampleParams {
+                    scale,
+                    ..Default::default()
+                },
+                samples: opts.samples,
+                seed: opts.seed,
+            }
+            .check()?,
         )?,
         &refresh,
     );

@@ -16,16 +16,18 @@ use super::method::Method;
 use super::run::{
     fit_mlp, regression_validation_nll, training_noise_variance, tune, validation_split, FitConfig,
 };
-use super::{Collect, Objective, TrainConfig};
+use super::{Collect, Objective, TrainParams};
 use crate::data::{bundled, Dataset, Prepared};
-use crate::models::MlpConfig;
+use crate::models::MlpParams;
 use candle_swag::error::{Error, Result};
 use candle_swag::metrics::{
     self, ClassificationConfig, ClassificationMetrics, UncertaintyDecomposition,
 };
-use candle_swag::optim::SgdConfig;
+use candle_swag::optim::SgdParams;
+use candle_swag::predictive::BmaParams;
 use candle_swag::predictive::{batches, Noise, Predictive, RegressionPrediction};
 use candle_swag::swag::MultiSwag;
+use candle_swag::swag::SampleParams;
 
 /// Settings shared by the recipes (the defaults are BENCHMARKS.md's).
 #[derive(Debug, Clone, PartialEq)]
@@ -81,12 +83,29 @@ pub fn digits_spec(
 ) -> Result<FitConfig> {
     let (epochs, swa_start) = epochs_and_start(50, opts)?;
     Ok(FitConfig {
-        mlp: MlpConfig::new(input_dim, vec![128, 128], classes)?,
-        train: TrainConfig::new(epochs, 32, SgdConfig::new(0.05, 0.9, 5e-4)?)?
-            .with_collection(Some(swa_start), Collect::EveryEpoch)?
-            .with_seed(seed)
-            .with_progress(opts.progress)
-            .with_label(format!("digits s{seed}")),
+        mlp: MlpParams {
+            input_dim,
+            hidden: vec![128, 128],
+            output_dim: classes,
+            batchnorm: false,
+        }
+        .check()?,
+        train: TrainParams {
+            epochs,
+            batch_size: 32,
+            sgd: SgdParams {
+                lr: 0.05,
+                momentum: 0.9,
+                weight_decay: 5e-4,
+            },
+            swa_start: Some(swa_start),
+            collect: Collect::EveryEpoch,
+            seed,
+            progress: opts.progress,
+            label: format!("digits s{seed}").into(),
+            ..Default::default()
+        }
+        .check()?,
         swa_lr: 0.05,
         rank: 20,
         init_seed: seed,
@@ -98,12 +117,29 @@ pub fn digits_spec(
 pub fn diabetes_spec(input_dim: usize, seed: u64, opts: &RecipeConfig) -> Result<FitConfig> {
     let (epochs, swa_start) = epochs_and_start(300, opts)?;
     Ok(FitConfig {
-        mlp: MlpConfig::new(input_dim, vec![50], 1)?,
-        train: TrainConfig::new(epochs, 32, SgdConfig::new(0.01, 0.9, 1e-3)?)?
-            .with_collection(Some(swa_start), Collect::EveryEpoch)?
-            .with_seed(seed)
-            .with_progress(opts.progress)
-            .with_label(format!("diabetes s{seed}")),
+        mlp: MlpParams {
+            input_dim,
+            hidden: vec![50],
+            output_dim: 1,
+            batchnorm: false,
+        }
+        .check()?,
+        train: TrainParams {
+            epochs,
+            batch_size: 32,
+            sgd: SgdParams {
+                lr: 0.01,
+                momentum: 0.9,
+                weight_decay: 1e-3,
+            },
+            swa_start: Some(swa_start),
+            collect: Collect::EveryEpoch,
+            seed,
+            progress: opts.progress,
+            label: format!("diabetes s{seed}").into(),
+            ..Default::default()
+        }
+        .check()?,
         swa_lr: 0.01,
         rank: 20,
         init_seed: seed,
@@ -111,17 +147,23 @@ pub fn diabetes_spec(input_dim: usize, seed: u64, opts: &RecipeConfig) -> Result
 }
 
 /// The spec of run `r` of a recipe: seeds shifted by `1000·r`.
-pub fn run_spec(base: &FitConfig, run: usize) -> FitConfig {
+pub fn run_spec(base: &FitConfig, run: usize) -> Result<FitConfig> {
     let mut spec = base.clone();
     let shift = 1000 * run as u64;
     spec.init_seed = base.init_seed.wrapping_add(shift);
-    spec.train = spec.train.with_seed(base.train.seed().wrapping_add(shift));
-    if run > 0 {
-        spec.train = spec
-            .train
-            .with_label(format!("{} r{run}", base.train.label()));
+    spec.train = TrainParams {
+        seed: base.train.seed().wrapping_add(shift),
+        ..spec.train.into()
     }
-    spec
+    .check()?;
+    if run > 0 {
+        spec.train = TrainParams {
+            label: format!("{} r{run}", base.train.label()),
+            ..spec.train.into()
+        }
+        .check()?;
+    }
+    Ok(spec)
 }
 
 /// Wall-clock seconds of the parts of one seed (for the speed target: training of run 0 plus
@@ -183,14 +225,14 @@ pub fn run_digits(
     };
     let base = digits_spec(data.train.num_features(), data.output_dim(), seed, opts)?;
     let t0 = Instant::now();
-    let first = fit_mlp(&data.train, Objective::CrossEntropy, &run_spec(&base, 0))?;
+    let first = fit_mlp(&data.train, Objective::CrossEntropy, &run_spec(&base, 0)?)?;
     let train_run0 = t0.elapsed().as_secs_f64();
     let mut fitted = vec![first];
     for r in 1..opts.runs.max(1) {
         fitted.push(fit_mlp(
             &data.train,
             Objective::CrossEntropy,
-            &run_spec(&base, r),
+            &run_spec(&base, r)?,
         )?);
     }
     let labels: Vec<u32> = data.test.targets.to_dtype(DType::U32)?.to_vec1()?;
@@ -203,7 +245,19 @@ pub fn run_digits(
     let run0 = &fitted[0];
     for method in Method::ALL {
         let t = Instant::now();
-        let predictive = method.predictive(run0, &multi, opts.scale, opts.samples, seed)?;
+        let predictive = method.predictive(
+            run0,
+            &multi,
+            BmaParams {
+                sample: SampleParams {
+                    scale: opts.scale,
+                    ..Default::default()
+                },
+                samples: opts.samples,
+                seed,
+            }
+            .check()?,
+        )?;
         let prediction = predictive
             .classify(&run0.model, all_rows(&data.test)?)?
             .to_host()?;
@@ -335,11 +389,11 @@ pub fn run_diabetes(seed: u64, opts: &RecipeConfig, device: &Device) -> Result<R
         None
     };
     let t0 = Instant::now();
-    let first = fit_mlp(&data.train, objective, &run_spec(&base, 0))?;
+    let first = fit_mlp(&data.train, objective, &run_spec(&base, 0)?)?;
     let train_run0 = t0.elapsed().as_secs_f64();
     let mut fitted = vec![first];
     for r in 1..opts.runs.max(1) {
-        fitted.push(fit_mlp(&data.train, objective, &run_spec(&base, r))?);
+        fitted.push(fit_mlp(&data.train, objective, &run_spec(&base, r)?)?);
     }
     let multi = MultiSwag::new(fitted.iter().map(|f| &f.posterior).collect())?;
     let run0 = &fitted[0];
@@ -378,7 +432,19 @@ pub fn run_diabetes(seed: u64, opts: &RecipeConfig, device: &Device) -> Result<R
         for (method, choice) in Method::ALL.into_iter().zip(choices) {
             let t = Instant::now();
             let pred = method
-                .predictive(run0, &multi, choice.scale, opts.samples, seed)?
+                .predictive(
+                    run0,
+                    &multi,
+                    BmaParams {
+                        sample: SampleParams {
+                            scale: choice.scale,
+                            ..Default::default()
+                        },
+                        samples: opts.samples,
+                        seed,
+                    }
+                    .check()?,
+                )?
                 .regress(
                     &run0.model,
                     all_rows(&data.test)?,
@@ -435,9 +501,13 @@ fn tune_regression(
     let (fit_rows, val_rows) = validation_split(train.len(), 0.2, seed)?;
     let fit_data = train.select(&fit_rows)?;
     let val = train.select(&val_rows)?;
-    let mut spec = run_spec(base, 0);
+    let mut spec = run_spec(base, 0)?;
     let label = format!("{} tune", spec.train.label());
-    spec.train = spec.train.with_label(label);
+    spec.train = TrainParams {
+        label: label.into(),
+        ..spec.train.into()
+    }
+    .check()?;
     let fitted = fit_mlp(&fit_data, Objective::MeanSquaredError, &spec)?;
     let y: Vec<f64> = val.targets.to_dtype(DType::F64)?.to_vec1()?;
     let sgd = Predictive::point(&fitted.params, &fitted.sgd_weights)?;

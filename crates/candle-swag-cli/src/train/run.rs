@@ -28,9 +28,9 @@ use crate::models::{Mlp, MlpConfig};
 use candle_swag::batchnorm::BatchNormRefresh;
 use candle_swag::error::{Error, Result};
 use candle_swag::layout::ParamSet;
-use candle_swag::predictive::{batches, Noise, Predictive};
+use candle_swag::predictive::{batches, BmaConfig, BmaParams, Noise, Predictive};
 use candle_swag::schedule::{AnnealStrategy, SwaLr};
-use candle_swag::swag::{SampleConfig, SwagConfig, SwagPosterior};
+use candle_swag::swag::{SampleParams, SwagParams, SwagPosterior};
 use candle_swag::tune::{mean_squared_residual, ObservationNoise};
 
 /// Version of the run directory format written by [`save_run`].
@@ -136,7 +136,14 @@ pub fn fit_mlp(data: &Dataset, objective: Objective, spec: &FitConfig) -> Result
     let varmap = VarMap::new();
     let model = Mlp::new(&spec.mlp, &varmap, &device, spec.init_seed)?;
     let params = ParamSet::from_varmap(&varmap)?;
-    let mut posterior = SwagPosterior::for_params(&params, SwagConfig::with_rank(spec.rank))?;
+    let mut posterior = SwagPosterior::for_params(
+        &params,
+        SwagParams {
+            rank: spec.rank,
+            ..Default::default()
+        }
+        .check()?,
+    )?;
     let schedule = SwaLr::new(spec.train.sgd().lr(), spec.swa_lr, 0, AnnealStrategy::Cos)?
         .starting_at(swa_start as f64)?;
     let history = train(
@@ -209,9 +216,23 @@ pub fn tune(
     let refresh = fitted.refresh(train_inputs)?;
     let inputs = batches(&validation.features, validation.len().max(1))?;
     let at = |scale: f64| -> Result<Predictive<'_>> {
-        let options = SampleConfig::with_scale(scale)?.with_diag_only(diag_only);
+        let options = SampleParams {
+            scale,
+            diag_only,
+            ..Default::default()
+        }
+        .check()?;
         Ok(with_refresh(
-            swag_at_scale(&fitted.params, &fitted.posterior, options, samples, seed)?,
+            swag_at_scale(
+                &fitted.params,
+                &fitted.posterior,
+                BmaParams {
+                    sample: options.into(),
+                    samples,
+                    seed,
+                }
+                .check()?,
+            )?,
             &refresh,
         ))
     };
@@ -561,18 +582,16 @@ impl std::fmt::Debug for LoadedRun {
     }
 }
 
-/// SWAG samples at `options.scale`, or the SWA mean (one forward pass instead of `samples`
-/// identical ones) when the scale is 0.
+/// SWAG samples as `bma` says, or the SWA mean (one forward pass instead of `S` identical
+/// ones) when its scale is 0.
 pub fn swag_at_scale<'a>(
     params: &ParamSet,
     posterior: &'a SwagPosterior,
-    options: SampleConfig,
-    samples: usize,
-    seed: u64,
+    bma: BmaConfig,
 ) -> Result<Predictive<'a>> {
-    if options.scale() == 0.0 {
+    if bma.sample().scale() == 0.0 {
         Predictive::swa(params, posterior)
     } else {
-        Predictive::swag(params, posterior, options, samples, seed)
+        Predictive::swag(params, posterior, bma)
     }
 }

@@ -14,9 +14,10 @@ use super::pipeline::PREDICT_BATCH_ROWS;
 use super::run::{mlp_refresh, swag_at_scale, with_refresh, LoadedRun, NoiseModel};
 use crate::data::{encode_features, TaskKind};
 use candle_swag::error::{Error, Result};
-use candle_swag::metrics::{ClassificationConfig, RegressionConfig, SetScore};
+use candle_swag::metrics::{ClassificationParams, RegressionConfig, SetScore};
+use candle_swag::predictive::BmaParams;
 use candle_swag::predictive::{batches, Noise, Predictive};
-use candle_swag::swag::SampleConfig;
+use candle_swag::swag::SampleParams;
 use candle_swag_report::io::CsvTable;
 use candle_swag_report::report::{CalibrationSetup, GaussianPredictions, ReportBuilder};
 
@@ -81,7 +82,7 @@ fn report_rows(table: &CsvTable, split_column: Option<&str>) -> Result<Vec<usize
 /// run's or the given scale).
 pub fn report_run(opts: &RunReportConfig) -> Result<ReportBuilder> {
     // Refuse a bad level at once, also for a run without calibration rows.
-    candle_swag::metrics::ConformalConfig::with_coverage(opts.coverage)?;
+    candle_swag::metrics::ConformalParams::with_coverage(opts.coverage).check()?;
     let device = Device::Cpu;
     let run = LoadedRun::load(&opts.run, &device)?;
     let cfg = &run.config;
@@ -116,7 +117,7 @@ pub fn report_run(opts: &RunReportConfig) -> Result<ReportBuilder> {
     );
     let mut builder = ReportBuilder::with_config(
         dataset,
-        ClassificationConfig::with_bins(opts.bins)?,
+        ClassificationParams::with_bins(opts.bins).check()?,
         RegressionConfig::default(),
     );
     if let Some((c, _)) = &calibration {
@@ -141,9 +142,15 @@ pub fn report_run(opts: &RunReportConfig) -> Result<ReportBuilder> {
             _ => swag_at_scale(
                 &run.params,
                 &run.posterior,
-                SampleConfig::with_scale(scale)?,
-                opts.samples,
-                opts.seed,
+                BmaParams {
+                    sample: SampleParams {
+                        scale,
+                        ..Default::default()
+                    },
+                    samples: opts.samples,
+                    seed: opts.seed,
+                }
+                .check()?,
             )?,
         };
         Ok(with_refresh(p, &refresh))

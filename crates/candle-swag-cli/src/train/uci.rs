@@ -31,14 +31,16 @@ use super::run::{
     fit_mlp, regression_validation_nll, tune, validation_split, FitConfig, Fitted, NoiseModel,
     TunePoint,
 };
-use super::{Collect, Objective, TrainConfig};
+use super::{Collect, Objective, TrainParams};
 use crate::data::{prepare, Dataset, FeatureScaling, Prepared, Split, TabularData, Targets};
-use crate::models::MlpConfig;
+use crate::models::MlpParams;
 use candle_swag::error::{Error, Result};
-use candle_swag::metrics::{self, ConformalConfig, ConformalRegressor};
-use candle_swag::optim::SgdConfig;
+use candle_swag::metrics::{self, ConformalParams, ConformalRegressor};
+use candle_swag::optim::SgdParams;
+use candle_swag::predictive::BmaParams;
 use candle_swag::predictive::{batches, Noise, Predictive, RegressionPrediction};
 use candle_swag::swag::MultiSwag;
+use candle_swag::swag::SampleParams;
 
 /// The nominal coverage of the intervals the protocol scores: 90%.
 pub const UCI_COVERAGE: f64 = 0.9;
@@ -94,47 +96,48 @@ impl UciGrid {
     }
 }
 
-/// Settings of the protocol, checked when made.
+/// The settings of the protocol, unchecked (the crate's config shape, see
+/// [`candle_swag::swag::config`]).
 #[derive(Debug, Clone, PartialEq)]
-pub struct UciConfig {
-    splits: usize,
-    seed: u64,
-    samples: usize,
-    grid: UciGrid,
-    progress: bool,
+pub struct UciParams {
+    /// Random 90/10 splits, at least 2 for a standard error (10 by default).
+    pub splits: usize,
+    /// Split `i` uses seed `seed + i` (0 by default).
+    pub seed: u64,
+    /// SWAG samples per prediction, at least 1 (30 by default).
+    pub samples: usize,
+    /// The grid searched on validation (the full grid by default); every list must be
+    /// non-empty, the epochs at least 2, the rates and decays valid for [`SgdParams`].
+    pub grid: UciGrid,
+    /// Shows training progress bars (off by default).
+    pub progress: bool,
 }
 
-impl UciConfig {
-    /// `splits` random 90/10 splits (at least 2, for a standard error), seeds `seed + split`;
-    /// 30 samples, the full grid, no progress bars.
-    pub fn new(splits: usize, seed: u64) -> Result<Self> {
+impl Default for UciParams {
+    fn default() -> Self {
+        Self {
+            splits: 10,
+            seed: 0,
+            samples: 30,
+            grid: UciGrid::full(),
+            progress: false,
+        }
+    }
+}
+
+impl UciParams {
+    /// The checked config; the error names the field.
+    pub fn check(&self) -> Result<UciConfig> {
+        let (splits, grid) = (self.splits, &self.grid);
         if splits < 2 {
             return Err(Error::invalid(
                 "splits",
                 format!("{splits}: at least 2 splits are needed for a standard error"),
             ));
         }
-        Ok(Self {
-            splits,
-            seed,
-            samples: 30,
-            grid: UciGrid::full(),
-            progress: false,
-        })
-    }
-
-    /// SWAG samples per prediction (at least 1).
-    pub fn with_samples(mut self, samples: usize) -> Result<Self> {
-        if samples == 0 {
+        if self.samples == 0 {
             return Err(Error::invalid("samples", "must be at least 1"));
         }
-        self.samples = samples;
-        Ok(self)
-    }
-
-    /// The grid searched on validation; every list must be non-empty, the epochs at least 2,
-    /// the rates and decays valid for [`SgdConfig`].
-    pub fn with_grid(mut self, grid: UciGrid) -> Result<Self> {
         if grid.epochs.is_empty() || grid.lr.is_empty() || grid.weight_decay.is_empty() {
             return Err(Error::invalid(
                 "grid",
@@ -149,19 +152,23 @@ impl UciConfig {
         }
         for &lr in &grid.lr {
             for &wd in &grid.weight_decay {
-                SgdConfig::new(lr, 0.9, wd)?;
+                SgdParams {
+                    lr,
+                    momentum: 0.9,
+                    weight_decay: wd,
+                }
+                .check()?;
             }
         }
-        self.grid = grid;
-        Ok(self)
+        Ok(UciConfig(self.clone()))
     }
+}
 
-    /// Shows training progress bars.
-    pub fn with_progress(mut self, progress: bool) -> Self {
-        self.progress = progress;
-        self
-    }
+/// Settings of the protocol (from [`UciParams::check`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UciConfig(UciParams);
 
+impl UciConfig {
     /// The fraction of rows in each test part: 10%.
     pub fn test_fraction(&self) -> f64 {
         0.1
@@ -269,8 +276,8 @@ pub fn run_uci(data: &TabularData, config: &UciConfig, device: &Device) -> Resul
         ));
     }
     let mut outcomes = Vec::new();
-    for split in 0..config.splits {
-        let seed = config.seed.wrapping_add(split as u64);
+    for split in 0..config.0.splits {
+        let seed = config.0.seed.wrapping_add(split as u64);
         let (_, test_rows) = validation_split(n, config.test_fraction(), seed)?;
         let mut table = data.clone();
         table.splits = vec![Split::Train; n];
@@ -297,14 +304,32 @@ fn fit_config(
         UciNoise::Homoscedastic => 1,
         UciNoise::Heteroscedastic => 2,
     };
-    let sgd = SgdConfig::new(point.lr, 0.9, point.weight_decay)?;
+    let sgd = SgdParams {
+        lr: point.lr,
+        momentum: 0.9,
+        weight_decay: point.weight_decay,
+    }
+    .check()?;
     Ok(FitConfig {
-        mlp: MlpConfig::new(prepared.train.num_features(), vec![50], outputs)?,
-        train: TrainConfig::new(point.epochs, 32, sgd)?
-            .with_collection(Some(point.epochs / 2), Collect::EveryEpoch)?
-            .with_seed(seed)
-            .with_progress(progress)
-            .with_label(format!("uci {} s{seed}", noise.short())),
+        mlp: MlpParams {
+            input_dim: prepared.train.num_features(),
+            hidden: vec![50],
+            output_dim: outputs,
+            batchnorm: false,
+        }
+        .check()?,
+        train: TrainParams {
+            epochs: point.epochs,
+            batch_size: 32,
+            sgd: sgd.into(),
+            swa_start: Some(point.epochs / 2),
+            collect: Collect::EveryEpoch,
+            seed,
+            progress,
+            label: format!("uci {} s{seed}", noise.short()).into(),
+            ..Default::default()
+        }
+        .check()?,
         swa_lr: point.lr,
         rank: 20,
         init_seed: seed,
@@ -328,8 +353,8 @@ fn run_split(
     // Validation: every grid point, every method's best scale and noise.
     let mut best: [Option<Choice>; 4] = [None; 4];
     let mut validation_fits: Vec<(GridPoint, Fitted)> = Vec::new();
-    for point in config.grid.points() {
-        let spec = fit_config(prepared, noise, point, seed, config.progress)?;
+    for point in config.0.grid.points() {
+        let spec = fit_config(prepared, noise, point, seed, config.0.progress)?;
         let fitted = fit_mlp(&fit_part, objective, &spec)?;
         let tuned = |diag| {
             tune(
@@ -337,7 +362,7 @@ fn run_split(
                 &fit_part.features,
                 &val,
                 objective,
-                config.samples,
+                config.0.samples,
                 diag,
                 seed,
             )
@@ -379,7 +404,7 @@ fn run_split(
     let (mean_y, std_y) = (scaler.mean[0], scaler.std[0]);
     let targets = prepared.targets_in_original_units(&prepared.test)?;
     let test_z: Vec<f64> = prepared.test.targets.to_dtype(DType::F64)?.to_vec1()?;
-    let conformal = ConformalConfig::with_coverage(UCI_COVERAGE)?;
+    let conformal = ConformalParams::with_coverage(UCI_COVERAGE).check()?;
     let mut fits: Vec<(GridPoint, Fitted)> = Vec::new();
     let mut out = Vec::new();
     for (method, choice) in UCI_METHODS.into_iter().zip(best) {
@@ -406,7 +431,7 @@ fn run_split(
         )?;
 
         if !fits.iter().any(|(p, _)| *p == choice.point) {
-            let spec = fit_config(prepared, noise, choice.point, seed, config.progress)?;
+            let spec = fit_config(prepared, noise, choice.point, seed, config.0.progress)?;
             fits.push((choice.point, fit_mlp(train, objective, &spec)?));
         }
         let fitted = fits
@@ -453,7 +478,19 @@ fn predict_with(
         }
     };
     let prediction = method
-        .predictive(fitted, &multi, choice.scale, config.samples, seed)?
+        .predictive(
+            fitted,
+            &multi,
+            BmaParams {
+                sample: SampleParams {
+                    scale: choice.scale,
+                    ..Default::default()
+                },
+                samples: config.0.samples,
+                seed,
+            }
+            .check()?,
+        )?
         .regress(
             &fitted.model,
             batches(&data.features, data.len().max(1))?,
@@ -623,8 +660,8 @@ pub fn run_uci_fit(
         ));
     }
     let mut out = Vec::new();
-    for split in 0..config.splits {
-        let seed = config.seed.wrapping_add(split as u64);
+    for split in 0..config.0.splits {
+        let seed = config.0.seed.wrapping_add(split as u64);
         let (_, test_rows) = validation_split(n, config.test_fraction(), seed)?;
         let mut table = data.clone();
         table.splits = vec![Split::Train; n];
@@ -634,7 +671,7 @@ pub fn run_uci_fit(
         let prepared = prepare(&table, FeatureScaling::Standardize, device)?;
         let mut opts = fit.clone();
         opts.seed = seed;
-        opts.progress = config.progress;
+        opts.progress = config.0.progress;
         let fitted = fit_dataset(&opts, &prepared.train, 1)?;
         let scaler = prepared
             .target_scaler
@@ -645,7 +682,7 @@ pub fn run_uci_fit(
             .regress(
                 &prepared.test,
                 &prepared.train.features,
-                config.samples,
+                config.0.samples,
                 seed,
             )?
             .to_original_units(mean_y, std_y);

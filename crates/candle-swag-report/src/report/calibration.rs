@@ -32,7 +32,7 @@ use candle_swag::error::{Error, Result};
 use candle_swag::metrics::{
     self, calibration_bins, coverage_of_intervals, fit_isotonic_confidence, fit_sigma_scale,
     fit_temperature, gaussian_intervals, ClassLabel, ClassificationConfig, ConditionalCoverage,
-    ConformalClassifier, ConformalConfig, ConformalEvaluation, ConformalRegressor,
+    ConformalClassifier, ConformalEvaluation, ConformalParams, ConformalRegressor,
     HistogramBinning, IntervalCoverage, Probability, QuantileRecalibrator, RegressionConfig,
     SetScore, SigmaScaling, TemperatureScaling,
 };
@@ -57,7 +57,7 @@ impl CalibrationSetup {
     /// the calibration predictions are, e.g. `"the 20% calibration hold-out"` (the report
     /// adds the number of rows). APS sets and [`DEFAULT_SIGMA_BINS`] σ bins by default.
     pub fn new(coverage: f64, part: impl Into<String>) -> Result<Self> {
-        ConformalConfig::with_coverage(coverage)?;
+        ConformalParams::with_coverage(coverage).check()?;
         let part = part.into();
         if part.trim().is_empty() {
             return Err(Error::invalid(
@@ -191,7 +191,7 @@ pub(crate) fn regression(
     (cal_mean, cal_std, cal_y): (&[f64], &[f64], &[f64]),
 ) -> Result<RegressionCalibration> {
     let level = setup.coverage;
-    let config = ConformalConfig::with_coverage(level)?;
+    let config = ConformalParams::with_coverage(level).check()?;
     let (conformal, sigma_scaling, recalibrator) = (|| {
         Ok((
             ConformalRegressor::fit(&config, cal_mean, cal_std, cal_y)?,
@@ -244,7 +244,7 @@ pub(crate) fn classification<T: Probability, L: ClassLabel>(
     (cal_probs, cal_labels): (&[T], &[L]),
     raw_ece: f64,
 ) -> Result<ClassificationCalibration> {
-    let config = ConformalConfig::with_coverage(setup.coverage)?;
+    let config = ConformalParams::with_coverage(setup.coverage).check()?;
     let n_bins = options.n_bins();
     let eps = options.nll_eps();
     let (sets, temperature, isotonic, histogram, n_calibration) = (|| {

@@ -4,12 +4,12 @@
 //! # Building a report from Rust
 //!
 //! ```no_run
-//! use candle_swag::metrics::{ClassificationConfig, RegressionConfig};
+//! use candle_swag::metrics::{ClassificationConfig, ClassificationParams, RegressionConfig};
 //! use candle_swag_report::report::ReportBuilder;
 //! # fn main() -> candle_swag::Result<()> {
 //! # let (probs_sgd, probs_swag, labels): (Vec<f32>, Vec<f32>, Vec<u32>) = (vec![], vec![], vec![]);
 //! # let (mean, std, y): (Vec<f64>, Vec<f64>, Vec<f64>) = (vec![], vec![], vec![]);
-//! let settings = ClassificationConfig::with_bins(15)?;
+//! let settings = ClassificationParams::with_bins(15).check()?;
 //! let files = ReportBuilder::with_config("digits", settings, RegressionConfig::default())
 //!     .classification_method("SGD", &probs_sgd, 10, &labels)?
 //!     .classification_method("SWAG", &probs_swag, 10, &labels)?

@@ -8,7 +8,7 @@ use candle_swag::{Error, Result};
 use candle_swag_cli::data::{load_csv, CsvConfig, TaskKind};
 use candle_swag_cli::train::pipeline::{CsvFitConfig, NoiseChoice};
 use candle_swag_cli::train::uci::{
-    run_uci, run_uci_fit, uci_fit_table, uci_table, UciConfig, UciGrid,
+    run_uci, run_uci_fit, uci_fit_table, uci_table, UciGrid, UciParams,
 };
 
 use crate::fit::NoiseArg;
@@ -74,10 +74,15 @@ pub fn run(args: Args) -> Result<()> {
     } else {
         UciGrid::full()
     };
-    let config = UciConfig::new(args.splits, args.seed)?
-        .with_samples(args.samples)?
-        .with_grid(grid)?
-        .with_progress(true);
+    let config = UciParams {
+        splits: args.splits,
+        seed: args.seed,
+        samples: args.samples,
+        grid,
+        progress: true,
+        ..Default::default()
+    }
+    .check()?;
     let start = std::time::Instant::now();
     let (table, json) = if args.fit {
         let mut fit = CsvFitConfig::new(&path, spec.target.clone(), TaskKind::Regression);

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use candle_core::{Device, Tensor};
 use candle_swag::layout::ParamLayout;
 use candle_swag::swag::checkpoint::{read_flat, CheckpointHeader};
-use candle_swag::swag::{SwagConfig, SwagPosterior};
+use candle_swag::swag::{SwagParams, SwagPosterior};
 use candle_swag::{Error, Result};
 
 use crate::store::{DtypeArg, StoreArg};
@@ -52,9 +52,13 @@ pub fn run(args: Args) -> Result<()> {
     // A disk posterior collects into a sibling file renamed over --out once saved, so a failed
     // run never leaves a half-written posterior at --out.
     let partial = args.out.with_extension("partial");
-    let config = SwagConfig::with_rank(args.rank)
-        .with_deviation_dtype(args.dtype.dtype())?
-        .with_store(args.store.store(&partial));
+    let config = SwagParams {
+        rank: args.rank,
+        deviation_dtype: args.dtype.dtype(),
+        store: args.store.store(&partial),
+        ..Default::default()
+    }
+    .check()?;
     let collected = (|| -> Result<SwagPosterior> {
         let mut posterior = SwagPosterior::new(layout, config, &Device::Cpu)?;
         for path in &args.snapshots {

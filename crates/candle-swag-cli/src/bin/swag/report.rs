@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_swag::metrics::{attribute_to_file, ClassificationConfig, RegressionConfig, SetScore};
+use candle_swag::metrics::{attribute_to_file, ClassificationParams, RegressionConfig, SetScore};
 use candle_swag::{Error, Result};
 use candle_swag_cli::train::run_report::{report_run, RunReportConfig};
 use candle_swag_report::io::{self, Array, InputSource, Precision, Role};
@@ -238,7 +238,7 @@ pub fn run(args: Args) -> Result<()> {
     // Metrics are computed as methods are added; nothing is written before `write`.
     let mut builder = ReportBuilder::with_config(
         dataset,
-        ClassificationConfig::with_bins(args.bins)?,
+        ClassificationParams::with_bins(args.bins).check()?,
         RegressionConfig::default(),
     );
 

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use candle_core::Device;
 use candle_swag::swag::checkpoint::write_flat;
-use candle_swag::swag::{Divisor, SampleConfig, SwagPosterior};
+use candle_swag::swag::{Divisor, SampleParams, SwagPosterior};
 use candle_swag::Result;
 
 use crate::store::StoreArg;
@@ -45,13 +45,17 @@ pub fn run(args: Args) -> Result<()> {
         .store
         .store_for_file(&args.posterior, args.memory_budget_mib)?;
     let posterior = SwagPosterior::load_with_store(&args.posterior, &Device::Cpu, store)?;
-    let opts = SampleConfig::with_scale(args.scale)?
-        .with_diag_only(args.diag)
-        .with_divisor(if args.reference_divisor {
+    let opts = SampleParams {
+        scale: args.scale,
+        diag_only: args.diag,
+        divisor: if args.reference_divisor {
             Divisor::RankMinusOne
         } else {
             Divisor::RowsMinusOne
-        });
+        },
+        ..Default::default()
+    }
+    .check()?;
     let flat: Vec<f32> = posterior.sample_flat_seeded(args.seed, &opts)?.to_vec1()?;
     write_flat(&args.out, posterior.layout(), &flat)?;
     println!(

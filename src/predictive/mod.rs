@@ -31,19 +31,19 @@
 //! use candle_core::{DType, Device, Tensor};
 //! use candle_nn::{VarBuilder, VarMap};
 //! use candle_swag::predictive::{batches, Predictive};
-//! use candle_swag::{ParamSet, SampleConfig, SwagConfig, SwagPosterior};
+//! use candle_swag::{ParamSet, SampleConfig, SampleParams, SwagParams, SwagPosterior};
 //!
 //! # fn main() -> candle_swag::Result<()> {
 //! let varmap = VarMap::new();
 //! let model = candle_nn::linear(3, 4, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
 //! let params = ParamSet::from_varmap(&varmap)?;
-//! let mut posterior = SwagPosterior::for_params(&params, SwagConfig::with_rank(2))?;
+//! let mut posterior = SwagPosterior::for_params(&params, SwagParams { rank: 2, ..Default::default() }.check()?)?;
 //! for _ in 0..3 {
 //!     // ... an epoch of training ...
 //!     posterior.collect(&params)?;
 //! }
 //! let x = Tensor::zeros((10, 3), DType::F32, &Device::Cpu)?;
-//! let swag = Predictive::swag(&params, &posterior, SampleConfig::with_scale(0.5)?, 8, 0)?;
+//! let swag = Predictive::swag(&params, &posterior, BmaParams { sample: SampleParams { scale: 0.5, ..Default::default() }, samples: 8, seed: 0 }.check()?)?;
 //! let out = swag.classify(&model, batches(&x, 4)?)?;
 //! assert_eq!(out.probs.dims(), &[10, 4]);
 //! # Ok(()) }
@@ -51,16 +51,22 @@
 
 use std::borrow::Borrow;
 
-use candle_core::{DType, ModuleT, Tensor, D};
-use rand::SeedableRng;
-use serde::{Deserialize, Serialize};
-
 use crate::batchnorm::BatchNormRefresh;
 use crate::error::{Error, Result};
 use crate::layout::ParamSet;
-use crate::metrics::uncertainty::UncertaintyDecomposition;
 use crate::swag::multi::assignment;
-use crate::swag::{MultiSwag, SampleConfig, SwagPosterior};
+use crate::swag::{MultiSwag, SwagPosterior};
+use candle_core::{DType, ModuleT, Tensor, D};
+use rand::SeedableRng;
+
+mod config;
+mod output;
+
+pub use config::{BmaConfig, BmaParams};
+use output::cat_field;
+pub use output::{
+    batches, ClassificationOutput, Noise, RegressionOutput, RegressionPrediction, VarianceLink,
+};
 
 /// Where the weights of each forward pass come from.
 #[derive(Debug, Clone)]
@@ -72,9 +78,7 @@ enum Source<'a> {
     /// `samples` draws spread over `posteriors` with [`assignment`].
     Samples {
         posteriors: Vec<&'a SwagPosterior>,
-        options: SampleConfig,
-        samples: usize,
-        seed: u64,
+        bma: BmaConfig,
     },
 }
 
@@ -123,59 +127,40 @@ impl<'a> Predictive<'a> {
         Ok(Self::with_source(params, Source::SwaMean(posterior)))
     }
 
-    /// `samples` SWAG samples from `posterior` with `options` (scale, diagonal only, divisor;
-    /// see [`SampleConfig`]). The noise comes from one `StdRng` seeded with `seed`, so a seed
-    /// fixes the whole prediction.
+    /// `S` SWAG samples from `posterior`, drawn as `bma` says ([`BmaConfig`]: the sample
+    /// settings, `S`, and the seed of the one `StdRng` they draw from, so a seed fixes the
+    /// whole prediction).
     ///
-    /// Errors: `samples == 0` (`Error::InvalidArgument` naming `samples`), a posterior over
-    /// another layout (`Error::LayoutMismatch`).
-    pub fn swag(
-        params: &ParamSet,
-        posterior: &'a SwagPosterior,
-        options: SampleConfig,
-        samples: usize,
-        seed: u64,
-    ) -> Result<Self> {
-        Self::samples(params, vec![posterior], options, samples, seed)
+    /// Errors: a posterior over another layout (`Error::LayoutMismatch`).
+    pub fn swag(params: &ParamSet, posterior: &'a SwagPosterior, bma: BmaConfig) -> Result<Self> {
+        Self::samples(params, vec![posterior], bma)
     }
 
-    /// MultiSWAG: `samples` samples spread over the posteriors of `multi` with
-    /// [`assignment`] (posterior `i` gets `⌊S/M⌋` samples, one more for the first
-    /// `S mod M`), in that order, from one `StdRng` seeded with `seed`.
+    /// MultiSWAG: `S` samples spread over the posteriors of `multi` with [`assignment`]
+    /// (posterior `i` gets `⌊S/M⌋` samples, one more for the first `S mod M`), in that order,
+    /// from one `StdRng` seeded with `bma`'s seed.
     ///
     /// Errors as [`Predictive::swag`].
     pub fn multi_swag<P: Borrow<SwagPosterior>>(
         params: &ParamSet,
         multi: &'a MultiSwag<P>,
-        options: SampleConfig,
-        samples: usize,
-        seed: u64,
+        bma: BmaConfig,
     ) -> Result<Self> {
         let posteriors = multi.posteriors().iter().map(|p| p.borrow()).collect();
-        Self::samples(params, posteriors, options, samples, seed)
+        Self::samples(params, posteriors, bma)
     }
 
     fn samples(
         params: &ParamSet,
         posteriors: Vec<&'a SwagPosterior>,
-        options: SampleConfig,
-        samples: usize,
-        seed: u64,
+        bma: BmaConfig,
     ) -> Result<Self> {
-        if samples == 0 {
-            return Err(Error::invalid("samples", "must be at least 1"));
-        }
         for (i, p) in posteriors.iter().enumerate() {
             check_layout(params, p, i)?;
         }
         Ok(Self::with_source(
             params,
-            Source::Samples {
-                posteriors,
-                options,
-                samples,
-                seed,
-            },
+            Source::Samples { posteriors, bma },
         ))
     }
 
@@ -257,7 +242,7 @@ impl<'a> Predictive<'a> {
     pub fn num_samples(&self) -> usize {
         match &self.source {
             Source::Point(_) | Source::SwaMean(_) => 1,
-            Source::Samples { samples, .. } => *samples,
+            Source::Samples { bma, .. } => bma.samples(),
         }
     }
 
@@ -342,18 +327,13 @@ impl<'a> Predictive<'a> {
                 p.write_mean_into(&self.params)?;
                 pass(0, each)?;
             }
-            Source::Samples {
-                posteriors,
-                options,
-                samples,
-                seed,
-            } => {
-                let mut rng = rand::rngs::StdRng::seed_from_u64(*seed);
-                for (i, which) in assignment(posteriors.len(), *samples)
+            Source::Samples { posteriors, bma } => {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(bma.seed());
+                for (i, which) in assignment(posteriors.len(), bma.samples())
                     .into_iter()
                     .enumerate()
                 {
-                    posteriors[which].sample_into(&self.params, options, &mut rng)?;
+                    posteriors[which].sample_into(&self.params, &bma.sample(), &mut rng)?;
                     pass(i, each)?;
                 }
             }
@@ -543,212 +523,4 @@ fn one_hot_argmax(probs: &Tensor) -> Result<Tensor> {
     let arg = probs.argmax_keepdim(1)?;
     let classes = Tensor::arange(0u32, c as u32, probs.device())?.unsqueeze(0)?;
     Ok(arg.broadcast_eq(&classes)?.to_dtype(DType::F32)?)
-}
-
-/// The noise model of a regression network.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Noise {
-    /// One noise variance for every row, in the units of the model's outputs (e.g. the mean
-    /// squared training residual). Must be finite and >= 0.
-    Homoscedastic {
-        /// The noise variance `σ²`.
-        variance: f64,
-    },
-    /// The network outputs `[..., 2]`: a mean and a raw variance parameter per row, mapped to a
-    /// variance by the link (trained with the Gaussian negative log-likelihood).
-    Heteroscedastic(VarianceLink),
-}
-
-impl Noise {
-    fn check(&self) -> Result<()> {
-        match *self {
-            Noise::Homoscedastic { variance } if !(variance.is_finite() && variance >= 0.0) => {
-                Err(Error::invalid(
-                    "noise_variance",
-                    format!("must be finite and >= 0, got {variance}"),
-                ))
-            }
-            Noise::Heteroscedastic(VarianceLink::Softplus { min_variance })
-                if !(min_variance.is_finite() && min_variance >= 0.0) =>
-            {
-                Err(Error::invalid(
-                    "min_variance",
-                    format!("must be finite and >= 0, got {min_variance}"),
-                ))
-            }
-            _ => Ok(()),
-        }
-    }
-}
-
-/// How a heteroscedastic network's raw output `s` becomes a variance.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum VarianceLink {
-    /// `σ² = exp(s)`: `s` is the log-variance.
-    LogVariance,
-    /// `σ² = softplus(s) + min_variance`, `softplus(s) = ln(1 + eˢ)` (computed as
-    /// `max(s, 0) + ln(1 + e^(−|s|))`, which does not overflow): bounded away from 0, so one
-    /// outlier cannot drive the likelihood to infinity.
-    Softplus {
-        /// The variance floor (finite, >= 0).
-        min_variance: f64,
-    },
-}
-
-impl VarianceLink {
-    /// The variance for raw outputs `raw` (elementwise, any shape, float dtype kept).
-    pub fn variance(&self, raw: &Tensor) -> Result<Tensor> {
-        Ok(match *self {
-            VarianceLink::LogVariance => raw.exp()?,
-            VarianceLink::Softplus { min_variance } => {
-                let soft = (raw.relu()? + (raw.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
-                (soft + min_variance)?
-            }
-        })
-    }
-}
-
-/// A classification BMA, on the model's device (f32).
-#[derive(Debug, Clone)]
-pub struct ClassificationOutput {
-    /// Number of weight samples `S` averaged.
-    pub n_samples: usize,
-    /// `[N, C]`: mean over samples of the softmax probabilities.
-    pub probs: Tensor,
-    /// `[N]`: entropy of the mean prediction (total uncertainty), in nats.
-    pub predictive_entropy: Tensor,
-    /// `[N]`: mean entropy of the sample predictions (aleatoric), in nats.
-    pub expected_entropy: Tensor,
-    /// `[N]`: predictive minus expected entropy (epistemic), clamped at 0, in nats.
-    pub mutual_information: Tensor,
-    /// `[N]`: one minus the fraction of samples voting for the modal arg-max class.
-    pub variation_ratio: Tensor,
-}
-
-impl ClassificationOutput {
-    /// Copies the prediction to the host in f64, in the form the metrics and the report take.
-    /// The predictive entropy and the mutual information are recomputed there in f64 from the
-    /// copied probabilities (`H[p̄]`, then `max(H[p̄] − expected entropy, 0)`), so that the host
-    /// values agree with each other to f64 precision rather than f32.
-    pub fn to_host(&self) -> Result<UncertaintyDecomposition> {
-        Ok(UncertaintyDecomposition::from_averages(
-            self.n_samples,
-            self.probs.dim(1)?,
-            host_f64(&self.probs)?,
-            host_f64(&self.expected_entropy)?,
-            host_f64(&self.variation_ratio)?,
-        ))
-    }
-}
-
-/// A tensor's values, flattened, as f64 on the host.
-fn host_f64(t: &Tensor) -> Result<Vec<f64>> {
-    Ok(t.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?)
-}
-
-/// Concatenates, along dimension 0, one field of the per-batch accumulators.
-fn cat_field(
-    acc: &[(Tensor, Tensor, Tensor)],
-    pick: fn(&(Tensor, Tensor, Tensor)) -> &Tensor,
-) -> Result<Tensor> {
-    let parts: Vec<&Tensor> = acc.iter().map(pick).collect();
-    Ok(Tensor::cat(&parts, 0)?)
-}
-
-/// A regression BMA, on the model's device (f32), in the units of the model's outputs.
-#[derive(Debug, Clone)]
-pub struct RegressionOutput {
-    /// Number of weight samples `S`.
-    pub n_samples: usize,
-    /// Mixture mean `(1/S) Σ μ_s`.
-    pub mean: Tensor,
-    /// Variance of the sampled means (epistemic), divisor `S`; 0 for one sample.
-    pub var_epistemic: Tensor,
-    /// Mean of the sampled noise variances (aleatoric).
-    pub var_aleatoric: Tensor,
-}
-
-impl RegressionOutput {
-    /// Copies the prediction to the host in f64 (values flattened in row-major order).
-    pub fn to_host(&self) -> Result<RegressionPrediction> {
-        Ok(RegressionPrediction {
-            mean: host_f64(&self.mean)?,
-            var_epistemic: host_f64(&self.var_epistemic)?,
-            var_aleatoric: host_f64(&self.var_aleatoric)?,
-        })
-    }
-}
-
-/// A regression BMA on the host, per row (f64), as the metrics and the report take it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RegressionPrediction {
-    /// Mixture mean per row.
-    pub mean: Vec<f64>,
-    /// Epistemic variance per row (divisor `S`).
-    pub var_epistemic: Vec<f64>,
-    /// Aleatoric variance per row.
-    pub var_aleatoric: Vec<f64>,
-}
-
-impl RegressionPrediction {
-    /// Total predictive variance per row: `var_epistemic + var_aleatoric`.
-    pub fn variance(&self) -> Vec<f64> {
-        self.var_epistemic
-            .iter()
-            .zip(&self.var_aleatoric)
-            .map(|(e, a)| e + a)
-            .collect()
-    }
-
-    /// Total predictive standard deviation per row.
-    pub fn std(&self) -> Vec<f64> {
-        self.variance().into_iter().map(f64::sqrt).collect()
-    }
-
-    /// Maps a prediction made on standardised targets `z = (y − mean)/std` back to the
-    /// original units: means become `μ·std + mean`, variances are multiplied by `std²`.
-    pub fn to_original_units(&self, target_mean: f64, target_std: f64) -> Self {
-        let s2 = target_std * target_std;
-        let scale = |v: &[f64]| v.iter().map(|x| x * s2).collect();
-        Self {
-            mean: self
-                .mean
-                .iter()
-                .map(|m| m * target_std + target_mean)
-                .collect(),
-            var_epistemic: scale(&self.var_epistemic),
-            var_aleatoric: scale(&self.var_aleatoric),
-        }
-    }
-}
-
-/// Consecutive batches of `batch_size` rows of `x` (dimension 0; the last batch may be smaller),
-/// as a `Clone` iterator for [`Predictive`] and [`BatchNormRefresh`]. The batches are views
-/// (`narrow`), not copies.
-///
-/// Errors: `batch_size == 0` (`Error::InvalidArgument` naming `batch_size`), a tensor of rank 0
-/// or with no row (naming `x`).
-pub fn batches(
-    x: &Tensor,
-    batch_size: usize,
-) -> Result<impl Iterator<Item = candle_core::Result<Tensor>> + Clone + '_> {
-    if batch_size == 0 {
-        return Err(Error::invalid("batch_size", "must be at least 1"));
-    }
-    let n = match x.dims().first() {
-        Some(&n) if n > 0 => n,
-        _ => {
-            return Err(Error::invalid(
-                "x",
-                format!(
-                    "batches need a tensor with at least one row, got shape {:?}",
-                    x.dims()
-                ),
-            ))
-        }
-    };
-    Ok((0..n)
-        .step_by(batch_size)
-        .map(move |start| x.narrow(0, start, batch_size.min(n - start))))
 }
