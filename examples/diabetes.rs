@@ -10,7 +10,7 @@
 //! ```
 
 use candle_core::Device;
-use candle_swag_cli::train::recipes::{self, RecipeConfig};
+use candle_swag_cli::train::recipes::{self, RecipeParams};
 use clap::Parser;
 
 /// Diabetes regression with SWAG (BENCHMARKS.md §2).
@@ -44,11 +44,12 @@ fn main() {
 }
 
 fn run(args: Args) -> candle_swag::Result<()> {
-    let opts = RecipeConfig {
+    let opts = RecipeParams {
         epochs: args.epochs,
         tune_scale: args.tune_scale,
-        ..RecipeConfig::default()
-    };
+        ..RecipeParams::default()
+    }
+    .check()?;
     let mut seeds = Vec::new();
     for seed in 0..args.seeds {
         let result = recipes::run_diabetes(seed, &opts, &Device::Cpu)?;

@@ -9,7 +9,7 @@
 //! ```
 
 use candle_core::Device;
-use candle_swag_cli::train::recipes::{self, RecipeConfig};
+use candle_swag_cli::train::recipes::{self, RecipeParams};
 use clap::Parser;
 
 /// Digits classification with SWAG (BENCHMARKS.md §1).
@@ -42,10 +42,11 @@ fn main() {
 }
 
 fn run(args: Args) -> candle_swag::Result<()> {
-    let opts = RecipeConfig {
+    let opts = RecipeParams {
         epochs: args.epochs,
-        ..RecipeConfig::default()
-    };
+        ..RecipeParams::default()
+    }
+    .check()?;
     let mut seeds = Vec::new();
     for seed in 0..args.seeds {
         let result = recipes::run_digits(seed, args.ood, &opts, &Device::Cpu)?;

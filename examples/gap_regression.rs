@@ -20,7 +20,7 @@ use candle_swag::swag::{MultiSwag, SampleParams};
 use candle_swag_cli::data::{toy, Dataset, Standardizer};
 use candle_swag_cli::models::MlpParams;
 use candle_swag_cli::train::recipes::run_spec;
-use candle_swag_cli::train::run::{fit_mlp, training_noise_variance, FitConfig};
+use candle_swag_cli::train::run::{fit_mlp, training_noise_variance, FitParams};
 use candle_swag_cli::train::{Collect, Objective, TrainParams};
 use candle_swag_report::plot::PredictiveBand;
 use candle_swag_report::report::ReportBuilder;
@@ -87,14 +87,13 @@ fn run(args: Args) -> candle_swag::Result<()> {
     let x: Vec<f32> = points.x.iter().map(|&v| v as f32).collect();
     let y = y_scaler.transform_rows(&points.y, &all_rows);
     let train = Dataset::regression(x, 1, y, &device)?;
-    let spec = FitConfig {
+    let spec = FitParams {
         mlp: MlpParams {
             input_dim: 1,
             hidden: args.hidden.clone(),
             output_dim: 1,
             batchnorm: false,
-        }
-        .check()?,
+        },
         train: TrainParams {
             epochs: args.epochs,
             batch_size: 32,
@@ -110,12 +109,12 @@ fn run(args: Args) -> candle_swag::Result<()> {
             seed: args.seed,
             label: "gap toy".to_string(),
             ..Default::default()
-        }
-        .check()?,
+        },
         swa_lr: args.swa_lr,
         rank: 20,
         init_seed: args.seed,
-    };
+    }
+    .check()?;
     let runs = (0..args.runs.max(1))
         .map(|r| fit_mlp(&train, Objective::MeanSquaredError, &run_spec(&spec, r)?))
         .collect::<candle_swag::Result<Vec<_>>>()?;

@@ -11,7 +11,7 @@ use candle_swag::layout::ParamLayout;
 use candle_swag::swag::checkpoint::write_flat;
 use candle_swag::swag::{ShardEntry, ShardIndex, SwagParams, SwagPosterior};
 use candle_swag_cli::data::csv::TaskKind;
-use candle_swag_cli::train::pipeline::{fit_csv, CsvFitConfig};
+use candle_swag_cli::train::pipeline::{fit_csv, CsvFitParams};
 
 type Res<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -325,7 +325,7 @@ fn run_seeds(s: &Seeds) -> Res<()> {
         ("classification_batchnorm", TaskKind::Classification, true),
     ];
     for (name, task, batchnorm) in cases {
-        let mut cfg = CsvFitConfig::new(&data, "y", task);
+        let mut cfg = CsvFitParams::new(&data, "y", task);
         cfg.categorical = vec!["kind".into()];
         cfg.hidden = vec![3];
         cfg.batchnorm = batchnorm;
@@ -335,7 +335,7 @@ fn run_seeds(s: &Seeds) -> Res<()> {
         cfg.progress = false;
         cfg.samples = 2;
         let out = s.tmp(name);
-        fit_csv(&cfg, &out)?;
+        fit_csv(&cfg.check()?, &out)?;
         let read = |f: &str| std::fs::read(out.join(f)).unwrap_or_default();
         let mut parts = vec![
             read("config.json"),

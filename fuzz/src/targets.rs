@@ -15,7 +15,7 @@ use candle_core::Device;
 use candle_swag::layout::ParamLayout;
 use candle_swag::swag::checkpoint::{read_flat, CheckpointHeader};
 use candle_swag::swag::{DeviationStore, ShardIndex, ShardSet, SwagPosterior};
-use candle_swag_cli::data::csv::{load_csv, load_table, CsvConfig, TaskKind};
+use candle_swag_cli::data::csv::{load_csv, load_table, CsvParams, TaskKind};
 use candle_swag_cli::data::idx::{parse_images, parse_labels, read_image_csv};
 use candle_swag_cli::train::run::LoadedRun;
 use candle_swag_report::io::{read_input, CsvTable, Header, InputSource, Role};
@@ -209,7 +209,9 @@ pub fn table_csv(data: &[u8]) {
     let (knobs, body) = data.split_at(6);
     let path = scratch_file("table.csv", body);
     let Ok(text) = std::str::from_utf8(body) else {
-        let _ = load_csv(&path, &CsvConfig::new("y", TaskKind::Regression));
+        if let Ok(config) = CsvParams::new("y", TaskKind::Regression).check() {
+            let _ = load_csv(&path, &config);
+        }
         return;
     };
     let _ = CsvTable::parse_with(text, "table.csv", Header::Detect);
@@ -229,7 +231,7 @@ pub fn table_csv(data: &[u8]) {
     } else {
         pick(knobs[0])
     };
-    let mut config = CsvConfig::new(target, task);
+    let mut config = CsvParams::new(target, task);
     if knobs[1] & 2 != 0 {
         config.split_column = Some(pick(knobs[2]));
     }
@@ -249,6 +251,9 @@ pub fn table_csv(data: &[u8]) {
     if knobs[5] & 2 != 0 {
         config.ignore.push("no_such_column".into());
     }
+    let Ok(config) = config.check() else {
+        return;
+    };
     let _ = load_table(&table, &config);
     let _ = load_csv(&path, &config);
 }

@@ -5,13 +5,13 @@ use anyhow::Result;
 use candle_core::Device;
 use candle_swag::Error;
 use candle_swag_cli::data::{
-    bundled, load_csv, load_table, prepare, CsvConfig, FeatureScaling, Split, Standardizer,
+    bundled, load_csv, load_table, prepare, CsvParams, FeatureScaling, Split, Standardizer,
     Targets, TaskKind,
 };
 use candle_swag_report::io::CsvTable;
 
-fn spec(target: &str, split: Option<&str>, task: TaskKind) -> CsvConfig {
-    CsvConfig {
+fn spec(target: &str, split: Option<&str>, task: TaskKind) -> CsvParams {
+    CsvParams {
         target: target.to_string(),
         split_column: split.map(str::to_string),
         task,
@@ -32,8 +32,8 @@ fn bad_data(err: Error) -> (String, usize, String, String) {
     }
 }
 
-fn load(text: &str, s: &CsvConfig) -> candle_swag::Result<candle_swag_cli::data::TabularData> {
-    load_table(&CsvTable::parse(text, "in.csv")?, s)
+fn load(text: &str, s: &CsvParams) -> candle_swag::Result<candle_swag_cli::data::TabularData> {
+    load_table(&CsvTable::parse(text, "in.csv")?, &s.check()?)
 }
 
 #[test]
@@ -145,7 +145,11 @@ fn empty_and_header_only_files_are_refused() -> Result<()> {
 
 #[test]
 fn missing_file_is_an_io_error_naming_it() -> Result<()> {
-    let err = load_csv("/nonexistent/x.csv", &spec("y", None, TaskKind::Regression)).unwrap_err();
+    let err = load_csv(
+        "/nonexistent/x.csv",
+        &spec("y", None, TaskKind::Regression).check()?,
+    )
+    .unwrap_err();
     assert!(matches!(err, Error::Io { .. }));
     assert!(err.to_string().contains("/nonexistent/x.csv"));
     Ok(())

@@ -14,7 +14,7 @@ use candle_swag::swag::SampleParams;
 use candle_swag_cli::data::{bundled, Dataset};
 use candle_swag_cli::models::{Mlp, MlpParams};
 use candle_swag_cli::train::run::{
-    fit_mlp, save_run, validation_split, FitConfig, LoadedRun, RunConfig,
+    fit_mlp, save_run, validation_split, FitConfig, FitParams, LoadedRun, RunConfig,
 };
 use candle_swag_cli::train::{Collect, Objective, TrainConfig, TrainParams};
 use candle_swag_report::report::ReportBuilder;
@@ -111,15 +111,13 @@ fn small_digits(n: usize) -> Dataset {
 }
 
 fn small_spec(epochs: usize, swa_start: usize, collect: Collect, seed: u64) -> FitConfig {
-    FitConfig {
+    FitParams {
         mlp: MlpParams {
             input_dim: 64,
             hidden: vec![16],
             output_dim: 10,
             batchnorm: false,
-        }
-        .check()
-        .unwrap(),
+        },
         train: TrainParams {
             epochs,
             batch_size: 8,
@@ -133,13 +131,13 @@ fn small_spec(epochs: usize, swa_start: usize, collect: Collect, seed: u64) -> F
             seed,
             progress: false,
             label: "test".into(),
-        }
-        .check()
-        .unwrap(),
+        },
         swa_lr: 0.05,
         rank: 3,
         init_seed: seed,
     }
+    .check()
+    .unwrap()
 }
 
 fn flat(t: &Tensor) -> Vec<f32> {
@@ -391,11 +389,14 @@ fn bad_training_settings_are_refused_by_name() -> Result<()> {
     let err = serde_json::from_value::<TrainConfig>(json).unwrap_err();
     assert!(err.to_string().contains("batch_size"), "{err}");
     let mut spec = small_spec(3, 1, Collect::EveryEpoch, 0);
-    spec.mlp = MlpParams {
-        input_dim: 5,
-        hidden: vec![16],
-        output_dim: 10,
-        batchnorm: false,
+    spec = FitParams {
+        mlp: MlpParams {
+            input_dim: 5,
+            hidden: vec![16],
+            output_dim: 10,
+            batchnorm: false,
+        },
+        ..spec.clone().into()
     }
     .check()?;
     assert!(fit_mlp(&data, Objective::CrossEntropy, &spec)
@@ -509,25 +510,31 @@ fn regression_bma_point_weights_have_no_epistemic_variance() -> Result<()> {
     let d = bundled::diabetes(&Device::Cpu)?;
     let train = d.train.select(&(0..64).collect::<Vec<_>>())?;
     let mut spec = small_spec(3, 1, Collect::EveryEpoch, 0);
-    spec.mlp = MlpParams {
-        input_dim: 10,
-        hidden: vec![8],
-        output_dim: 1,
-        batchnorm: false,
+    spec = FitParams {
+        mlp: MlpParams {
+            input_dim: 10,
+            hidden: vec![8],
+            output_dim: 1,
+            batchnorm: false,
+        },
+        ..spec.clone().into()
     }
     .check()?;
-    spec.train = TrainParams {
-        epochs: 3,
-        batch_size: 8,
-        sgd: SgdParams {
-            lr: 0.01,
-            momentum: 0.9,
-            weight_decay: 5e-4,
+    spec = FitParams {
+        train: TrainParams {
+            epochs: 3,
+            batch_size: 8,
+            sgd: SgdParams {
+                lr: 0.01,
+                momentum: 0.9,
+                weight_decay: 5e-4,
+            },
+            swa_start: Some(1),
+            collect: Collect::EveryEpoch,
+            progress: false,
+            ..Default::default()
         },
-        swa_start: Some(1),
-        collect: Collect::EveryEpoch,
-        progress: false,
-        ..Default::default()
+        ..spec.clone().into()
     }
     .check()?;
     let f = fit_mlp(&train, Objective::MeanSquaredError, &spec)?;
@@ -649,21 +656,27 @@ fn fit_save_load_predict_report_round_trip() -> Result<()> {
 fn batchnorm_model_is_refreshed_before_each_bma_forward() -> Result<()> {
     let data = small_digits(40);
     let mut spec = small_spec(3, 1, Collect::EveryEpoch, 4);
-    spec.mlp = MlpParams {
-        batchnorm: true,
-        ..spec.mlp.into()
+    spec = FitParams {
+        mlp: MlpParams {
+            batchnorm: true,
+            ..spec.mlp().clone().into()
+        },
+        ..spec.clone().into()
     }
     .check()?;
     // One refresh batch holding every row.
-    spec.train = TrainParams {
-        epochs: 3,
-        batch_size: 40,
-        sgd: spec.train.sgd().into(),
-        swa_start: Some(1),
-        collect: Collect::EveryEpoch,
-        seed: 4,
-        progress: false,
-        ..Default::default()
+    spec = FitParams {
+        train: TrainParams {
+            epochs: 3,
+            batch_size: 40,
+            sgd: spec.train().sgd().into(),
+            swa_start: Some(1),
+            collect: Collect::EveryEpoch,
+            seed: 4,
+            progress: false,
+            ..Default::default()
+        },
+        ..spec.clone().into()
     }
     .check()?;
     let f = fit_mlp(&data, Objective::CrossEntropy, &spec)?;

@@ -9,7 +9,7 @@ use candle_core::Device;
 use candle_swag_cli::data::TaskKind;
 use candle_swag_cli::data::{FeatureColumn, Split, TabularData, Targets};
 use candle_swag_cli::train::method::Method;
-use candle_swag_cli::train::pipeline::{CsvFitConfig, NoiseChoice};
+use candle_swag_cli::train::pipeline::{CsvFitParams, NoiseChoice};
 use candle_swag_cli::train::run::NoiseModel;
 use candle_swag_cli::train::uci::{
     auto_noise_outcomes, run_uci, run_uci_fit, uci_fit_table, uci_table, GridPoint, UciGrid,
@@ -248,7 +248,7 @@ fn fit_recipe_scores_swag_fit_per_split() -> Result<()> {
         ..Default::default()
     }
     .check()?;
-    let mut fit = CsvFitConfig::new("unused.csv", "y", TaskKind::Regression);
+    let mut fit = CsvFitParams::new("unused.csv", "y", TaskKind::Regression);
     fit.hidden = vec![16];
     fit.epochs = 30;
     fit.rank = 5;

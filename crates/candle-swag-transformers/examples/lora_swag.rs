@@ -24,7 +24,7 @@ use candle_swag::{
 };
 use candle_swag_transformers::features::{cache_features, cached};
 use candle_swag_transformers::{
-    arch, config, params_without_gradient, tiny, Arch, BaseModel, Lora, LoraConfig, LoraModel,
+    arch, config, params_without_gradient, tiny, Arch, BaseModel, Lora, LoraModel, LoraParams,
 };
 use rand::{Rng, SeedableRng};
 
@@ -441,7 +441,11 @@ fn run() -> Result<()> {
             };
             let lora = Lora::new(
                 &base,
-                &LoraConfig::new(&targets, 4).with_new_weights(&[arch::HEAD]),
+                &LoraParams {
+                    new_weights: vec![arch::HEAD.into()],
+                    ..LoraParams::new(&targets, 4)
+                }
+                .check()?,
                 &dev,
             )?;
             let model = LoraModel::new(&lora, DType::F32, build)?;
@@ -452,7 +456,7 @@ fn run() -> Result<()> {
             let cfg = config::llama(base.config(), &cfg_path)?;
             let lora = Lora::new(
                 &base,
-                &LoraConfig::new(
+                &LoraParams::new(
                     &[
                         "*.q_proj.weight",
                         "*.v_proj.weight",
@@ -460,7 +464,8 @@ fn run() -> Result<()> {
                         "*.down_proj.weight",
                     ],
                     4,
-                ),
+                )
+                .check()?,
                 &dev,
             )?;
             let model = LoraModel::new(&lora, DType::F32, arch::llama_next_token(cfg))?;

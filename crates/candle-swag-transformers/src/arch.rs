@@ -19,7 +19,7 @@ use candle_nn::{LayerNorm, Linear, VarBuilder};
 use candle_transformers::models::{bert, llama, vit};
 
 /// The name prefix of the classifier head built by [`bert_classifier`] and [`vit_classifier`];
-/// give it to [`crate::LoraConfig::with_new_weights`].
+/// give it to [`crate::LoraParams::new_weights`].
 pub const HEAD: &str = "swag_head";
 
 /// The part of a classifier before the head.

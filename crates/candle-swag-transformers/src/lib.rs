@@ -17,7 +17,7 @@
 //!
 //! ```
 //! use candle_core::{DType, Device};
-//! use candle_swag_transformers::{arch, config, tiny, BaseModel, Lora, LoraConfig, LoraModel};
+//! use candle_swag_transformers::{arch, config, tiny, BaseModel, Lora, LoraModel, LoraParams};
 //!
 //! # fn main() -> candle_swag::Result<()> {
 //! let dir = std::env::temp_dir().join(format!("lora-doc-{}", std::process::id()));
@@ -26,7 +26,7 @@
 //! let cfg = config::bert(base.config(), &dir.join("config.json"))?;
 //! let lora = Lora::new(
 //!     &base,
-//!     &LoraConfig::new(&["*.attention.self.query.weight", "*.attention.self.value.weight"], 4)
+//!     &LoraParams::new(&["*.attention.self.query.weight", "*.attention.self.value.weight"], 4).check()?
 //!         .with_new_weights(&[arch::HEAD]),
 //!     &Device::Cpu,
 //! )?;
@@ -47,5 +47,5 @@ pub mod tiny;
 
 pub use base::BaseModel;
 pub use config::Arch;
-pub use lora::{Lora, LoraConfig};
+pub use lora::{Lora, LoraConfig, LoraParams};
 pub use model::{params_without_gradient, LoraModel};

@@ -3,7 +3,7 @@
 //!
 //! # Conventions
 //! - **Where adapters attach.** Every weight whose name matches one of the target patterns
-//!   ([`LoraConfig::targets`], `*` matching any run of characters, dots included, e.g.
+//!   ([`LoraParams::targets`], `*` matching any run of characters, dots included, e.g.
 //!   `*.q_proj.weight` or `*.attention.self.query.weight`) is served as
 //!   `W = W0 + (alpha / r) · B · A`, with `W0 [out, in]` the frozen pretrained weight,
 //!   `A [r, in]` and `B [out, r]` trainable `Var`s, `r` the rank. The `alpha / r` scaling is the
@@ -15,7 +15,7 @@
 //! - **Names.** The adapters of weight `P.weight` are `P.lora_A.weight` and `P.lora_B.weight`
 //!   (PEFT's spelling, without its `base_model.model.` prefix).
 //! - **New trainable weights** (a classifier head the pretrained checkpoint lacks): a name that
-//!   is not in the base but starts with one of [`LoraConfig::new_weights`] is created on first
+//!   is not in the base but starts with one of [`LoraParams::new_weights`] is created on first
 //!   request as a `Var` in the same `VarMap` as the adapters (constant-init requests keep their
 //!   constant; others get `U(−1/√fan_in, 1/√fan_in)` for a matrix, zeros for a vector), so the
 //!   head is trained with the adapters and covered by the same SWAG posterior.
@@ -40,15 +40,16 @@ use crate::base::{tensor_bytes, BaseModel};
 /// The adapter file format tag (metadata key `format`).
 pub const ADAPTER_FORMAT: &str = "candle-swag-lora/1";
 
-/// Which weights get adapters, and how.
+/// Which weights get adapters, and how, unchecked (the crate's config shape, see
+/// [`candle_swag::swag::config`]); [`LoraParams::new`] gives the defaults for some targets.
 #[derive(Debug, Clone, PartialEq)]
-pub struct LoraConfig {
-    /// Name patterns of the weights to adapt (`*` matches any run of characters). Each must
-    /// match at least one 2-D weight of the base model.
+pub struct LoraParams {
+    /// Name patterns of the weights to adapt (`*` matches any run of characters), at least
+    /// one. Each must match at least one 2-D weight of the base model.
     pub targets: Vec<String>,
     /// The rank `r` (at least 1, at most `min(out, in)` of every targeted weight).
     pub rank: usize,
-    /// The scaling numerator: the update is `(alpha / r) · B · A`.
+    /// The scaling numerator, finite: the update is `(alpha / r) · B · A`.
     pub alpha: f64,
     /// Name prefixes of trainable weights the base model lacks (a classifier head, e.g.
     /// `classifier`); see the [module docs](self).
@@ -57,7 +58,7 @@ pub struct LoraConfig {
     pub seed: u64,
 }
 
-impl LoraConfig {
+impl LoraParams {
     /// `targets` with rank `rank` and `alpha = 2 r` (a common choice), no new weights, seed 0.
     pub fn new(targets: &[&str], rank: usize) -> Self {
         Self {
@@ -69,28 +70,44 @@ impl LoraConfig {
         }
     }
 
-    /// Sets `alpha`.
-    pub fn with_alpha(mut self, alpha: f64) -> Self {
-        self.alpha = alpha;
-        self
+    /// The checked config; the error names the field. What depends on the base model (a
+    /// pattern that matches nothing, a rank above a weight's dimensions) is checked by
+    /// [`Lora::new`].
+    pub fn check(&self) -> Result<LoraConfig> {
+        if self.targets.is_empty() {
+            return Err(Error::invalid(
+                "targets",
+                "name at least one weight pattern",
+            ));
+        }
+        if self.rank == 0 {
+            return Err(Error::invalid("rank", "must be at least 1"));
+        }
+        if !self.alpha.is_finite() {
+            return Err(Error::invalid(
+                "alpha",
+                format!("must be finite, got {}", self.alpha),
+            ));
+        }
+        Ok(LoraConfig(self.clone()))
     }
+}
 
-    /// Adds name prefixes of new trainable weights (see [`LoraConfig::new_weights`]).
-    pub fn with_new_weights(mut self, prefixes: &[&str]) -> Self {
-        self.new_weights
-            .extend(prefixes.iter().map(|s| s.to_string()));
-        self
+/// Which weights get adapters, and how (from [`LoraParams::check`]); read it through `Deref`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraConfig(LoraParams);
+
+impl std::ops::Deref for LoraConfig {
+    type Target = LoraParams;
+    fn deref(&self) -> &LoraParams {
+        &self.0
     }
+}
 
-    /// Sets the initialisation seed.
-    pub fn with_seed(mut self, seed: u64) -> Self {
-        self.seed = seed;
-        self
-    }
-
+impl LoraConfig {
     /// `alpha / r`.
     pub fn scale(&self) -> f64 {
-        self.alpha / self.rank as f64
+        self.0.alpha / self.0.rank as f64
     }
 }
 
@@ -145,19 +162,10 @@ pub fn adapter_names(weight: &str) -> (String, String) {
 impl Lora {
     /// Attaches adapters to the weights of `base` that `config` targets, on `device`.
     ///
-    /// Errors (nothing is created): rank 0, a non-finite alpha, a pattern that matches no
-    /// weight (naming the closest weight names), a pattern matching a weight that is not 2-D, a
-    /// rank larger than a targeted weight's dimensions.
+    /// Errors (nothing is created): a pattern that matches no weight (naming the closest
+    /// weight names), a pattern matching a weight that is not 2-D, a rank larger than a
+    /// targeted weight's dimensions.
     pub fn new(base: &BaseModel, config: &LoraConfig, device: &Device) -> Result<Self> {
-        if config.rank == 0 {
-            return Err(Error::invalid("rank", "must be at least 1"));
-        }
-        if !config.alpha.is_finite() {
-            return Err(Error::invalid(
-                "alpha",
-                format!("must be finite, got {}", config.alpha),
-            ));
-        }
         let mut names: Vec<&String> = base.tensors().keys().collect();
         names.sort();
         let mut targeted: BTreeMap<String, Vec<usize>> = BTreeMap::new();

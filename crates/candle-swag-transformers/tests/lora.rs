@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, ModuleT, Tensor};
 use candle_nn::VarBuilder;
 use candle_swag::Result;
-use candle_swag_transformers::{arch, config, tiny, Arch, BaseModel, Lora, LoraConfig, LoraModel};
+use candle_swag_transformers::{arch, config, tiny, Arch, BaseModel, Lora, LoraModel, LoraParams};
 use candle_transformers::models::{bert, llama};
 
 fn tiny_dir(arch: Arch, seed: u64) -> Result<tempfile::TempDir> {
@@ -45,11 +45,14 @@ fn with_b_zero_the_adapted_bert_equals_the_base_bert_exactly() -> Result<()> {
     let cfg = config::bert(base.config(), &dir.path().join("config.json"))?;
     let lora = Lora::new(
         &base,
-        &LoraConfig::new(
-            &["*.attention.self.query.weight", "*.output.dense.weight"],
-            4,
-        )
-        .with_new_weights(&[arch::HEAD]),
+        &LoraParams {
+            new_weights: vec![arch::HEAD.into()],
+            ..LoraParams::new(
+                &["*.attention.self.query.weight", "*.output.dense.weight"],
+                4,
+            )
+        }
+        .check()?,
         &dev,
     )?;
     let model = LoraModel::new(&lora, DType::F32, arch::bert_classifier(cfg.clone(), 2))?;
@@ -77,7 +80,7 @@ fn with_b_zero_the_adapted_llama_equals_the_base_llama_exactly() -> Result<()> {
     assert!(cfg.tie_word_embeddings && cfg.num_key_value_heads < cfg.num_attention_heads);
     let lora = Lora::new(
         &base,
-        &LoraConfig::new(&["*.q_proj.weight", "*.v_proj.weight"], 2),
+        &LoraParams::new(&["*.q_proj.weight", "*.v_proj.weight"], 2).check()?,
         &dev,
     )?;
     let model = LoraModel::new(&lora, DType::F32, arch::llama_next_token(cfg.clone()))?;
@@ -109,7 +112,15 @@ fn merged_weight_is_w0_plus_scaled_b_times_a_by_hand() -> Result<()> {
         Tensor::from_vec(w0.clone(), (3, 4), &dev)?,
     )]);
     let base = BaseModel::from_tensors(serde_json::json!({}), tensors)?;
-    let lora = Lora::new(&base, &LoraConfig::new(&["lin.*"], 2).with_alpha(3.0), &dev)?;
+    let lora = Lora::new(
+        &base,
+        &LoraParams {
+            alpha: 3.0,
+            ..LoraParams::new(&["lin.*"], 2)
+        }
+        .check()?,
+        &dev,
+    )?;
     let ad = &lora.adapters()["lin.weight"];
     let a: Vec<f32> = vec![0.5, -1.0, 2.0, 0.25, 1.5, 0.0, -0.5, 1.0]; // [2, 4]
     let b: Vec<f32> = vec![1.0, 2.0, -1.0, 0.5, 0.0, 3.0]; // [3, 2]
@@ -138,7 +149,11 @@ fn a_is_kaiming_uniform_and_b_zero_at_init() -> Result<()> {
     let dev = Device::Cpu;
     let dir = tiny_dir(Arch::Llama, 3)?;
     let base = BaseModel::load(dir.path(), &dev)?;
-    let lora = Lora::new(&base, &LoraConfig::new(&["*.o_proj.weight"], 3), &dev)?;
+    let lora = Lora::new(
+        &base,
+        &LoraParams::new(&["*.o_proj.weight"], 3).check()?,
+        &dev,
+    )?;
     for ad in lora.adapters().values() {
         let (_, inp) = ad.a.dims2()?;
         let bound = 1.0 / (inp as f32).sqrt();
@@ -162,7 +177,7 @@ fn the_merged_file_reloads_to_the_same_outputs() -> Result<()> {
     let cfg = config::llama(base.config(), &dir.path().join("config.json"))?;
     let lora = Lora::new(
         &base,
-        &LoraConfig::new(&["*.q_proj.weight", "*.down_proj.weight"], 2),
+        &LoraParams::new(&["*.q_proj.weight", "*.down_proj.weight"], 2).check()?,
         &dev,
     )?;
     let model = LoraModel::new(&lora, DType::F32, arch::llama_next_token(cfg.clone()))?;
@@ -183,8 +198,11 @@ fn the_merged_file_reloads_to_the_same_outputs() -> Result<()> {
 fn adapters_round_trip_and_are_refused_on_another_base() -> Result<()> {
     let dev = Device::Cpu;
     let dir = tiny_dir(Arch::Bert, 5)?;
-    let targets =
-        LoraConfig::new(&["*.attention.self.value.weight"], 2).with_new_weights(&[arch::HEAD]);
+    let targets = LoraParams {
+        new_weights: vec![arch::HEAD.into()],
+        ..LoraParams::new(&["*.attention.self.value.weight"], 2)
+    }
+    .check()?;
     let base = BaseModel::load(dir.path(), &dev)?;
     let cfg = config::bert(base.config(), &dir.path().join("config.json"))?;
     let lora = Lora::new(&base, &targets, &dev)?;
@@ -196,7 +214,12 @@ fn adapters_round_trip_and_are_refused_on_another_base() -> Result<()> {
     lora.save_adapters(&file)?;
 
     // A fresh set of adapters (B = 0, another seed) takes the saved values back.
-    let lora2 = Lora::new(&base, &targets.clone().with_seed(9), &dev)?;
+    let reseeded = LoraParams {
+        seed: 9,
+        ..(*targets).clone()
+    }
+    .check()?;
+    let lora2 = Lora::new(&base, &reseeded, &dev)?;
     let model2 = LoraModel::new(&lora2, DType::F32, arch::bert_classifier(cfg, 3))?;
     assert!(max_abs_diff(&before, &model2.forward_t(&x, false)?)? > 1e-5);
     lora2.load_adapters(&file)?;
@@ -246,9 +269,13 @@ fn bad_targets_name_the_closest_weights_and_bad_ranks_the_weight() -> Result<()>
     let dev = Device::Cpu;
     let dir = tiny_dir(Arch::Bert, 8)?;
     let base = BaseModel::load(dir.path(), &dev)?;
-    let err = Lora::new(&base, &LoraConfig::new(&["*.q_proj.weight"], 2), &dev)
-        .unwrap_err()
-        .to_string();
+    let err = Lora::new(
+        &base,
+        &LoraParams::new(&["*.q_proj.weight"], 2).check()?,
+        &dev,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("`*.q_proj.weight` matches no weight"), "{err}");
     assert!(
         err.contains("encoder.layer.*.attention.self.query.weight"),
@@ -258,16 +285,20 @@ fn bad_targets_name_the_closest_weights_and_bad_ranks_the_weight() -> Result<()>
 
     let err = Lora::new(
         &base,
-        &LoraConfig::new(&["*.attention.self.key.weight"], 65),
+        &LoraParams::new(&["*.attention.self.key.weight"], 65).check()?,
         &dev,
     )
     .unwrap_err()
     .to_string();
     assert!(err.contains("rank 65 is larger than weight `encoder.layer.0.attention.self.key.weight`'s dimensions [64, 64]"), "{err}");
 
-    let err = Lora::new(&base, &LoraConfig::new(&["*.LayerNorm.weight"], 1), &dev)
-        .unwrap_err()
-        .to_string();
+    let err = Lora::new(
+        &base,
+        &LoraParams::new(&["*.LayerNorm.weight"], 1).check()?,
+        &dev,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("2-D weights only"), "{err}");
     Ok(())
 }
@@ -315,7 +346,11 @@ fn a_config_that_disagrees_with_the_weights_is_an_error_not_a_panic() -> Result<
     let base = BaseModel::load(dir.path(), &dev)?;
     let mut cfg = config::llama(base.config(), &dir.path().join("config.json"))?;
     cfg.intermediate_size = 96; // the checkpoint says 128
-    let lora = Lora::new(&base, &LoraConfig::new(&["*.q_proj.weight"], 2), &dev)?;
+    let lora = Lora::new(
+        &base,
+        &LoraParams::new(&["*.q_proj.weight"], 2).check()?,
+        &dev,
+    )?;
     let err = LoraModel::new(&lora, DType::F32, arch::llama_next_token(cfg))
         .unwrap_err()
         .to_string();

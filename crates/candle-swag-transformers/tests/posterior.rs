@@ -5,7 +5,7 @@ use candle_nn::Optimizer;
 use candle_swag::predictive::{batches, BmaParams, Predictive};
 use candle_swag::{Result, SampleParams, SwagParams, SwagPosterior};
 use candle_swag_transformers::features::{cache_features, cached};
-use candle_swag_transformers::{arch, config, tiny, Arch, BaseModel, Lora, LoraConfig, LoraModel};
+use candle_swag_transformers::{arch, config, tiny, Arch, BaseModel, Lora, LoraModel, LoraParams};
 
 type Classifier = LoraModel<arch::SequenceClassifier>;
 
@@ -16,14 +16,17 @@ fn setup(dev: &Device) -> Result<(tempfile::TempDir, Classifier, Tensor, Tensor)
     let cfg = config::bert(base.config(), &dir.path().join("config.json"))?;
     let lora = Lora::new(
         &base,
-        &LoraConfig::new(
-            &[
-                "*.attention.self.query.weight",
-                "*.attention.self.value.weight",
-            ],
-            2,
-        )
-        .with_new_weights(&[arch::HEAD]),
+        &LoraParams {
+            new_weights: vec![arch::HEAD.into()],
+            ..LoraParams::new(
+                &[
+                    "*.attention.self.query.weight",
+                    "*.attention.self.value.weight",
+                ],
+                2,
+            )
+        }
+        .check()?,
         dev,
     )?;
     let model = LoraModel::new(&lora, DType::F32, arch::bert_classifier(cfg, 2))?;
@@ -223,7 +226,11 @@ fn in_candle_0_11_gradients_stop_at_fused_norms_and_reach_only_the_head() -> Res
     tiny::write_random_model(Arch::Llama, dir.path(), 1)?;
     let base = BaseModel::load(dir.path(), &dev)?;
     let cfg = config::llama(base.config(), &dir.path().join("config.json"))?;
-    let lora = Lora::new(&base, &LoraConfig::new(&["*.v_proj.weight"], 2), &dev)?;
+    let lora = Lora::new(
+        &base,
+        &LoraParams::new(&["*.v_proj.weight"], 2).check()?,
+        &dev,
+    )?;
     let llama = LoraModel::new(&lora, DType::F32, arch::llama_next_token(cfg))?;
     let params = llama.params()?;
     let ids = Tensor::from_vec((0..16u32).map(|i| 97 + i).collect::<Vec<_>>(), (2, 8), &dev)?;

@@ -6,7 +6,7 @@
 
 use candle_core::Device;
 
-use super::csv::{load_table, CsvConfig, TabularData, TaskKind};
+use super::csv::{load_table, CsvParams, TabularData, TaskKind};
 use super::{prepare, FeatureScaling, Prepared};
 use candle_swag::error::Result;
 use candle_swag_report::io::CsvTable;
@@ -21,13 +21,11 @@ pub fn digits_table() -> Result<TabularData> {
     let table = CsvTable::parse(DIGITS_CSV, "data/digits.csv")?;
     load_table(
         &table,
-        &CsvConfig {
-            target: "label".to_string(),
+        &CsvParams {
             split_column: Some("split".to_string()),
-            task: TaskKind::Classification,
-            ignore: Vec::new(),
-            categorical: Vec::new(),
-        },
+            ..CsvParams::new("label", TaskKind::Classification)
+        }
+        .check()?,
     )
 }
 
@@ -36,13 +34,11 @@ pub fn diabetes_table() -> Result<TabularData> {
     let table = CsvTable::parse(DIABETES_CSV, "data/diabetes.csv")?;
     load_table(
         &table,
-        &CsvConfig {
-            target: "target".to_string(),
+        &CsvParams {
             split_column: Some("split".to_string()),
-            task: TaskKind::Regression,
-            ignore: Vec::new(),
-            categorical: Vec::new(),
-        },
+            ..CsvParams::new("target", TaskKind::Regression)
+        }
+        .check()?,
     )
 }
 

@@ -29,9 +29,11 @@ pub enum TaskKind {
     Regression,
 }
 
-/// What to read from a CSV file: the target column, an optional split column, and the task.
+/// What to read from a CSV file: the target column, an optional split column, and the task;
+/// unchecked (the crate's config shape, see [`candle_swag::swag::config`]).
+/// [`CsvParams::new`] gives the defaults for a target.
 #[derive(Debug, Clone)]
-pub struct CsvConfig {
+pub struct CsvParams {
     /// Name of the target column. Every other column except `split_column` is a feature.
     pub target: String,
     /// Name of a column holding `train` / `test` per row; `None` makes every row a training row.
@@ -45,7 +47,7 @@ pub struct CsvConfig {
     pub categorical: Vec<String>,
 }
 
-impl CsvConfig {
+impl CsvParams {
     /// Target and task; no split column, nothing ignored, every feature numeric.
     pub fn new(target: impl Into<String>, task: TaskKind) -> Self {
         Self {
@@ -55,6 +57,40 @@ impl CsvConfig {
             ignore: Vec::new(),
             categorical: Vec::new(),
         }
+    }
+
+    /// The checked config: no column in two roles (target, split, ignored, categorical); the
+    /// error names the option. Whether the columns exist is checked against each file.
+    pub fn check(&self) -> Result<CsvConfig> {
+        for (flag, names) in [("ignore", &self.ignore), ("categorical", &self.categorical)] {
+            if let Some(name) = names
+                .iter()
+                .find(|n| **n == self.target || Some(*n) == self.split_column.as_ref())
+            {
+                return Err(Error::invalid(
+                    flag,
+                    format!("`{name}` is the target or split column"),
+                ));
+            }
+        }
+        if let Some(name) = self.categorical.iter().find(|c| self.ignore.contains(c)) {
+            return Err(Error::invalid(
+                "categorical",
+                format!("`{name}` is also in --ignore"),
+            ));
+        }
+        Ok(CsvConfig(self.clone()))
+    }
+}
+
+/// What to read from a CSV file (from [`CsvParams::check`]); read it through `Deref`.
+#[derive(Debug, Clone)]
+pub struct CsvConfig(CsvParams);
+
+impl std::ops::Deref for CsvConfig {
+    type Target = CsvParams;
+    fn deref(&self) -> &CsvParams {
+        &self.0
     }
 }
 
@@ -320,19 +356,7 @@ fn feature_columns(table: &CsvTable, spec: &CsvConfig) -> Result<Vec<FeatureColu
                 }
                 other => other,
             })?;
-            if *name == spec.target || Some(name) == spec.split_column.as_ref() {
-                return Err(Error::invalid(
-                    flag,
-                    format!("`{name}` is the target or split column"),
-                ));
-            }
         }
-    }
-    if let Some(name) = spec.categorical.iter().find(|c| spec.ignore.contains(c)) {
-        return Err(Error::invalid(
-            "categorical",
-            format!("`{name}` is also in --ignore"),
-        ));
     }
     let mut columns = Vec::new();
     for name in table.header() {

@@ -15,7 +15,7 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 pub use csv::{
-    encode_features, input_names, load_csv, load_table, CsvConfig, FeatureColumn, Split,
+    encode_features, input_names, load_csv, load_table, CsvConfig, CsvParams, FeatureColumn, Split,
     TabularData, Targets, TaskKind,
 };
 

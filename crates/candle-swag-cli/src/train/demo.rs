@@ -19,7 +19,7 @@ use candle_core::Device;
 use super::method::Method;
 use super::recipes::{
     classification_table, regression_table, run_diabetes, run_digits, ClassificationSeed,
-    RecipeConfig, RegressionSeed,
+    RecipeConfig, RecipeParams, RegressionSeed,
 };
 use candle_swag::atomic::{write_dir_atomic, write_file_atomic};
 use candle_swag::error::Result;
@@ -43,10 +43,11 @@ pub fn run_demo(seed: u64, opts: &RecipeConfig, out: impl AsRef<Path>) -> Result
     let start = Instant::now();
     let device = Device::Cpu;
     let digits = run_digits(seed, false, opts, &device)?;
-    let diabetes_opts = RecipeConfig {
+    let diabetes_opts = RecipeParams {
         tune_scale: true,
-        ..opts.clone()
-    };
+        ..(**opts).clone()
+    }
+    .check()?;
     let diabetes = run_diabetes(seed, &diabetes_opts, &device)?;
 
     let mut text = format!(

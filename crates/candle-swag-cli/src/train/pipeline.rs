@@ -10,12 +10,12 @@ use candle_core::{Device, Tensor};
 
 use super::run::{
     fit_mlp, mlp_refresh, save_run, swag_at_scale, training_noise_variance, tune, validation_split,
-    with_refresh, CalibrationRows, FitConfig, Fitted, LoadedRun, NoiseModel, NoiseSelection,
-    RunConfig, Tuned, RUN_FORMAT_VERSION,
+    with_refresh, CalibrationRows, FitConfig, FitParams, Fitted, LoadedRun, NoiseModel,
+    NoiseSelection, RunConfig, Tuned, RUN_FORMAT_VERSION,
 };
 use super::{Collect, Objective, TrainParams};
 use crate::data::{
-    encode_features, load_csv, prepare, CsvConfig, Dataset, FeatureScaling, TaskKind,
+    encode_features, load_csv, prepare, CsvParams, Dataset, FeatureScaling, TaskKind,
 };
 use crate::models::MlpParams;
 use candle_swag::error::{Error, Result};
@@ -28,9 +28,10 @@ use candle_swag::predictive::{batches, Noise, Predictive, RegressionPrediction};
 use candle_swag::swag::SampleParams;
 use candle_swag_report::io::CsvTable;
 
-/// Options of [`fit_csv`] (the flags of `swag fit`).
+/// The options of [`fit_csv`] (the flags of `swag fit`), unchecked (the crate's config shape,
+/// see [`candle_swag::swag::config`]); [`CsvFitParams::new`] gives the defaults for a file.
 #[derive(Debug, Clone, PartialEq)]
-pub struct CsvFitConfig {
+pub struct CsvFitParams {
     /// The training file.
     pub data: PathBuf,
     /// Target column.
@@ -86,7 +87,7 @@ pub struct CsvFitConfig {
     pub noise: NoiseChoice,
 }
 
-/// The fraction of the training rows held out to tune on (when [`CsvFitConfig::tune`]).
+/// The fraction of the training rows held out to tune on (when [`CsvFitParams::tune`]).
 pub const TUNE_VALIDATION_FRACTION: f64 = 0.2;
 
 /// The noise model `swag fit` trains with (`--noise`).
@@ -104,7 +105,7 @@ pub enum NoiseChoice {
     Fixed(NoiseModel),
 }
 
-impl CsvFitConfig {
+impl CsvFitParams {
     /// Defaults for a file and target: hidden 128,128, no BatchNorm, 50 epochs, collection from
     /// epoch 25 each epoch, K = 20, lr = swa_lr = [`default_lr`] (0.05 classification, 0.01
     /// regression), momentum 0.9, weight decay 5e-4, batch 32, seed 0, tuning on (30 samples
@@ -135,6 +136,49 @@ impl CsvFitConfig {
             calibrate_fraction: None,
             noise: NoiseChoice::Fixed(NoiseModel::Homoscedastic),
         }
+    }
+
+    /// The checked options; the error names the option. The network and training settings
+    /// are checked again, with the data's shape, when the run is built.
+    pub fn check(&self) -> Result<CsvFitConfig> {
+        check_noise_choice(self)?;
+        for (name, lr) in [("lr", self.lr), ("swa_lr", self.swa_lr)] {
+            SgdParams {
+                lr,
+                momentum: self.momentum,
+                weight_decay: self.weight_decay,
+            }
+            .check()
+            .map_err(|e| match e {
+                Error::InvalidArgument { name: n, reason } if n == "lr" => {
+                    Error::invalid(name, reason)
+                }
+                other => other,
+            })?;
+        }
+        if self.samples == 0 {
+            return Err(Error::invalid("samples", "must be at least 1"));
+        }
+        if let Some(f) = self.calibrate_fraction {
+            if !(f > 0.0 && f < 1.0) {
+                return Err(Error::invalid(
+                    "calibrate-fraction",
+                    format!("{f} is not in (0, 1)"),
+                ));
+            }
+        }
+        Ok(CsvFitConfig(self.clone()))
+    }
+}
+
+/// Checked options of [`fit_csv`] (from [`CsvFitParams::check`]); read them through `Deref`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CsvFitConfig(CsvFitParams);
+
+impl std::ops::Deref for CsvFitConfig {
+    type Target = CsvFitParams;
+    fn deref(&self) -> &CsvFitParams {
+        &self.0
     }
 }
 
@@ -171,7 +215,7 @@ impl FitSummary {
             s,
             "trained MLP {} on {} rows for {} epochs; {} SWAG snapshots (K = {})",
             c.fit
-                .mlp
+                .mlp()
                 .widths()
                 .iter()
                 .map(|w| w.to_string())
@@ -180,7 +224,7 @@ impl FitSummary {
             self.train_rows,
             c.history.epochs.len(),
             self.collected,
-            c.fit.rank
+            c.fit.rank()
         );
         if let Some(e) = last {
             let _ = write!(s, "final training loss {:.4}", e.loss);
@@ -241,15 +285,15 @@ pub fn fit_csv(opts: &CsvFitConfig, out: impl AsRef<Path>) -> Result<FitSummary>
     let device = Device::Cpu;
     let data = load_csv(
         &opts.data,
-        &CsvConfig {
+        &CsvParams {
             target: opts.target.clone(),
             split_column: opts.split_column.clone(),
             task: opts.task,
             ignore: opts.ignore.clone(),
             categorical: opts.categorical.clone(),
-        },
+        }
+        .check()?,
     )?;
-    check_noise_choice(opts)?;
     let prepared = prepare(&data, FeatureScaling::Standardize, &device)?;
     let (train, calibration) = match opts.calibrate_fraction {
         None => (prepared.train.clone(), None),
@@ -285,7 +329,7 @@ pub fn fit_csv(opts: &CsvFitConfig, out: impl AsRef<Path>) -> Result<FitSummary>
 
 /// Refuses the noise settings that cannot be fitted, before any data is read or trained:
 /// heteroscedastic classification, and `Auto` without tuning (it chooses on validation).
-fn check_noise_choice(opts: &CsvFitConfig) -> Result<()> {
+fn check_noise_choice(opts: &CsvFitParams) -> Result<()> {
     match (opts.task, opts.noise) {
         (TaskKind::Classification, NoiseChoice::Fixed(NoiseModel::Heteroscedastic)) => {
             Err(Error::invalid(
@@ -371,7 +415,6 @@ impl DatasetFit {
 /// tuning the scale is 0.5 and the homoscedastic noise variance the training residual of the
 /// SWA mean (the reference recipe). The file and column fields of `opts` are not read.
 pub fn fit_dataset(opts: &CsvFitConfig, train: &Dataset, output_dim: usize) -> Result<DatasetFit> {
-    check_noise_choice(opts)?;
     let candidates: Vec<NoiseModel> = match (opts.task, opts.noise) {
         (TaskKind::Classification, _) => vec![NoiseModel::Homoscedastic],
         (TaskKind::Regression, NoiseChoice::Fixed(m)) => vec![m],
@@ -388,14 +431,13 @@ pub fn fit_dataset(opts: &CsvFitConfig, train: &Dataset, output_dim: usize) -> R
             NoiseModel::Heteroscedastic => 2,
             NoiseModel::Homoscedastic => output_dim,
         };
-        Ok(FitConfig {
+        Ok(FitParams {
             mlp: MlpParams {
                 input_dim: train.num_features(),
                 hidden: opts.hidden.clone(),
                 output_dim: outputs,
                 batchnorm: opts.batchnorm,
-            }
-            .check()?,
+            },
             train: TrainParams {
                 epochs: opts.epochs,
                 batch_size: opts.batch_size,
@@ -412,12 +454,12 @@ pub fn fit_dataset(opts: &CsvFitConfig, train: &Dataset, output_dim: usize) -> R
                 progress: opts.progress,
                 label: "fit".to_string(),
                 ..Default::default()
-            }
-            .check()?,
+            },
             swa_lr: opts.swa_lr,
             rank: opts.rank,
             init_seed: opts.seed,
-        })
+        }
+        .check()?)
     };
     let (mut noise, mut tuned, mut validation_rows) = (candidates[0], None, None);
     let mut noise_selection = None;
@@ -429,9 +471,12 @@ pub fn fit_dataset(opts: &CsvFitConfig, train: &Dataset, output_dim: usize) -> R
         let mut results: Vec<(NoiseModel, Tuned)> = Vec::new();
         for &candidate in &candidates {
             let mut tune_spec = spec(candidate)?;
-            tune_spec.train = TrainParams {
-                label: format!("tune {}", candidate.name()),
-                ..tune_spec.train.into()
+            tune_spec = FitParams {
+                train: TrainParams {
+                    label: format!("tune {}", candidate.name()),
+                    ..tune_spec.train().clone().into()
+                },
+                ..tune_spec.clone().into()
             }
             .check()?;
             let fitted = fit_mlp(&fit_data, objective(candidate), &tune_spec)?;
@@ -523,9 +568,10 @@ fn hold_out_calibration(
     ))
 }
 
-/// Options of [`predict_csv`] (the flags of `swag predict`).
+/// The options of [`predict_csv`] (the flags of `swag predict`), unchecked (the crate's config
+/// shape, see [`candle_swag::swag::config`]).
 #[derive(Debug, Clone, PartialEq)]
-pub struct CsvPredictConfig {
+pub struct CsvPredictParams {
     /// The run directory written by `swag fit`.
     pub run: PathBuf,
     /// The file to predict; it must hold the run's feature columns (any other column, the
@@ -547,6 +593,40 @@ pub struct CsvPredictConfig {
     /// The noise model the caller expects the run to have; a run fitted with the other one is
     /// refused (`None`: use the run's).
     pub noise: Option<NoiseModel>,
+}
+
+impl CsvPredictParams {
+    /// The checked options; the error names the option.
+    pub fn check(&self) -> Result<CsvPredictConfig> {
+        if self.samples == 0 {
+            return Err(Error::invalid("samples", "must be at least 1"));
+        }
+        if let Some(scale) = self.scale {
+            SampleParams {
+                scale,
+                ..Default::default()
+            }
+            .check()?;
+        }
+        if let Some(c) = self.coverage {
+            ConformalParams::with_coverage(c)
+                .check()
+                .map_err(|_| Error::invalid("coverage", format!("{c} is not in (0, 1)")))?;
+        }
+        Ok(CsvPredictConfig(self.clone()))
+    }
+}
+
+/// Checked options of [`predict_csv`] (from [`CsvPredictParams::check`]); read them through
+/// `Deref`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CsvPredictConfig(CsvPredictParams);
+
+impl std::ops::Deref for CsvPredictConfig {
+    type Target = CsvPredictParams;
+    fn deref(&self) -> &CsvPredictParams {
+        &self.0
+    }
 }
 
 /// Predictions for every row of a file, as written to the predictions CSV.
@@ -643,7 +723,7 @@ pub fn predict_csv(opts: &CsvPredictConfig) -> Result<PredictionTable> {
     let inputs = Tensor::from_vec(x, (rows.len(), cfg.feature_names.len()), &device)?;
     let scale = opts.scale.unwrap_or(cfg.scale);
     let refresh = match &run.train_inputs {
-        Some(t) => mlp_refresh(&run.model, t, cfg.fit.train.batch_size())?,
+        Some(t) => mlp_refresh(&run.model, t, cfg.fit.train().batch_size())?,
         None => None,
     };
     let predictive = with_refresh(

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::method::Method;
 use super::run::{
     fit_mlp, regression_validation_nll, training_noise_variance, tune, validation_split, FitConfig,
+    FitParams,
 };
 use super::{Collect, Objective, TrainParams};
 use crate::data::{bundled, Dataset, Prepared};
@@ -29,9 +30,10 @@ use candle_swag::predictive::{batches, Noise, Predictive, RegressionPrediction};
 use candle_swag::swag::MultiSwag;
 use candle_swag::swag::SampleParams;
 
-/// Settings shared by the recipes (the defaults are BENCHMARKS.md's).
+/// The settings shared by the recipes, unchecked (the crate's config shape, see
+/// [`candle_swag::swag::config`]; the defaults are BENCHMARKS.md's).
 #[derive(Debug, Clone, PartialEq)]
-pub struct RecipeConfig {
+pub struct RecipeParams {
     /// Overrides the number of epochs (CI's short mode); `swa_start` then becomes half of it,
     /// as in both recipes (25 of 50, 150 of 300).
     pub epochs: Option<usize>,
@@ -48,7 +50,7 @@ pub struct RecipeConfig {
     pub tune_scale: bool,
 }
 
-impl Default for RecipeConfig {
+impl Default for RecipeParams {
     fn default() -> Self {
         Self {
             epochs: None,
@@ -61,16 +63,47 @@ impl Default for RecipeConfig {
     }
 }
 
-fn epochs_and_start(default_epochs: usize, opts: &RecipeConfig) -> Result<(usize, usize)> {
-    match opts.epochs {
-        None => Ok((default_epochs, default_epochs / 2)),
-        Some(0) => Err(Error::invalid("epochs", "must be at least 1")),
-        Some(1) => Err(Error::invalid(
-            "epochs",
-            "must be at least 2 (collection starts at half the epochs)",
-        )),
-        Some(e) => Ok((e, e / 2)),
+impl RecipeParams {
+    /// The checked settings; the error names the setting.
+    pub fn check(&self) -> Result<RecipeConfig> {
+        match self.epochs {
+            Some(0) => return Err(Error::invalid("epochs", "must be at least 1")),
+            Some(1) => {
+                return Err(Error::invalid(
+                    "epochs",
+                    "must be at least 2 (collection starts at half the epochs)",
+                ))
+            }
+            _ => {}
+        }
+        if self.samples == 0 {
+            return Err(Error::invalid("samples", "must be at least 1"));
+        }
+        SampleParams {
+            scale: self.scale,
+            ..Default::default()
+        }
+        .check()?;
+        Ok(RecipeConfig(self.clone()))
     }
+}
+
+/// Checked settings of the recipes (from [`RecipeParams::check`]); read them through `Deref`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecipeConfig(RecipeParams);
+
+impl std::ops::Deref for RecipeConfig {
+    type Target = RecipeParams;
+    fn deref(&self) -> &RecipeParams {
+        &self.0
+    }
+}
+
+/// The epochs and the first collection epoch: the recipe's, or `opts.epochs` (at least 2,
+/// checked) and half of it.
+fn epochs_and_start(default_epochs: usize, opts: &RecipeConfig) -> (usize, usize) {
+    let e = opts.epochs.unwrap_or(default_epochs);
+    (e, e / 2)
 }
 
 /// The digits recipe: MLP 64-128-128-10, SGD(lr 0.05, momentum 0.9, wd 5e-4), batch 32, 50
@@ -81,15 +114,14 @@ pub fn digits_spec(
     seed: u64,
     opts: &RecipeConfig,
 ) -> Result<FitConfig> {
-    let (epochs, swa_start) = epochs_and_start(50, opts)?;
-    Ok(FitConfig {
+    let (epochs, swa_start) = epochs_and_start(50, opts);
+    Ok(FitParams {
         mlp: MlpParams {
             input_dim,
             hidden: vec![128, 128],
             output_dim: classes,
             batchnorm: false,
-        }
-        .check()?,
+        },
         train: TrainParams {
             epochs,
             batch_size: 32,
@@ -104,26 +136,25 @@ pub fn digits_spec(
             progress: opts.progress,
             label: format!("digits s{seed}").into(),
             ..Default::default()
-        }
-        .check()?,
+        },
         swa_lr: 0.05,
         rank: 20,
         init_seed: seed,
-    })
+    }
+    .check()?)
 }
 
 /// The diabetes recipe: MLP 10-50-1, SGD(lr 0.01, momentum 0.9, wd 1e-3), batch 32, 300 epochs,
 /// swa_lr 0.01, collection each epoch from epoch 150, K = 20.
 pub fn diabetes_spec(input_dim: usize, seed: u64, opts: &RecipeConfig) -> Result<FitConfig> {
-    let (epochs, swa_start) = epochs_and_start(300, opts)?;
-    Ok(FitConfig {
+    let (epochs, swa_start) = epochs_and_start(300, opts);
+    Ok(FitParams {
         mlp: MlpParams {
             input_dim,
             hidden: vec![50],
             output_dim: 1,
             batchnorm: false,
-        }
-        .check()?,
+        },
         train: TrainParams {
             epochs,
             batch_size: 32,
@@ -138,32 +169,33 @@ pub fn diabetes_spec(input_dim: usize, seed: u64, opts: &RecipeConfig) -> Result
             progress: opts.progress,
             label: format!("diabetes s{seed}").into(),
             ..Default::default()
-        }
-        .check()?,
+        },
         swa_lr: 0.01,
         rank: 20,
         init_seed: seed,
-    })
+    }
+    .check()?)
 }
 
 /// The spec of run `r` of a recipe: seeds shifted by `1000·r`.
 pub fn run_spec(base: &FitConfig, run: usize) -> Result<FitConfig> {
-    let mut spec = base.clone();
     let shift = 1000 * run as u64;
-    spec.init_seed = base.init_seed.wrapping_add(shift);
-    spec.train = TrainParams {
-        seed: base.train.seed().wrapping_add(shift),
-        ..spec.train.into()
+    let train = base.train();
+    let label = if run > 0 {
+        format!("{} r{run}", train.label())
+    } else {
+        train.label().to_string()
+    };
+    FitParams {
+        init_seed: base.init_seed().wrapping_add(shift),
+        train: TrainParams {
+            seed: train.seed().wrapping_add(shift),
+            label,
+            ..train.clone().into()
+        },
+        ..base.clone().into()
     }
-    .check()?;
-    if run > 0 {
-        spec.train = TrainParams {
-            label: format!("{} r{run}", base.train.label()),
-            ..spec.train.into()
-        }
-        .check()?;
-    }
-    Ok(spec)
+    .check()
 }
 
 /// Wall-clock seconds of the parts of one seed (for the speed target: training of run 0 plus
@@ -502,10 +534,13 @@ fn tune_regression(
     let fit_data = train.select(&fit_rows)?;
     let val = train.select(&val_rows)?;
     let mut spec = run_spec(base, 0)?;
-    let label = format!("{} tune", spec.train.label());
-    spec.train = TrainParams {
-        label: label.into(),
-        ..spec.train.into()
+    let label = format!("{} tune", spec.train().label());
+    spec = FitParams {
+        train: TrainParams {
+            label: label.into(),
+            ..spec.train().clone().into()
+        },
+        ..spec.clone().into()
     }
     .check()?;
     let fitted = fit_mlp(&fit_data, Objective::MeanSquaredError, &spec)?;

@@ -22,12 +22,13 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use super::{train, Objective, TrainConfig, TrainHistory};
+use super::{train, Objective, TrainConfig, TrainHistory, TrainParams};
 use crate::data::{input_names, Dataset, FeatureColumn, Standardizer, TaskKind};
-use crate::models::{Mlp, MlpConfig};
+use crate::models::{Mlp, MlpConfig, MlpParams};
 use candle_swag::batchnorm::BatchNormRefresh;
 use candle_swag::error::{Error, Result};
 use candle_swag::layout::ParamSet;
+use candle_swag::optim::SgdParams;
 use candle_swag::predictive::{batches, BmaConfig, BmaParams, Noise, Predictive};
 use candle_swag::schedule::{AnnealStrategy, SwaLr};
 use candle_swag::swag::{SampleParams, SwagParams, SwagPosterior};
@@ -36,15 +37,17 @@ use candle_swag::tune::{mean_squared_residual, ObservationNoise};
 /// Version of the run directory format written by [`save_run`].
 pub const RUN_FORMAT_VERSION: u32 = 1;
 
-/// Everything needed to train one run.
+/// Everything needed to train one run, unchecked (the crate's config shape, see
+/// [`candle_swag::swag::config`]); also how a [`FitConfig`] is written to a run directory.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FitConfig {
+pub struct FitParams {
     /// The network shape.
-    pub mlp: MlpConfig,
+    pub mlp: MlpParams,
     /// Epochs, batch size, SGD settings, collection start and shuffling seed.
-    pub train: TrainConfig,
-    /// Learning rate from `train.swa_start` on (the rate before it is `train.sgd.lr`): a step
-    /// schedule, i.e. [`SwaLr`] with 0 annealing epochs starting at `swa_start`.
+    pub train: TrainParams,
+    /// Learning rate from `train.swa_start` on (the rate before it is `train.sgd.lr`), valid
+    /// as an SGD rate: a step schedule, i.e. [`SwaLr`] with 0 annealing epochs starting at
+    /// `swa_start`.
     pub swa_lr: f64,
     /// K, the number of deviation columns kept.
     pub rank: usize,
@@ -52,7 +55,88 @@ pub struct FitConfig {
     pub init_seed: u64,
 }
 
+impl FitParams {
+    /// The checked config; the error names the field.
+    pub fn check(&self) -> Result<FitConfig> {
+        let train = self.train.check()?;
+        SgdParams {
+            lr: self.swa_lr,
+            ..self.train.sgd
+        }
+        .check()
+        .map_err(|e| match e {
+            Error::InvalidArgument { name, reason } if name == "lr" => {
+                Error::invalid("swa_lr", reason)
+            }
+            other => other,
+        })?;
+        Ok(FitConfig {
+            mlp: self.mlp.check()?,
+            train,
+            swa_lr: self.swa_lr,
+            rank: self.rank,
+            init_seed: self.init_seed,
+        })
+    }
+}
+
+/// Everything needed to train one run (from [`FitParams::check`]; a config read from a run
+/// directory is checked the same way).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "FitParams", into = "FitParams")]
+pub struct FitConfig {
+    mlp: MlpConfig,
+    train: TrainConfig,
+    swa_lr: f64,
+    rank: usize,
+    init_seed: u64,
+}
+
+impl TryFrom<FitParams> for FitConfig {
+    type Error = Error;
+    fn try_from(params: FitParams) -> Result<Self> {
+        params.check()
+    }
+}
+
+impl From<FitConfig> for FitParams {
+    fn from(config: FitConfig) -> Self {
+        Self {
+            mlp: config.mlp.into(),
+            train: config.train.into(),
+            swa_lr: config.swa_lr,
+            rank: config.rank,
+            init_seed: config.init_seed,
+        }
+    }
+}
+
 impl FitConfig {
+    /// The network shape.
+    pub fn mlp(&self) -> &MlpConfig {
+        &self.mlp
+    }
+
+    /// Epochs, batch size, SGD settings, collection start and shuffling seed.
+    pub fn train(&self) -> &TrainConfig {
+        &self.train
+    }
+
+    /// Learning rate from `train.swa_start` on.
+    pub fn swa_lr(&self) -> f64 {
+        self.swa_lr
+    }
+
+    /// K, the number of deviation columns kept.
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// Seed of the initial weights.
+    pub fn init_seed(&self) -> u64 {
+        self.init_seed
+    }
+
     /// The objective of a task.
     pub fn objective(task: TaskKind) -> Objective {
         match task {

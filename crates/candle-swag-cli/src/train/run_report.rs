@@ -14,6 +14,7 @@ use super::pipeline::PREDICT_BATCH_ROWS;
 use super::run::{mlp_refresh, swag_at_scale, with_refresh, LoadedRun, NoiseModel};
 use crate::data::{encode_features, TaskKind};
 use candle_swag::error::{Error, Result};
+use candle_swag::metrics::ConformalParams;
 use candle_swag::metrics::{ClassificationParams, RegressionConfig, SetScore};
 use candle_swag::predictive::BmaParams;
 use candle_swag::predictive::{batches, Noise, Predictive};
@@ -21,9 +22,10 @@ use candle_swag::swag::SampleParams;
 use candle_swag_report::io::CsvTable;
 use candle_swag_report::report::{CalibrationSetup, GaussianPredictions, ReportBuilder};
 
-/// Options of [`report_run`] (the run flags of `swag report`).
+/// The options of [`report_run`] (the run flags of `swag report`), unchecked (the crate's
+/// config shape, see [`candle_swag::swag::config`]).
 #[derive(Debug, Clone, PartialEq)]
-pub struct RunReportConfig {
+pub struct RunReportParams {
     /// The run directory written by `swag fit`.
     pub run: PathBuf,
     /// A CSV file with the run's feature columns and its target column.
@@ -42,6 +44,41 @@ pub struct RunReportConfig {
     pub set_score: SetScore,
     /// Equal-width bins of ECE, MCE and the reliability diagram.
     pub bins: usize,
+}
+
+impl RunReportParams {
+    /// The checked options; the error names the option.
+    pub fn check(&self) -> Result<RunReportConfig> {
+        if self.samples == 0 {
+            return Err(Error::invalid("samples", "must be at least 1"));
+        }
+        if let Some(scale) = self.scale {
+            SampleParams {
+                scale,
+                ..Default::default()
+            }
+            .check()?;
+        }
+        ConformalParams::with_coverage(self.coverage)
+            .check()
+            .map_err(|_| {
+                Error::invalid("coverage", format!("{} is not in (0, 1)", self.coverage))
+            })?;
+        ClassificationParams::with_bins(self.bins).check()?;
+        Ok(RunReportConfig(self.clone()))
+    }
+}
+
+/// Checked options of [`report_run`] (from [`RunReportParams::check`]); read them through
+/// `Deref`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunReportConfig(RunReportParams);
+
+impl std::ops::Deref for RunReportConfig {
+    type Target = RunReportParams;
+    fn deref(&self) -> &RunReportParams {
+        &self.0
+    }
 }
 
 /// The methods a run report compares.
@@ -81,8 +118,6 @@ fn report_rows(table: &CsvTable, split_column: Option<&str>) -> Result<Vec<usize
 /// writes it. Methods: SGD (the run's last iterate), SWA, SWAG (`samples` samples at the
 /// run's or the given scale).
 pub fn report_run(opts: &RunReportConfig) -> Result<ReportBuilder> {
-    // Refuse a bad level at once, also for a run without calibration rows.
-    candle_swag::metrics::ConformalParams::with_coverage(opts.coverage).check()?;
     let device = Device::Cpu;
     let run = LoadedRun::load(&opts.run, &device)?;
     let cfg = &run.config;
@@ -130,7 +165,7 @@ pub fn report_run(opts: &RunReportConfig) -> Result<ReportBuilder> {
         )?;
     }
     let refresh = match &run.train_inputs {
-        Some(t) => mlp_refresh(&run.model, t, cfg.fit.train.batch_size())?,
+        Some(t) => mlp_refresh(&run.model, t, cfg.fit.train().batch_size())?,
         None => None,
     };
     let sgd_weights = run.params.flatten()?;

@@ -26,10 +26,10 @@ use serde::{Deserialize, Serialize};
 
 use super::loss::VARIANCE_LINK;
 use super::method::Method;
-use super::pipeline::{fit_dataset, CsvFitConfig};
+use super::pipeline::{fit_dataset, CsvFitParams};
 use super::run::{
-    fit_mlp, regression_validation_nll, tune, validation_split, FitConfig, Fitted, NoiseModel,
-    TunePoint,
+    fit_mlp, regression_validation_nll, tune, validation_split, FitConfig, FitParams, Fitted,
+    NoiseModel, TunePoint,
 };
 use super::{Collect, Objective, TrainParams};
 use crate::data::{prepare, Dataset, FeatureScaling, Prepared, Split, TabularData, Targets};
@@ -310,14 +310,13 @@ fn fit_config(
         weight_decay: point.weight_decay,
     }
     .check()?;
-    Ok(FitConfig {
+    Ok(FitParams {
         mlp: MlpParams {
             input_dim: prepared.train.num_features(),
             hidden: vec![50],
             output_dim: outputs,
             batchnorm: false,
-        }
-        .check()?,
+        },
         train: TrainParams {
             epochs: point.epochs,
             batch_size: 32,
@@ -328,12 +327,12 @@ fn fit_config(
             progress,
             label: format!("uci {} s{seed}", noise.short()).into(),
             ..Default::default()
-        }
-        .check()?,
+        },
         swa_lr: point.lr,
         rank: 20,
         init_seed: seed,
-    })
+    }
+    .check()?)
 }
 
 /// Chooses, then scores, every method of one noise model on one split.
@@ -642,7 +641,7 @@ pub struct FitOutcome {
 pub fn run_uci_fit(
     data: &TabularData,
     config: &UciConfig,
-    fit: &CsvFitConfig,
+    fit: &CsvFitParams,
     device: &Device,
 ) -> Result<Vec<FitOutcome>> {
     if !matches!(data.targets, Targets::Values(_)) {
@@ -669,9 +668,12 @@ pub fn run_uci_fit(
             table.splits[r] = Split::Test;
         }
         let prepared = prepare(&table, FeatureScaling::Standardize, device)?;
-        let mut opts = fit.clone();
-        opts.seed = seed;
-        opts.progress = config.0.progress;
+        let opts = CsvFitParams {
+            seed,
+            progress: config.0.progress,
+            ..fit.clone()
+        }
+        .check()?;
         let fitted = fit_dataset(&opts, &prepared.train, 1)?;
         let scaler = prepared
             .target_scaler

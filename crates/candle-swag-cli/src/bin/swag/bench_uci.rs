@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use candle_core::Device;
 use candle_swag::atomic::write_file_atomic;
 use candle_swag::{Error, Result};
-use candle_swag_cli::data::{load_csv, CsvConfig, TaskKind};
-use candle_swag_cli::train::pipeline::{CsvFitConfig, NoiseChoice};
+use candle_swag_cli::data::{load_csv, CsvParams, TaskKind};
+use candle_swag_cli::train::pipeline::{CsvFitParams, NoiseChoice};
 use candle_swag_cli::train::uci::{
     run_uci, run_uci_fit, uci_fit_table, uci_table, UciGrid, UciParams,
 };
@@ -65,9 +65,12 @@ pub fn run(args: Args) -> Result<()> {
         ignore,
         categorical,
     } = args.table;
-    let mut spec = CsvConfig::new(target, TaskKind::Regression);
-    spec.ignore = ignore;
-    spec.categorical = categorical;
+    let spec = CsvParams {
+        ignore,
+        categorical,
+        ..CsvParams::new(target, TaskKind::Regression)
+    }
+    .check()?;
     let data = load_csv(&path, &spec)?;
     let grid = if args.quick {
         UciGrid::quick()
@@ -85,7 +88,7 @@ pub fn run(args: Args) -> Result<()> {
     .check()?;
     let start = std::time::Instant::now();
     let (table, json) = if args.fit {
-        let mut fit = CsvFitConfig::new(&path, spec.target.clone(), TaskKind::Regression);
+        let mut fit = CsvFitParams::new(&path, spec.target.clone(), TaskKind::Regression);
         fit.tune = !args.no_tune;
         fit.noise = args.noise.into();
         if let Some(e) = args.epochs {

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use candle_swag_cli::train::demo::run_demo;
-use candle_swag_cli::train::recipes::RecipeConfig;
+use candle_swag_cli::train::recipes::RecipeParams;
 
 /// Arguments of `swag demo`.
 #[derive(clap::Args)]
@@ -25,11 +25,12 @@ pub struct Args {
 /// Runs `swag demo`.
 pub fn run(args: Args) -> candle_swag::Result<()> {
     crate::prefer_single_threaded_kernels();
-    let opts = RecipeConfig {
+    let opts = RecipeParams {
         epochs: args.epochs,
         samples: args.samples,
-        ..RecipeConfig::default()
-    };
+        ..RecipeParams::default()
+    }
+    .check()?;
     let summary = run_demo(args.seed, &opts, &args.out)?;
     print!("{}", summary.text);
     println!(

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use candle_swag_cli::data::TaskKind;
-use candle_swag_cli::train::pipeline::{fit_csv, CsvFitConfig, NoiseChoice};
+use candle_swag_cli::train::pipeline::{fit_csv, CsvFitParams, NoiseChoice};
 use candle_swag_cli::train::run::NoiseModel;
 
 use crate::table::TableArgs;
@@ -138,7 +138,7 @@ pub fn run(args: Args) -> candle_swag::Result<()> {
         Task::Classification => TaskKind::Classification,
         Task::Regression => TaskKind::Regression,
     };
-    let mut opts = CsvFitConfig::new(args.table.data, args.table.target, task);
+    let mut opts = CsvFitParams::new(args.table.data, args.table.target, task);
     opts.split_column = args.split_column;
     opts.ignore = args.table.ignore;
     opts.categorical = args.table.categorical;
@@ -159,7 +159,7 @@ pub fn run(args: Args) -> candle_swag::Result<()> {
     opts.tune = args.tune_scale || !args.no_tune;
     opts.calibrate_fraction = args.calibrate_fraction;
     opts.noise = args.noise.into();
-    let summary = fit_csv(&opts, &args.out)?;
+    let summary = fit_csv(&opts.check()?, &args.out)?;
     print!("{}", summary.describe());
     println!("run written to {}", args.out.display());
     Ok(())

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use candle_swag::metrics::SetScore;
-use candle_swag_cli::train::pipeline::{predict_csv, CsvPredictConfig};
+use candle_swag_cli::train::pipeline::{predict_csv, CsvPredictParams};
 
 /// Arguments of `swag predict`.
 #[derive(clap::Args)]
@@ -59,16 +59,19 @@ pub fn run(args: Args) -> candle_swag::Result<()> {
         Some(lambda) => SetScore::raps(lambda, args.raps_k_reg)?,
         None => SetScore::Aps,
     };
-    let table = predict_csv(&CsvPredictConfig {
-        run: args.run,
-        data: args.data,
-        samples: args.samples,
-        scale: args.scale,
-        seed: args.seed,
-        coverage: args.coverage,
-        set_score,
-        noise: args.noise.map(Into::into),
-    })?;
+    let table = predict_csv(
+        &CsvPredictParams {
+            run: args.run,
+            data: args.data,
+            samples: args.samples,
+            scale: args.scale,
+            seed: args.seed,
+            coverage: args.coverage,
+            set_score,
+            noise: args.noise.map(Into::into),
+        }
+        .check()?,
+    )?;
     candle_swag::atomic::write_file_atomic(&args.out, table.to_csv().as_bytes())?;
     println!(
         "{} predictions ({} columns) written to {}",

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use candle_swag::metrics::{attribute_to_file, ClassificationParams, RegressionConfig, SetScore};
 use candle_swag::{Error, Result};
-use candle_swag_cli::train::run_report::{report_run, RunReportConfig};
+use candle_swag_cli::train::run_report::{report_run, RunReportParams};
 use candle_swag_report::io::{self, Array, InputSource, Precision, Role};
 use candle_swag_report::report::ReportBuilder;
 
@@ -164,17 +164,20 @@ fn run_report(args: &Args, run: &Path) -> Result<ReportBuilder> {
         Some(lambda) => SetScore::raps(lambda, args.raps_k_reg)?,
         None => SetScore::Aps,
     };
-    report_run(&RunReportConfig {
-        run: run.to_path_buf(),
-        data,
-        split_column: args.split_column.clone(),
-        samples: args.samples,
-        scale: args.scale,
-        seed: args.seed,
-        coverage: args.coverage,
-        set_score,
-        bins: args.bins,
-    })
+    report_run(
+        &RunReportParams {
+            run: run.to_path_buf(),
+            data,
+            split_column: args.split_column.clone(),
+            samples: args.samples,
+            scale: args.scale,
+            seed: args.seed,
+            coverage: args.coverage,
+            set_score,
+            bins: args.bins,
+        }
+        .check()?,
+    )
 }
 
 /// Runs `swag report`.
