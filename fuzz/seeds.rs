@@ -335,7 +335,7 @@ fn run_seeds(s: &Seeds) -> Res<()> {
         cfg.progress = false;
         cfg.samples = 2;
         let out = s.tmp(name);
-        fit_csv(&cfg.check()?, &out)?;
+        fit_csv(&cfg.check()?, &out, &candle_core::Device::Cpu)?;
         let read = |f: &str| std::fs::read(out.join(f)).unwrap_or_default();
         let mut parts = vec![
             read("config.json"),

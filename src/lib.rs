@@ -18,8 +18,8 @@
 //! use candle_swag::metrics::{classification_metrics, ClassificationConfig};
 //! use candle_swag::predictive::batches;
 //! use candle_swag::{
-//!     BatchNormRefresh, BatchNormStats, ParamSet, Predictive, SampleParams, SgdConfig,
-//!     SgdMomentum, SwagParams, SwagPosterior,
+//!     BatchNormRefresh, BatchNormStats, BmaParams, ParamSet, Predictive, SampleParams,
+//!     SgdMomentum, SgdParams, SwagParams, SwagPosterior,
 //! };
 //!
 //! # fn main() -> candle_swag::Result<()> {
@@ -45,7 +45,8 @@
 //! let mut sgd = SgdMomentum::new(params.vars().to_vec(), config)?;
 //!
 //! // 2. Train; collect SWAG moments once per epoch after the SWA start.
-//! let mut posterior = SwagPosterior::for_params(&params, SwagParams { rank: 5, ..Default::default() }.check()?)?;
+//! let swag_config = SwagParams { rank: 5, ..Default::default() }.check()?;
+//! let mut posterior = SwagPosterior::for_params(&params, swag_config)?;
 //! for epoch in 0..30 {
 //!     let loss = candle_nn::loss::cross_entropy(&model.forward_t(&xs, true)?, &ys)?;
 //!     sgd.backward_step(&loss)?;
@@ -56,8 +57,13 @@
 //!
 //! // 3. Bayesian model averaging over 10 weight samples, BatchNorm refreshed after each.
 //! let refresh = BatchNormRefresh::new(BatchNormStats::from_varmap(&varmap)?, batches(&xs, 25)?);
-//! let swag = Predictive::swag(&params, &posterior, BmaParams { sample: SampleParams { scale: 0.5, ..Default::default() }, samples: 10, seed: 0 }.check()?)?
-//!     .with_refresh(refresh);
+//! let bma = BmaParams {
+//!     sample: SampleParams { scale: 0.5, ..Default::default() },
+//!     samples: 10,
+//!     seed: 0,
+//! }
+//! .check()?;
+//! let swag = Predictive::swag(&params, &posterior, bma)?.with_refresh(refresh);
 //! let out = swag.classify(&model, batches(&xs, 50)?)?; // probs [100, 2] on the device
 //!
 //! // 4. How honest is it?

@@ -13,7 +13,8 @@
 //! let varmap = VarMap::new();
 //! let model = candle_nn::linear(2, 1, VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
 //! let params = ParamSet::from_varmap(&varmap)?;
-//! let mut posterior = SwagPosterior::for_params(&params, SwagParams { rank: 3, ..Default::default() }.check()?)?;
+//! let config = SwagParams { rank: 3, ..Default::default() }.check()?;
+//! let mut posterior = SwagPosterior::for_params(&params, config)?;
 //! for k in 0..4 {
 //!     let theta = Tensor::new(&[0.5f32 + 0.1 * k as f32, -1.0, 0.2], &device)?;
 //!     params.write_flat(&theta)?;
@@ -22,7 +23,10 @@
 //! let x_val = Tensor::new(&[[1f32, 0.0], [0.0, 1.0], [1.0, 1.0]], &device)?;
 //! let y_val = [0.6, -0.8, -0.1];
 //! let chosen = tune_regression(
-//!     |scale| Predictive::swag(&params, &posterior, BmaParams { sample: SampleParams { scale, ..Default::default() }, samples: 8, seed: 0 }.check()?),
+//!     |scale| {
+//!         let sample = SampleParams { scale, ..Default::default() };
+//!         Predictive::swag(&params, &posterior, BmaParams { sample, samples: 8, seed: 0 }.check()?)
+//!     },
 //!     &model,
 //!     batches(&x_val, 3)?,
 //!     &y_val,

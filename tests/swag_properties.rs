@@ -199,7 +199,6 @@ fn log_prob_matches_dense_gaussian() -> Result<()> {
             divisor,
             diag_only,
             var_clamp: 1e-30,
-            ..Default::default()
         }
         .check()?;
         // log_prob uses the sampler's variance: the f32 numbers of `variance` (documented).

@@ -30,20 +30,23 @@
 //! ```
 //! use candle_core::{DType, Device, Tensor};
 //! use candle_nn::{VarBuilder, VarMap};
-//! use candle_swag::predictive::{batches, Predictive};
-//! use candle_swag::{ParamSet, SampleConfig, SampleParams, SwagParams, SwagPosterior};
+//! use candle_swag::predictive::{batches, BmaParams, Predictive};
+//! use candle_swag::{ParamSet, SampleParams, SwagParams, SwagPosterior};
 //!
 //! # fn main() -> candle_swag::Result<()> {
 //! let varmap = VarMap::new();
 //! let model = candle_nn::linear(3, 4, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
 //! let params = ParamSet::from_varmap(&varmap)?;
-//! let mut posterior = SwagPosterior::for_params(&params, SwagParams { rank: 2, ..Default::default() }.check()?)?;
+//! let config = SwagParams { rank: 2, ..Default::default() }.check()?;
+//! let mut posterior = SwagPosterior::for_params(&params, config)?;
 //! for _ in 0..3 {
 //!     // ... an epoch of training ...
 //!     posterior.collect(&params)?;
 //! }
 //! let x = Tensor::zeros((10, 3), DType::F32, &Device::Cpu)?;
-//! let swag = Predictive::swag(&params, &posterior, BmaParams { sample: SampleParams { scale: 0.5, ..Default::default() }, samples: 8, seed: 0 }.check()?)?;
+//! let sample = SampleParams { scale: 0.5, ..Default::default() };
+//! let bma_config = BmaParams { sample, samples: 8, seed: 0 }.check()?;
+//! let swag = Predictive::swag(&params, &posterior, bma_config)?;
 //! let out = swag.classify(&model, batches(&x, 4)?)?;
 //! assert_eq!(out.probs.dims(), &[10, 4]);
 //! # Ok(()) }

@@ -186,7 +186,7 @@ impl RegressionPrediction {
 }
 
 /// Consecutive batches of `batch_size` rows of `x` (dimension 0; the last batch may be smaller),
-/// as a `Clone` iterator for [`Predictive`] and [`BatchNormRefresh`]. The batches are views
+/// as a `Clone` iterator for [`Predictive`](super::Predictive) and [`BatchNormRefresh`](crate::BatchNormRefresh). The batches are views
 /// (`narrow`), not copies.
 ///
 /// Errors: `batch_size == 0` (`Error::InvalidArgument` naming `batch_size`), a tensor of rank 0

@@ -382,7 +382,6 @@ fn load_legacy(
         rank,
         deviation_dtype: dt,
         store,
-        ..Default::default()
     }
     .check()?;
     let mut p = SwagPosterior::new(layout, config, device)?;
@@ -464,7 +463,6 @@ fn load_v3(mut c: Container, device: &Device, store: DeviationStore) -> Result<S
         rank: fields.rank,
         deviation_dtype: dt,
         store: store.clone(),
-        ..Default::default()
     }
     .check()?;
     let mut p = if in_place {

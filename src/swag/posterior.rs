@@ -45,17 +45,18 @@ use crate::layout::{ParamLayout, ParamSet};
 /// use candle_core::{DType, Device, Tensor};
 /// use candle_nn::{VarBuilder, VarMap};
 /// use candle_swag::layout::ParamSet;
-/// use candle_swag::swag::{SwagConfig, SwagPosterior};
+/// use candle_swag::swag::{SwagParams, SwagPosterior};
 ///
 /// let varmap = VarMap::new();
 /// let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-/// let _ = candle_nn::linear(2, 1, vb.pp("fc")).unwrap();
-/// let params = ParamSet::from_varmap(&varmap).unwrap();
-/// let mut posterior =
-///     SwagPosterior::new(params.layout().clone(), SwagParams { rank: 5, ..Default::default() }.check()?, &Device::Cpu).unwrap();
-/// posterior.collect(&params).unwrap(); // once per epoch during training
+/// let _ = candle_nn::linear(2, 1, vb.pp("fc"))?;
+/// let params = ParamSet::from_varmap(&varmap)?;
+/// let config = SwagParams { rank: 5, ..Default::default() }.check()?;
+/// let mut posterior = SwagPosterior::new(params.layout().clone(), config, &Device::Cpu)?;
+/// posterior.collect(&params)?; // once per epoch during training
 /// assert_eq!(posterior.n_collected(), 1);
 /// assert_eq!(posterior.rows(), 1);
+/// # Ok::<(), candle_swag::Error>(())
 /// ```
 #[derive(Debug)]
 pub struct SwagPosterior {

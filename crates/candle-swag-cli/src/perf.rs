@@ -430,7 +430,6 @@ pub fn measure_disk(
             rank: k,
             deviation_dtype: dtype,
             store: DeviationStore::Disk(posterior_path.clone()),
-            ..Default::default()
         }
         .check()?;
         let mut posterior = SwagPosterior::new(layout.clone(), config, &Device::Cpu)?;

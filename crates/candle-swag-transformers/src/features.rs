@@ -20,13 +20,16 @@
 //! let varmap = VarMap::new();
 //! let head = candle_nn::linear(3, 2, VarBuilder::from_varmap(&varmap, DType::F32, &dev))?;
 //! let params = ParamSet::from_varmap(&varmap)?;
-//! let mut posterior = SwagPosterior::for_params(&params, SwagParams { rank: 2, ..Default::default() }.check()?)?;
+//! let config = SwagParams { rank: 2, ..Default::default() }.check()?;
+//! let mut posterior = SwagPosterior::for_params(&params, config)?;
 //! for _ in 0..3 {
 //!     posterior.collect(&params)?;
 //! }
 //! let x = Tensor::ones((8, 3), DType::F32, &dev)?;
 //! let features = cache_features(&trunk, batches(&x, 4)?)?; // the trunk runs once
-//! let bma = Predictive::swag(&params, &posterior, BmaParams { sample: SampleParams { scale: 0.5, ..Default::default() }, samples: 30, seed: 0 }.check()?)?
+//! let sample = SampleParams { scale: 0.5, ..Default::default() };
+//! let bma_config = BmaParams { sample, samples: 30, seed: 0 }.check()?;
+//! let bma = Predictive::swag(&params, &posterior, bma_config)?
 //!     .classify(&head, cached(&features))?;
 //! assert_eq!(bma.probs.dims(), &[8, 2]);
 //! # Ok(()) }

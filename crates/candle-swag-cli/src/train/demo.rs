@@ -39,16 +39,20 @@ pub struct DemoSummary {
 }
 
 /// Runs both recipes for `seed` and writes the reports into `out`.
-pub fn run_demo(seed: u64, opts: &RecipeConfig, out: impl AsRef<Path>) -> Result<DemoSummary> {
+pub fn run_demo(
+    seed: u64,
+    opts: &RecipeConfig,
+    out: impl AsRef<Path>,
+    device: &Device,
+) -> Result<DemoSummary> {
     let start = Instant::now();
-    let device = Device::Cpu;
-    let digits = run_digits(seed, false, opts, &device)?;
+    let digits = run_digits(seed, false, opts, device)?;
     let diabetes_opts = RecipeParams {
         tune_scale: true,
         ..(**opts).clone()
     }
     .check()?;
-    let diabetes = run_diabetes(seed, &diabetes_opts, &device)?;
+    let diabetes = run_diabetes(seed, &diabetes_opts, device)?;
 
     let mut text = format!(
         "## Digits (seed {seed}, {} samples, scale {})\n\n{}",

@@ -281,8 +281,7 @@ impl FitSummary {
 /// The model is fitted by [`fit_dataset`] on the training rows (less the calibration rows);
 /// what it chose on validation is saved in the run's `config.json` (`scale`, `tuned`,
 /// `noise`, `noise_variance`, `noise_selection`, `validation_rows`).
-pub fn fit_csv(opts: &CsvFitConfig, out: impl AsRef<Path>) -> Result<FitSummary> {
-    let device = Device::Cpu;
+pub fn fit_csv(opts: &CsvFitConfig, out: impl AsRef<Path>, device: &Device) -> Result<FitSummary> {
     let data = load_csv(
         &opts.data,
         &CsvParams {
@@ -294,7 +293,7 @@ pub fn fit_csv(opts: &CsvFitConfig, out: impl AsRef<Path>) -> Result<FitSummary>
         }
         .check()?,
     )?;
-    let prepared = prepare(&data, FeatureScaling::Standardize, &device)?;
+    let prepared = prepare(&data, FeatureScaling::Standardize, device)?;
     let (train, calibration) = match opts.calibrate_fraction {
         None => (prepared.train.clone(), None),
         Some(f) => hold_out_calibration(&prepared.train, f, opts.seed)?,
@@ -431,7 +430,7 @@ pub fn fit_dataset(opts: &CsvFitConfig, train: &Dataset, output_dim: usize) -> R
             NoiseModel::Heteroscedastic => 2,
             NoiseModel::Homoscedastic => output_dim,
         };
-        Ok(FitParams {
+        FitParams {
             mlp: MlpParams {
                 input_dim: train.num_features(),
                 hidden: opts.hidden.clone(),
@@ -453,13 +452,12 @@ pub fn fit_dataset(opts: &CsvFitConfig, train: &Dataset, output_dim: usize) -> R
                 seed: opts.seed,
                 progress: opts.progress,
                 label: "fit".to_string(),
-                ..Default::default()
             },
             swa_lr: opts.swa_lr,
             rank: opts.rank,
             init_seed: opts.seed,
         }
-        .check()?)
+        .check()
     };
     let (mut noise, mut tuned, mut validation_rows) = (candidates[0], None, None);
     let mut noise_selection = None;
@@ -666,13 +664,12 @@ pub(crate) const PREDICT_BATCH_ROWS: usize = 4096;
 /// ([`candle_swag::metrics::conformal`]) adds, for regression, `lower` and `upper` (target units;
 /// `-inf`/`inf` when the calibration set is too small for the level) and, for classification,
 /// `set`: the class indices of the non-randomised APS set, most probable first, separated by `;`.
-pub fn predict_csv(opts: &CsvPredictConfig) -> Result<PredictionTable> {
+pub fn predict_csv(opts: &CsvPredictConfig, device: &Device) -> Result<PredictionTable> {
     let conformal = opts
         .coverage
         .map(|c| ConformalParams::with_coverage(c).check())
         .transpose()?;
-    let device = Device::Cpu;
-    let run = LoadedRun::load(&opts.run, &device)?;
+    let run = LoadedRun::load(&opts.run, device)?;
     let table = CsvTable::read(&opts.data)?;
     let cfg = &run.config;
     if let Some(want) = opts.noise {
@@ -697,7 +694,7 @@ pub fn predict_csv(opts: &CsvPredictConfig) -> Result<PredictionTable> {
             let x = Tensor::from_vec(
                 rows.features.clone(),
                 (rows.targets.len(), cfg.feature_names.len()),
-                &device,
+                device,
             )
             .map_err(|e| {
                 Error::bad_file(
@@ -720,7 +717,7 @@ pub fn predict_csv(opts: &CsvPredictConfig) -> Result<PredictionTable> {
     let raw = encode_features(&table, &cfg.feature_columns()?)?;
     let rows: Vec<usize> = (0..table.num_rows()).collect();
     let x = cfg.feature_scaler.transform_rows(&raw, &rows);
-    let inputs = Tensor::from_vec(x, (rows.len(), cfg.feature_names.len()), &device)?;
+    let inputs = Tensor::from_vec(x, (rows.len(), cfg.feature_names.len()), device)?;
     let scale = opts.scale.unwrap_or(cfg.scale);
     let refresh = match &run.train_inputs {
         Some(t) => mlp_refresh(&run.model, t, cfg.fit.train().batch_size())?,

@@ -115,7 +115,7 @@ pub fn digits_spec(
     opts: &RecipeConfig,
 ) -> Result<FitConfig> {
     let (epochs, swa_start) = epochs_and_start(50, opts);
-    Ok(FitParams {
+    FitParams {
         mlp: MlpParams {
             input_dim,
             hidden: vec![128, 128],
@@ -134,21 +134,20 @@ pub fn digits_spec(
             collect: Collect::EveryEpoch,
             seed,
             progress: opts.progress,
-            label: format!("digits s{seed}").into(),
-            ..Default::default()
+            label: format!("digits s{seed}"),
         },
         swa_lr: 0.05,
         rank: 20,
         init_seed: seed,
     }
-    .check()?)
+    .check()
 }
 
 /// The diabetes recipe: MLP 10-50-1, SGD(lr 0.01, momentum 0.9, wd 1e-3), batch 32, 300 epochs,
 /// swa_lr 0.01, collection each epoch from epoch 150, K = 20.
 pub fn diabetes_spec(input_dim: usize, seed: u64, opts: &RecipeConfig) -> Result<FitConfig> {
     let (epochs, swa_start) = epochs_and_start(300, opts);
-    Ok(FitParams {
+    FitParams {
         mlp: MlpParams {
             input_dim,
             hidden: vec![50],
@@ -167,14 +166,13 @@ pub fn diabetes_spec(input_dim: usize, seed: u64, opts: &RecipeConfig) -> Result
             collect: Collect::EveryEpoch,
             seed,
             progress: opts.progress,
-            label: format!("diabetes s{seed}").into(),
-            ..Default::default()
+            label: format!("diabetes s{seed}"),
         },
         swa_lr: 0.01,
         rank: 20,
         init_seed: seed,
     }
-    .check()?)
+    .check()
 }
 
 /// The spec of run `r` of a recipe: seeds shifted by `1000·r`.
@@ -379,9 +377,9 @@ impl RegressionOutcome {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RegressionSeed {
     /// One entry per method, in [`Method::ALL`] order: the reference recipe (noise = training
-    /// residual, scale [`RecipeConfig::scale`]).
+    /// residual, scale [`RecipeParams::scale`]).
     pub outcomes: Vec<RegressionOutcome>,
-    /// With [`RecipeConfig::tune_scale`]: the same runs scored with the scale and noise chosen
+    /// With [`RecipeParams::tune_scale`]: the same runs scored with the scale and noise chosen
     /// on the validation split, one entry per method; empty otherwise.
     pub tuned: Vec<RegressionOutcome>,
     /// Wall-clock times.
@@ -395,7 +393,7 @@ struct RegressionChoice {
     noise: f64,
 }
 
-/// Runs the diabetes recipe for one seed (see [`RecipeConfig::tune_scale`]).
+/// Runs the diabetes recipe for one seed (see [`RecipeParams::tune_scale`]).
 ///
 /// The reference recipe (always scored, [`RegressionSeed::outcomes`]): the noise variance is the mean squared training
 /// residual of the model being scored: the SGD iterate for SGD, the SWA mean for SWA, SWAG-diag
@@ -537,7 +535,7 @@ fn tune_regression(
     let label = format!("{} tune", spec.train().label());
     spec = FitParams {
         train: TrainParams {
-            label: label.into(),
+            label,
             ..spec.train().clone().into()
         },
         ..spec.clone().into()

@@ -117,9 +117,8 @@ fn report_rows(table: &CsvTable, split_column: Option<&str>) -> Result<Vec<usize
 /// Builds the report of a run on the labelled rows of a CSV file (module docs); the caller
 /// writes it. Methods: SGD (the run's last iterate), SWA, SWAG (`samples` samples at the
 /// run's or the given scale).
-pub fn report_run(opts: &RunReportConfig) -> Result<ReportBuilder> {
-    let device = Device::Cpu;
-    let run = LoadedRun::load(&opts.run, &device)?;
+pub fn report_run(opts: &RunReportConfig, device: &Device) -> Result<ReportBuilder> {
+    let run = LoadedRun::load(&opts.run, device)?;
     let cfg = &run.config;
     let table = CsvTable::read(&opts.data)?;
     let rows = report_rows(&table, opts.split_column.as_deref())?;
@@ -128,11 +127,11 @@ pub fn report_run(opts: &RunReportConfig) -> Result<ReportBuilder> {
     let x = Tensor::from_vec(
         cfg.feature_scaler.transform_rows(&raw, &rows),
         (rows.len(), d),
-        &device,
+        device,
     )?;
     let calibration = match &cfg.calibration {
         Some(c) => {
-            let x_cal = Tensor::from_vec(c.features.clone(), (c.targets.len(), d), &device)
+            let x_cal = Tensor::from_vec(c.features.clone(), (c.targets.len(), d), device)
                 .map_err(|e| {
                     Error::bad_file(
                         opts.run.join(super::run::files::CONFIG),

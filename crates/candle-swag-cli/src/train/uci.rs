@@ -310,7 +310,7 @@ fn fit_config(
         weight_decay: point.weight_decay,
     }
     .check()?;
-    Ok(FitParams {
+    FitParams {
         mlp: MlpParams {
             input_dim: prepared.train.num_features(),
             hidden: vec![50],
@@ -325,14 +325,13 @@ fn fit_config(
             collect: Collect::EveryEpoch,
             seed,
             progress,
-            label: format!("uci {} s{seed}", noise.short()).into(),
-            ..Default::default()
+            label: format!("uci {} s{seed}", noise.short()),
         },
         swa_lr: point.lr,
         rank: 20,
         init_seed: seed,
     }
-    .check()?)
+    .check()
 }
 
 /// Chooses, then scores, every method of one noise model on one split.

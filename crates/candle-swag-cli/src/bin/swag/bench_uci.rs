@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use candle_core::Device;
 use candle_swag::atomic::write_file_atomic;
 use candle_swag::{Error, Result};
 use candle_swag_cli::data::{load_csv, CsvParams, TaskKind};
@@ -13,6 +12,7 @@ use candle_swag_cli::train::uci::{
 
 use crate::fit::NoiseArg;
 
+use crate::device::DeviceArgs;
 use crate::table::TableArgs;
 
 /// Arguments of `swag bench-uci`.
@@ -54,6 +54,8 @@ pub struct Args {
     /// Directory for `uci.md` and `uci.json` (written atomically); the table is printed too.
     #[arg(long)]
     out: Option<PathBuf>,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 /// Runs `swag bench-uci`.
@@ -71,6 +73,7 @@ pub fn run(args: Args) -> Result<()> {
         ..CsvParams::new(target, TaskKind::Regression)
     }
     .check()?;
+    let device = args.device.open()?;
     let data = load_csv(&path, &spec)?;
     let grid = if args.quick {
         UciGrid::quick()
@@ -83,7 +86,6 @@ pub fn run(args: Args) -> Result<()> {
         samples: args.samples,
         grid,
         progress: true,
-        ..Default::default()
     }
     .check()?;
     let start = std::time::Instant::now();
@@ -108,13 +110,13 @@ pub fn run(args: Args) -> Result<()> {
                 NoiseChoice::Fixed(m) => m.name(),
             }
         );
-        let outcomes = run_uci_fit(&data, &config, &fit, &Device::Cpu)?;
+        let outcomes = run_uci_fit(&data, &config, &fit, &device)?;
         (
             uci_fit_table(&label, &outcomes),
             serde_json::to_string_pretty(&outcomes),
         )
     } else {
-        let outcomes = run_uci(&data, &config, &Device::Cpu)?;
+        let outcomes = run_uci(&data, &config, &device)?;
         (
             uci_table(&outcomes),
             serde_json::to_string_pretty(&outcomes),

@@ -56,7 +56,6 @@ pub fn run(args: Args) -> Result<()> {
         rank: args.rank,
         deviation_dtype: args.dtype.dtype(),
         store: args.store.store(&partial),
-        ..Default::default()
     }
     .check()?;
     let collected = (|| -> Result<SwagPosterior> {

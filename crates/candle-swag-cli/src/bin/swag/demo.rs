@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use crate::device::DeviceArgs;
 use candle_swag_cli::train::demo::run_demo;
 use candle_swag_cli::train::recipes::RecipeParams;
 
@@ -20,6 +21,8 @@ pub struct Args {
     /// Number of BMA samples.
     #[arg(long, default_value_t = 30)]
     samples: usize,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 /// Runs `swag demo`.
@@ -31,7 +34,7 @@ pub fn run(args: Args) -> candle_swag::Result<()> {
         ..RecipeParams::default()
     }
     .check()?;
-    let summary = run_demo(args.seed, &opts, &args.out)?;
+    let summary = run_demo(args.seed, &opts, &args.out, &args.device.open()?)?;
     print!("{}", summary.text);
     println!(
         "\nreports written to {}/ (digits/report.html, diabetes/report.html) in {:.1} s",

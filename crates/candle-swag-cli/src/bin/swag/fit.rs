@@ -6,6 +6,7 @@ use candle_swag_cli::data::TaskKind;
 use candle_swag_cli::train::pipeline::{fit_csv, CsvFitParams, NoiseChoice};
 use candle_swag_cli::train::run::NoiseModel;
 
+use crate::device::DeviceArgs;
 use crate::table::TableArgs;
 
 /// The task, as spelled on the command line.
@@ -129,6 +130,8 @@ pub struct Args {
     /// Output run directory (written atomically).
     #[arg(long)]
     out: PathBuf,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 /// Runs `swag fit`.
@@ -159,7 +162,7 @@ pub fn run(args: Args) -> candle_swag::Result<()> {
     opts.tune = args.tune_scale || !args.no_tune;
     opts.calibrate_fraction = args.calibrate_fraction;
     opts.noise = args.noise.into();
-    let summary = fit_csv(&opts.check()?, &args.out)?;
+    let summary = fit_csv(&opts.check()?, &args.out, &args.device.open()?)?;
     print!("{}", summary.describe());
     println!("run written to {}", args.out.display());
     Ok(())

@@ -7,6 +7,7 @@ mod bench;
 mod bench_uci;
 mod collect;
 mod demo;
+mod device;
 mod fit;
 mod inspect;
 mod predict;

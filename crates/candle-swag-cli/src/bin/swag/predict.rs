@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use crate::device::DeviceArgs;
 use candle_swag::metrics::SetScore;
 use candle_swag_cli::train::pipeline::{predict_csv, CsvPredictParams};
 
@@ -44,6 +45,8 @@ pub struct Args {
     /// Output CSV: one row per input row, in order (written atomically).
     #[arg(long)]
     out: PathBuf,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 /// Runs `swag predict`.
@@ -59,6 +62,7 @@ pub fn run(args: Args) -> candle_swag::Result<()> {
         Some(lambda) => SetScore::raps(lambda, args.raps_k_reg)?,
         None => SetScore::Aps,
     };
+    let device = args.device.open()?;
     let table = predict_csv(
         &CsvPredictParams {
             run: args.run,
@@ -71,6 +75,7 @@ pub fn run(args: Args) -> candle_swag::Result<()> {
             noise: args.noise.map(Into::into),
         }
         .check()?,
+        &device,
     )?;
     candle_swag::atomic::write_file_atomic(&args.out, table.to_csv().as_bytes())?;
     println!(

@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::device::DeviceArgs;
 use candle_swag::metrics::{attribute_to_file, ClassificationParams, RegressionConfig, SetScore};
 use candle_swag::{Error, Result};
 use candle_swag_cli::train::run_report::{report_run, RunReportParams};
@@ -89,6 +90,8 @@ pub struct Args {
     /// Output directory (replaced atomically if it exists).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 /// File stem of an input, used as a default method or dataset name.
@@ -177,6 +180,7 @@ fn run_report(args: &Args, run: &Path) -> Result<ReportBuilder> {
             bins: args.bins,
         }
         .check()?,
+        &args.device.open()?,
     )
 }
 
