@@ -24,12 +24,13 @@
 //! tiny::write_random_model(config::Arch::Bert, &dir, 0)?;
 //! let base = BaseModel::load(&dir, &Device::Cpu)?;
 //! let cfg = config::bert(base.config(), &dir.join("config.json"))?;
-//! let lora = Lora::new(
-//!     &base,
-//!     &LoraParams::new(&["*.attention.self.query.weight", "*.attention.self.value.weight"], 4).check()?
-//!         .with_new_weights(&[arch::HEAD]),
-//!     &Device::Cpu,
-//! )?;
+//! let targets = ["*.attention.self.query.weight", "*.attention.self.value.weight"];
+//! let lora_config = LoraParams {
+//!     new_weights: vec![arch::HEAD.into()],
+//!     ..LoraParams::new(&targets, 4)
+//! }
+//! .check()?;
+//! let lora = Lora::new(&base, &lora_config, &Device::Cpu)?;
 //! let model = LoraModel::new(&lora, DType::F32, arch::bert_classifier(cfg, 2))?;
 //! let params = model.params()?; // A, B of 4 weights and the head: the posterior's parameters
 //! assert_eq!(params.vars().len(), 2 * 4 + 2);

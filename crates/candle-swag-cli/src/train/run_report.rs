@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use candle_core::{Device, Tensor};
 
 use super::method::Method;
-use super::pipeline::PREDICT_BATCH_ROWS;
+use super::pipeline::predict::PREDICT_BATCH_ROWS;
 use super::run::{mlp_refresh, swag_at_scale, with_refresh, LoadedRun, NoiseModel};
 use crate::data::{encode_features, TaskKind};
 use candle_swag::error::{Error, Result};

@@ -1,0 +1,148 @@
+//! Choices made on a validation part of the training rows
+
+use super::*;
+use crate::data::Dataset;
+use crate::models::Mlp;
+use crate::train::Objective;
+use candle_core::{DType, Tensor};
+use candle_swag::error::{Error, Result};
+use candle_swag::predictive::{batches, BmaParams, Noise, Predictive};
+use candle_swag::swag::SampleParams;
+use candle_swag::tune::Tuned;
+use candle_swag::tune::{mean_squared_residual, ObservationNoise};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+/// Splits `0..n` into (fit rows, validation rows): a seeded shuffle, then the last
+/// `round(fraction · n)` rows (at least 1, at most n − 1) are the validation rows. Both lists
+/// are returned sorted.
+pub fn validation_split(n: usize, fraction: f64, seed: u64) -> Result<(Vec<usize>, Vec<usize>)> {
+    if !(fraction > 0.0 && fraction < 1.0) {
+        return Err(Error::invalid(
+            "validation_fraction",
+            format!("must be in (0, 1), got {fraction}"),
+        ));
+    }
+    if n < 2 {
+        return Err(Error::invalid(
+            "rows",
+            "a validation split needs at least 2 rows",
+        ));
+    }
+    let mut idx: Vec<usize> = (0..n).collect();
+    idx.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+    let n_val = ((fraction * n as f64).round() as usize).clamp(1, n - 1);
+    let mut val = idx.split_off(n - n_val);
+    idx.sort_unstable();
+    val.sort_unstable();
+    Ok((idx, val))
+}
+
+/// Chooses the sample scale (and, for regression, the noise variance) by validation NLL.
+///
+/// For each scale of [`SCALE_GRID`](candle_swag::tune::SCALE_GRID), a BMA with `samples` samples (the same seed at every scale,
+/// `diag_only` for SWAG-diagonal) is run on `validation`. Classification scores the NLL of the
+/// averaged probabilities (clamped at 1e-12). Regression picks, per scale, the noise variance of
+/// [`candle_swag::tune::noise_grid`] minimising the Gaussian NLL of the mixture moments
+/// ([`candle_swag::tune::best_noise_variance`]), then keeps the best scale. The grid search itself is
+/// the core's [`candle_swag::tune::tune_classification`] / [`candle_swag::tune::tune_regression`], which
+/// any model can use.
+pub fn tune(
+    fitted: &Fitted,
+    train_inputs: &Tensor,
+    validation: &Dataset,
+    objective: Objective,
+    samples: usize,
+    diag_only: bool,
+    seed: u64,
+) -> Result<Tuned> {
+    let refresh = fitted.refresh(train_inputs)?;
+    let inputs = batches(&validation.features, validation.len().max(1))?;
+    let at = |scale: f64| -> Result<Predictive<'_>> {
+        let options = SampleParams {
+            scale,
+            diag_only,
+            ..Default::default()
+        }
+        .check()?;
+        Ok(with_refresh(
+            swag_at_scale(
+                &fitted.params,
+                &fitted.posterior,
+                BmaParams {
+                    sample: options.into(),
+                    samples,
+                    seed,
+                }
+                .check()?,
+            )?,
+            &refresh,
+        ))
+    };
+    match objective {
+        Objective::CrossEntropy => {
+            let labels: Vec<u32> = validation.targets.to_dtype(DType::U32)?.to_vec1()?;
+            candle_swag::tune::tune_classification(at, &fitted.model, inputs, &labels)
+        }
+        _ => {
+            let targets: Vec<f64> = validation.targets.to_dtype(DType::F64)?.to_vec1()?;
+            candle_swag::tune::tune_regression(
+                at,
+                &fitted.model,
+                inputs,
+                &targets,
+                observation_noise(objective),
+            )
+        }
+    }
+}
+
+/// How a regression objective's noise is found: the network's own variance for
+/// [`Objective::GaussianNll`], else one variance searched on the grid.
+pub(super) fn observation_noise(objective: Objective) -> ObservationNoise {
+    match objective {
+        Objective::GaussianNll => ObservationNoise::FromModel(crate::train::loss::VARIANCE_LINK),
+        _ => ObservationNoise::Searched,
+    }
+}
+
+/// The validation NLL of a regression BMA (mean over rows, standardised units) and the noise
+/// variance it used ([`candle_swag::tune::regression_nll`] with the objective's noise).
+pub fn regression_validation_nll<I>(
+    predictive: &Predictive,
+    model: &Mlp,
+    inputs: I,
+    objective: Objective,
+    targets: &[f64],
+) -> Result<(Option<f64>, f64)>
+where
+    I: Iterator<Item = candle_core::Result<Tensor>> + Clone,
+{
+    candle_swag::tune::regression_nll(
+        predictive,
+        model,
+        inputs,
+        targets,
+        observation_noise(objective),
+    )
+}
+
+/// The homoscedastic noise variance of the reference recipe: the mean squared residual on the
+/// training rows of the model run by `predictive` (standardised units).
+pub fn training_noise_variance<'a>(
+    fitted: &Fitted,
+    train: &'a Dataset,
+    predictive: Predictive<'a>,
+) -> Result<f64> {
+    let refresh = fitted.refresh(&train.features)?;
+    let m = with_refresh(predictive, &refresh)
+        .regress(
+            &fitted.model,
+            batches(&train.features, train.len().max(1))?,
+            Noise::Homoscedastic { variance: 0.0 },
+        )?
+        .to_host()?;
+    let y: Vec<f32> = train.targets.to_vec1()?;
+    let y: Vec<f64> = y.into_iter().map(f64::from).collect();
+    mean_squared_residual(&m.mean, &y)
+}
