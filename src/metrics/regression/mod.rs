@@ -30,11 +30,17 @@
 use serde::{Deserialize, Serialize};
 use statrs::distribution::{ContinuousCDF, Normal};
 
-use super::{
-    bad_data, check_gaussian, check_mean_targets, check_non_empty, check_same_len, check_std,
-    check_values,
-};
+use crate::metrics::{check_gaussian, check_mean_targets, check_std};
 use crate::{Error, Result};
+
+mod calibration;
+mod samples;
+use calibration::check_points;
+pub use calibration::{
+    calibration_curve, mean_absolute_calibration_error, miscalibration_area,
+    root_mean_squared_calibration_error, CurveKind,
+};
+pub use samples::{crps_samples, regression_metrics_from_samples, sample_moments};
 
 /// Expected versus observed proportions (x and y of a calibration plot).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -278,119 +284,6 @@ pub fn sharpness(std: &[f64]) -> Result<f64> {
     Ok(mean_of(std.iter().map(|s| s * s), std.len()).sqrt())
 }
 
-/// Sorted normalised residuals `(μ − y)/σ`.
-fn sorted_residuals(mean: &[f64], std: &[f64], y: &[f64]) -> Vec<f64> {
-    let mut r: Vec<f64> = mean
-        .iter()
-        .zip(std)
-        .zip(y)
-        .map(|((m, s), t)| (m - t) / s)
-        .collect();
-    r.sort_unstable_by(f64::total_cmp);
-    r
-}
-
-fn check_points(n_points: usize) -> Result<()> {
-    if n_points < 2 {
-        return Err(Error::invalid("calibration_points", "must be at least 2"));
-    }
-    Ok(())
-}
-
-/// Which proportion a calibration curve observes at expected level `p` (module docs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CurveKind {
-    /// The fraction of rows inside the central interval `μ ± Φ⁻¹(½ + p/2)σ`.
-    Interval,
-    /// The fraction of rows with `y ≤ μ + Φ⁻¹(p)σ`.
-    Quantile,
-}
-
-/// The calibration curve of `kind` on `linspace(0, 1, n_points)` (module docs): the observed
-/// proportion at each expected level, `n_points ≥ 2`.
-pub fn calibration_curve(
-    mean: &[f64],
-    std: &[f64],
-    y: &[f64],
-    n_points: usize,
-    kind: CurveKind,
-) -> Result<CalibrationCurve> {
-    check_gaussian(mean, std, y)?;
-    check_points(n_points)?;
-    let r = sorted_residuals(mean, std, y);
-    let inside = |p: f64| match kind {
-        CurveKind::Interval => {
-            let lo = std_normal_ppf(0.5 - p / 2.0);
-            let hi = std_normal_ppf(0.5 + p / 2.0);
-            let at_most_hi = r.partition_point(|&x| x <= hi);
-            let below_lo = r.partition_point(|&x| x < lo);
-            at_most_hi.saturating_sub(below_lo)
-        }
-        CurveKind::Quantile => {
-            let q = std_normal_ppf(p);
-            r.partition_point(|&x| x <= q)
-        }
-    };
-    let n = r.len() as f64;
-    let expected = linspace(0.0, 1.0, n_points);
-    let observed = expected.iter().map(|&p| inside(p) as f64 / n).collect();
-    Ok(CalibrationCurve { expected, observed })
-}
-
-/// Mean absolute calibration error of a curve.
-pub fn mean_absolute_calibration_error(curve: &CalibrationCurve) -> f64 {
-    let n = curve.expected.len().max(1) as f64;
-    curve
-        .expected
-        .iter()
-        .zip(&curve.observed)
-        .map(|(e, o)| (e - o).abs())
-        .sum::<f64>()
-        / n
-}
-
-/// Root mean squared calibration error of a curve.
-pub fn root_mean_squared_calibration_error(curve: &CalibrationCurve) -> f64 {
-    let n = curve.expected.len().max(1) as f64;
-    (curve
-        .expected
-        .iter()
-        .zip(&curve.observed)
-        .map(|(e, o)| (e - o).powi(2))
-        .sum::<f64>()
-        / n)
-        .sqrt()
-}
-
-impl CalibrationCurve {
-    /// Area between the curve and the diagonal (module docs).
-    pub fn miscalibration_area(&self) -> f64 {
-        let curve = self;
-        let x = &curve.expected;
-        let o = &curve.observed;
-        (1..x.len().min(o.len()))
-            .map(|i| {
-                let (xl, xr) = (x[i - 1], x[i]);
-                let dl = o[i - 1] - xl;
-                let dr = o[i] - xr;
-                if dl * dr < 0.0 {
-                    // The curve crosses the diagonal inside the segment: two triangles.
-                    let xi = xl + (xr - xl) * dl / (dl - dr);
-                    0.5 * dl.abs() * (xi - xl) + 0.5 * dr.abs() * (xr - xi)
-                } else {
-                    ((xr - xl) * 0.5 * (dl + dr)).abs()
-                }
-            })
-            .sum()
-    }
-}
-
-/// Miscalibration area of the interval calibration curve with `n_points` points.
-pub fn miscalibration_area(mean: &[f64], std: &[f64], y: &[f64], n_points: usize) -> Result<f64> {
-    let curve = calibration_curve(mean, std, y, n_points, CurveKind::Interval)?;
-    Ok(curve.miscalibration_area())
-}
-
 fn check_levels(start: f64, end: f64, levels: usize) -> Result<()> {
     if levels == 0 || !(start > 0.0 && start <= end && end < 1.0) {
         return Err(Error::invalid(
@@ -538,119 +431,4 @@ pub fn regression_metrics(
         mpiw_95: at_95.mpiw,
         intervals,
     })
-}
-
-/// Validates row-major `[S, N]` samples; returns `N`.
-fn check_samples(samples: &[f64], n_samples: usize) -> Result<usize> {
-    if n_samples == 0 {
-        return Err(Error::invalid("n_samples", "must be at least 1"));
-    }
-    check_non_empty("samples", samples.len())?;
-    if samples.len() % n_samples != 0 {
-        return Err(Error::invalid(
-            "samples",
-            format!("{} values do not form [S = {n_samples}, N]", samples.len()),
-        ));
-    }
-    let n = samples.len() / n_samples;
-    for (i, v) in samples.iter().enumerate() {
-        if !v.is_finite() {
-            return Err(bad_data(
-                "samples",
-                i % n,
-                format!("sample {}", i / n),
-                format!("value {v} is not finite"),
-            ));
-        }
-    }
-    Ok(n)
-}
-
-/// Per-row mean and standard deviation (divisor `S`) of row-major `[S, N]` samples.
-pub fn sample_moments(samples: &[f64], n_samples: usize) -> Result<(Vec<f64>, Vec<f64>)> {
-    let n = check_samples(samples, n_samples)?;
-    let mut mean = vec![0.0; n];
-    for block in samples.chunks_exact(n) {
-        mean.iter_mut().zip(block).for_each(|(m, x)| *m += x);
-    }
-    mean.iter_mut().for_each(|m| *m /= n_samples as f64);
-    let mut var = vec![0.0; n];
-    for block in samples.chunks_exact(n) {
-        var.iter_mut()
-            .zip(block)
-            .zip(&mean)
-            .for_each(|((v, x), m)| *v += (x - m).powi(2));
-    }
-    let std = var
-        .into_iter()
-        .map(|v| (v / n_samples as f64).sqrt())
-        .collect();
-    Ok((mean, std))
-}
-
-/// Mean sample CRPS of row-major `[S, N]` samples against `N` targets.
-pub fn crps_samples(
-    samples: &[f64],
-    n_samples: usize,
-    y: &[f64],
-    estimator: CrpsEstimator,
-) -> Result<f64> {
-    let n = check_samples(samples, n_samples)?;
-    check_values("targets", y)?;
-    check_same_len("samples", n, "targets", y.len())?;
-    let m = n_samples as f64;
-    let pair_divisor = match estimator {
-        CrpsEstimator::Fair if n_samples < 2 => {
-            return Err(Error::invalid(
-                "n_samples",
-                "the fair CRPS needs at least 2 samples",
-            ))
-        }
-        CrpsEstimator::Fair => 2.0 * m * (m - 1.0),
-        CrpsEstimator::PlugIn => 2.0 * m * m,
-    };
-    let mut column = vec![0.0f64; n_samples];
-    let mut total = 0.0;
-    for (i, &t) in y.iter().enumerate() {
-        for (s, c) in column.iter_mut().enumerate() {
-            *c = samples[s * n + i];
-        }
-        column.sort_unstable_by(f64::total_cmp);
-        let abs_err: f64 = column.iter().map(|x| (x - t).abs()).sum();
-        // Σ_{i<j} (x_(j) − x_(i)) = Σ_j x_(j)(2j − M + 1); ordered pairs count it twice.
-        let spread: f64 = column
-            .iter()
-            .enumerate()
-            .map(|(j, x)| x * (2.0 * j as f64 - m + 1.0))
-            .sum::<f64>()
-            * 2.0;
-        total += abs_err / m - spread / pair_divisor;
-    }
-    Ok(total / n as f64)
-}
-
-/// [`regression_metrics`] from row-major `[S, N]` predictive samples: the Gaussian metrics use
-/// the samples' mean and standard deviation (divisor `S`, so at least two distinct samples
-/// per row are needed), and `crps_samples` holds the fair sample CRPS. No noise is added: a
-/// model with observation noise adds it to its samples (or calls [`regression_metrics`]
-/// with its own moments).
-pub fn regression_metrics_from_samples(
-    samples: &[f64],
-    n_samples: usize,
-    y: &[f64],
-    options: &RegressionConfig,
-) -> Result<RegressionMetrics> {
-    let (mean, std) = sample_moments(samples, n_samples)?;
-    check_same_len("samples", mean.len(), "targets", y.len())?;
-    if let Some(i) = std.iter().position(|&s| s <= 0.0) {
-        return Err(bad_data(
-            "samples",
-            i,
-            "std",
-            "all samples of this row are equal (zero spread)",
-        ));
-    }
-    let mut metrics = regression_metrics(&mean, &std, y, options)?;
-    metrics.crps_samples = Some(crps_samples(samples, n_samples, y, CrpsEstimator::Fair)?);
-    Ok(metrics)
 }
