@@ -85,7 +85,7 @@
 //!   exact BatchNorm statistics refresh, SGD with momentum and weight decay.
 //! - [`metrics`]: calibration, uncertainty, OOD, selective and regression metrics, recalibration.
 //!
-//! - [`atomic`]: crash-safe file writes (temporary file, fsync, rename), used by every writer.
+//! - [`crash_safe`]: crash-safe file writes (temporary file, fsync, rename), used by every writer.
 //!
 //! Two crates build on it: `candle-swag-report` (figures with a bundled font, the
 //! HTML/Markdown/JSON calibration report, prediction files from any framework) and
@@ -93,7 +93,7 @@
 //! pipeline, the built-in MLP, bundled data, recipes, and the primitives' speed against the
 //! memory-bandwidth floor).
 
-pub mod atomic;
+pub mod crash_safe;
 pub mod device;
 pub mod error;
 pub mod layout;

@@ -3,7 +3,7 @@
 //!
 //! Thresholds, for n = 10⁷ independent draws:
 //! - Kolmogorov–Smirnov: D ≤ 1.95/√n is the 0.1% critical value (asymptotic Kolmogorov
-//!   distribution). The transform itself is within 2e-6 of Φ⁻¹ (unit test in `swag::noise`), which
+//!   distribution). The transform itself is within 2e-6 of Φ⁻¹ (unit test in `swag::normals`), which
 //!   moves the CDF by < 1e-6, far below 1.95/√n ≈ 6.2e-4.
 //! - Moments: the mean's standard error is 1/√n, the variance's √(2/n), the fourth moment's
 //!   √(96/n) (Var z⁴ = E z⁸ − 9 = 96); each is allowed 5 standard errors (two-sided p ≈ 6e-7).
@@ -13,7 +13,7 @@
 //! The seed is fixed, so this test is deterministic; a correct generator passes each check
 //! except with the small probabilities above.
 
-use candle_swag::swag::noise::z1_for_seed;
+use candle_swag::swag::normals::z1_for_seed;
 use candle_swag::{ParamLayout, Result};
 use statrs::distribution::{ContinuousCDF, Normal};
 

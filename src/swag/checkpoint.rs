@@ -139,7 +139,7 @@ pub fn write_flat(path: &Path, layout: &ParamLayout, flat: &[f32]) -> Result<()>
     while json.len() % 8 != 0 {
         json.push(' ');
     }
-    crate::atomic::write_file_with(path, |file| {
+    crate::crash_safe::write_file_with(path, |file| {
         let mut w = BufWriter::with_capacity(PIECE, file);
         let io = |e| Error::io(path, e);
         w.write_all(&(json.len() as u64).to_le_bytes())

@@ -361,8 +361,8 @@ impl<E: DeviationElem> InplaceOp2 for MomentsOp<'_, E> {
             Some(dev) => kernels::collect(mean, comp, m2, theta, dev, self.n),
             None => {
                 // K = 0: moments only; the deviation is computed into a scratch block and dropped.
-                let mut scratch = vec![0f32; self.len.min(super::noise::NOISE_BLOCK)];
-                let b = super::noise::NOISE_BLOCK;
+                let mut scratch = vec![0f32; self.len.min(super::normals::NOISE_BLOCK)];
+                let b = super::normals::NOISE_BLOCK;
                 for (((m, c), s), t) in mean
                     .chunks_mut(b)
                     .zip(comp.chunks_mut(b))

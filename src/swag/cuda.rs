@@ -3,7 +3,7 @@
 //!
 //! The kernels (`src/swag/kernels.cu`, compiled to PTX by `build.rs` with nvcc) perform the CPU
 //! kernels' f32 operations in the same order with round-to-nearest intrinsics and no fused
-//! multiply-add, and draw the same Philox noise ([`super::noise`]), so moments, deviation
+//! multiply-add, and draw the same Philox noise ([`super::normals`]), so moments, deviation
 //! columns, noise and device-store samples equal the CPU's bit for bit.
 //!
 //! They work on raw device pointers taken from candle's storage. Everything runs on the candle
@@ -345,7 +345,7 @@ pub(crate) fn sample(
 }
 
 /// `n` normals of parameter `param` in `stream`, coordinates `first..first + n`, drawn on the
-/// device (the same bits as [`super::noise::fill_normals`]).
+/// device (the same bits as [`super::normals::fill_normals`]).
 pub(crate) fn normals(
     dev: &CudaDevice,
     seed: u64,

@@ -122,7 +122,7 @@ impl SwagPosterior {
             d,
             dtype: self.config.deviation_dtype(),
         };
-        crate::atomic::write_file_with(path, |file| {
+        crate::crash_safe::write_file_with(path, |file| {
             file.seek(SeekFrom::Start(fl.data_start))
                 .map_err(|e| Error::io(path, e))?;
             for i in 0..MOMENT_TENSORS.len() {

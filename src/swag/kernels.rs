@@ -12,7 +12,7 @@
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::noise::{fill_normals, NOISE_BLOCK, Z1_STREAM};
+use super::normals::{fill_normals, NOISE_BLOCK, Z1_STREAM};
 
 /// Parameters shorter than this are processed on the calling thread.
 const PARALLEL_MIN: usize = 1 << 16;
@@ -233,7 +233,7 @@ pub struct SampleCoefficients {
 }
 
 /// Where the sampling kernel draws `z1`: a seed, the parameter's index in the whole model's
-/// layout and the coordinate (within the parameter) the slice starts at (see [`super::noise`]).
+/// layout and the coordinate (within the parameter) the slice starts at (see [`super::normals`]).
 #[derive(Debug, Clone, Copy)]
 pub struct NoiseSource {
     /// Base seed of this sample.
@@ -315,7 +315,7 @@ fn sample_block<E: DeviationElem>(
 /// Draws one SWAG sample for a slice of the flat vector (one parameter) straight into `out`:
 /// `θ = mean + sqrt(scale)·( sqrt(diag_variance(m2))·z1 + Dᵀz2 / sqrt(divisor) )`.
 ///
-/// `z1` is drawn from the [`NoiseSource`], keyed by coordinate (see [`super::noise`]), so the
+/// `z1` is drawn from the [`NoiseSource`], keyed by coordinate (see [`super::normals`]), so the
 /// result does not depend on the number of threads nor on how the vector is cut.
 pub fn sample<E: DeviationElem>(out: &mut [f32], src: SampleSource<'_, E>) {
     if out.len() < PARALLEL_MIN {

@@ -2,7 +2,7 @@
 //!
 //! - [`SwagPosterior`] collects the moments and the deviation columns ([`posterior`]);
 //! - sampling and its conventions ([`sample`]), log-density ([`log_prob`]); the sampler's
-//!   counter-based noise, the same bits on every device ([`noise`]);
+//!   counter-based normal draws, the same bits on every device ([`normals`]);
 //! - a posterior split by parameter ranges across devices or processes ([`shard`]);
 //! - where the deviation columns live and how they are encoded ([`store`]);
 //! - the posterior file format ([`mod@file`], its bytes in `format`); several posteriors
@@ -19,7 +19,7 @@ pub(crate) mod format;
 pub(crate) mod kernels;
 pub mod log_prob;
 pub mod multi;
-pub mod noise;
+pub mod normals;
 pub mod posterior;
 pub mod sample;
 mod sample_host;

@@ -21,7 +21,7 @@
 //! # Noise and reproducibility
 //! The noise comes from one counter-based generator (Philox4x32-10) keyed by
 //! (seed, stream, parameter index in the whole model, coordinate), with a normal transform
-//! built from correctly rounded operations only ([`super::noise`]): it is drawn inside the
+//! built from correctly rounded operations only ([`super::normals`]): it is drawn inside the
 //! kernels, on the CPU and on CUDA alike, and the same seed gives the same `z1` and `z2` bits on
 //! every device, whatever the threads, chunks or shards.
 //!
@@ -44,7 +44,7 @@ use rand::Rng;
 
 use super::config::{Divisor, SampleConfig};
 use super::kernels::{self, NoiseSource, SampleCoefficients};
-use super::noise;
+use super::normals;
 use super::posterior::SwagPosterior;
 use super::sample_host::SampleOp;
 use super::store::{Columns, CHUNK};
@@ -125,9 +125,13 @@ impl SwagPosterior {
     /// device: [`sample_with_noise`](Self::sample_with_noise) on it gives the seeded sample,
     /// so a sample can be reproduced or audited without the sampler. `z1` is keyed by
     /// (parameter index in the whole model, coordinate), `z2` by the seed alone
-    /// ([`super::noise`]). On CUDA, `z1` is drawn on the device (the same bits).
+    /// ([`super::normals`]). On CUDA, `z1` is drawn on the device (the same bits).
     pub fn noise_for_seed(&self, seed: u64) -> Result<(Tensor, Tensor)> {
-        let z2 = Tensor::from_vec(noise::z2_for_seed(seed, self.rows), self.rows, &self.device)?;
+        let z2 = Tensor::from_vec(
+            normals::z2_for_seed(seed, self.rows),
+            self.rows,
+            &self.device,
+        )?;
         #[cfg(feature = "cuda")]
         if self.device.is_cuda() {
             // Drawn on the device: the same bits, without d normals drawn on the host.
@@ -135,13 +139,13 @@ impl SwagPosterior {
             let parts = (self.layout.entries().iter().enumerate())
                 .map(|(p, e)| {
                     let param = (self.param_base + p) as u32;
-                    super::cuda::normals(dev, seed, noise::Z1_STREAM, param, 0, e.numel())
+                    super::cuda::normals(dev, seed, normals::Z1_STREAM, param, 0, e.numel())
                 })
                 .collect::<Result<Vec<_>>>()?;
             return Ok((Tensor::cat(&parts, 0)?, z2));
         }
         let z1 = Tensor::from_vec(
-            noise::z1_for_seed(seed, &self.layout, self.param_base),
+            normals::z1_for_seed(seed, &self.layout, self.param_base),
             self.numel(),
             &self.device,
         )?;
@@ -230,7 +234,7 @@ impl SwagPosterior {
     ) -> (SampleCoefficients, Vec<f32>) {
         let low_rank = !opts.diag_only() && self.rows > 0;
         let z2 = if low_rank {
-            self.scaled_weights(&noise::z2_for_seed(seed, self.rows))
+            self.scaled_weights(&normals::z2_for_seed(seed, self.rows))
         } else {
             Vec::new()
         };
@@ -251,7 +255,7 @@ impl SwagPosterior {
         opts: &SampleConfig,
         rng: &mut impl Rng,
     ) -> Result<()> {
-        self.sample_into_seeded(params, opts, noise::seed_from(rng))
+        self.sample_into_seeded(params, opts, normals::seed_from(rng))
     }
 
     /// Like [`SwagPosterior::sample_into`] with an explicit seed.

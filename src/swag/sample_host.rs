@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use super::config::SampleConfig;
 use super::format::{BufferDigest, CHECKSUM_CHUNK};
 use super::kernels::{self, DeviationElem, NoiseSource, SampleCoefficients};
-use super::noise;
+use super::normals;
 use super::posterior::SwagPosterior;
 use super::store::{decode_into, Columns, DiskColumns};
 use crate::error::{Error, Result};
@@ -78,7 +78,7 @@ impl SwagPosterior {
                     // (K · 64 KiB for f32) with positioned reads and runs the kernel on it while
                     // it is in cache; the other threads read meanwhile.
                     let dtype = self.config.deviation_dtype();
-                    let block = noise::NOISE_BLOCK;
+                    let block = normals::NOISE_BLOCK;
                     param
                         .out
                         .par_chunks_mut(block)

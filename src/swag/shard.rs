@@ -120,7 +120,7 @@ impl ShardIndex {
     /// Writes the index atomically.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let json = serde_json::to_string_pretty(self)?;
-        crate::atomic::write_file_atomic(path, json.as_bytes())
+        crate::crash_safe::write_file_atomic(path, json.as_bytes())
     }
 
     /// Reads an index and checks that its shards cover every parameter exactly once; the

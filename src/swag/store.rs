@@ -44,8 +44,8 @@ use super::format::{chunk_digest, combine, write_header, BufferDigest, FileLayou
 use crate::error::{Error, Result};
 
 /// Largest number of coordinates of one column read at a time when the columns are streamed
-/// (a multiple of [`super::noise::NOISE_BLOCK`], the CPU kernels' unit of work).
-pub(crate) const CHUNK: usize = super::noise::NOISE_BLOCK * 16;
+/// (a multiple of [`super::normals::NOISE_BLOCK`], the CPU kernels' unit of work).
+pub(crate) const CHUNK: usize = super::normals::NOISE_BLOCK * 16;
 
 /// Where a posterior keeps its `[K, d]` deviation columns (see the [module docs](self)).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

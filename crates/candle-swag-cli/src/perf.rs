@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use candle_swag::error::{Error, Result};
 use candle_swag::layout::ParamSet;
-use candle_swag::swag::noise::{fill_normals, NOISE_BLOCK, Z1_STREAM};
+use candle_swag::swag::normals::{fill_normals, NOISE_BLOCK, Z1_STREAM};
 use candle_swag::swag::{SampleConfig, SampleParams, SwagParams, SwagPosterior};
 
 /// One measured operation.

@@ -89,7 +89,10 @@ pub fn write_random_model(arch: Arch, dir: impl AsRef<Path>, seed: u64) -> Resul
         tensors.insert(n.clone(), Tensor::from_vec(values, t.dims(), &Device::Cpu)?);
     }
     let text = serde_json::to_string_pretty(&cfg)?;
-    candle_swag::atomic::write_file_atomic(dir.join(crate::base::CONFIG_FILE), text.as_bytes())?;
+    candle_swag::crash_safe::write_file_atomic(
+        dir.join(crate::base::CONFIG_FILE),
+        text.as_bytes(),
+    )?;
     crate::lora::write_safetensors(
         dir.join(crate::base::WEIGHTS_FILE),
         &tensors,

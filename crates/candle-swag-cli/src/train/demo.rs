@@ -21,7 +21,7 @@ use super::recipes::{
     classification_table, regression_table, run_diabetes, run_digits, ClassificationSeed,
     RecipeConfig, RecipeParams, RegressionSeed,
 };
-use candle_swag::atomic::{write_dir_atomic, write_file_atomic};
+use candle_swag::crash_safe::{write_dir_atomic, write_file_atomic};
 use candle_swag::error::Result;
 use candle_swag_report::report::ReportBuilder;
 

@@ -6,7 +6,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::style;
-use candle_swag::atomic::write_file_atomic;
+use candle_swag::crash_safe::write_file_atomic;
 use candle_swag::error::{Error, Result};
 
 /// The two files written for one plot.

@@ -8,7 +8,7 @@ use candle_core::{DType, Tensor};
 use super::figures::{ClassificationPlotData, OodPlotData, PlotInputs, RegressionPlotData};
 use super::*;
 use crate::plot::{self, PlotFiles};
-use candle_swag::atomic::{write_dir_atomic, write_file_atomic};
+use candle_swag::crash_safe::{write_dir_atomic, write_file_atomic};
 use candle_swag::error::{Error, Result};
 use candle_swag::metrics::{self, ClassLabel, ClassificationConfig, Probability, RegressionConfig};
 

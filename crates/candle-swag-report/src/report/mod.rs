@@ -30,7 +30,7 @@
 //! [`ReportBuilder::predictive_band`] a 1-D predictive band plot.
 //!
 //! [`ReportBuilder::write`] builds the whole directory in a temporary sibling and renames it
-//! into place ([`candle_swag::atomic::write_dir_atomic`]): a failure leaves no half-written report,
+//! into place ([`candle_swag::crash_safe::write_dir_atomic`]): a failure leaves no half-written report,
 //! and an existing report at that path is only replaced by a complete one.
 //!
 //! # Layout of `metrics.json`

@@ -124,7 +124,7 @@ impl Lora {
 }
 
 /// Writes named tensors and string metadata as a safetensors file, atomically
-/// (`candle_swag::atomic`): a reader never sees half a file.
+/// (`candle_swag::crash_safe`): a reader never sees half a file.
 pub fn write_safetensors(
     path: impl AsRef<Path>,
     tensors: &HashMap<String, Tensor>,
@@ -148,5 +148,5 @@ pub fn write_safetensors(
         .collect::<Result<Vec<_>>>()?;
     let bytes = safetensors::serialize(views, Some(metadata))
         .map_err(|e| Error::bad_file(path, e.to_string()))?;
-    candle_swag::atomic::write_file_atomic(path, &bytes)
+    candle_swag::crash_safe::write_file_atomic(path, &bytes)
 }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use candle_swag::atomic::write_file_atomic;
+use candle_swag::crash_safe::write_file_atomic;
 use candle_swag::{Error, Result};
 use candle_swag_cli::data::{load_csv, CsvParams, TaskKind};
 use candle_swag_cli::train::pipeline::{CsvFitParams, NoiseChoice};

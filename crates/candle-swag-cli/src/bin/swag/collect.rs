@@ -69,7 +69,7 @@ pub fn run(args: Args) -> Result<()> {
         }
         if args.store == StoreArg::Disk {
             posterior.save(&partial)?; // in place, synced
-            candle_swag::atomic::rename_durable(&partial, &args.out)?;
+            candle_swag::crash_safe::rename_durable(&partial, &args.out)?;
         } else {
             posterior.save(&args.out)?;
         }

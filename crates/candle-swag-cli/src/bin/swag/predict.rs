@@ -77,7 +77,7 @@ pub fn run(args: Args) -> candle_swag::Result<()> {
         .check()?,
         &device,
     )?;
-    candle_swag::atomic::write_file_atomic(&args.out, table.to_csv().as_bytes())?;
+    candle_swag::crash_safe::write_file_atomic(&args.out, table.to_csv().as_bytes())?;
     println!(
         "{} predictions ({} columns) written to {}",
         table.rows.len(),

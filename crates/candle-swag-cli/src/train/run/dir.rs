@@ -150,8 +150,8 @@ pub fn save_run(
 ) -> Result<()> {
     fitted.params.write_flat(&fitted.sgd_weights)?;
     let json = serde_json::to_vec_pretty(config)?;
-    candle_swag::atomic::write_dir_atomic(dir, |tmp| {
-        candle_swag::atomic::write_file_atomic(tmp.join(files::CONFIG), &json)?;
+    candle_swag::crash_safe::write_dir_atomic(dir, |tmp| {
+        candle_swag::crash_safe::write_file_atomic(tmp.join(files::CONFIG), &json)?;
         let weights = tmp.join(files::WEIGHTS);
         fitted
             .varmap

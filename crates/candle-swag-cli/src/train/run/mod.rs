@@ -12,7 +12,7 @@
 //! - `train_inputs.safetensors` (only for models with BatchNorm): the standardised training
 //!   inputs, needed to refresh the BatchNorm statistics after each weight sample.
 //!
-//! The directory is written atomically ([`candle_swag::atomic::write_dir_atomic`]).
+//! The directory is written atomically ([`candle_swag::crash_safe::write_dir_atomic`]).
 
 use candle_core::Tensor;
 use candle_nn::VarMap;
