@@ -113,31 +113,43 @@ pub fn select(request: DeviceRequest) -> Result<SelectedDevice> {
 }
 
 fn open_cuda(n: usize) -> Result<Device> {
-    if !cfg!(feature = "cuda") {
-        return Err(Error::invalid(
-            "device",
-            format!("cuda:{n} was asked for, but this build has no CUDA support (build with --features cuda)"),
-        ));
-    }
-    Device::new_cuda(n).map_err(|e| {
-        Error::invalid(
-            "device",
-            format!("cuda:{n} cannot be opened: {}", first_line(&e.to_string())),
-        )
-    })
+    open_gpu("cuda", "CUDA", cfg!(feature = "cuda"), n, Device::new_cuda)
 }
 
 fn open_metal(n: usize) -> Result<Device> {
-    if !cfg!(feature = "metal") {
+    open_gpu(
+        "metal",
+        "Metal",
+        cfg!(feature = "metal"),
+        n,
+        Device::new_metal,
+    )
+}
+
+/// Opens GPU `n` of a backend (`kind` as the user spells it, `name` as humans do), or says
+/// why not: a build without the backend's feature, or candle's first line of error.
+fn open_gpu(
+    kind: &str,
+    name: &str,
+    built: bool,
+    n: usize,
+    open: impl FnOnce(usize) -> candle_core::Result<Device>,
+) -> Result<Device> {
+    if !built {
         return Err(Error::invalid(
             "device",
-            format!("metal:{n} was asked for, but this build has no Metal support (build with --features metal)"),
+            format!(
+                "{kind}:{n} was asked for, but this build has no {name} support (build with --features {kind})"
+            ),
         ));
     }
-    Device::new_metal(n).map_err(|e| {
+    open(n).map_err(|e| {
         Error::invalid(
             "device",
-            format!("metal:{n} cannot be opened: {}", first_line(&e.to_string())),
+            format!(
+                "{kind}:{n} cannot be opened: {}",
+                first_line(&e.to_string())
+            ),
         )
     })
 }

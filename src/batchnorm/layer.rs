@@ -254,18 +254,15 @@ impl BatchNorm {
         let x = x.reshape(shape3)?;
         let stats_shape = [1, self.inner.num_features, 1];
         let dtype = x.dtype();
-        let mean = self
-            .inner
-            .running_mean
-            .as_detached_tensor()
-            .to_dtype(dtype)?
-            .reshape(&stats_shape[..])?;
-        let var = self
-            .inner
-            .running_var
-            .as_detached_tensor()
-            .to_dtype(dtype)?
-            .reshape(&stats_shape[..])?;
+        let stat = |v: &Var| {
+            v.as_detached_tensor()
+                .to_dtype(dtype)?
+                .reshape(&stats_shape[..])
+        };
+        let (mean, var) = (
+            stat(&self.inner.running_mean)?,
+            stat(&self.inner.running_var)?,
+        );
         let normalised = x
             .broadcast_sub(&mean)?
             .broadcast_div(&(var + self.inner.eps)?.sqrt()?)?;

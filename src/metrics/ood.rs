@@ -12,7 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{bad_data, check_non_empty, check_same_len};
+use super::{check_same_len, check_values};
 use crate::{Error, Result};
 
 /// ROC curve points for plotting, from the flag-nothing point `(0, 0)` to `(1, 1)`.
@@ -46,18 +46,8 @@ pub struct OodMetrics {
 
 /// Validates scores and flags; returns (positives, negatives).
 fn check_scores(scores: &[f64], is_ood: &[bool]) -> Result<(usize, usize)> {
-    check_non_empty("scores", scores.len())?;
+    check_values("scores", scores)?;
     check_same_len("scores", scores.len(), "is_ood", is_ood.len())?;
-    for (i, s) in scores.iter().enumerate() {
-        if !s.is_finite() {
-            return Err(bad_data(
-                "scores",
-                i,
-                "score",
-                format!("value {s} is not finite"),
-            ));
-        }
-    }
     let pos = is_ood.iter().filter(|&&b| b).count();
     let neg = is_ood.len() - pos;
     if pos == 0 || neg == 0 {

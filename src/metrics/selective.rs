@@ -14,7 +14,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{bad_data, check_non_empty, check_same_len};
+use super::{check_same_len, check_values};
 use crate::Result;
 
 /// Risk–coverage curve for plotting, and its mean-risk AURC.
@@ -30,18 +30,8 @@ pub struct RiskCoverage {
 
 /// Risk–coverage curve of `confidence` (higher = more confident) against `error`.
 pub fn risk_coverage(confidence: &[f64], error: &[bool]) -> Result<RiskCoverage> {
-    check_non_empty("confidence", confidence.len())?;
+    check_values("confidence", confidence)?;
     check_same_len("confidence", confidence.len(), "error", error.len())?;
-    for (i, c) in confidence.iter().enumerate() {
-        if !c.is_finite() {
-            return Err(bad_data(
-                "confidence",
-                i,
-                "confidence",
-                format!("value {c} is not finite"),
-            ));
-        }
-    }
     let n = confidence.len();
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_unstable_by(|&a, &b| confidence[b].total_cmp(&confidence[a]));
