@@ -64,9 +64,9 @@ fn crash_regressions_replay_without_panics() {
 /// default: `cargo test --release --test fuzz_replay -- --ignored write_fuzz_seeds`).
 #[test]
 #[ignore]
-fn write_fuzz_seeds() {
+fn write_fuzz_seeds() -> Result<(), Box<dyn std::error::Error>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fuzz")
         .join("seeds");
-    seeds::write_all(&root).unwrap();
+    seeds::write_all(&root)
 }

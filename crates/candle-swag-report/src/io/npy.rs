@@ -175,21 +175,22 @@ mod tests {
     }
 
     #[test]
-    fn reads_what_candle_writes() {
-        let dir = tempfile::tempdir().unwrap();
+    fn reads_what_candle_writes() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
         let p = dir.path().join("a.npy");
-        let t = Tensor::from_vec(vec![1f32, 2., 3., 4., 5., 6.], (3, 2), &Device::Cpu).unwrap();
-        t.write_npy(&p).unwrap();
-        let back = read_npy(&p).unwrap();
+        let t = Tensor::from_vec(vec![1f32, 2., 3., 4., 5., 6.], (3, 2), &Device::Cpu)?;
+        t.write_npy(&p)?;
+        let back = read_npy(&p)?;
         assert_eq!(back.dims(), &[3, 2]);
-        assert_eq!(back.to_vec2::<f32>().unwrap(), t.to_vec2::<f32>().unwrap());
+        assert_eq!(back.to_vec2::<f32>()?, t.to_vec2::<f32>()?);
         let z = dir.path().join("a.npz");
-        let l = Tensor::from_vec(vec![1i64, 0], 2, &Device::Cpu).unwrap();
-        Tensor::write_npz(&[("probs", &t), ("labels", &l)], &z).unwrap();
-        let named = read_npz(&z).unwrap();
+        let l = Tensor::from_vec(vec![1i64, 0], 2, &Device::Cpu)?;
+        Tensor::write_npz(&[("probs", &t), ("labels", &l)], &z)?;
+        let named = read_npz(&z)?;
         let names: Vec<&str> = named.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["probs", "labels"]);
-        assert_eq!(named[1].1.to_vec1::<i64>().unwrap(), [1, 0]);
+        assert_eq!(named[1].1.to_vec1::<i64>()?, [1, 0]);
+        Ok(())
     }
 
     #[test]
