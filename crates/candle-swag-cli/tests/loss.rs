@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor, Var};
-use candle_swag_cli::train::loss::{gaussian_nll, softplus_variance, VARIANCE_FLOOR};
+use candle_swag_cli::train::loss::{beta_nll, gaussian_nll, softplus_variance, VARIANCE_FLOOR};
 
 /// `softplus(r) + floor`, written the naive way (fine for the moderate `r` used here).
 fn variance(r: f64) -> f64 {
@@ -18,6 +18,22 @@ fn nll_f64(out: &[f64], y: &[f64]) -> f64 {
         .map(|(row, t)| {
             let v = variance(row[1]);
             0.5 * (2.0 * std::f64::consts::PI * v).ln() + (t - row[0]).powi(2) / (2.0 * v)
+        })
+        .sum::<f64>()
+        / n
+}
+
+/// The β-NLL with the weights `w_i = σ²_i^β` taken at `at` and held fixed, evaluated at `out`:
+/// its gradient at `out = at` is the β-NLL's (the weights carry no gradient).
+fn beta_nll_f64(out: &[f64], at: &[f64], y: &[f64], beta: f64) -> f64 {
+    let n = y.len() as f64;
+    out.chunks(2)
+        .zip(at.chunks(2))
+        .zip(y)
+        .map(|((row, fixed), t)| {
+            let v = variance(row[1]);
+            let w = variance(fixed[1]).powf(beta);
+            w * (0.5 * (2.0 * std::f64::consts::PI * v).ln() + (t - row[0]).powi(2) / (2.0 * v))
         })
         .sum::<f64>()
         / n
@@ -119,5 +135,66 @@ fn wrong_shapes_are_refused() -> Result<()> {
     let three = Tensor::new(&[1f32, 2.0, 3.0], &dev)?;
     let e = gaussian_nll(&out, &three).unwrap_err();
     assert!(e.to_string().contains("3 targets for 2 rows"), "{e}");
+    Ok(())
+}
+
+#[test]
+fn beta_nll_matches_the_fixed_weight_f64_loss_and_its_gradient() -> Result<()> {
+    let (out, y) = data();
+    let n = y.len();
+    let dev = Device::Cpu;
+    let h = 1e-6;
+    for beta in [0.0, 0.5, 1.0] {
+        let expected = beta_nll_f64(&out, &out, &y, beta);
+        let fd: Vec<f64> = (0..out.len())
+            .map(|i| {
+                let mut a = out.clone();
+                let mut b = out.clone();
+                a[i] += h;
+                b[i] -= h;
+                (beta_nll_f64(&a, &out, &y, beta) - beta_nll_f64(&b, &out, &y, beta)) / (2.0 * h)
+            })
+            .collect();
+        let o = Var::from_tensor(&Tensor::from_vec(out.clone(), (n, 2), &dev)?)?;
+        let t = Tensor::from_vec(y.clone(), n, &dev)?;
+        let loss = beta_nll(o.as_tensor(), &t, beta)?;
+        let v = loss.to_scalar::<f64>()?;
+        assert!(
+            (v - expected).abs() < 1e-10,
+            "beta {beta}: {v} vs {expected}"
+        );
+        let grads = loss.backward()?;
+        let g: Vec<f64> = grads
+            .get(&o)
+            .ok_or_else(|| anyhow::anyhow!("no gradient"))?
+            .flatten_all()?
+            .to_vec1()?;
+        for (i, (a, b)) in g.iter().zip(&fd).enumerate() {
+            assert!(
+                (a - b).abs() < 1e-6 * b.abs().max(1.0),
+                "beta {beta} [{i}]: {a} vs {b}"
+            );
+        }
+        if beta == 0.0 {
+            assert_eq!(v, gaussian_nll(o.as_tensor(), &t)?.to_scalar::<f64>()?);
+        }
+        if beta == 1.0 {
+            // The mean's gradient is the squared error's, (μ − y)/n, whatever the variance.
+            for (i, (row, t)) in out.chunks(2).zip(&y).enumerate() {
+                let want = (row[0] - t) / n as f64;
+                assert!(
+                    (g[2 * i] - want).abs() < 1e-12,
+                    "row {i}: {} vs {want}",
+                    g[2 * i]
+                );
+            }
+        }
+    }
+    let o = Tensor::from_vec(out, (n, 2), &dev)?;
+    let t = Tensor::from_vec(y, n, &dev)?;
+    for bad in [-0.1, 1.5, f64::NAN] {
+        let e = beta_nll(&o, &t, bad).unwrap_err().to_string();
+        assert!(e.contains("beta"), "{e}");
+    }
     Ok(())
 }

@@ -44,8 +44,10 @@ pub enum Objective {
     /// Mean squared error of outputs `[n, 1]` against f32 targets `[n]` (mean over rows): the
     /// Gaussian log-likelihood with a homoscedastic noise, up to constants.
     MeanSquaredError,
-    /// Heteroscedastic Gaussian negative log-likelihood of outputs `[n, 2]` (mean, raw
-    /// variance) against f32 targets `[n]` ([`loss::gaussian_nll`], mean over rows).
+    /// Heteroscedastic Gaussian regression: outputs `[n, 2]` (mean, raw variance) against f32
+    /// targets `[n]`, trained with the β-NLL ([`loss::beta_nll`] at [`loss::BETA_NLL`]: each
+    /// row's Gaussian NLL weighted by its detached predicted variance; mean over rows), so
+    /// the training loss it reports is that weighted NLL.
     GaussianNll,
 }
 
@@ -58,7 +60,7 @@ impl Objective {
                 let pred = outputs.flatten_all()?;
                 pred.sub(targets)?.sqr()?.mean_all()?
             }
-            Objective::GaussianNll => loss::gaussian_nll(outputs, targets)?,
+            Objective::GaussianNll => loss::beta_nll(outputs, targets, loss::BETA_NLL)?,
         })
     }
 }

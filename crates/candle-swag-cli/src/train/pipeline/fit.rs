@@ -83,10 +83,10 @@ pub const TUNE_VALIDATION_FRACTION: f64 = 0.2;
 
 /// The noise model `swag fit` trains with (`--noise`).
 ///
-/// `Auto` is not the default: over the 10 splits of `swag bench-uci --fit` it picked the
-/// heteroscedastic model on 3 diabetes and 7 car splits and lost 0.02 and 0.86 nats of test
-/// log-likelihood to homoscedastic noise (README, "Defaults of swag fit, measured"): a
-/// heteroscedastic network that wins on ~70 validation rows does not reliably win on new ones.
+/// `Auto` is not the default: over the 10 splits of `swag bench-uci --fit` it landed 0.05 nats
+/// of test log-likelihood behind the better of the two models on the diabetes and car tables
+/// (README, "Defaults of swag fit, measured"): ~70 validation rows do not reliably pick the
+/// model that wins on new rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NoiseChoice {
     /// Fit both models on the tuning split, tune each, keep the one with the lower validation
