@@ -1,9 +1,9 @@
 //! `swag bench-uci --fit`
 
 use super::*;
-use crate::data::{prepare, FeatureScaling, Split, TabularData, Targets};
+use crate::data::TabularData;
 use crate::train::pipeline::{fit_dataset, CsvFitParams};
-use crate::train::run::{validation_split, NoiseModel};
+use crate::train::run::NoiseModel;
 use candle_core::Device;
 use candle_swag::error::{Error, Result};
 use candle_swag::metrics::{self};
@@ -39,30 +39,8 @@ pub fn run_uci_fit(
     fit: &CsvFitParams,
     device: &Device,
 ) -> Result<Vec<FitOutcome>> {
-    if !matches!(data.targets, Targets::Values(_)) {
-        return Err(Error::invalid(
-            "task",
-            "the UCI protocol is for regression targets",
-        ));
-    }
-    let n = data.num_rows();
-    let n_test = (n as f64 * config.test_fraction()).round() as usize;
-    if n_test < 2 || n - n_test < 20 {
-        return Err(Error::invalid(
-            "data",
-            format!("{n} rows are too few for 90/10 splits with a validation part"),
-        ));
-    }
     let mut out = Vec::new();
-    for split in 0..config.0.splits {
-        let seed = config.0.seed.wrapping_add(split as u64);
-        let (_, test_rows) = validation_split(n, config.test_fraction(), seed)?;
-        let mut table = data.clone();
-        table.splits = vec![Split::Train; n];
-        for &r in &test_rows {
-            table.splits[r] = Split::Test;
-        }
-        let prepared = prepare(&table, FeatureScaling::Standardize, device)?;
+    for (split, seed, prepared) in prepared_splits(data, config, device)? {
         let opts = CsvFitParams {
             seed,
             progress: config.0.progress,

@@ -23,8 +23,11 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::data::{prepare, FeatureScaling, Prepared, Split, TabularData, Targets};
 use crate::train::method::Method;
+use crate::train::run::validation_split;
 use crate::train::Objective;
+use candle_core::Device;
 use candle_swag::error::{Error, Result};
 use candle_swag::optim::SgdParams;
 
@@ -239,4 +242,45 @@ pub struct UciOutcome {
     /// compare across noise models.
     #[serde(default)]
     pub validation_nll: f64,
+}
+
+/// The protocol's splits of `data`: per split its index, its seed (`config`'s seed plus the
+/// index) and the table prepared with that split's random 10% as test rows (inputs and target
+/// standardised on the others). Refuses a classification target and a table too small for 90/10
+/// splits with a validation part.
+fn prepared_splits(
+    data: &TabularData,
+    config: &UciConfig,
+    device: &Device,
+) -> Result<Vec<(usize, u64, Prepared)>> {
+    if !matches!(data.targets, Targets::Values(_)) {
+        return Err(Error::invalid(
+            "task",
+            "the UCI protocol is for regression targets",
+        ));
+    }
+    let n = data.num_rows();
+    let n_test = (n as f64 * config.test_fraction()).round() as usize;
+    if n_test < 2 || n - n_test < 20 {
+        return Err(Error::invalid(
+            "data",
+            format!("{n} rows are too few for 90/10 splits with a validation part"),
+        ));
+    }
+    (0..config.0.splits)
+        .map(|split| {
+            let seed = config.0.seed.wrapping_add(split as u64);
+            let (_, test_rows) = validation_split(n, config.test_fraction(), seed)?;
+            let mut table = data.clone();
+            table.splits = vec![Split::Train; n];
+            for &r in &test_rows {
+                table.splits[r] = Split::Test;
+            }
+            Ok((
+                split,
+                seed,
+                prepare(&table, FeatureScaling::Standardize, device)?,
+            ))
+        })
+        .collect()
 }

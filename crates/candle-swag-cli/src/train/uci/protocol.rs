@@ -1,7 +1,7 @@
 //! The protocol's run
 
 use super::*;
-use crate::data::{prepare, Dataset, FeatureScaling, Prepared, Split, TabularData, Targets};
+use crate::data::{Dataset, Prepared, TabularData};
 use crate::models::MlpParams;
 use crate::train::loss::VARIANCE_LINK;
 use crate::train::method::Method;
@@ -32,30 +32,8 @@ pub(super) struct Choice {
 /// Runs the protocol on a regression table (its split column, if any, is ignored: every row
 /// is dealt into the random splits). Returns one outcome per (split, noise model, method).
 pub fn run_uci(data: &TabularData, config: &UciConfig, device: &Device) -> Result<Vec<UciOutcome>> {
-    if !matches!(data.targets, Targets::Values(_)) {
-        return Err(Error::invalid(
-            "task",
-            "the UCI protocol is for regression targets",
-        ));
-    }
-    let n = data.num_rows();
-    let n_test = (n as f64 * config.test_fraction()).round() as usize;
-    if n_test < 2 || n - n_test < 20 {
-        return Err(Error::invalid(
-            "data",
-            format!("{n} rows are too few for 90/10 splits with a validation part"),
-        ));
-    }
     let mut outcomes = Vec::new();
-    for split in 0..config.0.splits {
-        let seed = config.0.seed.wrapping_add(split as u64);
-        let (_, test_rows) = validation_split(n, config.test_fraction(), seed)?;
-        let mut table = data.clone();
-        table.splits = vec![Split::Train; n];
-        for &r in &test_rows {
-            table.splits[r] = Split::Test;
-        }
-        let prepared = prepare(&table, FeatureScaling::Standardize, device)?;
+    for (split, seed, prepared) in prepared_splits(data, config, device)? {
         for noise in UciNoise::ALL {
             outcomes.extend(run_split(&prepared, noise, split, seed, config)?);
         }
