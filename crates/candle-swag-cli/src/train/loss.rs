@@ -117,24 +117,7 @@ impl candle_core::CustomOp1 for SoftplusFloorOp {
 /// Mean heteroscedastic Gaussian NLL of `output` `[n, 2]` (mean, raw variance) against
 /// `targets` `[n]` or `[n, 1]` of the same float dtype (module docs).
 pub fn gaussian_nll(output: &Tensor, targets: &Tensor) -> candle_core::Result<Tensor> {
-    let (n, c) = output.dims2()?;
-    if c != 2 {
-        candle_core::bail!(
-            "gaussian NLL: output has {c} columns; a heteroscedastic network needs 2 (mean, raw variance)"
-        );
-    }
-    if n == 0 {
-        candle_core::bail!("gaussian NLL: no rows");
-    }
-    if targets.elem_count() != n {
-        candle_core::bail!(
-            "gaussian NLL: {} targets for {n} rows",
-            targets.elem_count()
-        );
-    }
-    let y = targets.reshape(n)?;
-    let mean = output.narrow(1, 0, 1)?.reshape(n)?;
-    let var = softplus_variance(&output.narrow(1, 1, 1)?.reshape(n)?)?;
+    let (y, mean, var) = mean_variance_targets(output, targets)?;
     let sq = mean.sub(&y)?.sqr()?;
     let half_ln_2pi = 0.5 * (2.0 * std::f64::consts::PI).ln();
     let per_row = var.log()?.add(&sq.div(&var)?)?;
@@ -153,12 +136,7 @@ pub fn beta_nll(output: &Tensor, targets: &Tensor, beta: f64) -> candle_core::Re
     if !(0.0..=1.0).contains(&beta) {
         candle_core::bail!("beta-NLL: beta must be in [0, 1], got {beta}");
     }
-    let (n, _) = output.dims2()?;
-    // The per-row NLL, with the same checks as the plain loss.
-    gaussian_nll(output, targets)?;
-    let y = targets.reshape(n)?;
-    let mean = output.narrow(1, 0, 1)?.reshape(n)?;
-    let var = softplus_variance(&output.narrow(1, 1, 1)?.reshape(n)?)?;
+    let (y, mean, var) = mean_variance_targets(output, targets)?;
     let half_ln_2pi = 0.5 * (2.0 * std::f64::consts::PI).ln();
     let per_row = var
         .log()?
@@ -166,6 +144,34 @@ pub fn beta_nll(output: &Tensor, targets: &Tensor, beta: f64) -> candle_core::Re
         .affine(0.5, half_ln_2pi)?;
     let weight = var.detach().powf(beta)?;
     per_row.mul(&weight)?.mean_all()
+}
+
+/// The targets `[n]`, means `[n]` and variances `[n]` (softplus with the floor) of a
+/// heteroscedastic network's `output` `[n, 2]`, after checking the shapes (the losses' one
+/// place for it).
+fn mean_variance_targets(
+    output: &Tensor,
+    targets: &Tensor,
+) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+    let (n, c) = output.dims2()?;
+    if c != 2 {
+        candle_core::bail!(
+            "gaussian NLL: output has {c} columns; a heteroscedastic network needs 2 (mean, raw variance)"
+        );
+    }
+    if n == 0 {
+        candle_core::bail!("gaussian NLL: no rows");
+    }
+    if targets.elem_count() != n {
+        candle_core::bail!(
+            "gaussian NLL: {} targets for {n} rows",
+            targets.elem_count()
+        );
+    }
+    let y = targets.reshape(n)?;
+    let mean = output.narrow(1, 0, 1)?.reshape(n)?;
+    let var = softplus_variance(&output.narrow(1, 1, 1)?.reshape(n)?)?;
+    Ok((y, mean, var))
 }
 
 /// Mean softmax cross-entropy of `logits` `[n, C]` against class indices `labels` `[n]` (u32).

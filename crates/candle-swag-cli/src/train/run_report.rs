@@ -13,8 +13,8 @@ use super::method::Method;
 use super::pipeline::predict::PREDICT_BATCH_ROWS;
 use super::run::{mlp_refresh, swag_at_scale, with_refresh, LoadedRun, NoiseModel};
 use crate::data::{encode_features, TaskKind};
+use crate::train::pipeline::predict::check_bma_options;
 use candle_swag::error::{Error, Result};
-use candle_swag::metrics::ConformalParams;
 use candle_swag::metrics::{ClassificationParams, RegressionConfig, SetScore};
 use candle_swag::predictive::BmaParams;
 use candle_swag::predictive::{batches, Noise, Predictive};
@@ -49,21 +49,7 @@ pub struct RunReportParams {
 impl RunReportParams {
     /// The checked options; the error names the option.
     pub fn check(&self) -> Result<RunReportConfig> {
-        if self.samples == 0 {
-            return Err(Error::invalid("samples", "must be at least 1"));
-        }
-        if let Some(scale) = self.scale {
-            SampleParams {
-                scale,
-                ..Default::default()
-            }
-            .check()?;
-        }
-        ConformalParams::with_coverage(self.coverage)
-            .check()
-            .map_err(|_| {
-                Error::invalid("coverage", format!("{} is not in (0, 1)", self.coverage))
-            })?;
+        check_bma_options(self.samples, self.scale, Some(self.coverage))?;
         ClassificationParams::with_bins(self.bins).check()?;
         Ok(RunReportConfig(self.clone()))
     }

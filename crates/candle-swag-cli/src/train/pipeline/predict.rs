@@ -41,23 +41,38 @@ pub struct CsvPredictParams {
 impl CsvPredictParams {
     /// The checked options; the error names the option.
     pub fn check(&self) -> Result<CsvPredictConfig> {
-        if self.samples == 0 {
-            return Err(Error::invalid("samples", "must be at least 1"));
-        }
-        if let Some(scale) = self.scale {
-            SampleParams {
-                scale,
-                ..Default::default()
-            }
-            .check()?;
-        }
-        if let Some(c) = self.coverage {
-            ConformalParams::with_coverage(c)
-                .check()
-                .map_err(|_| Error::invalid("coverage", format!("{c} is not in (0, 1)")))?;
-        }
+        check_bma_options(self.samples, self.scale, self.coverage)?;
         Ok(CsvPredictConfig(self.clone()))
     }
+}
+
+/// The options a run's BMA shares between `swag predict` and `swag report --run`, refused by
+/// name: `samples` at least 1, a `scale` (when given) as [`SampleParams::check`] takes it, a
+/// `coverage` (when given) in `(0, 1)`.
+pub(crate) fn check_bma_options(
+    samples: usize,
+    scale: Option<f64>,
+    coverage: Option<f64>,
+) -> Result<()> {
+    let sample = match scale {
+        Some(scale) => SampleParams {
+            scale,
+            ..Default::default()
+        },
+        None => SampleParams::default(),
+    };
+    BmaParams {
+        sample,
+        samples,
+        seed: 0,
+    }
+    .check()?;
+    if let Some(c) = coverage {
+        ConformalParams::with_coverage(c)
+            .check()
+            .map_err(|_| Error::invalid("coverage", format!("{c} is not in (0, 1)")))?;
+    }
+    Ok(())
 }
 
 /// Checked options of [`predict_csv`] (from [`CsvPredictParams::check`]); read them through
