@@ -418,7 +418,7 @@ pub fn fit_dataset(opts: &CsvFitConfig, train: &Dataset, output_dim: usize) -> R
         NoiseModel::Heteroscedastic => Objective::GaussianNll,
         NoiseModel::Homoscedastic => FitConfig::objective(opts.task),
     };
-    let spec = |noise: NoiseModel| -> Result<FitConfig> {
+    let spec = |noise: NoiseModel, label: String| -> Result<FitConfig> {
         let outputs = match noise {
             NoiseModel::Heteroscedastic => 2,
             NoiseModel::Homoscedastic => output_dim,
@@ -444,7 +444,7 @@ pub fn fit_dataset(opts: &CsvFitConfig, train: &Dataset, output_dim: usize) -> R
                     .map_or(Collect::EveryEpoch, Collect::EverySteps),
                 seed: opts.seed,
                 progress: opts.progress,
-                label: "fit".to_string(),
+                label,
             },
             swa_lr: opts.swa_lr,
             rank: opts.rank,
@@ -461,15 +461,7 @@ pub fn fit_dataset(opts: &CsvFitConfig, train: &Dataset, output_dim: usize) -> R
         let val = train.select(&val_rows)?;
         let mut results: Vec<(NoiseModel, Tuned)> = Vec::new();
         for &candidate in &candidates {
-            let mut tune_spec = spec(candidate)?;
-            tune_spec = FitParams {
-                train: TrainParams {
-                    label: format!("tune {}", candidate.name()),
-                    ..tune_spec.train().clone().into()
-                },
-                ..tune_spec.clone().into()
-            }
-            .check()?;
+            let tune_spec = spec(candidate, format!("tune {}", candidate.name()))?;
             let fitted = fit_mlp(&fit_data, objective(candidate), &tune_spec)?;
             let t = tune(
                 &fitted,
@@ -496,7 +488,7 @@ pub fn fit_dataset(opts: &CsvFitConfig, train: &Dataset, output_dim: usize) -> R
         tuned = Some(best);
         validation_rows = Some(val_rows.len());
     }
-    let fitted = fit_mlp(train, objective(noise), &spec(noise)?)?;
+    let fitted = fit_mlp(train, objective(noise), &spec(noise, "fit".to_string())?)?;
     let noise_variance = match (opts.task, noise, &tuned) {
         (TaskKind::Classification, ..) => None,
         (TaskKind::Regression, NoiseModel::Heteroscedastic, _) => None,

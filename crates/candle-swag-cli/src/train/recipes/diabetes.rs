@@ -211,14 +211,13 @@ pub(super) fn tune_regression(
     let (fit_rows, val_rows) = validation_split(train.len(), 0.2, seed)?;
     let fit_data = train.select(&fit_rows)?;
     let val = train.select(&val_rows)?;
-    let mut spec = run_spec(base, 0)?;
-    let label = format!("{} tune", spec.train().label());
-    spec = FitParams {
+    let run0 = run_spec(base, 0)?;
+    let spec = FitParams {
         train: TrainParams {
-            label,
-            ..spec.train().clone().into()
+            label: format!("{} tune", run0.train().label()),
+            ..run0.train().clone().into()
         },
-        ..spec.clone().into()
+        ..run0.into()
     }
     .check()?;
     let fitted = fit_mlp(&fit_data, Objective::MeanSquaredError, &spec)?;
