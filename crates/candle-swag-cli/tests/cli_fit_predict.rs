@@ -973,10 +973,12 @@ fn report_from_a_run_shows_the_conformal_numbers_of_predict() -> Result<()> {
     Ok(())
 }
 
-/// `swag fit` tunes by default and says what it chose, in its summary and in config.json;
-/// `--tune-scale` is a no-op alias of the default (the same run, byte for byte), `--no-tune`
-/// keeps scale 0.5 and the training residual, `--noise auto` records both validation NLLs and
-/// keeps the lower, and `--noise auto --no-tune` is refused with one line naming `noise`.
+/// `swag fit` tunes by default and says what it chose, in its summary and in config.json: the
+/// noise model by cross-validation (both NLLs recorded; heteroscedastic only when lower by more
+/// than their difference's standard error), tuned as `--noise <that model>` would be;
+/// `--tune-scale` and `--noise auto` are the default (the same run, byte for byte), `--no-tune`
+/// keeps scale 0.5, the training residual and homoscedastic noise, and `--noise auto
+/// --no-tune` is refused with one line naming `noise`.
 #[test]
 fn default_fit_tunes_and_says_what_it_chose() -> Result<()> {
     let dir = tempfile::tempdir()?;
@@ -1025,10 +1027,12 @@ fn default_fit_tunes_and_says_what_it_chose() -> Result<()> {
         stdout.contains("tuned on a validation split of 24 training rows"),
         "{stdout}"
     );
-    assert!(stdout.contains("noise model: homoscedastic\n"), "{stdout}");
+    assert!(
+        stdout.contains("(chosen by --noise auto: 5-fold validation NLL"),
+        "{stdout}"
+    );
     let c = config(&default)?;
     assert_eq!(c["validation_rows"], 24);
-    assert_eq!(c["noise"], "homoscedastic");
     assert_eq!(
         c["fit"]["train"]["sgd"]["lr"], 0.01,
         "regression's default lr"
@@ -1038,50 +1042,69 @@ fn default_fit_tunes_and_says_what_it_chose() -> Result<()> {
     assert_eq!(c["noise_variance"], best["noise_variance"]);
     let scale = best["scale"].as_f64().unwrap_or(f64::NAN);
     assert!(
-        stdout.contains(&format!("default sample scale {scale},")),
+        stdout.contains(&format!("default sample scale {scale}")),
         "{stdout}"
     );
-
-    let alias = dir.path().join("alias");
-    assert!(fit(&alias, &["--tune-scale"]).status.success());
-    assert_eq!(
-        std::fs::read(default.join("config.json"))?,
-        std::fs::read(alias.join("config.json"))?
+    // The noise model is chosen by cross-validation (the default, `--noise auto`).
+    let sel = &c["noise_selection"];
+    let num = |key: &str| {
+        sel[key]
+            .as_f64()
+            .ok_or_else(|| std::io::Error::other(format!("{key} in {sel}")))
+    };
+    let (homo, hetero, se) = (
+        num("homoscedastic_nll")?,
+        num("heteroscedastic_nll")?,
+        num("difference_standard_error")?,
     );
+    assert_eq!(sel["folds"], 5, "{sel}");
+    assert!(homo.is_finite() && hetero.is_finite() && se > 0.0, "{sel}");
+    // The one-standard-error rule: heteroscedastic only when lower by more than `se`.
+    let chosen = if homo - hetero > se {
+        "heteroscedastic"
+    } else {
+        "homoscedastic"
+    };
+    assert_eq!(c["noise"], chosen, "{sel}");
 
+    for (name, flags) in [
+        ("alias", &["--tune-scale"][..]),
+        ("auto", &["--noise", "auto"]),
+    ] {
+        let run = dir.path().join(name);
+        assert!(fit(&run, flags).status.success());
+        assert_eq!(
+            std::fs::read(default.join("config.json"))?,
+            std::fs::read(run.join("config.json"))?,
+            "{flags:?} is the default"
+        );
+    }
+
+    // The chosen model is tuned on the first fold, the split a fixed noise model tunes on:
+    // `--noise <the chosen model>` gives the same tuning, without the selection.
+    let fixed = dir.path().join("fixed");
+    assert!(fit(&fixed, &["--noise", chosen]).status.success());
+    let f = config(&fixed)?;
+    assert_eq!(f["noise"], chosen);
+    assert!(f.get("noise_selection").is_none(), "{f}");
+    assert_eq!(f["tuned"], c["tuned"]);
+    assert_eq!(f["noise_variance"], c["noise_variance"]);
+
+    // Without tuning the default noise is homoscedastic: nothing to choose on.
     let untuned = dir.path().join("untuned");
     let out = fit(&untuned, &["--no-tune"]);
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("(not tuned: --no-tune)"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("(not tuned: --no-tune)"), "{stdout}");
+    assert!(stdout.contains("noise model: homoscedastic\n"), "{stdout}");
     let c = config(&untuned)?;
     assert_eq!(c["scale"], 0.5);
+    assert_eq!(c["noise"], "homoscedastic");
     assert!(
         c["tuned"].is_null() && c.get("validation_rows").is_none(),
         "{c}"
     );
     assert!(c["noise_variance"].as_f64().is_some_and(|v| v > 0.0));
-
-    let auto = dir.path().join("auto");
-    let out = fit(&auto, &["--noise", "auto"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("chosen by --noise auto"));
-    let c = config(&auto)?;
-    let sel = &c["noise_selection"];
-    let (homo, hetero) = (
-        sel["homoscedastic_nll"].as_f64().unwrap(),
-        sel["heteroscedastic_nll"].as_f64().unwrap(),
-    );
-    let want = if hetero < homo {
-        "heteroscedastic"
-    } else {
-        "homoscedastic"
-    };
-    assert_eq!(c["noise"], want, "{sel}");
-    assert_eq!(c["tuned"]["best"]["nll"].as_f64(), Some(homo.min(hetero)));
 
     let refused = dir.path().join("refused");
     let out = fit(&refused, &["--noise", "auto", "--no-tune"]);

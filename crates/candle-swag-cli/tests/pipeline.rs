@@ -14,7 +14,8 @@ use candle_swag::swag::SampleParams;
 use candle_swag_cli::data::{bundled, Dataset};
 use candle_swag_cli::models::{Mlp, MlpParams};
 use candle_swag_cli::train::run::{
-    fit_mlp, save_run, validation_split, FitConfig, FitParams, LoadedRun, RunConfig,
+    cross_validation_folds, fit_mlp, noise_selection, save_run, validation_split, FitConfig,
+    FitParams, LoadedRun, NoiseModel, RunConfig,
 };
 use candle_swag_cli::train::{Collect, Objective, TrainConfig, TrainParams};
 use candle_swag_report::report::ReportBuilder;
@@ -567,6 +568,89 @@ fn validation_split_is_seeded_disjoint_and_complete() -> Result<()> {
     assert_eq!(all, (0..10).collect::<Vec<_>>());
     assert_eq!(validation_split(10, 0.2, 5)?, (a, b));
     assert!(validation_split(10, 1.0, 5).is_err());
+    Ok(())
+}
+
+/// Every row is validated by exactly one fold, each fold's fit rows are the rest, fold sizes
+/// differ by at most one, and fold 0 is the tuning split of `validation_split(n, 1/k, seed)`
+/// (so `--noise auto` tunes its choice where a fixed noise model tunes).
+#[test]
+fn cross_validation_folds_partition_the_rows() -> Result<()> {
+    for (n, k, seed) in [(10, 5, 5), (23, 5, 1), (7, 2, 9), (442, 5, 0)] {
+        let folds = cross_validation_folds(n, k, seed)?;
+        assert_eq!(folds.len(), k);
+        let mut validated: Vec<usize> = folds.iter().flat_map(|f| f.1.clone()).collect();
+        validated.sort_unstable();
+        assert_eq!(validated, (0..n).collect::<Vec<_>>(), "n {n}, k {k}");
+        for (fit, val) in &folds {
+            let mut all: Vec<usize> = fit.iter().chain(val).copied().collect();
+            all.sort_unstable();
+            assert_eq!(all, (0..n).collect::<Vec<_>>());
+            assert!(
+                val.len() == n / k || val.len() == n / k + 1,
+                "{} rows",
+                val.len()
+            );
+            assert!(fit.windows(2).all(|w| w[0] < w[1]) && val.windows(2).all(|w| w[0] < w[1]));
+        }
+        assert_eq!(folds[0], validation_split(n, 1.0 / k as f64, seed)?);
+    }
+    assert_eq!(
+        cross_validation_folds(23, 5, 1)?,
+        cross_validation_folds(23, 5, 1)?
+    );
+    assert_ne!(
+        cross_validation_folds(23, 5, 1)?,
+        cross_validation_folds(23, 5, 2)?
+    );
+    let err = cross_validation_folds(4, 5, 0).unwrap_err().to_string();
+    assert!(
+        err.contains("`rows`") && err.contains("at least 5"),
+        "{err}"
+    );
+    assert!(cross_validation_folds(10, 1, 0).is_err());
+    Ok(())
+}
+
+/// The noise comparison by hand: NLL differences (homo − hetero) 0.5, 0.5, −0.5, 1.5 have mean
+/// 0.5 and sample variance ((0 + 0 + 1 + 1) / 3) = 2/3, so standard error sqrt(2/3 / 4) =
+/// 0.408 < 0.5: heteroscedastic. Halving every difference halves both (0.25 against 0.204):
+/// still heteroscedastic; differences 0.5, 0.5, −0.5, 0.5 (mean 0.25, s.e. 0.25) are not more
+/// than one standard error: homoscedastic.
+#[test]
+fn noise_selection_keeps_heteroscedastic_only_beyond_one_standard_error() -> Result<()> {
+    let homo = [1.0, 2.0, 3.0, 4.0];
+    let sel = noise_selection(&homo, &[0.5, 1.5, 3.5, 2.5], 4)?;
+    assert!((sel.homoscedastic_nll - 2.5).abs() < 1e-12);
+    assert!((sel.heteroscedastic_nll - 2.0).abs() < 1e-12);
+    assert!((sel.difference_standard_error - (2.0f64 / 3.0 / 4.0).sqrt()).abs() < 1e-12);
+    assert_eq!(sel.folds, 4);
+    assert_eq!(sel.chosen(), NoiseModel::Heteroscedastic);
+    let sel = noise_selection(&homo, &[0.75, 1.75, 3.25, 3.25], 4)?;
+    assert!((sel.difference_standard_error - (1.0f64 / 6.0 / 4.0).sqrt()).abs() < 1e-12);
+    assert_eq!(sel.chosen(), NoiseModel::Heteroscedastic);
+    let sel = noise_selection(&homo, &[0.5, 1.5, 3.5, 3.5], 4)?;
+    assert!((sel.difference_standard_error - 0.25).abs() < 1e-12);
+    assert_eq!(sel.chosen(), NoiseModel::Homoscedastic);
+    // Equal models: homoscedastic.
+    assert_eq!(
+        noise_selection(&homo, &homo, 4)?.chosen(),
+        NoiseModel::Homoscedastic
+    );
+    let err = noise_selection(&homo, &[1.0, 2.0, 3.0], 4)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("4 homoscedastic and 3 heteroscedastic"),
+        "{err}"
+    );
+    let err = noise_selection(&homo, &[1.0, f64::NAN, 3.0, 4.0], 4)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("heteroscedastic model's validation NLL of row 1"),
+        "{err}"
+    );
     Ok(())
 }
 

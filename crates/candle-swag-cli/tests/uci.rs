@@ -12,8 +12,8 @@ use candle_swag_cli::train::method::Method;
 use candle_swag_cli::train::pipeline::{CsvFitParams, NoiseChoice};
 use candle_swag_cli::train::run::NoiseModel;
 use candle_swag_cli::train::uci::{
-    auto_noise_outcomes, run_uci, run_uci_fit, uci_fit_table, uci_table, GridPoint, UciGrid,
-    UciNoise, UciOutcome, UciParams,
+    run_uci, run_uci_fit, uci_fit_table, uci_table, GridPoint, UciGrid, UciNoise, UciOutcome,
+    UciParams,
 };
 
 #[test]
@@ -77,46 +77,6 @@ fn outcome(split: usize, method: Method, noise: UciNoise, test_ll: f64, rmse: f6
         noise_variance: None,
         validation_nll: 0.0,
     }
-}
-
-/// `auto` keeps, per split and method, the noise model with the lower validation NLL
-/// (homoscedastic on a tie), and the table gives it a row counting the choices.
-#[test]
-fn auto_rows_keep_the_lower_validation_nll() -> Result<()> {
-    let mut rows = Vec::new();
-    // Split 0: hetero validates better; split 1: a tie (homo kept); split 2: homo better.
-    for (split, (homo_val, hetero_val)) in
-        [(1.0, 0.5), (0.7, 0.7), (0.2, 0.9)].into_iter().enumerate()
-    {
-        let mut homo = outcome(split, Method::Swag, UciNoise::Homoscedastic, -1.0, 1.0);
-        homo.validation_nll = homo_val;
-        let mut hetero = outcome(split, Method::Swag, UciNoise::Heteroscedastic, -3.0, 2.0);
-        hetero.validation_nll = hetero_val;
-        rows.extend([homo, hetero]);
-    }
-    let auto = auto_noise_outcomes(&rows);
-    let chosen: Vec<UciNoise> = auto.iter().map(|o| o.noise).collect();
-    assert_eq!(
-        chosen,
-        [
-            UciNoise::Heteroscedastic,
-            UciNoise::Homoscedastic,
-            UciNoise::Homoscedastic
-        ]
-    );
-    let table = uci_table(&rows);
-    // LL −3, −1, −1: mean −5/3, population std 0.943, standard error 0.544.
-    assert!(
-        table.contains("| SWAG | auto (2/1) | -1.667 ± 0.544 |"),
-        "{table}"
-    );
-    // Without heteroscedastic outcomes there is nothing to choose: no auto rows.
-    let homo_only: Vec<UciOutcome> = rows
-        .into_iter()
-        .filter(|o| o.noise == UciNoise::Homoscedastic)
-        .collect();
-    assert!(!uci_table(&homo_only).contains("auto"));
-    Ok(())
 }
 
 /// Mean ± standard error with the population std: LL −1, −2, −3 gives −2 ± sqrt(2/3)/sqrt(3)
@@ -254,6 +214,8 @@ fn fit_recipe_scores_swag_fit_per_split() -> Result<()> {
     fit.rank = 5;
     fit.samples = 8;
     fit.progress = false;
+    assert_eq!(fit.noise, NoiseChoice::Auto, "the default when tuning");
+    fit.noise = NoiseChoice::Fixed(NoiseModel::Homoscedastic);
     let homo = run_uci_fit(&data, &config, &fit, &Device::Cpu)?;
     assert_eq!(homo.len(), 2);
     for o in &homo {

@@ -35,13 +35,14 @@ pub struct Args {
     #[arg(long)]
     quick: bool,
     /// Instead of the papers' protocol, fit each split's training part as `swag fit` does with
-    /// its defaults (128-128 network, 50 epochs, lr 0.01, tuning, homoscedastic) and score that SWAG
-    /// model on the test part: the coverage a default `swag fit` gives.
+    /// its defaults (128-128 network, 50 epochs, lr 0.01, tuning, noise auto) and score that
+    /// SWAG model on the test part: the coverage a default `swag fit` gives.
     #[arg(long)]
     fit: bool,
-    /// With --fit: the noise model (as `swag fit --noise`).
-    #[arg(long, value_enum, requires = "fit", default_value = "homoscedastic")]
-    noise: NoiseArg,
+    /// With --fit: the noise model (as `swag fit --noise`) [default: auto, or homoscedastic
+    /// with --no-tune].
+    #[arg(long, value_enum, requires = "fit")]
+    noise: Option<NoiseArg>,
     /// With --fit: skip tuning (scale 0.5, training-residual noise variance).
     #[arg(long, requires = "fit")]
     no_tune: bool,
@@ -92,7 +93,9 @@ pub fn run(args: Args) -> Result<()> {
     let (table, json) = if args.fit {
         let mut fit = CsvFitParams::new(&path, spec.target.clone(), TaskKind::Regression);
         fit.tune = !args.no_tune;
-        fit.noise = args.noise.into();
+        fit.noise = args
+            .noise
+            .map_or(NoiseChoice::default_for(fit.tune), Into::into);
         if let Some(e) = args.epochs {
             fit.epochs = e;
         }

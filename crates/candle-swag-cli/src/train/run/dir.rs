@@ -52,7 +52,7 @@ pub struct RunConfig {
     /// The regression noise model (runs written before it existed are homoscedastic).
     #[serde(default)]
     pub noise: NoiseModel,
-    /// Both noise models' validation NLLs when `swag fit --noise auto` chose `noise`.
+    /// Both noise models' cross-validated NLLs when `swag fit --noise auto` chose `noise`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub noise_selection: Option<NoiseSelection>,
     /// The number of training rows `tuned` was chosen on (absent without tuning).
@@ -60,14 +60,44 @@ pub struct RunConfig {
     pub validation_rows: Option<usize>,
 }
 
-/// How `swag fit --noise auto` chose the noise model: each model's best tuned validation NLL
-/// (mean per row, standardised target units); the lower one is the run's `noise`.
+/// How `swag fit --noise auto` chose the noise model: each model's cross-validated NLL (over
+/// `folds` folds of the training rows, each model trained on the other folds and tuned on its
+/// own; mean per row, standardised target units) and the standard error of their per-row
+/// difference. Heteroscedastic noise is chosen only when it is lower by more than that standard
+/// error ([`NoiseSelection::chosen`]).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct NoiseSelection {
     /// The homoscedastic model's validation NLL.
     pub homoscedastic_nll: f64,
     /// The heteroscedastic model's validation NLL.
     pub heteroscedastic_nll: f64,
+    /// The number of folds (runs written before cross-validation chose on 1 split).
+    #[serde(default = "one_fold")]
+    pub folds: usize,
+    /// The standard error of the mean per-row difference of the two NLLs (sample standard
+    /// deviation, divisor n − 1, over √n); 0 in runs written before it was recorded, which
+    /// chose the lower NLL.
+    #[serde(default)]
+    pub difference_standard_error: f64,
+}
+
+impl NoiseSelection {
+    /// The one-standard-error rule: the simpler, homoscedastic model unless the
+    /// heteroscedastic one's NLL is lower by more than [`Self::difference_standard_error`].
+    /// With two models this close, a choice by the sign of their difference follows the noise of
+    /// the validation rows, not which model predicts new rows better (README, "Defaults of swag
+    /// fit, measured").
+    pub fn chosen(&self) -> NoiseModel {
+        if self.homoscedastic_nll - self.heteroscedastic_nll > self.difference_standard_error {
+            NoiseModel::Heteroscedastic
+        } else {
+            NoiseModel::Homoscedastic
+        }
+    }
+}
+
+fn one_fold() -> usize {
+    1
 }
 
 impl RunConfig {

@@ -32,7 +32,10 @@ use candle_swag::swag::{SwagParams, SwagPosterior};
 mod dir;
 mod validation;
 pub use dir::{files, save_run, CalibrationRows, LoadedRun, NoiseModel, NoiseSelection, RunConfig};
-pub use validation::{regression_validation_nll, training_noise_variance, tune, validation_split};
+pub use validation::{
+    cross_validation_folds, noise_selection, regression_validation_nll, training_noise_variance,
+    tune, validation_split,
+};
 
 /// Version of the run directory format written by [`save_run`].
 pub const RUN_FORMAT_VERSION: u32 = 1;

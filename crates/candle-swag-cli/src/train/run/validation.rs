@@ -38,6 +38,97 @@ pub fn validation_split(n: usize, fraction: f64, seed: u64) -> Result<(Vec<usize
     Ok((idx, val))
 }
 
+/// Splits `0..n` into `folds` cross-validation folds, each as (fit rows, validation rows):
+/// the seeded shuffle of [`validation_split`], cut from its end into `folds` parts of
+/// `round((f+1)·n/folds) − round(f·n/folds)` rows, so fold 0 is exactly
+/// `validation_split(n, 1/folds, seed)` and every row is validated once. Both lists of each
+/// fold are sorted. Refuses fewer than 2 folds or fewer rows than folds.
+pub fn cross_validation_folds(
+    n: usize,
+    folds: usize,
+    seed: u64,
+) -> Result<Vec<(Vec<usize>, Vec<usize>)>> {
+    if folds < 2 {
+        return Err(Error::invalid(
+            "folds",
+            format!("cross-validation needs at least 2 folds, got {folds}"),
+        ));
+    }
+    if n < folds {
+        return Err(Error::invalid(
+            "rows",
+            format!("{folds}-fold cross-validation needs at least {folds} rows, got {n}"),
+        ));
+    }
+    let mut idx: Vec<usize> = (0..n).collect();
+    idx.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+    let cut = |f: usize| (f as f64 * n as f64 / folds as f64).round() as usize;
+    Ok((0..folds)
+        .map(|f| {
+            let (start, end) = (n - cut(f + 1), n - cut(f));
+            let mut val = idx[start..end].to_vec();
+            let mut fit: Vec<usize> = idx[..start].iter().chain(&idx[end..]).copied().collect();
+            fit.sort_unstable();
+            val.sort_unstable();
+            (fit, val)
+        })
+        .collect())
+}
+
+/// The [`NoiseSelection`] of two noise models from their per-row validation NLLs over the
+/// same rows (in the same order) of `folds` cross-validation folds: both means, and the
+/// standard error of the mean per-row difference (divisor n − 1). Refuses lists of different
+/// lengths, fewer than 2 rows, or a non-finite NLL (a diverged fit cannot be compared).
+pub fn noise_selection(
+    homoscedastic: &[f64],
+    heteroscedastic: &[f64],
+    folds: usize,
+) -> Result<NoiseSelection> {
+    let n = homoscedastic.len();
+    if heteroscedastic.len() != n || n < 2 {
+        return Err(Error::invalid(
+            "validation rows",
+            format!(
+                "comparing noise models needs the same rows, at least 2: got {n} homoscedastic \
+                 and {} heteroscedastic NLLs",
+                heteroscedastic.len()
+            ),
+        ));
+    }
+    if let Some(i) = homoscedastic
+        .iter()
+        .chain(heteroscedastic)
+        .position(|v| !v.is_finite())
+    {
+        let model = if i < n {
+            "homoscedastic"
+        } else {
+            "heteroscedastic"
+        };
+        return Err(Error::invalid(
+            "noise",
+            format!(
+                "the {model} model's validation NLL of row {} is not finite",
+                i % n
+            ),
+        ));
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / n as f64;
+    let diff: Vec<f64> = homoscedastic
+        .iter()
+        .zip(heteroscedastic)
+        .map(|(a, b)| a - b)
+        .collect();
+    let d = mean(&diff);
+    let var = diff.iter().map(|x| (x - d) * (x - d)).sum::<f64>() / (n - 1) as f64;
+    Ok(NoiseSelection {
+        homoscedastic_nll: mean(homoscedastic),
+        heteroscedastic_nll: mean(heteroscedastic),
+        folds,
+        difference_standard_error: (var / n as f64).sqrt(),
+    })
+}
+
 /// Chooses the sample scale (and, for regression, the noise variance) by validation NLL.
 ///
 /// For each scale of [`SCALE_GRID`](candle_swag::tune::SCALE_GRID), a BMA with `samples` samples (the same seed at every scale,

@@ -3,7 +3,7 @@
 use super::*;
 use crate::data::TabularData;
 use crate::train::pipeline::{fit_dataset, CsvFitParams};
-use crate::train::run::NoiseModel;
+use crate::train::run::{NoiseModel, NoiseSelection};
 use candle_core::Device;
 use candle_swag::error::{Error, Result};
 use candle_swag::metrics::{self};
@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 pub struct FitOutcome {
     /// Split index.
     pub split: usize,
-    /// The noise model the fit trained with (chosen on validation with `--noise auto`).
+    /// The noise model the fit trained with (chosen by cross-validation with `--noise auto`).
     pub noise: NoiseModel,
     /// Test log-likelihood per point, original units.
     pub test_ll: f64,
@@ -26,6 +26,9 @@ pub struct FitOutcome {
     pub scale: f64,
     /// Its homoscedastic noise variance (original units²).
     pub noise_variance: Option<f64>,
+    /// How `--noise auto` chose (both models' cross-validated NLLs, standardised units).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise_selection: Option<NoiseSelection>,
 }
 
 /// The splits of [`run_uci`] (same seeds, same test parts), each fitted by `swag fit`'s
@@ -73,6 +76,7 @@ pub fn run_uci_fit(
             gaussian_coverage: coverage.picp,
             scale: fitted.scale,
             noise_variance: fitted.noise_variance.map(|v| v * std_y * std_y),
+            noise_selection: fitted.noise_selection,
         });
     }
     Ok(out)

@@ -36,7 +36,7 @@ mod protocol;
 mod tables;
 pub use fit::{run_uci_fit, uci_fit_table, FitOutcome};
 pub use protocol::run_uci;
-pub use tables::{auto_noise_outcomes, mean_and_standard_error, uci_table};
+pub use tables::{mean_and_standard_error, uci_table};
 
 /// The nominal coverage of the intervals the protocol scores: 90%.
 pub const UCI_COVERAGE: f64 = 0.9;
