@@ -145,8 +145,15 @@ pub fn write_flat(path: &Path, layout: &ParamLayout, flat: &[f32]) -> Result<()>
         w.write_all(&(json.len() as u64).to_le_bytes())
             .map_err(io)?;
         w.write_all(json.as_bytes()).map_err(io)?;
-        for x in flat {
-            w.write_all(&x.to_le_bytes()).map_err(io)?;
+        if cfg!(target_endian = "little") {
+            // The host's f32 bytes are the file's: written as they are, a piece at a time.
+            for piece in bytemuck::cast_slice::<f32, u8>(flat).chunks(PIECE) {
+                w.write_all(piece).map_err(io)?;
+            }
+        } else {
+            for x in flat {
+                w.write_all(&x.to_le_bytes()).map_err(io)?;
+            }
         }
         w.flush().map_err(io)
     })

@@ -59,7 +59,7 @@ use rayon::prelude::*;
 use super::config::SwagParams;
 pub use super::format::checksum;
 use super::format::*;
-use super::posterior::{SwagPosterior, ROW_COMP, ROW_M2, ROW_MEAN};
+use super::posterior::{SwagPosterior, MOMENT_ROWS, ROW_COMP, ROW_M2, ROW_MEAN};
 use super::store::{Columns, DeviationStore, DiskColumns, PendingChecksum};
 use crate::error::{Error, Result};
 use crate::layout::{ParamEntry, ParamLayout, ParamSet};
@@ -486,21 +486,27 @@ fn load_v3(mut c: Container, device: &Device, store: DeviationStore) -> Result<S
     } else {
         SwagPosterior::new(layout, config, device)?
     };
-    // One moment at a time (digested, then copied into its row), so loading holds at most one
-    // `[d]` byte buffer beside the posterior's own state.
+    // The stored moments are read straight into the rows of one host buffer (in parallel,
+    // digested as they arrive), which becomes the moments tensor without a copy on the CPU;
+    // `sq_mean`, which the moments do not keep, is only digested.
     let mut digests: Vec<BufferDigest> = Vec::with_capacity(4 + fields.rows);
+    let mut host = vec![0f32; MOMENT_ROWS * d];
     for name in MOMENT_TENSORS {
-        let bytes = c.read_tensor(name, DType::F32, &[d])?;
-        digests.push(BufferDigest::of(&bytes));
         let row = match name {
-            "mean" => ROW_MEAN,
-            "mean_compensation" => ROW_COMP,
-            "m2" => ROW_M2,
-            _ => continue,
+            "mean" => Some(ROW_MEAN),
+            "mean_compensation" => Some(ROW_COMP),
+            "m2" => Some(ROW_M2),
+            _ => None,
         };
-        let t = Tensor::from_raw_buffer(&bytes, DType::F32, &[1, d], device)?;
-        p.moments.slice_set(&t, 0, row)?;
+        let dst = row.map(|r| bytemuck::cast_slice_mut::<f32, u8>(&mut host[r * d..(r + 1) * d]));
+        digests.push(c.read_tensor_digested(name, DType::F32, &[d], dst)?);
     }
+    if cfg!(target_endian = "big") {
+        for x in &mut host {
+            *x = f32::from_le_bytes(x.to_ne_bytes());
+        }
+    }
+    p.moments = Tensor::from_vec(host, (MOMENT_ROWS, d), &Device::Cpu)?.to_device(device)?;
     if let Columns::Disk(disk) = &mut p.columns {
         // The rows stay in the file: their checksum is verified by the first full sample, which
         // streams them anyway, or before anything else reads them (one pass, not two).

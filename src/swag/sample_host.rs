@@ -7,7 +7,7 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 
 use super::config::SampleConfig;
-use super::format::{BufferDigest, CHECKSUM_CHUNK};
+use super::format::{chunk_digests, BufferDigest, CHECKSUM_CHUNK};
 use super::kernels::{self, DeviationElem, NoiseSource, SampleCoefficients};
 use super::normals;
 use super::posterior::SwagPosterior;
@@ -150,12 +150,15 @@ impl SwagPosterior {
                     let (lo, len) = (w * width, out.len());
                     let mut digests = Vec::with_capacity(self.rows);
                     if dtype == DType::F32 && cfg!(target_endian = "little") {
-                        // Stored f32 are the host's own: read straight into the rows.
+                        // Stored f32 are the host's own: read straight into the rows, then
+                        // digest them four at a time.
                         dev.resize(self.rows * len, 0.0);
                         for (r, row) in dev.chunks_exact_mut(len).enumerate() {
-                            let row: &mut [u8] = bytemuck::cast_slice_mut(row);
-                            digests.push(disk.read_window(r, lo, row)?);
+                            disk.read_at(r, lo, bytemuck::cast_slice_mut(row))?;
                         }
+                        let rows: Vec<&[u8]> =
+                            dev.chunks_exact(len).map(bytemuck::cast_slice).collect();
+                        digests = chunk_digests(&rows);
                     } else {
                         bytes.resize(len * es, 0);
                         dev.clear();

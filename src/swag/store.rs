@@ -40,7 +40,9 @@ use candle_core::{DType, Device, Tensor};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::format::{chunk_digest, combine, write_header, BufferDigest, FileLayout, HeaderFields};
+use super::format::{
+    chunk_digest, combine, read_exact_at, write_header, BufferDigest, FileLayout, HeaderFields,
+};
 use crate::error::{Error, Result};
 
 /// Largest number of coordinates of one column read at a time when the columns are streamed
@@ -246,20 +248,6 @@ impl Columns {
     }
 }
 
-/// Reads `buf.len()` bytes at `offset` without moving a shared cursor.
-#[cfg(unix)]
-fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
-}
-
-/// Reads `buf.len()` bytes at `offset` (elsewhere than Unix: through a cloned handle).
-#[cfg(not(unix))]
-fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-    let mut f = file.try_clone()?;
-    f.seek(SeekFrom::Start(offset))?;
-    f.read_exact(buf)
-}
-
 /// Deviation columns kept as rows of the posterior file (the `Disk` store).
 ///
 /// A file opened on disk has its rows' checksum verified lazily ([`PendingChecksum`]): by the
@@ -437,7 +425,7 @@ impl DiskColumns {
     }
 
     /// Reads coordinates from `lo` of physical row `r` into `bytes`, as stored.
-    fn read_at(&self, r: usize, lo: usize, bytes: &mut [u8]) -> Result<()> {
+    pub(crate) fn read_at(&self, r: usize, lo: usize, bytes: &mut [u8]) -> Result<()> {
         let es = self.layout.dtype.size_in_bytes();
         let offset = self.layout.row_offset(r) + (lo * es) as u64;
         read_exact_at(&self.file, bytes, offset).map_err(|e| {

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use candle_core::Device;
+use candle_core::{CpuStorage, Device, Storage};
 use candle_swag::swag::checkpoint::write_flat;
 use candle_swag::swag::{Divisor, SampleParams, SwagPosterior};
 use candle_swag::Result;
@@ -56,8 +56,18 @@ pub fn run(args: Args) -> Result<()> {
         ..Default::default()
     }
     .check()?;
-    let flat: Vec<f32> = posterior.sample_flat_seeded(args.seed, &opts)?.to_vec1()?;
-    write_flat(&args.out, posterior.layout(), &flat)?;
+    let sample = posterior.sample_flat_seeded(args.seed, &opts)?;
+    // The CPU sample's own buffer is written as it is: no 4·d-byte copy.
+    let (storage, layout) = sample.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (Storage::Cpu(CpuStorage::F32(v)), Some((lo, hi))) => {
+            write_flat(&args.out, posterior.layout(), &v[lo..hi])?
+        }
+        _ => {
+            drop(storage);
+            write_flat(&args.out, posterior.layout(), &sample.to_vec1()?)?
+        }
+    }
     println!(
         "wrote a sample of {} parameters (scale {}, seed {}) to {}",
         posterior.layout().len(),
