@@ -78,6 +78,50 @@ pub struct Tuned {
     pub grid: Vec<TunePoint>,
 }
 
+impl Tuned {
+    /// The tunings of cross-validation folds combined, each given with its number of validation
+    /// rows: at each scale of the grid, the row-weighted mean of the folds' NLLs and, where
+    /// every fold searched one, of their noise variances (each fold's own optimum at that
+    /// scale); the best point is the lowest pooled NLL, the first on ties. This is the usual
+    /// cross-validated choice of a hyperparameter (the scale), with the noise variance, tuned
+    /// within each fold, averaged. Refuses no folds, a fold without rows, or folds whose grids
+    /// differ in their scales.
+    pub fn pooled(folds: &[(Tuned, usize)]) -> Result<Tuned> {
+        let (first, _) = folds
+            .first()
+            .ok_or_else(|| Error::invalid("folds", "no fold tunings to pool"))?;
+        let rows: usize = folds.iter().map(|(_, r)| r).sum();
+        if let Some(i) = folds.iter().position(|(_, r)| *r == 0) {
+            return Err(Error::invalid(
+                "folds",
+                format!("fold {i} has no validation rows"),
+            ));
+        }
+        let scales = |t: &Tuned| t.grid.iter().map(|p| p.scale).collect::<Vec<_>>();
+        if let Some(i) = folds.iter().position(|(t, _)| scales(t) != scales(first)) {
+            return Err(Error::invalid(
+                "folds",
+                format!("fold {i} was tuned on other scales than fold 0"),
+            ));
+        }
+        let weight = |r: usize| r as f64 / rows as f64;
+        let grid: Vec<TunePoint> = first
+            .grid
+            .iter()
+            .enumerate()
+            .map(|(i, p)| TunePoint {
+                scale: p.scale,
+                noise_variance: folds
+                    .iter()
+                    .map(|(t, r)| t.grid[i].noise_variance.map(|v| v * weight(*r)))
+                    .sum(),
+                nll: folds.iter().map(|(t, r)| t.grid[i].nll * weight(*r)).sum(),
+            })
+            .collect();
+        best_of(grid)
+    }
+}
+
 /// Where a regression's observation noise comes from (module docs).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ObservationNoise {
@@ -284,6 +328,11 @@ fn tune_grid(mut point_at: impl FnMut(f64) -> Result<TunePoint>) -> Result<Tuned
         .iter()
         .map(|&s| point_at(s))
         .collect::<Result<Vec<_>>>()?;
+    best_of(grid)
+}
+
+/// The grid with its lowest-NLL point (the first on ties).
+fn best_of(grid: Vec<TunePoint>) -> Result<Tuned> {
     let best = grid
         .iter()
         .copied()
@@ -307,6 +356,66 @@ mod tests {
         let (s2, _) = best_noise_variance(&mean, &[0.0; 4], &y);
         assert!((s2 / 2.5 - 1.0).abs() < 0.012, "{s2}");
         assert_eq!(mean_squared_residual(&mean, &y).expect("same lengths"), 2.5);
+        Ok(())
+    }
+
+    fn point(scale: f64, noise_variance: Option<f64>, nll: f64) -> TunePoint {
+        TunePoint {
+            scale,
+            noise_variance,
+            nll,
+        }
+    }
+
+    /// Two folds of 30 and 10 rows (weights 3/4, 1/4): at scale 0 NLL 1·¾ + 3·¼ = 1.5 and
+    /// noise 0.2·¾ + 0.6·¼ = 0.3; at scale 1 NLL 2·¾ + 0·¼ = 1.5 (a tie: scale 0 kept) and
+    /// noise 0.1·¾ + 0.5·¼ = 0.2; at scale 2 NLL 1.2·¾ + 1.6·¼ = 1.3, the best, though neither
+    /// fold alone has it best.
+    #[test]
+    fn pooled_folds_weigh_each_scale_by_rows() -> anyhow::Result<()> {
+        let a = best_of(vec![
+            point(0.0, Some(0.2), 1.0),
+            point(1.0, Some(0.1), 2.0),
+            point(2.0, Some(0.4), 1.2),
+        ])?;
+        let b = best_of(vec![
+            point(0.0, Some(0.6), 3.0),
+            point(1.0, Some(0.5), 0.0),
+            point(2.0, Some(0.8), 1.6),
+        ])?;
+        assert_eq!(a.best.scale, 0.0);
+        assert_eq!(b.best.scale, 1.0);
+        let p = Tuned::pooled(&[(a.clone(), 30), (b.clone(), 10)])?;
+        let want = [(0.0, 0.3, 1.5), (1.0, 0.2, 1.5), (2.0, 0.5, 1.3)];
+        for (got, (scale, noise, nll)) in p.grid.iter().zip(want) {
+            assert_eq!(got.scale, scale);
+            assert!(
+                (got.noise_variance.unwrap_or(f64::NAN) - noise).abs() < 1e-12,
+                "{got:?}"
+            );
+            assert!((got.nll - nll).abs() < 1e-12, "{got:?}");
+        }
+        assert_eq!(p.best, p.grid[2]);
+        // One fold is itself.
+        assert_eq!(Tuned::pooled(&[(a.clone(), 7)])?, a);
+        // Without a searched noise variance (a heteroscedastic model) there is none pooled.
+        let hetero = best_of(vec![
+            point(0.0, None, 1.0),
+            point(1.0, None, 0.5),
+            point(2.0, None, 2.0),
+        ])?;
+        assert_eq!(
+            Tuned::pooled(&[(hetero.clone(), 5), (hetero, 5)])?.best,
+            point(1.0, None, 0.5)
+        );
+        // Refused: nothing, an empty fold, other scales.
+        assert!(Tuned::pooled(&[]).is_err());
+        assert!(Tuned::pooled(&[(a.clone(), 0)]).is_err());
+        let other = best_of(vec![point(0.5, None, 1.0)])?;
+        let err = Tuned::pooled(&[(a, 3), (other, 3)])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("fold 1"), "{err}");
         Ok(())
     }
 }
