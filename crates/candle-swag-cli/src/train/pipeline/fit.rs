@@ -459,6 +459,14 @@ fn regress_at(
         .to_host()
 }
 
+/// What tuning gathers of one candidate noise model: its tuning on each validation fold (with
+/// the fold's row count) and, when two models are compared, its cross-fitted NLL on every row.
+struct CandidateFolds {
+    noise: NoiseModel,
+    tunings: Vec<(Tuned, usize)>,
+    row_nlls: Vec<f64>,
+}
+
 /// `rows` split in two by alternate positions (the first half takes positions 0, 2, 4, …).
 fn halves(rows: &[usize]) -> (Vec<usize>, Vec<usize>) {
     let first = rows.iter().step_by(2).copied().collect();
@@ -569,14 +577,23 @@ pub fn fit_dataset(opts: &CsvFitConfig, train: &Dataset, output_dim: usize) -> R
         // Per candidate: its tuning on each fold (on fold 0 only, with one candidate), and
         // (comparing two) its cross-fitted NLL on every row.
         let compare = candidates.len() > 1;
-        let mut results: Vec<(NoiseModel, Vec<(Tuned, usize)>, Vec<f64>)> = candidates
+        let mut results: Vec<CandidateFolds> = candidates
             .iter()
-            .map(|&c| (c, Vec::new(), Vec::new()))
+            .map(|&noise| CandidateFolds {
+                noise,
+                tunings: Vec::new(),
+                row_nlls: Vec::new(),
+            })
             .collect();
         for (f, (fit_rows, val_rows)) in folds.iter().enumerate() {
             let fit_data = train.select(fit_rows)?;
             let val = train.select(val_rows)?;
-            for (candidate, fold_tunings, row_nlls) in results.iter_mut() {
+            for CandidateFolds {
+                noise: candidate,
+                tunings,
+                row_nlls,
+            } in results.iter_mut()
+            {
                 let label = match folds.len() {
                     1 => format!("tune {}", candidate.name()),
                     k => format!("tune {} fold {}/{k}", candidate.name(), f + 1),
@@ -614,27 +631,31 @@ pub fn fit_dataset(opts: &CsvFitConfig, train: &Dataset, output_dim: usize) -> R
                     }
                 }
                 if f == 0 || compare {
-                    fold_tunings.push((tune_on(&val)?, val_rows.len()));
+                    tunings.push((tune_on(&val)?, val_rows.len()));
                 }
             }
         }
         let chosen = match results.as_slice() {
-            [(_, _, homo), (_, _, hetero)] => {
-                let selection = crate::train::run::noise_selection(homo, hetero, folds.len())?;
+            [homo, hetero] => {
+                let selection = crate::train::run::noise_selection(
+                    &homo.row_nlls,
+                    &hetero.row_nlls,
+                    folds.len(),
+                )?;
                 noise_selection = Some(selection);
                 selection.chosen()
             }
             _ => candidates[0],
         };
-        let (best_noise, fold_tunings, _) = results
+        let kept = results
             .into_iter()
-            .find(|r| r.0 == chosen)
+            .find(|r| r.noise == chosen)
             .ok_or_else(|| Error::invalid("noise", "no noise model to fit"))?;
         // One fold: its tuning. Cross-validation: the folds' tunings pooled (every training row
         // validated once), a better-founded choice than the first fold's alone.
-        noise = best_noise;
-        tuned = Some(Tuned::pooled(&fold_tunings)?);
-        validation_rows = Some(fold_tunings.iter().map(|(_, rows)| rows).sum());
+        noise = kept.noise;
+        tuned = Some(Tuned::pooled(&kept.tunings)?);
+        validation_rows = Some(kept.tunings.iter().map(|(_, rows)| rows).sum());
     }
     let fitted = fit_mlp(train, objective(noise), &spec(noise, "fit".to_string())?)?;
     let noise_variance = match (opts.task, noise, &tuned) {
