@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use candle_core::Device;
 use candle_swag::layout::ParamLayout;
 use candle_swag::swag::checkpoint::{read_flat, CheckpointHeader};
-use candle_swag::swag::{DeviationStore, ShardIndex, ShardSet, SwagPosterior};
+use candle_swag::swag::{DeviationStore, SampleConfig, ShardIndex, ShardSet, SwagPosterior};
 use candle_swag_cli::data::csv::{load_csv, load_table, CsvParams, TaskKind};
 use candle_swag_cli::data::idx::{parse_images, parse_labels, read_image_csv};
 use candle_swag_cli::train::run::LoadedRun;
@@ -133,14 +133,19 @@ pub fn join_parts(parts: &[&[u8]]) -> Vec<u8> {
     out
 }
 
-/// A posterior file (any version, any layout): loaded into memory, opened on disk in place,
-/// and its header read alone.
+/// A posterior file (any version, any layout): loaded into memory, opened on disk in place
+/// (and sampled from, which streams and verifies its rows), and its header read alone.
 pub fn posterior_file(data: &[u8]) {
     let path = scratch_file("posterior.safetensors", data);
     let _ = SwagPosterior::stored_columns(&path);
     let _ = SwagPosterior::load(&path, &Device::Cpu);
     let _ = SwagPosterior::load_with_store(&path, &Device::Cpu, DeviationStore::Host);
-    let _ = SwagPosterior::load_with_store(&path, &Device::Cpu, DeviationStore::Disk(path.clone()));
+    // Opened on disk, the first sample streams the rows and verifies the checksum as it goes.
+    if let Ok(p) =
+        SwagPosterior::load_with_store(&path, &Device::Cpu, DeviationStore::Disk(path.clone()))
+    {
+        let _ = p.sample_flat_seeded(0, &SampleConfig::default());
+    }
 }
 
 /// A shard set: part 0 is `index.json`, part `i ≥ 1` is `shard{i-1}.safetensors` beside it.
