@@ -7,6 +7,6 @@ mod fit;
 pub(crate) mod predict;
 pub use fit::{
     default_lr, fit_csv, fit_dataset, CsvFitConfig, CsvFitParams, DatasetFit, FitSummary,
-    NoiseChoice, TUNE_VALIDATION_FRACTION,
+    NoiseChoice, NOISE_CV_FOLDS, TUNE_VALIDATION_FRACTION,
 };
 pub use predict::{predict_csv, CsvPredictConfig, CsvPredictParams, PredictionTable};
