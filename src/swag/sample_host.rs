@@ -148,8 +148,7 @@ impl SwagPosterior {
                 || (Vec::new(), Vec::new()),
                 |(bytes, dev): &mut (Vec<u8>, Vec<f32>), (w, out)| -> Result<Vec<u64>> {
                     let (lo, len) = (w * width, out.len());
-                    let mut digests = Vec::with_capacity(self.rows);
-                    if dtype == DType::F32 && cfg!(target_endian = "little") {
+                    let digests = if dtype == DType::F32 && cfg!(target_endian = "little") {
                         // Stored f32 are the host's own: read straight into the rows, then
                         // digest them four at a time.
                         dev.resize(self.rows * len, 0.0);
@@ -158,15 +157,17 @@ impl SwagPosterior {
                         }
                         let rows: Vec<&[u8]> =
                             dev.chunks_exact(len).map(bytemuck::cast_slice).collect();
-                        digests = chunk_digests(&rows);
+                        chunk_digests(&rows)
                     } else {
                         bytes.resize(len * es, 0);
                         dev.clear();
+                        let mut digests = Vec::with_capacity(self.rows);
                         for r in 0..self.rows {
                             digests.push(disk.read_window(r, lo, bytes)?);
                             decode_into(bytes, dtype, dev);
                         }
-                    }
+                        digests
+                    };
                     let physical: Vec<&[f32]> = dev.chunks(len).collect();
                     let first = entries.partition_point(|e| e.offset + e.numel() <= lo);
                     for (p, entry) in entries.iter().enumerate().skip(first) {

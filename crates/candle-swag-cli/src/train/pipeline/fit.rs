@@ -474,22 +474,13 @@ fn halves(rows: &[usize]) -> (Vec<usize>, Vec<usize>) {
     (first, second)
 }
 
-/// Each row's Gaussian NLL (standardised units) under [`regress_at`]: what
+/// Each row's Gaussian NLL (standardised units) of `prediction` on `data`'s targets: what
 /// [`NoiseChoice::Auto`] compares the two noise models by.
-fn row_nlls_at(
-    fitted: &Fitted,
-    noise: Noise,
-    scale: f64,
-    data: &Dataset,
-    train_inputs: &Tensor,
-    samples: usize,
-    seed: u64,
-) -> Result<Vec<f64>> {
-    let p = regress_at(fitted, noise, scale, data, train_inputs, samples, seed)?;
+fn row_nlls(prediction: &RegressionPrediction, data: &Dataset) -> Result<Vec<f64>> {
     let y: Vec<f64> = data.targets.to_dtype(candle_core::DType::F64)?.to_vec1()?;
-    let std = p.std();
+    let std = prediction.std();
     (0..y.len())
-        .map(|i| gaussian_nll(&p.mean[i..i + 1], &std[i..i + 1], &y[i..i + 1]))
+        .map(|i| gaussian_nll(&prediction.mean[i..i + 1], &std[i..i + 1], &y[i..i + 1]))
         .collect()
 }
 
@@ -619,7 +610,7 @@ pub fn fit_dataset(opts: &CsvFitConfig, train: &Dataset, output_dim: usize) -> R
                     let (first, second) = (train.select(&first)?, train.select(&second)?);
                     for (tune_part, score_part) in [(&first, &second), (&second, &first)] {
                         let t = tune_on(tune_part)?;
-                        row_nlls.extend(row_nlls_at(
+                        let prediction = regress_at(
                             &fitted,
                             regression_noise(*candidate, t.best.noise_variance)?,
                             t.best.scale,
@@ -627,7 +618,8 @@ pub fn fit_dataset(opts: &CsvFitConfig, train: &Dataset, output_dim: usize) -> R
                             &fit_data.features,
                             opts.samples,
                             opts.seed,
-                        )?);
+                        )?;
+                        row_nlls.extend(self::row_nlls(&prediction, score_part)?);
                     }
                 }
                 if f == 0 || compare {

@@ -13,6 +13,14 @@ use candle_swag::tune::{mean_squared_residual, ObservationNoise};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
+/// `0..n` shuffled by `seed`: the one order [`validation_split`] and
+/// [`cross_validation_folds`] cut, so fold 0 of the folds is the validation split.
+fn seeded_permutation(n: usize, seed: u64) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..n).collect();
+    idx.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+    idx
+}
+
 /// Splits `0..n` into (fit rows, validation rows): a seeded shuffle, then the last
 /// `round(fraction · n)` rows (at least 1, at most n − 1) are the validation rows. Both lists
 /// are returned sorted.
@@ -29,8 +37,7 @@ pub fn validation_split(n: usize, fraction: f64, seed: u64) -> Result<(Vec<usize
             "a validation split needs at least 2 rows",
         ));
     }
-    let mut idx: Vec<usize> = (0..n).collect();
-    idx.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+    let mut idx = seeded_permutation(n, seed);
     let n_val = ((fraction * n as f64).round() as usize).clamp(1, n - 1);
     let mut val = idx.split_off(n - n_val);
     idx.sort_unstable();
@@ -60,8 +67,7 @@ pub fn cross_validation_folds(
             format!("{folds}-fold cross-validation needs at least {folds} rows, got {n}"),
         ));
     }
-    let mut idx: Vec<usize> = (0..n).collect();
-    idx.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+    let idx = seeded_permutation(n, seed);
     let cut = |f: usize| (f as f64 * n as f64 / folds as f64).round() as usize;
     Ok((0..folds)
         .map(|f| {
