@@ -44,6 +44,7 @@ pub mod config;
 pub mod features;
 pub mod lora;
 pub mod model;
+pub mod ops;
 pub mod tiny;
 
 pub use base::BaseModel;
