@@ -13,6 +13,9 @@
 //! - [`arch`]: build closures for BERT and ViT sequence classifiers and Llama next-token
 //!   prediction.
 //! - [`features`]: trunk features computed once, reused by every head sample.
+//! - [`models`]: trainable families (BERT) on the crate's differentiable [`ops`], adapters
+//!   read at forward time ([`LoraLinear`]): gradients reach every adapter, no rebuilds.
+//! - [`tokenize`]: the checkpoint's `tokenizer.json`, truncation, padding and mask.
 //! - [`tiny`]: tiny random-weight models for tests and the smoke example.
 //!
 //! ```
@@ -44,10 +47,14 @@ pub mod config;
 pub mod features;
 pub mod lora;
 pub mod model;
+pub mod models;
 pub mod ops;
 pub mod tiny;
+pub mod tokenize;
 
 pub use base::BaseModel;
 pub use config::Arch;
 pub use lora::{Lora, LoraConfig, LoraParams};
 pub use model::{params_without_gradient, LoraModel};
+pub use models::{BertClassifier, BertModel, BertOptions, LoraLinear, Pooling};
+pub use tokenize::{Encoded, TextTokenizer};
