@@ -54,6 +54,16 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// Another process is writing the same destination (see
+    /// [`crate::crash_safe::WriteLock`]); nothing was written.
+    #[error("{}: is being written by {}; a second writer is refused (wait for it to end)", .path.display(), holder_text(*.holder))]
+    Locked {
+        /// The destination.
+        path: PathBuf,
+        /// The process id recorded by the holder (`None` if it had not recorded it yet).
+        holder: Option<u32>,
+    },
+
     /// A file was read but its content is not valid for this use.
     #[error("{path}: {reason}")]
     BadFile {
@@ -150,6 +160,13 @@ fn candle_message(e: &candle_core::Error) -> String {
     match e {
         candle_core::Error::WithBacktrace { inner, .. } => candle_message(inner),
         other => other.to_string(),
+    }
+}
+
+fn holder_text(holder: Option<u32>) -> String {
+    match holder {
+        Some(pid) => format!("process {pid}"),
+        None => "another process".to_string(),
     }
 }
 

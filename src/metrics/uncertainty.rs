@@ -91,7 +91,7 @@ pub fn decompose_uncertainty<T: Probability>(
     }
     check_non_empty("probabilities", samples.len())?;
     let per_sample = n_classes * n_samples;
-    if samples.len() % per_sample != 0 {
+    if !samples.len().is_multiple_of(per_sample) {
         return Err(Error::invalid(
             "samples",
             format!(

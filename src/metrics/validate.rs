@@ -56,7 +56,7 @@ pub(crate) fn matrix_rows(input: &str, len: usize, n_cols: usize) -> Result<usiz
         return Err(Error::invalid("n_classes", "must be at least 1"));
     }
     check_non_empty(input, len)?;
-    if len % n_cols != 0 {
+    if !len.is_multiple_of(n_cols) {
         return Err(Error::BadData {
             file: input.to_string(),
             row: len / n_cols + 1,

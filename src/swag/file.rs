@@ -481,6 +481,7 @@ fn load_v3(mut c: Container, device: &Device, store: DeviationStore) -> Result<S
             row_digests: Mutex::new(Vec::new()),
             unverified: Mutex::new(None),
             dirty: false,
+            _lock: None,
         };
         SwagPosterior::assemble(layout, config, device, Columns::Disk(disk))?
     } else {

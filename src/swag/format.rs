@@ -154,7 +154,7 @@ impl BufferDigest {
     pub(crate) fn zeros(len: usize) -> Self {
         let full = chunk_digest(&vec![0u8; CHECKSUM_CHUNK.min(len)]);
         let mut chunks = vec![full; len / CHECKSUM_CHUNK];
-        if len % CHECKSUM_CHUNK != 0 {
+        if !len.is_multiple_of(CHECKSUM_CHUNK) {
             chunks.push(chunk_digest(&vec![0u8; len % CHECKSUM_CHUNK]));
         }
         Self { len, chunks }

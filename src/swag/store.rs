@@ -264,6 +264,10 @@ pub(crate) struct DiskColumns {
     pub(crate) unverified: Mutex<Option<PendingChecksum>>,
     /// True once a row was written since the header was last made consistent.
     pub(crate) dirty: bool,
+    /// The write lock of a file this posterior created (see [`crate::crash_safe::WriteLock`]):
+    /// a second process creating a disk posterior at the same path is refused, not let to
+    /// truncate this one. `None` for a file opened from disk.
+    pub(crate) _lock: Option<crate::crash_safe::WriteLock>,
 }
 
 /// The part of an opened file's checksum still to verify: the header's value, the digests of
@@ -296,6 +300,8 @@ impl DiskColumns {
             d,
             dtype,
         };
+        let lock =
+            crate::crash_safe::WriteLock::acquire(path, crate::crash_safe::LockWait::Refuse)?;
         let mut file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -315,6 +321,7 @@ impl DiskColumns {
             row_digests: Mutex::new(Vec::new()),
             unverified: Mutex::new(None),
             dirty: false,
+            _lock: Some(lock),
         })
     }
 

@@ -10,7 +10,7 @@ pub(super) fn check_samples(samples: &[f64], n_samples: usize) -> Result<usize> 
         return Err(Error::invalid("n_samples", "must be at least 1"));
     }
     check_non_empty("samples", samples.len())?;
-    if samples.len() % n_samples != 0 {
+    if !samples.len().is_multiple_of(n_samples) {
         return Err(Error::invalid(
             "samples",
             format!("{} values do not form [S = {n_samples}, N]", samples.len()),

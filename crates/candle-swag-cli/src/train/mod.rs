@@ -328,7 +328,7 @@ where
             if collecting {
                 steps_since_start += 1;
                 if let (Collect::EverySteps(k), Some(p)) = (config.collect(), posterior.as_mut()) {
-                    if steps_since_start % k == 0 {
+                    if steps_since_start.is_multiple_of(k) {
                         p.collect(params)?;
                         history.collected += 1;
                     }

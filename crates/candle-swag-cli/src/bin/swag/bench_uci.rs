@@ -1,6 +1,6 @@
 //! `swag bench-uci`: the UCI regression protocol of the SWAG papers on a CSV table.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use candle_swag::crash_safe::write_file_atomic;
 use candle_swag::{Error, Result};
@@ -60,6 +60,13 @@ pub struct Args {
 }
 
 /// Runs `swag bench-uci`.
+impl Args {
+    /// The directory this command writes, if any.
+    pub fn destination(&self) -> Option<&Path> {
+        self.out.as_deref()
+    }
+}
+
 pub fn run(args: Args) -> Result<()> {
     crate::prefer_single_threaded_kernels();
     let TableArgs {

@@ -1,8 +1,9 @@
 //! `swag collect`: build a posterior offline from weight checkpoints.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
+use candle_swag::crash_safe::Temporary;
 use candle_swag::layout::ParamLayout;
 use candle_swag::swag::checkpoint::{read_flat, CheckpointHeader};
 use candle_swag::swag::{SwagParams, SwagPosterior};
@@ -34,6 +35,13 @@ pub struct Args {
     snapshots: Vec<PathBuf>,
 }
 
+impl Args {
+    /// The file this command writes.
+    pub fn destination(&self) -> &Path {
+        &self.out
+    }
+}
+
 pub fn run(args: Args) -> Result<()> {
     let first = CheckpointHeader::read(&args.snapshots[0])?;
     let shapes: Vec<(String, Vec<usize>)> = first
@@ -49,37 +57,30 @@ pub fn run(args: Args) -> Result<()> {
         ));
     }
     let layout = ParamLayout::new(shapes)?;
-    // A disk posterior collects into a sibling file renamed over --out once saved, so a failed
-    // run never leaves a half-written posterior at --out.
-    let partial = args.out.with_extension("partial");
+    // A disk posterior collects into a temporary sibling, unique to this process, renamed over
+    // --out once saved: a failed or interrupted run never leaves a half-written posterior at
+    // --out, and removes its temporary (main holds --out's write lock meanwhile).
+    let partial = Temporary::beside(&args.out, "partial");
     let config = SwagParams {
         rank: args.rank,
         deviation_dtype: args.dtype.dtype(),
-        store: args.store.store(&partial),
+        store: args.store.store(partial.path()),
     }
     .check()?;
-    let collected = (|| -> Result<SwagPosterior> {
-        let mut posterior = SwagPosterior::new(layout, config, &Device::Cpu)?;
-        for path in &args.snapshots {
-            let flat = read_flat(path, posterior.layout())?;
-            let d = flat.len();
-            posterior
-                .collect_flat(&Tensor::from_vec(flat, d, &Device::Cpu)?)
-                .map_err(|e| Error::bad_file(path, e.to_string()))?;
-        }
-        if args.store == StoreArg::Disk {
-            posterior.save(&partial)?; // in place, synced
-            candle_swag::crash_safe::rename_durable(&partial, &args.out)?;
-        } else {
-            posterior.save(&args.out)?;
-        }
-        Ok(posterior)
-    })();
-    let posterior = collected.inspect_err(|_| {
-        if args.store == StoreArg::Disk {
-            let _ = std::fs::remove_file(&partial);
-        }
-    })?;
+    let mut posterior = SwagPosterior::new(layout, config, &Device::Cpu)?;
+    for path in &args.snapshots {
+        let flat = read_flat(path, posterior.layout())?;
+        let d = flat.len();
+        posterior
+            .collect_flat(&Tensor::from_vec(flat, d, &Device::Cpu)?)
+            .map_err(|e| Error::bad_file(path, e.to_string()))?;
+    }
+    if args.store == StoreArg::Disk {
+        posterior.save(partial.path())?; // in place, synced
+        partial.commit(&args.out)?;
+    } else {
+        posterior.save(&args.out)?;
+    }
     println!(
         "collected {} snapshots of {} parameters (d = {}, {} deviation columns, {:?}) into {}",
         posterior.n_collected(),

@@ -1,6 +1,6 @@
 //! `swag demo`: the bundled digits and diabetes recipes, a metric table and a report.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::device::DeviceArgs;
 use candle_swag_cli::train::demo::run_demo;
@@ -26,6 +26,13 @@ pub struct Args {
 }
 
 /// Runs `swag demo`.
+impl Args {
+    /// The file or directory this command writes.
+    pub fn destination(&self) -> &Path {
+        &self.out
+    }
+}
+
 pub fn run(args: Args) -> candle_swag::Result<()> {
     crate::prefer_single_threaded_kernels();
     let opts = RecipeParams {

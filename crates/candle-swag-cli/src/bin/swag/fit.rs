@@ -1,6 +1,6 @@
 //! `swag fit`: train an MLP on a CSV file, collect its SWAG posterior, write a run directory.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use candle_swag_cli::data::TaskKind;
 use candle_swag_cli::train::pipeline::{fit_csv, CsvFitParams, NoiseChoice};
@@ -140,6 +140,13 @@ pub struct Args {
 }
 
 /// Runs `swag fit`.
+impl Args {
+    /// The file or directory this command writes.
+    pub fn destination(&self) -> &Path {
+        &self.out
+    }
+}
+
 pub fn run(args: Args) -> candle_swag::Result<()> {
     crate::prefer_single_threaded_kernels();
     let task = match args.task {

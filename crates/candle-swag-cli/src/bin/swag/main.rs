@@ -1,6 +1,9 @@
 //! The `swag` command-line tool: each subcommand lives in its own file and only parses
 //! arguments before calling the library.
 
+use std::path::Path;
+
+use candle_swag::crash_safe::{LockWait, WriteLock};
 use clap::{Parser, Subcommand};
 
 mod bench;
@@ -22,6 +25,10 @@ mod table;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// When another process is writing the same output, wait for it to finish instead of
+    /// stopping at once.
+    #[arg(long, global = true)]
+    wait: bool,
 }
 
 #[derive(Subcommand)]
@@ -57,6 +64,54 @@ pub(crate) fn prefer_single_threaded_kernels() {
     }
 }
 
+impl Command {
+    /// The file or directory the command writes, if any.
+    fn destination(&self) -> Option<&Path> {
+        match self {
+            Command::Collect(a) => Some(a.destination()),
+            Command::Sample(a) => Some(a.destination()),
+            Command::Fit(a) => Some(a.destination()),
+            Command::Predict(a) => Some(a.destination()),
+            Command::Report(a) => Some(a.destination()),
+            Command::Demo(a) => Some(a.destination()),
+            Command::BenchUci(a) => a.destination(),
+            Command::Inspect(_) | Command::Bench(_) => None,
+        }
+    }
+}
+
+/// Takes the write lock of `output` (creating its parent directory, where the lock file
+/// lives), and removes what killed writers of it left behind.
+fn lock_output(output: &Path, wait: LockWait) -> candle_swag::Result<WriteLock> {
+    if let Some(parent) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| candle_swag::Error::io(parent, e))?;
+    }
+    let lock = WriteLock::acquire(output, wait)?;
+    candle_swag::crash_safe::remove_dead_writers_leftovers(output);
+    Ok(lock)
+}
+
+/// On SIGINT or SIGTERM: remove this process's temporary files and lock files, then exit with
+/// the conventional status 128 + signal (130, 143). The output is left as it was before the
+/// command (or complete, if the signal came after its last rename).
+#[cfg(unix)]
+fn exit_cleanly_on_signals() {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) else {
+        return; // no handler: the default action (exit, temporaries left for the next writer)
+    };
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            let removed = candle_swag::crash_safe::remove_temporaries_before_exit();
+            eprintln!("interrupted by signal {signal}: removed {removed} temporary file(s); the output is unchanged");
+            std::process::exit(128 + signal);
+        }
+    });
+}
+
+#[cfg(not(unix))]
+fn exit_cleanly_on_signals() {}
+
 fn main() {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -77,6 +132,22 @@ fn main() {
             std::process::exit(2);
         }
     };
+    exit_cleanly_on_signals();
+    let wait = if cli.wait {
+        LockWait::Wait
+    } else {
+        LockWait::Refuse
+    };
+    // The output's write lock is taken before any work: a second writer of the same output is
+    // refused at once (or waits with --wait), not after computing everything.
+    let lock = match cli.command.destination().map(|d| lock_output(d, wait)) {
+        Some(Err(e)) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+        Some(Ok(lock)) => Some(lock),
+        None => None,
+    };
     let result = match cli.command {
         Command::Collect(a) => collect::run(a),
         Command::Sample(a) => sample::run(a),
@@ -88,6 +159,8 @@ fn main() {
         Command::Bench(a) => bench::run(a),
         Command::BenchUci(a) => bench_uci::run(a),
     };
+    // Released (its lock file removed) before `exit`, which runs no destructor.
+    drop(lock);
     if let Err(e) = result {
         eprintln!("error: {e}");
         std::process::exit(1);

@@ -1,6 +1,6 @@
 //! `swag predict`: Bayesian model averaging with a fitted run on the rows of a CSV file.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::device::DeviceArgs;
 use candle_swag::metrics::SetScore;
@@ -50,6 +50,13 @@ pub struct Args {
 }
 
 /// Runs `swag predict`.
+impl Args {
+    /// The file or directory this command writes.
+    pub fn destination(&self) -> &Path {
+        &self.out
+    }
+}
+
 pub fn run(args: Args) -> candle_swag::Result<()> {
     crate::prefer_single_threaded_kernels();
     let set_score = match args.raps_lambda {

@@ -185,6 +185,13 @@ fn run_report(args: &Args, run: &Path) -> Result<ReportBuilder> {
 }
 
 /// Runs `swag report`.
+impl Args {
+    /// The file or directory this command writes.
+    pub fn destination(&self) -> &Path {
+        &self.out
+    }
+}
+
 pub fn run(args: Args) -> Result<()> {
     if let Some(run) = &args.run {
         let files = run_report(&args, run)?.write(&args.out)?;

@@ -1,97 +1,68 @@
-//! Atomic writes: a reader never sees a half-written file or directory.
+//! Crash-safe writes: a reader never sees a half-written file or directory, and two writers
+//! never mix their output.
 //!
-//! Files are written to a temporary sibling, flushed with `fsync`, then renamed over the target
-//! (rename is atomic on POSIX file systems). Directories are built under a temporary sibling name
-//! and renamed into place once complete; an existing target directory is replaced only after the
-//! new one is complete.
+//! - **Atomic replacement.** Files are written to a [`Temporary`] sibling with a name unique
+//!   to the process and the call, flushed with `fsync`, then renamed over the target (rename is
+//!   atomic on POSIX file systems). Directories are built under a temporary sibling and renamed
+//!   into place once complete; an existing target directory is replaced only after the new one
+//!   is complete (on Linux in one step, `renameat2(RENAME_EXCHANGE)`).
+//! - **One writer per destination.** Every write holds the destination's [`WriteLock`] (an
+//!   advisory lock on `.NAME.lock` beside it): a second process writing the same destination
+//!   is refused at once with [`Error::Locked`], naming the holder's process id, or waits with
+//!   [`LockWait::Wait`]. A long job takes the lock itself at its start (as `swag collect` does),
+//!   so that a second job is refused before it computes anything.
+//! - **Cleanup.** A failed write removes its temporary; a process ending on a signal removes
+//!   all of them with [`remove_temporaries_before_exit`]; the temporaries of a killed process
+//!   are removed by the next writer of the same destination.
 
 use std::fs;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::error::{Error, Result};
 
-fn temp_sibling(target: &Path, tag: &str) -> PathBuf {
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "out".to_string());
-    let unique = format!(
-        ".{name}.{tag}-{}-{}.tmp",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    );
-    match target.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.join(unique),
-        _ => PathBuf::from(unique),
-    }
+mod lock;
+mod temporary;
+
+pub use lock::{LockWait, WriteLock};
+pub use temporary::{remove_dead_writers_leftovers, remove_temporaries_before_exit, Temporary};
+
+/// Takes the write lock of `destination` ([`LockWait::Refuse`] unless this process holds it
+/// already) and removes what killed writers left beside it.
+fn lock_destination(destination: &Path) -> Result<WriteLock> {
+    let guard = WriteLock::acquire(destination, LockWait::Refuse)?;
+    remove_dead_writers_leftovers(destination);
+    Ok(guard)
 }
 
-/// Writes `bytes` to `path` atomically (temporary file, fsync, rename).
+/// Writes `bytes` to `path` atomically (temporary file, fsync, rename), under `path`'s
+/// [`WriteLock`].
 pub fn write_file_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
     let path = path.as_ref();
-    let tmp = temp_sibling(path, "part");
-    let result = (|| -> std::io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            // Persist the rename itself; failure to open a directory is not fatal on all systems.
-            if let Ok(d) = fs::File::open(parent) {
-                let _ = d.sync_all();
-            }
-        }
-        Ok(())
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(Error::io(path, e));
-    }
-    Ok(())
+    write_file_with(path, |f| f.write_all(bytes).map_err(|e| Error::io(path, e)))
 }
 
 /// Writes a file atomically through `fill`, which gets the open temporary file (it may seek):
 /// the file is synced and renamed to `path` only when `fill` succeeds, and removed otherwise.
+/// The write holds `path`'s [`WriteLock`]: a second process writing `path` meanwhile is
+/// refused with [`Error::Locked`].
 pub fn write_file_with<F>(path: impl AsRef<Path>, fill: F) -> Result<()>
 where
     F: FnOnce(&mut fs::File) -> Result<()>,
 {
     let path = path.as_ref();
-    let tmp = temp_sibling(path, "part");
-    let mut f = fs::File::create(&tmp).map_err(|e| Error::io(path, e))?;
-    let result = fill(&mut f).and_then(|()| {
-        f.sync_all().map_err(|e| Error::io(path, e))?;
-        rename_durable(&tmp, path)
-    });
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    Ok(())
-}
-
-/// Renames a complete, synced file `from` over `to` (atomic on POSIX file systems), then syncs
-/// the directory so that the rename itself survives a power loss (failure to open a directory
-/// is not fatal on all systems). A process killed at any moment leaves at `to` the old file or
-/// the new one.
-pub fn rename_durable(from: impl AsRef<Path>, to: impl AsRef<Path>) -> Result<()> {
-    let to = to.as_ref();
-    fs::rename(from, to).map_err(|e| Error::io(to, e))?;
-    if let Some(parent) = to.parent().filter(|p| !p.as_os_str().is_empty()) {
-        if let Ok(d) = fs::File::open(parent) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
+    let _lock = lock_destination(path)?;
+    let tmp = Temporary::beside(path, "part");
+    let mut f = fs::File::create(tmp.path()).map_err(|e| Error::io(path, e))?;
+    fill(&mut f)?;
+    f.sync_all().map_err(|e| Error::io(path, e))?;
+    drop(f);
+    tmp.commit(path)
 }
 
 /// Builds a directory atomically: `fill` writes into a fresh temporary directory, which is renamed
 /// to `dir` only when `fill` succeeds. On error the temporary directory is removed and an existing
-/// `dir` is left as it was.
+/// `dir` is left as it was. The write holds `dir`'s [`WriteLock`].
 pub fn write_dir_atomic<F>(dir: impl AsRef<Path>, fill: F) -> Result<()>
 where
     F: FnOnce(&Path) -> Result<()>,
@@ -100,37 +71,28 @@ where
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
         fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     }
-    let tmp = temp_sibling(dir, "dir");
-    fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    if let Err(e) = fill(&tmp) {
-        let _ = fs::remove_dir_all(&tmp);
-        return Err(e);
+    let _lock = lock_destination(dir)?;
+    let tmp = Temporary::beside(dir, "dir");
+    fs::create_dir_all(tmp.path()).map_err(|e| Error::io(tmp.path(), e))?;
+    fill(tmp.path())?;
+    if !dir.exists() {
+        return tmp.commit(dir);
     }
-    let had_old = dir.exists();
-    // Linux swaps the two directories in one step: no moment without a report at `dir`.
-    if had_old && exchange(&tmp, dir).is_ok() {
-        let _ = fs::remove_dir_all(&tmp);
+    // Linux swaps the two directories in one step: no moment without a report at `dir`. The
+    // temporary then holds the previous directory, removed when it is dropped.
+    if exchange(tmp.path(), dir).is_ok() {
+        temporary::sync_parent(dir);
         return Ok(());
     }
     // Elsewhere (or on a file system without the exchange), two renames: a kill between them
     // leaves the previous directory under its temporary `.old` name beside `dir`.
-    let old = temp_sibling(dir, "old");
-    if had_old {
-        fs::rename(dir, &old).map_err(|e| {
-            let _ = fs::remove_dir_all(&tmp);
-            Error::io(dir, e)
-        })?;
-    }
-    if let Err(e) = fs::rename(&tmp, dir) {
-        if had_old {
-            let _ = fs::rename(&old, dir);
-        }
-        let _ = fs::remove_dir_all(&tmp);
+    let old = Temporary::beside(dir, "old");
+    fs::rename(dir, old.path()).map_err(|e| Error::io(dir, e))?;
+    if let Err(e) = fs::rename(tmp.path(), dir) {
+        let _ = fs::rename(old.path(), dir);
         return Err(Error::io(dir, e));
     }
-    if had_old {
-        let _ = fs::remove_dir_all(&old);
-    }
+    temporary::sync_parent(dir);
     Ok(())
 }
 
