@@ -234,7 +234,12 @@ fn disk_store_collects_and_samples_the_same_bits() -> Result<()> {
             args.extend(snaps.iter().map(String::as_str));
             let (ok, _, stderr) = swag(&args);
             assert!(ok, "{stderr}");
-            assert!(!Path::new(&p(&format!("{dtype}-{store}.partial"))).exists());
+            // No temporary, and no lock file, is left beside the posterior.
+            let hidden = std::fs::read_dir(dir.path())?
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+                .count();
+            assert_eq!(hidden, 0, "{dtype}, {store}: temporaries left behind");
             let sample = p(&format!("{dtype}-{store}-sample.safetensors"));
             let (ok, _, stderr) = swag(&[
                 "sample",
@@ -260,10 +265,10 @@ fn disk_store_collects_and_samples_the_same_bits() -> Result<()> {
     Ok(())
 }
 
-/// `--store auto` (the default of `sample` and `inspect`) streams a posterior whose columns
-/// exceed the memory budget, without being told, and draws the in-memory sample's bits.
+/// `--store auto` (the default of `sample` and `inspect`) streams a current-format posterior
+/// without being told, whatever its size, and draws the in-memory sample's bits.
 #[test]
-fn sample_and_inspect_stream_large_posteriors_without_being_told() -> Result<()> {
+fn sample_and_inspect_stream_current_posteriors_by_default() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let p = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
     for (i, s) in [0.5f32, -1.0, 2.0].iter().enumerate() {
@@ -280,20 +285,20 @@ fn sample_and_inspect_stream_large_posteriors_without_being_told() -> Result<()>
     let (ok, _, stderr) = swag(&args);
     assert!(ok, "{stderr}");
     let mut samples = Vec::new();
-    for budget in ["1024", "0"] {
-        let out = p(&format!("sample-{budget}.safetensors"));
+    for store in ["auto", "device"] {
+        let out = p(&format!("sample-{store}.safetensors"));
         let args = ["sample", "--posterior", &post, "--seed", "3", "--out", &out];
-        let (ok, _, stderr) = swag(&[&args[..], &["--memory-budget-mib", budget]].concat());
+        let (ok, _, stderr) = swag(&[&args[..], &["--store", store]].concat());
         assert!(ok, "{stderr}");
         samples.push(std::fs::read(&out)?);
-        let (ok, stdout, stderr) = swag(&["inspect", &post, "--memory-budget-mib", budget]);
+        let (ok, stdout, stderr) = swag(&["inspect", &post, "--store", store]);
         assert!(ok, "{stderr}");
-        let want = if budget == "0" {
+        let want = if store == "auto" {
             "columns streamed from the file"
         } else {
             "columns in memory"
         };
-        assert!(stdout.contains(want), "budget {budget}: {stdout}");
+        assert!(stdout.contains(want), "--store {store}: {stdout}");
     }
     assert_eq!(
         samples[0], samples[1],

@@ -14,12 +14,9 @@ pub struct Args {
     /// Posterior file, or a shard set's JSON index.
     posterior: PathBuf,
     /// `disk` streams the columns from the file instead of reading them into memory; `auto`
-    /// streams when they exceed `--memory-budget-mib`.
+    /// streams whenever the file's format allows it.
     #[arg(long, value_enum, default_value_t = StoreArg::Auto)]
     store: StoreArg,
-    /// With `--store auto`: columns larger than this many MiB are streamed from the file.
-    #[arg(long, default_value_t = crate::store::DEFAULT_BUDGET_MIB)]
-    memory_budget_mib: u64,
 }
 
 fn summary(xs: &[f32]) -> (f64, f64, f64, f64) {
@@ -63,9 +60,7 @@ pub fn run(args: Args) -> Result<()> {
     if args.posterior.extension().is_some_and(|e| e == "json") {
         return inspect_shards(&args);
     }
-    let store = args
-        .store
-        .store_for_file(&args.posterior, args.memory_budget_mib)?;
+    let store = args.store.store_for_file(&args.posterior)?;
     let streamed = matches!(store, candle_swag::swag::DeviationStore::Disk(_));
     let p = SwagPosterior::load_with_store(&args.posterior, &Device::Cpu, store)?;
     // The whole file is checked, columns included (one read when they stay on disk).

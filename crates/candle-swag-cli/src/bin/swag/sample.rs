@@ -1,6 +1,6 @@
 //! `swag sample`: draw one weight sample and write it under the original names and shapes.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use candle_core::{CpuStorage, Device, Storage};
 use candle_swag::swag::checkpoint::write_flat;
@@ -28,22 +28,24 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// `disk` streams the columns from the posterior file instead of reading them into memory
-    /// (for posteriors larger than RAM; the same sample, bit for bit); `auto` streams when they
-    /// exceed `--memory-budget-mib`.
+    /// (for posteriors larger than RAM; the same sample, bit for bit); `device` reads them
+    /// whole; `auto` streams whenever the file's format allows it (measured as fast or faster).
     #[arg(long, value_enum, default_value_t = StoreArg::Auto)]
     store: StoreArg,
-    /// With `--store auto`: columns larger than this many MiB are streamed from the file.
-    #[arg(long, default_value_t = crate::store::DEFAULT_BUDGET_MIB)]
-    memory_budget_mib: u64,
     /// Output file (safetensors, one tensor per parameter).
     #[arg(long)]
     out: PathBuf,
 }
 
+impl Args {
+    /// The file or directory this command writes.
+    pub fn destination(&self) -> &Path {
+        &self.out
+    }
+}
+
 pub fn run(args: Args) -> Result<()> {
-    let store = args
-        .store
-        .store_for_file(&args.posterior, args.memory_budget_mib)?;
+    let store = args.store.store_for_file(&args.posterior)?;
     let posterior = SwagPosterior::load_with_store(&args.posterior, &Device::Cpu, store)?;
     let opts = SampleParams {
         scale: args.scale,
