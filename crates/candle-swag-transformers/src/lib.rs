@@ -49,6 +49,7 @@ pub mod lora;
 pub mod model;
 pub mod models;
 pub mod ops;
+pub mod text;
 pub mod tiny;
 pub mod tokenize;
 
@@ -57,4 +58,5 @@ pub use config::Arch;
 pub use lora::{Lora, LoraConfig, LoraParams};
 pub use model::{params_without_gradient, LoraModel};
 pub use models::{BertClassifier, BertModel, BertOptions, LoraLinear, Pooling};
+pub use text::{read_text_lines, LabelledText};
 pub use tokenize::{Encoded, TextTokenizer};
