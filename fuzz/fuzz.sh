@@ -21,6 +21,10 @@ dicts() {
     table_csv) echo csv ;;
     idx) echo idx csv ;;
     run_dir) echo run shard safetensors json_common ;;
+    model_config) echo model_config json_common ;;
+    tokenizer_json) echo tokenizer json_common ;;
+    adapter_file) echo safetensors adapter json_common ;;
+    text_table) echo csv ;;
     *) echo "unknown target $1" >&2; exit 2 ;;
   esac
 }
