@@ -1,6 +1,6 @@
 //! A `swag collect` killed with SIGKILL at any moment leaves at its destination either the
 //! previous complete posterior or the complete new one, byte for byte: never a torn file, never
-//! a missing old one. Checked for the disk store (columns written into `<out>.partial`, saved in
+//! a missing old one. Checked for the disk store (columns written into a temporary sibling, saved in
 //! place, renamed over `--out`) and the in-memory store (`SwagPosterior::save`: temporary file,
 //! fsync, rename), at kill times spread over a whole run.
 #![cfg(unix)]
