@@ -307,3 +307,59 @@ pub(crate) fn max<A: Acc>(x: &[A]) -> A {
 pub(crate) fn storage<T: WithDType>(v: Vec<T>) -> CpuStorage {
     T::to_cpu_storage_owned(v)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    /// The gathered values of a view equal candle's own `contiguous()` of it.
+    fn gathered(t: &Tensor) -> Vec<f32> {
+        let (storage, layout) = t.storage_and_layout();
+        match &*storage {
+            candle_core::Storage::Cpu(CpuStorage::F32(v)) => {
+                contiguous(v, layout).expect("gather").into_owned()
+            }
+            _ => panic!("not f32 on the CPU"),
+        }
+    }
+
+    #[test]
+    fn gathers_strided_views_in_row_major_order() -> Result<()> {
+        let t = Tensor::arange(0f32, 60., &Device::Cpu)?.reshape((3, 4, 5))?;
+        let views = [
+            t.clone(),
+            t.narrow(0, 1, 2)?,
+            t.t()?,
+            t.narrow(2, 1, 3)?,
+            t.permute((2, 0, 1))?,
+            t.narrow(1, 2, 1)?.broadcast_as((3, 6, 5))?,
+            // A rank-0 view with an offset.
+            t.flatten_all()?.narrow(0, 7, 1)?.squeeze(0)?,
+        ];
+        for v in &views {
+            let want = v.flatten_all()?.to_vec1::<f32>()?;
+            assert_eq!(gathered(v), want, "view {:?}", v.layout());
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn reductions_cover_every_lane_and_tail() {
+        for n in [0usize, 1, 7, 8, 9, 33, 4096] {
+            let x: Vec<f64> = (0..n).map(|i| (i as f64 * 0.37).sin()).collect();
+            let plain: f64 = x.iter().sum();
+            assert!(
+                (sum(&x) - plain).abs() <= 1e-12 * (1.0 + n as f64),
+                "sum at n = {n}"
+            );
+            let dots: f64 = x.iter().map(|v| v * v).sum();
+            assert!(
+                (dot(&x, &x) - dots).abs() <= 1e-12 * (1.0 + n as f64),
+                "dot at n = {n}"
+            );
+            let m = x.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            assert_eq!(max(&x), m, "max at n = {n}");
+        }
+    }
+}
