@@ -12,8 +12,13 @@
 //!   they are cast at forward time (a differentiable cast: the gradient reaches the f32 `Var`s).
 //! - The LoRA dropout (PEFT's `lora_dropout`, 0 by default) acts on the adapter's input only,
 //!   and only when `train` is true.
+//! - `x·W0ᵀ` is a custom op ([`FrozenMatmul`]) whose backward pass computes the input's
+//!   gradient only: candle's own matmul backward also computes the gradient of its right-hand
+//!   side, here a frozen weight, which costs a third of the backward pass's matmul work and a
+//!   weight-sized tensor per layer, for nothing.
 
-use candle_core::{Tensor, Var};
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CudaStorage, CustomOp2, Layout, MetalStorage, Shape, Tensor, Var};
 
 use crate::lora::Adapter;
 
@@ -95,7 +100,7 @@ impl LoraLinear {
         }
         let rows = x.elem_count() / inp.max(1);
         let x2 = x.reshape((rows, inp))?;
-        let mut y = x2.matmul(&self.weight.t()?)?;
+        let mut y = x2.apply_op2(&self.weight, FrozenMatmul)?;
         if let Some(b) = &self.bias {
             y = y.broadcast_add(b)?;
         }
@@ -116,5 +121,73 @@ impl LoraLinear {
             *l = out;
         }
         y.reshape(out_dims)
+    }
+}
+
+/// `x [m, k] · W0ᵀ` for a frozen `W0 [n, k]`: candle's matmul forward (any backend), and a
+/// backward pass that returns the gradient of `x` (`g · W0`) and none for `W0`.
+#[derive(Debug, Clone, Copy)]
+pub struct FrozenMatmul;
+
+impl FrozenMatmul {
+    fn fwd<S: BackendStorage>(
+        x: &S,
+        xl: &Layout,
+        w: &S,
+        wl: &Layout,
+    ) -> candle_core::Result<(S, Shape)> {
+        let (m, k) = xl.shape().dims2()?;
+        let (n, kw) = wl.shape().dims2()?;
+        if k != kw {
+            candle_core::bail!("frozen matmul: input [{m}, {k}] against weight [{n}, {kw}]");
+        }
+        let out = x.matmul(w, (1, m, n, k), xl, &wl.transpose(0, 1)?)?;
+        Ok((out, Shape::from((m, n))))
+    }
+}
+
+impl CustomOp2 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        xl: &Layout,
+        w: &CpuStorage,
+        wl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        Self::fwd(x, xl, w, wl)
+    }
+
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        xl: &Layout,
+        w: &CudaStorage,
+        wl: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        Self::fwd(x, xl, w, wl)
+    }
+
+    fn metal_fwd(
+        &self,
+        x: &MetalStorage,
+        xl: &Layout,
+        w: &MetalStorage,
+        wl: &Layout,
+    ) -> candle_core::Result<(MetalStorage, Shape)> {
+        Self::fwd(x, xl, w, wl)
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(grad.matmul(w)?), None))
     }
 }
