@@ -1,5 +1,7 @@
 //! The two datasets bundled with the crate (compiled into the binary, so `swag demo` runs from
-//! any directory). Sources and licences: `data/README.md`.
+//! any directory). They are the crate's own copies, `crates/candle-swag-cli/data/`, of the
+//! repository's `data/digits.csv` and `data/diabetes.csv` (CI checks they are identical), so
+//! that the published crate carries them. Sources and licences: `data/README.md`.
 //!
 //! Preprocessing follows `BENCHMARKS.md`: digits pixels divided by 16; diabetes features and
 //! target standardised with the training rows' mean and population std.
@@ -11,10 +13,10 @@ use super::{prepare, FeatureScaling, Prepared};
 use candle_swag::error::Result;
 use candle_swag_report::io::CsvTable;
 
-/// `data/digits.csv`: 1797 8×8 digits (1198 train, 599 test), columns split, label, p0..p63.
-pub const DIGITS_CSV: &str = include_str!("../../../../data/digits.csv");
-/// `data/diabetes.csv`: 442 patients (354 train, 88 test), columns split, 10 features, target.
-pub const DIABETES_CSV: &str = include_str!("../../../../data/diabetes.csv");
+/// `data/digits.csv` (the crate's copy): 1797 8×8 digits (1198 train, 599 test), columns split, label, p0..p63.
+pub const DIGITS_CSV: &str = include_str!("../../data/digits.csv");
+/// `data/diabetes.csv` (the crate's copy): 442 patients (354 train, 88 test), columns split, 10 features, target.
+pub const DIABETES_CSV: &str = include_str!("../../data/diabetes.csv");
 
 /// The digits table in raw units (pixels 0..16, labels "0".."9").
 pub fn digits_table() -> Result<TabularData> {
