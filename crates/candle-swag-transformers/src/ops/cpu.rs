@@ -225,25 +225,13 @@ pub(crate) fn contiguous<'a, T: Copy>(src: &'a [T], layout: &Layout) -> Result<C
 }
 
 /// Lanes of the vectorisable reductions: eight independent partial sums, which LLVM maps to
-/// SIMD registers (a single running sum would serialise on the floating-point additions).
+/// SIMD registers (a single running sum would serialise on the floating-point additions and
+/// could not be vectorised without reordering them).
 const LANES: usize = 8;
 
-/// Reduces `f(i)` over `0..n` with [`LANES`] partial sums.
+/// Adds the [`LANES`] partial sums and the tail.
 #[inline(always)]
-pub(crate) fn lane_sum<A: Acc>(n: usize, f: impl Fn(usize) -> A) -> A {
-    let mut acc = [A::ZERO; LANES];
-    let whole = n / LANES * LANES;
-    let mut i = 0;
-    while i < whole {
-        for (l, a) in acc.iter_mut().enumerate() {
-            *a += f(i + l);
-        }
-        i += LANES;
-    }
-    let mut tail = A::ZERO;
-    for j in whole..n {
-        tail += f(j);
-    }
+fn finish_lanes<A: Acc>(acc: [A; LANES], tail: A) -> A {
     let mut total = tail;
     for a in acc {
         total += a;
@@ -251,35 +239,81 @@ pub(crate) fn lane_sum<A: Acc>(n: usize, f: impl Fn(usize) -> A) -> A {
     total
 }
 
+/// Reduces `f` over the elements of `a` and `b` pairwise with [`LANES`] partial sums. The
+/// chunks are zipped (no indexing), so the loop has no bounds checks and vectorises.
+#[inline(always)]
+fn lanes2<A: Acc>(a: &[A], b: &[A], f: impl Fn(A, A) -> A) -> A {
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    let mut acc = [A::ZERO; LANES];
+    for (xa, xb) in ca.zip(cb) {
+        for ((s, &p), &q) in acc.iter_mut().zip(xa).zip(xb) {
+            *s += f(p, q);
+        }
+    }
+    let mut tail = A::ZERO;
+    for (&p, &q) in ra.iter().zip(rb) {
+        tail += f(p, q);
+    }
+    finish_lanes(acc, tail)
+}
+
+/// Same as [`lanes2`] over three slices.
+#[inline(always)]
+fn lanes3<A: Acc>(a: &[A], b: &[A], c: &[A], f: impl Fn(A, A, A) -> A) -> A {
+    let (ca, cb, cc) = (
+        a.chunks_exact(LANES),
+        b.chunks_exact(LANES),
+        c.chunks_exact(LANES),
+    );
+    let (ra, rb, rc) = (ca.remainder(), cb.remainder(), cc.remainder());
+    let mut acc = [A::ZERO; LANES];
+    for ((xa, xb), xc) in ca.zip(cb).zip(cc) {
+        for (((s, &p), &q), &r) in acc.iter_mut().zip(xa).zip(xb).zip(xc) {
+            *s += f(p, q, r);
+        }
+    }
+    let mut tail = A::ZERO;
+    for ((&p, &q), &r) in ra.iter().zip(rb).zip(rc) {
+        tail += f(p, q, r);
+    }
+    finish_lanes(acc, tail)
+}
+
 /// `Σ x`.
 #[inline]
 pub(crate) fn sum<A: Acc>(x: &[A]) -> A {
-    lane_sum(x.len(), |i| x[i])
+    lanes2(x, x, |p, _| p)
+}
+
+/// `Σ (x − c)`.
+#[inline]
+pub(crate) fn sum_dev<A: Acc>(x: &[A], c: A) -> A {
+    lanes2(x, x, |p, _| p - c)
 }
 
 /// `Σ (x − c)²`.
 #[inline]
 pub(crate) fn sum_sq_dev<A: Acc>(x: &[A], c: A) -> A {
-    lane_sum(x.len(), |i| {
-        let d = x[i] - c;
-        d * d
-    })
+    lanes2(x, x, |p, _| (p - c) * (p - c))
 }
 
 /// `Σ a·b`.
 #[inline]
 pub(crate) fn dot<A: Acc>(a: &[A], b: &[A]) -> A {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    lane_sum(n, |i| a[i] * b[i])
+    lanes2(a, b, |p, q| p * q)
 }
 
 /// `Σ a·b·c`.
 #[inline]
 pub(crate) fn dot3<A: Acc>(a: &[A], b: &[A], c: &[A]) -> A {
-    let n = a.len().min(b.len()).min(c.len());
-    let (a, b, c) = (&a[..n], &b[..n], &c[..n]);
-    lane_sum(n, |i| a[i] * b[i] * c[i])
+    lanes3(a, b, c, |p, q, r| p * q * r)
+}
+
+/// `Σ a·b·(x − m)`.
+#[inline]
+pub(crate) fn dot3_dev<A: Acc>(a: &[A], b: &[A], x: &[A], m: A) -> A {
+    lanes3(a, b, x, |p, q, r| p * q * (r - m))
 }
 
 /// Row maximum (−∞ for an empty row; a NaN in the row makes the softmax NaN through the sum).

@@ -12,7 +12,7 @@
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::cpu::{self, contiguous, lane_sum, rows_per_task, storage, Acc, Elem, Scratch};
+use super::cpu::{self, contiguous, rows_per_task, storage, Acc, Elem, Scratch};
 
 /// The width of the rows of `layout` (its last dimension) and their number.
 fn rows_of(layout: &Layout, op: &str) -> Result<(usize, usize)> {
@@ -44,7 +44,7 @@ fn check_param(len: usize, width: usize, what: &str, op: &str) -> Result<()> {
 fn ln_stats<A: Acc>(x: &[A], eps: A) -> (A, A) {
     let n = A::from_usize(x.len());
     let pivot = x.first().copied().unwrap_or(A::ZERO);
-    let mean = pivot + lane_sum(x.len(), |i| x[i] - pivot) / n;
+    let mean = pivot + cpu::sum_dev(x, pivot) / n;
     let var = cpu::sum_sq_dev(x, mean) / n;
     (mean, A::ONE / (var + eps).sqrt())
 }
@@ -75,8 +75,8 @@ fn ln_bwd_row<A: Acc>(
     if let Some(dx) = dx {
         let dx = &mut dx[..n];
         let nf = A::from_usize(n);
-        let c1 = lane_sum(n, |i| dy[i] * g[i]) / nf;
-        let c2 = lane_sum(n, |i| dy[i] * g[i] * (x[i] - mean)) * rstd / nf;
+        let c1 = cpu::dot(dy, g) / nf;
+        let c2 = cpu::dot3_dev(dy, g, x, mean) * rstd / nf;
         for i in 0..n {
             let xhat = (x[i] - mean) * rstd;
             dx[i] = rstd * (dy[i] * g[i] - c1 - xhat * c2);
