@@ -173,7 +173,7 @@ pub fn vit(config: &Value, path: &Path) -> Result<vit::Config> {
     )?;
     let cfg: vit::Config = parse(config, path)?;
     check_heads(path, cfg.hidden_size, cfg.num_attention_heads, None)?;
-    if cfg.patch_size == 0 || cfg.image_size % cfg.patch_size != 0 {
+    if cfg.patch_size == 0 || !cfg.image_size.is_multiple_of(cfg.patch_size) {
         return Err(Error::bad_file(
             path,
             format!(
@@ -188,14 +188,14 @@ pub fn vit(config: &Value, path: &Path) -> Result<vit::Config> {
 /// Head counts that would make the model's reshapes fail (or panic inside candle-transformers,
 /// which unwraps some layer builds) are refused here, naming the fields.
 fn check_heads(path: &Path, hidden: usize, heads: usize, kv_heads: Option<usize>) -> Result<()> {
-    if heads == 0 || hidden % heads != 0 {
+    if heads == 0 || !hidden.is_multiple_of(heads) {
         return Err(Error::bad_file(
             path,
             format!("field `num_attention_heads` ({heads}) must divide `hidden_size` ({hidden})"),
         ));
     }
     if let Some(kv) = kv_heads {
-        if kv == 0 || heads % kv != 0 {
+        if kv == 0 || !heads.is_multiple_of(kv) {
             return Err(Error::bad_file(
                 path,
                 format!(
