@@ -311,6 +311,8 @@ impl BertModel {
         }
         let pooling = match options.pooling {
             Some(p) => p,
+            // A base built in memory has no directory (and no pooling file).
+            None if base.dir().as_os_str().is_empty() => Pooling::Cls,
             None => Pooling::from_model_dir(base.dir())?.unwrap_or(Pooling::Cls),
         };
         let c = &config.base;
