@@ -125,3 +125,28 @@ pub use swag::{
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// The guide's Rust code blocks (`docs/guide/`, one struct per chapter) are compiled and run as
+/// doctests too; its `sh` blocks are run by `scripts/check_guide.sh`. The guide is not part of
+/// the published package, so these exist only in the repository's doctests.
+#[cfg(doctest)]
+pub mod guide {
+    #[doc = include_str!("../docs/guide/01-what-swag-gives-you.md")]
+    pub struct WhatSwagGivesYou;
+    #[doc = include_str!("../docs/guide/02-your-own-candle-model.md")]
+    pub struct YourOwnCandleModel;
+    #[doc = include_str!("../docs/guide/03-the-command-line-on-a-csv.md")]
+    pub struct TheCommandLineOnACsv;
+    #[doc = include_str!("../docs/guide/04-reading-a-calibration-report.md")]
+    pub struct ReadingACalibrationReport;
+    #[doc = include_str!("../docs/guide/05-regression-and-conformal-intervals.md")]
+    pub struct RegressionAndConformalIntervals;
+    #[doc = include_str!("../docs/guide/06-transformers-and-lora.md")]
+    pub struct TransformersAndLora;
+    #[doc = include_str!("../docs/guide/07-large-models-and-the-gpu.md")]
+    pub struct LargeModelsAndTheGpu;
+    #[doc = include_str!("../docs/guide/08-benchmarks.md")]
+    pub struct Benchmarks;
+    #[doc = include_str!("../docs/guide/09-conventions.md")]
+    pub struct Conventions;
+}
