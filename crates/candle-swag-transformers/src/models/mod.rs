@@ -9,6 +9,7 @@
 //! - [`bert`]: the BERT encoder (sentence-transformers checkpoints included) and a sequence
 //!   classifier.
 //! - [`llama`]: the Llama-family decoder (Llama, Mistral, Qwen2), logits for every position.
+//! - [`vit`]: the ViT encoder and an image classifier.
 
 use std::path::Path;
 
@@ -18,14 +19,19 @@ use serde_json::Value;
 pub mod bert;
 pub mod llama;
 pub mod lora_linear;
+pub mod vit;
 
 pub use bert::{BertClassifier, BertConfig, BertModel, BertOptions, Pooling};
 pub use llama::{LlamaConfig, LlamaModel, LlamaOptions};
 pub use lora_linear::LoraLinear;
+pub use vit::{VitClassifier, VitConfig, VitModel, VitOptions};
 
 /// The `model_type`s of `config.json` that the trainable families read, by family.
-pub const TRAINABLE_FAMILIES: &[(&str, &[&str])] =
-    &[("bert", bert::MODEL_TYPES), ("llama", llama::MODEL_TYPES)];
+pub const TRAINABLE_FAMILIES: &[(&str, &[&str])] = &[
+    ("bert", bert::MODEL_TYPES),
+    ("llama", llama::MODEL_TYPES),
+    ("vit", vit::MODEL_TYPES),
+];
 
 /// Refuses a `config.json` whose `model_type` is not one of `accepted` (a config without
 /// `model_type` passes: its fields are checked by the family). The error names the file, the
