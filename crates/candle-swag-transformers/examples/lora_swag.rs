@@ -1,16 +1,30 @@
-//! LoRA fine-tuning, SWAG over the adapters and BMA on a candle-transformers model.
+//! LoRA fine-tuning, SWAG over the adapters and BMA, on the crate's trainable families.
 //!
 //! ```text
 //! cargo run --release -p candle-swag-transformers --example lora_swag -- \
-//!     --arch bert|llama|vit [--model-dir DIR] --smoke [--json] [--steps N] [--samples S] [--lr LR]
+//!     --arch bert|llama|vit [--model-dir DIR] [--text FILE.csv] --smoke [--json] \
+//!     [--steps N] [--samples S] [--lr LR]
+//! cargo run --release -p candle-swag-transformers --example lora_swag -- \
+//!     --arch bert --model-dir target/minilm --bench-step [--repeats N] [--json]
 //! ```
 //!
 //! `--smoke` without `--model-dir` writes a tiny random-weight model of the architecture in
 //! Hugging Face layout to a temporary directory and runs the whole pipeline on a deterministic
-//! toy task: a SMOKE TEST of the plumbing, not a result. Rows (one per method): MAP-LoRA (the
-//! last iterate), SWAG-LoRA (BMA over adapter samples), and for BERT/ViT last-layer SWAG with
-//! cached trunk features. Timings (the rebuild after an adapter change against one forward pass;
-//! S cached head samples against one full forward pass) go to stderr.
+//! toy task: a SMOKE TEST of the plumbing, not a result. With `--model-dir` holding a
+//! `tokenizer.json`, BERT reads real text: the rows of `--text FILE.csv` (columns `text` and
+//! `label`; every fifth row is held out as the test set), else a toy sentiment task.
+//!
+//! BERT trains the trainable family ([`BertClassifier`]: gradients reach every adapter, which
+//! is checked after the first step) and SWAG samples are put into the model by writing its
+//! `Var`s, with nothing rebuilt. Llama and ViT still run the serving path (candle-transformers'
+//! models rebuilt over merged weights) until their trainable families land. Rows (one per
+//! method): MAP-LoRA (the last iterate), SWAG-LoRA (BMA over adapter samples), and for BERT/ViT
+//! last-layer SWAG with cached trunk features. Timings go to stderr.
+//!
+//! `--bench-step` times one LoRA training step (batch 32, 128 tokens, r = 8 on query and value,
+//! AdamW) and one forward pass of the same batch on the trainable BERT, median of `--repeats`,
+//! plus the cost of writing a SWAG sample into the model;
+//! `scripts/torch_reference/lora_step_torch.py` times the same step in torch + peft.
 
 use std::time::Instant;
 
@@ -23,29 +37,42 @@ use candle_swag::{
     SwagParams, SwagPosterior,
 };
 use candle_swag_transformers::features::{cache_features, cached};
+use candle_swag_transformers::tokenize::TOKENIZER_FILE;
 use candle_swag_transformers::{
-    arch, config, params_without_gradient, tiny, Arch, BaseModel, Lora, LoraModel, LoraParams,
+    arch, config, params_without_gradient, tiny, Arch, BaseModel, BertClassifier, BertModel,
+    BertOptions, LabelledText, Lora, LoraModel, LoraParams, TextTokenizer,
 };
 use rand::{Rng, SeedableRng};
 
 struct Args {
     arch: Arch,
     model_dir: Option<std::path::PathBuf>,
+    text: Option<std::path::PathBuf>,
     smoke: bool,
+    bench_step: bool,
     json: bool,
     steps: usize,
     samples: usize,
+    repeats: usize,
     lr: Option<f64>,
+}
+
+fn whole(name: &str, v: String) -> Result<usize> {
+    v.parse()
+        .map_err(|_| Error::invalid(name, format!("expects a whole number, got `{v}`")))
 }
 
 fn parse_args() -> Result<Args> {
     let mut args = Args {
         arch: Arch::Bert,
         model_dir: None,
+        text: None,
         smoke: false,
+        bench_step: false,
         json: false,
         steps: 40,
         samples: 30,
+        repeats: 7,
         lr: None,
     };
     let mut it = std::env::args().skip(1);
@@ -57,47 +84,65 @@ fn parse_args() -> Result<Args> {
         match a.as_str() {
             "--arch" => args.arch = value("arch")?.parse()?,
             "--model-dir" => args.model_dir = Some(value("model-dir")?.into()),
+            "--text" => args.text = Some(value("text")?.into()),
             "--smoke" => args.smoke = true,
+            "--bench-step" => args.bench_step = true,
             "--json" => args.json = true,
-            "--steps" => {
-                args.steps = value("steps")?
-                    .parse()
-                    .map_err(|_| Error::invalid("steps", "expects a whole number"))?
-            }
-            "--samples" => {
-                args.samples = value("samples")?
-                    .parse()
-                    .map_err(|_| Error::invalid("samples", "expects a whole number"))?
-            }
+            "--steps" => args.steps = whole("steps", value("steps")?)?,
+            "--samples" => args.samples = whole("samples", value("samples")?)?,
+            "--repeats" => args.repeats = whole("repeats", value("repeats")?)?,
             "--lr" => {
-                args.lr = Some(
-                    value("lr")?
-                        .parse()
-                        .map_err(|_| Error::invalid("lr", "expects a number"))?,
-                )
+                let v = value("lr")?;
+                let lr: f64 = v
+                    .parse()
+                    .map_err(|_| Error::invalid("lr", format!("expects a number, got `{v}`")))?;
+                if !(lr.is_finite() && lr > 0.0) {
+                    return Err(Error::invalid("lr", format!("must be > 0, got {v}")));
+                }
+                args.lr = Some(lr);
             }
             other => return Err(Error::invalid(other, "unknown option")),
         }
     }
-    if !args.smoke {
+    if !args.smoke && !args.bench_step {
         return Err(Error::invalid(
             "smoke",
-            "only --smoke is implemented (the full benchmark is not); add --smoke",
+            "only --smoke and --bench-step are implemented (the full benchmark is not); add one",
         ));
+    }
+    if args.steps < 4 {
+        return Err(Error::invalid(
+            "steps",
+            format!(
+                "must be at least 4 (gradients are checked after the first step and SWAG \
+                 collects the second half), got {}",
+                args.steps
+            ),
+        ));
+    }
+    if args.samples == 0 || args.repeats == 0 {
+        return Err(Error::invalid(
+            "samples",
+            "--samples and --repeats must be >= 1",
+        ));
+    }
+    if args.text.is_some() && !matches!(args.arch, Arch::Bert) {
+        return Err(Error::invalid("text", "--text is read by --arch bert only"));
     }
     Ok(args)
 }
 
-/// A toy labelled set: inputs, labels, number of classes.
+/// A labelled set: inputs, labels, number of classes.
 struct Task {
     x_train: Tensor,
     y_train: Tensor,
     x_test: Tensor,
     y_test: Vec<u32>,
     classes: usize,
+    what: String,
 }
 
-/// BERT: 15 lowercase bytes; label 1 when most letters are in n..z.
+/// BERT without a tokenizer: 15 lowercase bytes; label 1 when most letters are in n..z.
 fn byte_majority_task(dev: &Device) -> Result<Task> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
     let len = 15;
@@ -121,6 +166,101 @@ fn byte_majority_task(dev: &Device) -> Result<Task> {
         x_test,
         y_test,
         classes: 2,
+        what: "toy bytes (majority of n..z)".into(),
+    })
+}
+
+/// A toy sentiment task in English sentences (for a real tokenizer): label 1 when positive.
+fn toy_sentences(n: usize, seed: u64) -> (Vec<String>, Vec<u32>) {
+    const SUBJECTS: [&str; 8] = [
+        "the movie",
+        "this film",
+        "the show",
+        "the book",
+        "our dinner",
+        "the trip",
+        "the concert",
+        "my new phone",
+    ];
+    const GOOD: [&str; 6] = [
+        "great",
+        "wonderful",
+        "excellent",
+        "lovely",
+        "fantastic",
+        "delightful",
+    ];
+    const BAD: [&str; 6] = [
+        "terrible",
+        "awful",
+        "boring",
+        "dreadful",
+        "disappointing",
+        "poor",
+    ];
+    const TEMPLATES: [(&str, &str); 4] = [
+        ("", " was "),
+        ("i thought ", " was really "),
+        ("honestly, ", " is "),
+        ("everyone said ", " felt "),
+    ];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut texts = Vec::with_capacity(n);
+    let mut labels = Vec::with_capacity(n);
+    for _ in 0..n {
+        let good = rng.random_bool(0.5);
+        let adj = if good { GOOD } else { BAD }[rng.random_range(0..6)];
+        let s = SUBJECTS[rng.random_range(0..SUBJECTS.len())];
+        let (pre, mid) = TEMPLATES[rng.random_range(0..TEMPLATES.len())];
+        texts.push(format!("{pre}{s}{mid}{adj}."));
+        labels.push(u32::from(good));
+    }
+    (texts, labels)
+}
+
+/// BERT with the checkpoint's tokenizer: `--text FILE.csv` (every fifth row held out) or the
+/// toy sentences; inputs packed as `[n, 3, L]` (ids, token types, mask).
+fn text_task(args: &Args, tok: &TextTokenizer, dev: &Device) -> Result<Task> {
+    let (train, test, classes, what) = match &args.text {
+        Some(path) => {
+            let table = LabelledText::read_csv(path)?;
+            if table.len() < 5 {
+                return Err(Error::bad_file(
+                    path,
+                    format!(
+                        "{} rows: at least 5 are needed (every fifth row is the test set)",
+                        table.len()
+                    ),
+                ));
+            }
+            let (mut tr, mut te) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
+            for (i, (t, l)) in table.texts.iter().zip(&table.labels).enumerate() {
+                let side = if i % 5 == 4 { &mut te } else { &mut tr };
+                side.0.push(t.clone());
+                side.1.push(*l);
+            }
+            let what = format!("{} ({} classes)", path.display(), table.classes.len());
+            (tr, te, table.classes.len(), what)
+        }
+        None => (
+            toy_sentences(256, 21),
+            toy_sentences(128, 22),
+            2,
+            "toy sentences (sentiment)".to_string(),
+        ),
+    };
+    let encode = |texts: &[String]| -> Result<Tensor> {
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        tok.encode_batch(&refs, dev)?.packed()
+    };
+    let n_train = train.1.len();
+    Ok(Task {
+        x_train: encode(&train.0)?,
+        y_train: Tensor::from_vec(train.1, n_train, dev)?,
+        x_test: encode(&test.0)?,
+        y_test: test.1,
+        classes,
+        what,
     })
 }
 
@@ -150,20 +290,33 @@ fn square_side_task(dev: &Device) -> Result<Task> {
         x_test,
         y_test,
         classes: 2,
+        what: "toy squares (left or right half)".into(),
     })
 }
 
-/// Llama: windows of 12 bytes of a repeated sentence; the label is the next byte (260 classes).
-fn next_byte_task(dev: &Device) -> Result<Task> {
+/// Llama: windows of 12 bytes of a repeated sentence; the label is the next byte, one class
+/// per token of the model's vocabulary (`vocab_size` of its config; byte `b` is token `b`).
+fn next_byte_task(vocab_size: usize, dev: &Device) -> Result<Task> {
     let text = "the quick brown fox jumps over the lazy dog. ".repeat(20);
     let bytes: Vec<u32> = text.bytes().map(u32::from).collect();
+    if let Some(&top) = bytes.iter().max() {
+        if top as usize >= vocab_size {
+            return Err(Error::invalid(
+                "vocab_size",
+                format!(
+                    "the toy next-byte task uses token ids up to {top}, the model's vocabulary \
+                     has {vocab_size}"
+                ),
+            ));
+        }
+    }
     let len = 12;
     let make = |start: usize, n: usize| -> Result<(Tensor, Vec<u32>)> {
         let mut ids = Vec::with_capacity(n * len);
         let mut ys = Vec::with_capacity(n);
-        for i in start..start + n {
-            ids.extend_from_slice(&bytes[i..i + len]);
-            ys.push(bytes[i + len]);
+        for w in bytes.windows(len + 1).skip(start).take(n) {
+            ids.extend_from_slice(&w[..len]);
+            ys.push(w[len]);
         }
         Ok((Tensor::from_vec(ids, (n, len), dev)?, ys))
     };
@@ -174,11 +327,25 @@ fn next_byte_task(dev: &Device) -> Result<Task> {
         x_train,
         x_test,
         y_test,
-        classes: 260,
+        classes: vocab_size,
+        what: format!("toy next byte ({vocab_size} classes: the config's vocab_size)"),
     })
 }
 
 fn report(json: bool, method: &str, out: &ClassificationOutput, task: &Task) -> Result<()> {
+    let width = out.probs.dim(1)?;
+    if width != task.classes || out.probs.dim(0)? != task.y_test.len() {
+        return Err(Error::invalid(
+            method,
+            format!(
+                "the model gives {} rows of {width} probabilities, the test set has {} rows \
+                 of {} classes",
+                out.probs.dim(0)?,
+                task.y_test.len(),
+                task.classes
+            ),
+        ));
+    }
     let host = out.to_host()?;
     let m = classification_metrics(
         &host.mean_probs,
@@ -205,19 +372,362 @@ fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
 
-/// LoRA fine-tuning with AdamW, SWAG moments collected after every step of the second half;
-/// then the MAP-LoRA and SWAG-LoRA rows and the rebuild timing.
-fn lora_swag<M: ModuleT + 'static>(
+/// The median of `reps` timings (ms) of `f`, after one untimed call; also the minimum.
+fn median_ms(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f64, f64)> {
+    f()?;
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let t = Instant::now();
+        f()?;
+        times.push(ms(t));
+    }
+    times.sort_by(f64::total_cmp);
+    Ok((times[times.len() / 2], times[0]))
+}
+
+fn swag_params() -> Result<candle_swag::SwagConfig> {
+    SwagParams {
+        rank: 10,
+        ..Default::default()
+    }
+    .check()
+}
+
+fn bma(samples: usize) -> Result<candle_swag::predictive::BmaConfig> {
+    BmaParams {
+        sample: SampleParams {
+            scale: 0.5,
+            ..Default::default()
+        },
+        samples,
+        seed: 0,
+    }
+    .check()
+}
+
+/// Mini-batch `step` of at most `size` rows, cycling through the training set.
+fn minibatch(task: &Task, step: usize, size: usize) -> Result<(Tensor, Tensor)> {
+    let n = task.x_train.dim(0)?;
+    let size = size.min(n);
+    let b = (step * size) % n;
+    let len = size.min(n - b);
+    Ok((
+        task.x_train.narrow(0, b, len)?,
+        task.y_train.narrow(0, b, len)?,
+    ))
+}
+
+/// Names a few of `names` in one line.
+fn some_names(names: &[String]) -> String {
+    let mut s = names.iter().take(3).cloned().collect::<Vec<_>>().join(", ");
+    if names.len() > 3 {
+        s.push_str(&format!(", ... ({} more)", names.len() - 3));
+    }
+    s
+}
+
+/// The gradient check of the trainable families: at step 0 only the `A` factors may get no
+/// gradient (`B` is 0 at init, so `dL/dA = 0` exactly); from step 1 on, every tensor must.
+fn check_gradients(
+    params: &ParamSet,
+    grads: &candle_core::backprop::GradStore,
+    step: usize,
+) -> Result<()> {
+    let dead = params_without_gradient(params, grads)?;
+    let bad: Vec<String> = if step == 0 {
+        dead.into_iter()
+            .filter(|n| !n.ends_with("lora_A.weight"))
+            .collect()
+    } else {
+        dead
+    };
+    if !bad.is_empty() {
+        return Err(Error::invalid(
+            "gradients",
+            format!(
+                "after step {step}, {} of {} trainable tensors get no gradient: {}",
+                bad.len(),
+                params.vars().len(),
+                some_names(&bad)
+            ),
+        ));
+    }
+    if step == 1 {
+        eprintln!(
+            "gradients: all {} trainable tensors (every adapter and the head) get one after the \
+             first step",
+            params.vars().len()
+        );
+    }
+    Ok(())
+}
+
+/// The cost of putting a SWAG sample into a model that reads its `Var`s at forward time:
+/// drawing the flat sample, and writing it into the `Var`s, against one forward pass.
+fn time_sample_write(
+    params: &ParamSet,
+    posterior: &SwagPosterior,
+    forward_ms: f64,
+    repeats: usize,
+    what: &str,
+) -> Result<()> {
+    let opts = SampleParams::default().check()?;
+    let keep = params.flatten()?;
+    let sample = posterior.sample_flat_seeded(1, &opts)?;
+    let (draw_ms, _) = median_ms(repeats, || {
+        posterior.sample_flat_seeded(2, &opts)?;
+        Ok(())
+    })?;
+    let (write_ms, _) = median_ms(repeats, || params.write_flat(&sample))?;
+    params.write_flat(&keep)?;
+    eprintln!(
+        "timing: writing a SWAG sample into the model's Vars {write_ms:.3} ms (no rebuild) vs \
+         one forward pass of {what} {forward_ms:.3} ms: {:.2}% (target <= 10%); drawing the \
+         sample {draw_ms:.3} ms ({:.2}%)",
+        100.0 * write_ms / forward_ms,
+        100.0 * draw_ms / forward_ms
+    );
+    Ok(())
+}
+
+/// The adapters of the BERT runs: query and value, rank `rank`, the classifier head new.
+fn bert_lora(base: &BaseModel, rank: usize, dev: &Device) -> Result<Lora> {
+    Lora::new(
+        base,
+        &LoraParams {
+            new_weights: vec![arch::HEAD.into()],
+            alpha: 2.0 * rank as f64,
+            ..LoraParams::new(
+                &[
+                    "*.attention.self.query.weight",
+                    "*.attention.self.value.weight",
+                ],
+                rank,
+            )
+        }
+        .check()?,
+        dev,
+    )
+}
+
+/// The trainable BERT: LoRA with AdamW (every adapter checked for a gradient), SWAG moments
+/// after each step of the second half, SWAG samples written into the `Var`s (timed against a
+/// forward pass), the MAP-LoRA and SWAG-LoRA rows, and last-layer SWAG on cached features.
+fn bert_trainable(dir: &std::path::Path, args: &Args, dev: &Device) -> Result<()> {
+    let base = BaseModel::load(dir, dev)?;
+    let lora = bert_lora(&base, if args.model_dir.is_some() { 8 } else { 4 }, dev)?;
+    let has_tokenizer = dir.join(TOKENIZER_FILE).is_file();
+    if args.text.is_some() && !has_tokenizer {
+        return Err(Error::invalid(
+            "text",
+            format!(
+                "--text needs the model's tokenizer: {} has no {TOKENIZER_FILE}",
+                dir.display()
+            ),
+        ));
+    }
+    // The classes come from the task; the classifier is built with as many outputs.
+    let task = if has_tokenizer {
+        let max_len = BertModel::new(&lora, &BertOptions::default())?
+            .max_len()
+            .min(128);
+        text_task(args, &TextTokenizer::from_model_dir(dir, max_len)?, dev)?
+    } else {
+        byte_majority_task(dev)?
+    };
+    let clf = BertClassifier::new(&lora, task.classes, &BertOptions::default())?;
+    let params = ParamSet::from_varmap(lora.varmap())?;
+    eprintln!(
+        "task: {}; {} training rows, {} test rows, inputs {:?}",
+        task.what,
+        task.y_train.dim(0)?,
+        task.y_test.len(),
+        task.x_train.dims()
+    );
+    eprintln!(
+        "trainable BERT: {} scalars in {} tensors ({} adapted weights; base: {} scalars, frozen)",
+        params.numel(),
+        params.vars().len(),
+        clf.bert().adapted().len(),
+        base.numel()
+    );
+    let mut opt = candle_nn::AdamW::new(
+        params.vars().to_vec(),
+        candle_nn::ParamsAdamW {
+            lr: args
+                .lr
+                .unwrap_or(if args.model_dir.is_some() { 1e-3 } else { 5e-3 }),
+            weight_decay: 0.0,
+            ..Default::default()
+        },
+    )?;
+    let mut posterior = SwagPosterior::for_params(&params, swag_params()?)?;
+    let batch = if args.model_dir.is_some() { 32 } else { 64 };
+    let train_t = Instant::now();
+    for step in 0..args.steps {
+        let (xb, yb) = minibatch(&task, step, batch)?;
+        let loss = candle_nn::loss::cross_entropy(&clf.forward_t(&xb, true)?, &yb)?;
+        let grads = loss.backward()?;
+        if step < 2 {
+            check_gradients(&params, &grads, step)?;
+        }
+        opt.step(&grads)?;
+        if step >= args.steps / 2 {
+            posterior.collect(&params)?;
+        }
+    }
+    eprintln!(
+        "training: {} steps of {batch} rows in {:.1} ms",
+        args.steps,
+        ms(train_t)
+    );
+
+    let test_batch = task.x_test.narrow(0, 0, task.x_test.dim(0)?.min(64))?;
+    let (forward_ms, _) = median_ms(args.repeats, || {
+        clf.forward_t(&test_batch, false)?;
+        Ok(())
+    })?;
+    time_sample_write(
+        &params,
+        &posterior,
+        forward_ms,
+        args.repeats.max(10),
+        &format!("{:?}", test_batch.dims()),
+    )?;
+
+    let map = params.flatten()?;
+    let out = Predictive::point(&params, &map)?.classify(&clf, batches(&task.x_test, 64)?)?;
+    report(args.json, "MAP-LoRA", &out, &task)?;
+    let swag = Predictive::swag(&params, &posterior, bma(args.samples)?)?;
+    let out = swag.classify(&clf, batches(&task.x_test, 64)?)?;
+    report(args.json, "SWAG-LoRA", &out, &task)?;
+
+    // Last-layer SWAG, the trunk frozen at the MAP adapters (Predictive wrote them back).
+    let trunk = candle_nn::func_t(|xs: &Tensor, _| clf.features(xs));
+    let head = candle_nn::func_t(|f: &Tensor, train| clf.head_forward(f, train));
+    let head_params = params.select_prefix(&[arch::HEAD])?;
+    last_layer_cached(&trunk, &head, &head_params, &task, args, || {
+        for b in batches(&task.x_test, 64)? {
+            clf.forward_t(&b?, false)?;
+        }
+        Ok(())
+    })
+}
+
+/// `--bench-step`: one LoRA training step (batch 32 × 128 tokens, or the model's maximum
+/// length if shorter; r = 8 on query and value; AdamW) and one forward pass of the same batch
+/// on the trainable BERT, median of `--repeats` after a warm-up; and the cost of writing a
+/// SWAG sample. The inputs are the ids `lora_step_torch.py` builds: every token real.
+fn bench_step(dir: &std::path::Path, args: &Args, dev: &Device) -> Result<()> {
+    if !matches!(args.arch, Arch::Bert) {
+        return Err(Error::invalid(
+            "bench-step",
+            "--bench-step times the trainable BERT (MiniLM): use --arch bert",
+        ));
+    }
+    let base = BaseModel::load(dir, dev)?;
+    let lora = bert_lora(&base, 8, dev)?;
+    let clf = BertClassifier::new(&lora, 2, &BertOptions::default())?;
+    let params = ParamSet::from_varmap(lora.varmap())?;
+    let (n, len) = (32usize, clf.bert().max_len().min(128));
+    let vocab = clf.bert().config().base.vocab_size;
+    // The same ids as the torch script: [CLS] ... [SEP] around deterministic word pieces.
+    let ids: Vec<u32> = (0..n * len)
+        .map(|k| {
+            let (i, j) = (k / len, k % len);
+            let id = if j == 0 {
+                101
+            } else if j == len - 1 {
+                102
+            } else {
+                1000 + (i * 7919 + j * 31) % 20000
+            };
+            (id % vocab) as u32
+        })
+        .collect();
+    let x = Tensor::from_vec(ids, (n, len), dev)?;
+    let y = Tensor::from_vec((0..n as u32).map(|i| i % 2).collect::<Vec<_>>(), n, dev)?;
+    let mut opt = candle_nn::AdamW::new(
+        params.vars().to_vec(),
+        candle_nn::ParamsAdamW {
+            lr: args.lr.unwrap_or(1e-4),
+            weight_decay: 0.01,
+            ..Default::default()
+        },
+    )?;
+    let mut step_no = 0;
+    let mut posterior = SwagPosterior::for_params(&params, swag_params()?)?;
+    let mut collect_ms = Vec::new();
+    let (step_ms, step_min) = median_ms(args.repeats, || {
+        let loss = candle_nn::loss::cross_entropy(&clf.forward_t(&x, true)?, &y)?;
+        let grads = loss.backward()?;
+        if step_no < 2 {
+            check_gradients(&params, &grads, step_no)?;
+        }
+        step_no += 1;
+        Ok(opt.step(&grads)?)
+    })?;
+    // SWAG collection after a step, timed apart (what a step costs more with SWAG on).
+    for _ in 0..3 {
+        let loss = candle_nn::loss::cross_entropy(&clf.forward_t(&x, true)?, &y)?;
+        opt.backward_step(&loss)?;
+        let t = Instant::now();
+        posterior.collect(&params)?;
+        collect_ms.push(ms(t));
+    }
+    collect_ms.sort_by(f64::total_cmp);
+    let (fwd_ms, fwd_min) = median_ms(args.repeats, || {
+        clf.forward_t(&x, false)?;
+        Ok(())
+    })?;
+    let threads = candle_core::utils::get_num_threads();
+    eprintln!(
+        "bench-step: trainable BERT {}, batch {n} x {len} tokens, LoRA r 8 on query and value \
+         ({} trainable scalars, head included), AdamW; {threads} threads",
+        dir.display(),
+        params.numel()
+    );
+    eprintln!(
+        "bench-step: training step median {step_ms:.1} ms (min {step_min:.1}) over {} repeats; \
+         forward (eval) median {fwd_ms:.1} ms (min {fwd_min:.1}); SWAG collect {:.3} ms",
+        args.repeats, collect_ms[1]
+    );
+    time_sample_write(
+        &params,
+        &posterior,
+        fwd_ms,
+        args.repeats.max(10),
+        &format!("{n} x {len}"),
+    )?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"impl": "candle", "model": dir.display().to_string(),
+                "batch": n, "tokens": len, "rank": 8, "threads": threads,
+                "repeats": args.repeats, "step_ms_median": step_ms, "step_ms_min": step_min,
+                "forward_ms_median": fwd_ms, "forward_ms_min": fwd_min,
+                "trainable": params.numel()})
+        );
+    }
+    Ok(())
+}
+
+/// Serving path (Llama, ViT until their trainable families land): LoRA fine-tuning with AdamW
+/// on candle-transformers' model rebuilt after every step, SWAG moments collected after every
+/// step of the second half; then the MAP-LoRA and SWAG-LoRA rows and the rebuild timing.
+fn lora_swag_serving<M: ModuleT + 'static>(
     model: &LoraModel<M>,
     task: &Task,
     args: &Args,
 ) -> Result<ParamSet> {
     let params = model.params()?;
     eprintln!(
-        "trainable: {} scalars in {} tensors (base: {} scalars, frozen)",
+        "serving path (candle-transformers' model, rebuilt after each change): {} trainable \
+         scalars in {} tensors (base: {} scalars, frozen); task: {}",
         params.numel(),
         params.vars().len(),
-        model.lora().base().numel()
+        model.lora().base().numel(),
+        task.what
     );
     let mut opt = candle_nn::AdamW::new(
         params.vars().to_vec(),
@@ -231,22 +741,9 @@ fn lora_swag<M: ModuleT + 'static>(
             ..Default::default()
         },
     )?;
-    let mut posterior = SwagPosterior::for_params(
-        &params,
-        SwagParams {
-            rank: 10,
-            ..Default::default()
-        }
-        .check()?,
-    )?;
-    let start = args.steps / 2;
+    let mut posterior = SwagPosterior::for_params(&params, swag_params()?)?;
     for step in 0..args.steps {
-        // Mini-batches of 64; the model rebuilds itself after each optimizer step.
-        let b = (step * 64) % task.x_train.dim(0)?;
-        let (xb, yb) = (
-            task.x_train.narrow(0, b, 64)?,
-            task.y_train.narrow(0, b, 64)?,
-        );
+        let (xb, yb) = minibatch(task, step, 64)?;
         let loss = candle_nn::loss::cross_entropy(&model.model()?.forward_t(&xb, true)?, &yb)?;
         let grads = loss.backward()?;
         if step == 0 {
@@ -262,56 +759,41 @@ fn lora_swag<M: ModuleT + 'static>(
                 eprintln!(
                     "WARNING: no gradient reaches the adapters ({} of {} trainable tensors get \
                      none): candle-nn 0.11.1's fused layer_norm / rms_norm / softmax_last_dim \
-                     have no backward pass and the model uses them between the adapters and the \
-                     loss; the adapters stay at init, only a head trains",
+                     have no backward pass and candle-transformers' model uses them between \
+                     the adapters and the loss; the adapters stay at init, only a head trains",
                     dead.len(),
                     params.vars().len()
                 );
             }
         }
         opt.step(&grads)?;
-        if step >= start {
+        if step >= args.steps / 2 {
             posterior.collect(&params)?;
         }
     }
 
     // Timing: a rebuild (after an adapter change) against one forward pass of one batch.
-    let batch = task.x_test.narrow(0, 0, 64)?;
+    let batch = task.x_test.narrow(0, 0, task.x_test.dim(0)?.min(64))?;
     let current = model.model()?;
-    current.forward_t(&batch, false)?; // warm-up
-    let reps = 10;
-    let t = Instant::now();
-    for _ in 0..reps {
+    let (forward_ms, _) = median_ms(args.repeats, || {
         current.forward_t(&batch, false)?;
-    }
-    let forward_ms = ms(t) / reps as f64;
-    let t = Instant::now();
-    for _ in 0..reps {
+        Ok(())
+    })?;
+    let (rebuild_ms, _) = median_ms(args.repeats, || {
         model.rebuild()?;
-    }
-    let rebuild_ms = ms(t) / reps as f64;
+        Ok(())
+    })?;
     eprintln!(
-        "timing: rebuild {rebuild_ms:.3} ms vs one forward pass of 64 rows {forward_ms:.3} ms \
+        "timing: rebuild {rebuild_ms:.3} ms vs one forward pass of {:?} {forward_ms:.3} ms \
          (rebuild/forward = {:.3})",
+        batch.dims(),
         rebuild_ms / forward_ms
     );
 
     let map = params.flatten()?;
     let out = Predictive::point(&params, &map)?.classify(model, batches(&task.x_test, 64)?)?;
     report(args.json, "MAP-LoRA", &out, task)?;
-    let swag = Predictive::swag(
-        &params,
-        &posterior,
-        BmaParams {
-            sample: SampleParams {
-                scale: 0.5,
-                ..Default::default()
-            },
-            samples: args.samples,
-            seed: 0,
-        }
-        .check()?,
-    )?;
+    let swag = Predictive::swag(&params, &posterior, bma(args.samples)?)?;
     let out = swag.classify(model, batches(&task.x_test, 64)?)?;
     report(args.json, "SWAG-LoRA", &out, task)?;
     Ok(params)
@@ -319,18 +801,16 @@ fn lora_swag<M: ModuleT + 'static>(
 
 /// Last-layer SWAG with the trunk frozen at the MAP adapters: features cached once, the head
 /// trained on them with SGD (moments collected each epoch of the second half), then BMA over S
-/// head samples on cached test features; timed against one full forward pass.
+/// head samples on cached test features; timed against one full forward pass (`full`).
 fn last_layer_cached(
-    model: &LoraModel<arch::SequenceClassifier>,
-    params: &ParamSet,
+    trunk: &impl ModuleT,
+    head: &impl ModuleT,
+    head_params: &ParamSet,
     task: &Task,
     args: &Args,
+    full: impl Fn() -> Result<()>,
 ) -> Result<()> {
-    let current = model.model()?;
-    let trunk = candle_nn::func_t(|xs: &Tensor, _| current.features(xs));
-    let train_feats = cache_features(&trunk, batches(&task.x_train, 64)?)?;
-    let head = current.head().clone();
-    let head_params = params.select_prefix(&[arch::HEAD])?;
+    let train_feats = cache_features(trunk, batches(&task.x_train, 64)?)?;
     let mut sgd = SgdMomentum::new(
         head_params.vars().to_vec(),
         SgdParams {
@@ -340,14 +820,7 @@ fn last_layer_cached(
         }
         .check()?,
     )?;
-    let mut posterior = SwagPosterior::for_params(
-        &head_params,
-        SwagParams {
-            rank: 10,
-            ..Default::default()
-        }
-        .check()?,
-    )?;
+    let mut posterior = SwagPosterior::for_params(head_params, swag_params()?)?;
     let epochs = 30;
     for epoch in 0..epochs {
         for (b, f) in train_feats.iter().enumerate() {
@@ -356,32 +829,18 @@ fn last_layer_cached(
             sgd.backward_step(&loss)?;
         }
         if epoch >= epochs / 2 {
-            posterior.collect(&head_params)?;
+            posterior.collect(head_params)?;
         }
     }
 
     // One full forward pass over the test set, against S cached samples (trunk once + S heads).
     let full_t = Instant::now();
-    for b in batches(&task.x_test, 64)? {
-        current.forward_t(&b?, false)?;
-    }
+    full()?;
     let full_ms = ms(full_t);
     let t = Instant::now();
-    let test_feats = cache_features(&trunk, batches(&task.x_test, 64)?)?;
-    let out = Predictive::swag(
-        &head_params,
-        &posterior,
-        BmaParams {
-            sample: SampleParams {
-                scale: 0.5,
-                ..Default::default()
-            },
-            samples: args.samples,
-            seed: 0,
-        }
-        .check()?,
-    )?
-    .classify(&head, cached(&test_feats))?;
+    let test_feats = cache_features(trunk, batches(&task.x_test, 64)?)?;
+    let out = Predictive::swag(head_params, &posterior, bma(args.samples)?)?
+        .classify(head, cached(&test_feats))?;
     let cached_ms = ms(t);
     eprintln!(
         "timing: last-layer SWAG, S = {} samples with cached features {cached_ms:.3} ms vs one \
@@ -390,6 +849,73 @@ fn last_layer_cached(
         cached_ms / full_ms
     );
     report(args.json, "last-layer SWAG (cached)", &out, task)
+}
+
+/// The serving path of ViT (candle-transformers' model, rebuilt after each change).
+fn vit_serving(dir: &std::path::Path, args: &Args, dev: &Device) -> Result<()> {
+    let base = &BaseModel::load(dir, dev)?;
+    let cfg_path = &dir.join("config.json");
+    let lora = Lora::new(
+        base,
+        &LoraParams {
+            new_weights: vec![arch::HEAD.into()],
+            ..LoraParams::new(
+                &[
+                    "*.attention.attention.query.weight",
+                    "*.attention.attention.value.weight",
+                ],
+                4,
+            )
+        }
+        .check()?,
+        dev,
+    )?;
+    let task = square_side_task(dev)?;
+    let model = LoraModel::new(
+        &lora,
+        DType::F32,
+        arch::vit_classifier(config::vit(base.config(), cfg_path)?, task.classes),
+    )?;
+    let params = lora_swag_serving(&model, &task, args)?;
+    let current = model.model()?;
+    let trunk = candle_nn::func_t(|xs: &Tensor, _| current.features(xs));
+    let head = current.head().clone();
+    let head_params = params.select_prefix(&[arch::HEAD])?;
+    last_layer_cached(&trunk, &head, &head_params, &task, args, || {
+        for b in batches(&task.x_test, 64)? {
+            current.forward_t(&b?, false)?;
+        }
+        Ok(())
+    })
+}
+
+/// The serving path of Llama (candle-transformers' model, rebuilt after each change).
+fn llama_serving(dir: &std::path::Path, args: &Args, dev: &Device) -> Result<()> {
+    let base = &BaseModel::load(dir, dev)?;
+    let cfg_path = &dir.join("config.json");
+    let cfg = config::llama(base.config(), cfg_path)?;
+    let task = next_byte_task(cfg.vocab_size, dev)?;
+    let lora = Lora::new(
+        base,
+        &LoraParams::new(
+            &[
+                "*.q_proj.weight",
+                "*.v_proj.weight",
+                "*.o_proj.weight",
+                "*.down_proj.weight",
+            ],
+            4,
+        )
+        .check()?,
+        dev,
+    )?;
+    let model = LoraModel::new(&lora, DType::F32, arch::llama_next_token(cfg))?;
+    lora_swag_serving(&model, &task, args)?;
+    eprintln!(
+        "last-layer SWAG (cached) is not run for llama: candle-transformers' Llama does not \
+         expose the hidden states before its (tied) output layer"
+    );
+    Ok(())
 }
 
 fn run() -> Result<()> {
@@ -410,73 +936,14 @@ fn run() -> Result<()> {
             t
         }
     };
-    let base = BaseModel::load(&dir, &dev)?;
-    let cfg_path = dir.join("config.json");
-    match args.arch {
-        Arch::Bert | Arch::Vit => {
-            let (targets, task, build): (_, _, Box<dyn Fn(_) -> _ + Send + Sync>) = match args.arch
-            {
-                Arch::Bert => (
-                    [
-                        "*.attention.self.query.weight",
-                        "*.attention.self.value.weight",
-                    ],
-                    byte_majority_task(&dev)?,
-                    Box::new(arch::bert_classifier(
-                        config::bert(base.config(), &cfg_path)?,
-                        2,
-                    )),
-                ),
-                _ => (
-                    [
-                        "*.attention.attention.query.weight",
-                        "*.attention.attention.value.weight",
-                    ],
-                    square_side_task(&dev)?,
-                    Box::new(arch::vit_classifier(
-                        config::vit(base.config(), &cfg_path)?,
-                        2,
-                    )),
-                ),
-            };
-            let lora = Lora::new(
-                &base,
-                &LoraParams {
-                    new_weights: vec![arch::HEAD.into()],
-                    ..LoraParams::new(&targets, 4)
-                }
-                .check()?,
-                &dev,
-            )?;
-            let model = LoraModel::new(&lora, DType::F32, build)?;
-            let params = lora_swag(&model, &task, &args)?;
-            last_layer_cached(&model, &params, &task, &args)?;
-        }
-        Arch::Llama => {
-            let cfg = config::llama(base.config(), &cfg_path)?;
-            let lora = Lora::new(
-                &base,
-                &LoraParams::new(
-                    &[
-                        "*.q_proj.weight",
-                        "*.v_proj.weight",
-                        "*.o_proj.weight",
-                        "*.down_proj.weight",
-                    ],
-                    4,
-                )
-                .check()?,
-                &dev,
-            )?;
-            let model = LoraModel::new(&lora, DType::F32, arch::llama_next_token(cfg))?;
-            lora_swag(&model, &next_byte_task(&dev)?, &args)?;
-            eprintln!(
-                "last-layer SWAG (cached) is not run for llama: candle-transformers' Llama does \
-                 not expose the hidden states before its (tied) output layer"
-            );
-        }
+    if args.bench_step {
+        return bench_step(&dir, &args, &dev);
     }
-    Ok(())
+    match args.arch {
+        Arch::Bert => bert_trainable(&dir, &args, &dev),
+        Arch::Vit => vit_serving(&dir, &args, &dev),
+        Arch::Llama => llama_serving(&dir, &args, &dev),
+    }
 }
 
 /// Removes the smoke model's temporary directory at the end.
