@@ -628,3 +628,74 @@ fn bad_input_is_a_one_line_error_naming_what_is_wrong() -> Result<()> {
     assert!(e.contains("lm_head.weight") && e.contains("missing"), "{e}");
     Ok(())
 }
+
+/// LoRA-SWAG with per-token BMA: AdamW steps on the next-token loss (every adapter moves),
+/// snapshots collected, `Predictive::classify` over `[n·L, vocab]` outputs (one pass per
+/// sequence) at scale 0 equals the SWA-mean model, and the trained weights are left in place.
+#[test]
+fn swag_per_token_bma_through_predictive() -> Result<()> {
+    use candle_swag::predictive::{batches, BmaParams, Predictive};
+    use candle_swag::{SampleParams, SwagParams, SwagPosterior};
+    let dir = tiny_llama(10)?;
+    let base = BaseModel::load(dir.path(), &Device::Cpu)?;
+    let lora = lora_on(&base, &["*.q_proj.weight", "*.v_proj.weight"], 2)?;
+    let model = LlamaModel::new(&lora, &LlamaOptions::default())?;
+    let params = ParamSet::from_varmap(lora.varmap())?;
+    let x = ids(8, 6, 11)?;
+    let mut opt = candle_nn::AdamW::new(
+        params.vars().to_vec(),
+        candle_nn::ParamsAdamW {
+            lr: 1e-2,
+            ..Default::default()
+        },
+    )?;
+    let mut posterior = SwagPosterior::for_params(
+        &params,
+        SwagParams {
+            rank: 3,
+            ..Default::default()
+        }
+        .check()?,
+    )?;
+    let start = params.flatten()?;
+    for step in 0..6 {
+        opt.backward_step(&model.next_token_loss(&x, None, true)?)?;
+        if step >= 2 {
+            posterior.collect(&params)?;
+        }
+    }
+    for (e, v) in params.layout().entries().iter().zip(params.vars()) {
+        let now = v.as_tensor().flatten_all()?;
+        let then = start.narrow(0, e.offset, e.numel())?;
+        let d = (now - then)?.abs()?.max(0)?.to_scalar::<f32>()?;
+        assert!(d > 0.0, "{} did not move", e.name);
+    }
+    let trained = params.flatten()?;
+    let bma = Predictive::swag(
+        &params,
+        &posterior,
+        BmaParams {
+            sample: SampleParams {
+                scale: 0.0,
+                ..Default::default()
+            },
+            samples: 2,
+            seed: 3,
+        }
+        .check()?,
+    )?
+    .classify(&model, batches(&x, 3)?)?;
+    assert_eq!(bma.probs.dims(), &[8 * 6, 260]);
+    assert_eq!(
+        params.flatten()?.to_vec1::<f32>()?,
+        trained.to_vec1::<f32>()?
+    );
+    posterior.write_mean_into(&params)?;
+    let probs = candle_nn::ops::softmax(&model.forward_t(&x, false)?, 1)?;
+    let diff = rel_err(&bma.probs, &probs)?;
+    assert!(
+        diff < 1e-6,
+        "BMA at scale 0 against the SWA-mean model: {diff}"
+    );
+    Ok(())
+}
