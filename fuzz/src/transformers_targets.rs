@@ -13,7 +13,7 @@ use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use candle_swag_transformers::models::{BertConfig, Pooling};
+use candle_swag_transformers::models::{BertConfig, LlamaConfig, Pooling, VitConfig};
 use candle_swag_transformers::{config, read_text_lines, tiny, Arch, BaseModel, LabelledText};
 use candle_swag_transformers::{Lora, LoraParams, TextTokenizer};
 
@@ -53,14 +53,14 @@ fn scratch_file(name: &str, bytes: &[u8]) -> PathBuf {
 }
 
 /// `config.json` of each family. Byte 0 picks the reader: the serving configs of BERT, Llama
-/// and ViT (`config::bert`, `llama`, `vit`), the trainable BERT family's
-/// (`BertConfig::from_json`), or the sentence-transformers pooling file
+/// and ViT (`config::bert`, `llama`, `vit`), the trainable families' (`BertConfig`,
+/// `LlamaConfig`, `VitConfig::from_json`), or the sentence-transformers pooling file
 /// (`1_Pooling/config.json`, `Pooling::from_model_dir`); the rest is the file.
 pub fn model_config(data: &[u8]) {
     let Some((&which, body)) = data.split_first() else {
         return;
     };
-    if which % 5 == 4 {
+    if which % 7 == 6 {
         let path = scratch_file("pooling/1_Pooling/config.json", body);
         if let Some(dir) = path.parent().and_then(Path::parent) {
             let _ = Pooling::from_model_dir(dir);
@@ -71,11 +71,13 @@ pub fn model_config(data: &[u8]) {
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
         return;
     };
-    let _ = match which % 5 {
+    let _ = match which % 7 {
         0 => config::bert(&value, &path).map(|_| ()),
         1 => config::llama(&value, &path).map(|_| ()),
         2 => config::vit(&value, &path).map(|_| ()),
-        _ => BertConfig::from_json(&value, &path).map(|_| ()),
+        3 => BertConfig::from_json(&value, &path).map(|_| ()),
+        4 => LlamaConfig::from_json(&value, &path).map(|_| ()),
+        _ => VitConfig::from_json(&value, &path).map(|_| ()),
     };
 }
 
@@ -85,6 +87,7 @@ pub fn tokenizer_json(data: &[u8]) {
     let Some((&mode, body)) = data.split_first() else {
         return;
     };
+    let_caught_panics_unwind();
     let path = scratch_file("tokenizer.json", body);
     let Ok(tok) = TextTokenizer::from_file(&path, 16) else {
         return;
@@ -92,6 +95,16 @@ pub fn tokenizer_json(data: &[u8]) {
     let tok = tok.truncating(mode % 2 == 0);
     let long = "the quick brown fox jumps over the lazy dog ".repeat(8);
     let _ = tok.encode_batch(&["hello world", "a", long.as_str(), ""], &Device::Cpu);
+}
+
+/// libfuzzer-sys's panic hook aborts at once, before `TextTokenizer`'s own `catch_unwind` can
+/// turn a panic of the tokenizers crate into an error (as it does for users). This target
+/// installs a hook that does nothing instead, so that only a panic that escapes candle-swag's
+/// code is a crash (libfuzzer-sys's wrapper aborts on it; replay the input with the crate's
+/// `tests/fuzz_replay.rs` to see its message).
+fn let_caught_panics_unwind() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| std::panic::set_hook(Box::new(|_| {})));
 }
 
 /// The tiny BERT base model the adapter files are loaded against (made once per thread).

@@ -21,8 +21,8 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 
-mod lock;
-mod temporary;
+pub mod lock;
+pub mod temporary;
 
 pub use lock::{LockWait, WriteLock};
 pub use temporary::{remove_dead_writers_leftovers, remove_temporaries_before_exit, Temporary};

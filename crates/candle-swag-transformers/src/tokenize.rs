@@ -44,6 +44,27 @@ impl std::fmt::Debug for TextTokenizer {
     }
 }
 
+/// Runs a call into the `tokenizers` crate, turning a panic of that crate (some malformed
+/// files reach an `expect` in its deserializers, found by fuzzing) into an error naming the
+/// tokenizer file instead of a crash. The panic's message still goes through the process's
+/// panic hook (by default to stderr).
+fn without_panics<T>(path: &Path, f: impl FnOnce() -> T) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
+        let message = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("no message");
+        Error::bad_file(
+            path,
+            format!(
+                "the tokenizers crate failed on this file (it panicked: {})",
+                one_line(message)
+            ),
+        )
+    })
+}
+
 /// One line: the `tokenizers` crate's messages may span several.
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -61,7 +82,15 @@ impl TextTokenizer {
             return Err(Error::invalid("max_len", "must be at least 1"));
         }
         let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-        let mut inner = Tokenizer::from_bytes(&bytes).map_err(|e| {
+        // Checked as JSON first: the tokenizers crate panics on some invalid JSON (0.23.2,
+        // `DecoderWrapper`'s deserializer), and a JSON error says where the file is wrong.
+        serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| {
+            Error::bad_file(
+                &path,
+                format!("not valid JSON: {}", one_line(&e.to_string())),
+            )
+        })?;
+        let mut inner = without_panics(&path, || Tokenizer::from_bytes(&bytes))?.map_err(|e| {
             Error::bad_file(
                 &path,
                 format!(
@@ -149,16 +178,17 @@ impl TextTokenizer {
             }))
             .map_err(|e| Error::invalid("max_len", one_line(&e.to_string())))?;
         }
-        let encodings = tok.encode_batch(texts.to_vec(), true).map_err(|e| {
-            Error::invalid(
-                "text",
-                format!(
-                    "tokenizing with {}: {}",
-                    self.path.display(),
-                    one_line(&e.to_string())
-                ),
-            )
-        })?;
+        let encodings = without_panics(&self.path, || tok.encode_batch(texts.to_vec(), true))?
+            .map_err(|e| {
+                Error::invalid(
+                    "text",
+                    format!(
+                        "tokenizing with {}: {}",
+                        self.path.display(),
+                        one_line(&e.to_string())
+                    ),
+                )
+            })?;
         let mut rows = Vec::with_capacity(encodings.len());
         for (i, e) in encodings.iter().enumerate() {
             if e.len() > self.max_len {

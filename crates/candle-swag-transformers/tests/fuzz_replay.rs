@@ -131,13 +131,15 @@ fn write_transformers_fuzz_seeds() -> Result<(), Box<dyn std::error::Error>> {
         std::fs::write(dir.join(name), bytes)
     };
     let with_byte = |b: u8, body: &[u8]| [&[b][..], body].concat();
-    // model_config: byte 0 picks the reader (0 BERT, 1 Llama, 2 ViT, 3 trainable BERT,
-    // 4 pooling).
+    // model_config: byte 0 picks the reader (0 BERT, 1 Llama, 2 ViT, 3-5 the trainable BERT,
+    // Llama and ViT, 6 pooling).
     for (b, arch) in [
         (0u8, Arch::Bert),
         (1, Arch::Llama),
         (2, Arch::Vit),
         (3, Arch::Bert),
+        (4, Arch::Llama),
+        (5, Arch::Vit),
     ] {
         let json = serde_json::to_vec_pretty(&tiny::tiny_config(arch))?;
         write(
@@ -149,7 +151,7 @@ fn write_transformers_fuzz_seeds() -> Result<(), Box<dyn std::error::Error>> {
     let pooling = br#"{"word_embedding_dimension": 384, "pooling_mode_cls_token": false,
  "pooling_mode_mean_tokens": true, "pooling_mode_max_tokens": false,
  "pooling_mode_mean_sqrt_len_tokens": false}"#;
-    write("model_config", "4-pooling.json", &with_byte(4, pooling))?;
+    write("model_config", "6-pooling.json", &with_byte(6, pooling))?;
     // tokenizer_json: byte 0 even truncates, odd refuses long texts.
     for (name, json) in [("wordpiece", wordpiece()), ("bpe", bpe())] {
         let body = serde_json::to_vec_pretty(&json)?;
@@ -191,5 +193,28 @@ fn write_transformers_fuzz_seeds() -> Result<(), Box<dyn std::error::Error>> {
         "2-lines.txt",
         &with_byte(2, b"one text\n\nanother, text\n"),
     )?;
+    Ok(())
+}
+
+/// The input that crashed `tokenizer_json` (the tokenizers crate 0.23.2 panics in its decoder
+/// deserializer on this invalid JSON): a one-line error naming the file, not a panic.
+#[test]
+fn a_tokenizer_json_that_panicked_the_tokenizers_crate_is_an_error(
+) -> Result<(), Box<dyn std::error::Error>> {
+    let dir = fuzz_dir("regressions").join("tokenizer_json");
+    let mut found = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let data = std::fs::read(entry?.path())?;
+        let file = tempfile::NamedTempFile::new()?;
+        std::fs::write(file.path(), &data[1..])?;
+        let err = match candle_swag_transformers::TextTokenizer::from_file(file.path(), 16) {
+            Ok(_) => continue, // a regression that now parses is fine too
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(&file.path().display().to_string()), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        found += 1;
+    }
+    assert!(found > 0, "no regression input was refused");
     Ok(())
 }
