@@ -14,12 +14,15 @@
 //! `tokenizer.json`, BERT reads real text: the rows of `--text FILE.csv` (columns `text` and
 //! `label`; every fifth row is held out as the test set), else a toy sentiment task.
 //!
-//! BERT trains the trainable family ([`BertClassifier`]: gradients reach every adapter, which
-//! is checked after the first step) and SWAG samples are put into the model by writing its
-//! `Var`s, with nothing rebuilt. Llama and ViT still run the serving path (candle-transformers'
-//! models rebuilt over merged weights) until their trainable families land. Rows (one per
-//! method): MAP-LoRA (the last iterate), SWAG-LoRA (BMA over adapter samples), and for BERT/ViT
-//! last-layer SWAG with cached trunk features. Timings go to stderr.
+//! Every architecture trains its trainable family ([`BertClassifier`], [`LlamaModel`],
+//! [`VitClassifier`]: gradients reach every adapter, which is checked after the first step, or
+//! the run stops with an error naming the tensors without one) and SWAG samples are put into
+//! the model by writing its `Var`s, with nothing rebuilt (timed against one forward pass).
+//! candle-transformers' models (`LoraModel`) stay the inference path. Rows (one per method):
+//! MAP-LoRA (the last iterate), SWAG-LoRA (BMA over adapter samples), and for BERT/ViT
+//! last-layer SWAG with cached trunk features. Llama predicts the next token at every position
+//! (one class per token of the config's `vocab_size`; one pass per window). Timings go to
+//! stderr.
 //!
 //! `--bench-step` times one LoRA training step (batch 32, 128 tokens, r = 8 on query and value,
 //! AdamW) and one forward pass of the same batch on the trainable BERT, median of `--repeats`,
@@ -28,7 +31,7 @@
 
 use std::time::Instant;
 
-use candle_core::{DType, Device, ModuleT, Tensor};
+use candle_core::{Device, ModuleT, Tensor};
 use candle_nn::Optimizer;
 use candle_swag::metrics::{classification_metrics, ClassificationConfig};
 use candle_swag::predictive::{batches, BmaParams, Predictive};
@@ -36,11 +39,13 @@ use candle_swag::{
     ClassificationOutput, Error, ParamSet, Result, SampleParams, SgdMomentum, SgdParams,
     SwagParams, SwagPosterior,
 };
+use candle_swag_transformers::arch;
 use candle_swag_transformers::features::{cache_features, cached};
+use candle_swag_transformers::models::{LlamaModel, LlamaOptions, VitClassifier, VitOptions};
 use candle_swag_transformers::tokenize::TOKENIZER_FILE;
 use candle_swag_transformers::{
-    arch, config, params_without_gradient, tiny, Arch, BaseModel, BertClassifier, BertModel,
-    BertOptions, LabelledText, Lora, LoraModel, LoraParams, TextTokenizer,
+    params_without_gradient, tiny, Arch, BaseModel, BertClassifier, BertModel, BertOptions,
+    LabelledText, Lora, LoraParams, TextTokenizer,
 };
 use rand::{Rng, SeedableRng};
 
@@ -294,41 +299,49 @@ fn square_side_task(dev: &Device) -> Result<Task> {
     })
 }
 
-/// Llama: windows of 12 bytes of a repeated sentence; the label is the next byte, one class
-/// per token of the model's vocabulary (`vocab_size` of its config; byte `b` is token `b`).
-fn next_byte_task(vocab_size: usize, dev: &Device) -> Result<Task> {
-    let text = "the quick brown fox jumps over the lazy dog. ".repeat(20);
-    let bytes: Vec<u32> = text.bytes().map(u32::from).collect();
-    if let Some(&top) = bytes.iter().max() {
+/// Llama: windows of 12 tokens of a repeated sentence; the labels are the next token at every
+/// position (`[n, 12]`), one class per token of the config's `vocab_size`.
+fn next_token_task(sentence: &[u32], vocab_size: usize, what: &str, dev: &Device) -> Result<Task> {
+    if let Some(&top) = sentence.iter().max() {
         if top as usize >= vocab_size {
             return Err(Error::invalid(
                 "vocab_size",
                 format!(
-                    "the toy next-byte task uses token ids up to {top}, the model's vocabulary \
-                     has {vocab_size}"
+                    "the toy next-token task uses token id {top}, the model's vocabulary has \
+                     {vocab_size}"
                 ),
             ));
         }
     }
+    if sentence.is_empty() {
+        return Err(Error::invalid("text", "the toy sentence gives no tokens"));
+    }
     let len = 12;
+    // Test rows: the BMA holds [rows · 12, vocab] probabilities; a large vocabulary gets fewer.
+    let n_test = if vocab_size > 4096 { 16 } else { 128 };
+    let need = 300 + n_test + len + 1;
+    let stream: Vec<u32> = sentence.iter().copied().cycle().take(need).collect();
     let make = |start: usize, n: usize| -> Result<(Tensor, Vec<u32>)> {
         let mut ids = Vec::with_capacity(n * len);
-        let mut ys = Vec::with_capacity(n);
-        for w in bytes.windows(len + 1).skip(start).take(n) {
+        let mut ys = Vec::with_capacity(n * len);
+        for w in stream.windows(len + 1).skip(start).take(n) {
             ids.extend_from_slice(&w[..len]);
-            ys.push(w[len]);
+            ys.extend_from_slice(&w[1..]);
         }
         Ok((Tensor::from_vec(ids, (n, len), dev)?, ys))
     };
     let (x_train, y_train) = make(0, 256)?;
-    let (x_test, y_test) = make(300, 128)?;
+    let (x_test, y_test) = make(300, n_test)?;
     Ok(Task {
-        y_train: Tensor::from_vec(y_train, 256, dev)?,
+        y_train: Tensor::from_vec(y_train, (256, len), dev)?,
         x_train,
         x_test,
         y_test,
         classes: vocab_size,
-        what: format!("toy next byte ({vocab_size} classes: the config's vocab_size)"),
+        what: format!(
+            "toy next token at every position, {what} ({vocab_size} classes: the config's \
+             vocab_size)"
+        ),
     })
 }
 
@@ -454,8 +467,8 @@ fn check_gradients(
     }
     if step == 1 {
         eprintln!(
-            "gradients: all {} trainable tensors (every adapter and the head) get one after the \
-             first step",
+            "gradients: all {} trainable tensors (every adapter, and the head where there is \
+             one) get one after the first step",
             params.vars().len()
         );
     }
@@ -490,32 +503,137 @@ fn time_sample_write(
     Ok(())
 }
 
-/// The adapters of the BERT runs: query and value, rank `rank`, the classifier head new.
-fn bert_lora(base: &BaseModel, rank: usize, dev: &Device) -> Result<Lora> {
+/// The adapters: query and value (Llama: q_proj and v_proj), rank `rank`, `alpha = 2r`; the
+/// classifier head a new weight (BERT, ViT).
+fn family_lora(base: &BaseModel, arch: Arch, rank: usize, dev: &Device) -> Result<Lora> {
+    let (targets, head): ([&str; 2], bool) = match arch {
+        Arch::Bert => (
+            [
+                "*.attention.self.query.weight",
+                "*.attention.self.value.weight",
+            ],
+            true,
+        ),
+        Arch::Vit => (
+            [
+                "*.attention.attention.query.weight",
+                "*.attention.attention.value.weight",
+            ],
+            true,
+        ),
+        Arch::Llama => (["*.q_proj.weight", "*.v_proj.weight"], false),
+    };
     Lora::new(
         base,
         &LoraParams {
-            new_weights: vec![arch::HEAD.into()],
-            alpha: 2.0 * rank as f64,
-            ..LoraParams::new(
-                &[
-                    "*.attention.self.query.weight",
-                    "*.attention.self.value.weight",
-                ],
-                rank,
-            )
+            new_weights: if head {
+                vec![arch::HEAD.into()]
+            } else {
+                Vec::new()
+            },
+            ..LoraParams::new(&targets, rank)
         }
         .check()?,
         dev,
     )
 }
 
-/// The trainable BERT: LoRA with AdamW (every adapter checked for a gradient), SWAG moments
-/// after each step of the second half, SWAG samples written into the `Var`s (timed against a
-/// forward pass), the MAP-LoRA and SWAG-LoRA rows, and last-layer SWAG on cached features.
+/// LoRA with AdamW on a model that reads its adapter `Var`s at forward time (every adapter
+/// checked for a gradient), SWAG moments after each step of the second half, SWAG samples
+/// written into the `Var`s (timed against a forward pass), the MAP-LoRA and SWAG-LoRA rows.
+/// The labels may be `[n]` (one class a row) or `[n, L]` (one a position: the model's outputs
+/// are then `[n·L, classes]`). Returns the parameters, at the MAP weights.
+fn train_and_bma(
+    model: &impl ModuleT,
+    params: &ParamSet,
+    task: &Task,
+    args: &Args,
+    batch: usize,
+    lr: f64,
+) -> Result<()> {
+    let mut opt = candle_nn::AdamW::new(
+        params.vars().to_vec(),
+        candle_nn::ParamsAdamW {
+            lr: args.lr.unwrap_or(lr),
+            weight_decay: 0.0,
+            ..Default::default()
+        },
+    )?;
+    let mut posterior = SwagPosterior::for_params(params, swag_params()?)?;
+    let train_t = Instant::now();
+    for step in 0..args.steps {
+        let (xb, yb) = minibatch(task, step, batch)?;
+        let loss =
+            candle_nn::loss::cross_entropy(&model.forward_t(&xb, true)?, &yb.flatten_all()?)?;
+        let grads = loss.backward()?;
+        if step < 2 {
+            check_gradients(params, &grads, step)?;
+        }
+        opt.step(&grads)?;
+        if step >= args.steps / 2 {
+            posterior.collect(params)?;
+        }
+    }
+    eprintln!(
+        "training: {} steps of {batch} rows in {:.1} ms",
+        args.steps,
+        ms(train_t)
+    );
+
+    let test_batch = task.x_test.narrow(0, 0, task.x_test.dim(0)?.min(64))?;
+    let (forward_ms, _) = median_ms(args.repeats, || {
+        model.forward_t(&test_batch, false)?;
+        Ok(())
+    })?;
+    time_sample_write(
+        params,
+        &posterior,
+        forward_ms,
+        args.repeats.max(10),
+        &format!("{:?}", test_batch.dims()),
+    )?;
+
+    let map = params.flatten()?;
+    let out = Predictive::point(params, &map)?.classify(model, batches(&task.x_test, 64)?)?;
+    report(args.json, "MAP-LoRA", &out, task)?;
+    let swag = Predictive::swag(params, &posterior, bma(args.samples)?)?;
+    let out = swag.classify(model, batches(&task.x_test, 64)?)?;
+    report(args.json, "SWAG-LoRA", &out, task)?;
+    // Predictive leaves the MAP weights in the Vars.
+    Ok(())
+}
+
+/// Prints the size of what trains.
+fn describe(
+    task: &Task,
+    family: &str,
+    params: &ParamSet,
+    adapted: usize,
+    base: &BaseModel,
+) -> Result<()> {
+    eprintln!(
+        "task: {}; {} training rows, {} test rows, inputs {:?}",
+        task.what,
+        task.x_train.dim(0)?,
+        task.x_test.dim(0)?,
+        task.x_train.dims()
+    );
+    eprintln!(
+        "trainable {family}: {} scalars in {} tensors ({adapted} adapted weights; base: {} \
+         scalars, frozen)",
+        params.numel(),
+        params.vars().len(),
+        base.numel()
+    );
+    Ok(())
+}
+
+/// The trainable BERT ([`BertClassifier`]): [`train_and_bma`], then last-layer SWAG on cached
+/// features.
 fn bert_trainable(dir: &std::path::Path, args: &Args, dev: &Device) -> Result<()> {
     let base = BaseModel::load(dir, dev)?;
-    let lora = bert_lora(&base, if args.model_dir.is_some() { 8 } else { 4 }, dev)?;
+    let real = args.model_dir.is_some();
+    let lora = family_lora(&base, Arch::Bert, if real { 8 } else { 4 }, dev)?;
     let has_tokenizer = dir.join(TOKENIZER_FILE).is_file();
     if args.text.is_some() && !has_tokenizer {
         return Err(Error::invalid(
@@ -537,72 +655,17 @@ fn bert_trainable(dir: &std::path::Path, args: &Args, dev: &Device) -> Result<()
     };
     let clf = BertClassifier::new(&lora, task.classes, &BertOptions::default())?;
     let params = ParamSet::from_varmap(lora.varmap())?;
-    eprintln!(
-        "task: {}; {} training rows, {} test rows, inputs {:?}",
-        task.what,
-        task.y_train.dim(0)?,
-        task.y_test.len(),
-        task.x_train.dims()
-    );
-    eprintln!(
-        "trainable BERT: {} scalars in {} tensors ({} adapted weights; base: {} scalars, frozen)",
-        params.numel(),
-        params.vars().len(),
-        clf.bert().adapted().len(),
-        base.numel()
-    );
-    let mut opt = candle_nn::AdamW::new(
-        params.vars().to_vec(),
-        candle_nn::ParamsAdamW {
-            lr: args
-                .lr
-                .unwrap_or(if args.model_dir.is_some() { 1e-3 } else { 5e-3 }),
-            weight_decay: 0.0,
-            ..Default::default()
-        },
-    )?;
-    let mut posterior = SwagPosterior::for_params(&params, swag_params()?)?;
-    let batch = if args.model_dir.is_some() { 32 } else { 64 };
-    let train_t = Instant::now();
-    for step in 0..args.steps {
-        let (xb, yb) = minibatch(&task, step, batch)?;
-        let loss = candle_nn::loss::cross_entropy(&clf.forward_t(&xb, true)?, &yb)?;
-        let grads = loss.backward()?;
-        if step < 2 {
-            check_gradients(&params, &grads, step)?;
-        }
-        opt.step(&grads)?;
-        if step >= args.steps / 2 {
-            posterior.collect(&params)?;
-        }
-    }
-    eprintln!(
-        "training: {} steps of {batch} rows in {:.1} ms",
-        args.steps,
-        ms(train_t)
-    );
-
-    let test_batch = task.x_test.narrow(0, 0, task.x_test.dim(0)?.min(64))?;
-    let (forward_ms, _) = median_ms(args.repeats, || {
-        clf.forward_t(&test_batch, false)?;
-        Ok(())
-    })?;
-    time_sample_write(
+    describe(&task, "BERT", &params, clf.bert().adapted().len(), &base)?;
+    train_and_bma(
+        &clf,
         &params,
-        &posterior,
-        forward_ms,
-        args.repeats.max(10),
-        &format!("{:?}", test_batch.dims()),
+        &task,
+        args,
+        if real { 32 } else { 64 },
+        if real { 1e-3 } else { 5e-3 },
     )?;
 
-    let map = params.flatten()?;
-    let out = Predictive::point(&params, &map)?.classify(&clf, batches(&task.x_test, 64)?)?;
-    report(args.json, "MAP-LoRA", &out, &task)?;
-    let swag = Predictive::swag(&params, &posterior, bma(args.samples)?)?;
-    let out = swag.classify(&clf, batches(&task.x_test, 64)?)?;
-    report(args.json, "SWAG-LoRA", &out, &task)?;
-
-    // Last-layer SWAG, the trunk frozen at the MAP adapters (Predictive wrote them back).
+    // Last-layer SWAG, the trunk frozen at the MAP adapters.
     let trunk = candle_nn::func_t(|xs: &Tensor, _| clf.features(xs));
     let head = candle_nn::func_t(|f: &Tensor, train| clf.head_forward(f, train));
     let head_params = params.select_prefix(&[arch::HEAD])?;
@@ -612,6 +675,65 @@ fn bert_trainable(dir: &std::path::Path, args: &Args, dev: &Device) -> Result<()
         }
         Ok(())
     })
+}
+
+/// The trainable ViT ([`VitClassifier`]) on the toy squares: [`train_and_bma`], then
+/// last-layer SWAG on cached features.
+fn vit_trainable(dir: &std::path::Path, args: &Args, dev: &Device) -> Result<()> {
+    let base = BaseModel::load(dir, dev)?;
+    let lora = family_lora(&base, Arch::Vit, 4, dev)?;
+    let task = square_side_task(dev)?;
+    let clf = VitClassifier::new(&lora, task.classes, &VitOptions::default())?;
+    let params = ParamSet::from_varmap(lora.varmap())?;
+    describe(&task, "ViT", &params, clf.vit().adapted().len(), &base)?;
+    train_and_bma(&clf, &params, &task, args, 64, 5e-3)?;
+    let trunk = candle_nn::func_t(|xs: &Tensor, _| clf.features(xs));
+    let head = candle_nn::func_t(|f: &Tensor, _| clf.head_forward(f));
+    let head_params = params.select_prefix(&[arch::HEAD])?;
+    last_layer_cached(&trunk, &head, &head_params, &task, args, || {
+        for b in batches(&task.x_test, 64)? {
+            clf.forward_t(&b?, false)?;
+        }
+        Ok(())
+    })
+}
+
+/// The trainable Llama-family decoder ([`LlamaModel`]) on next-token prediction at every
+/// position of toy windows (the checkpoint's tokenizer when it has one, else bytes); one class
+/// per token of the config's vocabulary.
+fn llama_trainable(dir: &std::path::Path, args: &Args, dev: &Device) -> Result<()> {
+    let base = BaseModel::load(dir, dev)?;
+    let real = args.model_dir.is_some();
+    let lora = family_lora(&base, Arch::Llama, if real { 8 } else { 4 }, dev)?;
+    let model = LlamaModel::new(&lora, &LlamaOptions::default())?;
+    let vocab = model.config().vocab_size;
+    let text = "the quick brown fox jumps over the lazy dog. ";
+    let (stream, what) = if dir.join(TOKENIZER_FILE).is_file() {
+        let tok = TextTokenizer::from_model_dir(dir, model.max_len())?;
+        let ids = tok.encode_ids(text)?;
+        (
+            ids,
+            format!("{} tokens", dir.join(TOKENIZER_FILE).display()),
+        )
+    } else {
+        (text.bytes().map(u32::from).collect(), "bytes".to_string())
+    };
+    let task = next_token_task(&stream, vocab, &what, dev)?;
+    let params = ParamSet::from_varmap(lora.varmap())?;
+    describe(&task, "Llama", &params, model.adapted().len(), &base)?;
+    train_and_bma(
+        &model,
+        &params,
+        &task,
+        args,
+        if real { 8 } else { 64 },
+        if real { 1e-3 } else { 1e-2 },
+    )?;
+    eprintln!(
+        "last-layer SWAG (cached) is not run for llama: the posterior would be over the \
+         vocabulary-wide output layer (tied to the embeddings)"
+    );
+    Ok(())
 }
 
 /// `--bench-step`: one LoRA training step (batch 32 × 128 tokens, or the model's maximum
@@ -626,7 +748,7 @@ fn bench_step(dir: &std::path::Path, args: &Args, dev: &Device) -> Result<()> {
         ));
     }
     let base = BaseModel::load(dir, dev)?;
-    let lora = bert_lora(&base, 8, dev)?;
+    let lora = family_lora(&base, Arch::Bert, 8, dev)?;
     let clf = BertClassifier::new(&lora, 2, &BertOptions::default())?;
     let params = ParamSet::from_varmap(lora.varmap())?;
     let (n, len) = (32usize, clf.bert().max_len().min(128));
@@ -712,93 +834,6 @@ fn bench_step(dir: &std::path::Path, args: &Args, dev: &Device) -> Result<()> {
     Ok(())
 }
 
-/// Serving path (Llama, ViT until their trainable families land): LoRA fine-tuning with AdamW
-/// on candle-transformers' model rebuilt after every step, SWAG moments collected after every
-/// step of the second half; then the MAP-LoRA and SWAG-LoRA rows and the rebuild timing.
-fn lora_swag_serving<M: ModuleT + 'static>(
-    model: &LoraModel<M>,
-    task: &Task,
-    args: &Args,
-) -> Result<ParamSet> {
-    let params = model.params()?;
-    eprintln!(
-        "serving path (candle-transformers' model, rebuilt after each change): {} trainable \
-         scalars in {} tensors (base: {} scalars, frozen); task: {}",
-        params.numel(),
-        params.vars().len(),
-        model.lora().base().numel(),
-        task.what
-    );
-    let mut opt = candle_nn::AdamW::new(
-        params.vars().to_vec(),
-        candle_nn::ParamsAdamW {
-            lr: args.lr.unwrap_or(if matches!(args.arch, Arch::Llama) {
-                3e-2
-            } else {
-                5e-3
-            }),
-            weight_decay: 0.0,
-            ..Default::default()
-        },
-    )?;
-    let mut posterior = SwagPosterior::for_params(&params, swag_params()?)?;
-    for step in 0..args.steps {
-        let (xb, yb) = minibatch(task, step, 64)?;
-        let loss = candle_nn::loss::cross_entropy(&model.model()?.forward_t(&xb, true)?, &yb)?;
-        let grads = loss.backward()?;
-        if step == 0 {
-            let dead = params_without_gradient(&params, &grads)?;
-            let b_dead = dead.iter().filter(|n| n.contains("lora_B")).count();
-            let b_all = params
-                .layout()
-                .entries()
-                .iter()
-                .filter(|e| e.name.contains("lora_B"))
-                .count();
-            if b_all > 0 && b_dead == b_all {
-                eprintln!(
-                    "WARNING: no gradient reaches the adapters ({} of {} trainable tensors get \
-                     none): candle-nn 0.11.1's fused layer_norm / rms_norm / softmax_last_dim \
-                     have no backward pass and candle-transformers' model uses them between \
-                     the adapters and the loss; the adapters stay at init, only a head trains",
-                    dead.len(),
-                    params.vars().len()
-                );
-            }
-        }
-        opt.step(&grads)?;
-        if step >= args.steps / 2 {
-            posterior.collect(&params)?;
-        }
-    }
-
-    // Timing: a rebuild (after an adapter change) against one forward pass of one batch.
-    let batch = task.x_test.narrow(0, 0, task.x_test.dim(0)?.min(64))?;
-    let current = model.model()?;
-    let (forward_ms, _) = median_ms(args.repeats, || {
-        current.forward_t(&batch, false)?;
-        Ok(())
-    })?;
-    let (rebuild_ms, _) = median_ms(args.repeats, || {
-        model.rebuild()?;
-        Ok(())
-    })?;
-    eprintln!(
-        "timing: rebuild {rebuild_ms:.3} ms vs one forward pass of {:?} {forward_ms:.3} ms \
-         (rebuild/forward = {:.3})",
-        batch.dims(),
-        rebuild_ms / forward_ms
-    );
-
-    let map = params.flatten()?;
-    let out = Predictive::point(&params, &map)?.classify(model, batches(&task.x_test, 64)?)?;
-    report(args.json, "MAP-LoRA", &out, task)?;
-    let swag = Predictive::swag(&params, &posterior, bma(args.samples)?)?;
-    let out = swag.classify(model, batches(&task.x_test, 64)?)?;
-    report(args.json, "SWAG-LoRA", &out, task)?;
-    Ok(params)
-}
-
 /// Last-layer SWAG with the trunk frozen at the MAP adapters: features cached once, the head
 /// trained on them with SGD (moments collected each epoch of the second half), then BMA over S
 /// head samples on cached test features; timed against one full forward pass (`full`).
@@ -851,73 +886,6 @@ fn last_layer_cached(
     report(args.json, "last-layer SWAG (cached)", &out, task)
 }
 
-/// The serving path of ViT (candle-transformers' model, rebuilt after each change).
-fn vit_serving(dir: &std::path::Path, args: &Args, dev: &Device) -> Result<()> {
-    let base = &BaseModel::load(dir, dev)?;
-    let cfg_path = &dir.join("config.json");
-    let lora = Lora::new(
-        base,
-        &LoraParams {
-            new_weights: vec![arch::HEAD.into()],
-            ..LoraParams::new(
-                &[
-                    "*.attention.attention.query.weight",
-                    "*.attention.attention.value.weight",
-                ],
-                4,
-            )
-        }
-        .check()?,
-        dev,
-    )?;
-    let task = square_side_task(dev)?;
-    let model = LoraModel::new(
-        &lora,
-        DType::F32,
-        arch::vit_classifier(config::vit(base.config(), cfg_path)?, task.classes),
-    )?;
-    let params = lora_swag_serving(&model, &task, args)?;
-    let current = model.model()?;
-    let trunk = candle_nn::func_t(|xs: &Tensor, _| current.features(xs));
-    let head = current.head().clone();
-    let head_params = params.select_prefix(&[arch::HEAD])?;
-    last_layer_cached(&trunk, &head, &head_params, &task, args, || {
-        for b in batches(&task.x_test, 64)? {
-            current.forward_t(&b?, false)?;
-        }
-        Ok(())
-    })
-}
-
-/// The serving path of Llama (candle-transformers' model, rebuilt after each change).
-fn llama_serving(dir: &std::path::Path, args: &Args, dev: &Device) -> Result<()> {
-    let base = &BaseModel::load(dir, dev)?;
-    let cfg_path = &dir.join("config.json");
-    let cfg = config::llama(base.config(), cfg_path)?;
-    let task = next_byte_task(cfg.vocab_size, dev)?;
-    let lora = Lora::new(
-        base,
-        &LoraParams::new(
-            &[
-                "*.q_proj.weight",
-                "*.v_proj.weight",
-                "*.o_proj.weight",
-                "*.down_proj.weight",
-            ],
-            4,
-        )
-        .check()?,
-        dev,
-    )?;
-    let model = LoraModel::new(&lora, DType::F32, arch::llama_next_token(cfg))?;
-    lora_swag_serving(&model, &task, args)?;
-    eprintln!(
-        "last-layer SWAG (cached) is not run for llama: candle-transformers' Llama does not \
-         expose the hidden states before its (tied) output layer"
-    );
-    Ok(())
-}
-
 fn run() -> Result<()> {
     let args = parse_args()?;
     let dev = Device::Cpu;
@@ -941,8 +909,8 @@ fn run() -> Result<()> {
     }
     match args.arch {
         Arch::Bert => bert_trainable(&dir, &args, &dev),
-        Arch::Vit => vit_serving(&dir, &args, &dev),
-        Arch::Llama => llama_serving(&dir, &args, &dev),
+        Arch::Vit => vit_trainable(&dir, &args, &dev),
+        Arch::Llama => llama_trainable(&dir, &args, &dev),
     }
 }
 
