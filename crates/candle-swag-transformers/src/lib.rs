@@ -1,8 +1,11 @@
 //! # candle-swag-transformers
 //!
-//! LoRA adapters on candle-transformers models (BERT, Llama, ViT) without editing the models'
-//! source, SWAG posteriors over the adapters, and frozen-trunk head posteriors with a feature
-//! cache.
+//! LoRA fine-tuning of pretrained transformers (BERT, Llama/Mistral/Qwen2, ViT) with SWAG
+//! posteriors over the adapters, and frozen-trunk head posteriors with a feature cache. Two
+//! paths: the crate's own families ([`models`]) **train** (candle-nn 0.11.1's fused norms and
+//! softmax have no backward pass, so no gradient reaches an adapter inside a
+//! candle-transformers model); unmodified candle-transformers models ([`arch`], [`LoraModel`])
+//! **serve** trained adapters.
 //!
 //! - [`base`]: a model directory in Hugging Face layout and the digest of its weights.
 //! - [`config`]: `config.json` per architecture, every field checked by name.
@@ -13,8 +16,10 @@
 //! - [`arch`]: build closures for BERT and ViT sequence classifiers and Llama next-token
 //!   prediction.
 //! - [`features`]: trunk features computed once, reused by every head sample.
-//! - [`models`]: trainable families (BERT) on the crate's differentiable [`ops`], adapters
+//! - [`ops`]: differentiable fused layer norm, RMS norm, softmax and rotary embeddings.
+//! - [`models`]: trainable families (BERT, Llama/Mistral/Qwen2, ViT) on those ops, adapters
 //!   read at forward time ([`LoraLinear`]): gradients reach every adapter, no rebuilds.
+//! - [`text`]: labelled text tables and unlabelled text files.
 //! - [`tokenize`]: the checkpoint's `tokenizer.json`, truncation, padding and mask.
 //! - [`tiny`]: tiny random-weight models for tests and the smoke example.
 //!
