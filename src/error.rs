@@ -74,7 +74,7 @@ pub enum Error {
     },
 
     /// A value in tabular input data is not acceptable.
-    #[error("{file}: row {row}, column `{column}`: {reason}")]
+    #[error("{file}: {}{reason}", data_location(*.row, .column))]
     BadData {
         /// The file (or input name) holding the value.
         file: String,
@@ -163,6 +163,17 @@ fn candle_message(e: &candle_core::Error) -> String {
     }
 }
 
+/// `row R, column `C`: ` for a [`Error::BadData`], leaving out a row of 0 (the whole file) and
+/// an empty column (the whole row), so that a message never names an empty column.
+fn data_location(row: usize, column: &str) -> String {
+    match (row, column.is_empty()) {
+        (0, true) => String::new(),
+        (0, false) => format!("column `{column}`: "),
+        (r, true) => format!("row {r}: "),
+        (r, false) => format!("row {r}, column `{column}`: "),
+    }
+}
+
 fn holder_text(holder: Option<u32>) -> String {
     match holder {
         Some(pid) => format!("process {pid}"),
@@ -183,5 +194,19 @@ mod tests {
         });
         assert_eq!(e.to_string(), "candle: shape mismatch");
         Ok(())
+    }
+
+    #[test]
+    fn bad_data_names_only_the_row_and_column_it_has() {
+        let at = |row: usize, column: &str| Error::BadData {
+            file: "probs.csv".into(),
+            row,
+            column: column.into(),
+            reason: "bad".into(),
+        };
+        assert_eq!(at(3, "p1").to_string(), "probs.csv: row 3, column `p1`: bad");
+        assert_eq!(at(148, "").to_string(), "probs.csv: row 148: bad");
+        assert_eq!(at(0, "label").to_string(), "probs.csv: column `label`: bad");
+        assert_eq!(at(0, "").to_string(), "probs.csv: bad");
     }
 }
