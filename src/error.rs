@@ -204,7 +204,10 @@ mod tests {
             column: column.into(),
             reason: "bad".into(),
         };
-        assert_eq!(at(3, "p1").to_string(), "probs.csv: row 3, column `p1`: bad");
+        assert_eq!(
+            at(3, "p1").to_string(),
+            "probs.csv: row 3, column `p1`: bad"
+        );
         assert_eq!(at(148, "").to_string(), "probs.csv: row 148: bad");
         assert_eq!(at(0, "label").to_string(), "probs.csv: column `label`: bad");
         assert_eq!(at(0, "").to_string(), "probs.csv: bad");
