@@ -27,10 +27,10 @@ pub mod temporary;
 pub use lock::{LockWait, WriteLock};
 pub use temporary::{remove_dead_writers_leftovers, remove_temporaries_before_exit, Temporary};
 
-/// Takes the write lock of `destination` ([`LockWait::Refuse`] unless this process holds it
-/// already) and removes what killed writers left beside it.
-fn lock_destination(destination: &Path) -> Result<WriteLock> {
-    let guard = WriteLock::acquire(destination, LockWait::Refuse)?;
+/// Takes the write lock of `destination` (at once if this process holds it already) and
+/// removes what killed writers left beside it: how every writer starts.
+pub fn lock_destination(destination: &Path, wait: LockWait) -> Result<WriteLock> {
+    let guard = WriteLock::acquire(destination, wait)?;
     remove_dead_writers_leftovers(destination);
     Ok(guard)
 }
@@ -51,7 +51,7 @@ where
     F: FnOnce(&mut fs::File) -> Result<()>,
 {
     let path = path.as_ref();
-    let _lock = lock_destination(path)?;
+    let _lock = lock_destination(path, LockWait::Refuse)?;
     let tmp = Temporary::beside(path, "part");
     let mut f = fs::File::create(tmp.path()).map_err(|e| Error::io(path, e))?;
     fill(&mut f)?;
@@ -71,7 +71,7 @@ where
     if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
         fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     }
-    let _lock = lock_destination(dir)?;
+    let _lock = lock_destination(dir, LockWait::Refuse)?;
     let tmp = Temporary::beside(dir, "dir");
     fs::create_dir_all(tmp.path()).map_err(|e| Error::io(tmp.path(), e))?;
     fill(tmp.path())?;

@@ -81,14 +81,12 @@ impl Command {
 }
 
 /// Takes the write lock of `output` (creating its parent directory, where the lock file
-/// lives), and removes what killed writers of it left behind.
+/// lives; see `crash_safe::lock_destination`).
 fn lock_output(output: &Path, wait: LockWait) -> candle_swag::Result<WriteLock> {
     if let Some(parent) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| candle_swag::Error::io(parent, e))?;
     }
-    let lock = WriteLock::acquire(output, wait)?;
-    candle_swag::crash_safe::remove_dead_writers_leftovers(output);
-    Ok(lock)
+    candle_swag::crash_safe::lock_destination(output, wait)
 }
 
 /// On SIGINT or SIGTERM: remove this process's temporary files and lock files, then exit with
