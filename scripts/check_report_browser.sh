@@ -27,8 +27,10 @@ command -v chromium >/dev/null 2>&1 || fail "chromium is not installed"
 command -v python3 >/dev/null 2>&1 || fail "python3 is needed to check the screenshot"
 
 # 2. A small report from generated inputs, through the CLI.
-cargo build --quiet --bin swag
-SWAG="$ROOT/target/debug/swag"
+# The release binary: CI built it already, and a debug build would compile every dependency
+# once more in another profile (minutes on a small machine).
+cargo build --quiet --release --bin swag
+SWAG="$ROOT/target/release/swag"
 rm -rf "$OUT"
 mkdir -p "$OUT/inputs"
 python3 - "$OUT/inputs" <<'EOF'
