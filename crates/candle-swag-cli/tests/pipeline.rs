@@ -698,6 +698,7 @@ fn fit_save_load_predict_report_round_trip() -> Result<()> {
         noise: Default::default(),
         noise_selection: None,
         validation_rows: None,
+        weight_decay_selection: None,
     };
     let dir = tempfile::tempdir()?;
     let run_dir = dir.path().join("run");

@@ -11,6 +11,7 @@
 //!   `e ≥ swa_start`; with [`Collect::EverySteps`]`(n)`, after every n-th step counted from the
 //!   first step of epoch `swa_start`.
 
+pub mod bench_classify;
 pub mod demo;
 pub mod loss;
 pub mod method;

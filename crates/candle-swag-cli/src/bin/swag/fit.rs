@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use candle_swag_cli::data::TaskKind;
-use candle_swag_cli::train::pipeline::{fit_csv, CsvFitParams, NoiseChoice};
+use candle_swag_cli::train::pipeline::{
+    default_weight_decay, fit_csv, CsvFitParams, NoiseChoice, WeightDecay,
+};
 use candle_swag_cli::train::run::NoiseModel;
 
 use crate::device::DeviceArgs;
@@ -62,6 +64,16 @@ impl From<NoiseArg> for NoiseChoice {
     }
 }
 
+/// `--weight-decay`: `auto` or a number.
+pub(crate) fn parse_weight_decay(s: &str) -> Result<WeightDecay, String> {
+    if s == "auto" {
+        return Ok(WeightDecay::Auto);
+    }
+    s.parse::<f64>()
+        .map(WeightDecay::Fixed)
+        .map_err(|_| format!("`{s}` is neither `auto` nor a number"))
+}
+
 /// Arguments of `swag fit`.
 #[derive(clap::Args)]
 pub struct Args {
@@ -101,9 +113,11 @@ pub struct Args {
     /// SGD momentum.
     #[arg(long, default_value_t = 0.9)]
     momentum: f64,
-    /// L2 weight decay.
-    #[arg(long, default_value_t = 5e-4)]
-    weight_decay: f64,
+    /// L2 weight decay, or `auto` [default: auto for classification: 5e-4, 3e-3 or 1e-2, the
+    /// one of lowest 5-fold validation NLL (16 trainings instead of 2); 5e-4 for regression and
+    /// with --no-tune].
+    #[arg(long, value_parser = parse_weight_decay)]
+    weight_decay: Option<WeightDecay>,
     /// Mini-batch size.
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
@@ -167,12 +181,15 @@ pub fn run(args: Args) -> candle_swag::Result<()> {
     opts.lr = lr;
     opts.swa_lr = args.swa_lr.unwrap_or(lr);
     opts.momentum = args.momentum;
-    opts.weight_decay = args.weight_decay;
+
     opts.batch_size = args.batch_size;
     opts.seed = args.seed;
     // --tune-scale (a no-op alias kept for old scripts) asks for what is now the default.
     opts.tune = args.tune_scale || !args.no_tune;
     opts.calibrate_fraction = args.calibrate_fraction;
+    opts.weight_decay = args
+        .weight_decay
+        .unwrap_or(default_weight_decay(task, opts.tune));
     opts.noise = args
         .noise
         .map_or(NoiseChoice::default_for(opts.tune), Into::into);

@@ -7,6 +7,7 @@ use candle_swag::crash_safe::{LockWait, WriteLock};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_classify;
 mod bench_uci;
 mod collect;
 mod demo;
@@ -51,6 +52,9 @@ enum Command {
     Bench(bench::Args),
     /// The UCI regression protocol (random 90/10 splits, SGD/SWA/SWAG, both noise models).
     BenchUci(bench_uci::Args),
+    /// `swag fit`'s defaults against a scaled logistic regression on a classification table
+    /// (random stratified 75/25 splits).
+    BenchClassify(bench_classify::Args),
 }
 
 /// Makes candle's CPU kernels single-threaded for this process unless the user chose a thread
@@ -75,6 +79,7 @@ impl Command {
             Command::Report(a) => Some(a.destination()),
             Command::Demo(a) => Some(a.destination()),
             Command::BenchUci(a) => a.destination(),
+            Command::BenchClassify(a) => a.destination(),
             Command::Inspect(_) | Command::Bench(_) => None,
         }
     }
@@ -156,6 +161,7 @@ fn main() {
         Command::Demo(a) => demo::run(a),
         Command::Bench(a) => bench::run(a),
         Command::BenchUci(a) => bench_uci::run(a),
+        Command::BenchClassify(a) => bench_classify::run(a),
     };
     // Released (its lock file removed) before `exit`, which runs no destructor.
     drop(lock);

@@ -6,7 +6,8 @@
 mod fit;
 pub(crate) mod predict;
 pub use fit::{
-    default_lr, fit_csv, fit_dataset, CsvFitConfig, CsvFitParams, DatasetFit, FitSummary,
-    NoiseChoice, NOISE_CV_FOLDS, TUNE_VALIDATION_FRACTION,
+    default_lr, default_weight_decay, fit_csv, fit_dataset, CsvFitConfig, CsvFitParams, DatasetFit,
+    FitSummary, NoiseChoice, WeightDecay, NOISE_CV_FOLDS, TUNE_VALIDATION_FRACTION,
+    WEIGHT_DECAY_GRID,
 };
 pub use predict::{predict_csv, CsvPredictConfig, CsvPredictParams, PredictionTable};

@@ -58,6 +58,23 @@ pub struct RunConfig {
     /// The number of training rows `tuned` was chosen on (absent without tuning).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation_rows: Option<usize>,
+    /// How `--weight-decay auto` chose the weight decay (the run trained with the one of lowest
+    /// validation NLL, recorded in `fit`); absent with a fixed weight decay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_decay_selection: Option<Vec<DecayTuning>>,
+}
+
+/// One weight decay compared by `swag fit --weight-decay auto`: a network trained with it on
+/// the fit part of the training rows, its sample scale tuned on the validation split, and that
+/// tuning's validation NLL.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DecayTuning {
+    /// The weight decay.
+    pub weight_decay: f64,
+    /// The sample scale tuned for it.
+    pub scale: f64,
+    /// Its validation NLL at that scale (mean per row).
+    pub nll: f64,
 }
 
 /// How `swag fit --noise auto` chose the noise model: each model's cross-validated NLL (over

@@ -31,7 +31,9 @@ use candle_swag::swag::{SwagParams, SwagPosterior};
 
 mod dir;
 mod validation;
-pub use dir::{files, save_run, CalibrationRows, LoadedRun, NoiseModel, NoiseSelection, RunConfig};
+pub use dir::{
+    files, save_run, CalibrationRows, DecayTuning, LoadedRun, NoiseModel, NoiseSelection, RunConfig,
+};
 pub use validation::{
     cross_validation_folds, noise_selection, regression_validation_nll, training_noise_variance,
     tune, validation_split,
