@@ -1,6 +1,8 @@
 //! The trainable ViT family (`models::vit`) against the serving path (`arch::vit_classifier`
 //! on candle-transformers' ViT), its gradients against finite differences, and bad input.
 
+mod common;
+
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, ModuleT, Tensor};
@@ -242,37 +244,9 @@ fn adapter_gradients_match_central_finite_differences() -> Result<()> {
             let g = grads
                 .get(var.as_tensor())
                 .ok_or_else(|| Error::invalid("grad", format!("{name} {which}: no gradient")))?;
-            let theta = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
-            let d: Vec<f32> = (0..theta.len())
-                .map(|i| ((i * 7 + 3) % 11) as f32 / 11.0 - 0.45)
-                .collect();
-            let norm = d.iter().map(|v| v * v).sum::<f32>().sqrt();
-            let d: Vec<f32> = d.iter().map(|v| v / norm).collect();
-            let analytic: f64 = g
-                .flatten_all()?
-                .to_vec1::<f32>()?
-                .iter()
-                .zip(&d)
-                .map(|(g, d)| f64::from(*g) * f64::from(*d))
-                .sum();
-            let eps = 1e-3f32;
-            let eval = |sign: f32| -> Result<f64> {
-                let moved: Vec<f32> = theta
-                    .iter()
-                    .zip(&d)
-                    .map(|(t, d)| t + sign * eps * d)
-                    .collect();
-                var.set(&Tensor::from_vec(moved, var.dims(), &Device::Cpu)?)?;
+            common::check_directional_derivative(&format!("{name} {which}"), var, g, || {
                 Ok(probe()?.to_scalar::<f64>()?)
-            };
-            let (up, down) = (eval(1.0)?, eval(-1.0)?);
-            var.set(&Tensor::from_vec(theta.clone(), var.dims(), &Device::Cpu)?)?;
-            let numeric = (up - down) / (2.0 * f64::from(eps));
-            let err = (numeric - analytic).abs() / analytic.abs().max(1e-3);
-            assert!(
-                err < 1e-3,
-                "{name} {which}: analytic {analytic}, central difference {numeric} (rel {err})"
-            );
+            })?;
             checked += 1;
         }
     }
