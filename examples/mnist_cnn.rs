@@ -101,12 +101,29 @@ struct Args {
     /// clean test images for the "pixel noise" set (pixels clamped to the range; 0: no set).
     #[arg(long, default_value_t = 0.5)]
     pixel_noise: f64,
+    /// Start each training run from the torch script's initial weights and batch order
+    /// (`scripts/torch_reference/mnist_cnn_torch.py --dump-init DIR`): run `r` of seed `s`
+    /// reads `DIR/init_seedT.npz` and `DIR/order_seedT.npy` with `T = s * multi_runs + r`.
+    /// The two frameworks then train the same recipe from the same point on the same batches.
+    #[arg(long)]
+    init_from: Option<PathBuf>,
+    /// Print each training run's mean training loss and parameter norm after every epoch
+    /// (the torch script's `--trace` prints the same lines).
+    #[arg(long)]
+    trace: bool,
+    /// Pool with candle's own `max_pool2d`, whose backward pass gives 1/4 of the gradient
+    /// (`candle_swag::pool`'s docs), to measure what the correct gradient changes.
+    #[arg(long)]
+    candle_max_pool: bool,
 }
 
 const BATCH: usize = 64;
 const CLASSES: usize = 10;
 
 struct Net {
+    /// Pool with candle's own `max_pool2d`, whose gradient is 1/4 of the true one
+    /// (`--candle-max-pool`, to measure the difference), instead of `candle_swag::pool`.
+    candle_pool: bool,
     conv1: Conv2d,
     bn1: BatchNorm,
     conv2: Conv2d,
@@ -115,13 +132,14 @@ struct Net {
 }
 
 impl Net {
-    fn new(vb: VarBuilder) -> candle_core::Result<Self> {
+    fn new(vb: VarBuilder, candle_pool: bool) -> candle_core::Result<Self> {
         let pad = Conv2dConfig {
             padding: 1,
             ..Default::default()
         };
         let bn = candle_nn::BatchNormConfig::default(); // momentum 0.1, eps 1e-5
         Ok(Self {
+            candle_pool,
             conv1: candle_nn::conv2d(1, 16, 3, pad, vb.pp("conv1"))?,
             bn1: candle_nn::batch_norm(16, bn, vb.pp("bn1"))?,
             conv2: candle_nn::conv2d(16, 32, 3, pad, vb.pp("conv2"))?,
@@ -131,12 +149,22 @@ impl Net {
     }
 }
 
+impl Net {
+    fn pool(&self, h: &Tensor) -> candle_core::Result<Tensor> {
+        if self.candle_pool {
+            h.max_pool2d(2)
+        } else {
+            candle_swag::pool::max_pool2d(h, 2).map_err(candle_core::Error::wrap)
+        }
+    }
+}
+
 impl ModuleT for Net {
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         let h = xs.apply(&self.conv1)?.apply_t(&self.bn1, train)?.relu()?;
-        let h = h.max_pool2d(2)?;
+        let h = self.pool(&h)?;
         let h = h.apply(&self.conv2)?.apply_t(&self.bn2, train)?.relu()?;
-        let h = h.max_pool2d(2)?;
+        let h = self.pool(&h)?;
         h.flatten_from(1)?.apply(&self.fc)
     }
 }
@@ -185,9 +213,12 @@ struct Model {
 }
 
 impl Model {
-    fn new(device: &Device) -> Result<Self> {
+    fn new(device: &Device, candle_pool: bool) -> Result<Self> {
         let varmap = VarMap::new();
-        let net = Net::new(VarBuilder::from_varmap(&varmap, DType::F32, device))?;
+        let net = Net::new(
+            VarBuilder::from_varmap(&varmap, DType::F32, device),
+            candle_pool,
+        )?;
         let params = ParamSet::from_varmap(&varmap)?;
         Ok(Self {
             varmap,
@@ -199,7 +230,7 @@ impl Model {
     /// A new network holding a copy of this one's variables (parameters and BatchNorm
     /// statistics), so that another thread can write weight samples into it.
     fn replica(&self, device: &Device) -> Result<Self> {
-        let copy = Self::new(device)?;
+        let copy = Self::new(device, self.net.candle_pool)?;
         let from = self.varmap.data().lock().unwrap_or_else(|e| e.into_inner());
         let to = copy.varmap.data().lock().unwrap_or_else(|e| e.into_inner());
         for (name, var) in from.iter() {
@@ -233,10 +264,78 @@ struct Timing {
     bma: f64,
 }
 
-fn train_run(args: &Args, x: &Tensor, y: &Tensor, seed: u64, device: &Device) -> Result<Run> {
-    let model = Model::new(device)?;
+/// A training run's starting point written by the torch script (`--init-from`): the initial
+/// weights by name and each epoch's batch order.
+struct TorchStart {
+    weights: Vec<(String, Tensor)>,
+    order: Vec<Vec<u32>>,
+}
+
+impl TorchStart {
+    fn read(dir: &std::path::Path, torch_seed: u64, epochs: usize, n: usize) -> Result<Self> {
+        let weights_path = dir.join(format!("init_seed{torch_seed}.npz"));
+        let weights = Tensor::read_npz(&weights_path)
+            .map_err(|e| Error::bad_file(&weights_path, e.to_string()))?;
+        let order_path = dir.join(format!("order_seed{torch_seed}.npy"));
+        let order = Tensor::read_npy(&order_path)
+            .and_then(|t| t.to_dtype(DType::I64)?.to_vec2::<i64>())
+            .map_err(|e| Error::bad_file(&order_path, e.to_string()))?;
+        if order.len() < epochs || order.iter().any(|row| row.len() != n) {
+            return Err(Error::bad_file(
+                &order_path,
+                format!(
+                    "{} epochs of {} indices; this run needs {epochs} epochs of {n} (same --epochs and --train-limit as the torch script)",
+                    order.len(),
+                    order.first().map_or(0, Vec::len)
+                ),
+            ));
+        }
+        let order = order
+            .into_iter()
+            .map(|row| {
+                row.into_iter()
+                    .map(|i| u32::try_from(i).ok().filter(|&i| (i as usize) < n))
+                    .collect::<Option<Vec<u32>>>()
+                    .ok_or_else(|| Error::bad_file(&order_path, format!("an index outside 0..{n}")))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { weights, order })
+    }
+
+    /// Writes the weights into the run's parameters (every parameter must be in the file).
+    fn apply(&self, params: &ParamSet) -> Result<()> {
+        for (entry, var) in params.layout().entries().iter().zip(params.vars()) {
+            let (_, w) = self
+                .weights
+                .iter()
+                .find(|(name, _)| *name == entry.name)
+                .ok_or_else(|| {
+                    Error::LayoutMismatch(format!("the torch start has no `{}`", entry.name))
+                })?;
+            var.set(
+                &w.to_dtype(DType::F32)?
+                    .to_device(var.device())?
+                    .reshape(var.shape())?,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn train_run(
+    args: &Args,
+    x: &Tensor,
+    y: &Tensor,
+    seed: u64,
+    start: Option<&TorchStart>,
+    device: &Device,
+) -> Result<Run> {
+    let model = Model::new(device, args.candle_max_pool)?;
     let params = &model.params;
-    init_weights(params, seed)?;
+    match start {
+        Some(start) => start.apply(params)?,
+        None => init_weights(params, seed)?,
+    }
     let mut full = SwagPosterior::for_params(
         params,
         SwagParams {
@@ -271,14 +370,52 @@ fn train_run(args: &Args, x: &Tensor, y: &Tensor, seed: u64, device: &Device) ->
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed_5eed);
     let mut collect_seconds = 0.0;
     for epoch in 0..args.epochs {
-        order.shuffle(&mut rng);
-        for chunk in order.chunks(BATCH) {
+        match start {
+            Some(start) => order.clone_from(&start.order[epoch]),
+            None => order.shuffle(&mut rng),
+        }
+        let mut loss_sum = 0.0;
+        for (step, chunk) in order.chunks(BATCH).enumerate() {
             let idx = Tensor::new(chunk, device)?;
             let xb = x.index_select(&idx, 0)?;
             let yb = y.index_select(&idx, 0)?;
             let logits = model.net.forward_t(&xb, true)?;
             let loss = candle_nn::loss::cross_entropy(&logits, &yb)?;
-            opt.backward_step(&loss)?;
+            if args.trace && epoch == 0 && step < 3 {
+                // The first steps' loss and gradient norms, to compare with the torch script's.
+                let grads = loss.backward()?;
+                let mut norms = Vec::new();
+                for (entry, var) in params.layout().entries().iter().zip(params.vars()) {
+                    if let Some(g) = grads.get(var) {
+                        let norm = g.to_dtype(DType::F64)?.sqr()?.sum_all()?.sqrt()?;
+                        norms.push(format!("{} {:.6}", entry.name, norm.to_scalar::<f64>()?));
+                    }
+                }
+                println!(
+                    "trace step {step}: loss {:.6}; gradient norms: {}",
+                    loss.to_scalar::<f32>()?,
+                    norms.join(", ")
+                );
+                opt.step(&grads)?;
+            } else {
+                opt.backward_step(&loss)?;
+            }
+            if args.trace {
+                loss_sum += loss.to_scalar::<f32>()? as f64 * chunk.len() as f64;
+            }
+        }
+        if args.trace {
+            let norm = params
+                .flatten()?
+                .to_dtype(DType::F64)?
+                .sqr()?
+                .sum_all()?
+                .sqrt()?;
+            println!(
+                "trace seed {seed} epoch {epoch}: mean training loss {:.6}, parameter norm {:.6}",
+                loss_sum / n as f64,
+                norm.to_scalar::<f64>()?
+            );
         }
         if epoch >= args.swag_start {
             let t = Instant::now();
@@ -613,10 +750,21 @@ fn run() -> Result<()> {
     for seed in args.first_seed..args.first_seed + args.seeds {
         let mut timing = Timing::default();
         let t = Instant::now();
+        let starts = match &args.init_from {
+            Some(dir) => (0..args.multi_runs as u64)
+                .map(|r| {
+                    let torch_seed = seed * args.multi_runs as u64 + r;
+                    TorchStart::read(dir, torch_seed, args.epochs, train.count).map(Some)
+                })
+                .collect::<Result<Vec<_>>>()?,
+            None => (0..args.multi_runs).map(|_| None).collect(),
+        };
         let training: Vec<Job<Run>> = (0..args.multi_runs as u64)
-            .map(|r| {
+            .zip(&starts)
+            .map(|(r, start)| {
                 let (args, x, y, device) = (&args, &x_train, &y_train, &device);
-                Box::new(move || train_run(args, x, y, seed * 1000 + r, device)) as Job<Run>
+                let start = start.as_ref();
+                Box::new(move || train_run(args, x, y, seed * 1000 + r, start, device)) as Job<Run>
             })
             .collect();
         let runs = run_jobs(n_jobs, training)?;

@@ -83,6 +83,8 @@
 //! - [`predictive`]: predictions with uncertainty for any model, SGD/SWA/SWAG/MultiSWAG alike.
 //! - [`averaging`], [`schedule`], [`batchnorm`], [`optim`]: SWA/EMA, learning-rate schedules,
 //!   exact BatchNorm statistics refresh, SGD with momentum and weight decay.
+//! - [`pool`]: max pooling with the correct gradient (candle 0.11's is 1/k² of it), for CNNs
+//!   that are trained.
 //! - [`metrics`]: calibration, uncertainty, OOD, selective and regression metrics, recalibration.
 //!
 //! - [`crash_safe`]: crash-safe file writes (temporary file, fsync, rename), used by every writer.
@@ -102,6 +104,7 @@ pub mod swag;
 pub mod averaging;
 pub mod batchnorm;
 pub mod optim;
+pub mod pool;
 pub mod predictive;
 pub mod schedule;
 pub mod tune;

@@ -72,6 +72,17 @@ def rotate(images, degrees):
     return np.clip(v, 0.0, 255.0).astype(np.uint8)
 
 
+def read_image_csv(path):
+    """A CSV of `mnist_cnn --test` (header label,px0..px783; pixels 0-255) -> (u8 [n, 28, 28],
+    labels [n])."""
+    rows = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.int64, ndmin=2)
+    if rows.shape[1] != 1 + 28 * 28:
+        raise SystemExit(f"{path}: {rows.shape[1]} columns, expected label + 784 pixels")
+    if rows[:, 1:].min() < 0 or rows[:, 1:].max() > 255 or rows[:, 0].min() < 0 or rows[:, 0].max() > 9:
+        raise SystemExit(f"{path}: a pixel outside 0-255 or a label outside 0-9")
+    return rows[:, 1:].astype(np.uint8).reshape(-1, 28, 28), rows[:, 0]
+
+
 def to_tensor(images):
     """u8 [n, 28, 28] -> float32 [n, 1, 28, 28] in [0, 1] (pixels / 255)."""
     return torch.from_numpy(images.astype(np.float32) / np.float32(255.0)).unsqueeze(1)
@@ -169,11 +180,22 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
+CANDLE_NAMES = ["conv1.weight", "conv1.bias", "bn1.weight", "bn1.bias", "conv2.weight",
+                "conv2.bias", "bn2.weight", "bn2.bias", "fc.weight", "fc.bias"]
+
+
 def run_seed(args, seed, x_train, y_train, x_test):
     device = x_train.device
     torch.manual_seed(seed)
     model = make_model().to(device)
     params = list(model.parameters())
+    orders = []
+    if args.dump_init:
+        # The initial weights under examples/mnist_cnn.rs's names, for `mnist_cnn --init-from`.
+        out = Path(args.dump_init)
+        out.mkdir(parents=True, exist_ok=True)
+        np.savez(out / f"init_seed{seed}.npz",
+                 **{k: p.detach().cpu().numpy() for k, p in zip(CANDLE_NAMES, params)})
     opt = torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4)
     swag = Swag(sum(p.numel() for p in params), device)
     t_train = t_collect = 0.0
@@ -182,18 +204,34 @@ def run_seed(args, seed, x_train, y_train, x_test):
         t = time.perf_counter()
         model.train()
         order = torch.randperm(n).to(device)
+        orders.append(order.cpu().numpy().astype(np.int64))
+        loss_sum = 0.0
         for i in range(0, n, BATCH):
             idx = order[i:i + BATCH]
             opt.zero_grad()
-            F.cross_entropy(model(x_train[idx]), y_train[idx]).backward()
+            loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
+            loss.backward()
+            if args.trace and epoch == 0 and i < 3 * BATCH:
+                norms = ", ".join(f"{k} {float(p.grad.double().norm()):.6f}"
+                                  for k, p in sorted(zip(CANDLE_NAMES, params)))
+                print(f"trace step {i // BATCH}: loss {loss.item():.6f}; gradient norms: {norms}")
             opt.step()
+            if args.trace:
+                loss_sum += loss.item() * len(idx)
         sync(device)
         t_train += time.perf_counter() - t
+        if args.trace:
+            norm = float(parameters_to_vector(params).detach().double().norm())
+            print(f"trace seed {seed} epoch {epoch}: mean training loss {loss_sum / n:.6f}, "
+                  f"parameter norm {norm:.6f}", flush=True)
         if epoch >= args.swag_start:
             t = time.perf_counter()
             swag.collect(parameters_to_vector(params).detach().clone())
             sync(device)
             t_collect += time.perf_counter() - t
+    if args.dump_init:
+        # The batch order of every epoch, [epochs, n] int64, for `mnist_cnn --init-from`.
+        np.save(Path(args.dump_init) / f"order_seed{seed}.npy", np.stack(orders))
     if swag.n == 0:
         raise SystemExit("no SWAG collection: --swag-start must be < --epochs")
     divisor = RANK - 1 if args.divisor == "rank" else max(len(swag.devs) - 1, 1)
@@ -232,6 +270,14 @@ def main():
                     help="low-rank divisor: K-1 (Maddox et al.) or max(rows held - 1, 1) "
                          "(candle-swag's default)")
     ap.add_argument("--data", default="data", help="directory of the mnist5k-* IDX files")
+    ap.add_argument("--test", action="append", default=[], metavar="FILE.csv",
+                    help="one more test set (mnist_cnn's CSV format), named by the file's stem; "
+                         "repeatable")
+    ap.add_argument("--dump-init", metavar="DIR",
+                    help="write DIR/init_seedS.npz (initial weights under mnist_cnn's names) and "
+                         "DIR/order_seedS.npy (each epoch's batch order) for mnist_cnn --init-from")
+    ap.add_argument("--trace", action="store_true",
+                    help="print each epoch's mean training loss and parameter norm")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N")
     args = ap.parse_args()
@@ -247,6 +293,11 @@ def main():
     test_images = read_idx(d / "mnist5k-test-images-idx3-ubyte")
     test_labels = read_idx(d / "mnist5k-test-labels-idx1-ubyte").astype(np.int64)
     sets = [("clean", test_images)] + [(f"rotated {a}°", rotate(test_images, a)) for a in ANGLES]
+    for path in args.test:
+        images, labels = read_image_csv(path)
+        if not np.array_equal(labels, test_labels):
+            raise SystemExit(f"{path}: its labels are not the MNIST-5k test labels in order")
+        sets.append((Path(path).stem, images))
     x_train = to_tensor(train_images).to(device)
     y_train = torch.from_numpy(train_labels.astype(np.int64)).to(device)
     # One forward per sample.
