@@ -14,17 +14,9 @@ that they are compared on the same images.
 import argparse
 import math
 import random
-import struct
 from pathlib import Path
 
-
-def read_idx(path, magic, ndim):
-    raw = Path(path).read_bytes()
-    got = struct.unpack(">I", raw[:4])[0]
-    if got != magic:
-        raise SystemExit(f"{path}: magic {got}, expected {magic}")
-    dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
-    return dims, raw[4 + 4 * ndim:]
+from mnist_shifted_csv import read_idx  # the IDX reader of the sibling script
 
 
 def main():

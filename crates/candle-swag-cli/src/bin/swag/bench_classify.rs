@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use candle_swag::crash_safe::write_file_atomic;
 use candle_swag::{Error, Result};
-use candle_swag_cli::data::{load_csv, CsvParams, TaskKind};
+use candle_swag_cli::data::TaskKind;
 use candle_swag_cli::train::bench_classify::logistic::LogisticParams;
 use candle_swag_cli::train::bench_classify::{
     bench_classify_table, run_bench_classify, ClassifyBenchParams,
@@ -75,20 +75,8 @@ impl Args {
 /// Runs `swag bench-classify`.
 pub fn run(args: Args) -> Result<()> {
     crate::prefer_single_threaded_kernels();
-    let TableArgs {
-        data: path,
-        target,
-        ignore,
-        categorical,
-    } = args.table;
-    let spec = CsvParams {
-        ignore,
-        categorical,
-        ..CsvParams::new(target, TaskKind::Classification)
-    }
-    .check()?;
+    let (path, spec, data) = args.table.read(TaskKind::Classification)?;
     let device = args.device.open()?;
-    let data = load_csv(&path, &spec)?;
     let config = ClassifyBenchParams {
         splits: if args.quick { 2 } else { args.splits },
         seed: args.seed,

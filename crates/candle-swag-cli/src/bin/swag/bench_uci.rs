@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use candle_swag::crash_safe::write_file_atomic;
 use candle_swag::{Error, Result};
-use candle_swag_cli::data::{load_csv, CsvParams, TaskKind};
+use candle_swag_cli::data::TaskKind;
 use candle_swag_cli::train::pipeline::{CsvFitParams, NoiseChoice};
 use candle_swag_cli::train::uci::{
     run_uci, run_uci_fit, uci_fit_table, uci_table, UciGrid, UciParams,
@@ -69,20 +69,8 @@ impl Args {
 
 pub fn run(args: Args) -> Result<()> {
     crate::prefer_single_threaded_kernels();
-    let TableArgs {
-        data: path,
-        target,
-        ignore,
-        categorical,
-    } = args.table;
-    let spec = CsvParams {
-        ignore,
-        categorical,
-        ..CsvParams::new(target, TaskKind::Regression)
-    }
-    .check()?;
+    let (path, spec, data) = args.table.read(TaskKind::Regression)?;
     let device = args.device.open()?;
-    let data = load_csv(&path, &spec)?;
     let grid = if args.quick {
         UciGrid::quick()
     } else {

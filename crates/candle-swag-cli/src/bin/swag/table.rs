@@ -1,6 +1,9 @@
-//! The table arguments that `swag fit` and `swag bench-uci` share.
+//! The table arguments that `swag fit`, `swag bench-uci` and `swag bench-classify` share.
 
 use std::path::PathBuf;
+
+use candle_swag::Result;
+use candle_swag_cli::data::{load_csv, CsvConfig, CsvParams, TabularData, TaskKind};
 
 /// A CSV table and how its columns are read.
 #[derive(clap::Args)]
@@ -20,4 +23,19 @@ pub struct TableArgs {
     /// category the training file did not have.
     #[arg(long, value_delimiter = ',')]
     pub categorical: Vec<String>,
+}
+
+impl TableArgs {
+    /// Checks the column options for `task` and reads the table: its path, the checked
+    /// options and the data.
+    pub fn read(self, task: TaskKind) -> Result<(PathBuf, CsvConfig, TabularData)> {
+        let spec = CsvParams {
+            ignore: self.ignore,
+            categorical: self.categorical,
+            ..CsvParams::new(self.target, task)
+        }
+        .check()?;
+        let data = load_csv(&self.data, &spec)?;
+        Ok((self.data, spec, data))
+    }
 }
