@@ -15,6 +15,10 @@ fi
 CUDA_HOME="$(cd "$venv"/lib/python3*/site-packages/nvidia/cu13 && pwd)"
 export CUDA_HOME PATH="$CUDA_HOME/bin:$PATH" CUDA_COMPUTE_CAP=90
 nvcc --version | tail -1
+# candle-kernels' own PTX and GGUF/MoE library are not built for a type-check (see
+# nvcc_typecheck_stub.sh: over 20 minutes of nvcc on 2 cores, never loaded here); our kernels
+# are, with the real nvcc.
+export REAL_NVCC="$CUDA_HOME/bin/nvcc" NVCC="$PWD/scripts/nvcc_typecheck_stub.sh"
 # The CUDA code paths live in the core (the CLI adds only the GPU bench's floor). The shared
 # target dir reuses the check-mode dependencies clippy built; only the candle crates and their
 # CUDA dependencies are new.
