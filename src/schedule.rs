@@ -8,12 +8,14 @@
 //! Epochs count from 0 (the first epoch of training is epoch 0). A fractional epoch such as
 //! `epoch + step / steps_per_epoch` gives per-step schedules. A negative or NaN epoch is read as 0.
 //!
-//! Three schedules:
+//! Three schedules, and a warm-up in front of any of them:
 //! - [`ConstantLr`]: one rate for every epoch.
 //! - [`SwaLr`]: torch's `SWALR` written in closed form: from an initial rate to `swa_lr` over
 //!   `anneal_epochs` with cosine or linear annealing, then constant.
 //! - [`SwagPaperLr`]: the schedule of the SWAG paper's training script
 //!   (`schedule()` in `experiments/train/run_swag.py` of `wjmaddox/swa_gaussian`).
+//! - [`LinearWarmup`]: any schedule, scaled up linearly from 0 over its first epochs (the
+//!   warm-up of transformer fine-tuning, and a cure for early overshoot with momentum).
 
 use crate::{Error, Result};
 
@@ -258,6 +260,52 @@ impl LrSchedule for SwagPaperLr {
             ratio
         };
         self.lr_init * factor
+    }
+}
+
+/// A linear warm-up in front of another schedule.
+///
+/// ```text
+/// lr(epoch) = inner.lr(epoch) · min(1, epoch / warmup_epochs)
+/// ```
+///
+/// So the rate is 0 at epoch 0 (the first step does not move the weights, as with the
+/// warm-up of Hugging Face's `get_linear_schedule_with_warmup`), reaches the inner schedule at
+/// `warmup_epochs`, and follows it from there; with `warmup_epochs = 0` it is the inner
+/// schedule. Pass the fractional epoch `epoch + step / steps_per_epoch` for a per-step warm-up:
+/// a warm-up of 6% of 3 epochs is `warmup_epochs = 0.18`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LinearWarmup<S> {
+    inner: S,
+    warmup_epochs: f64,
+}
+
+impl<S: LrSchedule> LinearWarmup<S> {
+    /// `inner` warmed up over `warmup_epochs`, which must be finite and >= 0
+    /// (`Error::InvalidArgument` naming `warmup_epochs`).
+    pub fn new(inner: S, warmup_epochs: f64) -> Result<Self> {
+        if !warmup_epochs.is_finite() || warmup_epochs < 0.0 {
+            return Err(Error::invalid(
+                "warmup_epochs",
+                format!("must be finite and >= 0, got {warmup_epochs}"),
+            ));
+        }
+        Ok(Self {
+            inner,
+            warmup_epochs,
+        })
+    }
+}
+
+impl<S: LrSchedule> LrSchedule for LinearWarmup<S> {
+    fn lr(&self, epoch: f64) -> f64 {
+        let epoch = clean_epoch(epoch);
+        let factor = if epoch >= self.warmup_epochs {
+            1.0
+        } else {
+            epoch / self.warmup_epochs
+        };
+        self.inner.lr(epoch) * factor
     }
 }
 

@@ -6,7 +6,9 @@ mod common;
 use common::invalid_name;
 
 use candle_nn::Optimizer;
-use candle_swag::schedule::{apply_lr, AnnealStrategy, ConstantLr, LrSchedule, SwaLr, SwagPaperLr};
+use candle_swag::schedule::{
+    apply_lr, AnnealStrategy, ConstantLr, LinearWarmup, LrSchedule, SwaLr, SwagPaperLr,
+};
 
 fn assert_close(got: f64, want: f64, what: &str) {
     assert!(
@@ -184,6 +186,28 @@ fn constant_and_apply_lr_set_the_optimizer_rate() -> Result<()> {
 }
 
 #[test]
+fn linear_warmup_scales_the_inner_schedule_from_zero() -> Result<()> {
+    // Inner: cosine from 0.1 to 0.02 over 4 epochs. Warm-up 0.5 epochs.
+    let inner = SwaLr::new(0.1, 0.02, 4, AnnealStrategy::Cos)?;
+    let w = LinearWarmup::new(inner, 0.5)?;
+    assert_eq!(w.lr(0.0), 0.0, "no step at epoch 0");
+    // epoch 0.25: half-way through the warm-up; inner = 0.1 - 0.08 (1 - cos(pi/16)) / 2.
+    let inner_at = 0.1 - 0.08 * (1.0 - (std::f64::consts::PI / 16.0).cos()) / 2.0;
+    assert_close(w.lr(0.25), 0.5 * inner_at, "mid warm-up");
+    // From the end of the warm-up on: the inner schedule itself.
+    for e in [0.5, 1.0, 2.0, 3.5, 10.0] {
+        assert_eq!(w.lr(e), inner.lr(e), "after the warm-up, epoch {e}");
+    }
+    // Negative and NaN epochs read as 0.
+    assert_eq!(w.lr(-3.0), 0.0);
+    assert_eq!(w.lr(f64::NAN), 0.0);
+    // A zero-length warm-up is the inner schedule everywhere.
+    let none = LinearWarmup::new(ConstantLr::new(0.3)?, 0.0)?;
+    assert_eq!(none.lr(0.0), 0.3);
+    Ok(())
+}
+
+#[test]
 fn invalid_parameters_are_named() -> Result<()> {
     assert_eq!(invalid_name(ConstantLr::new(-0.1)), "lr");
     assert_eq!(invalid_name(ConstantLr::new(f64::INFINITY)), "lr");
@@ -198,6 +222,12 @@ fn invalid_parameters_are_named() -> Result<()> {
     let s = SwaLr::new(0.1, 0.01, 3, AnnealStrategy::Linear)?;
     assert_eq!(invalid_name(s.starting_at(-2.0)), "start_epoch");
     assert_eq!(invalid_name(SwagPaperLr::new(0.0, 0.01, 10.0)), "lr_init");
+    let c = ConstantLr::new(0.1)?;
+    assert_eq!(invalid_name(LinearWarmup::new(c, -1.0)), "warmup_epochs");
+    assert_eq!(
+        invalid_name(LinearWarmup::new(c, f64::NAN)),
+        "warmup_epochs"
+    );
     assert_eq!(invalid_name(SwagPaperLr::new(-0.1, 0.01, 10.0)), "lr_init");
     assert_eq!(invalid_name(SwagPaperLr::new(0.1, -0.01, 10.0)), "swa_lr");
     assert_eq!(invalid_name(SwagPaperLr::new(0.1, 0.01, 0.0)), "swa_start");
