@@ -1020,32 +1020,8 @@ fn print_table(rows: &[Row], sets: &[TestSet], seeds: u64) {
     }
 }
 
-/// Keeps freed memory in the process (glibc only). candle's CPU convolutions allocate and free
-/// their im2col buffers (megabytes each) at every forward and backward pass; with glibc's
-/// defaults each buffer goes back to the kernel when freed and is faulted in again page by
-/// page on the next pass, which cost half of this example's wall time in kernel page faults.
-/// The same settings can be given to any program from outside, without code:
-/// `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824:glibc.malloc.top_pad=67108864`.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn keep_freed_memory() {
-    extern "C" {
-        fn mallopt(param: i32, value: i32) -> i32;
-    }
-    // glibc's malloc.h: M_TRIM_THRESHOLD -1, M_TOP_PAD -2, M_MMAP_THRESHOLD -3.
-    for (param, value) in [(-3, 32 << 20), (-1, 1 << 30), (-2, 64 << 20)] {
-        // SAFETY: mallopt only changes allocator settings; it is called before any other
-        // thread exists, and a value it refuses (return 0) leaves the default in place.
-        unsafe {
-            mallopt(param, value);
-        }
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn keep_freed_memory() {}
-
 fn main() {
-    keep_freed_memory();
+    candle_swag::device::keep_freed_memory();
     if let Err(e) = run() {
         eprintln!("error: {e}");
         std::process::exit(1);

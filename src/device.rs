@@ -158,9 +158,45 @@ fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or(s)
 }
 
+/// Keeps the memory candle frees inside the process, for CPU training (glibc only; elsewhere
+/// a no-op returning `false`). candle allocates and frees its intermediate tensors (megabytes
+/// each) at every forward and backward pass; with glibc's defaults each such buffer goes back
+/// to the kernel when freed and is faulted in again page by page on the next pass: half of the
+/// MNIST CNN example's wall time, 15% of the SWAG-LoRA benchmark's. Call it first in `main`,
+/// before any other thread exists. It sets `mallopt`'s mmap threshold to 32 MiB, trim
+/// threshold to 1 GiB and top pad to 64 MiB; the same settings without code:
+/// `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824:glibc.malloc.top_pad=67108864`.
+/// Returns whether glibc accepted all three.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn keep_freed_memory() -> bool {
+    extern "C" {
+        fn mallopt(param: i32, value: i32) -> i32;
+    }
+    // glibc's malloc.h: M_TRIM_THRESHOLD -1, M_TOP_PAD -2, M_MMAP_THRESHOLD -3.
+    let mut all = true;
+    for (param, value) in [(-3, 32 << 20), (-1, 1 << 30), (-2, 64 << 20)] {
+        // SAFETY: mallopt only changes allocator settings; a value it refuses (return 0)
+        // leaves the default in place.
+        all &= unsafe { mallopt(param, value) } == 1;
+    }
+    all
+}
+
+/// See the glibc version: elsewhere nothing to set.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn keep_freed_memory() -> bool {
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn glibc_accepts_the_allocator_settings() {
+        assert!(keep_freed_memory());
+    }
 
     #[test]
     fn requests_parse_and_print_back() -> anyhow::Result<()> {

@@ -20,7 +20,7 @@
 //!
 //! A rebuild costs one `B·A` product and one addition per adapted weight plus the model's own
 //! construction (no copy of the frozen weights: they are shared tensors); the smoke example
-//! (`examples/lora_swag.rs`) measures it against one forward pass.
+//! (`examples/lora_swag/main.rs`) measures it against one forward pass.
 //!
 //! In training, call [`LoraModel::model`] at every step (after the optimizer step it rebuilds,
 //! so the next loss is computed with the updated adapters).
