@@ -649,26 +649,21 @@ fn run_seed(
     let last_layer = last_layer_swag(&model, &params, data, &sets, tok, args, seed)?;
     let val_labels = data.val.labels.as_deref().unwrap_or_default();
     let bma_seed = |r: usize| seed * 1000 + 500 + r as u64;
-    let scale = tuned_scale(
-        &params,
-        &runs[0].posterior,
-        &model,
-        data.val.inputs(),
-        val_labels,
-        args,
-        false,
-        bma_seed(0),
-    )?;
-    let scale_diag = tuned_scale(
-        &params,
-        &runs[0].posterior,
-        &model,
-        data.val.inputs(),
-        val_labels,
-        args,
-        true,
-        bma_seed(0),
-    )?;
+    // SWAG's scale, then SWAG-diagonal's.
+    let mut scales = [0.0; 2];
+    for (scale, diag_only) in scales.iter_mut().zip([false, true]) {
+        *scale = tuned_scale(
+            &params,
+            &runs[0].posterior,
+            &model,
+            data.val.inputs(),
+            val_labels,
+            args,
+            diag_only,
+            bma_seed(0),
+        )?;
+    }
+    let [scale, scale_diag] = scales;
     eprintln!(
         "seed {seed}: temperature {:.3}, SWAG scale {scale}, SWAG-diagonal scale {scale_diag} \
          (validation)",

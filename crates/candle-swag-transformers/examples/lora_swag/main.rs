@@ -933,6 +933,7 @@ impl Drop for TempDir {
 }
 
 fn main() {
+    candle_swag::device::keep_freed_memory();
     // Without --smoke or --bench-step: the SWAG-LoRA benchmark on real text (benchmark.rs).
     let smoke_or_step = std::env::args().any(|a| a == "--smoke" || a == "--bench-step");
     let result = if smoke_or_step {
