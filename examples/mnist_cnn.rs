@@ -3,7 +3,8 @@
 //! Model (candle-nn layers only): conv(1→16, 3×3, pad 1) → BatchNorm → ReLU → max-pool 2 →
 //! conv(16→32, 3×3, pad 1) → BatchNorm → ReLU → max-pool 2 → linear(32·7·7 → 10).
 //! Pixels are divided by 255 (inputs in [0, 1], no mean subtraction).
-//! Training: the crate's SGD (momentum 0.9, lr 0.05 constant, weight decay 5e-4), batch 64,
+//! Training: the crate's SGD (momentum 0.9, lr 0.05 constant after an optional linear warm-up
+//! over `--warmup` epochs, default 0: none), weight decay 5e-4, batch 64,
 //! shuffled each epoch by a seeded host RNG; weights initialised from a seeded host RNG
 //! (torch's default bounds U(±1/√fan_in)) because candle's CPU RNG cannot be seeded. SWAG
 //! moments are collected at the end of every epoch from `--swag-start` (0-based, default 15) on,
@@ -37,6 +38,7 @@ use candle_swag::batchnorm::{BatchNormRefresh, BatchNormStats};
 use candle_swag::metrics::classification::{evaluate_classification, ClassificationConfig};
 use candle_swag::optim::{SgdMomentum, SgdParams};
 use candle_swag::predictive::{batches, BmaParams, Predictive};
+use candle_swag::schedule::{apply_lr, ConstantLr, LinearWarmup};
 use candle_swag::swag::MultiSwag;
 use candle_swag::{Error, ParamSet, Result, SampleParams, SwagParams, SwagPosterior};
 use candle_swag_cli::data::idx::{read_idx, read_image_csv, IdxImages};
@@ -62,6 +64,10 @@ struct Args {
     /// First epoch (0-based) after which SWAG moments are collected.
     #[arg(long, default_value_t = 15)]
     swag_start: usize,
+    /// Epochs of linear learning-rate warm-up from 0 to 0.05, per step
+    /// (`schedule::LinearWarmup`; 0: none, the recipe as measured).
+    #[arg(long, default_value_t = 0.0)]
+    warmup: f64,
     /// Use only the first N training images (0: all 4000).
     #[arg(long, default_value_t = 0)]
     train_limit: usize,
@@ -365,7 +371,9 @@ fn train_run(
         }
         .check()?,
     )?;
+    let schedule = LinearWarmup::new(ConstantLr::new(0.05)?, args.warmup)?;
     let n = x.dims()[0];
+    let steps_per_epoch = n.div_ceil(BATCH) as f64;
     let mut order: Vec<u32> = (0..n as u32).collect();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed_5eed);
     let mut collect_seconds = 0.0;
@@ -376,6 +384,11 @@ fn train_run(
         }
         let mut loss_sum = 0.0;
         for (step, chunk) in order.chunks(BATCH).enumerate() {
+            apply_lr(
+                &mut opt,
+                &schedule,
+                epoch as f64 + step as f64 / steps_per_epoch,
+            );
             let idx = Tensor::new(chunk, device)?;
             let xb = x.index_select(&idx, 0)?;
             let yb = y.index_select(&idx, 0)?;
