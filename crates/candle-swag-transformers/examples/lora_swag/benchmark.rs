@@ -2,7 +2,7 @@
 //! and every method of the comparison scored in and out of distribution.
 //!
 //! ```text
-//! cargo run --release -p candle-swag-transformers --example lora_swag [-- --quick] [--json]
+//! cargo run --release --example lora_swag [-- --quick] [--json]
 //!     [--seeds N] [--runs R] [--test FILE.csv]... [--ood FILE.txt]... [--out DIR]
 //! ```
 //!

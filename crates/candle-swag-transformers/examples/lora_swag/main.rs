@@ -1,10 +1,10 @@
 //! LoRA fine-tuning, SWAG over the adapters and BMA, on the crate's trainable families.
 //!
 //! ```text
-//! cargo run --release -p candle-swag-transformers --example lora_swag -- \
+//! cargo run --release --example lora_swag -- \
 //!     --arch bert|llama|vit [--model-dir DIR] [--text FILE.csv] --smoke [--json] \
 //!     [--steps N] [--samples S] [--lr LR]
-//! cargo run --release -p candle-swag-transformers --example lora_swag -- \
+//! cargo run --release --example lora_swag -- \
 //!     --arch bert --model-dir target/minilm --bench-step [--repeats N] [--json]
 //! ```
 //!
