@@ -37,6 +37,11 @@
 //!   `method`, `set`, `acc`, `nll`, `ece`, `brier`, `auroc`, `auroc_entropy`), then the means.
 //!   The calibration reports (HTML, reliability diagrams) of the first seed go to `--out`.
 //!
+//! **Not bit-reproducible**: a seed fixes the LoRA initialisation, the batch order and the
+//! SWAG samples, but the dropout masks (BERT's and LoRA's) come from candle's CPU RNG, which
+//! cannot be seeded, so two runs of one seed differ (by about 0.02 in accuracy on the quick
+//! run's 48 rows). Compare over seeds, with their standard errors.
+//!
 //! `--quick` runs the same pipeline on small subsets (CI's check); where the model or the text
 //! cannot be fetched, it says so and runs the smoke pipeline on a tiny random model instead.
 
@@ -516,10 +521,14 @@ fn epoch_batches(batch: usize, texts: &[String], rng: &mut rand::rngs::StdRng) -
     out
 }
 
-/// Logits per weight sample `[S][rows · C]` of a prediction over `set`.
-fn sample_logits(pred: &Predictive, model: &impl ModuleT, set: &EvalSet) -> Result<Vec<Vec<f32>>> {
+/// Logits per weight sample `[S][rows · C]` of a prediction over `inputs`.
+fn sample_logits(
+    pred: &Predictive,
+    model: &impl ModuleT,
+    inputs: impl Iterator<Item = candle_core::Result<Tensor>> + Clone,
+) -> Result<Vec<Vec<f32>>> {
     let mut out: Vec<Vec<f32>> = Vec::new();
-    pred.for_each_output(model, set.inputs(), |s, _, logits| {
+    pred.for_each_output(model, inputs, |s, _, logits| {
         if s == out.len() {
             out.push(Vec::new());
         }
@@ -529,11 +538,16 @@ fn sample_logits(pred: &Predictive, model: &impl ModuleT, set: &EvalSet) -> Resu
     Ok(out)
 }
 
-/// The BMA of sample logits: probabilities averaged over samples, and the entropies.
-fn bma_of(samples: &[Vec<f32>], classes: usize) -> Result<UncertaintyDecomposition> {
+/// The BMA of sample logits at `temperature` (1: none): probabilities averaged over
+/// samples, and the entropies.
+fn bma_of(
+    samples: &[Vec<f32>],
+    classes: usize,
+    temperature: f64,
+) -> Result<UncertaintyDecomposition> {
     let mut probs = Vec::new();
     for s in samples {
-        probs.extend(softmax_rows(s, classes)?);
+        probs.extend(apply_temperature(s, classes, temperature)?);
     }
     decompose_uncertainty(&probs, samples.len(), classes)
 }
@@ -555,16 +569,24 @@ struct Row {
     auroc_entropy: f64,
 }
 
-/// The methods of one seed: logits of every sample on the validation split (for the
-/// temperature) and on each scored set.
+/// One method of one seed: its BMA on each scored set, computed once.
 struct Method {
     name: &'static str,
-    /// Samples per set: `[set][S][rows · C]`, labelled sets first, then the OOD sets.
-    logits: SetLogits,
+    /// One per set: labelled sets first, then the OOD sets.
+    bmas: Vec<UncertaintyDecomposition>,
     /// Whether the method is a point prediction (its OOD score is the maximum probability).
     point: bool,
-    /// A temperature applied to every sample's logits.
-    temperature: f64,
+}
+
+impl Method {
+    /// The name of its OOD score (what its `auroc` is by).
+    fn ood_score(point: bool) -> &'static str {
+        if point {
+            "max prob"
+        } else {
+            "mutual info"
+        }
+    }
 }
 
 fn scale_bma(samples: usize, scale: f64, diag_only: bool, seed: u64) -> Result<BmaParams> {
@@ -636,7 +658,7 @@ fn run_seed(
         let p = Predictive::point(&params, &run.map)?;
         let mut per_set = Vec::new();
         for s in &sets {
-            per_set.push(sample_logits(&p, &model, s)?);
+            per_set.push(sample_logits(&p, &model, s.inputs())?);
         }
         maps.push(per_set);
     }
@@ -678,7 +700,7 @@ fn run_seed(
         )?;
         swag.push(
             sets.iter()
-                .map(|s| sample_logits(&p, &model, s))
+                .map(|s| sample_logits(&p, &model, s.inputs()))
                 .collect::<Result<_>>()?,
         );
     }
@@ -689,7 +711,7 @@ fn run_seed(
     )?;
     let diag: SetLogits = sets
         .iter()
-        .map(|s| sample_logits(&p, &model, s))
+        .map(|s| sample_logits(&p, &model, s.inputs()))
         .collect::<Result<_>>()?;
     eprintln!(
         "seed {seed}: predictions in {:.0} s",
@@ -702,25 +724,24 @@ fn run_seed(
             .map(|k| of.iter().flat_map(|r| r[k].iter().cloned()).collect())
             .collect()
     };
-    let method = |name, logits, point, temperature| Method {
-        name,
-        logits,
-        point,
-        temperature,
+    let method = |name, logits: &SetLogits, point, temperature| -> Result<Method> {
+        Ok(Method {
+            name,
+            bmas: logits
+                .iter()
+                .map(|set| bma_of(set, c, temperature))
+                .collect::<Result<_>>()?,
+            point,
+        })
     };
     Ok(vec![
-        method("MAP-LoRA", maps[0].clone(), true, 1.0),
-        method(
-            "MAP-LoRA + temperature",
-            maps[0].clone(),
-            true,
-            temp.temperature,
-        ),
-        method("LoRA ensemble", pooled(&maps), false, 1.0),
-        method("last-layer SWAG", last_layer, false, 1.0),
-        method("SWAG-diagonal-LoRA", diag, false, 1.0),
-        method("SWAG-LoRA", swag[0].clone(), false, 1.0),
-        method("MultiSWAG-LoRA", pooled(&swag), false, 1.0),
+        method("MAP-LoRA", &maps[0], true, 1.0)?,
+        method("MAP-LoRA + temperature", &maps[0], true, temp.temperature)?,
+        method("LoRA ensemble", &pooled(&maps), false, 1.0)?,
+        method("last-layer SWAG", &last_layer, false, 1.0)?,
+        method("SWAG-diagonal-LoRA", &diag, false, 1.0)?,
+        method("SWAG-LoRA", &swag[0], false, 1.0)?,
+        method("MultiSWAG-LoRA", &pooled(&swag), false, 1.0)?,
     ])
 }
 
@@ -802,31 +823,10 @@ fn last_layer_swag(
     let mut out = Vec::new();
     for s in sets {
         let f = cache_features(&trunk, s.inputs())?;
-        let mut per: Vec<Vec<f32>> = Vec::new();
-        p.for_each_output(&head, cached(&f), |k, _, logits| {
-            if k == per.len() {
-                per.push(Vec::new());
-            }
-            per[k].extend(logits.flatten_all()?.to_vec1::<f32>()?);
-            Ok(())
-        })?;
-        out.push(per);
+        out.push(sample_logits(&p, &head, cached(&f))?);
     }
     params.write_flat(&keep)?;
     Ok(out)
-}
-
-/// A method's BMA on set `k`: its samples' logits at its temperature, averaged as
-/// probabilities.
-fn method_bma(m: &Method, k: usize, classes: usize) -> Result<UncertaintyDecomposition> {
-    if m.temperature == 1.0 {
-        return bma_of(&m.logits[k], classes);
-    }
-    let mut probs = Vec::new();
-    for s in &m.logits[k] {
-        probs.extend(apply_temperature(s, classes, m.temperature)?);
-    }
-    decompose_uncertainty(&probs, m.logits[k].len(), classes)
 }
 
 /// The rows of one seed: every method on every labelled set, and its AUROC on every OOD set
@@ -836,9 +836,8 @@ fn score(methods: &[Method], data: &Data, seed: u64) -> Result<Vec<Row>> {
     let n_lab = data.labelled.len();
     let mut rows = Vec::new();
     for m in methods {
-        let in_dist = method_bma(m, 0, c)?;
-        for (k, set) in data.labelled.iter().enumerate() {
-            let u = method_bma(m, k, c)?;
+        let in_dist = &m.bmas[0];
+        for (u, set) in m.bmas.iter().zip(&data.labelled) {
             let labels = set.labels.as_deref().unwrap_or_default();
             let metrics =
                 classification_metrics(&u.mean_probs, c, labels, &ClassificationConfig::default())?;
@@ -854,8 +853,7 @@ fn score(methods: &[Method], data: &Data, seed: u64) -> Result<Vec<Row>> {
                 auroc_entropy: f64::NAN,
             });
         }
-        for (j, set) in data.ood.iter().enumerate() {
-            let u = method_bma(m, n_lab + j, c)?;
+        for (u, set) in m.bmas[n_lab..].iter().zip(&data.ood) {
             // A point prediction has no mutual information: its score is 1 - max probability.
             let score_of = |d: &UncertaintyDecomposition| -> Vec<f64> {
                 if m.point {
@@ -867,7 +865,7 @@ fn score(methods: &[Method], data: &Data, seed: u64) -> Result<Vec<Row>> {
                     d.mutual_information.clone()
                 }
             };
-            let auroc = ood_metrics_in_out(&score_of(&in_dist), &score_of(&u))?.auroc;
+            let auroc = ood_metrics_in_out(&score_of(in_dist), &score_of(u))?.auroc;
             let auroc_entropy =
                 ood_metrics_in_out(&in_dist.predictive_entropy, &u.predictive_entropy)?.auroc;
             rows.push(Row {
@@ -913,14 +911,14 @@ fn mean_se(v: &[f64]) -> (f64, f64) {
 }
 
 /// The table over seeds (mean ± s.e.), and with `--json` one `"seed": "mean"` line per row.
-fn summarise(rows: &[Row], methods: &[&str], sets: &[String], json: bool, seeds: usize) {
+fn summarise(rows: &[Row], methods: &[(&str, bool)], sets: &[String], json: bool, seeds: usize) {
     println!("\nSWAG-LoRA benchmark, mean ± s.e. over {seeds} seed(s):");
     for set in sets {
         println!("\n{set}");
-        for m in methods {
+        for &(m, point) in methods {
             let these: Vec<&Row> = rows
                 .iter()
-                .filter(|r| &r.method == m && &r.set == set)
+                .filter(|r| r.method == m && &r.set == set)
                 .collect();
             let col = |f: fn(&Row) -> f64| mean_se(&these.iter().map(|r| f(r)).collect::<Vec<_>>());
             let (acc, nll, ece, brier, auroc, aent) = (
@@ -938,11 +936,7 @@ fn summarise(rows: &[Row], methods: &[&str], sets: &[String], json: bool, seeds:
                     acc.0, acc.1, nll.0, nll.1, ece.0, ece.1, brier.0, brier.1
                 );
             } else {
-                let by = if m.starts_with("MAP") {
-                    "max prob"
-                } else {
-                    "mutual info"
-                };
+                let by = Method::ood_score(point);
                 println!(
                     "  {m:<24} AUROC ({by}) {:.4} ± {:.4}  AUROC (entropy) {:.4} ± {:.4}",
                     auroc.0, auroc.1, aent.0, aent.1
@@ -976,12 +970,11 @@ fn write_reports(methods: &[Method], data: &Data, out: &Path) -> Result<Vec<Path
         let mut b = ReportBuilder::new(format!("SWAG-LoRA benchmark: {}", set.name));
         let labels = set.labels.as_deref().unwrap_or_default();
         for m in methods {
-            let u = method_bma(m, k, c)?;
+            let u = &m.bmas[k];
             b = b.classification_method(m.name, &u.mean_probs, c, labels)?;
             if k == 0 {
-                let in_dist = &u;
-                for (j, ood) in data.ood.iter().enumerate() {
-                    let o = method_bma(m, n_lab + j, c)?;
+                let in_dist = u;
+                for (o, ood) in m.bmas[n_lab..].iter().zip(&data.ood) {
                     b = b.ood_method(
                         &format!("{} vs {}", m.name, ood.name),
                         "predictive entropy",
@@ -1078,7 +1071,7 @@ pub fn run() -> Result<()> {
         args.samples
     );
     let mut rows = Vec::new();
-    let mut names: Vec<&str> = Vec::new();
+    let mut names: Vec<(&str, bool)> = Vec::new();
     let mut report_dirs = Vec::new();
     for seed in args.first_seed..args.first_seed + args.seeds as u64 {
         let methods = run_seed(&base, &data, &tok, &args, seed, &dev)?;
@@ -1090,7 +1083,7 @@ pub fn run() -> Result<()> {
         }
         rows.extend(these);
         if names.is_empty() {
-            names = methods.iter().map(|m| m.name).collect();
+            names = methods.iter().map(|m| (m.name, m.point)).collect();
             report_dirs = write_reports(&methods, &data, &args.out)?;
         }
         eprintln!(
