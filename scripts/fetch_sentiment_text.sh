@@ -33,15 +33,20 @@ if [ -f "$out/movie_reviews.csv" ] && [ -f "$out/product_reviews.csv" ] \
   exit 0
 fi
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+# The files are staged beside the destination (one file system, so each `mv` is a rename):
+# every file of $out is the old one or a complete new one, also with two fetches at once or
+# a SIGTERM midway, and the staging directory is removed on any exit.
+mkdir -p "$(dirname "$out")"
+stage=$(mktemp -d "$(dirname "$out")/.sentiment-text.XXXXXX")
+trap 'rm -rf "$tmp" "$stage"' EXIT
+trap 'exit 143' TERM INT
 python3 -m pip download vaderSentiment==3.3.2 --no-deps --no-binary :all: --quiet -d "$tmp"
 got=$(sha256sum "$tmp/$sdist" | cut -d' ' -f1)
 if [ "$got" != "$sdist_sha" ]; then
   echo "fetch_sentiment_text.sh: $sdist has SHA-256 $got, expected $sdist_sha; nothing written" >&2
   exit 1
 fi
-# Written into a temporary directory first and moved into place whole: never a half-written set.
-python3 - "$tmp/$sdist" "$archive_sha" "$tmp/out" <<'PY'
+python3 - "$tmp/$sdist" "$archive_sha" "$stage/out" <<'PY'
 import csv, hashlib, io, os, sys, tarfile
 sdist, want, out = sys.argv[1], sys.argv[2], sys.argv[3]
 inner = tarfile.open(sdist).extractfile(
@@ -80,7 +85,8 @@ with open(os.path.join(out, "news_neutral.txt"), "w", encoding="utf-8") as f:
             kept += 1
 print(f"news_neutral.txt: {kept} lines")
 PY
-mkdir -p "$(dirname "$out")"
-rm -rf "$out"
-mv "$tmp/out" "$out"
+mkdir -p "$out"
+for f in movie_reviews.csv product_reviews.csv tweets.csv news_neutral.txt; do
+  mv -f "$stage/out/$f" "$out/$f"
+done
 echo "sentiment text written into $out"
