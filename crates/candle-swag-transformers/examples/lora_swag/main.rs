@@ -6,6 +6,7 @@
 //!     [--steps N] [--samples S] [--lr LR]
 //! cargo run --release --example lora_swag -- \
 //!     --arch bert --model-dir target/minilm --bench-step [--repeats N] [--json]
+//! cargo run --release --example lora_swag -- --bench-scale [--layers N] [--repeats N] [--json]
 //! ```
 //!
 //! `--smoke` without `--model-dir` writes a tiny random-weight model of the architecture in
@@ -28,8 +29,13 @@
 //! AdamW) and one forward pass of the same batch on the trainable BERT, median of `--repeats`,
 //! plus the cost of writing a SWAG sample into the model;
 //! `scripts/torch_reference/lora_step_torch.py` times the same step in torch + peft.
+//!
+//! `--bench-scale` measures SWAG-LoRA on a Llama decoder of TinyLlama-1.1B's shape with random
+//! bf16 weights made at run time (see `scale.rs`): trainable scalars, posterior bytes, the
+//! collection's share of a training step and BMA's per-sample overhead against a forward pass.
 
 mod benchmark;
+mod scale;
 
 use std::time::Instant;
 
@@ -56,6 +62,9 @@ struct Args {
     model_dir: Option<std::path::PathBuf>,
     text: Option<std::path::PathBuf>,
     bench_step: bool,
+    bench_scale: bool,
+    /// Decoder layers of `--bench-scale` (TinyLlama's 22 when absent).
+    layers: Option<usize>,
     json: bool,
     steps: usize,
     samples: usize,
@@ -75,6 +84,8 @@ impl Default for Args {
             model_dir: None,
             text: None,
             bench_step: false,
+            bench_scale: false,
+            layers: None,
             json: false,
             steps: 40,
             samples: 30,
@@ -99,6 +110,14 @@ fn parse_args() -> Result<Args> {
             // The mode's flag: the smoke pipeline is what this parser runs.
             "--smoke" => {}
             "--bench-step" => args.bench_step = true,
+            "--bench-scale" => args.bench_scale = true,
+            "--layers" => {
+                let n = whole("layers", value("layers")?)?;
+                if n == 0 {
+                    return Err(Error::invalid("layers", "must be at least 1, got 0"));
+                }
+                args.layers = Some(n);
+            }
             "--json" => args.json = true,
             "--steps" => args.steps = whole("steps", value("steps")?)?,
             "--samples" => args.samples = whole("samples", value("samples")?)?,
@@ -130,6 +149,12 @@ fn parse_args() -> Result<Args> {
         return Err(Error::invalid(
             "samples",
             "--samples and --repeats must be >= 1",
+        ));
+    }
+    if args.layers.is_some() && !args.bench_scale {
+        return Err(Error::invalid(
+            "layers",
+            "--layers is read by --bench-scale only",
         ));
     }
     if args.text.is_some() && !matches!(args.arch, Arch::Bert) {
@@ -476,6 +501,12 @@ fn check_gradients(
     Ok(())
 }
 
+/// Milliseconds to draw one flat SWAG sample and to write it into the model's `Var`s.
+struct SampleCost {
+    draw_ms: f64,
+    write_ms: f64,
+}
+
 /// The cost of putting a SWAG sample into a model that reads its `Var`s at forward time:
 /// drawing the flat sample, and writing it into the `Var`s, against one forward pass.
 fn time_sample_write(
@@ -484,7 +515,7 @@ fn time_sample_write(
     forward_ms: f64,
     repeats: usize,
     what: &str,
-) -> Result<()> {
+) -> Result<SampleCost> {
     let opts = SampleParams::default().check()?;
     let keep = params.flatten()?;
     let sample = posterior.sample_flat_seeded(1, &opts)?;
@@ -501,7 +532,7 @@ fn time_sample_write(
         100.0 * write_ms / forward_ms,
         100.0 * draw_ms / forward_ms
     );
-    Ok(())
+    Ok(SampleCost { draw_ms, write_ms })
 }
 
 /// The adapters: query and value (Llama: q_proj and v_proj), rank `rank`, `alpha = 2r`; the
@@ -899,6 +930,9 @@ fn smoke_fallback() -> Result<()> {
 
 fn run_with(args: Args) -> Result<()> {
     let dev = Device::Cpu;
+    if args.bench_scale {
+        return scale::run(&args, &dev);
+    }
     let _tmp;
     let dir = match &args.model_dir {
         Some(d) => d.clone(),
@@ -934,8 +968,9 @@ impl Drop for TempDir {
 
 fn main() {
     candle_swag::device::keep_freed_memory();
-    // Without --smoke or --bench-step: the SWAG-LoRA benchmark on real text (benchmark.rs).
-    let smoke_or_step = std::env::args().any(|a| a == "--smoke" || a == "--bench-step");
+    // Without --smoke, --bench-step or --bench-scale: the SWAG-LoRA benchmark on real text (benchmark.rs).
+    let smoke_or_step = std::env::args()
+        .any(|a| ["--smoke", "--bench-step", "--bench-scale"].contains(&a.as_str()));
     let result = if smoke_or_step {
         run()
     } else {
