@@ -44,6 +44,11 @@
 //!
 //! `--quick` runs the same pipeline on small subsets (CI's check); where the model or the text
 //! cannot be fetched, it says so and runs the smoke pipeline on a tiny random model instead.
+//!
+//! `--summarise FILE.json` (repeatable) trains nothing: it reads the per-seed rows that
+//! earlier `--json` runs printed (the mean lines are skipped) and prints the table over all
+//! their seeds, so that seeds run apart (`--first-seed 1 --seeds 2`) make one table. A seed,
+//! method and set found twice is an error naming both places.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -94,6 +99,7 @@ struct BenchArgs {
     batch: usize,
     lr: f64,
     swa_lr: f64,
+    summarise: Vec<PathBuf>,
 }
 
 impl BenchArgs {
@@ -125,6 +131,7 @@ impl BenchArgs {
             batch: 32,
             lr: 1e-3,
             swa_lr: 5e-4,
+            summarise: Vec::new(),
         }
     }
 }
@@ -166,6 +173,7 @@ fn parse_args() -> Result<BenchArgs> {
             "--batch" => args.batch = number(&name, &value()?)?,
             "--lr" => args.lr = number(&name, &value()?)?,
             "--swa-lr" => args.swa_lr = number(&name, &value()?)?,
+            "--summarise" => args.summarise.push(value()?.into()),
             other => {
                 return Err(Error::invalid(
                     other,
@@ -569,6 +577,10 @@ struct Row {
     auroc_entropy: f64,
 }
 
+/// The methods that score with one point estimate (their OOD score is 1 − max probability;
+/// every other method's is the mutual information of its samples).
+const POINT_METHODS: [&str; 2] = ["MAP-LoRA", "MAP-LoRA + temperature"];
+
 /// One method of one seed: its BMA on each scored set, computed once.
 struct Method {
     name: &'static str,
@@ -724,24 +736,24 @@ fn run_seed(
             .map(|k| of.iter().flat_map(|r| r[k].iter().cloned()).collect())
             .collect()
     };
-    let method = |name, logits: &SetLogits, point, temperature| -> Result<Method> {
+    let method = |name, logits: &SetLogits, temperature| -> Result<Method> {
         Ok(Method {
             name,
             bmas: logits
                 .iter()
                 .map(|set| bma_of(set, c, temperature))
                 .collect::<Result<_>>()?,
-            point,
+            point: POINT_METHODS.contains(&name),
         })
     };
     Ok(vec![
-        method("MAP-LoRA", &maps[0], true, 1.0)?,
-        method("MAP-LoRA + temperature", &maps[0], true, temp.temperature)?,
-        method("LoRA ensemble", &pooled(&maps), false, 1.0)?,
-        method("last-layer SWAG", &last_layer, false, 1.0)?,
-        method("SWAG-diagonal-LoRA", &diag, false, 1.0)?,
-        method("SWAG-LoRA", &swag[0], false, 1.0)?,
-        method("MultiSWAG-LoRA", &pooled(&swag), false, 1.0)?,
+        method(POINT_METHODS[0], &maps[0], 1.0)?,
+        method(POINT_METHODS[1], &maps[0], temp.temperature)?,
+        method("LoRA ensemble", &pooled(&maps), 1.0)?,
+        method("last-layer SWAG", &last_layer, 1.0)?,
+        method("SWAG-diagonal-LoRA", &diag, 1.0)?,
+        method("SWAG-LoRA", &swag[0], 1.0)?,
+        method("MultiSWAG-LoRA", &pooled(&swag), 1.0)?,
     ])
 }
 
@@ -1006,8 +1018,92 @@ fn write_reports(methods: &[Method], data: &Data, out: &Path) -> Result<Vec<Path
     Ok(dirs)
 }
 
+/// `--summarise`: the per-seed rows of earlier `--json` runs, read back (see the module docs).
+fn read_rows(files: &[PathBuf]) -> Result<Vec<Row>> {
+    let mut rows: Vec<Row> = Vec::new();
+    let mut seen = std::collections::HashMap::new();
+    for file in files {
+        let text = std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?;
+        for (k, line) in text.lines().enumerate() {
+            let at = |reason: String| Error::bad_file(file, format!("line {}: {reason}", k + 1));
+            // Only JSON objects are rows; a `"seed": "mean"` line is a summary, not a row.
+            if !line.trim_start().starts_with('{') {
+                continue;
+            }
+            let v: serde_json::Value =
+                serde_json::from_str(line).map_err(|e| at(format!("not JSON: {e}")))?;
+            if v["seed"] == "mean" {
+                continue;
+            }
+            let seed = v["seed"]
+                .as_u64()
+                .ok_or_else(|| at("`seed` is not a whole number".into()))?;
+            let text_of = |key: &str| {
+                v[key]
+                    .as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| at(format!("`{key}` is not a string")))
+            };
+            let (method, set) = (text_of("method")?, text_of("set")?);
+            // A metric that does not apply is `null`; read back as NaN, as it was computed.
+            let num = |key: &str| match &v[key] {
+                serde_json::Value::Null => Ok(f64::NAN),
+                x => x
+                    .as_f64()
+                    .ok_or_else(|| at(format!("`{key}` is not a number or null"))),
+            };
+            let place = format!("{} line {}", file.display(), k + 1);
+            if let Some(first) = seen.insert((seed, method.clone(), set.clone()), place) {
+                return Err(at(format!(
+                    "seed {seed}, method `{method}`, set `{set}` is already at {first}"
+                )));
+            }
+            rows.push(Row {
+                seed,
+                acc: num("acc")?,
+                nll: num("nll")?,
+                ece: num("ece")?,
+                brier: num("brier")?,
+                auroc: num("auroc")?,
+                auroc_entropy: num("auroc_entropy")?,
+                method,
+                set,
+            });
+        }
+    }
+    if rows.is_empty() {
+        return Err(Error::invalid(
+            "summarise",
+            "the files hold no per-seed rows (write them with --json)",
+        ));
+    }
+    Ok(rows)
+}
+
+/// Prints the table of `--summarise`'s files: methods and sets in the order first read.
+fn summarise_files(args: &BenchArgs) -> Result<()> {
+    let rows = read_rows(&args.summarise)?;
+    let mut methods: Vec<(&str, bool)> = Vec::new();
+    let mut sets: Vec<String> = Vec::new();
+    let mut seeds = std::collections::BTreeSet::new();
+    for r in &rows {
+        if !methods.iter().any(|(m, _)| *m == r.method) {
+            methods.push((&r.method, POINT_METHODS.contains(&r.method.as_str())));
+        }
+        if !sets.contains(&r.set) {
+            sets.push(r.set.clone());
+        }
+        seeds.insert(r.seed);
+    }
+    summarise(&rows, &methods, &sets, args.json, seeds.len());
+    Ok(())
+}
+
 pub fn run() -> Result<()> {
     let args = parse_args()?;
+    if !args.summarise.is_empty() {
+        return summarise_files(&args);
+    }
     let dev = Device::Cpu;
     let model_dir = args
         .model_dir
