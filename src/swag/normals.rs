@@ -69,9 +69,11 @@ fn mulhilo(a: u32, b: u32) -> (u32, u32) {
     ((p >> 32) as u32, p as u32)
 }
 
-/// Philox4x32 with 10 rounds: four random words for a 128-bit `counter` and a 64-bit `key`.
+/// Philox4x32 with 10 rounds: four random words for a 128-bit `counter` and a 64-bit `key`
+/// (checked against Random123's known-answer vectors). Public so that other counter-based
+/// draws (the transformers crate's dropout masks) share this one generator.
 #[inline(always)]
-pub(crate) fn philox4x32_10(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {
+pub fn philox4x32_10(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {
     let mut c = counter;
     let mut k = key;
     for round in 0..10 {

@@ -3,7 +3,9 @@
 //!
 //! `cargo bench -p candle-swag-transformers --bench ops`. Shapes are MiniLM's at batch 32 ×
 //! 128 tokens: norms and softmax over `[32·128, 384]`, rotary embeddings over
-//! `[32, 12, 128, 32]`. The backward is seeded by `Tensor::backward` on the output itself (a
+//! `[32, 12, 128, 32]`, dropout (p = 0.1) over MiniLM's attention probabilities
+//! `[32, 12, 128, 128]`, where `composed` is candle-nn's `ops::dropout` (an unseeded mask
+//! tensor). The backward is seeded by `Tensor::backward` on the output itself (a
 //! gradient of ones), so the timing is the op's and nothing else's. Each group holds `fused`
 //! and `composed`; the ratio of their times is the number to read.
 
@@ -90,6 +92,15 @@ fn bench(c: &mut Criterion) {
     );
 
     let (b, h, t, d) = (32, 12, 128, 32);
+    let probs = var(randn(&[b, h, t, t], &dev));
+    pair(
+        c,
+        "dropout",
+        &[probs],
+        &|v| ops::dropout(&v[0], 0.1, 0, 0),
+        &|v| candle_nn::ops::dropout(&v[0], 0.1),
+    );
+
     let q = var(randn(&[b, h, t, d], &dev));
     let angles: Vec<f32> = (0..t)
         .flat_map(|p| (0..d / 2).map(move |i| p as f32 / 10_000f32.powf(2.0 * i as f32 / d as f32)))

@@ -390,6 +390,34 @@ fn dropout_acts_only_in_training() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn the_dropout_seed_reproduces_training_forwards() -> Result<()> {
+    let dir = tiny_bert(8)?;
+    let base = BaseModel::load(dir.path(), &Device::Cpu)?;
+    let lora = lora_on(&base, &["*.attention.self.value.weight"], 2)?;
+    let options = |seed| BertOptions {
+        lora_dropout: 0.1,
+        dropout_seed: seed,
+        ..Default::default()
+    };
+    let x = ids(4, 12, 9)?;
+    // Two forwards of one model, then the same two of a second model built with the seed.
+    let run = |seed| -> Result<Vec<Vec<Vec<f32>>>> {
+        let model = BertClassifier::new(&lora, 2, &options(seed))?;
+        (0..2)
+            .map(|_| Ok(model.forward_t(&x, true)?.to_vec2::<f32>()?))
+            .collect()
+    };
+    let a = run(3)?;
+    assert_ne!(
+        a[0], a[1],
+        "successive training forwards drew the same masks"
+    );
+    assert_eq!(a, run(3)?, "one seed gave two sequences of masks");
+    assert_ne!(a, run(4)?, "two seeds gave the same masks");
+    Ok(())
+}
+
 fn message<T>(r: Result<T>) -> String {
     match r {
         Ok(_) => String::new(),

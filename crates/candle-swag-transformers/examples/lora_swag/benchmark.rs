@@ -399,9 +399,11 @@ fn lora(base: &BaseModel, seed: u64, dev: &Device) -> Result<Lora> {
     )
 }
 
-fn bert_options() -> BertOptions {
+/// The recipe's model options; `dropout_seed` keys the run's dropout masks.
+fn bert_options(dropout_seed: u64) -> BertOptions {
     BertOptions {
         lora_dropout: 0.1,
+        dropout_seed,
         ..Default::default()
     }
 }
@@ -442,7 +444,7 @@ fn train_run(
 ) -> Result<RunOut> {
     let run_seed = seed * 1000 + run as u64;
     let lora = lora(base, run_seed, dev)?;
-    let model = BertClassifier::new(&lora, data.classes.len(), &bert_options())?;
+    let model = BertClassifier::new(&lora, data.classes.len(), &bert_options(run_seed))?;
     let params = ParamSet::from_varmap(lora.varmap())?;
     let mut opt = candle_nn::AdamW::new(
         params.vars().to_vec(),
@@ -659,7 +661,8 @@ fn run_seed(
     let t = Instant::now();
     // One model for every prediction: the runs' weights share its layout.
     let lora0 = lora(base, seed * 1000, dev)?;
-    let model = BertClassifier::new(&lora0, data.classes.len(), &bert_options())?;
+    // Predictions run in evaluation mode: no dropout, so the seed plays no part.
+    let model = BertClassifier::new(&lora0, data.classes.len(), &bert_options(0))?;
     let params = ParamSet::from_varmap(lora0.varmap())?;
     let sets: Vec<&EvalSet> = data.labelled.iter().chain(&data.ood).collect();
     let c = data.classes.len();

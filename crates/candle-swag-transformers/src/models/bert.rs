@@ -41,7 +41,7 @@ use serde_json::Value;
 use super::lora_linear::LoraLinear;
 use crate::base::{BaseModel, CONFIG_FILE, WEIGHTS_FILE};
 use crate::lora::Lora;
-use crate::ops;
+use crate::ops::{self, DropoutStream};
 
 /// The sentence-transformers pooling config, relative to the model directory.
 pub const POOLING_CONFIG: &str = "1_Pooling/config.json";
@@ -122,6 +122,10 @@ pub struct BertOptions {
     pub pooling: Option<Pooling>,
     /// LoRA dropout on the adapters' input in training (PEFT's `lora_dropout`), in `[0, 1)`.
     pub lora_dropout: f32,
+    /// The seed of the model's dropout masks (a [`DropoutStream`]; 0 by default): two models
+    /// built with one seed draw the same masks through the same training forwards. Give
+    /// independently trained runs (an ensemble, MultiSWAG) different seeds.
+    pub dropout_seed: u64,
 }
 
 impl Default for BertOptions {
@@ -130,6 +134,7 @@ impl Default for BertOptions {
             dtype: DType::F32,
             pooling: None,
             lora_dropout: 0.0,
+            dropout_seed: 0,
         }
     }
 }
@@ -276,6 +281,8 @@ pub struct BertModel {
     token_type_embeddings: Tensor,
     embeddings_norm: Norm,
     layers: Vec<Layer>,
+    /// The dropout masks' stream (shared with the adapters).
+    masks: std::sync::Arc<DropoutStream>,
 }
 
 impl BertModel {
@@ -367,6 +374,7 @@ impl BertModel {
                 output_norm: ld.norm(&format!("{p}.output.LayerNorm"), h, eps)?,
             });
         }
+        let masks = std::sync::Arc::new(DropoutStream::new(options.dropout_seed));
         if let Some(lora) = lora {
             if !lora.device().same_device(&device) {
                 return Err(Error::invalid(
@@ -390,7 +398,12 @@ impl BertModel {
                 ] {
                     if let Some(ad) = lora.adapters().get(lin.name()) {
                         used.insert(lin.name().to_string());
-                        *lin = lin.clone().with_adapter(ad, scale, options.lora_dropout);
+                        *lin = lin.clone().with_adapter(
+                            ad,
+                            scale,
+                            options.lora_dropout,
+                            masks.clone(),
+                        );
                     }
                 }
             }
@@ -424,6 +437,7 @@ impl BertModel {
             token_type_embeddings,
             embeddings_norm,
             layers,
+            masks,
         })
     }
 
@@ -569,7 +583,7 @@ impl BertModel {
 
     fn dropout(&self, x: &Tensor, p: f64, train: bool) -> candle_core::Result<Tensor> {
         if train && p > 0.0 {
-            candle_nn::ops::dropout(x, p as f32)
+            self.masks.apply(x, p as f32)
         } else {
             Ok(x.clone())
         }

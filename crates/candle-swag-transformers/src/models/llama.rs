@@ -57,7 +57,7 @@ use serde_json::Value;
 use super::lora_linear::LoraLinear;
 use crate::base::{BaseModel, CONFIG_FILE, WEIGHTS_FILE};
 use crate::lora::Lora;
-use crate::ops;
+use crate::ops::{self, DropoutStream};
 
 /// The `model_type`s this family reads.
 pub const MODEL_TYPES: &[&str] = &["llama", "mistral", "qwen2"];
@@ -418,6 +418,10 @@ pub struct LlamaOptions {
     pub dtype: DType,
     /// LoRA dropout on the adapters' input in training (PEFT's `lora_dropout`), in `[0, 1)`.
     pub lora_dropout: f32,
+    /// The seed of the model's dropout masks (a [`DropoutStream`]; 0 by default): two models
+    /// built with one seed draw the same masks through the same training forwards. Give
+    /// independently trained runs (an ensemble, MultiSWAG) different seeds.
+    pub dropout_seed: u64,
 }
 
 impl Default for LlamaOptions {
@@ -425,6 +429,7 @@ impl Default for LlamaOptions {
         Self {
             dtype: DType::F32,
             lora_dropout: 0.0,
+            dropout_seed: 0,
         }
     }
 }
@@ -608,6 +613,7 @@ impl LlamaModel {
         } else {
             ld.linear("lm_head", v, h, false)?
         };
+        let masks = std::sync::Arc::new(DropoutStream::new(options.dropout_seed));
         if let Some(lora) = lora {
             if !lora.device().same_device(&device) {
                 return Err(Error::invalid(
@@ -623,7 +629,9 @@ impl LlamaModel {
             let mut attach = |lin: &mut LoraLinear| {
                 if let Some(ad) = lora.adapters().get(lin.name()) {
                     used.insert(lin.name().to_string());
-                    *lin = lin.clone().with_adapter(ad, scale, options.lora_dropout);
+                    *lin = lin
+                        .clone()
+                        .with_adapter(ad, scale, options.lora_dropout, masks.clone());
                 }
             };
             for layer in &mut layers {

@@ -11,7 +11,8 @@
 //! - The adapter factors are kept in f32 (the `Var`s' dtype); for a model run in another dtype
 //!   they are cast at forward time (a differentiable cast: the gradient reaches the f32 `Var`s).
 //! - The LoRA dropout (PEFT's `lora_dropout`, 0 by default) acts on the adapter's input only,
-//!   and only when `train` is true.
+//!   and only when `train` is true; its masks come from the model's [`DropoutStream`] (seeded,
+//!   see [`crate::ops::dropout`]).
 //! - `x·W0ᵀ` is a custom op ([`FrozenMatmul`]) whose backward pass computes the input's
 //!   gradient only: candle's own matmul backward also computes the gradient of its right-hand
 //!   side, here a frozen weight, which costs a third of the backward pass's matmul work and a
@@ -20,7 +21,10 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CudaStorage, CustomOp2, Layout, MetalStorage, Shape, Tensor, Var};
 
+use std::sync::Arc;
+
 use crate::lora::Adapter;
+use crate::ops::DropoutStream;
 
 /// A frozen linear layer with an optional LoRA adapter (see the [module docs](self)).
 #[derive(Debug, Clone)]
@@ -40,6 +44,7 @@ struct Adapted {
     b: Var,
     scale: f64,
     dropout: f32,
+    masks: Arc<DropoutStream>,
 }
 
 impl LoraLinear {
@@ -55,13 +60,20 @@ impl LoraLinear {
     }
 
     /// Attaches `adapter` with scale `alpha / r` and LoRA dropout probability `dropout`
-    /// (in `[0, 1)`).
-    pub fn with_adapter(mut self, adapter: &Adapter, scale: f64, dropout: f32) -> Self {
+    /// (in `[0, 1)`), whose masks `masks` draws (the model's stream).
+    pub fn with_adapter(
+        mut self,
+        adapter: &Adapter,
+        scale: f64,
+        dropout: f32,
+        masks: Arc<DropoutStream>,
+    ) -> Self {
         self.adapter = Some(Adapted {
             a: adapter.a.clone(),
             b: adapter.b.clone(),
             scale,
             dropout,
+            masks,
         });
         self
     }
@@ -109,7 +121,7 @@ impl LoraLinear {
             let a = ad.a.as_tensor().to_dtype(dtype)?;
             let b = ad.b.as_tensor().to_dtype(dtype)?;
             let xin = if train && ad.dropout > 0.0 {
-                candle_nn::ops::dropout(&x2, ad.dropout)?
+                ad.masks.apply(&x2, ad.dropout)?
             } else {
                 x2
             };

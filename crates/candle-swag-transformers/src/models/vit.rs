@@ -45,7 +45,7 @@ use serde_json::Value;
 use super::lora_linear::LoraLinear;
 use crate::base::{BaseModel, CONFIG_FILE, WEIGHTS_FILE};
 use crate::lora::Lora;
-use crate::ops;
+use crate::ops::{self, DropoutStream};
 
 /// The `model_type`s this family reads.
 pub const MODEL_TYPES: &[&str] = &["vit"];
@@ -106,6 +106,10 @@ pub struct VitOptions {
     pub dtype: DType,
     /// LoRA dropout on the adapters' input in training (PEFT's `lora_dropout`), in `[0, 1)`.
     pub lora_dropout: f32,
+    /// The seed of the model's dropout masks (a [`DropoutStream`]; 0 by default): two models
+    /// built with one seed draw the same masks through the same training forwards. Give
+    /// independently trained runs (an ensemble, MultiSWAG) different seeds.
+    pub dropout_seed: u64,
 }
 
 impl Default for VitOptions {
@@ -113,6 +117,7 @@ impl Default for VitOptions {
         Self {
             dtype: DType::F32,
             lora_dropout: 0.0,
+            dropout_seed: 0,
         }
     }
 }
@@ -235,6 +240,8 @@ pub struct VitModel {
     position_embeddings: Tensor,
     layers: Vec<Layer>,
     final_norm: Norm,
+    /// The dropout masks' stream (shared with the adapters).
+    masks: std::sync::Arc<DropoutStream>,
 }
 
 impl VitModel {
@@ -319,6 +326,7 @@ impl VitModel {
             });
         }
         let final_norm = ld.norm("layernorm", h, eps)?;
+        let masks = std::sync::Arc::new(DropoutStream::new(options.dropout_seed));
         if let Some(lora) = lora {
             if !lora.device().same_device(&device) {
                 return Err(Error::invalid(
@@ -335,7 +343,12 @@ impl VitModel {
                 for lin in layer.linears_mut() {
                     if let Some(ad) = lora.adapters().get(lin.name()) {
                         used.insert(lin.name().to_string());
-                        *lin = lin.clone().with_adapter(ad, scale, options.lora_dropout);
+                        *lin = lin.clone().with_adapter(
+                            ad,
+                            scale,
+                            options.lora_dropout,
+                            masks.clone(),
+                        );
                     }
                 }
             }
@@ -368,6 +381,7 @@ impl VitModel {
             position_embeddings,
             layers,
             final_norm,
+            masks,
         })
     }
 
@@ -398,7 +412,7 @@ impl VitModel {
 
     fn dropout(&self, x: &Tensor, p: f64, train: bool) -> candle_core::Result<Tensor> {
         if train && p > 0.0 {
-            candle_nn::ops::dropout(x, p as f32)
+            self.masks.apply(x, p as f32)
         } else {
             Ok(x.clone())
         }

@@ -1,5 +1,5 @@
 //! Differentiable fused ops for the trainable model families: layer norm, RMS norm, softmax
-//! over the last dimension and rotary position embeddings.
+//! over the last dimension, rotary position embeddings, and dropout with seeded masks.
 //!
 //! # Why
 //!
@@ -29,14 +29,25 @@
 //! - The backward computes only the gradients of inputs that track one (`Tensor::track_op`): a
 //!   frozen `gamma` costs no column sums.
 //!
+//! # Dropout
+//!
+//! candle-nn's `ops::dropout` draws a float per element from candle's CPU generator, which
+//! cannot be seeded, and keeps the mask as a tensor for the backward pass (five passes over
+//! memory forward). [`dropout`] keys its mask on `(seed, call, element)` with the core's
+//! counter-based Philox generator: a seeded model draws the same masks on every run and
+//! every device, the forward is one pass, and the backward regenerates the mask instead of
+//! storing it. [`DropoutStream`] numbers the calls of one model.
+//!
 //! # Devices
 //!
 //! The fused kernels run on the CPU, multi-threaded over rows with rayon, with reductions
 //! written for vectorisation. On any other device these functions run the [`composed`]
 //! implementations (candle's differentiable tensor ops; same conventions, slower) instead of
-//! failing: there are no CUDA kernels yet.
+//! failing: there are no CUDA kernels yet. Dropout there multiplies by the same mask, built on
+//! the host.
 
 mod cpu;
+mod dropout;
 mod norm;
 mod rotary;
 mod softmax;
@@ -154,6 +165,77 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         return composed::rope(x, cos, sin);
     }
     x.apply_op3(cos, sin, rotary::Rope { inverse: false })
+}
+
+/// Inverted dropout: each element is kept with probability `1 − p` and scaled by
+/// `1 / (1 − p)`, else set to 0 (the expectation is `x`, as torch's `nn.Dropout` in training).
+///
+/// The mask is a function of `(seed, call, i)` only, `i` the element's row-major index in
+/// `x`'s logical shape: element `i` is kept when word `i mod 4` of the core's
+/// `philox4x32_10([g, g >> 32, call, call >> 32], [seed, seed >> 32])` (32-bit halves,
+/// `g = i div 4`) is at least `round(p · 2³²)`. So it does not depend on threads, layout or
+/// device, and the backward pass regenerates it (the gradient is the same dropout of the
+/// incoming gradient; nothing is stored). `p = 0` returns `x` unchanged. f16 and bf16 are
+/// scaled in f32 and rounded once. Two calls with the same `(seed, call)` and shape draw the
+/// same mask: give each dropout site its own `call` ([`DropoutStream`] does).
+///
+/// Errors: `p` outside `[0, 1)`, or a non-float `x`.
+pub fn dropout(x: &Tensor, p: f32, seed: u64, call: u64) -> Result<Tensor> {
+    if !(0.0..1.0).contains(&p) {
+        bail!("dropout: probability must be in [0, 1), got {p}");
+    }
+    check_float("dropout", x)?;
+    if p == 0.0 {
+        return Ok(x.clone());
+    }
+    let op = dropout::Dropout { p, seed, call };
+    if !x.device().is_cpu() {
+        let mask = Tensor::from_vec(op.host_mask(x.elem_count()), x.shape(), x.device())?
+            .to_dtype(x.dtype())?;
+        return x * mask;
+    }
+    x.apply_op1(op)
+}
+
+/// A model's dropout calls: one seed, and a counter that gives every call with `p > 0` the
+/// next call number (see [`dropout`]). A model run twice from the same seed through the same
+/// sequence of training forwards draws the same masks. Clones of a model share their stream
+/// (the counter is atomic), so forwards on several threads draw distinct masks, in an order
+/// that depends on the threads.
+#[derive(Debug)]
+pub struct DropoutStream {
+    seed: u64,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl DropoutStream {
+    /// A stream whose first call is number 0.
+    pub fn new(seed: u64) -> Self {
+        Self {
+            seed,
+            next: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// The seed.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// The number the next call will take.
+    pub fn calls(&self) -> u64 {
+        self.next.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// [`dropout`] of `x` with probability `p` and the next call number (none is taken when
+    /// `p = 0`).
+    pub fn apply(&self, x: &Tensor, p: f32) -> Result<Tensor> {
+        if p == 0.0 {
+            return dropout(x, p, self.seed, 0);
+        }
+        let call = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        dropout(x, p, self.seed, call)
+    }
 }
 
 /// The same functions composed of candle's differentiable tensor ops: what non-CPU devices
