@@ -868,12 +868,9 @@ fn run() -> Result<()> {
     // Reports last, each directory atomically: an error above leaves no half-written output.
     let mut report_dirs = Vec::new();
     for (set, report) in sets.iter().zip(&reports) {
-        let slug: String = set
-            .name
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-            .collect();
-        let dir = args.out.join(slug);
+        let dir = args
+            .out
+            .join(candle_swag_report::report::file_safe_name(&set.name, "set"));
         report.write(&dir)?;
         report_dirs.push(dir);
     }

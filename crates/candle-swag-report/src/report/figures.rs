@@ -200,20 +200,7 @@ pub(super) struct SlugSet {
 
 impl SlugSet {
     fn slug(&mut self, prefix: &str, method: &str) -> String {
-        let mut s: String = method
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_lowercase()
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        s = s.trim_matches('_').to_string();
-        if s.is_empty() {
-            s = "method".into();
-        }
+        let s = super::file_safe_name(method, "method");
         let base = format!("{prefix}_{s}");
         let mut name = base.clone();
         let mut k = 2;

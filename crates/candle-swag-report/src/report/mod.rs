@@ -85,6 +85,33 @@ pub use calibration::{
 pub use json::metrics_json;
 pub use markdown::to_markdown;
 
+/// A file-safe name for a report's directory or a figure: ASCII letters and digits lowercased,
+/// every other character `_`, leading and trailing `_` trimmed; `fallback` when nothing is
+/// left (a name without an ASCII letter or digit).
+///
+/// ```
+/// use candle_swag_report::report::file_safe_name;
+/// assert_eq!(file_safe_name("Movie reviews (shifted)", "set"), "movie_reviews__shifted");
+/// assert_eq!(file_safe_name("rotated 30°", "set"), "rotated_30");
+/// assert_eq!(file_safe_name("€ £", "set"), "set");
+/// ```
+pub fn file_safe_name(name: &str, fallback: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    match s.trim_matches('_') {
+        "" => fallback.to_string(),
+        t => t.to_string(),
+    }
+}
+
 /// One classification method's results.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClassificationEntry {

@@ -1004,17 +1004,7 @@ fn write_reports(methods: &[Method], data: &Data, out: &Path) -> Result<Vec<Path
     // Every report is built before any is written; each directory is written atomically.
     let mut dirs = Vec::new();
     for (name, b) in builders {
-        let slug: String = name
-            .chars()
-            .map(|ch| {
-                if ch.is_ascii_alphanumeric() {
-                    ch.to_ascii_lowercase()
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        let dir = out.join(slug.trim_matches('_'));
+        let dir = out.join(candle_swag_report::report::file_safe_name(&name, "set"));
         b.write(&dir)?;
         dirs.push(dir);
     }
