@@ -37,10 +37,10 @@
 //!   `method`, `set`, `acc`, `nll`, `ece`, `brier`, `auroc`, `auroc_entropy`), then the means.
 //!   The calibration reports (HTML, reliability diagrams) of the first seed go to `--out`.
 //!
-//! **Not bit-reproducible**: a seed fixes the LoRA initialisation, the batch order and the
-//! SWAG samples, but the dropout masks (BERT's and LoRA's) come from candle's CPU RNG, which
-//! cannot be seeded, so two runs of one seed differ (by about 0.02 in accuracy on the quick
-//! run's 48 rows). Compare over seeds, with their standard errors.
+//! **Reproducible**: a seed fixes the LoRA initialisation, the batch order, the dropout masks
+//! (`BertOptions::dropout_seed`, seed × 1000 + run) and the SWAG samples, so two runs of one
+//! seed print the same rows on one machine and thread count (checked: two `--quick --json`
+//! runs, identical output); another thread count may order floating-point sums differently.
 //!
 //! `--quick` runs the same pipeline on small subsets (CI's check); where the model or the text
 //! cannot be fetched, it says so and runs the smoke pipeline on a tiny random model instead.
