@@ -113,6 +113,11 @@ struct Args {
     /// The two frameworks then train the same recipe from the same point on the same batches.
     #[arg(long)]
     init_from: Option<PathBuf>,
+    /// What `--init-from` takes from the torch script: `both` (weights and batch order),
+    /// `weights` (candle shuffles the batches) or `order` (candle draws the weights): to tell
+    /// which part of a start makes a difference.
+    #[arg(long, value_enum, default_value_t = InitPart::Both)]
+    init_part: InitPart,
     /// Print each training run's mean training loss and parameter norm after every epoch
     /// (the torch script's `--trace` prints the same lines).
     #[arg(long)]
@@ -121,6 +126,14 @@ struct Args {
     /// (`candle_swag::pool`'s docs), to measure what the correct gradient changes.
     #[arg(long)]
     candle_max_pool: bool,
+}
+
+/// The parts of a torch start that `--init-from` uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum InitPart {
+    Both,
+    Weights,
+    Order,
 }
 
 const BATCH: usize = 64;
@@ -339,8 +352,8 @@ fn train_run(
     let model = Model::new(device, args.candle_max_pool)?;
     let params = &model.params;
     match start {
-        Some(start) => start.apply(params)?,
-        None => init_weights(params, seed)?,
+        Some(start) if args.init_part != InitPart::Order => start.apply(params)?,
+        _ => init_weights(params, seed)?,
     }
     let mut full = SwagPosterior::for_params(
         params,
@@ -379,8 +392,10 @@ fn train_run(
     let mut collect_seconds = 0.0;
     for epoch in 0..args.epochs {
         match start {
-            Some(start) => order.clone_from(&start.order[epoch]),
-            None => order.shuffle(&mut rng),
+            Some(start) if args.init_part != InitPart::Weights => {
+                order.clone_from(&start.order[epoch])
+            }
+            _ => order.shuffle(&mut rng),
         }
         let mut loss_sum = 0.0;
         for (step, chunk) in order.chunks(BATCH).enumerate() {
