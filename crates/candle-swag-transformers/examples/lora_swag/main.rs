@@ -501,6 +501,25 @@ fn check_gradients(
     Ok(())
 }
 
+/// Median and minimum (ms) of `repeats` optimizer steps on `loss()`, after one untimed step;
+/// the gradients are checked after the first two steps (every trainable tensor gets one).
+fn time_steps(
+    params: &ParamSet,
+    opt: &mut candle_nn::AdamW,
+    repeats: usize,
+    mut loss: impl FnMut() -> Result<Tensor>,
+) -> Result<(f64, f64)> {
+    let mut step_no = 0;
+    median_ms(repeats, || {
+        let grads = loss()?.backward()?;
+        if step_no < 2 {
+            check_gradients(params, &grads, step_no)?;
+        }
+        step_no += 1;
+        Ok(opt.step(&grads)?)
+    })
+}
+
 /// Milliseconds to draw one flat SWAG sample and to write it into the model's `Var`s.
 struct SampleCost {
     draw_ms: f64,
@@ -809,17 +828,13 @@ fn bench_step(dir: &std::path::Path, args: &Args, dev: &Device) -> Result<()> {
             ..Default::default()
         },
     )?;
-    let mut step_no = 0;
     let mut posterior = SwagPosterior::for_params(&params, swag_params()?)?;
     let mut collect_ms = Vec::new();
-    let (step_ms, step_min) = median_ms(args.repeats, || {
-        let loss = candle_nn::loss::cross_entropy(&clf.forward_t(&x, true)?, &y)?;
-        let grads = loss.backward()?;
-        if step_no < 2 {
-            check_gradients(&params, &grads, step_no)?;
-        }
-        step_no += 1;
-        Ok(opt.step(&grads)?)
+    let (step_ms, step_min) = time_steps(&params, &mut opt, args.repeats, || {
+        Ok(candle_nn::loss::cross_entropy(
+            &clf.forward_t(&x, true)?,
+            &y,
+        )?)
     })?;
     // SWAG collection after a step, timed apart (what a step costs more with SWAG on).
     for _ in 0..3 {

@@ -28,19 +28,25 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 use serde_json::json;
 
-use super::{check_gradients, family_lora, median_ms, swag_params, time_sample_write, Args};
+use super::{family_lora, median_ms, swag_params, time_sample_write, time_steps, Args};
 
 /// TinyLlama-1.1B's decoder layers.
 pub const TINYLLAMA_LAYERS: usize = 22;
+/// TinyLlama-1.1B's widths: hidden, MLP, vocabulary, attention heads, key-value heads.
+const HIDDEN: usize = 2048;
+const INTERMEDIATE: usize = 5632;
+const VOCAB: usize = 32000;
+const HEADS: usize = 32;
+const KV_HEADS: usize = 4;
 /// Tokens in the timed sequence.
 const TOKENS: usize = 128;
 
 /// TinyLlama-1.1B's `config.json` (the fields the decoder reads), with `layers` layers.
 fn tinyllama_config(layers: usize) -> serde_json::Value {
     json!({
-        "model_type": "llama", "vocab_size": 32000, "hidden_size": 2048,
-        "intermediate_size": 5632, "num_hidden_layers": layers, "num_attention_heads": 32,
-        "num_key_value_heads": 4, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+        "model_type": "llama", "vocab_size": VOCAB, "hidden_size": HIDDEN,
+        "intermediate_size": INTERMEDIATE, "num_hidden_layers": layers,
+        "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
         "max_position_embeddings": 2048, "tie_word_embeddings": false
     })
 }
@@ -48,7 +54,8 @@ fn tinyllama_config(layers: usize) -> serde_json::Value {
 /// The weights of the Hugging Face Llama layout for `layers` layers of TinyLlama's shape, bf16.
 /// Linear weights and embeddings `N(0, 0.02²)`, RMS-norm scales 1.
 fn random_weights(layers: usize, seed: u64, dev: &Device) -> Result<HashMap<String, Tensor>> {
-    let (h, i, v, kv) = (2048usize, 5632usize, 32000usize, 4 * 64usize);
+    let (h, i, v) = (HIDDEN, INTERMEDIATE, VOCAB);
+    let kv = KV_HEADS * (HIDDEN / HEADS);
     let mut shapes: Vec<(String, Vec<usize>)> = vec![
         ("model.embed_tokens.weight".into(), vec![v, h]),
         ("model.norm.weight".into(), vec![h]),
@@ -106,8 +113,7 @@ pub fn run(args: &Args, dev: &Device) -> Result<()> {
         .values()
         .map(|t| t.elem_count() * t.dtype().size_in_bytes())
         .sum();
-    let swag = swag_params()?;
-    let mut posterior = SwagPosterior::for_params(&params, swag.clone())?;
+    let mut posterior = SwagPosterior::for_params(&params, swag_params()?)?;
     let threads = candle_core::utils::get_num_threads();
     eprintln!(
         "bench-scale: TinyLlama-1.1B shape with {layers} layer(s), random bf16 weights \
@@ -122,7 +128,7 @@ pub fn run(args: &Args, dev: &Device) -> Result<()> {
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     let ids: Vec<u32> = (0..TOKENS)
-        .map(|_| rand::Rng::random_range(&mut rng, 0u32..32000))
+        .map(|_| rand::Rng::random_range(&mut rng, 0..VOCAB as u32))
         .collect();
     let x = Tensor::from_vec(ids, (1, TOKENS), dev)?;
     let mut opt = candle_nn::AdamW::new(
@@ -133,15 +139,8 @@ pub fn run(args: &Args, dev: &Device) -> Result<()> {
             ..Default::default()
         },
     )?;
-    let mut step_no = 0;
-    let (step_ms, step_min) = median_ms(args.repeats, || {
-        let loss = model.next_token_loss(&x, None, true)?;
-        let grads = loss.backward()?;
-        if step_no < 2 {
-            check_gradients(&params, &grads, step_no)?;
-        }
-        step_no += 1;
-        Ok(opt.step(&grads)?)
+    let (step_ms, step_min) = time_steps(&params, &mut opt, args.repeats, || {
+        Ok(model.next_token_loss(&x, None, true)?)
     })?;
     let (collect_ms, _) = median_ms(args.repeats, || posterior.collect(&params))?;
     let (fwd_ms, fwd_min) = median_ms(args.repeats, || {
