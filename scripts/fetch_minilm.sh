@@ -22,7 +22,7 @@ fi
 tmp=$(mktemp -d)
 mkdir -p "$(dirname "$out")"
 # Unpacked beside the destination (one file system, so each `mv` is a rename) and moved in
-# entry by entry, model.safetensors last: the check above never sees a half-unpacked model,
+# file by file, model.safetensors last: the check above never sees a half-unpacked model,
 # and a fetch killed midway leaves no staging directory behind.
 stage=$(mktemp -d "$(dirname "$out")/.minilm.XXXXXX")
 trap 'rm -rf "$tmp" "$stage"' EXIT
@@ -45,13 +45,11 @@ test -f "$stage/model.safetensors" || {
   exit 1
 }
 mkdir -p "$out"
-for entry in "$stage"/*; do
-  name=$(basename "$entry")
-  [ "$name" != model.safetensors ] || continue
-  if [ -d "$entry" ]; then
-    rm -rf "${out:?}/$name"
-  fi
-  mv -f "$entry" "$out/$name"
+# File by file (each a rename), so that two fetches at once never move a directory into
+# another: every file ends complete, from one fetch or the other.
+(cd "$stage" && find . -type f ! -path ./model.safetensors) | while read -r f; do
+  mkdir -p "$out/$(dirname "$f")"
+  mv -f "$stage/$f" "$out/$f"
 done
 mv -f "$stage/model.safetensors" "$out/model.safetensors"
 echo "all-MiniLM-L6-v2 unpacked into $out:"
